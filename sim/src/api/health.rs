@@ -1,0 +1,5 @@
+//! TODO(helper B2): /v1/health endpoints.
+
+use actix_web::web;
+
+pub fn configure(_cfg: &mut web::ServiceConfig) {}

@@ -1,0 +1,104 @@
+//! Go's duration syntax ("10s", "1m30s", "150ms"), which Consul uses in query strings and JSON.
+
+use std::time::Duration;
+
+/// Parses a Go duration string as `time.ParseDuration` does (no negative values).
+pub fn parse(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    if s.is_empty() || s.starts_with('-') {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * unit;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// Formats a duration the way Go's `Duration.String()` does for the values Consul shows
+/// ("15s", "1m0s", "200ms", "0s").
+pub fn format(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    if nanos < 1_000_000_000 {
+        return if nanos % 1_000_000 == 0 {
+            format!("{}ms", nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            format!("{}µs", nanos / 1_000)
+        } else {
+            format!("{nanos}ns")
+        };
+    }
+    let total_secs = d.as_secs();
+    let frac = d.subsec_nanos();
+    let h = total_secs / 3600;
+    let m = (total_secs % 3600) / 60;
+    let s = total_secs % 60;
+    let secs = if frac == 0 {
+        format!("{s}s")
+    } else {
+        let f = format!("{:09}", frac);
+        format!("{s}.{}s", f.trim_end_matches('0'))
+    };
+    if h > 0 {
+        format!("{h}h{m}m{secs}")
+    } else if m > 0 {
+        format!("{m}m{secs}")
+    } else {
+        secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse("150ms"), Some(Duration::from_millis(150)));
+        assert_eq!(parse("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(parse("10"), None);
+        assert_eq!(parse("ten seconds"), None);
+        assert_eq!(parse("-1s"), None);
+    }
+
+    #[test]
+    fn formats_like_go() {
+        assert_eq!(format(Duration::from_secs(15)), "15s");
+        assert_eq!(format(Duration::from_secs(60)), "1m0s");
+        assert_eq!(format(Duration::from_millis(200)), "200ms");
+        assert_eq!(format(Duration::ZERO), "0s");
+        assert_eq!(format(Duration::from_secs(86400)), "24h0m0s");
+    }
+}

@@ -1,0 +1,297 @@
+//! HTTP plumbing shared by every endpoint: query parameters as Consul reads them, Consul's
+//! error responses, the blocking-query loop and the `X-Consul-*` response headers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::state::{Sim, State};
+use crate::watch::Topic;
+
+/// Consul's default and maximum blocking wait.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// An error as Consul answers it: a status code and a plain-text body.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// `Allow` header for 405 answers.
+    pub allow: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), allow: None }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    /// What every leader-bound request gets while the cluster has no leader.
+    pub fn no_leader() -> Self {
+        Self::internal("No cluster leader")
+    }
+    /// Consul's answer to a method an endpoint does not take.
+    pub fn method_not_allowed(method: &str, allowed: &[&str]) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed"),
+        );
+        let mut allow = vec!["OPTIONS"];
+        allow.extend_from_slice(allowed);
+        e.allow = Some(allow.join(","));
+        e
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        let mut b = HttpResponse::build(self.status);
+        b.content_type("text/plain; charset=utf-8");
+        if let Some(allow) = &self.allow {
+            b.insert_header(("Allow", allow.clone()));
+        }
+        b.body(self.message.clone())
+    }
+}
+
+/// Query parameters as Consul reads them: flags by presence (`?recurse`), values decoded.
+#[derive(Debug, Default, Clone)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn from_request(req: &HttpRequest) -> Self {
+        let mut map = HashMap::new();
+        for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            // Go's url.Values.Get returns the first value.
+            map.entry(decode(k)).or_insert_with(|| decode(v));
+        }
+        Self(map)
+    }
+
+    /// The flag is present, with or without a value.
+    pub fn has(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The value, or None when absent. Present-but-empty is `Some("")`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// How a read may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Default,
+    Stale,
+    Consistent,
+}
+
+impl Consistency {
+    fn header(self) -> &'static str {
+        match self {
+            Consistency::Default => "leader",
+            Consistency::Stale => "stale",
+            Consistency::Consistent => "consistent",
+        }
+    }
+}
+
+/// The options every request carries (`dc`) and every read may carry (blocking, consistency).
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    pub index: u64,
+    pub wait: Duration,
+    pub consistency: Consistency,
+    pub dc: Option<String>,
+}
+
+impl QueryOptions {
+    /// Reads `index`, `wait`, `stale`, `consistent` and `dc` with Consul's messages for bad ones.
+    pub fn parse(params: &Params) -> Result<Self, ApiError> {
+        let wait = match params.get("wait") {
+            Some(w) if !w.is_empty() => crate::duration::parse(w)
+                .ok_or_else(|| ApiError::bad_request("Invalid wait time"))?,
+            _ => Duration::ZERO,
+        };
+        let index = match params.get("index") {
+            Some(i) if !i.is_empty() => i
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request("Invalid index"))?,
+            _ => 0,
+        };
+        let stale = params.has("stale");
+        let consistent = params.has("consistent");
+        if stale && consistent {
+            return Err(ApiError::bad_request(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.",
+            ));
+        }
+        let consistency = if stale {
+            Consistency::Stale
+        } else if consistent {
+            Consistency::Consistent
+        } else {
+            Consistency::Default
+        };
+        Ok(Self {
+            index,
+            wait,
+            consistency,
+            dc: params.get("dc").filter(|d| !d.is_empty()).map(str::to_owned),
+        })
+    }
+
+    pub fn from_request(req: &HttpRequest) -> Result<Self, ApiError> {
+        Self::parse(&Params::from_request(req))
+    }
+
+    /// Consul's blocking timeout: the wait (default 5m, at most 10m) plus up to wait/16 of jitter.
+    pub fn timeout(&self) -> Duration {
+        let wait = if self.wait.is_zero() {
+            DEFAULT_WAIT
+        } else {
+            self.wait.min(MAX_WAIT)
+        };
+        let jitter_ns = (wait.as_nanos() / 16) as u64;
+        let jitter = if jitter_ns > 0 {
+            Duration::from_nanos(rand::thread_rng().gen_range(0..jitter_ns))
+        } else {
+            Duration::ZERO
+        };
+        wait + jitter
+    }
+
+    /// A request for another datacenter fails as it does on a Consul with no WAN peers.
+    pub fn check_dc(&self, state: &State) -> Result<(), ApiError> {
+        match &self.dc {
+            Some(dc) if dc != &state.config.datacenter => {
+                Err(ApiError::internal("No path to datacenter"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Response metadata of a read.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub index: u64,
+    pub known_leader: bool,
+    pub last_contact_ms: u64,
+    pub consistency: Consistency,
+}
+
+impl Meta {
+    /// Metadata for a read at `index` under the cluster's current leadership.
+    /// Without a leader only a stale read is served; others get "No cluster leader".
+    pub fn read(state: &State, opts: &QueryOptions, index: u64) -> Result<Self, ApiError> {
+        opts.check_dc(state)?;
+        let known_leader = state.cluster.has_leader();
+        if !known_leader && opts.consistency != Consistency::Stale {
+            return Err(ApiError::no_leader());
+        }
+        let last_contact_ms = match opts.consistency {
+            Consistency::Stale => state.cluster.last_contact().as_millis() as u64,
+            _ => 0,
+        };
+        Ok(Self {
+            // Consul never hands out index 0: a client would spin on it.
+            index: index.max(1),
+            known_leader,
+            last_contact_ms,
+            consistency: opts.consistency,
+        })
+    }
+
+    /// A 200 with `body` as JSON and the X-Consul-* headers.
+    pub fn json<T: Serialize>(&self, body: &T) -> HttpResponse {
+        let mut b = HttpResponse::Ok();
+        self.headers(&mut b);
+        match serde_json::to_vec(body) {
+            Ok(bytes) => b.content_type("application/json").body(bytes),
+            Err(e) => ApiError::internal(e.to_string()).error_response(),
+        }
+    }
+
+    /// Adds the X-Consul-* headers to a response being built.
+    pub fn headers(&self, b: &mut actix_web::HttpResponseBuilder) {
+        b.insert_header(("X-Consul-Index", self.index.to_string()));
+        b.insert_header(("X-Consul-KnownLeader", self.known_leader.to_string()));
+        b.insert_header(("X-Consul-LastContact", self.last_contact_ms.to_string()));
+        b.insert_header(("X-Consul-Effective-Consistency", self.consistency.header()));
+    }
+}
+
+/// What one run of a read found: the index it answers at, its value and what it read.
+pub struct Read<T> {
+    pub index: u64,
+    pub value: T,
+    pub topics: Vec<Topic>,
+}
+
+/// When a blocking query's result counts as new.
+#[derive(Debug, Clone, Copy)]
+pub enum Fresh {
+    /// The usual rule: the index moved past the one asked for.
+    Greater,
+    /// The event list's rule: its index is a hash of the last event ID, so any other value is new.
+    Different,
+}
+
+/// Runs `read` as Consul's blocking query does: at once without `?index`, else parked until
+/// something it read changes and its index is fresh, or the wait (plus jitter) runs out, when
+/// the current state is returned as it is.
+pub async fn blocking<T>(
+    sim: &Sim,
+    opts: &QueryOptions,
+    fresh: Fresh,
+    mut read: impl FnMut(&State) -> Result<Read<T>, ApiError>,
+) -> Result<(Meta, T), ApiError> {
+    let deadline = tokio::time::Instant::now() + opts.timeout();
+    loop {
+        let parked = {
+            let mut st = sim.lock();
+            let r = read(&st)?;
+            let meta = Meta::read(&st, opts, r.index)?;
+            let is_fresh = match fresh {
+                Fresh::Greater => meta.index > opts.index,
+                Fresh::Different => meta.index != opts.index,
+            };
+            if opts.index == 0 || is_fresh || tokio::time::Instant::now() >= deadline {
+                return Ok((meta, r.value));
+            }
+            st.waiters.park(r.topics)
+        };
+        // Woken or timed out, the loop reads again: a timeout returns what is there now.
+        let _ = tokio::time::timeout_at(deadline, parked).await;
+    }
+}
+
+/// Decodes a JSON request body, failing as Consul does.
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
+}

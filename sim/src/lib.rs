@@ -1,0 +1,19 @@
+//! A Consul cluster simulator: Consul's HTTP API over a simulated datacenter of server nodes.
+//!
+//! The demo and the tests talk to it over real HTTP exactly as they would to a Consul agent.
+//! `server::start` binds it; `Sim` is the shared state every handler and timer works on.
+//! The control API under `/sim/...` (see `control`) injects faults and reads invariants.
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod duration;
+pub mod http;
+pub mod server;
+pub mod state;
+pub mod watch;
+
+pub use config::SimConfig;
+pub use server::{start, RunningSim};
+pub use state::Sim;

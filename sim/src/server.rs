@@ -1,0 +1,54 @@
+//! Binds the simulator's HTTP server: Consul's `/v1/...` API plus the `/sim/...` control API.
+
+use std::net::{SocketAddr, TcpListener};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+
+use crate::config::SimConfig;
+use crate::state::Sim;
+
+/// A simulator serving on `addr` until `stop()`.
+pub struct RunningSim {
+    pub addr: SocketAddr,
+    pub sim: Sim,
+    handle: ServerHandle,
+}
+
+impl RunningSim {
+    /// `http://addr`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving; parked blocking queries are dropped with their connections.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// Starts the simulator on `listen` (port 0 picks a free one). Call inside an actix System.
+pub fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<RunningSim> {
+    let listener = TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    let sim = Sim::new(config);
+    let data = web::Data::new(sim.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            // Consul takes any body size an agent allows; 512 KiB covers a KV value's cap.
+            .app_data(web::PayloadConfig::new(1024 * 1024))
+            .configure(crate::api::configure)
+            .configure(crate::control::configure)
+    })
+    // One worker: the state sits behind one lock anyway, and tests start many simulators
+    // on a 2-core machine.
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    tracing::info!(%addr, "Consul simulator listening.");
+    Ok(RunningSim { addr, sim, handle })
+}

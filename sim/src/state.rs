@@ -1,0 +1,82 @@
+//! The simulated datacenter's state behind one lock, with one Raft index for every write.
+//!
+//! Handlers lock, read or write, and unlock without awaiting; a write takes `next_index()` for
+//! its ModifyIndex and then `notify()`s what it changed, which wakes the blocking queries that
+//! read it. Timers (session TTLs, elections, boots) run through `Sim::after`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::api::{catalog::Catalog, event::Events, kv::KvStore, session::Sessions};
+use crate::cluster::Cluster;
+use crate::config::SimConfig;
+use crate::watch::{Change, Waiters};
+
+/// Everything the simulated datacenter knows.
+pub struct State {
+    pub config: SimConfig,
+    /// The Raft index: bumped by every write, stamped on what it wrote.
+    pub index: u64,
+    pub kv: KvStore,
+    pub sessions: Sessions,
+    pub events: Events,
+    pub catalog: Catalog,
+    pub cluster: Cluster,
+    pub waiters: Waiters,
+}
+
+impl State {
+    /// The index a write about to happen will carry.
+    pub fn next_index(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+
+    /// Wakes the blocking queries that read what a write changed.
+    pub fn notify(&mut self, change: Change) {
+        self.waiters.wake(&change);
+    }
+}
+
+/// A handle on the simulator, cheap to clone into handlers and timers.
+#[derive(Clone)]
+pub struct Sim {
+    state: Arc<Mutex<State>>,
+}
+
+impl Sim {
+    /// A datacenter as `config` describes it: its servers up, the first one leading.
+    pub fn new(config: SimConfig) -> Self {
+        let state = State {
+            config,
+            index: 1,
+            kv: KvStore::default(),
+            sessions: Sessions::default(),
+            events: Events::default(),
+            catalog: Catalog::default(),
+            cluster: Cluster::default(),
+            waiters: Waiters::default(),
+        };
+        let sim = Self { state: Arc::new(Mutex::new(state)) };
+        crate::cluster::bootstrap(&sim);
+        sim
+    }
+
+    /// The state, locked. A handler that panicked mid-write cannot leave the lock poisoned
+    /// for good: the simulator keeps serving, as the issue asks of bad input.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the state after `delay` of simulated time (scaled by `time_scale`).
+    /// Must be called inside an actix/tokio local runtime (a handler, or `start`).
+    pub fn after(&self, delay: Duration, f: impl FnOnce(&Sim, &mut State) + 'static) {
+        let sim = self.clone();
+        let wall = self.lock().config.scaled(delay);
+        actix_rt::spawn(async move {
+            tokio::time::sleep(wall).await;
+            let mut st = sim.lock();
+            f(&sim, &mut st);
+        });
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO(helper A): the Consul HTTP API on awc.

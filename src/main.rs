@@ -1,0 +1,91 @@
+//! The `rehydrator` command line: `sim` today; `run`, `fire`, `status`, `check-config` and
+//! `demo` come with later issues.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rehydrator", version, about = "Rolls a Consul server cluster onto a new machine image without losing quorum")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a simulated Consul datacenter (Consul's HTTP API plus a /sim control API).
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Address to serve Consul's HTTP API on.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    listen: SocketAddr,
+    /// Number of server nodes at start (all voters).
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Datacenter name.
+    #[arg(long, default_value = "dc1")]
+    datacenter: String,
+    /// Image label of the initial servers.
+    #[arg(long, default_value = "image-a")]
+    image: String,
+    /// Divide every simulated duration by this (1 = Consul's real timing).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Autopilot server stabilization time, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    stabilization: f64,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("REHYDRATOR_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => run_sim(args),
+    }
+}
+
+fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    if args.servers == 0 {
+        anyhow::bail!("--servers: a datacenter needs at least one server");
+    }
+    if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
+        anyhow::bail!("--time-scale: must be a positive number, got {}", args.time_scale);
+    }
+    let stabilization = Duration::try_from_secs_f64(args.stabilization)
+        .map_err(|e| anyhow::anyhow!("--stabilization: {e}"))?;
+    let config = rehydrator_sim::SimConfig {
+        datacenter: args.datacenter,
+        servers: args.servers,
+        image: args.image,
+        time_scale: args.time_scale,
+        stabilization,
+        ..Default::default()
+    };
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let running = rehydrator_sim::start(args.listen, config)
+            .with_context(|| format!("binding the simulator to {}", args.listen))?;
+        println!("Consul simulator serving on {}", running.url());
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        running.stop().await;
+        Ok(())
+    })
+}
