@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit tests, the simulator's API contract tests, the client
+# against the simulator over real HTTP, and the end-to-end scenarios. This is the README's test
+# command and what CI runs; it installs what the tests need itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The toolchain is the machine's (rustup); make sure the parts the checks use are there.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+# Blocking-query tests hold many connections open at once.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo test --workspace --locked "$@"
