@@ -1,3 +1,12 @@
-//! Configuration: raw TOML -> validated `Settings`.
-//!
-//! Empty until the actor-core issue: the foundation only lays out the workspace.
+//! rehydrator's configuration, in three stages (as zincati does it): `raw` is the TOML as
+//! written, every field optional and unknown fields refused; `validate` turns it into typed
+//! `Settings`, collecting every error with the field at fault; `load` layers the file and the
+//! `REHYDRATOR_*` environment. The binary's `run` and `check-config` are its callers.
+
+pub mod load;
+pub mod raw;
+pub mod settings;
+pub mod validate;
+
+pub use load::{load, load_with_env, ConfigError, FieldError};
+pub use settings::*;

@@ -1,0 +1,97 @@
+//! The configuration exactly as written: every field optional, unknown fields refused.
+//! Validation (`validate.rs`) decides what is required and what each default is.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub cluster: Option<RawCluster>,
+    pub consul: Option<RawConsul>,
+    pub lock: Option<RawLock>,
+    pub cloud: Option<RawCloud>,
+    pub status: Option<RawStatus>,
+    pub watch: Option<Vec<RawWatch>>,
+    pub action: Option<BTreeMap<String, RawAction>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Option<String>,
+    pub desired_servers: Option<i64>,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsul {
+    pub address: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub datacenter: Option<String>,
+    pub ca_file: Option<String>,
+    pub tls_verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLock {
+    pub session_ttl: Option<String>,
+    pub lock_delay: Option<String>,
+    pub receipt_timeout: Option<String>,
+    pub receipts_kept: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloud {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub launch_template: Option<String>,
+    pub image_name: Option<String>,
+    pub image_owners: Option<Vec<String>>,
+    pub ecs_cluster: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    pub listen: Option<String>,
+}
+
+/// One `[[watch]]`: the parameters are those of `consul watch` for its type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatch {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub key: Option<String>,
+    pub prefix: Option<String>,
+    pub service: Option<String>,
+    pub tag: Option<Vec<String>>,
+    pub passingonly: Option<bool>,
+    pub state: Option<String>,
+    pub event: Option<String>,
+    pub action: Option<String>,
+    pub actions: Option<Vec<String>>,
+    pub debounce: Option<String>,
+}
+
+/// One `[action.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub timeout: Option<String>,
+    pub lock: Option<String>,
+}

@@ -1,0 +1,228 @@
+//! The validated configuration the program runs on: typed fields, every default applied.
+//! Serializes back to TOML for `check-config`, with secrets masked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+/// A value that must never reach a log, an error or `check-config`'s output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it (the Consul client's header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => human(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub cluster: ClusterSettings,
+    pub consul: ConsulSettings,
+    pub lock: LockSettings,
+    pub cloud: CloudSettings,
+    pub status: StatusSettings,
+    #[serde(rename = "watch")]
+    pub watches: Vec<WatchSettings>,
+    #[serde(rename = "action")]
+    pub actions: BTreeMap<String, ActionSettings>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSettings {
+    /// Names the cluster's keys in Consul KV (`rehydrator/<name>/...`). Required.
+    pub name: String,
+    /// How many Consul servers the cluster should have. Default 3.
+    pub desired_servers: NonZeroU32,
+    /// The catalog service the servers register. Default "consul".
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsulSettings {
+    /// The agent's HTTP address. Default: CONSUL_HTTP_ADDR, else "http://127.0.0.1:8500".
+    pub address: String,
+    /// ACL token. Default: CONSUL_HTTP_TOKEN, else the file CONSUL_HTTP_TOKEN_FILE names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A file holding the ACL token (read at start, not stored in the output).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Datacenter to address (`?dc=`). Default: the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
+    /// CA certificate for https. Default: CONSUL_CACERT, else the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Verify the agent's certificate. Default true (CONSUL_HTTP_SSL_VERIFY=false turns it off).
+    pub tls_verify: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockSettings {
+    /// The replica's Consul session TTL; renewed at half of it. Default 15s (Consul: 10s..24h).
+    #[serde(serialize_with = "human")]
+    pub session_ttl: Duration,
+    /// Lock-delay after the holder's session is invalidated. Default 15s (Consul's).
+    #[serde(serialize_with = "human")]
+    pub lock_delay: Duration,
+    /// How long a waiting replica waits on a receipt before it tries the lock again. Default 10m.
+    #[serde(serialize_with = "human")]
+    pub receipt_timeout: Duration,
+    /// Receipts kept per action; older ones are pruned. Default 100.
+    pub receipts_kept: NonZeroU32,
+}
+
+/// Where the servers' machines come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CloudSettings {
+    /// The simulator's cloud (the default): machines are simulated servers.
+    Sim {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    /// EC2 instances launched from a launch template.
+    Ec2(AwsSettings),
+    /// ECS container instances running the Consul server task.
+    Ecs(AwsSettings),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AwsSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Another endpoint (moto in tests, a VPC endpoint in production).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    pub launch_template: String,
+    /// Image name filter (DescribeImages `name`), e.g. "consul-server-*".
+    pub image_name: String,
+    /// Image owners. Default ["self"].
+    pub image_owners: Vec<String>,
+    /// The ECS cluster (ecs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ecs_cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSettings {
+    /// The status endpoint's address. Default 127.0.0.1:9090.
+    pub listen: SocketAddr,
+}
+
+/// What a watch watches: the types of `consul watch`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WatchKind {
+    Key {
+        key: String,
+    },
+    Keyprefix {
+        prefix: String,
+    },
+    Services,
+    Nodes,
+    Service {
+        service: String,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tag: Vec<String>,
+        passingonly: bool,
+    },
+    Checks {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+    },
+    Event {
+        event: String,
+    },
+}
+
+/// The watch type names, as `consul watch -type` spells them.
+pub const WATCH_TYPES: &[&str] = &[
+    "key",
+    "keyprefix",
+    "services",
+    "nodes",
+    "service",
+    "checks",
+    "event",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchSettings {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: WatchKind,
+    /// The actions it triggers, by name (`[action.<name>]`).
+    pub actions: Vec<String>,
+    /// Quiet time after a change before firing; changes within it fire once. Default none.
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<Duration>,
+}
+
+/// What an action does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ActionKind {
+    /// Runs a command with the trigger as JSON on stdin; exit status 0 is success.
+    Exec { command: Vec<String> },
+    /// POSTs the trigger as JSON to a URL; a 2xx answer is success.
+    Http { url: String },
+}
+
+/// The action type names.
+pub const ACTION_TYPES: &[&str] = &["exec", "http"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionSettings {
+    #[serde(flatten)]
+    pub kind: ActionKind,
+    /// How long one run may take before it is killed and requeued. Default 5m.
+    #[serde(serialize_with = "human")]
+    pub timeout: Duration,
+    /// The lock it runs under (`rehydrator/<cluster>/locks/<lock>`). Default: the action's name.
+    pub lock: String,
+}
+
+impl Settings {
+    /// The effective configuration as TOML, secrets masked: what `check-config` prints.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

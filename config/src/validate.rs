@@ -1,0 +1,518 @@
+//! Raw configuration -> `Settings`. Every problem is collected with the field at fault, so a
+//! user fixes a file in one pass instead of one error per run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::load::FieldError;
+use crate::raw::*;
+use crate::settings::*;
+
+/// Consul's bounds on a session TTL.
+const MIN_TTL: Duration = Duration::from_secs(10);
+const MAX_TTL: Duration = Duration::from_secs(86400);
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(v) => match humantime::parse_duration(v) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(
+                        field,
+                        format!("invalid duration {v:?} ({e}); write e.g. \"15s\" or \"10m\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, field: &str, value: Option<i64>, default: u32) -> NonZeroU32 {
+        let fallback = NonZeroU32::new(default).unwrap_or(NonZeroU32::MIN);
+        match value {
+            None => fallback,
+            Some(v) => match u32::try_from(v).ok().and_then(NonZeroU32::new) {
+                Some(n) => n,
+                None => {
+                    self.push(
+                        field,
+                        format!("must be a whole number from 1 to {}, got {v}", u32::MAX),
+                    );
+                    fallback
+                }
+            },
+        }
+    }
+
+    fn required(&mut self, field: &str, value: Option<&String>) -> String {
+        match value.map(|v| v.trim()) {
+            Some(v) if !v.is_empty() => v.to_owned(),
+            _ => {
+                self.push(field, "is required");
+                String::new()
+            }
+        }
+    }
+}
+
+/// Validates `raw`. `env` supplies the consul CLI's variables (CONSUL_HTTP_ADDR, ...) used as
+/// defaults for `[consul]`.
+pub fn validate(
+    raw: RawConfig,
+    env: &HashMap<String, String>,
+) -> Result<Settings, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+
+    let rc = raw.cluster.unwrap_or_default();
+    let name = errs.required("cluster.name", rc.name.as_ref());
+    if !name.is_empty()
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        errs.push(
+            "cluster.name",
+            format!("{name:?} may hold only letters, digits, '-' and '_' (it names KV keys)"),
+        );
+    }
+    let desired_servers = errs.positive("cluster.desired_servers", rc.desired_servers, 3);
+    let cluster = ClusterSettings {
+        name,
+        desired_servers,
+        service: rc.service.unwrap_or_else(|| "consul".into()),
+    };
+
+    let consul = consul_settings(raw.consul.unwrap_or_default(), env, &mut errs);
+
+    let rl = raw.lock.unwrap_or_default();
+    let session_ttl = errs.duration(
+        "lock.session_ttl",
+        rl.session_ttl.as_deref(),
+        Duration::from_secs(15),
+    );
+    if !(MIN_TTL..=MAX_TTL).contains(&session_ttl) {
+        errs.push(
+            "lock.session_ttl",
+            "must be between 10s and 24h (Consul's session TTL bounds)",
+        );
+    }
+    let lock_delay = errs.duration(
+        "lock.lock_delay",
+        rl.lock_delay.as_deref(),
+        Duration::from_secs(15),
+    );
+    if lock_delay > Duration::from_secs(60) {
+        errs.push(
+            "lock.lock_delay",
+            "must be at most 60s (Consul caps lock-delay there)",
+        );
+    }
+    let lock = LockSettings {
+        session_ttl,
+        lock_delay,
+        receipt_timeout: errs.duration(
+            "lock.receipt_timeout",
+            rl.receipt_timeout.as_deref(),
+            Duration::from_secs(600),
+        ),
+        receipts_kept: errs.positive("lock.receipts_kept", rl.receipts_kept, 100),
+    };
+
+    let cloud = cloud_settings(raw.cloud.unwrap_or_default(), &mut errs);
+
+    let listen = raw
+        .status
+        .and_then(|s| s.listen)
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        errs.push(
+            "status.listen",
+            format!("{listen:?} is not an address like \"0.0.0.0:9090\""),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    });
+
+    let mut actions = BTreeMap::new();
+    for (name, ra) in raw.action.unwrap_or_default() {
+        if let Some(a) = action_settings(&name, ra, &mut errs) {
+            actions.insert(name, a);
+        }
+    }
+
+    let mut watches = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (i, rw) in raw.watch.unwrap_or_default().into_iter().enumerate() {
+        let at = format!("watch[{i}]");
+        if let Some(n) = &rw.name {
+            if let Some(first) = seen.insert(n.clone(), i) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!("{n:?} is already the name of watch[{first}]"),
+                );
+            }
+        }
+        if let Some(w) = watch_settings(&at, rw, &actions, &mut errs) {
+            watches.push(w);
+        }
+    }
+
+    if errs.0.is_empty() {
+        Ok(Settings {
+            cluster,
+            consul,
+            lock,
+            cloud,
+            status: StatusSettings { listen },
+            watches,
+            actions,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn consul_settings(
+    rc: RawConsul,
+    env: &HashMap<String, String>,
+    errs: &mut Errors,
+) -> ConsulSettings {
+    let env_get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let address = rc
+        .address
+        .or_else(|| env_get("CONSUL_HTTP_ADDR"))
+        .unwrap_or_else(|| "http://127.0.0.1:8500".into());
+    if address.trim().is_empty() {
+        errs.push("consul.address", "is empty");
+    }
+    let token_file = rc
+        .token_file
+        .or_else(|| env_get("CONSUL_HTTP_TOKEN_FILE"))
+        .map(PathBuf::from);
+    let token = rc
+        .token
+        .or_else(|| env_get("CONSUL_HTTP_TOKEN"))
+        .map(Secret::new);
+    if token.is_some() && token_file.is_some() {
+        errs.push(
+            "consul.token_file",
+            "give either a token or a token file, not both",
+        );
+    }
+    let tls_verify = match rc.tls_verify {
+        Some(v) => v,
+        None => match env_get("CONSUL_HTTP_SSL_VERIFY").as_deref() {
+            None => true,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "t" => true,
+                "0" | "false" | "f" => false,
+                _ => {
+                    errs.push(
+                        "consul.tls_verify",
+                        format!("CONSUL_HTTP_SSL_VERIFY={v:?} is not a boolean"),
+                    );
+                    true
+                }
+            },
+        },
+    };
+    ConsulSettings {
+        address,
+        token,
+        token_file,
+        datacenter: rc.datacenter,
+        ca_file: rc
+            .ca_file
+            .or_else(|| env_get("CONSUL_CACERT"))
+            .map(PathBuf::from),
+        tls_verify,
+    }
+}
+
+fn cloud_settings(rc: RawCloud, errs: &mut Errors) -> CloudSettings {
+    let kind = rc.kind.clone().unwrap_or_else(|| "sim".into());
+    match kind.as_str() {
+        "sim" => {
+            for (field, set) in [
+                ("launch_template", rc.launch_template.is_some()),
+                ("image_name", rc.image_name.is_some()),
+                ("ecs_cluster", rc.ecs_cluster.is_some()),
+            ] {
+                if set {
+                    errs.push(
+                        format!("cloud.{field}"),
+                        "applies to type \"ec2\" or \"ecs\", not \"sim\"",
+                    );
+                }
+            }
+            CloudSettings::Sim { url: rc.url }
+        }
+        "ec2" | "ecs" => {
+            let aws = AwsSettings {
+                launch_template: errs
+                    .required("cloud.launch_template", rc.launch_template.as_ref()),
+                image_name: errs.required("cloud.image_name", rc.image_name.as_ref()),
+                image_owners: rc.image_owners.unwrap_or_else(|| vec!["self".into()]),
+                region: rc.region,
+                endpoint_url: rc.endpoint_url,
+                ecs_cluster: rc.ecs_cluster,
+            };
+            if kind == "ecs" {
+                if aws.ecs_cluster.is_none() {
+                    errs.push("cloud.ecs_cluster", "is required for type \"ecs\"");
+                }
+                CloudSettings::Ecs(aws)
+            } else {
+                if aws.ecs_cluster.is_some() {
+                    errs.push("cloud.ecs_cluster", "applies to type \"ecs\", not \"ec2\"");
+                }
+                CloudSettings::Ec2(aws)
+            }
+        }
+        other => {
+            errs.push(
+                "cloud.type",
+                format!("unknown cloud type {other:?} (expected one of \"sim\", \"ec2\", \"ecs\")"),
+            );
+            CloudSettings::Sim { url: None }
+        }
+    }
+}
+
+fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<ActionSettings> {
+    let at = format!("action.{name}");
+    let before = errs.0.len();
+    let kind = match ra.kind.as_deref() {
+        None => {
+            errs.push(
+                format!("{at}.type"),
+                format!("is required (one of {})", quoted(ACTION_TYPES)),
+            );
+            None
+        }
+        Some("exec") => match ra.command {
+            Some(c) if !c.is_empty() && !c[0].is_empty() => Some(ActionKind::Exec { command: c }),
+            _ => {
+                errs.push(format!("{at}.command"), "is required for type \"exec\": the program and its arguments, e.g. [\"/bin/notify\", \"--quiet\"]");
+                None
+            }
+        },
+        Some("http") => match ra.url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Some(ActionKind::Http { url: u })
+            }
+            Some(u) => {
+                errs.push(
+                    format!("{at}.url"),
+                    format!("{u:?} is not an http:// or https:// URL"),
+                );
+                None
+            }
+            None => {
+                errs.push(format!("{at}.url"), "is required for type \"http\"");
+                None
+            }
+        },
+        Some(other) => {
+            errs.push(
+                format!("{at}.type"),
+                format!(
+                    "unknown action type {other:?} (expected one of {})",
+                    quoted(ACTION_TYPES)
+                ),
+            );
+            None
+        }
+    };
+    let timeout = errs.duration(
+        &format!("{at}.timeout"),
+        ra.timeout.as_deref(),
+        Duration::from_secs(300),
+    );
+    if timeout.is_zero() {
+        errs.push(format!("{at}.timeout"), "must be longer than zero");
+    }
+    let lock = ra.lock.unwrap_or_else(|| name.to_owned());
+    if lock.is_empty() || lock.contains('/') {
+        errs.push(format!("{at}.lock"), "must be a non-empty name without '/'");
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    kind.map(|kind| ActionSettings {
+        kind,
+        timeout,
+        lock,
+    })
+}
+
+fn watch_settings(
+    at: &str,
+    rw: RawWatch,
+    actions: &BTreeMap<String, ActionSettings>,
+    errs: &mut Errors,
+) -> Option<WatchSettings> {
+    let before = errs.0.len();
+    let name = errs.required(&format!("{at}.name"), rw.name.as_ref());
+    // Parameters a type does not take are errors, not silently ignored: a `key` on a
+    // keyprefix watch is almost always a typo for `prefix`.
+    let mut only = |allowed: &[&str]| {
+        for (field, set) in [
+            ("key", rw.key.is_some()),
+            ("prefix", rw.prefix.is_some()),
+            ("service", rw.service.is_some()),
+            ("tag", rw.tag.is_some()),
+            ("passingonly", rw.passingonly.is_some()),
+            ("state", rw.state.is_some()),
+            ("event", rw.event.is_some()),
+        ] {
+            if set && !allowed.contains(&field) {
+                let t = rw.kind.as_deref().unwrap_or_default();
+                errs.push(
+                    format!("{at}.{field}"),
+                    format!("does not apply to a watch of type {t:?}"),
+                );
+            }
+        }
+    };
+    let kind = match rw.kind.as_deref() {
+        None => {
+            errs.push(
+                format!("{at}.type"),
+                format!("is required (one of {})", quoted(WATCH_TYPES)),
+            );
+            None
+        }
+        Some("key") => {
+            only(&["key"]);
+            Some(WatchKind::Key {
+                key: errs.required(&format!("{at}.key"), rw.key.as_ref()),
+            })
+        }
+        Some("keyprefix") => {
+            only(&["prefix"]);
+            Some(WatchKind::Keyprefix {
+                prefix: errs.required(&format!("{at}.prefix"), rw.prefix.as_ref()),
+            })
+        }
+        Some("services") => {
+            only(&[]);
+            Some(WatchKind::Services)
+        }
+        Some("nodes") => {
+            only(&[]);
+            Some(WatchKind::Nodes)
+        }
+        Some("service") => {
+            only(&["service", "tag", "passingonly"]);
+            Some(WatchKind::Service {
+                service: errs.required(&format!("{at}.service"), rw.service.as_ref()),
+                tag: rw.tag.clone().unwrap_or_default(),
+                passingonly: rw.passingonly.unwrap_or(false),
+            })
+        }
+        Some("checks") => {
+            only(&["service", "state"]);
+            if rw.service.is_some() && rw.state.is_some() {
+                errs.push(
+                    format!("{at}.state"),
+                    "give either service or state, not both (as consul watch)",
+                );
+            }
+            if let Some(s) = &rw.state {
+                if !["any", "passing", "warning", "critical"].contains(&s.as_str()) {
+                    errs.push(format!("{at}.state"), format!("unknown check state {s:?} (expected one of \"any\", \"passing\", \"warning\", \"critical\")"));
+                }
+            }
+            Some(WatchKind::Checks {
+                service: rw.service.clone(),
+                state: rw.state.clone(),
+            })
+        }
+        Some("event") => {
+            only(&["event"]);
+            Some(WatchKind::Event {
+                event: errs.required(&format!("{at}.event"), rw.event.as_ref()),
+            })
+        }
+        Some(other) => {
+            errs.push(
+                format!("{at}.type"),
+                format!(
+                    "unknown watch type {other:?} (expected one of {})",
+                    quoted(WATCH_TYPES)
+                ),
+            );
+            None
+        }
+    };
+    let names = match (rw.action, rw.actions) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{at}.actions"),
+                "give either action or actions, not both",
+            );
+            Vec::new()
+        }
+        (Some(a), None) => vec![a],
+        (None, Some(list)) => list,
+        (None, None) => {
+            errs.push(
+                format!("{at}.action"),
+                "is required: the name of an [action.<name>] to run",
+            );
+            Vec::new()
+        }
+    };
+    for a in &names {
+        if !actions.contains_key(a)
+            && !errs
+                .0
+                .iter()
+                .any(|e| e.field.starts_with(&format!("action.{a}.")))
+        {
+            let known: Vec<&str> = actions.keys().map(String::as_str).collect();
+            errs.push(
+                format!("{at}.action"),
+                format!("no action named {a:?} (defined: {})", quoted(&known)),
+            );
+        }
+    }
+    let debounce = rw
+        .debounce
+        .as_deref()
+        .map(|d| errs.duration(&format!("{at}.debounce"), Some(d), Duration::ZERO));
+    if errs.0.len() > before {
+        return None;
+    }
+    kind.map(|kind| WatchSettings {
+        name,
+        kind,
+        actions: names,
+        debounce,
+    })
+}
+
+fn quoted(items: &[&str]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items
+        .iter()
+        .map(|i| format!("{i:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

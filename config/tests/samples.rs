@@ -1,0 +1,166 @@
+//! Every file in config/samples/ is loaded: `bad*.toml` must fail with the errors it was
+//! written to show, every other sample must load.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rehydrator_config::{load_with_env, ActionKind, CloudSettings, WatchKind};
+
+fn samples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
+}
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+#[test]
+fn every_sample_loads_or_fails_as_named() {
+    let files = samples();
+    assert!(files.len() >= 4, "samples missing: {files:?}");
+    for f in files {
+        let bad = f.file_name().unwrap().to_string_lossy().starts_with("bad");
+        let result = load_with_env(&f, &no_env());
+        match (bad, result) {
+            (false, Err(e)) => panic!("{} should load:\n{e}", f.display()),
+            (true, Ok(_)) => panic!("{} should be refused", f.display()),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn bad_sample_reports_every_error_with_file_and_field() {
+    let path = sample("bad.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let expected = [
+        "cluster.name: is required",
+        "cluster.desired_servers: must be a whole number",
+        "lock.session_ttl: must be between 10s and 24h",
+        "lock.lock_delay: invalid duration \"soon\"",
+        "cloud.type: unknown cloud type \"gcp\"",
+        "status.listen: \"everywhere\" is not an address",
+        "action.notify.command: is required for type \"exec\"",
+        "action.hook.url: \"ftp://example/hook\" is not an http:// or https:// URL",
+        "watch[1].name: \"a\" is already the name of watch[0]",
+        "watch[1].key: does not apply to a watch of type \"keyprefix\"",
+        "watch[1].prefix: is required",
+        "watch[1].action: no action named \"missing\"",
+        "watch[2].type: unknown watch type \"servce\" (expected one of \"key\", \"keyprefix\", \"services\", \"nodes\", \"service\", \"checks\", \"event\")",
+    ];
+    for e in expected {
+        let line = format!("{}: {e}", path.display());
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(
+        err.errors.len(),
+        expected.len(),
+        "unexpected extra errors:\n{text}"
+    );
+}
+
+#[test]
+fn misspelt_field_is_named() {
+    let err = load_with_env(&sample("bad-unknown-field.toml"), &no_env()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("bad-unknown-field.toml"), "{text}");
+    assert!(
+        text.contains("bad-unknown-field.toml: cluster.desired_server: unknown field"),
+        "{text}"
+    );
+    assert!(
+        text.contains("expected one of `name`, `desired_servers`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn full_sample_is_typed_as_written() {
+    let s = load_with_env(&sample("full.toml"), &no_env()).unwrap();
+    assert_eq!(s.cluster.desired_servers.get(), 5);
+    assert_eq!(s.lock.session_ttl, Duration::from_secs(20));
+    assert_eq!(s.lock.receipt_timeout, Duration::from_secs(900));
+    assert!(matches!(&s.cloud, CloudSettings::Ec2(a) if a.image_owners.len() == 2));
+    assert_eq!(s.watches.len(), 7);
+    assert_eq!(s.watches[0].actions, vec!["notify", "webhook"]);
+    assert_eq!(s.watches[1].debounce, Some(Duration::from_secs(2)));
+    assert!(
+        matches!(&s.watches[5].kind, WatchKind::Service { passingonly: true, tag, .. } if tag == &["server"])
+    );
+    assert_eq!(s.actions["webhook"].lock, "notify");
+    assert_eq!(s.actions["notify"].lock, "notify");
+    assert!(
+        matches!(&s.actions["webhook"].kind, ActionKind::Http { url } if url.starts_with("https://"))
+    );
+}
+
+#[test]
+fn defaults_are_documented_values() {
+    let s = load_with_env(&sample("minimal.toml"), &no_env()).unwrap();
+    assert_eq!(s.cluster.desired_servers.get(), 3);
+    assert_eq!(s.cluster.service, "consul");
+    assert_eq!(s.consul.address, "http://127.0.0.1:8500");
+    assert!(s.consul.tls_verify);
+    assert_eq!(s.lock.session_ttl, Duration::from_secs(15));
+    assert_eq!(s.lock.lock_delay, Duration::from_secs(15));
+    assert_eq!(s.actions["notify"].timeout, Duration::from_secs(300));
+    assert_eq!(s.status.listen.to_string(), "127.0.0.1:9090");
+    assert!(matches!(s.cloud, CloudSettings::Sim { url: None }));
+}
+
+#[test]
+fn environment_overrides_the_file_and_consul_variables_fill_defaults() {
+    let env: HashMap<String, String> = [
+        ("REHYDRATOR_LOCK__SESSION_TTL", "30s"),
+        ("REHYDRATOR_CLUSTER__DESIRED_SERVERS", "5"),
+        ("REHYDRATOR_LOG_FORMAT", "json"),
+        ("CONSUL_HTTP_ADDR", "https://10.1.2.3:8501"),
+        ("CONSUL_HTTP_TOKEN", "s3cr3t-token"),
+        ("CONSUL_HTTP_SSL_VERIFY", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let s = load_with_env(&sample("minimal.toml"), &env).unwrap();
+    assert_eq!(s.lock.session_ttl, Duration::from_secs(30));
+    assert_eq!(s.cluster.desired_servers.get(), 5);
+    assert_eq!(s.consul.address, "https://10.1.2.3:8501");
+    assert!(!s.consul.tls_verify);
+    assert_eq!(s.consul.token.as_ref().unwrap().expose(), "s3cr3t-token");
+    // The effective configuration never shows the token.
+    let shown = s.to_toml();
+    assert!(!shown.contains("s3cr3t-token"), "{shown}");
+    assert!(shown.contains("token = \"***\""), "{shown}");
+    assert!(!format!("{s:?}").contains("s3cr3t-token"));
+}
+
+#[test]
+fn effective_config_round_trips_through_the_loader() {
+    let s = load_with_env(&sample("full.toml"), &no_env()).unwrap();
+    let dir = std::env::temp_dir().join(format!("rehydrator-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let again = dir.join("effective.toml");
+    // The masked token would be taken literally; drop it to compare the rest.
+    let text = s.to_toml().replace("token = \"***\"\n", "");
+    std::fs::write(&again, &text).unwrap();
+    let back = load_with_env(&again, &no_env());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let back = back.unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
+    assert_eq!(back.to_toml(), text);
+}
