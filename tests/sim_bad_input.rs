@@ -1,0 +1,359 @@
+//! Bad input gets real Consul's status code and message, and never stops the simulator: after
+//! every bad request, GET /v1/status/leader still answers 200.
+//!
+//! Expected texts come from Consul's Go source (hashicorp/consul), cited at each test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use awc::http::Method;
+use rand::Rng;
+
+struct Reply {
+    what: String,
+    status: u16,
+    headers: awc::http::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
+    }
+
+    fn assert_error(&self, status: u16, message: &str) {
+        assert_eq!(
+            (self.status, self.body.as_str()),
+            (status, message),
+            "{}: status and body",
+            self.what
+        );
+    }
+
+    fn assert_error_prefix(&self, status: u16, prefix: &str) {
+        assert_eq!(self.status, status, "{}: status ({})", self.what, self.body);
+        assert!(
+            self.body.starts_with(prefix),
+            "{}: body {:?} should start with {prefix:?}",
+            self.what,
+            self.body
+        );
+    }
+
+    /// Consul's 405: the method in the body, the allowed ones (with OPTIONS) in `Allow`.
+    fn assert_method_not_allowed(&self, method: &str, allowed: &[&str]) {
+        self.assert_error(405, &format!("method {method} not allowed"));
+        let allow = self.header("allow").unwrap_or_default();
+        let mut got: Vec<&str> = allow.split(',').map(str::trim).collect();
+        got.sort_unstable();
+        let mut want: Vec<&str> = allowed.to_vec();
+        want.push("OPTIONS");
+        want.sort_unstable();
+        assert_eq!(got, want, "{}: Allow header {allow:?}", self.what);
+    }
+}
+
+struct Api {
+    client: awc::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(sim: &rehydrator_sim::RunningSim) -> Self {
+        Self {
+            client: awc::Client::default(),
+            base: sim.url(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: &[u8]) -> Reply {
+        let what = format!("{method} {path}");
+        let req = self.client.request(method, format!("{}{path}", self.base));
+        let sent = if body.is_empty() {
+            req.send().await
+        } else {
+            req.send_body(body.to_vec()).await
+        };
+        let mut resp = sent.unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+        let bytes = resp
+            .body()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"));
+        Reply {
+            what,
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// The simulator still serves: GET /v1/status/leader answers 200 with a JSON string.
+    async fn assert_still_serving(&self, after: &str) {
+        let r = self.call(Method::GET, "/v1/status/leader", b"").await;
+        assert_eq!(
+            r.status, 200,
+            "after {after}: GET /v1/status/leader answered {} {}",
+            r.status, r.body
+        );
+        let leader: serde_json::Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("after {after}: leader is not JSON ({e}): {}", r.body));
+        assert!(leader.is_string(), "after {after}: leader {leader}");
+    }
+}
+
+/// A random session ID no simulator has handed out.
+fn random_uuid() -> String {
+    let b: [u8; 16] = rand::thread_rng().gen();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+// agent/session_endpoint.go SessionCreate: decodeBody fails ->
+// 400 "Request decode failed: <decoder error>". The decoder's own text is Go's, so only the
+// prefix is compared.
+#[actix_rt::test]
+async fn session_create_with_malformed_json_is_400() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(
+                Method::PUT,
+                "/v1/session/create",
+                br#"{"Name": "x", "TTL": "#,
+            )
+            .await;
+        r.assert_error_prefix(400, "Request decode failed: ");
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/catalog_endpoint.go CatalogRegister: decodeBody fails ->
+// 400 "Request decode failed: <decoder error>".
+#[actix_rt::test]
+async fn catalog_register_with_malformed_json_is_400() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(Method::PUT, "/v1/catalog/register", b"{not json")
+            .await;
+        r.assert_error_prefix(400, "Request decode failed: ");
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/operator_endpoint.go OperatorAutopilotConfiguration (PUT): decodeBody fails ->
+// 400 "Error parsing autopilot config: <decoder error>".
+#[actix_rt::test]
+async fn autopilot_config_with_malformed_json_is_400() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(
+                Method::PUT,
+                "/v1/operator/autopilot/configuration",
+                br#"{"CleanupDeadServers": tru"#,
+            )
+            .await;
+        r.assert_error_prefix(400, "Error parsing autopilot config: ");
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/consul/session_endpoint.go Session.Apply:
+//   fmt.Errorf("Session TTL '%s' invalid: %v", TTL, err) with Go's time.ParseDuration error
+//   `time: invalid duration "abc"`; an RPC error of no special type is a 500 (agent/http.go
+//   handleErr default case).
+#[actix_rt::test]
+async fn session_ttl_that_is_not_a_duration_is_500() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(Method::PUT, "/v1/session/create", br#"{"TTL": "abc"}"#)
+            .await;
+        r.assert_error(
+            500,
+            r#"Session TTL 'abc' invalid: time: invalid duration "abc""#,
+        );
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/consul/session_endpoint.go Session.Apply:
+//   fmt.Errorf("Invalid Session TTL '%d', must be between [%v=%v]", ttl, SessionTTLMin,
+//   SessionTTLMax): the TTL in nanoseconds, the default minimum 10s and structs.SessionTTLMax
+//   24h printed by Go as "24h0m0s". 500 as above.
+#[actix_rt::test]
+async fn session_ttl_out_of_range_is_500() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(Method::PUT, "/v1/session/create", br#"{"TTL": "5s"}"#)
+            .await;
+        r.assert_error(
+            500,
+            "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]",
+        );
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/http.go parseWait: a `wait` time.ParseDuration rejects -> 400 "Invalid wait time".
+#[actix_rt::test]
+async fn bad_wait_is_400() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(Method::GET, "/v1/kv/x?index=1&wait=abc", b"")
+            .await;
+        r.assert_error(400, "Invalid wait time");
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/http.go parseWait: an `index` strconv.ParseUint rejects -> 400 "Invalid index".
+#[actix_rt::test]
+async fn bad_index_is_400() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        for path in ["/v1/kv/x?index=abc", "/v1/catalog/nodes?index=abc"] {
+            let r = api.call(Method::GET, path, b"").await;
+            r.assert_error(400, "Invalid index");
+            api.assert_still_serving(&r.what).await;
+        }
+    })
+    .await;
+}
+
+// agent/session_endpoint.go SessionRenew: no such session ->
+// 404 "Session id '<id>' not found".
+#[actix_rt::test]
+async fn renewing_an_unknown_session_is_404() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let id = random_uuid();
+        let r = api
+            .call(Method::PUT, &format!("/v1/session/renew/{id}"), b"")
+            .await;
+        r.assert_error(404, &format!("Session id '{id}' not found"));
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/session_endpoint.go SessionGet: no such session -> 200 with an empty JSON list
+// ("Use empty list instead of nil"); the docs: "If the session does not exist, an empty JSON
+// list [] is returned."
+#[actix_rt::test]
+async fn info_of_an_unknown_session_is_an_empty_list() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(
+                Method::GET,
+                &format!("/v1/session/info/{}", random_uuid()),
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}: {}", r.what, r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v, serde_json::json!([]), "{}", r.what);
+        assert!(
+            r.header("x-consul-index").is_some(),
+            "{}: X-Consul-Index",
+            r.what
+        );
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// api-docs/session "Delete Session": "If the session UUID does not exist or already expired, a
+// 200 is still returned (the operation is idempotent)"; agent/session_endpoint.go
+// SessionDestroy returns `true`.
+#[actix_rt::test]
+async fn destroying_an_unknown_session_is_200_true() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let r = api
+            .call(
+                Method::PUT,
+                &format!("/v1/session/destroy/{}", random_uuid()),
+                b"",
+            )
+            .await;
+        assert_eq!((r.status, r.body.trim()), (200, "true"), "{}", r.what);
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/consul/state/kvs.go kvsLockTxn: fmt.Errorf("invalid session %#v", entry.Session) — Go
+// quotes the ID; the RPC error is a 500 (agent/http.go handleErr default case).
+#[actix_rt::test]
+async fn acquiring_with_an_unknown_session_is_500() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+        let id = random_uuid();
+        let r = api
+            .call(Method::PUT, &format!("/v1/kv/lock?acquire={id}"), b"x")
+            .await;
+        r.assert_error(500, &format!("invalid session \"{id}\""));
+        // Nothing was written.
+        let r2 = api.call(Method::GET, "/v1/kv/lock", b"").await;
+        assert_eq!(r2.status, 404, "{}: {}", r2.what, r2.body);
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
+
+// agent/http.go wrap: a method the endpoint was not registered with ->
+// MethodNotAllowedError{Method, append([]string{"OPTIONS"}, methods...)}: 405, body
+// "method <M> not allowed", header Allow with the methods joined by ",".
+// Registered methods (agent/http_register.go): /v1/session/create PUT; /v1/status/leader GET;
+// /v1/kv/ GET, PUT, DELETE.
+#[actix_rt::test]
+async fn wrong_methods_are_405_with_allow() {
+    common::bounded(async {
+        let sim = common::sim();
+        let api = Api::new(&sim);
+
+        let r = api.call(Method::GET, "/v1/session/create", b"").await;
+        r.assert_method_not_allowed("GET", &["PUT"]);
+        api.assert_still_serving(&r.what).await;
+
+        let r = api.call(Method::DELETE, "/v1/status/leader", b"").await;
+        r.assert_method_not_allowed("DELETE", &["GET"]);
+        api.assert_still_serving(&r.what).await;
+
+        let r = api.call(Method::POST, "/v1/kv/x", b"v").await;
+        r.assert_method_not_allowed("POST", &["GET", "PUT", "DELETE"]);
+        api.assert_still_serving(&r.what).await;
+    })
+    .await;
+}
