@@ -57,7 +57,9 @@ impl Sim {
             cluster: Cluster::default(),
             waiters: Waiters::default(),
         };
-        let sim = Self { state: Arc::new(Mutex::new(state)) };
+        let sim = Self {
+            state: Arc::new(Mutex::new(state)),
+        };
         crate::cluster::bootstrap(&sim);
         sim
     }
@@ -65,14 +67,30 @@ impl Sim {
     /// The state, locked. A handler that panicked mid-write cannot leave the lock poisoned
     /// for good: the simulator keeps serving, as the issue asks of bad input.
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the state after `delay` of simulated time (scaled by `time_scale`).
     /// Must be called inside an actix/tokio local runtime (a handler, or `start`).
     pub fn after(&self, delay: Duration, f: impl FnOnce(&Sim, &mut State) + 'static) {
-        let sim = self.clone();
         let wall = self.lock().config.scaled(delay);
+        self.after_wall(wall, f);
+    }
+
+    /// `after` for a caller that already holds the lock (`after` would lock it again).
+    pub fn after_in(
+        &self,
+        st: &State,
+        delay: Duration,
+        f: impl FnOnce(&Sim, &mut State) + 'static,
+    ) {
+        self.after_wall(st.config.scaled(delay), f);
+    }
+
+    fn after_wall(&self, wall: Duration, f: impl FnOnce(&Sim, &mut State) + 'static) {
+        let sim = self.clone();
         actix_rt::spawn(async move {
             tokio::time::sleep(wall).await;
             let mut st = sim.lock();

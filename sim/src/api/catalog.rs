@@ -1,21 +1,1117 @@
-//! TODO(helper B2): /v1/catalog endpoints.
+//! The catalog: nodes, their services and their checks, and Consul's `/v1/catalog/...` endpoints.
+//!
+//! Who talks to it: HTTP clients (register, deregister, the list and lookup reads, all blocking
+//! on `Topic::Catalog`), the health endpoints (which read the same tables), the cluster (which
+//! registers each server node with its `consul` service and `serfHealth` check, as a Consul
+//! leader's member reconcile does) and sessions (`node_exists`, `check_status`).
+//!
+//! Routes: GET /v1/catalog/datacenters, /services, /service/{name} (?tag, ?node-meta),
+//! /nodes (?node-meta), /node/{node}; PUT /register, /deregister.
+//! Shapes follow Consul's `structs.Node`, `structs.ServiceNode` and `structs.NodeServices` as the
+//! HTTP layer sends them (nil tag lists become `[]`). Unknown node on /node/{node} is `null`.
 
-use actix_web::web;
+use std::collections::{BTreeMap, BTreeSet};
 
-pub fn configure(_cfg: &mut web::ServiceConfig) {}
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
+use crate::http::{blocking, decode_body, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::state::{Sim, State};
+use crate::watch::{Change, Topic};
+
+/// Registers the `/v1/catalog` routes. Each takes every method so a wrong one gets Consul's 405.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/catalog/register", web::route().to(register))
+        .route("/v1/catalog/deregister", web::route().to(deregister))
+        .route("/v1/catalog/datacenters", web::route().to(datacenters))
+        .route("/v1/catalog/services", web::route().to(services))
+        .route("/v1/catalog/service/{name:.*}", web::route().to(service))
+        .route("/v1/catalog/nodes", web::route().to(nodes))
+        .route("/v1/catalog/node/{node:.*}", web::route().to(node));
+}
+
+/// Output text of the `serfHealth` check, as Consul's leader writes it.
+pub const SERF_ALIVE_OUTPUT: &str = "Agent alive and reachable";
+pub const SERF_FAILED_OUTPUT: &str = "Agent not live or unreachable";
+pub const SERF_CHECK_ID: &str = "serfHealth";
+pub const SERF_CHECK_NAME: &str = "Serf Health Status";
+
+/// A service's DNS weights (`structs.Weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Weights {
+    pub passing: i64,
+    pub warning: i64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// One service instance on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEntry {
+    pub kind: String,
+    pub id: String,
+    pub service: String,
+    pub tags: Vec<String>,
+    pub address: String,
+    pub tagged_addresses: Option<Map<String, Value>>,
+    pub meta: BTreeMap<String, String>,
+    pub port: i64,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// One health check on a node (node-level when `service_id` is empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckEntry {
+    pub node: String,
+    pub check_id: String,
+    pub name: String,
+    pub status: String,
+    pub notes: String,
+    pub output: String,
+    pub service_id: String,
+    pub service_name: String,
+    pub service_tags: Vec<String>,
+    pub kind: String,
+    pub definition: Map<String, Value>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A catalog node with what is registered on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeEntry {
+    pub id: String,
+    pub node: String,
+    pub address: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub services: BTreeMap<String, ServiceEntry>,
+    pub checks: BTreeMap<String, CheckEntry>,
+}
+
+/// The catalog tables. Each table keeps the index of its last write, deletes included, which is
+/// what Consul answers as X-Consul-Index for reads of that table.
 #[derive(Default)]
-pub struct Catalog {}
+pub struct Catalog {
+    nodes: BTreeMap<String, NodeEntry>,
+    pub nodes_index: u64,
+    pub services_index: u64,
+    pub checks_index: u64,
+}
+
+/// What a write changed, so the caller can notify watchers and invalidate sessions.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub catalog: bool,
+    pub checks: bool,
+    /// Checks that are now critical (newly or by update): sessions using them die.
+    pub critical: Vec<(String, String)>,
+    /// Checks that were deleted: sessions using them die too.
+    pub deleted_checks: Vec<(String, String)>,
+    /// Nodes that were deleted: all their sessions die.
+    pub deleted_nodes: Vec<String>,
+}
+
+/// A node registration, already validated and defaulted.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub id: String,
+    pub node: String,
+    pub address: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+    pub skip_node_update: bool,
+    pub service: Option<ServiceEntry>,
+    pub checks: Vec<CheckEntry>,
+}
 
 impl Catalog {
-    /// Whether `node` is registered. (Interface used by sessions; B2 implements.)
-    pub fn node_exists(&self, _node: &str) -> bool {
-        true
+    /// Whether `node` is registered.
+    pub fn node_exists(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
     }
 
     /// The status ("passing", "warning", "critical") of check `check_id` on `node`, if it exists.
-    /// (Interface used by sessions; B2 implements.)
-    pub fn check_status(&self, _node: &str, _check_id: &str) -> Option<String> {
-        Some("passing".into())
+    pub fn check_status(&self, node: &str, check_id: &str) -> Option<String> {
+        self.nodes
+            .get(node)
+            .and_then(|n| n.checks.get(check_id))
+            .map(|c| c.status.clone())
+    }
+
+    pub fn node(&self, node: &str) -> Option<&NodeEntry> {
+        self.nodes.get(node)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.nodes.values()
+    }
+
+    /// Applies a registration at `idx` as Consul's state store does: upserts the node (unless
+    /// `skip_node_update`), the service and the checks, bumping ModifyIndex only on change.
+    pub fn register(&mut self, idx: u64, reg: Registration) -> Result<Written, String> {
+        let mut w = Written::default();
+        if let Some(other) = self
+            .nodes
+            .values()
+            .find(|n| !reg.id.is_empty() && n.id == reg.id && n.node != reg.node)
+        {
+            return Err(format!(
+                "failed inserting node: Error while renaming Node ID: \"{}\": Node name {} is reserved by node {} with name {}",
+                reg.id, reg.node, other.id, other.node
+            ));
+        }
+        if !self.nodes.contains_key(&reg.node) {
+            if reg.skip_node_update {
+                return Err(format!("Node {} does not exist", reg.node));
+            }
+            let id = if reg.id.is_empty() {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                reg.id.clone()
+            };
+            self.nodes.insert(
+                reg.node.clone(),
+                NodeEntry {
+                    id,
+                    node: reg.node.clone(),
+                    address: reg.address.clone(),
+                    tagged_addresses: reg.tagged_addresses.clone(),
+                    meta: reg.meta.clone(),
+                    create_index: idx,
+                    modify_index: idx,
+                    services: BTreeMap::new(),
+                    checks: BTreeMap::new(),
+                },
+            );
+            self.nodes_index = idx;
+            w.catalog = true;
+        }
+        let Some(node) = self.nodes.get_mut(&reg.node) else {
+            return Err(format!("Node {} does not exist", reg.node));
+        };
+        if !reg.skip_node_update {
+            let changed = node.address != reg.address
+                || node.tagged_addresses != reg.tagged_addresses
+                || node.meta != reg.meta
+                || (!reg.id.is_empty() && node.id != reg.id);
+            if changed {
+                node.address = reg.address.clone();
+                node.tagged_addresses = reg.tagged_addresses.clone();
+                node.meta = reg.meta.clone();
+                if !reg.id.is_empty() {
+                    node.id = reg.id.clone();
+                }
+                node.modify_index = idx;
+                self.nodes_index = idx;
+                w.catalog = true;
+            }
+        }
+        if let Some(mut svc) = reg.service {
+            let existing = node.services.get(&svc.id);
+            let same = existing.is_some_and(|e| {
+                let mut a = e.clone();
+                a.create_index = 0;
+                a.modify_index = 0;
+                a == svc
+            });
+            if !same {
+                svc.create_index = existing.map_or(idx, |e| e.create_index);
+                svc.modify_index = idx;
+                node.services.insert(svc.id.clone(), svc);
+                self.services_index = idx;
+                w.catalog = true;
+            }
+        }
+        for mut check in reg.checks {
+            if !check.service_id.is_empty() {
+                let Some(svc) = node.services.get(&check.service_id) else {
+                    return Err(format!(
+                        "Missing service registration for check \"{}\"",
+                        check.check_id
+                    ));
+                };
+                check.service_name = svc.service.clone();
+                check.service_tags = svc.tags.clone();
+            }
+            let existing = node.checks.get(&check.check_id);
+            let same = existing.is_some_and(|e| {
+                let mut a = e.clone();
+                a.create_index = 0;
+                a.modify_index = 0;
+                a == check
+            });
+            if same {
+                continue;
+            }
+            let was_critical = existing.is_some_and(|e| e.status == "critical");
+            check.create_index = existing.map_or(idx, |e| e.create_index);
+            check.modify_index = idx;
+            if check.status == "critical" && !was_critical {
+                w.critical
+                    .push((check.node.clone(), check.check_id.clone()));
+            }
+            node.checks.insert(check.check_id.clone(), check);
+            self.checks_index = idx;
+            w.checks = true;
+        }
+        Ok(w)
+    }
+
+    /// Sets one check's status and output; no-op (and no index bump) when nothing changes.
+    pub fn set_check(
+        &mut self,
+        idx: u64,
+        node: &str,
+        check_id: &str,
+        status: &str,
+        output: &str,
+    ) -> Written {
+        let mut w = Written::default();
+        let Some(c) = self
+            .nodes
+            .get_mut(node)
+            .and_then(|n| n.checks.get_mut(check_id))
+        else {
+            return w;
+        };
+        if c.status == status && c.output == output {
+            return w;
+        }
+        if status == "critical" && c.status != "critical" {
+            w.critical.push((node.to_owned(), check_id.to_owned()));
+        }
+        c.status = status.to_owned();
+        c.output = output.to_owned();
+        c.modify_index = idx;
+        self.checks_index = idx;
+        w.checks = true;
+        w
+    }
+
+    /// Deletes a check, a service (with its checks) or, with neither, the whole node.
+    /// Deleting what is not there is not an error, as in Consul.
+    pub fn deregister(
+        &mut self,
+        idx: u64,
+        node: &str,
+        service_id: Option<&str>,
+        check_id: Option<&str>,
+    ) -> Written {
+        let mut w = Written::default();
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return w;
+        };
+        match (service_id, check_id) {
+            (None, None) => {
+                let had_services = !entry.services.is_empty();
+                let had_checks = !entry.checks.is_empty();
+                self.nodes.remove(node);
+                self.nodes_index = idx;
+                if had_services {
+                    self.services_index = idx;
+                }
+                if had_checks {
+                    self.checks_index = idx;
+                }
+                w.catalog = true;
+                w.checks = had_checks;
+                w.deleted_nodes.push(node.to_owned());
+            }
+            (Some(sid), _) => {
+                if entry.services.remove(sid).is_some() {
+                    self.services_index = idx;
+                    w.catalog = true;
+                }
+                let gone: Vec<String> = entry
+                    .checks
+                    .values()
+                    .filter(|c| c.service_id == sid)
+                    .map(|c| c.check_id.clone())
+                    .collect();
+                for cid in gone {
+                    entry.checks.remove(&cid);
+                    w.deleted_checks.push((node.to_owned(), cid));
+                }
+                if let Some(cid) = check_id {
+                    if entry.checks.remove(cid).is_some() {
+                        w.deleted_checks.push((node.to_owned(), cid.to_owned()));
+                    }
+                }
+                if !w.deleted_checks.is_empty() {
+                    self.checks_index = idx;
+                    w.checks = true;
+                }
+            }
+            (None, Some(cid)) => {
+                if entry.checks.remove(cid).is_some() {
+                    self.checks_index = idx;
+                    w.checks = true;
+                    w.deleted_checks.push((node.to_owned(), cid.to_owned()));
+                }
+            }
+        }
+        w
+    }
+
+    /// Every service name with the union of its instances' tags (`/v1/catalog/services`).
+    pub fn service_tags(&self, filter: &NodeMetaFilter) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for n in self.nodes.values().filter(|n| filter.matches(n)) {
+            for s in n.services.values() {
+                out.entry(s.service.clone())
+                    .or_default()
+                    .extend(s.tags.iter().cloned());
+            }
+        }
+        out.into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect()
+    }
+
+    /// The (node, service) pairs of `name`, every one of `tags` present, nodes in name order.
+    pub fn instances<'a>(
+        &'a self,
+        name: &'a str,
+        tags: &'a [String],
+        filter: &'a NodeMetaFilter,
+    ) -> impl Iterator<Item = (&'a NodeEntry, &'a ServiceEntry)> + 'a {
+        self.nodes
+            .values()
+            .filter(move |n| filter.matches(n))
+            .flat_map(move |n| n.services.values().map(move |s| (n, s)))
+            .filter(move |(_, s)| {
+                s.service == name
+                    && tags
+                        .iter()
+                        .all(|t| s.tags.iter().any(|st| st.eq_ignore_ascii_case(t)))
+            })
+    }
+
+    /// Every check, nodes in name order, check IDs in order.
+    pub fn checks(&self) -> impl Iterator<Item = &CheckEntry> {
+        self.nodes.values().flat_map(|n| n.checks.values())
+    }
+}
+
+/// `?node-meta=key:value` as Consul reads it (one pair here; see the module notes).
+#[derive(Debug, Default, Clone)]
+pub struct NodeMetaFilter(Vec<(String, String)>);
+
+impl NodeMetaFilter {
+    pub fn parse(params: &Params) -> Self {
+        let pairs = params
+            .get("node-meta")
+            .map(|v| {
+                let (k, val) = v.split_once(':').unwrap_or((v, ""));
+                vec![(k.to_owned(), val.to_owned())]
+            })
+            .unwrap_or_default();
+        Self(pairs)
+    }
+
+    pub fn matches(&self, n: &NodeEntry) -> bool {
+        self.0
+            .iter()
+            .all(|(k, v)| n.meta.get(k).is_some_and(|m| m == v))
+    }
+}
+
+// ---- JSON shapes -------------------------------------------------------------------------
+
+/// `structs.Node` as the HTTP API sends it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeJson<'a> {
+    #[serde(rename = "ID")]
+    pub id: &'a str,
+    pub node: &'a str,
+    pub address: &'a str,
+    pub datacenter: &'a str,
+    pub tagged_addresses: &'a BTreeMap<String, String>,
+    pub meta: &'a BTreeMap<String, String>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl<'a> NodeJson<'a> {
+    pub fn new(n: &'a NodeEntry, dc: &'a str) -> Self {
+        Self {
+            id: &n.id,
+            node: &n.node,
+            address: &n.address,
+            datacenter: dc,
+            tagged_addresses: &n.tagged_addresses,
+            meta: &n.meta,
+            create_index: n.create_index,
+            modify_index: n.modify_index,
+        }
+    }
+}
+
+/// `structs.ConnectProxyConfig` with nothing set, as Consul marshals its zero value.
+fn empty_proxy() -> Value {
+    serde_json::json!({"Mode": "", "MeshGateway": {}, "Expose": {}})
+}
+
+/// `structs.NodeService` as the HTTP API sends it (catalog/node, health/service).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeServiceJson<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub kind: &'a str,
+    #[serde(rename = "ID")]
+    pub id: &'a str,
+    pub service: &'a str,
+    pub tags: &'a [String],
+    pub address: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tagged_addresses: Option<&'a Map<String, Value>>,
+    pub meta: &'a BTreeMap<String, String>,
+    pub port: i64,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub proxy: Value,
+    pub connect: Value,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl<'a> NodeServiceJson<'a> {
+    pub fn new(s: &'a ServiceEntry) -> Self {
+        Self {
+            kind: &s.kind,
+            id: &s.id,
+            service: &s.service,
+            tags: &s.tags,
+            address: &s.address,
+            tagged_addresses: s.tagged_addresses.as_ref(),
+            meta: &s.meta,
+            port: s.port,
+            weights: s.weights,
+            enable_tag_override: s.enable_tag_override,
+            proxy: empty_proxy(),
+            connect: Value::Object(Map::new()),
+            create_index: s.create_index,
+            modify_index: s.modify_index,
+        }
+    }
+}
+
+/// `structs.ServiceNode` as /v1/catalog/service/{name} sends it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceNodeJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    datacenter: &'a str,
+    tagged_addresses: &'a BTreeMap<String, String>,
+    node_meta: &'a BTreeMap<String, String>,
+    service_kind: &'a str,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    service_tags: &'a [String],
+    service_address: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tagged_addresses: Option<&'a Map<String, Value>>,
+    service_weights: Weights,
+    service_meta: &'a BTreeMap<String, String>,
+    service_port: i64,
+    service_socket_path: &'a str,
+    service_enable_tag_override: bool,
+    service_proxy: Value,
+    service_connect: Value,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// `structs.HealthCheck` as the HTTP API sends it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckJson<'a> {
+    pub node: &'a str,
+    #[serde(rename = "CheckID")]
+    pub check_id: &'a str,
+    pub name: &'a str,
+    pub status: &'a str,
+    pub notes: &'a str,
+    pub output: &'a str,
+    #[serde(rename = "ServiceID")]
+    pub service_id: &'a str,
+    pub service_name: &'a str,
+    pub service_tags: &'a [String],
+    #[serde(rename = "Type")]
+    pub kind: &'a str,
+    pub interval: &'a str,
+    pub timeout: &'a str,
+    pub exposed_port: u16,
+    pub definition: &'a Map<String, Value>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl<'a> CheckJson<'a> {
+    pub fn new(c: &'a CheckEntry) -> Self {
+        Self {
+            node: &c.node,
+            check_id: &c.check_id,
+            name: &c.name,
+            status: &c.status,
+            notes: &c.notes,
+            output: &c.output,
+            service_id: &c.service_id,
+            service_name: &c.service_name,
+            service_tags: &c.service_tags,
+            kind: &c.kind,
+            interval: "",
+            timeout: "",
+            exposed_port: 0,
+            definition: &c.definition,
+            create_index: c.create_index,
+            modify_index: c.modify_index,
+        }
+    }
+}
+
+// ---- request bodies ----------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct RegisterBody {
+    datacenter: String,
+    #[serde(rename = "ID")]
+    id: String,
+    node: String,
+    address: String,
+    tagged_addresses: Option<BTreeMap<String, String>>,
+    node_meta: Option<BTreeMap<String, String>>,
+    service: Option<ServiceBody>,
+    check: Option<CheckBody>,
+    checks: Option<Vec<CheckBody>>,
+    skip_node_update: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct ServiceBody {
+    kind: String,
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    tags: Option<Vec<String>>,
+    address: String,
+    tagged_addresses: Option<Map<String, Value>>,
+    meta: Option<BTreeMap<String, String>>,
+    port: i64,
+    weights: Option<Weights>,
+    enable_tag_override: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct CheckBody {
+    node: String,
+    #[serde(rename = "CheckID")]
+    check_id: String,
+    name: String,
+    status: String,
+    notes: String,
+    output: String,
+    #[serde(rename = "ServiceID")]
+    service_id: String,
+    #[serde(rename = "Type")]
+    kind: String,
+    definition: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct DeregisterBody {
+    datacenter: String,
+    node: String,
+    #[serde(rename = "ServiceID")]
+    service_id: String,
+    #[serde(rename = "CheckID")]
+    check_id: String,
+}
+
+/// Validates and defaults a registration as Consul's Catalog.Register RPC does.
+fn to_registration(b: RegisterBody) -> Result<Registration, ApiError> {
+    if b.node.is_empty() {
+        return Err(ApiError::internal("Must provide node"));
+    }
+    if b.address.is_empty() && !b.skip_node_update {
+        return Err(ApiError::internal(
+            "Must provide address if SkipNodeUpdate is not set",
+        ));
+    }
+    if !b.id.is_empty() && uuid::Uuid::parse_str(&b.id).is_err() {
+        return Err(ApiError::internal(format!(
+            "Bad node ID: uuid string is wrong length ({:?})",
+            b.id
+        )));
+    }
+    let service = match b.service {
+        None => None,
+        Some(s) => {
+            if s.service.is_empty() {
+                return Err(ApiError::internal("Must provide service name"));
+            }
+            let id = if s.id.is_empty() {
+                s.service.clone()
+            } else {
+                s.id
+            };
+            Some(ServiceEntry {
+                kind: s.kind,
+                id,
+                service: s.service,
+                tags: s.tags.unwrap_or_default(),
+                address: s.address,
+                tagged_addresses: s.tagged_addresses,
+                meta: s.meta.unwrap_or_default(),
+                port: s.port,
+                weights: s.weights.unwrap_or_default(),
+                enable_tag_override: s.enable_tag_override,
+                create_index: 0,
+                modify_index: 0,
+            })
+        }
+    };
+    let mut checks = Vec::new();
+    for c in b.check.into_iter().chain(b.checks.unwrap_or_default()) {
+        if !c.node.is_empty() && c.node != b.node {
+            return Err(ApiError::internal(format!(
+                "Node mismatch: check node \"{}\" does not match registered node \"{}\"",
+                c.node, b.node
+            )));
+        }
+        let check_id = if c.check_id.is_empty() {
+            c.name.clone()
+        } else {
+            c.check_id
+        };
+        if check_id.is_empty() {
+            return Err(ApiError::internal("Missing check ID"));
+        }
+        let status = if c.status.is_empty() {
+            "critical".to_owned()
+        } else {
+            c.status
+        };
+        if !matches!(
+            status.as_str(),
+            "passing" | "warning" | "critical" | "maintenance"
+        ) {
+            return Err(ApiError::internal(format!(
+                "Invalid check status: {status:?}"
+            )));
+        }
+        checks.push(CheckEntry {
+            node: b.node.clone(),
+            check_id,
+            name: c.name,
+            status,
+            notes: c.notes,
+            output: c.output,
+            service_id: c.service_id,
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            kind: c.kind,
+            definition: c.definition.unwrap_or_default(),
+            create_index: 0,
+            modify_index: 0,
+        });
+    }
+    Ok(Registration {
+        id: b.id,
+        node: b.node,
+        address: b.address,
+        tagged_addresses: b.tagged_addresses.unwrap_or_default(),
+        meta: b.node_meta.unwrap_or_default(),
+        skip_node_update: b.skip_node_update,
+        service,
+        checks,
+    })
+}
+
+// ---- writes shared with the cluster ------------------------------------------------------
+
+/// Notifies watchers of a catalog write and kills the sessions it invalidated.
+pub fn after_write(sim: &Sim, st: &mut State, w: Written) {
+    let mut change = Change::default();
+    if w.catalog {
+        change = change.and(Topic::Catalog);
+    }
+    if w.checks {
+        change = change.and(Topic::Checks);
+    }
+    if !change.tables.is_empty() {
+        st.notify(change);
+    }
+    for node in &w.deleted_nodes {
+        crate::api::session::invalidate_for_node(sim, st, node, None);
+    }
+    for (node, check) in w.deleted_checks.iter().chain(w.critical.iter()) {
+        crate::api::session::invalidate_for_node(sim, st, node, Some(check));
+    }
+}
+
+/// Registers at a fresh index, then notifies and invalidates.
+pub fn apply_register(sim: &Sim, st: &mut State, reg: Registration) -> Result<(), ApiError> {
+    let idx = st.index + 1;
+    let w = st.catalog.register(idx, reg).map_err(ApiError::internal)?;
+    if w.catalog || w.checks {
+        st.next_index();
+    }
+    after_write(sim, st, w);
+    Ok(())
+}
+
+/// Deregisters at a fresh index, then notifies and invalidates.
+pub fn apply_deregister(
+    sim: &Sim,
+    st: &mut State,
+    node: &str,
+    service_id: Option<&str>,
+    check_id: Option<&str>,
+) {
+    let idx = st.index + 1;
+    let w = st.catalog.deregister(idx, node, service_id, check_id);
+    if w.catalog || w.checks {
+        st.next_index();
+    }
+    after_write(sim, st, w);
+}
+
+/// Updates one check at a fresh index, then notifies and invalidates.
+pub fn apply_check(
+    sim: &Sim,
+    st: &mut State,
+    node: &str,
+    check_id: &str,
+    status: &str,
+    output: &str,
+) {
+    let idx = st.index + 1;
+    let w = st.catalog.set_check(idx, node, check_id, status, output);
+    if w.checks {
+        st.next_index();
+    }
+    after_write(sim, st, w);
+}
+
+// ---- handlers ----------------------------------------------------------------------------
+
+fn only(req: &HttpRequest, method: &str) -> Result<(), ApiError> {
+    if req.method().as_str() == method {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            &[method],
+        ))
+    }
+}
+
+/// A write needs the leader; the agent forwards it to the servers.
+fn write_preconditions(st: &State, dc: &str) -> Result<(), ApiError> {
+    if !dc.is_empty() && dc != st.config.datacenter {
+        return Err(ApiError::internal("No path to datacenter"));
+    }
+    if !st.cluster.has_leader() {
+        return Err(ApiError::no_leader());
+    }
+    Ok(())
+}
+
+/// PUT /v1/catalog/register — a `structs.RegisterRequest` body; answers `true`.
+async fn register(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    only(&req, "PUT")?;
+    let b: RegisterBody = decode_body(&body)?;
+    let dc = Params::from_request(&req)
+        .get("dc")
+        .map(str::to_owned)
+        .unwrap_or_else(|| b.datacenter.clone());
+    let reg = to_registration(b)?;
+    let mut st = sim.lock();
+    write_preconditions(&st, &dc)?;
+    apply_register(&sim, &mut st, reg)?;
+    Ok(HttpResponse::Ok().json(true))
+}
+
+/// PUT /v1/catalog/deregister — `{Node, ServiceID?, CheckID?}`; answers `true`.
+async fn deregister(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    only(&req, "PUT")?;
+    let b: DeregisterBody = decode_body(&body)?;
+    if b.node.is_empty() {
+        return Err(ApiError::internal("Must provide node"));
+    }
+    let dc = Params::from_request(&req)
+        .get("dc")
+        .map(str::to_owned)
+        .unwrap_or_else(|| b.datacenter.clone());
+    let mut st = sim.lock();
+    write_preconditions(&st, &dc)?;
+    let sid = Some(b.service_id.as_str()).filter(|s| !s.is_empty());
+    let cid = Some(b.check_id.as_str()).filter(|s| !s.is_empty());
+    apply_deregister(&sim, &mut st, &b.node, sid, cid);
+    Ok(HttpResponse::Ok().json(true))
+}
+
+/// GET /v1/catalog/datacenters — the one datacenter; no blocking, no leader needed.
+async fn datacenters(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, "GET")?;
+    let dc = sim.lock().config.datacenter.clone();
+    Ok(HttpResponse::Ok().json(vec![dc]))
+}
+
+/// GET /v1/catalog/services — `{name: [tags]}`; blocking.
+async fn services(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, "GET")?;
+    let params = Params::from_request(&req);
+    let opts = QueryOptions::parse(&params)?;
+    let filter = NodeMetaFilter::parse(&params);
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        Ok(Read {
+            index: st.catalog.services_index,
+            value: st.catalog.service_tags(&filter),
+            topics: vec![Topic::Catalog],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+/// GET /v1/catalog/service/{name} — the instances of a service (`?tag` filters); blocking.
+async fn service(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    only(&req, "GET")?;
+    let name = path.into_inner();
+    let params = Params::from_request(&req);
+    let opts = QueryOptions::parse(&params)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing service name"));
+    }
+    let filter = NodeMetaFilter::parse(&params);
+    let tags: Vec<String> = params
+        .get("tag")
+        .map(|t| vec![t.to_owned()])
+        .unwrap_or_default();
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let dc = st.config.datacenter.as_str();
+        let list: Vec<Value> = st
+            .catalog
+            .instances(&name, &tags, &filter)
+            .map(|(n, s)| {
+                serde_json::to_value(ServiceNodeJson {
+                    id: &n.id,
+                    node: &n.node,
+                    address: &n.address,
+                    datacenter: dc,
+                    tagged_addresses: &n.tagged_addresses,
+                    node_meta: &n.meta,
+                    service_kind: &s.kind,
+                    service_id: &s.id,
+                    service_name: &s.service,
+                    service_tags: &s.tags,
+                    service_address: &s.address,
+                    service_tagged_addresses: s.tagged_addresses.as_ref(),
+                    service_weights: s.weights,
+                    service_meta: &s.meta,
+                    service_port: s.port,
+                    service_socket_path: "",
+                    service_enable_tag_override: s.enable_tag_override,
+                    service_proxy: empty_proxy(),
+                    service_connect: Value::Object(Map::new()),
+                    create_index: s.create_index,
+                    modify_index: s.modify_index,
+                })
+                .unwrap_or(Value::Null)
+            })
+            .collect();
+        Ok(Read {
+            index: st.catalog.services_index.max(st.catalog.nodes_index),
+            value: list,
+            topics: vec![Topic::Catalog],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+/// GET /v1/catalog/nodes — every node; blocking.
+async fn nodes(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, "GET")?;
+    let params = Params::from_request(&req);
+    let opts = QueryOptions::parse(&params)?;
+    let filter = NodeMetaFilter::parse(&params);
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let dc = st.config.datacenter.as_str();
+        let list: Vec<Value> = st
+            .catalog
+            .nodes()
+            .filter(|n| filter.matches(n))
+            .map(|n| serde_json::to_value(NodeJson::new(n, dc)).unwrap_or(Value::Null))
+            .collect();
+        Ok(Read {
+            index: st.catalog.nodes_index,
+            value: list,
+            topics: vec![Topic::Catalog],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+/// GET /v1/catalog/node/{node} — `{Node, Services: {id: service}}`, or `null`; blocking.
+async fn node(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    only(&req, "GET")?;
+    let name = path.into_inner();
+    let opts = QueryOptions::from_request(&req)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing node name"));
+    }
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let dc = st.config.datacenter.as_str();
+        let value = match st.catalog.node(&name) {
+            None => Value::Null,
+            Some(n) => {
+                let services: BTreeMap<&str, NodeServiceJson> = n
+                    .services
+                    .values()
+                    .map(|s| (s.id.as_str(), NodeServiceJson::new(s)))
+                    .collect();
+                serde_json::json!({"Node": NodeJson::new(n, dc), "Services": services})
+            }
+        };
+        Ok(Read {
+            index: st.catalog.nodes_index.max(st.catalog.services_index),
+            value,
+            topics: vec![Topic::Catalog],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(node: &str) -> Registration {
+        Registration {
+            node: node.into(),
+            address: "10.0.0.1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn check(node: &str, id: &str, status: &str) -> CheckEntry {
+        CheckEntry {
+            node: node.into(),
+            check_id: id.into(),
+            name: id.into(),
+            status: status.into(),
+            notes: String::new(),
+            output: String::new(),
+            service_id: String::new(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            kind: String::new(),
+            definition: Map::new(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    #[test]
+    fn re_registering_the_same_thing_does_not_bump_indexes() {
+        let mut c = Catalog::default();
+        let mut r = reg("n1");
+        r.checks.push(check("n1", "c1", "passing"));
+        let w = c.register(5, r.clone()).unwrap();
+        assert!(w.catalog && w.checks);
+        let w = c.register(6, r).unwrap();
+        assert!(!w.catalog && !w.checks);
+        assert_eq!(c.nodes_index, 5);
+        assert_eq!(c.checks_index, 5);
+    }
+
+    #[test]
+    fn a_check_turning_critical_is_reported_once() {
+        let mut c = Catalog::default();
+        let mut r = reg("n1");
+        r.checks.push(check("n1", "c1", "passing"));
+        c.register(5, r).unwrap();
+        let w = c.set_check(6, "n1", "c1", "critical", "down");
+        assert_eq!(w.critical, vec![("n1".to_owned(), "c1".to_owned())]);
+        let w = c.set_check(7, "n1", "c1", "critical", "down");
+        assert!(w.critical.is_empty() && !w.checks);
+        assert_eq!(c.check_status("n1", "c1").as_deref(), Some("critical"));
+    }
+
+    #[test]
+    fn deregistering_a_node_takes_its_services_and_checks() {
+        let mut c = Catalog::default();
+        let mut r = reg("n1");
+        r.service = Some(ServiceEntry {
+            kind: String::new(),
+            id: "web".into(),
+            service: "web".into(),
+            tags: vec!["a".into()],
+            address: String::new(),
+            tagged_addresses: None,
+            meta: BTreeMap::new(),
+            port: 80,
+            weights: Weights::default(),
+            enable_tag_override: false,
+            create_index: 0,
+            modify_index: 0,
+        });
+        r.checks.push(check("n1", "c1", "passing"));
+        c.register(5, r).unwrap();
+        assert_eq!(
+            c.instances("web", &["A".into()], &NodeMetaFilter::default())
+                .count(),
+            1
+        );
+        let w = c.deregister(9, "n1", None, None);
+        assert_eq!(w.deleted_nodes, vec!["n1".to_owned()]);
+        assert!(!c.node_exists("n1"));
+        assert_eq!((c.nodes_index, c.services_index, c.checks_index), (9, 9, 9));
+        assert!(c.service_tags(&NodeMetaFilter::default()).is_empty());
     }
 }
