@@ -1,1 +1,442 @@
-//! TODO(helper A): the Consul HTTP API on awc.
+//! The Consul HTTP API client, on awc.
+//!
+//! One [`Client`] talks to one Consul agent. Its methods follow Consul's endpoint groups, one
+//! file each: kv.rs, session.rs, event.rs, catalog.rs, health.rs, agent.rs, operator.rs (with
+//! status). Reads take [`QueryOptions`] and return [`Indexed`] values whose [`QueryMeta`] feeds
+//! the next blocking query; [`WatchState`] holds the rules for looping on them.
+//!
+//! Used by the binary's adapter for the actors' `ConsulApi` port (the Watcher, LockManager and
+//! executors) and by `rehydrator fire` / `status`. awc's client is `!Send`: a `Client` lives on
+//! one actix arbiter; clone it (cheap) for each actor on that arbiter.
+
+mod agent;
+mod catalog;
+pub mod config;
+pub mod duration;
+mod error;
+mod event;
+mod health;
+mod kv;
+mod operator;
+pub mod query;
+mod session;
+mod tls;
+pub mod types;
+
+use std::time::Duration;
+
+use awc::http::{Method, StatusCode};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use config::{ConsulConfig, TlsConfig, Token};
+pub use error::ConsulError;
+pub use event::EventFilter;
+pub use kv::{KvDeleteOptions, KvPutOptions};
+pub use query::{
+    Consistency, IndexOrder, IndexUpdate, Indexed, QueryMeta, QueryOptions, WatchPolicy, WatchState,
+};
+pub use types::*;
+
+/// Largest answer body read; a recursive KV read or a big catalog can pass awc's 2 MiB default.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Characters left as they are in a path segment or query value: RFC 3986's unreserved set.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Like [`COMPONENT`], keeping `/`: a KV key's slashes are its hierarchy, which Consul reads
+/// from the path.
+const KEY_PATH: &AsciiSet = &COMPONENT.remove(b'/');
+
+/// A client of one Consul agent's HTTP API.
+#[derive(Clone)]
+pub struct Client {
+    http: awc::Client,
+    address: String,
+    token: Option<Token>,
+    datacenter: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.address)
+            .field("token", &self.token)
+            .field("datacenter", &self.datacenter)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A request on its way: the part of the URL after `/v1/` and the query parameters
+/// (`None` value = a flag sent bare, as `?recurse`).
+pub(crate) struct Call {
+    method: Method,
+    path: String,
+    params: Vec<(&'static str, Option<String>)>,
+    /// Overrides the client's datacenter.
+    datacenter: Option<String>,
+    timeout_slack: Option<Duration>,
+    query: Option<QueryOptions>,
+}
+
+impl Call {
+    pub(crate) fn new(method: Method, path: impl Into<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            params: Vec::new(),
+            datacenter: None,
+            timeout_slack: None,
+            query: None,
+        }
+    }
+
+    pub(crate) fn get(path: impl Into<String>) -> Self {
+        Self::new(Method::GET, path)
+    }
+
+    pub(crate) fn put(path: impl Into<String>) -> Self {
+        Self::new(Method::PUT, path)
+    }
+
+    /// Adds `key=value`.
+    pub(crate) fn param(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.params.push((key, Some(value.to_string())));
+        self
+    }
+
+    /// Adds `key=value` when there is a value.
+    pub(crate) fn param_opt(self, key: &'static str, value: Option<impl ToString>) -> Self {
+        match value {
+            Some(v) => self.param(key, v),
+            None => self,
+        }
+    }
+
+    /// Adds the bare flag `key` when `on`.
+    pub(crate) fn flag(mut self, key: &'static str, on: bool) -> Self {
+        if on {
+            self.params.push((key, None));
+        }
+        self
+    }
+
+    /// Applies a read's options: blocking, consistency, datacenter.
+    pub(crate) fn options(mut self, opts: &QueryOptions) -> Self {
+        self.params.extend(opts.params());
+        if opts.datacenter.is_some() {
+            self.datacenter.clone_from(&opts.datacenter);
+        }
+        self.query = Some(opts.clone());
+        self
+    }
+}
+
+/// A path segment, percent-encoded (node, service, session and event names, UUIDs).
+pub(crate) fn segment(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// A KV key as a path, slashes kept.
+pub(crate) fn key_path(key: &str) -> String {
+    utf8_percent_encode(key.trim_start_matches('/'), KEY_PATH).to_string()
+}
+
+/// What came back, before the endpoint decides what it means.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub meta: QueryMeta,
+    pub body: Vec<u8>,
+    /// `METHOD /v1/path?query`, for errors.
+    pub request: String,
+}
+
+impl Answer {
+    /// The body as JSON of type `T`.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ConsulError> {
+        serde_json::from_slice(&self.body).map_err(|e| ConsulError::Decode {
+            request: self.request.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// An error unless Consul answered 200.
+    pub(crate) fn ok(self) -> Result<Self, ConsulError> {
+        if self.status == StatusCode::OK {
+            Ok(self)
+        } else {
+            Err(self.error())
+        }
+    }
+
+    pub(crate) fn error(&self) -> ConsulError {
+        ConsulError::status_from(self.status.as_u16(), &self.body, &self.request)
+    }
+
+    pub(crate) fn indexed<T: DeserializeOwned>(self) -> Result<Indexed<T>, ConsulError> {
+        let value = self.ok()?;
+        Ok(Indexed {
+            value: value.json()?,
+            meta: value.meta,
+        })
+    }
+
+    /// A write's `true`/`false` answer (KV put/delete, session destroy, autopilot CAS).
+    pub(crate) fn bool(self) -> Result<bool, ConsulError> {
+        self.ok()?.json()
+    }
+}
+
+impl Client {
+    /// A client for the agent `config` describes. Builds the TLS setup (CA, client certificate)
+    /// now, so a bad file fails at start rather than at the first request.
+    pub fn new(config: ConsulConfig) -> Result<Self, ConsulError> {
+        config.validate()?;
+        let mut connector = awc::Connector::new().timeout(config.connect_timeout);
+        if config.is_https() {
+            connector = connector.rustls_0_23(tls::client_config(&config.tls)?);
+        }
+        let http = awc::Client::builder()
+            .connector(connector)
+            // Each request sets its own timeout (blocking ones need more); this is a backstop.
+            .timeout(config.timeout)
+            .finish();
+        Ok(Self {
+            http,
+            address: config.address,
+            token: config.token,
+            datacenter: config.datacenter,
+            timeout: config.timeout,
+        })
+    }
+
+    /// A client configured from the consul CLI's environment variables.
+    pub fn from_env() -> Result<Self, ConsulError> {
+        Self::new(ConsulConfig::from_env()?)
+    }
+
+    /// The same client, sending `?dc=datacenter` by default.
+    pub fn with_datacenter(&self, datacenter: impl Into<String>) -> Self {
+        Self {
+            datacenter: Some(datacenter.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The agent's base URL.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The full URL of `call`, without the token (it goes in a header).
+    pub(crate) fn url(&self, call: &Call) -> String {
+        let mut url = format!("{}/v1/{}", self.address, call.path);
+        let dc = call.datacenter.as_ref().or(self.datacenter.as_ref());
+        let dc_param = dc.map(|dc| ("dc", Some(dc.clone())));
+        let mut first = true;
+        for (key, value) in call.params.iter().chain(dc_param.iter()) {
+            url.push(if first { '?' } else { '&' });
+            first = false;
+            url.push_str(key);
+            if let Some(value) = value {
+                url.push('=');
+                url.extend(utf8_percent_encode(value, COMPONENT));
+            }
+        }
+        url
+    }
+
+    /// Sends `call` with an optional body and reads the whole answer, whatever its status.
+    pub(crate) async fn send(&self, call: Call, body: Option<Body>) -> Result<Answer, ConsulError> {
+        let url = self.url(&call);
+        let request = format!("{} {}", call.method, &url[self.address.len()..]);
+        let timeout = match &call.query {
+            Some(q) => q.request_timeout(call.timeout_slack.unwrap_or(self.timeout)),
+            None => call.timeout_slack.unwrap_or(self.timeout),
+        };
+        let mut req = self
+            .http
+            .request(call.method.clone(), &url)
+            .timeout(timeout);
+        if let Some(token) = &self.token {
+            req = req.insert_header(("X-Consul-Token", token.expose()));
+        }
+        let started = std::time::Instant::now();
+        let sent = match body {
+            None => req.send().await,
+            Some(Body::Json(bytes)) => req.content_type("application/json").send_body(bytes).await,
+            Some(Body::Raw(bytes)) => {
+                req.content_type("application/octet-stream")
+                    .send_body(bytes)
+                    .await
+            }
+        };
+        let mut resp = sent.map_err(|e| self.send_error(e, &request, timeout))?;
+        let body = resp
+            .body()
+            .limit(MAX_BODY)
+            .await
+            .map_err(|e| ConsulError::Transport {
+                request: request.clone(),
+                reason: e.to_string(),
+            })?
+            .to_vec();
+        let status = resp.status();
+        let meta = QueryMeta::from_headers(resp.headers());
+        tracing::debug!(
+            request = %request,
+            status = status.as_u16(),
+            index = meta.index,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Consul answered."
+        );
+        Ok(Answer {
+            status,
+            meta,
+            body,
+            request,
+        })
+    }
+
+    /// Sends `value` as the JSON body of `call`.
+    pub(crate) async fn send_json<T: Serialize + ?Sized>(
+        &self,
+        call: Call,
+        value: &T,
+    ) -> Result<Answer, ConsulError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| ConsulError::Config(format!("cannot encode request body: {e}")))?;
+        self.send(call, Some(Body::Json(bytes))).await
+    }
+
+    /// A read that succeeds with 200 and a JSON body.
+    pub(crate) async fn read<T: DeserializeOwned>(
+        &self,
+        call: Call,
+    ) -> Result<Indexed<T>, ConsulError> {
+        self.send(call, None).await?.indexed()
+    }
+
+    fn send_error(
+        &self,
+        e: awc::error::SendRequestError,
+        request: &str,
+        timeout: Duration,
+    ) -> ConsulError {
+        use awc::error::{ConnectError, SendRequestError};
+        match e {
+            SendRequestError::Timeout => ConsulError::Timeout {
+                request: request.to_owned(),
+                after: timeout,
+            },
+            SendRequestError::Connect(ConnectError::Timeout) => ConsulError::Unreachable {
+                address: self.address.clone(),
+                request: request.to_owned(),
+                reason: "connect timed out".into(),
+            },
+            SendRequestError::Connect(e) => ConsulError::Unreachable {
+                address: self.address.clone(),
+                request: request.to_owned(),
+                reason: e.to_string(),
+            },
+            SendRequestError::Url(e) => ConsulError::Config(format!("invalid URL: {e}")),
+            other => ConsulError::Transport {
+                request: request.to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// A request body.
+pub(crate) enum Body {
+    Json(Vec<u8>),
+    Raw(Vec<u8>),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn client(dc: Option<&str>) -> Client {
+        let mut config = ConsulConfig::with_address("127.0.0.1:8500").unwrap();
+        config.token = Some(Token::new("secret-token"));
+        config.datacenter = dc.map(str::to_owned);
+        Client::new(config).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn urls_encode_paths_and_params() {
+        let c = client(None);
+        let call = Call::get(format!("kv/{}", key_path("/rehydrator/prod/locks/step")))
+            .flag("recurse", true)
+            .param("separator", "/");
+        assert_eq!(
+            c.url(&call),
+            "http://127.0.0.1:8500/v1/kv/rehydrator/prod/locks/step?recurse&separator=%2F"
+        );
+        let call = Call::get(format!("kv/{}", key_path("a b/ü?#&")));
+        assert_eq!(
+            c.url(&call),
+            "http://127.0.0.1:8500/v1/kv/a%20b/%C3%BC%3F%23%26"
+        );
+        let call = Call::put(format!("event/fire/{}", segment("consul-rehydrate")))
+            .param_opt("node", Some("srv-1"))
+            .param_opt("tag", None::<String>);
+        assert_eq!(
+            c.url(&call),
+            "http://127.0.0.1:8500/v1/event/fire/consul-rehydrate?node=srv-1"
+        );
+        assert_eq!(segment("../x"), "..%2Fx");
+    }
+
+    #[actix_rt::test]
+    async fn datacenter_and_blocking_options_go_in_the_query() {
+        let c = client(Some("eu-1"));
+        let call = Call::get("catalog/services")
+            .options(&QueryOptions::blocking(17, Duration::from_secs(2)));
+        assert_eq!(
+            c.url(&call),
+            "http://127.0.0.1:8500/v1/catalog/services?index=17&wait=2s&dc=eu-1"
+        );
+        let opts = QueryOptions {
+            datacenter: Some("us-2".into()),
+            consistency: Consistency::Stale,
+            ..QueryOptions::default()
+        };
+        let call = Call::get("catalog/nodes").options(&opts);
+        assert_eq!(
+            c.url(&call),
+            "http://127.0.0.1:8500/v1/catalog/nodes?stale&dc=us-2"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn debug_of_a_client_hides_the_token() {
+        let c = client(None);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("secret-token"), "{dbg}");
+        assert!(dbg.contains("***"));
+    }
+
+    #[actix_rt::test]
+    async fn unreachable_agent_is_a_retryable_error_without_the_token() {
+        // Port 9 (discard) on loopback: nothing listens there in the test environment.
+        let mut config = ConsulConfig::with_address("127.0.0.1:9").unwrap();
+        config.token = Some(Token::new("secret-token"));
+        let c = Client::new(config).unwrap();
+        let err = c.status_leader().await.unwrap_err();
+        assert_eq!(err.kind(), "unreachable", "{err}");
+        assert!(err.is_retryable());
+        assert!(!err.to_string().contains("secret-token"));
+        assert!(!format!("{err:?}").contains("secret-token"));
+    }
+}

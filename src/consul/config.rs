@@ -1,0 +1,303 @@
+//! Where the Consul agent is and how to talk to it: address, ACL token, datacenter, TLS.
+//!
+//! `ConsulConfig::from_env` reads the same environment variables as the `consul` CLI, so an
+//! operator's shell that works with `consul members` works with rehydrator. The settings crate
+//! builds a `ConsulConfig` from `[consul]` on top of that; `Client::new` turns it into a client.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::ConsulError;
+
+/// The consul CLI's default agent address.
+pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
+
+/// An ACL token. Its `Debug` prints `***` so a config or client can be logged whole; the only
+/// way to the secret is [`Token::expose`], called where the header is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Token(secret.into())
+    }
+
+    /// The secret itself, for the `X-Consul-Token` header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How HTTPS connections are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signed the agents' certificates (`CONSUL_CACERT`). Without one
+    /// (and without `ca_path`) the system's roots are used.
+    pub ca_file: Option<PathBuf>,
+    /// Directory of PEM CA files (`CONSUL_CAPATH`).
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate and key for agents with `verify_incoming` (`CONSUL_CLIENT_CERT`,
+    /// `CONSUL_CLIENT_KEY`); both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Check the agent's certificate. Only an explicit `CONSUL_HTTP_SSL_VERIFY=false` turns
+    /// this off.
+    pub verify: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            ca_path: None,
+            client_cert: None,
+            client_key: None,
+            verify: true,
+        }
+    }
+}
+
+/// Everything the client needs to reach one Consul agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulConfig {
+    /// Base URL of the agent, `http://host:port` or `https://host:port`, without a trailing `/`.
+    pub address: String,
+    /// Sent as `X-Consul-Token` on every request when set.
+    pub token: Option<Token>,
+    /// Sent as `?dc=` on every request when set; default: the agent's own datacenter.
+    pub datacenter: Option<String>,
+    pub tls: TlsConfig,
+    /// Timeout of a request that does not block; a blocking query gets its wait on top.
+    /// Default 30s.
+    pub timeout: Duration,
+    /// Timeout of establishing a connection (TCP and TLS). Default 5s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            address: DEFAULT_ADDRESS.into(),
+            token: None,
+            datacenter: None,
+            tls: TlsConfig::default(),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConsulConfig {
+    /// A config for the agent at `address` (a URL or `host:port`), other settings default.
+    pub fn with_address(address: &str) -> Result<Self, ConsulError> {
+        Ok(Self {
+            address: normalize_address(address, false)?,
+            ..Self::default()
+        })
+    }
+
+    /// Reads the consul CLI's variables from the process environment.
+    pub fn from_env() -> Result<Self, ConsulError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the consul CLI's variables through `var` (the environment, or a map in tests):
+    /// `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`,
+    /// `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`,
+    /// `CONSUL_HTTP_SSL_VERIFY`. Empty values count as unset, as in the CLI.
+    ///
+    /// Unlike the CLI, an unparseable boolean is an error: the CLI reads a bad
+    /// `CONSUL_HTTP_SSL_VERIFY` as "do not verify", which is the unsafe way to be wrong.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConsulError> {
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let mut config = Self::default();
+
+        let ssl = match get("CONSUL_HTTP_SSL") {
+            Some(v) => parse_bool("CONSUL_HTTP_SSL", &v)?,
+            None => false,
+        };
+        if let Some(addr) = get("CONSUL_HTTP_ADDR") {
+            config.address = normalize_address(&addr, ssl)?;
+        } else if ssl {
+            config.address = "https://127.0.0.1:8500".into();
+        }
+
+        // The CLI prefers the token itself over the file that holds one.
+        config.token = match (get("CONSUL_HTTP_TOKEN"), get("CONSUL_HTTP_TOKEN_FILE")) {
+            (Some(token), _) => Some(Token::new(token.trim())),
+            (None, Some(path)) => Some(read_token_file(&path)?),
+            (None, None) => None,
+        };
+
+        config.tls.ca_file = get("CONSUL_CACERT").map(PathBuf::from);
+        config.tls.ca_path = get("CONSUL_CAPATH").map(PathBuf::from);
+        config.tls.client_cert = get("CONSUL_CLIENT_CERT").map(PathBuf::from);
+        config.tls.client_key = get("CONSUL_CLIENT_KEY").map(PathBuf::from);
+        if let Some(v) = get("CONSUL_HTTP_SSL_VERIFY") {
+            config.tls.verify = parse_bool("CONSUL_HTTP_SSL_VERIFY", &v)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what `Client::new` relies on.
+    pub fn validate(&self) -> Result<(), ConsulError> {
+        normalize_address(&self.address, false)?;
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(ConsulError::Config(
+                "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together".into(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConsulError::Config("timeout must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether the agent is reached over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.address.starts_with("https://")
+    }
+}
+
+/// `http://h:p`, `https://h:p` or `h:p` (https when `ssl`) into a base URL without a trailing
+/// slash. Unix sockets, which the CLI also takes, are not supported by this client.
+pub fn normalize_address(addr: &str, ssl: bool) -> Result<String, ConsulError> {
+    let addr = addr.trim().trim_end_matches('/');
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None if ssl => ("https".to_owned(), addr),
+        None => ("http".to_owned(), addr),
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(ConsulError::Config(format!(
+            "unsupported scheme {scheme:?} in Consul address {addr:?} (http and https only)"
+        )));
+    }
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(ConsulError::Config(format!(
+            "Consul address {addr:?} must be host:port or a URL with no path"
+        )));
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// Go's `strconv.ParseBool`, which is how the CLI reads its boolean variables.
+fn parse_bool(name: &str, value: &str) -> Result<bool, ConsulError> {
+    match value.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(ConsulError::Config(format!(
+            "{name}={other:?} is not a boolean"
+        ))),
+    }
+}
+
+fn read_token_file(path: &str) -> Result<Token, ConsulError> {
+    // The error names the file, never its contents.
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConsulError::Config(format!("cannot read CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConsulError::Config(format!(
+            "CONSUL_HTTP_TOKEN_FILE {path:?} is empty"
+        )));
+    }
+    Ok(Token::new(token))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<ConsulConfig, ConsulError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ConsulConfig::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_cli() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.address, "http://127.0.0.1:8500");
+        assert_eq!(c.token, None);
+        assert!(c.tls.verify);
+        assert!(!c.is_https());
+    }
+
+    #[test]
+    fn address_forms() {
+        let c = from(&[("CONSUL_HTTP_ADDR", "10.0.0.1:8500")]).unwrap();
+        assert_eq!(c.address, "http://10.0.0.1:8500");
+        let c = from(&[("CONSUL_HTTP_ADDR", "https://consul.example:8501/")]).unwrap();
+        assert_eq!(c.address, "https://consul.example:8501");
+        assert!(c.is_https());
+        let c = from(&[
+            ("CONSUL_HTTP_ADDR", "consul.example:8501"),
+            ("CONSUL_HTTP_SSL", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.address, "https://consul.example:8501");
+        let c = from(&[("CONSUL_HTTP_SSL", "1")]).unwrap();
+        assert_eq!(c.address, "https://127.0.0.1:8500");
+        assert!(from(&[("CONSUL_HTTP_ADDR", "unix:///var/run/consul.sock")]).is_err());
+        assert!(from(&[("CONSUL_HTTP_ADDR", "http://h:1/v1")]).is_err());
+    }
+
+    #[test]
+    fn token_is_masked_in_debug() {
+        let c = from(&[("CONSUL_HTTP_TOKEN", "s3cr3t-token")]).unwrap();
+        assert_eq!(c.token.as_ref().map(Token::expose), Some("s3cr3t-token"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        assert!(dbg.contains("***"), "{dbg}");
+    }
+
+    #[test]
+    fn token_file_is_read_and_token_wins_over_it() {
+        let dir = std::env::temp_dir().join(format!("rehydrator-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = from(&[("CONSUL_HTTP_TOKEN_FILE", path)]).unwrap();
+        assert_eq!(c.token.as_ref().map(Token::expose), Some("from-file"));
+        let c = from(&[
+            ("CONSUL_HTTP_TOKEN_FILE", path),
+            ("CONSUL_HTTP_TOKEN", "from-env"),
+        ])
+        .unwrap();
+        assert_eq!(c.token.as_ref().map(Token::expose), Some("from-env"));
+        let missing = from(&[("CONSUL_HTTP_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+        assert_eq!(missing.kind(), "config");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_settings() {
+        let c = from(&[
+            ("CONSUL_HTTP_ADDR", "https://c:8501"),
+            ("CONSUL_CACERT", "/etc/consul/ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(c.tls.ca_file, Some(PathBuf::from("/etc/consul/ca.pem")));
+        assert!(c.tls.verify);
+        let c = from(&[("CONSUL_HTTP_SSL_VERIFY", "false")]).unwrap();
+        assert!(!c.tls.verify);
+        // A typo must not silently disable verification.
+        assert!(from(&[("CONSUL_HTTP_SSL_VERIFY", "nope")]).is_err());
+        assert!(from(&[("CONSUL_CLIENT_CERT", "/c.pem")]).is_err());
+    }
+}
