@@ -1,3 +1,16 @@
 //! The actor tree (Watcher, Dispatcher, LockManager, executors) and the ports it talks through.
 //!
-//! Empty until the actor-core issue: the foundation only lays out the workspace.
+//! Nothing here knows HTTP or AWS: `ports` declares what the actors need from Consul and the
+//! world, and the binary plugs in real backends (the Consul client on awc, pointed at a real
+//! agent or at the simulator). Decisions are plain functions beside the actors, tested without
+//! actix.
+
+pub mod backoff;
+pub mod dispatcher;
+pub mod executor;
+pub mod lock_manager;
+pub mod ports;
+pub mod receipt;
+pub mod tree;
+pub mod watch_plan;
+pub mod watcher;

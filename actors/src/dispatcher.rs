@@ -1,0 +1,667 @@
+//! Dispatcher: turns watch fires into jobs and runs each job once across all replicas.
+//!
+//! Every replica's Watchers see the same triggers, so every replica queues the same jobs. For
+//! each job the Dispatcher looks for its receipt; if there is none it asks the LockManager for
+//! the action's lock. Holding it, it looks again (the holder before it may just have finished),
+//! runs the executor, writes the receipt (CAS 0: one receipt per job, whoever races) and only
+//! then releases, so a waiter that sees the lock change finds the receipt. Not holding it, it
+//! blocks on the lock key; when the lock changes without a receipt (the holder died and its
+//! session went), it tries again. Failures requeue with backoff; after `max_attempts` a Failed
+//! receipt ends the job.
+//!
+//! One job per lock at a time on this replica: Consul lets a session re-acquire a lock it holds,
+//! so two actions sharing a lock (the rollout's `step`) must be serialized here.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::backoff;
+use crate::executor::{Abort, ExecError, Run, Trigger};
+use crate::lock_manager::{AcquireLock, LockGrant, LocksLost, ReleaseLock};
+use crate::ports::{ConsulPort, PortError};
+use crate::receipt::{self, Keys, Outcome, Receipt};
+
+/// Report from a Watcher: `watch` saw a change that triggers `action`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct WatchFired {
+    pub watch: String,
+    pub action: String,
+    /// What every replica sees the same for this change: an event ID, or the X-Consul-Index.
+    pub trigger_id: String,
+    pub index: u64,
+    pub payload: serde_json::Value,
+}
+
+/// Query: the queues and what runs, for status and tests.
+#[derive(Message)]
+#[rtype(result = "Vec<ActionStatus>")]
+pub struct GetQueues;
+
+/// Report to observers: a job ended on this replica (ran, found done, or gave up).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct JobEnded {
+    pub action: String,
+    pub trigger_id: String,
+    pub result: JobResult,
+}
+
+/// Subscribe to `JobEnded` reports.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observe(pub Recipient<JobEnded>);
+
+/// Stop taking jobs and abandon the running ones without receipts (another replica will run
+/// them): the SIGTERM path.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// One action's queue as `GetQueues` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionStatus {
+    pub action: String,
+    pub lock: String,
+    pub queued: Vec<String>,
+    pub running: Option<String>,
+}
+
+/// How a job ended on this replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    /// This replica ran it and wrote the receipt.
+    Ran(Outcome),
+    /// A receipt was already there (written by `by`).
+    AlreadyDone { by: String },
+}
+
+/// An executor as the Dispatcher holds it: where to send runs and aborts.
+#[derive(Clone)]
+pub struct ExecutorRef {
+    pub run: Recipient<Run>,
+    pub abort: Recipient<Abort>,
+}
+
+/// One configured action.
+pub struct ActionSpec {
+    pub name: String,
+    pub lock: String,
+    pub timeout: Duration,
+    pub executor: ExecutorRef,
+}
+
+/// Knobs of the protocol, from `[lock]`.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// The longest a blocking wait on a held lock lasts before looking again.
+    pub receipt_wait: Duration,
+    /// Receipts kept per action.
+    pub receipts_kept: usize,
+    /// Runs before a failing job gets a Failed receipt and is dropped.
+    pub max_attempts: u32,
+    /// Backoff between retries of a failed job.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Upper bound of the pause between lock attempts while a free lock is under lock-delay.
+    pub lock_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    trigger: Trigger,
+    attempts: u32,
+    not_before: Option<tokio::time::Instant>,
+}
+
+/// Triggers recently queued or finished, so a trigger seen twice runs once.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Seen {
+    const CAP: usize = 4096;
+
+    /// Records `id`; false if it was already there.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
+}
+
+struct Slot {
+    spec: ActionSpec,
+    queue: VecDeque<Job>,
+    seen: Seen,
+}
+
+struct Running {
+    action: String,
+    job: Job,
+    handle: SpawnHandle,
+}
+
+/// What a job future needs, shared by every job of this Dispatcher.
+struct Env {
+    consul: Rc<dyn ConsulPort>,
+    keys: Keys,
+    replica: String,
+    acquire: Recipient<AcquireLock>,
+    release: Recipient<ReleaseLock>,
+    settings: DispatchSettings,
+}
+
+pub struct Dispatcher {
+    env: Rc<Env>,
+    slots: BTreeMap<String, Slot>,
+    /// Running jobs by lock name.
+    running: HashMap<String, Running>,
+    observers: Vec<Recipient<JobEnded>>,
+    wakeup: Option<SpawnHandle>,
+    stopping: bool,
+}
+
+impl Dispatcher {
+    pub fn new(
+        consul: Rc<dyn ConsulPort>,
+        keys: Keys,
+        replica: String,
+        acquire: Recipient<AcquireLock>,
+        release: Recipient<ReleaseLock>,
+        settings: DispatchSettings,
+        actions: Vec<ActionSpec>,
+    ) -> Self {
+        let slots = actions
+            .into_iter()
+            .map(|spec| {
+                (
+                    spec.name.clone(),
+                    Slot {
+                        spec,
+                        queue: VecDeque::new(),
+                        seen: Seen::default(),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            env: Rc::new(Env {
+                consul,
+                keys,
+                replica,
+                acquire,
+                release,
+                settings,
+            }),
+            slots,
+            running: HashMap::new(),
+            observers: Vec::new(),
+            wakeup: None,
+            stopping: false,
+        }
+    }
+
+    /// Starts every job that can start: the head of each queue whose lock is free here and
+    /// whose backoff has passed. Schedules itself for the earliest backoff still pending.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut next_wake: Option<tokio::time::Instant> = None;
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in names {
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            let lock = slot.spec.lock.clone();
+            if self.running.contains_key(&lock) {
+                continue;
+            }
+            match slot.queue.front().and_then(|j| j.not_before) {
+                Some(t) if t > now => {
+                    next_wake = Some(next_wake.map_or(t, |w| w.min(t)));
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(job) = slot.queue.pop_front() else {
+                continue;
+            };
+            self.start(ctx, name, job);
+        }
+        if let Some(h) = self.wakeup.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(t) = next_wake {
+            self.wakeup = Some(ctx.run_later(t.saturating_duration_since(now), |act, ctx| {
+                act.wakeup = None;
+                act.pump(ctx);
+            }));
+        }
+    }
+
+    fn start(&mut self, ctx: &mut Context<Self>, action: String, job: Job) {
+        let Some(slot) = self.slots.get(&action) else {
+            return;
+        };
+        let lock = slot.spec.lock.clone();
+        let span = info_span!("job", action = %action, trigger = %job.trigger.trigger_id, attempt = job.attempts + 1);
+        let flow = run_job(
+            self.env.clone(),
+            slot.spec.executor.clone(),
+            slot.spec.lock.clone(),
+            slot.spec.timeout,
+            job.clone(),
+        )
+        .instrument(span);
+        let lock_for_map = lock.clone();
+        let handle = ctx.spawn(flow.into_actor(self).map(move |end, act, ctx| {
+            let Some(running) = act.running.remove(&lock_for_map) else {
+                return;
+            };
+            act.finish(ctx, running, end);
+            act.pump(ctx);
+        }));
+        self.running.insert(
+            lock,
+            Running {
+                action,
+                job,
+                handle,
+            },
+        );
+    }
+
+    fn finish(&mut self, _ctx: &mut Context<Self>, running: Running, end: JobEnd) {
+        let Running {
+            action, mut job, ..
+        } = running;
+        let trigger_id = job.trigger.trigger_id.clone();
+        let result = match end {
+            JobEnd::Done(result) => result,
+            JobEnd::Retry(why) => {
+                job.attempts += 1;
+                let delay = backoff::delay(
+                    job.attempts - 1,
+                    self.env.settings.retry_base,
+                    self.env.settings.retry_max,
+                );
+                warn!(%action, trigger = %trigger_id, attempts = job.attempts, retry_in = ?delay, error = %why, "Job failed; requeued.");
+                job.not_before = Some(tokio::time::Instant::now() + delay);
+                if let Some(slot) = self.slots.get_mut(&action) {
+                    slot.queue.push_front(job);
+                }
+                return;
+            }
+        };
+        match &result {
+            JobResult::Ran(outcome) => {
+                info!(%action, trigger = %trigger_id, outcome = outcome.label(), "Job done.")
+            }
+            JobResult::AlreadyDone { by } => {
+                debug!(%action, trigger = %trigger_id, %by, "Job already done.")
+            }
+        }
+        self.observers.retain(|o| o.connected());
+        for o in &self.observers {
+            o.do_send(JobEnded {
+                action: action.clone(),
+                trigger_id: trigger_id.clone(),
+                result: result.clone(),
+            });
+        }
+    }
+
+    /// Abandons the job running under `lock` (no receipt) and puts it back at the head of its
+    /// queue, with its executor told to stop.
+    fn abandon(&mut self, ctx: &mut Context<Self>, lock: &str) {
+        let Some(r) = self.running.remove(lock) else {
+            return;
+        };
+        ctx.cancel_future(r.handle);
+        if let Some(slot) = self.slots.get_mut(&r.action) {
+            slot.spec.executor.abort.do_send(Abort {
+                trigger_id: r.job.trigger.trigger_id.clone(),
+            });
+            slot.queue.push_front(Job {
+                not_before: None,
+                ..r.job
+            });
+        }
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.pump(ctx);
+    }
+}
+
+impl Supervised for Dispatcher {
+    /// The queues survive in the struct; running jobs' futures died with the old context, so
+    /// they go back to the head of their queues (their locks are re-acquired by the same
+    /// session, which Consul allows).
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        warn!("Dispatcher restarting; requeueing running jobs.");
+        self.wakeup = None;
+        for (_, r) in self.running.drain() {
+            if let Some(slot) = self.slots.get_mut(&r.action) {
+                slot.queue.push_front(Job {
+                    not_before: None,
+                    ..r.job
+                });
+            }
+        }
+    }
+}
+
+impl Handler<WatchFired> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchFired, ctx: &mut Context<Self>) {
+        let Some(slot) = self.slots.get_mut(&msg.action) else {
+            warn!(action = %msg.action, watch = %msg.watch, "Fired for an action that is not configured; dropped.");
+            return;
+        };
+        if !slot.seen.insert(&msg.trigger_id) {
+            debug!(action = %msg.action, trigger = %msg.trigger_id, "Trigger already queued or done here.");
+            return;
+        }
+        debug!(action = %msg.action, trigger = %msg.trigger_id, watch = %msg.watch, "Queued.");
+        slot.queue.push_back(Job {
+            trigger: Trigger {
+                watch: msg.watch,
+                action: msg.action,
+                trigger_id: msg.trigger_id,
+                index: msg.index,
+                payload: msg.payload,
+            },
+            attempts: 0,
+            not_before: None,
+        });
+        self.pump(ctx);
+    }
+}
+
+impl Handler<LocksLost> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: LocksLost, ctx: &mut Context<Self>) {
+        for key in msg.keys {
+            let lock = self
+                .running
+                .keys()
+                .find(|l| self.env.keys.lock(l) == key)
+                .cloned();
+            if let Some(lock) = lock {
+                warn!(%lock, "Lost the lock mid-job; abandoning it without a receipt.");
+                self.abandon(ctx, &lock);
+            }
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<GetQueues> for Dispatcher {
+    type Result = Vec<ActionStatus>;
+
+    fn handle(&mut self, _msg: GetQueues, _ctx: &mut Context<Self>) -> Vec<ActionStatus> {
+        self.slots
+            .values()
+            .map(|s| ActionStatus {
+                action: s.spec.name.clone(),
+                lock: s.spec.lock.clone(),
+                queued: s
+                    .queue
+                    .iter()
+                    .map(|j| j.trigger.trigger_id.clone())
+                    .collect(),
+                running: self
+                    .running
+                    .get(&s.spec.lock)
+                    .filter(|r| r.action == s.spec.name)
+                    .map(|r| r.job.trigger.trigger_id.clone()),
+            })
+            .collect()
+    }
+}
+
+impl Handler<Observe> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Observe, _ctx: &mut Context<Self>) {
+        self.observers.push(msg.0);
+    }
+}
+
+impl Handler<Shutdown> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        let locks: Vec<String> = self.running.keys().cloned().collect();
+        for lock in locks {
+            info!(%lock, "Shutting down mid-job; another replica will run it.");
+            self.abandon(ctx, &lock);
+        }
+    }
+}
+
+/// How one run of the job flow ended.
+enum JobEnd {
+    Done(JobResult),
+    Retry(String),
+}
+
+impl From<PortError> for JobEnd {
+    fn from(e: PortError) -> Self {
+        JobEnd::Retry(format!("consul: {e}"))
+    }
+}
+
+async fn existing_receipt(env: &Env, key: &str) -> Result<Option<Receipt>, PortError> {
+    let got = env.consul.kv_get(key, 0, Duration::ZERO).await?;
+    // An unreadable receipt still marks the job done: someone wrote it.
+    Ok(got.value.map(|e| {
+        Receipt::from_bytes(&e.value).unwrap_or_else(|| Receipt {
+            action: String::new(),
+            trigger_id: String::new(),
+            watch: String::new(),
+            outcome: Outcome::NoOp("unreadable receipt".into()),
+            by: "unknown".into(),
+            started_at: 0,
+            finished_at: 0,
+            lock_index: 0,
+            attempts: 0,
+        })
+    }))
+}
+
+/// The protocol for one job, start to end; see the module header.
+async fn run_job(
+    env: Rc<Env>,
+    executor: ExecutorRef,
+    lock: String,
+    timeout: Duration,
+    job: Job,
+) -> JobEnd {
+    match run_job_inner(&env, executor, &lock, timeout, job).await {
+        Ok(end) => end,
+        Err(end) => end,
+    }
+}
+
+async fn run_job_inner(
+    env: &Env,
+    executor: ExecutorRef,
+    lock: &str,
+    timeout: Duration,
+    job: Job,
+) -> Result<JobEnd, JobEnd> {
+    let t = &job.trigger;
+    let receipt_key = env.keys.receipt(&t.action, &t.trigger_id);
+    let lock_key = env.keys.lock(lock);
+    let done = |r: Receipt| JobEnd::Done(JobResult::AlreadyDone { by: r.by });
+
+    if let Some(r) = existing_receipt(env, &receipt_key).await? {
+        return Ok(done(r));
+    }
+
+    let holder = serde_json::to_vec(&serde_json::json!({
+        "replica": env.replica, "action": t.action, "trigger_id": t.trigger_id,
+    }))
+    .unwrap_or_default();
+    let mut waits = 0u32;
+    loop {
+        let grant = env
+            .acquire
+            .send(AcquireLock {
+                key: lock_key.clone(),
+                holder: holder.clone(),
+            })
+            .await
+            .map_err(|e| JobEnd::Retry(format!("lock manager: {e}")))?
+            .map_err(|e| JobEnd::Retry(format!("lock: {e}")))?;
+        if matches!(grant, LockGrant::Held { .. }) {
+            break;
+        }
+        // Another replica holds it (or lock-delay keeps it free for a while). The holder
+        // writes the receipt before releasing, so the lock key changing is the moment to look.
+        let current = env.consul.kv_get(&lock_key, 0, Duration::ZERO).await?;
+        let held = current.value.as_ref().is_some_and(|e| e.session.is_some());
+        if held {
+            debug!(lock = %lock_key, "Lock held by another replica; waiting for it to change.");
+            env.consul
+                .kv_get(&lock_key, current.index, env.settings.receipt_wait)
+                .await?;
+        } else {
+            waits += 1;
+            let pause = backoff::delay(
+                waits.min(6),
+                Duration::from_millis(100),
+                env.settings.lock_delay.max(Duration::from_millis(200)),
+            );
+            debug!(lock = %lock_key, ?pause, "Lock free but refused (lock-delay); trying again shortly.");
+            tokio::time::sleep(pause).await;
+        }
+        if let Some(r) = existing_receipt(env, &receipt_key).await? {
+            return Ok(done(r));
+        }
+    }
+
+    // Holding the lock from here: every exit releases it.
+    let release = || {
+        env.release.do_send(ReleaseLock {
+            key: lock_key.clone(),
+        })
+    };
+    let result = async {
+        if let Some(r) = existing_receipt(env, &receipt_key).await? {
+            return Ok(done(r));
+        }
+        let lock_index = env
+            .consul
+            .kv_get(&lock_key, 0, Duration::ZERO)
+            .await?
+            .value
+            .map_or(0, |e| e.lock_index);
+        let started_at = receipt::now_ms();
+        info!(lock_index, "Holding the lock; running the action.");
+        let ran = executor
+            .run
+            .send(Run {
+                trigger: t.clone(),
+                timeout,
+            })
+            .await
+            .unwrap_or_else(|e| Err(ExecError::Port(format!("executor: {e}"))));
+        let attempts = job.attempts + 1;
+        let outcome = match ran {
+            Ok(outcome) => outcome,
+            Err(e) if attempts < env.settings.max_attempts => {
+                return Err(JobEnd::Retry(format!("{} ({})", e, e.kind())));
+            }
+            Err(e) => {
+                warn!(attempts, error = %e, "Giving up on the job; recording it as failed.");
+                Outcome::Failed(e.to_string())
+            }
+        };
+        let receipt = Receipt {
+            action: t.action.clone(),
+            trigger_id: t.trigger_id.clone(),
+            watch: t.watch.clone(),
+            outcome: outcome.clone(),
+            by: env.replica.clone(),
+            started_at,
+            finished_at: receipt::now_ms(),
+            lock_index,
+            attempts,
+        };
+        // Retried until it lands: the work is done and a missing receipt would repeat it.
+        let mut tries = 0u32;
+        loop {
+            match env
+                .consul
+                .kv_put(&receipt_key, receipt.to_bytes(), Some(0))
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    warn!("A receipt was already there; another holder ran this job too.");
+                    break;
+                }
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    let pause =
+                        backoff::delay(tries, Duration::from_millis(100), Duration::from_secs(5));
+                    warn!(error = %e, retry_in = ?pause, "Could not write the receipt; retrying.");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(JobEnd::Retry(format!("writing the receipt: {e}"))),
+            }
+        }
+        prune(env, &t.action).await;
+        Ok(JobEnd::Done(JobResult::Ran(outcome)))
+    }
+    .await;
+    release();
+    result
+}
+
+/// Deletes the oldest receipts of `action` beyond the configured count. Best effort: a
+/// failure leaves a few extra receipts, never fewer.
+async fn prune(env: &Env, action: &str) {
+    let prefix = env.keys.receipts(action);
+    let Ok(list) = env.consul.kv_list(&prefix).await else {
+        return;
+    };
+    let entries = list
+        .value
+        .into_iter()
+        .map(|e| (e.key, e.modify_index))
+        .collect();
+    for key in receipt::to_prune(entries, env.settings.receipts_kept) {
+        if let Err(e) = env.consul.kv_delete(&key).await {
+            debug!(%key, error = %e, "Could not prune a receipt.");
+            return;
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Executors: the actors that do an action's work for one trigger and answer with its
+//! outcome. The Dispatcher runs them only while holding the action's lock; `exec` and `http`
+//! are the general ones, the rollout's SpinUp and SpinDown come with the rollout.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::receipt::Outcome;
+
+pub mod exec;
+pub mod http;
+
+/// What an executor is handed: the trigger, as `consul watch` would hand it to a handler.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trigger {
+    pub watch: String,
+    pub action: String,
+    pub trigger_id: String,
+    pub index: u64,
+    pub payload: serde_json::Value,
+}
+
+/// Do the action for `trigger`, giving up after `timeout`.
+#[derive(Message)]
+#[rtype(result = "Result<Outcome, ExecError>")]
+pub struct Run {
+    pub trigger: Trigger,
+    pub timeout: Duration,
+}
+
+/// Stop the run for `trigger_id` if one is going (its lock was lost, or the replica stops).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abort {
+    pub trigger_id: String,
+}
+
+/// Why a run did not succeed. Every kind is retried with backoff by the Dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("could not start: {0}")]
+    Spawn(String),
+    #[error("exited with {status}: {stderr}")]
+    Exit { status: String, stderr: String },
+    #[error("answered HTTP {0}")]
+    Http(u16),
+    #[error("{0}")]
+    Port(String),
+    #[error("aborted")]
+    Aborted,
+}
+
+impl ExecError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExecError::Timeout(_) => "timeout",
+            ExecError::Spawn(_) => "spawn",
+            ExecError::Exit { .. } => "exit",
+            ExecError::Http(_) => "http_status",
+            ExecError::Port(_) => "port",
+            ExecError::Aborted => "aborted",
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! LockManager: the replica's Consul session and the locks taken with it.
+//!
+//! It creates the session (Behavior=release, the configured TTL and lock-delay), renews it at
+//! TTL/2, and when Consul no longer knows it (TTL lapsed during a pause, node check failed) it
+//! tells its listeners that every lock is gone before creating a new one. The Dispatcher asks
+//! it for locks; `tree.rs` wires it. On shutdown it destroys the session, which releases every
+//! lock at once so another replica can take over without waiting for the TTL.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{debug, info, warn};
+
+use crate::backoff;
+use crate::ports::{ConsulPort, PortError, SessionSpec};
+
+/// Take the lock on `key`, writing `holder` as its value.
+#[derive(Message)]
+#[rtype(result = "Result<LockGrant, LockError>")]
+pub struct AcquireLock {
+    pub key: String,
+    pub holder: Vec<u8>,
+}
+
+/// Let go of the lock on `key` (no-op if not held).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseLock {
+    pub key: String,
+}
+
+/// Report to listeners: the session was lost, and with it every lock in `keys`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct LocksLost {
+    pub keys: Vec<String>,
+}
+
+/// Subscribe `listener` to `LocksLost`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<LocksLost>);
+
+/// Query: the session ID, once one exists.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct GetSession;
+
+/// Destroy the session (releasing every lock) and stop: the SIGTERM path.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The answer to `AcquireLock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockGrant {
+    /// This replica holds it.
+    Held { session: String },
+    /// Another session holds it, or lock-delay is in force.
+    Busy,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    #[error("no Consul session yet")]
+    NoSession,
+    #[error("consul: {0}")]
+    Consul(#[from] PortError),
+}
+
+impl LockError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LockError::NoSession => "no_session",
+            LockError::Consul(e) => e.kind(),
+        }
+    }
+}
+
+pub struct LockManager {
+    consul: Rc<dyn ConsulPort>,
+    spec: SessionSpec,
+    session: Option<String>,
+    /// Locks held, by key, with the session that took them.
+    held: BTreeMap<String, String>,
+    listeners: Vec<Recipient<LocksLost>>,
+    /// Consecutive failures of create or renew, for backoff.
+    failures: u32,
+    /// When the last renew succeeded; a session not renewed for a TTL may be gone.
+    renewed_at: Option<tokio::time::Instant>,
+    timer: Option<SpawnHandle>,
+    shutting_down: bool,
+}
+
+impl LockManager {
+    pub fn new(consul: Rc<dyn ConsulPort>, spec: SessionSpec) -> Self {
+        Self {
+            consul,
+            spec,
+            session: None,
+            held: BTreeMap::new(),
+            listeners: Vec::new(),
+            failures: 0,
+            renewed_at: None,
+            timer: None,
+            shutting_down: false,
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.timer = Some(ctx.run_later(after, |act, ctx| {
+            act.timer = None;
+            act.tick(ctx);
+        }));
+    }
+
+    fn retry_after(&mut self) -> Duration {
+        self.failures += 1;
+        backoff::delay(self.failures, Duration::from_millis(250), self.spec.ttl / 2)
+    }
+
+    /// Create the session if there is none, else renew it.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        match self.session.clone() {
+            None => {
+                let fut = self.consul.session_create(&self.spec);
+                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+                    Ok(id) => {
+                        info!(session = %id, "Created the replica's Consul session.");
+                        act.session = Some(id);
+                        act.failures = 0;
+                        act.renewed_at = Some(tokio::time::Instant::now());
+                        act.schedule(ctx, act.spec.ttl / 2);
+                    }
+                    Err(e) => {
+                        let after = act.retry_after();
+                        warn!(error = %e, kind = e.kind(), retry_in = ?after, "Could not create a Consul session.");
+                        act.schedule(ctx, after);
+                    }
+                }));
+            }
+            Some(id) => {
+                let fut = self.consul.session_renew(&id);
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(true) => {
+                        debug!(session = %id, "Renewed the session.");
+                        act.failures = 0;
+                        act.renewed_at = Some(tokio::time::Instant::now());
+                        act.schedule(ctx, act.spec.ttl / 2);
+                    }
+                    Ok(false) => {
+                        warn!(session = %id, "Consul invalidated the session; its locks are gone.");
+                        act.lose_session();
+                        act.schedule(ctx, Duration::ZERO);
+                    }
+                    Err(e) => {
+                        // Consul keeps a session for at least its TTL: until then the locks
+                        // are still ours. Past it they may not be, so stop trusting them.
+                        let stale = act
+                            .renewed_at
+                            .is_none_or(|t| t.elapsed() >= act.spec.ttl);
+                        let after = act.retry_after().min(act.spec.ttl / 4);
+                        warn!(session = %id, error = %e, kind = e.kind(), retry_in = ?after, "Could not renew the session.");
+                        if stale && !act.held.is_empty() {
+                            warn!(session = %id, "Session not renewed for a whole TTL; treating its locks as lost.");
+                            act.notify_lost();
+                        }
+                        act.schedule(ctx, after);
+                    }
+                }));
+            }
+        }
+    }
+
+    fn notify_lost(&mut self) {
+        let keys: Vec<String> = std::mem::take(&mut self.held).into_keys().collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.listeners.retain(|l| l.connected());
+        for l in &self.listeners {
+            l.do_send(LocksLost { keys: keys.clone() });
+        }
+    }
+
+    fn lose_session(&mut self) {
+        self.session = None;
+        self.renewed_at = None;
+        self.notify_lost();
+    }
+}
+
+impl Actor for LockManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+    }
+}
+
+impl Supervised for LockManager {
+    /// The struct survives a restart: keep the session and check it at once (a renew tells
+    /// whether Consul still knows it).
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.timer = None;
+        warn!("LockManager restarting.");
+    }
+}
+
+impl Handler<AcquireLock> for LockManager {
+    type Result = ResponseActFuture<Self, Result<LockGrant, LockError>>;
+
+    fn handle(&mut self, msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(session) = self.session.clone() else {
+            return Box::pin(fut::ready(Err(LockError::NoSession)));
+        };
+        let key = msg.key;
+        let fut = self.consul.kv_acquire(&key, msg.holder, &session);
+        Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
+            let got = res?;
+            // A session lost while the call was in flight must not be recorded as holding.
+            if !got || act.session.as_deref() != Some(session.as_str()) {
+                return Ok(LockGrant::Busy);
+            }
+            debug!(lock = %key, session = %session, "Acquired lock.");
+            act.held.insert(key, session.clone());
+            Ok(LockGrant::Held { session })
+        }))
+    }
+}
+
+impl Handler<ReleaseLock> for LockManager {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: ReleaseLock, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(session) = self.held.remove(&msg.key) else {
+            return Box::pin(fut::ready(()));
+        };
+        let key = msg.key;
+        let fut = self.consul.kv_release(&key, &session);
+        Box::pin(fut.into_actor(self).map(move |res, _act, _ctx| match res {
+            Ok(_) => debug!(lock = %key, "Released lock."),
+            // The lock goes with the session at the latest; nothing else to do.
+            Err(e) => warn!(lock = %key, error = %e, "Could not release lock; it goes when the session does."),
+        }))
+    }
+}
+
+impl Handler<Subscribe> for LockManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) {
+        self.listeners.push(msg.0);
+    }
+}
+
+impl Handler<GetSession> for LockManager {
+    type Result = Option<String>;
+
+    fn handle(&mut self, _msg: GetSession, _ctx: &mut Context<Self>) -> Option<String> {
+        self.session.clone()
+    }
+}
+
+impl Handler<Shutdown> for LockManager {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(id) = self.session.take() else {
+            ctx.stop();
+            return Box::pin(fut::ready(()));
+        };
+        self.held.clear();
+        let fut = self.consul.session_destroy(&id);
+        Box::pin(fut.into_actor(self).map(move |res, _act, ctx| {
+            match res {
+                Ok(()) => info!(session = %id, "Destroyed the session; its locks are free."),
+                Err(e) => warn!(session = %id, error = %e, "Could not destroy the session; its locks go when its TTL lapses."),
+            }
+            ctx.stop();
+        }))
+    }
+}

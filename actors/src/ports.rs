@@ -1,0 +1,139 @@
+//! What the actors need from the world, as small traits the binary implements: `ConsulPort`
+//! (KV, sessions, blocking watches) and `WebhookPort` (the http executor's POST).
+//!
+//! Futures are `'static` and not `Send`: actors run on single-threaded arbiters and spawn them
+//! onto their context, so an implementation clones what it needs (an awc client is an `Rc`).
+
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use rehydrator_config::WatchKind;
+
+/// A port call in flight.
+pub type PortFuture<T> = LocalBoxFuture<'static, Result<T, PortError>>;
+
+/// Why a port call failed, in the terms the actors decide on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connection refused, reset, DNS: try again later.
+    Unreachable,
+    /// No answer in time: try again later.
+    Timeout,
+    /// The cluster has no leader: try again later.
+    NoLeader,
+    /// Consul refused the request as such (4xx other than 404/429): retrying will not help.
+    Rejected,
+    /// Consul failed it (5xx): try again later.
+    Server,
+    /// The answer did not decode.
+    Decode,
+}
+
+/// A failed port call: its kind and a message for logs (never a token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl PortError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self.kind, ErrorKind::Rejected | ErrorKind::Decode)
+    }
+
+    /// A short label for metrics and structured logs.
+    pub fn kind(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::NoLeader => "no_leader",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Server => "server",
+            ErrorKind::Decode => "decode",
+        }
+    }
+}
+
+/// A KV entry as the actors see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub session: Option<String>,
+    pub lock_index: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A value with the index a blocking query continues from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Indexed<T> {
+    pub index: u64,
+    pub value: T,
+}
+
+/// The session a replica holds its locks with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub name: String,
+    pub ttl: Duration,
+    pub lock_delay: Duration,
+}
+
+/// Consul, as the actors use it.
+pub trait ConsulPort {
+    /// One key; `index`/`wait` make it a blocking read (index 0: answer at once).
+    fn kv_get(&self, key: &str, index: u64, wait: Duration)
+        -> PortFuture<Indexed<Option<KvEntry>>>;
+    /// Every key under `prefix`.
+    fn kv_list(&self, prefix: &str) -> PortFuture<Indexed<Vec<KvEntry>>>;
+    /// Writes `value`; with `cas` only if the key's ModifyIndex is `cas` (0: only if absent).
+    fn kv_put(&self, key: &str, value: Vec<u8>, cas: Option<u64>) -> PortFuture<bool>;
+    /// Deletes one key.
+    fn kv_delete(&self, key: &str) -> PortFuture<bool>;
+    /// Takes the lock on `key` for `session`, writing `value`; false if another holds it or
+    /// lock-delay is in force.
+    fn kv_acquire(&self, key: &str, value: Vec<u8>, session: &str) -> PortFuture<bool>;
+    /// Lets go of the lock on `key` if `session` holds it.
+    fn kv_release(&self, key: &str, session: &str) -> PortFuture<bool>;
+    /// Creates a session (Behavior=release) and returns its ID.
+    fn session_create(&self, spec: &SessionSpec) -> PortFuture<String>;
+    /// Renews a session; `Ok(false)` when Consul no longer knows it (it was invalidated).
+    fn session_renew(&self, id: &str) -> PortFuture<bool>;
+    /// Destroys a session, releasing its locks.
+    fn session_destroy(&self, id: &str) -> PortFuture<()>;
+    /// A blocking-query stream for a `[[watch]]`, following Consul's blocking-query rules.
+    fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream>;
+}
+
+/// One watch's blocking-query loop as the client runs it: index handling (reset when it goes
+/// backwards, never 0 after the first call), rate limiting and backoff on errors are the
+/// stream's business; the Watcher only decides what counts as a change worth firing.
+pub trait WatchStream {
+    /// The first call answers at once (the baseline); later calls block until the index moves
+    /// or the wait runs out. After an error the next call waits out the stream's backoff.
+    fn next(&self) -> PortFuture<WatchRead>;
+}
+
+/// What one blocking read of a watch returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchRead {
+    /// X-Consul-Index of the answer (for event lists, Consul's hash of the last event ID).
+    pub index: u64,
+    /// The endpoint's JSON answer, as `consul watch` hands it to a handler.
+    pub payload: serde_json::Value,
+}
+
+/// The http executor's one need: POST JSON, return the status code.
+pub trait WebhookPort {
+    fn post_json(&self, url: &str, body: serde_json::Value, timeout: Duration) -> PortFuture<u16>;
+}

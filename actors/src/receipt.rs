@@ -1,0 +1,173 @@
+//! Receipts: the record, written to Consul KV when an action has run for a trigger, that tells
+//! every replica the job is done. Also the KV key layout the actors share.
+//!
+//! Written by the Dispatcher with CAS 0 (only if absent), so however many replicas race, one
+//! receipt stands per (action, trigger); read by every replica before and after taking a lock.
+
+use serde::{Deserialize, Serialize};
+
+/// The KV keys of one cluster: `rehydrator/<cluster>/...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    root: String,
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            root: format!("rehydrator/{cluster}"),
+        }
+    }
+
+    /// `rehydrator/<cluster>/locks/<lock>`
+    pub fn lock(&self, lock: &str) -> String {
+        format!("{}/locks/{lock}", self.root)
+    }
+
+    /// `rehydrator/<cluster>/receipts/<action>/` — the prefix pruning lists.
+    pub fn receipts(&self, action: &str) -> String {
+        format!("{}/receipts/{action}/", self.root)
+    }
+
+    /// `rehydrator/<cluster>/receipts/<action>/<trigger_id>`
+    pub fn receipt(&self, action: &str, trigger_id: &str) -> String {
+        format!("{}{}", self.receipts(action), sanitize(trigger_id))
+    }
+}
+
+/// Trigger IDs are event UUIDs or indexes; anything else is made safe for a KV path segment.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The action did its work (a command exited 0, a webhook answered 2xx).
+    Succeeded(String),
+    /// The rollout launched a server (detail: the machine).
+    Launched(String),
+    /// The rollout retired a server (detail: the machine).
+    Retired(String),
+    /// Nothing needed doing (detail: why).
+    NoOp(String),
+    /// It failed and will not be retried any more (detail: the last error).
+    Failed(String),
+}
+
+impl Outcome {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Launched(_) => "launched",
+            Outcome::Retired(_) => "retired",
+            Outcome::NoOp(_) => "noop",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The receipt of one (action, trigger).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub action: String,
+    pub trigger_id: String,
+    pub watch: String,
+    pub outcome: Outcome,
+    /// The replica that ran it.
+    pub by: String,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub finished_at: u64,
+    /// The lock's LockIndex while it ran: a fencing token that orders holders.
+    pub lock_index: u64,
+    /// Runs it took, counting failures retried.
+    pub attempts: u32,
+}
+
+impl Receipt {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Which receipt keys to delete so that the newest `keep` stay, newest by ModifyIndex.
+pub fn to_prune(mut entries: Vec<(String, u64)>, keep: usize) -> Vec<String> {
+    if entries.len() <= keep {
+        return Vec::new();
+    }
+    entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    entries.into_iter().skip(keep).map(|(k, _)| k).collect()
+}
+
+/// Milliseconds since the Unix epoch, for receipts.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_agreed_layout() {
+        let k = Keys::new("prod");
+        assert_eq!(k.lock("step"), "rehydrator/prod/locks/step");
+        assert_eq!(
+            k.receipt("notify", "42"),
+            "rehydrator/prod/receipts/notify/42"
+        );
+        assert_eq!(
+            k.receipt("notify", "a/b c"),
+            "rehydrator/prod/receipts/notify/a_b_c"
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest() {
+        let entries = vec![
+            ("a".into(), 5),
+            ("b".into(), 9),
+            ("c".into(), 1),
+            ("d".into(), 7),
+        ];
+        let mut gone = to_prune(entries, 2);
+        gone.sort();
+        assert_eq!(gone, vec!["a".to_string(), "c".to_string()]);
+        assert!(to_prune(vec![("a".into(), 1)], 2).is_empty());
+    }
+
+    #[test]
+    fn receipts_round_trip() {
+        let r = Receipt {
+            action: "notify".into(),
+            trigger_id: "abc".into(),
+            watch: "events".into(),
+            outcome: Outcome::NoOp("nothing to do".into()),
+            by: "replica-1".into(),
+            started_at: 1,
+            finished_at: 2,
+            lock_index: 3,
+            attempts: 1,
+        };
+        assert_eq!(Receipt::from_bytes(&r.to_bytes()), Some(r));
+        assert_eq!(Receipt::from_bytes(b"not a receipt"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The supervision tree, wired explicitly from the settings: one LockManager, one Dispatcher,
+//! an executor per `[action.*]`, a Watcher per `[[watch]]`, each under actix's Supervisor so
+//! an actor that stops on a fatal error restarts with its state rebuilt from Consul.
+//!
+//! `Tree::shutdown` is the SIGTERM path: watchers stop, the Dispatcher abandons running jobs
+//! without receipts, the LockManager destroys the session so other replicas take over at once.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rehydrator_config::{ActionKind, Settings};
+
+use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, ExecutorRef};
+use crate::executor::{exec::Exec, http::Http};
+use crate::lock_manager::{self, LockManager, Subscribe};
+use crate::ports::{ConsulPort, SessionSpec, WebhookPort};
+use crate::receipt::Keys;
+use crate::watcher::{self, WatchSpec, Watcher};
+
+/// How many runs a failing job gets before a Failed receipt ends it.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The backends the tree talks through.
+#[derive(Clone)]
+pub struct Ports {
+    pub consul: Rc<dyn ConsulPort>,
+    pub webhook: Rc<dyn WebhookPort>,
+}
+
+/// The running tree's addresses.
+pub struct Tree {
+    pub lock_manager: Addr<LockManager>,
+    pub dispatcher: Addr<Dispatcher>,
+    pub watchers: Vec<Addr<Watcher>>,
+}
+
+/// Starts the tree for `settings` on the current arbiter; `replica` names this replica in
+/// sessions, lock values and receipts.
+pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
+    let keys = Keys::new(&settings.cluster.name);
+    let spec = SessionSpec {
+        name: format!("rehydrator {} {replica}", settings.cluster.name),
+        ttl: settings.lock.session_ttl,
+        lock_delay: settings.lock.lock_delay,
+    };
+    let consul = ports.consul.clone();
+    let lock_manager = Supervisor::start(move |_| LockManager::new(consul, spec));
+
+    let actions = settings
+        .actions
+        .iter()
+        .map(|(name, a)| {
+            let executor = match &a.kind {
+                ActionKind::Exec { command } => {
+                    let command = command.clone();
+                    let addr = Supervisor::start(move |_| Exec::new(command));
+                    ExecutorRef {
+                        run: addr.clone().recipient(),
+                        abort: addr.recipient(),
+                    }
+                }
+                ActionKind::Http { url } => {
+                    let (url, port) = (url.clone(), ports.webhook.clone());
+                    let addr = Supervisor::start(move |_| Http::new(url, port));
+                    ExecutorRef {
+                        run: addr.clone().recipient(),
+                        abort: addr.recipient(),
+                    }
+                }
+            };
+            ActionSpec {
+                name: name.clone(),
+                lock: a.lock.clone(),
+                timeout: a.timeout,
+                executor,
+            }
+        })
+        .collect();
+    let dispatch = DispatchSettings {
+        receipt_wait: settings.lock.receipt_timeout,
+        receipts_kept: settings.lock.receipts_kept.get() as usize,
+        max_attempts: MAX_ATTEMPTS,
+        retry_base: Duration::from_secs(1),
+        retry_max: Duration::from_secs(60),
+        lock_delay: settings.lock.lock_delay,
+    };
+    let (consul, k, r) = (ports.consul.clone(), keys.clone(), replica.to_owned());
+    let (acquire, release) = (
+        lock_manager.clone().recipient(),
+        lock_manager.clone().recipient(),
+    );
+    let dispatcher = Supervisor::start(move |_| {
+        Dispatcher::new(consul, k, r, acquire, release, dispatch, actions)
+    });
+    lock_manager.do_send(Subscribe(dispatcher.clone().recipient()));
+
+    let watchers = settings
+        .watches
+        .iter()
+        .map(|w| {
+            let spec = WatchSpec {
+                name: w.name.clone(),
+                kind: w.kind.clone(),
+                actions: w.actions.clone(),
+                debounce: w.debounce,
+            };
+            let (consul, keys, to) = (
+                ports.consul.clone(),
+                keys.clone(),
+                dispatcher.clone().recipient(),
+            );
+            Supervisor::start(move |_| Watcher::new(spec, consul, keys, to))
+        })
+        .collect();
+    Tree {
+        lock_manager,
+        dispatcher,
+        watchers,
+    }
+}
+
+impl Tree {
+    /// Stops the tree in order; returns once the session is destroyed (or could not be).
+    pub async fn shutdown(&self) {
+        for w in &self.watchers {
+            let _ = w.send(watcher::Shutdown).await;
+        }
+        let _ = self.dispatcher.send(dispatcher::Shutdown).await;
+        let _ = self.lock_manager.send(lock_manager::Shutdown).await;
+    }
+}

@@ -1,0 +1,215 @@
+//! What counts as a change worth firing, as plain functions over a watch's reads. The Watcher
+//! actor feeds every read through `Memory::observe`; nothing here knows actix or HTTP.
+//!
+//! - The first read is the baseline: nothing fires on start.
+//! - A read fires only if its index moved AND its content changed. Content ignores the
+//!   CreateIndex/ModifyIndex bookkeeping, so writing a key's same value again is not a change.
+//! - For event watches each event ID not seen before is its own trigger; other watches have
+//!   one trigger per change, named by its X-Consul-Index, which every replica sees the same.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+
+use serde_json::Value;
+
+/// One trigger a read produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fire {
+    pub trigger_id: String,
+    pub payload: Value,
+}
+
+/// What a watch remembers between reads.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    baseline: bool,
+    index: u64,
+    digest: u64,
+    events: HashSet<String>,
+}
+
+impl Memory {
+    /// Whether the baseline read has been seen.
+    pub fn has_baseline(&self) -> bool {
+        self.baseline
+    }
+
+    /// Takes in one read of the watch; returns what fires.
+    pub fn observe(&mut self, is_event: bool, index: u64, payload: &Value) -> Vec<Fire> {
+        let digest = content_digest(payload);
+        if !self.baseline {
+            self.baseline = true;
+            self.index = index;
+            self.digest = digest;
+            self.events = event_ids(payload).into_iter().collect();
+            return Vec::new();
+        }
+        let moved = index != self.index;
+        let changed = digest != self.digest;
+        self.index = index;
+        self.digest = digest;
+        if !(moved && changed) {
+            return Vec::new();
+        }
+        if is_event {
+            let mut fires = Vec::new();
+            let events = payload.as_array().cloned().unwrap_or_default();
+            let mut now = HashSet::new();
+            for e in events {
+                let Some(id) = e.get("ID").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                now.insert(id.clone());
+                if !self.events.contains(&id) {
+                    fires.push(Fire {
+                        trigger_id: id,
+                        payload: e,
+                    });
+                }
+            }
+            self.events = now;
+            fires
+        } else {
+            vec![Fire {
+                trigger_id: index.to_string(),
+                payload: payload.clone(),
+            }]
+        }
+    }
+}
+
+/// The event IDs in an event list, oldest first.
+pub fn event_ids(payload: &Value) -> Vec<String> {
+    payload
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.get("ID").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Events in the buffer at start that arrived while this replica (and every other) was down:
+/// those after the newest event with a receipt that have none themselves. With no receipt at
+/// all in the buffer nothing is replayed: the buffer then predates us (first deployment), and
+/// replaying it would run old events as new.
+pub fn events_to_replay(events: &Value, receipted: &HashSet<String>) -> Vec<Fire> {
+    let list = events.as_array().cloned().unwrap_or_default();
+    let ids: Vec<Option<String>> = list
+        .iter()
+        .map(|e| e.get("ID").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let Some(last) = ids
+        .iter()
+        .rposition(|id| id.as_ref().is_some_and(|id| receipted.contains(id)))
+    else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .zip(ids)
+        .skip(last + 1)
+        .filter_map(|(e, id)| {
+            let id = id?;
+            (!receipted.contains(&id)).then_some(Fire {
+                trigger_id: id,
+                payload: e,
+            })
+        })
+        .collect()
+}
+
+/// A digest of the payload without Consul's index bookkeeping.
+fn content_digest(payload: &Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    hash_value(payload, &mut h);
+    h.finish()
+}
+
+fn hash_value(v: &Value, h: &mut DefaultHasher) {
+    match v {
+        Value::Object(map) => {
+            0u8.hash(h);
+            for (k, v) in map {
+                if k == "CreateIndex" || k == "ModifyIndex" {
+                    continue;
+                }
+                k.hash(h);
+                hash_value(v, h);
+            }
+        }
+        Value::Array(items) => {
+            1u8.hash(h);
+            items.len().hash(h);
+            for i in items {
+                hash_value(i, h);
+            }
+        }
+        other => other.to_string().hash(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kv(value: &str, modify: u64) -> Value {
+        json!([{ "Key": "k", "Value": value, "CreateIndex": 1, "ModifyIndex": modify, "LockIndex": 0, "Flags": 0 }])
+    }
+
+    #[test]
+    fn baseline_never_fires() {
+        let mut m = Memory::default();
+        assert!(m.observe(false, 5, &kv("a", 5)).is_empty());
+        assert!(m.has_baseline());
+    }
+
+    #[test]
+    fn fires_on_real_change_named_by_index() {
+        let mut m = Memory::default();
+        m.observe(false, 5, &kv("a", 5));
+        let fired = m.observe(false, 9, &kv("b", 9));
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].trigger_id, "9");
+    }
+
+    #[test]
+    fn same_value_written_again_is_not_a_change() {
+        let mut m = Memory::default();
+        m.observe(false, 5, &kv("a", 5));
+        assert!(m.observe(false, 7, &kv("a", 7)).is_empty());
+        // And a wait that timed out (same index, same content) neither.
+        assert!(m.observe(false, 7, &kv("a", 7)).is_empty());
+        assert_eq!(m.observe(false, 8, &kv("c", 8)).len(), 1);
+    }
+
+    #[test]
+    fn each_new_event_fires_once() {
+        let mut m = Memory::default();
+        let e = |id: &str| json!({ "ID": id, "Name": "consul-rehydrate", "LTime": 1 });
+        m.observe(true, 10, &json!([e("a")]));
+        let fired = m.observe(true, 11, &json!([e("a"), e("b"), e("c")]));
+        let ids: Vec<_> = fired.iter().map(|f| f.trigger_id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert!(m
+            .observe(true, 11, &json!([e("a"), e("b"), e("c")]))
+            .is_empty());
+    }
+
+    #[test]
+    fn replay_only_after_the_newest_receipt() {
+        let e = |id: &str| json!({ "ID": id });
+        let buffer = json!([e("1"), e("2"), e("3"), e("4")]);
+        let receipted: HashSet<String> = ["2".to_string()].into();
+        let ids: Vec<_> = events_to_replay(&buffer, &receipted)
+            .into_iter()
+            .map(|f| f.trigger_id)
+            .collect();
+        assert_eq!(ids, ["3", "4"]);
+        assert!(events_to_replay(&buffer, &HashSet::new()).is_empty());
+        let all: HashSet<String> = ["4".to_string()].into();
+        assert!(events_to_replay(&buffer, &all).is_empty());
+    }
+}

@@ -1,0 +1,265 @@
+//! Watcher: one per `[[watch]]`. Runs the watch's blocking-query loop (through the port's
+//! `WatchStream`, which owns Consul's index and backoff rules) and sends the Dispatcher a
+//! `WatchFired` per action for every real change, awaiting each send so a slow Dispatcher
+//! slows the watch rather than piling up messages.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rehydrator_config::WatchKind;
+use tracing::{debug, error, info, warn};
+
+use crate::dispatcher::WatchFired;
+use crate::ports::{ConsulPort, ErrorKind, PortError, WatchRead, WatchStream};
+use crate::receipt::Keys;
+use crate::watch_plan::{self, Fire, Memory};
+
+/// Stop watching (SIGTERM); a stopped Watcher is not restarted by its supervisor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// What the Watcher needs to know about its `[[watch]]`.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    pub name: String,
+    pub kind: WatchKind,
+    pub actions: Vec<String>,
+    pub debounce: Option<Duration>,
+}
+
+pub struct Watcher {
+    spec: WatchSpec,
+    consul: Rc<dyn ConsulPort>,
+    keys: Keys,
+    dispatcher: Recipient<WatchFired>,
+    stream: Option<Rc<dyn WatchStream>>,
+    memory: Memory,
+    /// When Consul stopped answering, so an outage is logged once, not once per retry.
+    outage: Option<tokio::time::Instant>,
+    /// Debounced fires waiting for quiet, and the timer that sends them.
+    pending: Vec<(Fire, u64)>,
+    debounce_timer: Option<SpawnHandle>,
+    read_handle: Option<SpawnHandle>,
+    stopped: bool,
+}
+
+impl Watcher {
+    pub fn new(
+        spec: WatchSpec,
+        consul: Rc<dyn ConsulPort>,
+        keys: Keys,
+        dispatcher: Recipient<WatchFired>,
+    ) -> Self {
+        Self {
+            spec,
+            consul,
+            keys,
+            dispatcher,
+            stream: None,
+            memory: Memory::default(),
+            outage: None,
+            pending: Vec::new(),
+            debounce_timer: None,
+            read_handle: None,
+            stopped: false,
+        }
+    }
+
+    fn is_event(&self) -> bool {
+        matches!(self.spec.kind, WatchKind::Event { .. })
+    }
+
+    /// Issues the next blocking read.
+    fn read(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        let stream = match &self.stream {
+            Some(s) => s.clone(),
+            None => {
+                let s: Rc<dyn WatchStream> = Rc::from(self.consul.watch(&self.spec.kind));
+                self.stream = Some(s.clone());
+                s
+            }
+        };
+        let handle = ctx.spawn(stream.next().into_actor(self).then(|res, act, ctx| {
+            act.read_handle = None;
+            act.on_read(res, ctx)
+        }));
+        self.read_handle = Some(handle);
+    }
+
+    fn on_read(
+        &mut self,
+        res: Result<WatchRead, PortError>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        let read = match res {
+            Ok(read) => read,
+            Err(e) => {
+                self.on_error(&e);
+                self.read(ctx);
+                return Box::pin(fut::ready(()));
+            }
+        };
+        if let Some(since) = self.outage.take() {
+            info!(watch = %self.spec.name, down_for = ?since.elapsed(), "Consul answers again; watching resumes.");
+        }
+        let first = !self.memory.has_baseline();
+        let fires = self
+            .memory
+            .observe(self.is_event(), read.index, &read.payload);
+        if first && self.is_event() {
+            debug!(watch = %self.spec.name, index = read.index, "Baseline taken.");
+            return self.replay_missed(read);
+        }
+        if first {
+            debug!(watch = %self.spec.name, index = read.index, "Baseline taken.");
+        }
+        self.deliver(fires, read.index, ctx)
+    }
+
+    fn on_error(&mut self, e: &PortError) {
+        if self.outage.is_none() {
+            self.outage = Some(tokio::time::Instant::now());
+            if e.kind == ErrorKind::Rejected {
+                error!(watch = %self.spec.name, error = %e, "Consul refuses this watch's query; check the ACL token and the watch.");
+            } else {
+                warn!(watch = %self.spec.name, error = %e, kind = e.kind(), "Lost Consul; retrying with backoff.");
+            }
+        } else {
+            debug!(watch = %self.spec.name, error = %e, "Still no answer from Consul.");
+        }
+    }
+
+    /// Sends `fires` now, or after the debounce quiet time; then reads on.
+    fn deliver(
+        &mut self,
+        fires: Vec<Fire>,
+        index: u64,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        if fires.is_empty() {
+            self.read(ctx);
+            return Box::pin(fut::ready(()));
+        }
+        if let Some(quiet) = self.spec.debounce {
+            // Events each stay a trigger of their own; other watches keep only the latest state.
+            if !self.is_event() {
+                self.pending.clear();
+            }
+            self.pending.extend(fires.into_iter().map(|f| (f, index)));
+            if let Some(h) = self.debounce_timer.take() {
+                ctx.cancel_future(h);
+            }
+            self.debounce_timer = Some(ctx.run_later(quiet, |act, ctx| {
+                act.debounce_timer = None;
+                let pending = std::mem::take(&mut act.pending);
+                ctx.spawn(act.send_all(pending).map(|_, _, _| ()));
+            }));
+            self.read(ctx);
+            return Box::pin(fut::ready(()));
+        }
+        let batch = fires.into_iter().map(|f| (f, index)).collect();
+        Box::pin(self.send_all(batch).map(|_, act, ctx| act.read(ctx)))
+    }
+
+    /// Sends every fire to the Dispatcher, one message per action, awaiting each.
+    fn send_all(&self, fires: Vec<(Fire, u64)>) -> impl ActorFuture<Self, Output = ()> {
+        let dispatcher = self.dispatcher.clone();
+        let watch = self.spec.name.clone();
+        let actions = self.spec.actions.clone();
+        fut::wrap_future(async move {
+            for (fire, index) in fires {
+                info!(%watch, trigger = %fire.trigger_id, index, "Watch fired.");
+                for action in &actions {
+                    let msg = WatchFired {
+                        watch: watch.clone(),
+                        action: action.clone(),
+                        trigger_id: fire.trigger_id.clone(),
+                        index,
+                        payload: fire.payload.clone(),
+                    };
+                    if let Err(e) = dispatcher.send(msg).await {
+                        warn!(%watch, %action, error = %e, "Dispatcher unavailable; fire dropped (the rollout's timer catches up).");
+                    }
+                }
+            }
+        })
+    }
+
+    /// On start, an event watch fires the events that arrived while every replica was down
+    /// (see `watch_plan::events_to_replay`); the receipts tell which those are.
+    fn replay_missed(&mut self, read: WatchRead) -> ResponseActFuture<Self, ()> {
+        let consul = self.consul.clone();
+        let prefixes: Vec<String> = self
+            .spec
+            .actions
+            .iter()
+            .map(|a| self.keys.receipts(a))
+            .collect();
+        let watch = self.spec.name.clone();
+        let lookup = async move {
+            let mut receipted = HashSet::new();
+            for prefix in prefixes {
+                match consul.kv_list(&prefix).await {
+                    Ok(list) => receipted.extend(
+                        list.value
+                            .into_iter()
+                            .filter_map(|e| e.key.rsplit('/').next().map(str::to_owned)),
+                    ),
+                    Err(e) => {
+                        warn!(%watch, error = %e, "Could not read receipts; not replaying missed events.")
+                    }
+                }
+            }
+            receipted
+        };
+        let index = read.index;
+        Box::pin(fut::wrap_future(lookup).then(move |receipted, act: &mut Self, ctx| {
+            let missed = watch_plan::events_to_replay(&read.payload, &receipted);
+            if !missed.is_empty() {
+                info!(watch = %act.spec.name, count = missed.len(), "Replaying events that arrived while no replica was up.");
+            }
+            act.deliver(missed, index, ctx)
+        }))
+    }
+}
+
+impl Actor for Watcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(watch = %self.spec.name, kind = ?self.spec.kind, "Watching.");
+        self.read(ctx);
+    }
+}
+
+impl Supervised for Watcher {
+    /// A restarted Watcher takes a fresh baseline and fires nothing for it.
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        warn!(watch = %self.spec.name, "Watcher restarting from a fresh baseline.");
+        self.stream = None;
+        self.memory = Memory::default();
+        self.pending.clear();
+        self.debounce_timer = None;
+        self.read_handle = None;
+    }
+}
+
+impl Handler<Shutdown> for Watcher {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
+        self.stopped = true;
+        if let Some(h) = self.read_handle.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(h) = self.debounce_timer.take() {
+            ctx.cancel_future(h);
+        }
+    }
+}
