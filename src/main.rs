@@ -1,14 +1,20 @@
-//! The `rehydrator` command line: `sim` today; `run`, `fire`, `status`, `check-config` and
-//! `demo` come with later issues.
+//! The `rehydrator` command line: `sim`, `check-config`; `run` starts the actor tree. `fire`,
+//! `status` and `demo` come with later issues.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rehydrator", version, about = "Rolls a Consul server cluster onto a new machine image without losing quorum")]
+#[command(
+    name = "rehydrator",
+    version,
+    about = "Rolls a Consul server cluster onto a new machine image without losing quorum"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +24,11 @@ struct Cli {
 enum Command {
     /// Serve a simulated Consul datacenter (Consul's HTTP API plus a /sim control API).
     Sim(SimArgs),
+    /// Validate a configuration file and print the effective configuration (secrets masked).
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -46,7 +57,9 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("REHYDRATOR_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -54,11 +67,37 @@ fn init_tracing() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Sim(args) => run_sim(args),
+        Command::CheckConfig { file } => return check_config(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the effective configuration, or every error in it; exit 2 when invalid.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match rehydrator_config::load(file) {
+        Ok(settings) => {
+            print!("{}", settings.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{} error(s); the configuration was not accepted.",
+                e.errors.len()
+            );
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -67,7 +106,10 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         anyhow::bail!("--servers: a datacenter needs at least one server");
     }
     if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
-        anyhow::bail!("--time-scale: must be a positive number, got {}", args.time_scale);
+        anyhow::bail!(
+            "--time-scale: must be a positive number, got {}",
+            args.time_scale
+        );
     }
     let stabilization = Duration::try_from_secs_f64(args.stabilization)
         .map_err(|e| anyhow::anyhow!("--stabilization: {e}"))?;
@@ -84,7 +126,9 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         let running = rehydrator_sim::start(args.listen, config)
             .with_context(|| format!("binding the simulator to {}", args.listen))?;
         println!("Consul simulator serving on {}", running.url());
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         running.stop().await;
         Ok(())
     })
