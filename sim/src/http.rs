@@ -28,7 +28,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), allow: None }
+        Self {
+            status,
+            message: message.into(),
+            allow: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -99,6 +103,33 @@ impl Params {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
+
+    /// The parameters re-encoded as Go's `url.Values.Encode` does (sorted by key, query-escaped),
+    /// which Consul echoes in some error messages.
+    pub fn encode(&self) -> String {
+        let mut pairs: Vec<(&String, &String)> = self.0.iter().collect();
+        pairs.sort();
+        pairs
+            .into_iter()
+            .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+/// Go's `url.QueryEscape`.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// How a read may be served.
@@ -160,7 +191,10 @@ impl QueryOptions {
             index,
             wait,
             consistency,
-            dc: params.get("dc").filter(|d| !d.is_empty()).map(str::to_owned),
+            dc: params
+                .get("dc")
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
         })
     }
 
@@ -292,6 +326,49 @@ pub async fn blocking<T>(
 
 /// Decodes a JSON request body, failing as Consul does.
 pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "Request decode failed: {}",
+            go_json_error(&e, body)
+        ))
+    })
+}
+
+/// A serde_json error in the words of Go's `encoding/json`, for the syntax errors clients
+/// actually hit: a truncated body is "unexpected EOF", a stray byte "invalid character 'x' ...".
+/// Type errors keep serde's wording (Go's names Go types the simulator does not have).
+pub fn go_json_error(e: &serde_json::Error, body: &[u8]) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Eof => "unexpected EOF".into(),
+        Category::Syntax => {
+            // serde reports 1-based line and column of the offending byte.
+            let offset = body
+                .split(|b| *b == b'\n')
+                .take(e.line().saturating_sub(1))
+                .map(|l| l.len() + 1)
+                .sum::<usize>()
+                + e.column().saturating_sub(1);
+            let context = if e.to_string().starts_with("trailing characters") {
+                "after top-level value"
+            } else {
+                "looking for beginning of value"
+            };
+            match body.get(offset) {
+                Some(b) => format!("invalid character {} {context}", go_char(*b)),
+                None => "unexpected EOF".into(),
+            }
+        }
+        Category::Data | Category::Io => e.to_string(),
+    }
+}
+
+/// A byte quoted as Go's JSON scanner quotes it in errors.
+fn go_char(b: u8) -> String {
+    match b {
+        b'\'' => "'\\''".into(),
+        b'"' => "'\"'".into(),
+        0x20..=0x7e => format!("'{}'", b as char),
+        _ => format!("'\\x{b:02x}'"),
+    }
 }

@@ -1,20 +1,885 @@
-//! TODO(helper B1): /v1/session endpoints.
+//! Consul sessions: the `Sessions` table, TTL timers, invalidation (with each session's
+//! Behavior and lock-delay) and the `/v1/session/...` endpoints.
+//!
+//! rehydrator holds its rollout lock through a session; the cluster code calls
+//! `invalidate_for_node` when a node fails or one of its checks goes critical. The semantics
+//! follow Consul's `agent/session_endpoint.go`, `agent/consul/session_endpoint.go`,
+//! `session_ttl.go` and the state store's `deleteSessionTxn`.
 
-use actix_web::web;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-pub fn configure(_cfg: &mut web::ServiceConfig) {}
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use serde_json::Value;
 
+use crate::api::kv;
+use crate::http::{blocking, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::state::{Sim, State};
+use crate::watch::{Change, Topic};
+
+/// Default lock-delay of a new session.
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+/// Consul caps any session's lock-delay at this when it applies it.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+/// `session_ttl_min` default and `SessionTTLMax`.
+pub const TTL_MIN: Duration = Duration::from_secs(10);
+pub const TTL_MAX: Duration = Duration::from_secs(86400);
+/// Consul's session timer fires at TTL × 2: a session is never invalidated before its TTL.
+pub const TTL_MULTIPLIER: u32 = 2;
+/// The agent's serf check, every session's default node check.
+pub const SERF_CHECK: &str = "serfHealth";
+/// Below this many nanoseconds a numeric LockDelay is taken as seconds (`lockDelayMinThreshold`).
+const LOCK_DELAY_MIN_THRESHOLD: i64 = 1000;
+
+/// What happens to a session's locks when it is invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    Release,
+    Delete,
+}
+
+/// A service check a session is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceCheck {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub namespace: String,
+}
+
+/// One session as Consul's JSON shows it (`structs.Session`): LockDelay in nanoseconds,
+/// `Checks` (deprecated) only when set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Session {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    /// Nanoseconds, as Go's `time.Duration` marshals.
+    pub lock_delay: i64,
+    pub behavior: Behavior,
+    #[serde(rename = "TTL")]
+    pub ttl: String,
+    pub node_checks: Option<Vec<String>>,
+    pub service_checks: Option<Vec<ServiceCheck>>,
+    /// Go's `omitempty`: absent when nil or empty.
+    #[serde(skip_serializing_if = "no_checks")]
+    pub checks: Option<Vec<String>>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl Session {
+    /// Every check the session is bound to, of whatever kind (`Session.CheckIDs`).
+    pub fn check_ids(&self) -> impl Iterator<Item = &str> {
+        let legacy = self.checks.iter().flatten().map(String::as_str);
+        let node = self.node_checks.iter().flatten().map(String::as_str);
+        let service = self.service_checks.iter().flatten().map(|c| c.id.as_str());
+        legacy.chain(node).chain(service)
+    }
+
+    /// The lock-delay to apply on invalidation, if any (negative or zero means none).
+    pub fn lock_delay(&self) -> Option<Duration> {
+        u64::try_from(self.lock_delay)
+            .ok()
+            .filter(|ns| *ns > 0)
+            .map(Duration::from_nanos)
+    }
+
+    /// The TTL the timer runs on, if the session has one.
+    pub fn ttl(&self) -> Option<Duration> {
+        crate::duration::parse(&self.ttl).filter(|d| !d.is_zero())
+    }
+}
+
+fn no_checks(c: &Option<Vec<String>>) -> bool {
+    c.as_ref().is_none_or(Vec::is_empty)
+}
+
+struct Entry {
+    session: Session,
+    /// Bumped on every renew and destroy so a timer armed before it finds itself stale.
+    timer_generation: u64,
+}
+
+/// The sessions table.
 #[derive(Default)]
-pub struct Sessions {}
+pub struct Sessions {
+    by_id: BTreeMap<String, Entry>,
+    /// The highest index of any create or destroy.
+    table_index: u64,
+}
+
+impl Sessions {
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Session> {
+        self.by_id.get(id).map(|e| &e.session)
+    }
+
+    /// Every session, ordered by ID as Consul's table is.
+    pub fn list(&self) -> Vec<Session> {
+        self.by_id.values().map(|e| e.session.clone()).collect()
+    }
+
+    /// The sessions of `node` (matched case-insensitively, as Consul's node index is).
+    pub fn for_node(&self, node: &str) -> Vec<Session> {
+        self.by_id
+            .values()
+            .filter(|e| e.session.node.eq_ignore_ascii_case(node))
+            .map(|e| e.session.clone())
+            .collect()
+    }
+
+    /// The index reads of the table answer at (never 0).
+    pub fn index(&self) -> u64 {
+        self.table_index.max(1)
+    }
+
+    fn insert(&mut self, idx: u64, mut session: Session) {
+        session.create_index = idx;
+        session.modify_index = idx;
+        self.table_index = self.table_index.max(idx);
+        self.by_id.insert(
+            session.id.clone(),
+            Entry {
+                session,
+                timer_generation: 0,
+            },
+        );
+    }
+
+    fn remove(&mut self, idx: u64, id: &str) -> Option<Session> {
+        let e = self.by_id.remove(id)?;
+        self.table_index = self.table_index.max(idx);
+        Some(e.session)
+    }
+
+    fn next_generation(&mut self, id: &str) -> Option<u64> {
+        let e = self.by_id.get_mut(id)?;
+        e.timer_generation += 1;
+        Some(e.timer_generation)
+    }
+
+    fn generation(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).map(|e| e.timer_generation)
+    }
+}
+
+/// A session/create body as Consul decodes it, before the server's validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub name: String,
+    pub node: String,
+    pub lock_delay: i64,
+    pub behavior: String,
+    pub ttl: String,
+    pub node_checks: Option<Vec<String>>,
+    pub service_checks: Option<Vec<ServiceCheck>>,
+    pub checks: Option<Vec<String>>,
+}
+
+impl CreateRequest {
+    /// The defaults of an empty body: the agent's node, its serf check, release, 15s.
+    pub fn defaults(agent_node: &str) -> Self {
+        Self {
+            name: String::new(),
+            node: agent_node.to_owned(),
+            lock_delay: DEFAULT_LOCK_DELAY.as_nanos() as i64,
+            behavior: "release".into(),
+            ttl: String::new(),
+            node_checks: Some(vec![SERF_CHECK.into()]),
+            service_checks: None,
+            checks: Some(vec![SERF_CHECK.into()]),
+        }
+    }
+
+    /// Decodes `body` over the defaults as Go's `encoding/json` would: field names match
+    /// case-insensitively, unknown fields are ignored, null leaves a field alone (a list
+    /// becomes nil). Errors are the text after "Request decode failed: ".
+    pub fn decode(agent_node: &str, body: &[u8]) -> Result<Self, String> {
+        let mut req = Self::defaults(agent_node);
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| crate::http::go_json_error(&e, body))?;
+        let obj = match value {
+            Value::Object(obj) => obj,
+            Value::Null => return Ok(req.fixup_checks()),
+            other => {
+                return Err(format!(
+                    "json: cannot unmarshal {} into Go value of type structs.Session",
+                    go_kind(&other)
+                ))
+            }
+        };
+        let mut first_err: Option<String> = None;
+        let mut note = |e: String| {
+            first_err.get_or_insert(e);
+        };
+        for (k, v) in &obj {
+            match canonical_field(&obj, k) {
+                Some("Name") => decode_string(v, "Name", &mut req.name).unwrap_or_else(&mut note),
+                Some("Node") => decode_string(v, "Node", &mut req.node).unwrap_or_else(&mut note),
+                Some("Behavior") => {
+                    decode_string(v, "Behavior", &mut req.behavior).unwrap_or_else(&mut note)
+                }
+                Some("TTL") => decode_string(v, "TTL", &mut req.ttl).unwrap_or_else(&mut note),
+                Some("LockDelay") => req.lock_delay = decode_lock_delay(v, req.lock_delay)?,
+                Some("NodeChecks") => {
+                    decode_strings(v, "NodeChecks", &mut req.node_checks).unwrap_or_else(&mut note)
+                }
+                Some("Checks") => {
+                    decode_strings(v, "Checks", &mut req.checks).unwrap_or_else(&mut note)
+                }
+                Some("ServiceChecks") => {
+                    decode_service_checks(v, &mut req.service_checks).unwrap_or_else(&mut note)
+                }
+                _ => {}
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(req.fixup_checks()),
+        }
+    }
+
+    /// Consul's `fixupEmptySessionChecks`: an empty `Checks` means no node checks at all; the
+    /// default `Checks` defers to `NodeChecks`; an empty `NodeChecks` drops the default `Checks`.
+    fn fixup_checks(mut self) -> Self {
+        let checks_len = self.checks.as_ref().map_or(0, Vec::len);
+        let only_serf = checks_len == 1
+            && self
+                .checks
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(String::as_str)
+                == Some(SERF_CHECK);
+        if checks_len == 0 {
+            self.node_checks = Some(Vec::new());
+        } else if only_serf || self.node_checks.as_ref().map_or(0, Vec::len) == 0 {
+            self.checks = None;
+        }
+        self
+    }
+}
+
+/// The field of `structs.Session` a JSON key sets: an exact match wins, else the first
+/// case-insensitive one, as in Go.
+fn canonical_field(obj: &serde_json::Map<String, Value>, key: &str) -> Option<&'static str> {
+    const FIELDS: [&str; 11] = [
+        "ID",
+        "Name",
+        "Node",
+        "LockDelay",
+        "Behavior",
+        "TTL",
+        "NodeChecks",
+        "ServiceChecks",
+        "Checks",
+        "CreateIndex",
+        "ModifyIndex",
+    ];
+    let field = FIELDS
+        .iter()
+        .find(|f| **f == key)
+        .or_else(|| FIELDS.iter().find(|f| f.eq_ignore_ascii_case(key)))?;
+    // A later exact-case key for the same field takes precedence over this one.
+    if *field != key && obj.contains_key(*field) {
+        return None;
+    }
+    Some(field)
+}
+
+fn go_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn type_error(v: &Value, field: &str, go_type: &str) -> String {
+    format!(
+        "json: cannot unmarshal {} into Go struct field .{field} of type {go_type}",
+        go_kind(v)
+    )
+}
+
+fn decode_string(v: &Value, field: &str, out: &mut String) -> Result<(), String> {
+    match v {
+        Value::Null => Ok(()),
+        Value::String(s) => {
+            *out = s.clone();
+            Ok(())
+        }
+        other => Err(type_error(other, field, "string")),
+    }
+}
+
+fn decode_strings(v: &Value, field: &str, out: &mut Option<Vec<String>>) -> Result<(), String> {
+    match v {
+        Value::Null => {
+            *out = None;
+            Ok(())
+        }
+        Value::Array(items) => {
+            let mut list = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => list.push(s.clone()),
+                    Value::Null => list.push(String::new()),
+                    other => return Err(type_error(other, field, "string")),
+                }
+            }
+            *out = Some(list);
+            Ok(())
+        }
+        other => Err(type_error(other, field, "[]string")),
+    }
+}
+
+fn decode_service_checks(v: &Value, out: &mut Option<Vec<ServiceCheck>>) -> Result<(), String> {
+    let items = match v {
+        Value::Null => {
+            *out = None;
+            return Ok(());
+        }
+        Value::Array(items) => items,
+        other => return Err(type_error(other, "ServiceChecks", "[]structs.ServiceCheck")),
+    };
+    let mut list = Vec::with_capacity(items.len());
+    for item in items {
+        let mut check = ServiceCheck {
+            id: String::new(),
+            namespace: String::new(),
+        };
+        match item {
+            Value::Object(obj) => {
+                for (k, v) in obj {
+                    if k.eq_ignore_ascii_case("ID") {
+                        decode_string(v, "ServiceChecks.ID", &mut check.id)?;
+                    } else if k.eq_ignore_ascii_case("Namespace") {
+                        decode_string(v, "ServiceChecks.Namespace", &mut check.namespace)?;
+                    }
+                }
+            }
+            Value::Null => {}
+            other => return Err(type_error(other, "ServiceChecks", "structs.ServiceCheck")),
+        }
+        list.push(check);
+    }
+    *out = Some(list);
+    Ok(())
+}
+
+/// LockDelay takes a Go duration string or a number of nanoseconds; anything under 1000ns is
+/// read as seconds (users send `15` meaning 15s). Other JSON types count as zero.
+fn decode_lock_delay(v: &Value, current: i64) -> Result<i64, String> {
+    let ns = match v {
+        Value::Null => return Ok(current),
+        Value::String(s) => go_parse_duration(s)?,
+        // Go converts the float64 to a Duration, truncating toward zero.
+        Value::Number(n) => n.as_f64().map_or(0, |f| f as i64),
+        _ => 0,
+    };
+    Ok(if ns < LOCK_DELAY_MIN_THRESHOLD {
+        ns.saturating_mul(1_000_000_000)
+    } else {
+        ns
+    })
+}
+
+/// Go's `time.ParseDuration`, signed, in nanoseconds, with its error text.
+fn go_parse_duration(s: &str) -> Result<i64, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if body == "0" {
+        return Ok(0);
+    }
+    if body.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = body;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num = &rest[..num_len];
+        if num.is_empty() || num == "." {
+            return Err(invalid());
+        }
+        let value: f64 = num.parse().map_err(|_| invalid())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let scale = match unit {
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    if total > i64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(if neg { -(total as i64) } else { total as i64 })
+}
+
+/// Creates a session on the leader: Consul's endpoint validation (Behavior, TTL), then the
+/// state store's (node, checks). Returns the new session's ID and arms its TTL timer.
+pub fn create(sim: &Sim, st: &mut State, req: CreateRequest) -> Result<String, ApiError> {
+    if !st.cluster.has_leader() {
+        return Err(ApiError::no_leader());
+    }
+    let behavior = match req.behavior.as_str() {
+        "" | "release" => Behavior::Release,
+        "delete" => Behavior::Delete,
+        other => {
+            return Err(ApiError::internal(format!(
+                "Invalid Behavior setting '{other}'"
+            )))
+        }
+    };
+    if !req.ttl.is_empty() {
+        let ttl = go_parse_duration(&req.ttl)
+            .map_err(|e| ApiError::internal(format!("Session TTL '{}' invalid: {e}", req.ttl)))?;
+        let min = TTL_MIN.as_nanos() as i64;
+        let max = TTL_MAX.as_nanos() as i64;
+        if ttl != 0 && (ttl < min || ttl > max) {
+            return Err(ApiError::internal(format!(
+                "Invalid Session TTL '{ttl}', must be between [{}={}]",
+                crate::duration::format(TTL_MIN),
+                crate::duration::format(TTL_MAX)
+            )));
+        }
+    }
+    if !st.catalog.node_exists(&req.node) {
+        return Err(ApiError::internal("Missing node registration"));
+    }
+    let session = Session {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: req.name,
+        node: req.node,
+        lock_delay: req.lock_delay,
+        behavior,
+        ttl: req.ttl,
+        node_checks: req.node_checks,
+        service_checks: req.service_checks,
+        checks: req.checks,
+        create_index: 0,
+        modify_index: 0,
+    };
+    for check in session.check_ids() {
+        match st.catalog.check_status(&session.node, check).as_deref() {
+            None => {
+                return Err(ApiError::internal(format!(
+                    "Missing check '{check}' registration"
+                )))
+            }
+            Some("critical") => {
+                return Err(ApiError::internal(format!(
+                    "Check '{check}' is in critical state"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let id = session.id.clone();
+    let idx = st.next_index();
+    st.sessions.insert(idx, session);
+    arm_timer(sim, st, &id);
+    st.notify(Change::table(Topic::Sessions));
+    Ok(id)
+}
+
+/// Destroys a session on the leader, as `PUT /v1/session/destroy` does: unknown IDs are fine.
+pub fn destroy(st: &mut State, id: &str) -> Result<(), ApiError> {
+    if !st.cluster.has_leader() {
+        return Err(ApiError::no_leader());
+    }
+    if st.sessions.contains(id) {
+        let idx = st.next_index();
+        let keys = invalidate(st, idx, id);
+        notify_invalidated(st, keys);
+    }
+    Ok(())
+}
+
+/// Resets a session's TTL timer on the leader; None when the session does not exist.
+pub fn renew(sim: &Sim, st: &mut State, id: &str) -> Result<Option<Session>, ApiError> {
+    if !st.cluster.has_leader() {
+        return Err(ApiError::no_leader());
+    }
+    let Some(session) = st.sessions.get(id).cloned() else {
+        return Ok(None);
+    };
+    arm_timer(sim, st, id);
+    Ok(Some(session))
+}
 
 /// Invalidates the sessions bound to `node` — all of them when `check_id` is None (the node was
 /// deregistered or failed), else those that list `check_id` among their checks — applying each
 /// session's Behavior and lock-delay. Called by the cluster/catalog when a check goes critical.
-/// (Interface used by the catalog; B1 implements.)
-pub fn invalidate_for_node(
-    _sim: &crate::state::Sim,
-    _st: &mut crate::state::State,
-    _node: &str,
-    _check_id: Option<&str>,
-) {
+/// Takes one index for the whole invalidation, as Consul does it in one transaction.
+pub fn invalidate_for_node(_sim: &Sim, st: &mut State, node: &str, check_id: Option<&str>) {
+    let doomed: Vec<String> = st
+        .sessions
+        .by_id
+        .values()
+        .filter(|e| e.session.node.eq_ignore_ascii_case(node))
+        .filter(|e| match check_id {
+            None => true,
+            Some(c) => e.session.check_ids().any(|id| id.eq_ignore_ascii_case(c)),
+        })
+        .map(|e| e.session.id.clone())
+        .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    let idx = st.next_index();
+    let mut keys = Vec::new();
+    for id in &doomed {
+        tracing::debug!(session = %id, %node, check = ?check_id, "Session invalidated.");
+        keys.extend(invalidate(st, idx, id));
+    }
+    notify_invalidated(st, keys);
+}
+
+/// Removes session `id` at `idx`, releasing or deleting its keys per its Behavior and putting
+/// each under the session's lock-delay. Returns the keys it changed. The caller notifies.
+fn invalidate(st: &mut State, idx: u64, id: &str) -> Vec<String> {
+    let Some(session) = st.sessions.remove(idx, id) else {
+        return Vec::new();
+    };
+    let held = st.kv.held_by(id);
+    let until = session.lock_delay().map(|d| kv::lock_delay_until(st, d));
+    let mut changed = Vec::with_capacity(held.len());
+    for key in held {
+        let wrote = match session.behavior {
+            Behavior::Release => st.kv.release(idx, &key),
+            Behavior::Delete => st.kv.delete(idx, &key),
+        };
+        if let Some(until) = until {
+            st.kv.set_lock_delay(&key, until);
+        }
+        if wrote {
+            changed.push(key);
+        }
+    }
+    changed
+}
+
+fn notify_invalidated(st: &mut State, keys: Vec<String>) {
+    st.notify(Change {
+        keys,
+        tables: vec![Topic::Sessions],
+    });
+}
+
+/// (Re)starts the TTL timer of session `id`: it fires at TTL × 2 of simulated time. A renew or
+/// destroy in between bumps the generation, so the stale timer does nothing.
+fn arm_timer(sim: &Sim, st: &mut State, id: &str) {
+    let Some(ttl) = st.sessions.get(id).and_then(Session::ttl) else {
+        return;
+    };
+    let Some(generation) = st.sessions.next_generation(id) else {
+        return;
+    };
+    let id = id.to_owned();
+    sim.after_in(st, ttl * TTL_MULTIPLIER, move |sim, st| {
+        expire(sim, st, &id, generation)
+    });
+}
+
+fn expire(sim: &Sim, st: &mut State, id: &str, generation: u64) {
+    if st.sessions.generation(id) != Some(generation) {
+        return;
+    }
+    // A leaderless cluster runs no session timers; the next leader restarts them in full.
+    if !st.cluster.has_leader() {
+        arm_timer(sim, st, id);
+        return;
+    }
+    tracing::debug!(session = %id, "Session TTL expired.");
+    let idx = st.next_index();
+    let keys = invalidate(st, idx, id);
+    notify_invalidated(st, keys);
+}
+
+/// Restarts every TTL timer in full, as a newly elected Consul leader does
+/// (`initializeSessionTimers`). For the cluster code to call on a leader change.
+pub fn reset_timers(sim: &Sim, st: &mut State) {
+    let ids: Vec<String> = st.sessions.by_id.keys().cloned().collect();
+    for id in ids {
+        arm_timer(sim, st, &id);
+    }
+}
+
+/// Registers `/v1/session/...`; each route answers 405 for other methods, as Consul does.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/session/create", web::route().to(create_endpoint))
+        .route(
+            "/v1/session/destroy/{id:.*}",
+            web::route().to(destroy_endpoint),
+        )
+        .route("/v1/session/renew/{id:.*}", web::route().to(renew_endpoint))
+        .route("/v1/session/info/{id:.*}", web::route().to(info_endpoint))
+        .route("/v1/session/node/{node:.*}", web::route().to(node_endpoint))
+        .route("/v1/session/list", web::route().to(list_endpoint));
+}
+
+fn only(req: &HttpRequest, method: Method) -> Result<(), ApiError> {
+    if req.method() == method {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            &[method.as_str()],
+        ))
+    }
+}
+
+/// The decoded path after `prefix`, as Consul's `strings.TrimPrefix(req.URL.Path, ...)`.
+fn tail(req: &HttpRequest, prefix: &str) -> String {
+    let raw = req.path().strip_prefix(prefix).unwrap_or_default();
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn dc_of(params: &Params) -> QueryOptions {
+    QueryOptions {
+        index: 0,
+        wait: Duration::ZERO,
+        consistency: crate::http::Consistency::Default,
+        dc: params
+            .get("dc")
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+    }
+}
+
+async fn create_endpoint(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    only(&req, Method::PUT)?;
+    let params = Params::from_request(&req);
+    let agent_node = sim.lock().config.agent_node.clone();
+    let create_req = if body.is_empty() {
+        CreateRequest::defaults(&agent_node).fixup_checks()
+    } else {
+        CreateRequest::decode(&agent_node, &body)
+            .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?
+    };
+    let mut st = sim.lock();
+    dc_of(&params).check_dc(&st)?;
+    let id = create(&sim, &mut st, create_req)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .json(serde_json::json!({ "ID": id })))
+}
+
+async fn destroy_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, Method::PUT)?;
+    let params = Params::from_request(&req);
+    let id = tail(&req, "/v1/session/destroy/");
+    if id.is_empty() {
+        return Err(ApiError::bad_request("Missing session"));
+    }
+    let mut st = sim.lock();
+    dc_of(&params).check_dc(&st)?;
+    destroy(&mut st, &id)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body("true"))
+}
+
+async fn renew_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, Method::PUT)?;
+    let opts = QueryOptions::from_request(&req)?;
+    let id = tail(&req, "/v1/session/renew/");
+    if id.is_empty() {
+        return Err(ApiError::bad_request("Missing session"));
+    }
+    let mut st = sim.lock();
+    opts.check_dc(&st)?;
+    match renew(&sim, &mut st, &id)? {
+        Some(session) => Ok(HttpResponse::Ok().json(vec![session])),
+        None => Err(ApiError::not_found(format!("Session id '{id}' not found"))),
+    }
+}
+
+async fn info_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, Method::GET)?;
+    let opts = QueryOptions::from_request(&req)?;
+    let id = tail(&req, "/v1/session/info/");
+    if id.is_empty() {
+        return Err(ApiError::bad_request("Missing session"));
+    }
+    read_sessions(&sim, &opts, |s| s.get(&id).cloned().into_iter().collect()).await
+}
+
+async fn node_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, Method::GET)?;
+    let opts = QueryOptions::from_request(&req)?;
+    let node = tail(&req, "/v1/session/node/");
+    if node.is_empty() {
+        return Err(ApiError::bad_request("Missing node name"));
+    }
+    read_sessions(&sim, &opts, |s| s.for_node(&node)).await
+}
+
+async fn list_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    only(&req, Method::GET)?;
+    let opts = QueryOptions::from_request(&req)?;
+    read_sessions(&sim, &opts, Sessions::list).await
+}
+
+/// A blocking read of the sessions table; every such read answers at the table's index.
+async fn read_sessions(
+    sim: &Sim,
+    opts: &QueryOptions,
+    pick: impl Fn(&Sessions) -> Vec<Session>,
+) -> Result<HttpResponse, ApiError> {
+    let (meta, sessions) = blocking(sim, opts, Fresh::Greater, |st| {
+        Ok(Read {
+            index: st.sessions.index(),
+            value: pick(&st.sessions),
+            topics: vec![Topic::Sessions],
+        })
+    })
+    .await?;
+    Ok(meta.json(&sessions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_body_defaults() {
+        let r = CreateRequest::defaults("agent").fixup_checks();
+        assert_eq!(r.node, "agent");
+        assert_eq!(r.node_checks, Some(vec![SERF_CHECK.to_string()]));
+        assert_eq!(r.checks, None);
+        assert_eq!(r.lock_delay, 15_000_000_000);
+        assert_eq!(r.behavior, "release");
+    }
+
+    #[test]
+    fn decode_is_case_insensitive_and_reads_lock_delay_like_consul() {
+        let r = CreateRequest::decode("a", br#"{"name":"x","ttl":"10s","LockDelay":"5s"}"#);
+        assert_eq!(
+            r.as_ref()
+                .map(|r| (r.name.as_str(), r.ttl.as_str(), r.lock_delay)),
+            Ok(("x", "10s", 5_000_000_000))
+        );
+        let secs = CreateRequest::decode("a", br#"{"LockDelay":15}"#).map(|r| r.lock_delay);
+        assert_eq!(secs, Ok(15_000_000_000), "small numbers are seconds");
+        let ns = CreateRequest::decode("a", br#"{"LockDelay":2000000000}"#).map(|r| r.lock_delay);
+        assert_eq!(ns, Ok(2_000_000_000));
+        let zero = CreateRequest::decode("a", br#"{"LockDelay":"0s"}"#).map(|r| r.lock_delay);
+        assert_eq!(zero, Ok(0));
+        let bad = CreateRequest::decode("a", br#"{"LockDelay":"abc"}"#);
+        assert_eq!(bad, Err("time: invalid duration \"abc\"".to_string()));
+        let unknown = CreateRequest::decode("a", br#"{"Bogus":1}"#);
+        assert!(
+            unknown.is_ok(),
+            "Session's own UnmarshalJSON ignores unknown fields"
+        );
+        let wrong = CreateRequest::decode("a", br#"{"TTL":10}"#);
+        assert!(wrong.is_err_and(|e| e.starts_with("json: cannot unmarshal number")));
+        assert!(CreateRequest::decode("a", b"{nope").is_err());
+    }
+
+    #[test]
+    fn checks_fixup_follows_consul() {
+        let none = CreateRequest::decode("a", br#"{"Checks":[]}"#);
+        assert_eq!(
+            none.map(|r| (r.node_checks, r.checks)),
+            Ok((Some(vec![]), Some(vec![])))
+        );
+        let node = CreateRequest::decode("a", br#"{"NodeChecks":["c1"]}"#);
+        assert_eq!(
+            node.map(|r| (r.node_checks, r.checks)),
+            Ok((Some(vec!["c1".to_string()]), None))
+        );
+        let no_node = CreateRequest::decode("a", br#"{"NodeChecks":[]}"#);
+        assert_eq!(
+            no_node.map(|r| (r.node_checks, r.checks)),
+            Ok((Some(vec![]), None))
+        );
+        let legacy = CreateRequest::decode("a", br#"{"Checks":["c1"]}"#);
+        assert_eq!(
+            legacy.map(|r| (r.node_checks, r.checks)),
+            Ok((
+                Some(vec![SERF_CHECK.to_string()]),
+                Some(vec!["c1".to_string()])
+            ))
+        );
+    }
+
+    #[test]
+    fn go_durations_and_their_errors() {
+        assert_eq!(go_parse_duration("1m30s"), Ok(90_000_000_000));
+        assert_eq!(go_parse_duration("-2s"), Ok(-2_000_000_000));
+        assert_eq!(
+            go_parse_duration("10"),
+            Err("time: missing unit in duration \"10\"".to_string())
+        );
+        assert_eq!(
+            go_parse_duration("10x"),
+            Err("time: unknown unit \"x\" in duration \"10x\"".to_string())
+        );
+        assert_eq!(
+            go_parse_duration("abc"),
+            Err("time: invalid duration \"abc\"".to_string())
+        );
+    }
+
+    #[test]
+    fn session_json_matches_consul() {
+        let s = Session {
+            id: "id".into(),
+            name: "n".into(),
+            node: "node".into(),
+            lock_delay: 15_000_000_000,
+            behavior: Behavior::Release,
+            ttl: "10s".into(),
+            node_checks: Some(vec![SERF_CHECK.into()]),
+            service_checks: None,
+            checks: None,
+            create_index: 3,
+            modify_index: 3,
+        };
+        let v = serde_json::to_value(&s).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"ID":"id","Name":"n","Node":"node","LockDelay":15000000000u64,
+                "Behavior":"release","TTL":"10s","NodeChecks":["serfHealth"],
+                "ServiceChecks":null,"CreateIndex":3,"ModifyIndex":3})
+        );
+    }
 }
