@@ -1,5 +1,229 @@
-//! TODO(helper B2): /v1/health endpoints.
+//! Consul's `/v1/health/...` endpoints over the catalog's checks.
+//!
+//! Who talks to it: HTTP clients and watchers (`consul watch -type service|checks` style), all
+//! blocking on `Topic::Checks` (and `Topic::Catalog` where services or nodes are read).
+//!
+//! Routes (GET only): /v1/health/service/{name} (?passing, ?tag repeated, ?node-meta),
+//! /v1/health/checks/{service}, /v1/health/state/{state} ("any" for all), /v1/health/node/{node}.
+//! As Consul's HTTP layer does, nil lists go out as `[]` and `?passing` drops every instance with
+//! any non-passing check, node checks (serfHealth) included.
 
-use actix_web::web;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
 
-pub fn configure(_cfg: &mut web::ServiceConfig) {}
+use crate::api::catalog::{CheckEntry, CheckJson, NodeJson, NodeMetaFilter, NodeServiceJson};
+use crate::http::{blocking, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::state::{Sim, State};
+use crate::watch::Topic;
+
+/// Registers the `/v1/health` routes; each takes every method so a wrong one gets a 405.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/health/service/{name:.*}", web::route().to(service))
+        .route(
+            "/v1/health/checks/{name:.*}",
+            web::route().to(service_checks),
+        )
+        .route("/v1/health/state/{state:.*}", web::route().to(state))
+        .route("/v1/health/node/{node:.*}", web::route().to(node));
+}
+
+fn get_only(req: &HttpRequest) -> Result<(), ApiError> {
+    if req.method() == actix_web::http::Method::GET {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            &["GET"],
+        ))
+    }
+}
+
+/// Go's strconv.ParseBool, with a bare flag meaning true (Consul's getBoolQueryParam).
+fn parse_bool_flag(v: Option<&str>) -> Result<bool, ()> {
+    match v {
+        None => Ok(false),
+        Some("") | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(_) => Err(()),
+    }
+}
+
+/// Every value of a repeated query parameter (`?tag=a&tag=b`), decoded.
+fn all_values(req: &HttpRequest, key: &str) -> Vec<String> {
+    req.query_string()
+        .split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k) == key).then(|| dec(v))
+        })
+        .collect()
+}
+
+fn checks_json<'a>(checks: impl Iterator<Item = &'a CheckEntry>) -> Vec<Value> {
+    checks
+        .map(|c| serde_json::to_value(CheckJson::new(c)).unwrap_or(Value::Null))
+        .collect()
+}
+
+fn check_index(st: &State) -> u64 {
+    st.catalog.checks_index
+}
+
+/// GET /v1/health/service/{name} — `[{Node, Service, Checks}]`; blocking.
+async fn service(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    get_only(&req)?;
+    let name = path.into_inner();
+    let params = Params::from_request(&req);
+    let opts = QueryOptions::parse(&params)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing service name"));
+    }
+    let tags = all_values(&req, "tag");
+    let filter = NodeMetaFilter::parse(&params);
+    let passing = parse_bool_flag(params.get("passing"))
+        .map_err(|_| ApiError::bad_request("Invalid value for ?passing"))?;
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let dc = st.config.datacenter.as_str();
+        let mut out = Vec::new();
+        for (n, s) in st.catalog.instances(&name, &tags, &filter) {
+            let checks: Vec<&CheckEntry> = n
+                .checks
+                .values()
+                .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                .collect();
+            if passing && checks.iter().any(|c| c.status != "passing") {
+                continue;
+            }
+            out.push(serde_json::json!({
+                "Node": NodeJson::new(n, dc),
+                "Service": NodeServiceJson::new(s),
+                "Checks": checks_json(checks.into_iter()),
+            }));
+        }
+        let c = &st.catalog;
+        Ok(Read {
+            index: c.nodes_index.max(c.services_index).max(c.checks_index),
+            value: out,
+            topics: vec![Topic::Catalog, Topic::Checks],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+/// GET /v1/health/checks/{service} — the checks of a service's instances; blocking.
+async fn service_checks(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    get_only(&req)?;
+    let name = path.into_inner();
+    let params = Params::from_request(&req);
+    let opts = QueryOptions::parse(&params)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing service name"));
+    }
+    let filter = NodeMetaFilter::parse(&params);
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let list = checks_json(
+            st.catalog
+                .nodes()
+                .filter(|n| filter.matches(n))
+                .flat_map(|n| n.checks.values())
+                .filter(|c| c.service_name == name),
+        );
+        Ok(Read {
+            index: check_index(st),
+            value: list,
+            topics: vec![Topic::Checks],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+/// GET /v1/health/state/{state} — checks in a state, "any" for all; blocking.
+async fn state(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    get_only(&req)?;
+    let wanted = path.into_inner();
+    let params = Params::from_request(&req);
+    let opts = QueryOptions::parse(&params)?;
+    if wanted.is_empty() {
+        return Err(ApiError::bad_request("Missing check state"));
+    }
+    // Consul does not validate the state: an unknown one simply matches no check.
+    let filter = NodeMetaFilter::parse(&params);
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let list = checks_json(
+            st.catalog
+                .nodes()
+                .filter(|n| filter.matches(n))
+                .flat_map(|n| n.checks.values())
+                .filter(|c| wanted == "any" || c.status == wanted),
+        );
+        Ok(Read {
+            index: check_index(st),
+            value: list,
+            topics: vec![Topic::Checks],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+/// GET /v1/health/node/{node} — a node's checks (`[]` for an unknown node); blocking.
+async fn node(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    get_only(&req)?;
+    let name = path.into_inner();
+    let opts = QueryOptions::from_request(&req)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing node name"));
+    }
+    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
+        let list = checks_json(
+            st.catalog
+                .node(&name)
+                .into_iter()
+                .flat_map(|n| n.checks.values()),
+        );
+        Ok(Read {
+            index: check_index(st),
+            value: list,
+            topics: vec![Topic::Checks],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_parses_like_go() {
+        assert_eq!(parse_bool_flag(None), Ok(false));
+        assert_eq!(parse_bool_flag(Some("")), Ok(true));
+        assert_eq!(parse_bool_flag(Some("true")), Ok(true));
+        assert_eq!(parse_bool_flag(Some("0")), Ok(false));
+        assert!(parse_bool_flag(Some("yes")).is_err());
+    }
+}
