@@ -1,0 +1,1161 @@
+//! The Consul client against the simulator over real HTTP: every endpoint round-trips, blocking
+//! queries wake on change and return at their wait, locks contend, events wake watchers.
+//! A few tests use a canned one-connection HTTP responder instead, for answers the simulator
+//! cannot be made to give (an old Consul's 404, an agent that never answers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rehydrator::consul::*;
+
+fn client_for(url: &str) -> Client {
+    Client::new(ConsulConfig::with_address(url).unwrap()).unwrap()
+}
+
+fn plain() -> QueryOptions {
+    QueryOptions::default()
+}
+
+// -------------------------------------------------------------------------------------------
+// Canned responder
+
+/// Serves up to `answers.len()` connections on an ephemeral loopback port, one canned raw
+/// response each (sent after its delay), and sends back each request's text. Stops by itself
+/// after the last answer or 10 seconds.
+fn canned(answers: Vec<(Duration, String)>) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (delay, answer) in answers {
+            let mut conn = loop {
+                match listener.accept() {
+                    Ok((conn, _)) => break conn,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => return,
+                }
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let request = read_request(&mut conn);
+            let _ = tx.send(request);
+            std::thread::sleep(delay);
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    (url, rx)
+}
+
+fn read_request(conn: &mut std::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn http(status: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out
+}
+
+// -------------------------------------------------------------------------------------------
+// Real Consul's answers (fixtures from its docs and Go source) decode into the client's types
+
+#[test]
+fn consul_fixtures_decode_into_client_types() {
+    fn decode<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> T {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+    let kv: Vec<KvPair> = decode("kv_get", include_str!("fixtures/consul/kv_get.json"));
+    assert_eq!(kv[0].value, b"test");
+    let keys: Vec<String> = decode("kv_keys", include_str!("fixtures/consul/kv_keys.json"));
+    assert!(!keys.is_empty());
+    let sessions: Vec<SessionEntry> = decode(
+        "session_entry",
+        include_str!("fixtures/consul/session_entry.json"),
+    );
+    assert_eq!(sessions[0].lock_delay, Duration::from_secs(15));
+    assert_eq!(sessions[0].ttl, Some(Duration::from_secs(30)));
+    let fired: UserEvent = decode(
+        "event_fire",
+        include_str!("fixtures/consul/event_fire.json"),
+    );
+    assert_eq!(fired.payload, None);
+    let events: Vec<UserEvent> = decode(
+        "event_list",
+        include_str!("fixtures/consul/event_list.json"),
+    );
+    assert_eq!(events[0].payload.as_deref(), Some(&b"1609030"[..]));
+    let services: std::collections::BTreeMap<String, Vec<String>> = decode(
+        "catalog_services",
+        include_str!("fixtures/consul/catalog_services.json"),
+    );
+    assert!(services.contains_key("consul"));
+    let instances: Vec<CatalogService> = decode(
+        "catalog_service",
+        include_str!("fixtures/consul/catalog_service.json"),
+    );
+    assert!(!instances[0].service_name.is_empty());
+    let nodes: Vec<Node> = decode(
+        "catalog_nodes",
+        include_str!("fixtures/consul/catalog_nodes.json"),
+    );
+    assert!(!nodes[0].node.is_empty());
+    let node: CatalogNode = decode(
+        "catalog_node",
+        include_str!("fixtures/consul/catalog_node.json"),
+    );
+    assert!(!node.services.is_empty());
+    for (name, text) in [
+        (
+            "health_checks",
+            include_str!("fixtures/consul/health_checks.json"),
+        ),
+        (
+            "health_state",
+            include_str!("fixtures/consul/health_state.json"),
+        ),
+        (
+            "health_node",
+            include_str!("fixtures/consul/health_node.json"),
+        ),
+    ] {
+        let checks: Vec<HealthCheck> = decode(name, text);
+        assert!(!checks[0].check_id.is_empty(), "{name}");
+    }
+    let entries: Vec<ServiceEntry> = decode(
+        "health_service",
+        include_str!("fixtures/consul/health_service.json"),
+    );
+    assert!(!entries[0].checks.is_empty());
+    let members: Vec<Member> = decode(
+        "agent_members",
+        include_str!("fixtures/consul/agent_members.json"),
+    );
+    assert_eq!(members[0].status(), MemberStatus::Alive);
+    let me: AgentSelf = decode(
+        "agent_self",
+        include_str!("fixtures/consul/agent_self.json"),
+    );
+    assert!(!me.config.node_name.is_empty());
+    let raft: RaftConfiguration = decode(
+        "raft_configuration",
+        include_str!("fixtures/consul/raft_configuration.json"),
+    );
+    assert!(raft.leader().is_some());
+    let health: AutopilotHealth = decode(
+        "autopilot_health",
+        include_str!("fixtures/consul/autopilot_health.json"),
+    );
+    assert!(health.healthy);
+    let state: AutopilotState = decode(
+        "autopilot_state",
+        include_str!("fixtures/consul/autopilot_state.json"),
+    );
+    assert!(state.servers.contains_key(&state.leader));
+    let config: AutopilotConfiguration = decode(
+        "autopilot_configuration",
+        include_str!("fixtures/consul/autopilot_configuration.json"),
+    );
+    assert!(!config.server_stabilization_time.is_zero());
+    let leader: String = decode(
+        "status_leader",
+        include_str!("fixtures/consul/status_leader.json"),
+    );
+    assert!(!leader.is_empty());
+    let peers: Vec<String> = decode(
+        "status_peers",
+        include_str!("fixtures/consul/status_peers.json"),
+    );
+    assert!(!peers.is_empty());
+}
+
+// -------------------------------------------------------------------------------------------
+// KV
+
+#[actix_rt::test]
+async fn kv_round_trips() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+
+        let missing = c.kv_get("app/missing", &plain()).await.unwrap();
+        assert_eq!(missing.value, None);
+        assert!(missing.meta.index > 0, "a 404 still carries X-Consul-Index");
+
+        let flags = KvPutOptions {
+            flags: Some(42),
+            ..KvPutOptions::default()
+        };
+        assert!(c.kv_put("app/config/a", b"alpha", &flags).await.unwrap());
+        assert!(c
+            .kv_put("app/config/b", b"", &KvPutOptions::default())
+            .await
+            .unwrap());
+        assert!(c
+            .kv_put("app/other key/ü", b"\x00\xff", &KvPutOptions::default())
+            .await
+            .unwrap());
+
+        let a = c.kv_get("app/config/a", &plain()).await.unwrap();
+        let pair = a.value.expect("app/config/a exists");
+        assert_eq!(pair.key, "app/config/a");
+        assert_eq!(pair.value, b"alpha");
+        assert_eq!(pair.flags, 42);
+        assert_eq!(pair.session, None);
+        assert!(a.meta.index >= pair.modify_index);
+        assert!(a.meta.known_leader);
+
+        let odd = c.kv_get("app/other key/ü", &plain()).await.unwrap().value;
+        assert_eq!(odd.map(|p| p.value), Some(vec![0x00, 0xff]));
+        let raw = c.kv_get_raw("app/config/a", &plain()).await.unwrap();
+        assert_eq!(raw.value.as_deref(), Some(&b"alpha"[..]));
+        assert_eq!(
+            c.kv_get_raw("app/missing", &plain()).await.unwrap().value,
+            None
+        );
+
+        let listed = c.kv_list("app/config/", &plain()).await.unwrap().value;
+        let names: Vec<_> = listed.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(names, ["app/config/a", "app/config/b"]);
+        assert!(c
+            .kv_list("nothing/here/", &plain())
+            .await
+            .unwrap()
+            .value
+            .is_empty());
+
+        let keys = c.kv_keys("app/", Some("/"), &plain()).await.unwrap().value;
+        assert_eq!(keys, ["app/config/", "app/other key/"]);
+        let all = c.kv_keys("app/", None, &plain()).await.unwrap().value;
+        assert_eq!(all.len(), 3);
+
+        // Check-and-set: a stale index loses, the current one wins; 0 means "create only".
+        let modify = pair.modify_index;
+        let stale = KvPutOptions {
+            cas: Some(modify + 1000),
+            ..KvPutOptions::default()
+        };
+        assert!(!c.kv_put("app/config/a", b"lost", &stale).await.unwrap());
+        let fresh = KvPutOptions {
+            cas: Some(modify),
+            ..KvPutOptions::default()
+        };
+        assert!(c.kv_put("app/config/a", b"won", &fresh).await.unwrap());
+        let create_only = KvPutOptions {
+            cas: Some(0),
+            ..KvPutOptions::default()
+        };
+        assert!(!c.kv_put("app/config/a", b"x", &create_only).await.unwrap());
+        let now = c
+            .kv_get("app/config/a", &plain())
+            .await
+            .unwrap()
+            .value
+            .unwrap();
+        assert_eq!(now.value, b"won");
+
+        let wrong_cas = KvDeleteOptions {
+            cas: Some(now.modify_index + 1000),
+            ..KvDeleteOptions::default()
+        };
+        assert!(!c.kv_delete("app/config/a", &wrong_cas).await.unwrap());
+        let right_cas = KvDeleteOptions {
+            cas: Some(now.modify_index),
+            ..KvDeleteOptions::default()
+        };
+        assert!(c.kv_delete("app/config/a", &right_cas).await.unwrap());
+        assert_eq!(
+            c.kv_get("app/config/a", &plain()).await.unwrap().value,
+            None
+        );
+
+        let tree = KvDeleteOptions {
+            recurse: true,
+            ..KvDeleteOptions::default()
+        };
+        assert!(c.kv_delete("app/", &tree).await.unwrap());
+        assert!(c.kv_list("app/", &plain()).await.unwrap().value.is_empty());
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn blocking_kv_read_wakes_on_write_and_returns_at_wait() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        assert!(c
+            .kv_put("watch/me", b"v1", &KvPutOptions::default())
+            .await
+            .unwrap());
+        let first = c.kv_get("watch/me", &plain()).await.unwrap();
+
+        // Nothing changes: the query returns at its wait with the same index and value.
+        let started = Instant::now();
+        let idle = c
+            .kv_get(
+                "watch/me",
+                &QueryOptions::blocking(first.meta.index, Duration::from_secs(1)),
+            )
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert_eq!(idle.meta.index, first.meta.index);
+        assert_eq!(idle.value.unwrap().value, b"v1");
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+            "blocked {waited:?} for a 1s wait"
+        );
+
+        // A write while the query is parked wakes it with the new value and a higher index.
+        let writer = c.clone();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            writer
+                .kv_put("watch/me", b"v2", &KvPutOptions::default())
+                .await
+                .unwrap();
+        });
+        let woken = c
+            .kv_get(
+                "watch/me",
+                &QueryOptions::blocking(first.meta.index, Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        assert!(woken.meta.index > first.meta.index);
+        assert_eq!(woken.value.unwrap().value, b"v2");
+
+        // A watch on a key that does not exist yet wakes when it is created.
+        let absent = c.kv_get("watch/later", &plain()).await.unwrap();
+        let writer = c.clone();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            writer
+                .kv_put("watch/later", b"here", &KvPutOptions::default())
+                .await
+                .unwrap();
+        });
+        let created = c
+            .kv_get(
+                "watch/later",
+                &QueryOptions::blocking(absent.meta.index, Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.value.map(|p| p.value), Some(b"here".to_vec()));
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn watch_state_drives_a_blocking_loop_against_the_simulator() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let policy = WatchPolicy {
+            wait: Duration::from_secs(1),
+            min_interval: Duration::from_millis(50),
+            ..WatchPolicy::default()
+        };
+        let mut watch = WatchState::new(policy);
+        let writer = c.clone();
+        actix_rt::spawn(async move {
+            for i in 0..3 {
+                actix_rt::time::sleep(Duration::from_millis(400)).await;
+                let value = format!("v{i}");
+                writer
+                    .kv_put("loop/key", value.as_bytes(), &KvPutOptions::default())
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut seen = Vec::new();
+        let mut calls = 0;
+        while seen.last().map(Vec::as_slice) != Some(&b"v2"[..]) {
+            calls += 1;
+            assert!(calls < 40, "the watch did not see v2; saw {seen:?}");
+            actix_rt::time::sleep(watch.delay(tokio::time::Instant::now())).await;
+            watch.started(tokio::time::Instant::now());
+            match c.kv_get("loop/key", &watch.options()).await {
+                Ok(answer) => {
+                    if watch.observe(answer.meta.index).is_news() {
+                        if let Some(pair) = answer.value {
+                            seen.push(pair.value);
+                        }
+                    }
+                }
+                Err(e) => {
+                    watch.failed();
+                    assert!(e.is_retryable(), "{e}");
+                }
+            }
+        }
+        assert!(watch.index() > 1);
+        // Blocking, not polling: three writes need a handful of calls, not dozens.
+        assert!(calls <= 12, "{calls} calls for 3 writes");
+        sim.stop().await;
+    })
+    .await
+}
+
+// -------------------------------------------------------------------------------------------
+// Sessions and locks
+
+fn session(name: &str, lock_delay: Duration) -> SessionRequest {
+    SessionRequest {
+        name: Some(name.into()),
+        ttl: Some(Duration::from_secs(30)),
+        lock_delay: Some(lock_delay),
+        behavior: Some(SessionBehavior::Release),
+        ..SessionRequest::default()
+    }
+}
+
+#[actix_rt::test]
+async fn sessions_round_trip() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let id = c
+            .session_create(&session("rehydrator-a", Duration::from_secs(15)))
+            .await
+            .unwrap();
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+
+        let info = c.session_info(&id, &plain()).await.unwrap();
+        let entry = info.value.expect("the new session exists");
+        assert_eq!(entry.id, id);
+        assert_eq!(entry.name, "rehydrator-a");
+        assert_eq!(entry.ttl, Some(Duration::from_secs(30)));
+        assert_eq!(entry.lock_delay, Duration::from_secs(15));
+        assert_eq!(entry.behavior, SessionBehavior::Release);
+        assert!(!entry.node.is_empty(), "defaults to the agent's node");
+        assert!(info.meta.index > 0);
+
+        let listed = c.session_list(&plain()).await.unwrap().value;
+        assert!(listed.iter().any(|s| s.id == id));
+        let on_node = c.session_node(&entry.node, &plain()).await.unwrap().value;
+        assert!(on_node.iter().any(|s| s.id == id));
+        assert!(c
+            .session_node("no-such-node", &plain())
+            .await
+            .unwrap()
+            .value
+            .is_empty());
+
+        let renewed = c.session_renew(&id).await.unwrap();
+        assert_eq!(renewed.map(|s| s.id), Some(id.clone()));
+
+        assert!(c.session_destroy(&id).await.unwrap());
+        assert_eq!(
+            c.session_renew(&id).await.unwrap(),
+            None,
+            "gone: renew says so"
+        );
+        assert_eq!(c.session_info(&id, &plain()).await.unwrap().value, None);
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn locks_contend_and_destroying_the_holder_releases() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let key = "rehydrator/test/locks/step";
+        let a = c
+            .session_create(&session("replica-a", Duration::ZERO))
+            .await
+            .unwrap();
+        let b = c
+            .session_create(&session("replica-b", Duration::ZERO))
+            .await
+            .unwrap();
+
+        assert!(c.kv_acquire(key, b"replica-a", &a).await.unwrap());
+        assert!(!c.kv_acquire(key, b"replica-b", &b).await.unwrap());
+        let held = c.kv_get(key, &plain()).await.unwrap();
+        let pair = held.value.clone().unwrap();
+        assert_eq!(pair.session.as_deref(), Some(a.as_str()));
+        assert_eq!(pair.value, b"replica-a");
+        assert_eq!(pair.lock_index, 1);
+
+        // Only the holder can release.
+        assert!(!c.kv_release(key, b"", &b).await.unwrap());
+
+        // B waits on the key; destroying A's session frees the lock and wakes B.
+        let destroyer = c.clone();
+        let a_id = a.clone();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            assert!(destroyer.session_destroy(&a_id).await.unwrap());
+        });
+        let freed = c
+            .kv_get(
+                key,
+                &QueryOptions::blocking(held.meta.index, Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        assert!(freed.meta.index > held.meta.index);
+        let pair = freed.value.expect("release behavior keeps the key");
+        assert_eq!(pair.session, None);
+
+        // A lock-delay of 0 lets B take it at once.
+        assert!(c.kv_acquire(key, b"replica-b", &b).await.unwrap());
+        assert!(c.kv_release(key, b"", &b).await.unwrap());
+        let after = c.kv_get(key, &plain()).await.unwrap().value.unwrap();
+        assert_eq!(after.session, None);
+        assert_eq!(after.lock_index, 2);
+        sim.stop().await;
+    })
+    .await
+}
+
+// -------------------------------------------------------------------------------------------
+// Events
+
+#[actix_rt::test]
+async fn events_fire_list_and_wake_a_blocking_list() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let fired = c
+            .event_fire(
+                "consul-rehydrate",
+                b"{\"reason\":\"ami\"}",
+                &EventFilter::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fired.name, "consul-rehydrate");
+        assert_eq!(fired.payload.as_deref(), Some(&b"{\"reason\":\"ami\"}"[..]));
+        assert_eq!(fired.id.len(), 36);
+
+        let filtered = c
+            .event_fire(
+                "deploy",
+                b"",
+                &EventFilter {
+                    node: Some("consul-server-.*".into()),
+                    service: Some("consul".into()),
+                    tag: Some("v1".into()),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(filtered.payload, None);
+        assert_eq!(filtered.node_filter, "consul-server-.*");
+        assert_eq!(filtered.service_filter, "consul");
+        assert_eq!(filtered.tag_filter, "v1");
+
+        let mine = c
+            .event_fire(
+                "deploy",
+                b"here",
+                &EventFilter {
+                    node: Some("sim-.*".into()),
+                    ..EventFilter::default()
+                },
+            )
+            .await
+            .unwrap();
+
+        // The list is what the answering agent received: an event filtered to other nodes (and
+        // to a service it does not run) never reached it.
+        let all = c.event_list(None, &plain()).await.unwrap();
+        let ids: Vec<_> = all.value.iter().map(|e| e.id.as_str()).collect();
+        assert!(ids.contains(&fired.id.as_str()), "{ids:?}");
+        assert!(ids.contains(&mine.id.as_str()), "{ids:?}");
+        assert!(!ids.contains(&filtered.id.as_str()), "{ids:?}");
+        let named = c
+            .event_list(Some("consul-rehydrate"), &plain())
+            .await
+            .unwrap();
+        assert!(named.value.iter().all(|e| e.name == "consul-rehydrate"));
+        assert_eq!(named.value.len(), 1);
+
+        // A watcher blocked on the list wakes when an event fires; the index is a hash, so the
+        // watch only asks that it changed.
+        let mut watch = WatchState::with_order(
+            WatchPolicy {
+                wait: Duration::from_secs(20),
+                ..WatchPolicy::default()
+            },
+            IndexOrder::Hashed,
+        );
+        let first = c
+            .event_list(Some("consul-rehydrate"), &watch.options())
+            .await
+            .unwrap();
+        assert_eq!(watch.observe(first.meta.index), IndexUpdate::Initial);
+        let firer = c.clone();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            firer
+                .event_fire("consul-rehydrate", b"second", &EventFilter::default())
+                .await
+                .unwrap();
+        });
+        let woken = c
+            .event_list(Some("consul-rehydrate"), &watch.options())
+            .await
+            .unwrap();
+        assert_eq!(watch.observe(woken.meta.index), IndexUpdate::Changed);
+        let newest = woken.value.last().expect("events listed");
+        assert_eq!(newest.payload.as_deref(), Some(&b"second"[..]));
+        assert!(newest.ltime > fired.ltime);
+        sim.stop().await;
+    })
+    .await
+}
+
+// -------------------------------------------------------------------------------------------
+// Catalog and health
+
+fn web(node: &str, address: &str, id: &str, tag: &str, status: &str) -> CatalogRegistration {
+    CatalogRegistration {
+        node: node.into(),
+        address: address.into(),
+        node_meta: [("image".to_string(), "ami-1".to_string())].into(),
+        service: Some(ServiceRegistration {
+            id: Some(id.into()),
+            service: "web".into(),
+            tags: vec![tag.into()],
+            port: Some(8080),
+            ..ServiceRegistration::default()
+        }),
+        check: Some(CheckRegistration {
+            node: node.into(),
+            check_id: format!("service:{id}"),
+            name: "web alive".into(),
+            status: status.into(),
+            service_id: Some(id.into()),
+            ..CheckRegistration::default()
+        }),
+        ..CatalogRegistration::default()
+    }
+}
+
+#[actix_rt::test]
+async fn catalog_and_health_round_trip() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        c.catalog_register(&web("app-1", "10.0.0.51", "web-1", "v1", "passing"))
+            .await
+            .unwrap();
+        c.catalog_register(&web("app-2", "10.0.0.52", "web-2", "v2", "critical"))
+            .await
+            .unwrap();
+
+        let services = c.catalog_services(&plain()).await.unwrap();
+        assert!(
+            services.value.contains_key("consul"),
+            "the servers' service"
+        );
+        let mut web_tags = services.value["web"].clone();
+        web_tags.sort();
+        assert_eq!(web_tags, ["v1", "v2"]);
+        assert!(services.meta.index > 0);
+
+        let v1 = c
+            .catalog_service("web", Some("v1"), &plain())
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(v1.len(), 1);
+        assert_eq!(v1[0].service_id, "web-1");
+        assert_eq!(v1[0].node, "app-1");
+        assert_eq!(v1[0].service_port, 8080);
+        assert_eq!(v1[0].node_meta["image"], "ami-1");
+        let servers = c.catalog_service("consul", None, &plain()).await.unwrap();
+        assert_eq!(servers.value.len(), 3);
+
+        let nodes = c.catalog_nodes(&plain()).await.unwrap().value;
+        let names: Vec<_> = nodes.iter().map(|n| n.node.as_str()).collect();
+        assert!(
+            names.contains(&"app-1") && names.contains(&"app-2"),
+            "{names:?}"
+        );
+        assert!(names.contains(&"consul-server-1"), "{names:?}");
+
+        let app1 = c
+            .catalog_node("app-1", &plain())
+            .await
+            .unwrap()
+            .value
+            .unwrap();
+        assert_eq!(app1.node.address, "10.0.0.51");
+        assert_eq!(app1.services["web-1"].port, 8080);
+        assert_eq!(app1.services["web-1"].tags, ["v1"]);
+        assert_eq!(
+            c.catalog_node("no-such-node", &plain())
+                .await
+                .unwrap()
+                .value,
+            None
+        );
+
+        let healthy = c.health_service("web", None, true, &plain()).await.unwrap();
+        let ids: Vec<_> = healthy
+            .value
+            .iter()
+            .map(|e| e.service.id.as_str())
+            .collect();
+        assert_eq!(ids, ["web-1"]);
+        let all = c
+            .health_service("web", None, false, &plain())
+            .await
+            .unwrap();
+        assert_eq!(all.value.len(), 2);
+        assert!(all.value.iter().all(|e| !e.checks.is_empty()));
+        let tagged = c
+            .health_service("web", Some("v2"), false, &plain())
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(tagged.len(), 1);
+        assert_eq!(tagged[0].node.node, "app-2");
+
+        let checks = c.health_checks("web", &plain()).await.unwrap().value;
+        let mut check_ids: Vec<_> = checks.iter().map(|c| c.check_id.as_str()).collect();
+        check_ids.sort();
+        assert_eq!(check_ids, ["service:web-1", "service:web-2"]);
+        let critical = c
+            .health_state(CheckState::Critical, &plain())
+            .await
+            .unwrap()
+            .value;
+        assert!(critical.iter().any(|c| c.check_id == "service:web-2"));
+        assert!(critical.iter().all(|c| c.status == "critical"));
+        let passing = c
+            .health_state(CheckState::Passing, &plain())
+            .await
+            .unwrap()
+            .value;
+        assert!(passing.iter().any(|c| c.check_id == "service:web-1"));
+        let any = c
+            .health_state(CheckState::Any, &plain())
+            .await
+            .unwrap()
+            .value;
+        assert!(any.len() >= passing.len() + critical.len());
+        let node_checks = c.health_node("app-1", &plain()).await.unwrap().value;
+        assert_eq!(node_checks.len(), 1);
+        assert!(node_checks[0].is_passing());
+        let server_checks = c
+            .health_node("consul-server-1", &plain())
+            .await
+            .unwrap()
+            .value;
+        assert!(server_checks.iter().any(|c| c.check_id == "serfHealth"));
+
+        // A watcher on the service wakes when an instance goes away.
+        let before = c
+            .health_service("web", None, false, &plain())
+            .await
+            .unwrap();
+        let remover = c.clone();
+        actix_rt::spawn(async move {
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            remover
+                .catalog_deregister(&CatalogDeregistration {
+                    node: "app-2".into(),
+                    ..CatalogDeregistration::default()
+                })
+                .await
+                .unwrap();
+        });
+        let after = c
+            .health_service(
+                "web",
+                None,
+                false,
+                &QueryOptions::blocking(before.meta.index, Duration::from_secs(20)),
+            )
+            .await
+            .unwrap();
+        assert!(after.meta.index > before.meta.index);
+        assert_eq!(after.value.len(), 1);
+
+        c.catalog_deregister(&CatalogDeregistration {
+            node: "app-1".into(),
+            service_id: Some("web-1".into()),
+            ..CatalogDeregistration::default()
+        })
+        .await
+        .unwrap();
+        let gone = c.catalog_services(&plain()).await.unwrap().value;
+        assert!(!gone.contains_key("web"));
+        assert!(c
+            .catalog_node("app-1", &plain())
+            .await
+            .unwrap()
+            .value
+            .is_some());
+        sim.stop().await;
+    })
+    .await
+}
+
+// -------------------------------------------------------------------------------------------
+// Agent
+
+#[actix_rt::test]
+async fn agent_self_members_and_force_leave() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let me = c.agent_self().await.unwrap();
+        assert_eq!(me.config.datacenter, "dc1");
+        assert_eq!(me.config.node_name, "sim-agent");
+        assert!(!me.config.server);
+        assert_eq!(me.member.name, "sim-agent");
+        assert_eq!(me.member.status(), MemberStatus::Alive);
+
+        let lan = c.agent_members(false).await.unwrap();
+        let servers: Vec<_> = lan.iter().filter(|m| m.is_server()).collect();
+        assert_eq!(servers.len(), 3, "{lan:?}");
+        assert!(servers.iter().all(|m| m.status() == MemberStatus::Alive));
+        assert!(lan.iter().any(|m| m.name == "sim-agent" && !m.is_server()));
+        // The simulator's agent is a client agent, which is in no WAN pool: real Consul answers
+        // an empty list there, and servers only where there is one.
+        let wan = c.agent_members(true).await.unwrap();
+        assert!(wan.iter().all(Member::is_server), "{wan:?}");
+
+        c.agent_force_leave("consul-server-3", false).await.unwrap();
+        c.agent_force_leave("consul-server-3", true).await.unwrap();
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn agent_leave_invalidates_the_agents_sessions() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let id = c
+            .session_create(&session("on-the-agent", Duration::ZERO))
+            .await
+            .unwrap();
+        c.agent_leave().await.unwrap();
+        // The agent's node leaves the catalog, and the sessions tied to it die with it.
+        let mut renewed = c.session_renew(&id).await.unwrap();
+        for _ in 0..50 {
+            if renewed.is_none() {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            renewed = c.session_renew(&id).await.unwrap();
+        }
+        assert_eq!(renewed, None, "the session outlived its node");
+        sim.stop().await;
+    })
+    .await
+}
+
+// -------------------------------------------------------------------------------------------
+// Operator and status
+
+#[actix_rt::test]
+async fn raft_status_and_autopilot() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let raft = c.raft_configuration(&plain()).await.unwrap();
+        assert_eq!(raft.servers.len(), 3);
+        assert_eq!(raft.voters(), 3);
+        let leader = raft.leader().expect("a leader").clone();
+        let stale = c.raft_configuration(&QueryOptions::stale()).await.unwrap();
+        assert_eq!(stale.servers.len(), 3);
+
+        assert_eq!(
+            c.status_leader().await.unwrap(),
+            Some(leader.address.clone())
+        );
+        let mut peers = c.status_peers().await.unwrap();
+        peers.sort();
+        let mut addresses: Vec<_> = raft.servers.iter().map(|s| s.address.clone()).collect();
+        addresses.sort();
+        assert_eq!(peers, addresses);
+
+        let health = c.autopilot_health(&plain()).await.unwrap();
+        assert!(health.healthy);
+        assert_eq!(health.failure_tolerance, 1);
+        assert_eq!(health.servers.len(), 3);
+        assert!(health.servers.iter().all(|s| s.voter && s.healthy));
+        assert_eq!(
+            health.servers.iter().filter(|s| s.leader).count(),
+            1,
+            "{health:?}"
+        );
+
+        let state = c.autopilot_state(&plain()).await.unwrap();
+        assert!(state.healthy);
+        assert_eq!(state.leader, leader.id);
+        assert_eq!(state.voters.len(), 3);
+        assert_eq!(state.servers[&leader.id].status, "leader");
+
+        let config = c.autopilot_configuration(&plain()).await.unwrap();
+        assert_eq!(config.server_stabilization_time, Duration::from_secs(10));
+        let changed = AutopilotConfiguration {
+            cleanup_dead_servers: !config.cleanup_dead_servers,
+            ..config.clone()
+        };
+        assert!(c
+            .autopilot_set_configuration(&changed, Some(config.modify_index))
+            .await
+            .unwrap());
+        assert!(
+            !c.autopilot_set_configuration(&config, Some(config.modify_index))
+                .await
+                .unwrap(),
+            "a stale cas must lose"
+        );
+        let now = c.autopilot_configuration(&plain()).await.unwrap();
+        assert_eq!(now.cleanup_dead_servers, changed.cleanup_dead_servers);
+        assert!(now.modify_index > config.modify_index);
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn leadership_transfers_to_the_chosen_server() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let raft = c.raft_configuration(&plain()).await.unwrap();
+        let target = raft
+            .servers
+            .iter()
+            .find(|s| !s.leader)
+            .expect("a follower")
+            .clone();
+        let outcome = c.transfer_leader(Some(&target.id)).await.unwrap();
+        assert_eq!(outcome, LeaderTransfer::Transferred);
+        let mut leader = None;
+        for _ in 0..50 {
+            leader = c.status_leader().await.unwrap();
+            if leader.as_deref() == Some(target.address.as_str()) {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(leader, Some(target.address.clone()));
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn raft_peer_removal_by_address() {
+    common::bounded(async {
+        let sim = common::sim();
+        let c = client_for(&sim.url());
+        let raft = c.raft_configuration(&plain()).await.unwrap();
+        let victim = raft.servers.iter().find(|s| !s.leader).unwrap().clone();
+        c.raft_remove_peer(&RaftPeer::Address(victim.address.clone()))
+            .await
+            .unwrap();
+        // The peer is out of the voters at once; a server that is still alive may be added back
+        // by the leader's reconciliation, as a non-voter until autopilot promotes it.
+        let after = c.raft_configuration(&plain()).await.unwrap();
+        assert!(
+            after
+                .servers
+                .iter()
+                .all(|s| s.address != victim.address || !s.voter),
+            "{after:?}"
+        );
+        assert!(after.index > raft.index);
+        assert_eq!(after.voters(), 2);
+        let missing = c
+            .raft_remove_peer(&RaftPeer::Id("no-such-id".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind(), "status_5xx", "{missing}");
+        sim.stop().await;
+    })
+    .await
+}
+
+// -------------------------------------------------------------------------------------------
+// Errors, transport and answers the simulator cannot give
+
+#[actix_rt::test]
+async fn unknown_datacenter_is_a_status_error_naming_the_request() {
+    common::bounded(async {
+        let sim = common::sim();
+        let mut config = ConsulConfig::with_address(&sim.url()).unwrap();
+        config.token = Some(Token::new("very-secret"));
+        let c = Client::new(config).unwrap().with_datacenter("nowhere");
+        let err = c.kv_get("a", &plain()).await.unwrap_err();
+        let ConsulError::Status {
+            status,
+            message,
+            request,
+        } = &err
+        else {
+            panic!("expected a status error, got {err:?}");
+        };
+        assert_eq!(*status, 500);
+        assert!(message.contains("No path to datacenter"), "{message}");
+        assert_eq!(request, "GET /v1/kv/a?dc=nowhere");
+        assert!(err.is_retryable());
+        assert!(!format!("{err} {err:?}").contains("very-secret"));
+        sim.stop().await;
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn token_goes_in_the_header_and_old_consul_has_no_transfer_leader() {
+    common::bounded(async {
+        let (url, requests) = canned(vec![(
+            Duration::ZERO,
+            http(
+                "404 Not Found",
+                &[],
+                "Invalid URL path: not a recognized HTTP API endpoint",
+            ),
+        )]);
+        let mut config = ConsulConfig::with_address(&url).unwrap();
+        config.token = Some(Token::new("very-secret"));
+        let c = Client::new(config).unwrap();
+        let outcome = c.transfer_leader(Some("abc")).await.unwrap();
+        assert_eq!(outcome, LeaderTransfer::Unsupported);
+        let request = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            request.starts_with("POST /v1/operator/raft/transfer-leader?id=abc HTTP/1.1"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("x-consul-token: very-secret"),
+            "{request}"
+        );
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn unhealthy_autopilot_429_is_an_answer_and_gone_session_renews_to_none() {
+    common::bounded(async {
+        let unhealthy = r#"{"Healthy":false,"FailureTolerance":0,"Servers":[
+            {"ID":"a","Name":"consul-server-1","Address":"10.0.0.1:8300","SerfStatus":"alive",
+             "Leader":true,"LastContact":"0s","Healthy":true,"Voter":true},
+            {"ID":"b","Name":"consul-server-2","Address":"10.0.0.2:8300","SerfStatus":"failed",
+             "Leader":false,"LastContact":"12.5s","Healthy":false,"Voter":true}]}"#;
+        let (url, _requests) = canned(
+            [
+                http(
+                    "429 Too Many Requests",
+                    &[("Content-Type", "application/json")],
+                    unhealthy,
+                ),
+                http(
+                    "404 Not Found",
+                    &[],
+                    "Session id '9a3e1b1e-0000-0000-0000-000000000000' not found",
+                ),
+                http("500 Internal Server Error", &[], "No cluster leader"),
+            ]
+            .into_iter()
+            .map(|a| (Duration::ZERO, a))
+            .collect(),
+        );
+        let c = client_for(&url);
+        let health = c.autopilot_health(&plain()).await.unwrap();
+        assert!(!health.healthy);
+        assert_eq!(health.failure_tolerance, 0);
+        assert_eq!(
+            health.servers[1].last_contact,
+            Duration::from_millis(12_500)
+        );
+        assert_eq!(
+            c.session_renew("9a3e1b1e-0000-0000-0000-000000000000")
+                .await
+                .unwrap(),
+            None
+        );
+        let err = c.kv_get("k", &plain()).await.unwrap_err();
+        assert!(err.is_no_leader(), "{err}");
+        assert!(err.is_retryable());
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn silent_agent_times_out_and_blocking_reads_get_their_wait_on_top() {
+    common::bounded(async {
+        let (url, _requests) = canned(vec![
+            (
+                Duration::from_millis(600),
+                http("200 OK", &[("X-Consul-Index", "5")], "[]"),
+            ),
+            (
+                Duration::from_millis(800),
+                http("200 OK", &[("X-Consul-Index", "6")], "[]"),
+            ),
+        ]);
+        let mut config = ConsulConfig::with_address(&url).unwrap();
+        config.timeout = Duration::from_millis(300);
+        let c = Client::new(config).unwrap();
+        // A plain read gets the 300ms timeout: the agent's 600ms is too slow.
+        let err = c.event_list(None, &plain()).await.unwrap_err();
+        assert_eq!(err.kind(), "timeout", "{err}");
+        assert!(err.is_retryable());
+        // A blocking read with a 2s wait may take up to its wait and more: the agent's answer
+        // a second later is fine.
+        let answer = c
+            .event_list(None, &QueryOptions::blocking(5, Duration::from_secs(2)))
+            .await
+            .unwrap();
+        assert!(answer.value.is_empty());
+        assert_eq!(answer.meta.index, 6);
+    })
+    .await
+}
