@@ -890,3 +890,319 @@ mod tests {
         assert!(parse_uint("99999999999999999999").is_err());
     }
 }
+
+/// What the HTTP tests of the data-plane modules share: a simulator serving on a loopback
+/// port, requests in one line, and a bound on every test.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use actix_web::http::Method;
+
+    use crate::config::SimConfig;
+    use crate::server::RunningSim;
+    use crate::state::Sim;
+
+    /// How long any one of these tests may run.
+    pub const LIMIT: Duration = Duration::from_secs(20);
+
+    /// Runs `fut`, failing the test if it outlives `LIMIT`.
+    pub async fn bounded<F: Future>(fut: F) -> F::Output {
+        match tokio::time::timeout(LIMIT, fut).await {
+            Ok(out) => out,
+            Err(_) => panic!("test did not finish within {LIMIT:?}"),
+        }
+    }
+
+    /// A simulator on 127.0.0.1:0 with its clocks sped up `time_scale` times, and a client.
+    pub struct Api {
+        pub running: RunningSim,
+        client: awc::Client,
+    }
+
+    impl Api {
+        pub fn start(time_scale: f64) -> Self {
+            let config = SimConfig {
+                time_scale,
+                ..SimConfig::default()
+            };
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            match crate::server::start(addr, config) {
+                Ok(running) => Self {
+                    running,
+                    client: awc::Client::builder().timeout(LIMIT).finish(),
+                },
+                Err(e) => panic!("the simulator could not bind a loopback port: {e}"),
+            }
+        }
+
+        pub fn sim(&self) -> &Sim {
+            &self.running.sim
+        }
+
+        pub async fn call(&self, method: Method, path: &str, body: &[u8]) -> Resp {
+            let url = format!("{}{path}", self.running.url());
+            let mut resp = match self
+                .client
+                .request(method.clone(), &url)
+                .send_body(body.to_vec())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => panic!("{method} {path}: {e}"),
+            };
+            let body = match resp.body().limit(4 * 1024 * 1024).await {
+                Ok(b) => b.to_vec(),
+                Err(e) => panic!("{method} {path}: reading the body: {e}"),
+            };
+            let headers = resp.headers().clone();
+            let index = headers
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Resp {
+                status: resp.status().as_u16(),
+                index,
+                headers,
+                body,
+            }
+        }
+
+        pub async fn get(&self, path: &str) -> Resp {
+            self.call(Method::GET, path, b"").await
+        }
+
+        pub async fn put(&self, path: &str, body: &[u8]) -> Resp {
+            self.call(Method::PUT, path, body).await
+        }
+
+        /// Polls `fut` until the simulator has `n` parked blocking queries, so a test writes
+        /// only once its reader is really waiting. Fails if `fut` finishes first.
+        pub async fn until_parked<F: Future + Unpin>(&self, fut: &mut F, n: usize)
+        where
+            F::Output: std::fmt::Debug,
+        {
+            while self.sim().lock().waiters.len() < n {
+                tokio::select! {
+                    out = &mut *fut => panic!("the blocking read returned before parking: {out:?}"),
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                }
+            }
+        }
+    }
+
+    /// A response, read whole.
+    #[derive(Debug)]
+    pub struct Resp {
+        pub status: u16,
+        pub index: Option<u64>,
+        pub headers: awc::http::header::HeaderMap,
+        pub body: Vec<u8>,
+    }
+
+    impl Resp {
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+        }
+        pub fn header(&self, name: &str) -> Option<String> {
+            self.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        }
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::testkit::{bounded, Api};
+    use super::*;
+
+    #[actix_rt::test]
+    async fn put_get_keys_raw_and_404_over_http() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let r = api.get("/v1/kv/app/a").await;
+            assert_eq!(r.status, 404);
+            assert!(r.body.is_empty(), "Consul's 404 has no body");
+            assert!(
+                r.index.is_some_and(|i| i >= 1),
+                "404 still carries X-Consul-Index"
+            );
+            let r = api.put("/v1/kv/app/a?flags=42", b"hello").await;
+            assert_eq!((r.status, r.text()), (200, "true".into()));
+            api.put("/v1/kv/app/b/c", b"").await;
+            let r = api.get("/v1/kv/app/a").await;
+            let e = &r.json()[0];
+            assert_eq!(e["Value"], "aGVsbG8=");
+            assert_eq!(e["Flags"], 42);
+            assert!(e.get("Session").is_none(), "Session is omitempty");
+            assert_eq!(r.index, e["ModifyIndex"].as_u64());
+            let r = api.get("/v1/kv/app/a?raw").await;
+            assert_eq!(r.body, b"hello");
+            assert_eq!(r.header("Content-Type").as_deref(), Some("text/plain"));
+            let r = api.get("/v1/kv/app/?recurse").await;
+            assert_eq!(r.json().as_array().map(Vec::len), Some(2));
+            assert_eq!(r.json()[1]["Value"], serde_json::Value::Null);
+            let r = api.get("/v1/kv/app/?keys&separator=/").await;
+            assert_eq!(r.json(), serde_json::json!(["app/a", "app/b/"]));
+            let r = api.get("/v1/kv/nothing/?keys").await;
+            assert_eq!(r.status, 404);
+            let r = api.get("/v1/kv/?keys").await;
+            assert_eq!(
+                (r.status, r.json().as_array().map(Vec::len)),
+                (200, Some(2))
+            );
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn bad_requests_answer_as_consul_does() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let r = api.put("/v1/kv/", b"x").await;
+            assert_eq!((r.status, r.text()), (400, "Missing key name".into()));
+            let r = api.get("/v1/kv/").await;
+            assert_eq!(r.status, 400);
+            let r = api.put("/v1/kv/k?cas=0&acquire=s", b"x").await;
+            assert_eq!(
+                (r.status, r.text()),
+                (400, "Conflicting flags: acquire=s&cas=0\n".into())
+            );
+            let r = api.put("/v1/kv/k?cas=abc", b"x").await;
+            assert_eq!(
+                (r.status, r.text()),
+                (
+                    500,
+                    "strconv.ParseUint: parsing \"abc\": invalid syntax".into()
+                )
+            );
+            let r = api.put("/v1/kv/k?flags=-1", b"x").await;
+            assert_eq!(r.status, 500);
+            let r = api
+                .call(Method::DELETE, "/v1/kv/k?recurse&cas=1", b"")
+                .await;
+            assert_eq!(r.status, 400);
+            let big = vec![b'x'; MAX_VALUE_SIZE + 1];
+            let r = api.put("/v1/kv/big", &big).await;
+            assert_eq!(r.status, 413);
+            assert!(r
+                .text()
+                .starts_with("Request body(524289 bytes) too large, max size: 524288"));
+            let r = api.call(Method::POST, "/v1/kv/k", b"x").await;
+            assert_eq!(r.status, 405);
+            assert_eq!(r.header("Allow").as_deref(), Some("OPTIONS,GET,PUT,DELETE"));
+            let r = api.put("/v1/kv/k?dc=elsewhere", b"x").await;
+            assert_eq!((r.status, r.text()), (500, "No path to datacenter".into()));
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn writes_need_a_leader_and_stale_reads_do_not() {
+        bounded(async {
+            let api = Api::start(1.0);
+            api.put("/v1/kv/k", b"v").await;
+            api.sim().lock().cluster.leader = None;
+            let r = api.put("/v1/kv/k", b"w").await;
+            assert_eq!((r.status, r.text()), (500, "No cluster leader".into()));
+            let r = api.get("/v1/kv/k").await;
+            assert_eq!(r.status, 500);
+            let r = api.get("/v1/kv/k?stale").await;
+            assert_eq!(r.status, 200);
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn cas_and_delete_over_http() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let r = api.put("/v1/kv/c?cas=0", b"1").await;
+            assert_eq!(r.text(), "true");
+            let r = api.put("/v1/kv/c?cas=0", b"2").await;
+            assert_eq!(r.text(), "false");
+            let idx = api.get("/v1/kv/c").await.index.unwrap_or(0);
+            let r = api.put(&format!("/v1/kv/c?cas={}", idx + 100), b"2").await;
+            assert_eq!(r.text(), "false");
+            let r = api.put(&format!("/v1/kv/c?cas={idx}"), b"2").await;
+            assert_eq!(r.text(), "true");
+            let r = api
+                .call(Method::DELETE, &format!("/v1/kv/c?cas={idx}"), b"")
+                .await;
+            assert_eq!(r.text(), "false", "stale ModifyIndex");
+            api.put("/v1/kv/t/1", b"x").await;
+            api.put("/v1/kv/t/2", b"x").await;
+            let r = api.call(Method::DELETE, "/v1/kv/t/?recurse", b"").await;
+            assert_eq!(r.text(), "true");
+            let r = api.get("/v1/kv/t/?recurse").await;
+            assert_eq!(r.status, 404);
+            let tree_index = r.index.unwrap_or(0);
+            assert_eq!(
+                tree_index,
+                api.sim().lock().kv.table_index(),
+                "the tombstone's index"
+            );
+            assert_eq!(api.get("/v1/kv/c").await.status, 200);
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn blocking_get_wakes_only_for_the_key_it_read() {
+        bounded(async {
+            let api = Api::start(1.0);
+            api.put("/v1/kv/a", b"1").await;
+            let idx = api.get("/v1/kv/a").await.index.unwrap_or(0);
+            let uri = format!("/v1/kv/a?index={idx}&wait=10s");
+            let mut read = Box::pin(api.get(&uri));
+            api.until_parked(&mut read, 1).await;
+            // Another key moves the table index but must not wake the reader of `a`.
+            let wrote = apply(
+                &mut api.sim().lock(),
+                KvOp::Set {
+                    key: "b".into(),
+                    value: b"2".to_vec(),
+                    flags: 0,
+                },
+            );
+            assert_eq!(wrote.ok(), Some(true));
+            assert_eq!(
+                api.sim().lock().waiters.len(),
+                1,
+                "a write to b woke the reader of a"
+            );
+            let (r, w) = tokio::join!(read, api.put("/v1/kv/a", b"3"));
+            assert_eq!(w.text(), "true");
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()[0]["Value"], "Mw==");
+            assert!(r.index > Some(idx));
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn blocking_list_wakes_on_a_delete_under_its_prefix() {
+        bounded(async {
+            let api = Api::start(1.0);
+            api.put("/v1/kv/p/1", b"1").await;
+            api.put("/v1/kv/p/2", b"2").await;
+            let idx = api.get("/v1/kv/p/?recurse").await.index.unwrap_or(0);
+            let uri = format!("/v1/kv/p/?recurse&index={idx}");
+            let mut read = Box::pin(api.get(&uri));
+            api.until_parked(&mut read, 1).await;
+            let (r, _) = tokio::join!(read, api.call(Method::DELETE, "/v1/kv/p/1", b""));
+            assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+            assert!(
+                r.index > Some(idx),
+                "the tombstone keeps the index moving forward"
+            );
+        })
+        .await;
+    }
+}
