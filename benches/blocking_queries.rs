@@ -81,7 +81,10 @@ async fn request(addr: &str, method: &str, path: &str, body: &str) -> String {
 
 fn header(resp: &str, name: &str) -> Option<u64> {
     resp.lines()
-        .find(|l| l.to_ascii_lowercase().starts_with(&name.to_ascii_lowercase()))
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&name.to_ascii_lowercase())
+        })
         .and_then(|l| l.split(':').nth(1))
         .and_then(|v| v.trim().parse().ok())
 }
@@ -179,7 +182,10 @@ fn main() {
             "  one write woke {} readers of its key in {wake:.2?}; spurious wakes: {spurious}",
             readers.len()
         );
-        assert_eq!(spurious, 0, "a write woke queries that did not read the key");
+        assert_eq!(
+            spurious, 0,
+            "a write woke queries that did not read the key"
+        );
         drop(sim);
     });
 }

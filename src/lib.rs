@@ -3,3 +3,4 @@
 //! through its ports.
 
 pub mod consul;
+pub mod webhook;

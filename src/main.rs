@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod run;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,15 @@ struct Cli {
 enum Command {
     /// Serve a simulated Consul datacenter (Consul's HTTP API plus a /sim control API).
     Sim(SimArgs),
+    /// Run the actor tree: watch Consul as configured and run each action once across replicas.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This replica's name in sessions, lock values and receipts. Default: host name and PID.
+        #[arg(long, env = "REHYDRATOR_REPLICA")]
+        replica: Option<String>,
+    },
     /// Validate a configuration file and print the effective configuration (secrets masked).
     CheckConfig {
         /// The TOML configuration file.
@@ -73,6 +84,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Run { config, replica } => {
+            let settings = match rehydrator_config::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run::run(settings, replica)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,6 +86,9 @@ fn sim_binary_refuses_bad_flags_naming_them() {
             .unwrap();
         assert!(!out.status.success(), "{args:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(flag), "{args:?}: error does not name {flag}: {err}");
+        assert!(
+            err.contains(flag),
+            "{args:?}: error does not name {flag}: {err}"
+        );
     }
 }

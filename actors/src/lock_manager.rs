@@ -211,7 +211,11 @@ impl Supervised for LockManager {
     /// whether Consul still knows it).
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.timer = None;
-        warn!("LockManager restarting.");
+        // After Shutdown the supervisor restarts the stopped actor until the system stops;
+        // `shutting_down` survives in the struct and keeps it idle, so that is no news.
+        if !self.shutting_down {
+            warn!("LockManager restarting.");
+        }
     }
 }
 

@@ -35,11 +35,17 @@ pub struct Change {
 
 impl Change {
     pub fn key(key: impl Into<String>) -> Self {
-        Self { keys: vec![key.into()], tables: Vec::new() }
+        Self {
+            keys: vec![key.into()],
+            tables: Vec::new(),
+        }
     }
 
     pub fn table(t: Topic) -> Self {
-        Self { keys: Vec::new(), tables: vec![t] }
+        Self {
+            keys: Vec::new(),
+            tables: vec![t],
+        }
     }
 
     pub fn and_key(mut self, key: impl Into<String>) -> Self {

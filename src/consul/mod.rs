@@ -18,6 +18,7 @@ mod event;
 mod health;
 mod kv;
 mod operator;
+pub mod port;
 pub mod query;
 mod session;
 mod tls;

@@ -1,0 +1,263 @@
+//! The actors' `ConsulPort`, implemented with this client: what the LockManager, Dispatcher
+//! and Watchers call. Each watch gets a `ClientWatch` that runs its blocking-query loop by
+//! `WatchState`'s rules (index reset, rate limit, backoff) and hands back only answers that
+//! may hold news, with the endpoint's JSON as `consul watch` would pass it to a handler.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rehydrator_actors::ports::{
+    ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry, PortError, PortFuture, SessionSpec,
+    WatchRead, WatchStream,
+};
+use rehydrator_config::WatchKind;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{
+    Call, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair, KvPutOptions, QueryOptions,
+    SessionBehavior, SessionRequest, WatchPolicy, WatchState,
+};
+
+/// The client as the actors' port.
+#[derive(Clone)]
+pub struct ConsulAdapter {
+    client: Client,
+    policy: WatchPolicy,
+}
+
+impl ConsulAdapter {
+    pub fn new(client: Client, policy: WatchPolicy) -> Self {
+        Self { client, policy }
+    }
+}
+
+impl From<ConsulError> for PortError {
+    fn from(e: ConsulError) -> Self {
+        let kind = match &e {
+            ConsulError::Unreachable { .. } | ConsulError::Transport { .. } => {
+                ErrorKind::Unreachable
+            }
+            ConsulError::Timeout { .. } => ErrorKind::Timeout,
+            _ if e.is_no_leader() => ErrorKind::NoLeader,
+            ConsulError::Status { status, .. } if *status >= 500 || *status == 429 => {
+                ErrorKind::Server
+            }
+            ConsulError::Status { .. } | ConsulError::Config(_) => ErrorKind::Rejected,
+            ConsulError::Decode { .. } => ErrorKind::Decode,
+        };
+        PortError::new(kind, e.to_string())
+    }
+}
+
+fn entry(p: KvPair) -> KvEntry {
+    KvEntry {
+        key: p.key,
+        value: p.value,
+        session: p.session,
+        lock_index: p.lock_index,
+        create_index: p.create_index,
+        modify_index: p.modify_index,
+    }
+}
+
+impl ConsulPort for ConsulAdapter {
+    fn kv_get(
+        &self,
+        key: &str,
+        index: u64,
+        wait: Duration,
+    ) -> PortFuture<PortIndexed<Option<KvEntry>>> {
+        let (c, key) = (self.client.clone(), key.to_owned());
+        let opts = if index == 0 {
+            QueryOptions::default()
+        } else {
+            QueryOptions::blocking(index, wait)
+        };
+        Box::pin(async move {
+            let got = c.kv_get(&key, &opts).await?;
+            Ok(PortIndexed {
+                index: got.meta.index,
+                value: got.value.map(entry),
+            })
+        })
+    }
+
+    fn kv_list(&self, prefix: &str) -> PortFuture<PortIndexed<Vec<KvEntry>>> {
+        let (c, prefix) = (self.client.clone(), prefix.to_owned());
+        Box::pin(async move {
+            let got = c.kv_list(&prefix, &QueryOptions::default()).await?;
+            Ok(PortIndexed {
+                index: got.meta.index,
+                value: got.value.into_iter().map(entry).collect(),
+            })
+        })
+    }
+
+    fn kv_put(&self, key: &str, value: Vec<u8>, cas: Option<u64>) -> PortFuture<bool> {
+        let (c, key) = (self.client.clone(), key.to_owned());
+        Box::pin(async move {
+            let opts = KvPutOptions {
+                cas,
+                ..KvPutOptions::default()
+            };
+            Ok(c.kv_put(&key, &value, &opts).await?)
+        })
+    }
+
+    fn kv_delete(&self, key: &str) -> PortFuture<bool> {
+        let (c, key) = (self.client.clone(), key.to_owned());
+        Box::pin(async move { Ok(c.kv_delete(&key, &KvDeleteOptions::default()).await?) })
+    }
+
+    fn kv_acquire(&self, key: &str, value: Vec<u8>, session: &str) -> PortFuture<bool> {
+        let (c, key, session) = (self.client.clone(), key.to_owned(), session.to_owned());
+        Box::pin(async move { Ok(c.kv_acquire(&key, &value, &session).await?) })
+    }
+
+    fn kv_release(&self, key: &str, session: &str) -> PortFuture<bool> {
+        let (c, key, session) = (self.client.clone(), key.to_owned(), session.to_owned());
+        Box::pin(async move { Ok(c.kv_release(&key, b"", &session).await?) })
+    }
+
+    fn session_create(&self, spec: &SessionSpec) -> PortFuture<String> {
+        let c = self.client.clone();
+        let request = SessionRequest {
+            name: Some(spec.name.clone()),
+            ttl: Some(spec.ttl),
+            lock_delay: Some(spec.lock_delay),
+            behavior: Some(SessionBehavior::Release),
+            ..SessionRequest::default()
+        };
+        Box::pin(async move { Ok(c.session_create(&request).await?) })
+    }
+
+    fn session_renew(&self, id: &str) -> PortFuture<bool> {
+        let (c, id) = (self.client.clone(), id.to_owned());
+        Box::pin(async move { Ok(c.session_renew(&id).await?.is_some()) })
+    }
+
+    fn session_destroy(&self, id: &str) -> PortFuture<()> {
+        let (c, id) = (self.client.clone(), id.to_owned());
+        Box::pin(async move {
+            c.session_destroy(&id).await?;
+            Ok(())
+        })
+    }
+
+    fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream> {
+        let order = match kind {
+            WatchKind::Event { .. } => IndexOrder::Hashed,
+            _ => IndexOrder::Raft,
+        };
+        Box::new(ClientWatch {
+            client: self.client.clone(),
+            kind: kind.clone(),
+            state: Rc::new(RefCell::new(WatchState::with_order(self.policy, order))),
+        })
+    }
+}
+
+/// One watch's blocking-query loop.
+struct ClientWatch {
+    client: Client,
+    kind: WatchKind,
+    state: Rc<RefCell<WatchState>>,
+}
+
+impl WatchStream for ClientWatch {
+    fn next(&self) -> PortFuture<WatchRead> {
+        let (client, kind, state) = (self.client.clone(), self.kind.clone(), self.state.clone());
+        Box::pin(async move {
+            loop {
+                let delay = state.borrow().delay(Instant::now());
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let opts = {
+                    let mut s = state.borrow_mut();
+                    s.started(Instant::now());
+                    s.options()
+                };
+                match read_watch(&client, &kind, &opts).await {
+                    Ok((index, payload)) => {
+                        if state.borrow_mut().observe(index).is_news() {
+                            return Ok(WatchRead {
+                                index: index.max(1),
+                                payload,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        state.borrow_mut().failed();
+                        return Err(e.into());
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The read behind a watch of `kind`, as `consul watch` makes it.
+async fn read_watch(
+    client: &Client,
+    kind: &WatchKind,
+    opts: &QueryOptions,
+) -> Result<(u64, Value), ConsulError> {
+    let call = match kind {
+        WatchKind::Key { key } => Call::get(format!("kv/{}", super::key_path(key))),
+        WatchKind::Keyprefix { prefix } => {
+            Call::get(format!("kv/{}", super::key_path(prefix))).flag("recurse", true)
+        }
+        WatchKind::Services => Call::get("catalog/services"),
+        WatchKind::Nodes => Call::get("catalog/nodes"),
+        WatchKind::Service {
+            service,
+            tag,
+            passingonly,
+        } => {
+            let mut call = Call::get(format!("health/service/{}", super::segment(service)))
+                .flag("passing", *passingonly);
+            for t in tag {
+                call = call.param("tag", t);
+            }
+            call
+        }
+        WatchKind::Checks {
+            service: Some(service),
+            ..
+        } => Call::get(format!("health/checks/{}", super::segment(service))),
+        WatchKind::Checks {
+            service: None,
+            state,
+        } => Call::get(format!(
+            "health/state/{}",
+            super::segment(state.as_deref().unwrap_or("any"))
+        )),
+        WatchKind::Event { event } => Call::get("event/list").param("name", event),
+    }
+    .options(opts);
+    let answer = client.send(call, None).await?;
+    // A key that does not exist answers 404 with an index to block on; the watch sees null
+    // (a prefix with nothing under it, an empty list).
+    if answer.status == awc::http::StatusCode::NOT_FOUND
+        && matches!(kind, WatchKind::Key { .. } | WatchKind::Keyprefix { .. })
+    {
+        let empty = if matches!(kind, WatchKind::Key { .. }) {
+            Value::Null
+        } else {
+            Value::Array(Vec::new())
+        };
+        return Ok((answer.meta.index, empty));
+    }
+    let got = answer.ok()?.indexed::<Value>()?;
+    let payload = match (kind, got.value) {
+        // consul watch hands a key watch the entry itself, not a list of one.
+        (WatchKind::Key { .. }, Value::Array(mut items)) if !items.is_empty() => {
+            items.swap_remove(0)
+        }
+        (_, v) => v,
+    };
+    Ok((got.meta.index, payload))
+}

@@ -1,0 +1,117 @@
+//! `rehydrator run`: builds the backends from the settings, starts the actor tree, and stops
+//! it in order on SIGTERM or Ctrl-C within ECS's 30-second stop timeout.
+//!
+//! Panics: actix drops a panicking actor silently (its Supervisor dies with it), which would
+//! leave a replica running without, say, its Dispatcher. So a panic anywhere is logged and
+//! ends the process with status 70; ECS restarts the task, and the session's TTL frees its
+//! locks for the other replicas meanwhile.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rehydrator::consul::port::ConsulAdapter;
+use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
+use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::tree::{self, Ports};
+use rehydrator_config::Settings;
+use tracing::{error, info, warn};
+
+/// Exit status after a panic (EX_SOFTWARE).
+pub const PANIC_EXIT: i32 = 70;
+
+/// What the tree's orderly stop may take before the process exits anyway; under ECS's 30s.
+const STOP_BUDGET: Duration = Duration::from_secs(20);
+
+pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
+    install_panic_policy();
+    let replica = replica.unwrap_or_else(default_replica);
+    let consul = consul_config(&settings)?;
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let client = Client::new(consul).context("building the Consul client")?;
+        let ports = Ports {
+            consul: Rc::new(ConsulAdapter::new(client, WatchPolicy::default())),
+            webhook: Rc::new(AwcWebhook::default()),
+        };
+        info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
+        let tree = tree::start(&settings, &replica, ports);
+        inject_faults();
+        wait_for_stop().await?;
+        info!("Stopping: watchers, running jobs, then the session.");
+        if tokio::time::timeout(STOP_BUDGET, tree.shutdown()).await.is_err() {
+            warn!(budget = ?STOP_BUDGET, "Orderly stop took too long; exiting anyway.");
+        }
+        info!("Stopped.");
+        Ok(())
+    })
+}
+
+fn consul_config(settings: &Settings) -> anyhow::Result<ConsulConfig> {
+    let c = &settings.consul;
+    let mut cfg = ConsulConfig::with_address(&c.address)
+        .with_context(|| format!("consul.address {:?}", c.address))?;
+    cfg.token = match (&c.token, &c.token_file) {
+        (Some(t), _) => Some(Token::new(t.expose())),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("consul.token_file {}", file.display()))?;
+            Some(Token::new(text.trim()))
+        }
+        (None, None) => None,
+    };
+    cfg.datacenter = c.datacenter.clone();
+    cfg.tls.ca_file = c.ca_file.clone();
+    cfg.tls.verify = c.tls_verify;
+    Ok(cfg)
+}
+
+fn default_replica() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "replica".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received."),
+        r = tokio::signal::ctrl_c() => { r.context("listening for Ctrl-C")?; info!("Interrupt received."); }
+    }
+    Ok(())
+}
+
+fn install_panic_policy() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        error!(panic = %info, "Panicked; exiting so the container restarts.");
+        default(info);
+        std::process::exit(PANIC_EXIT);
+    }));
+}
+
+/// Test-only fault injection: `REHYDRATOR_FAULT=panic-after:<seconds>` panics on the actor
+/// system's thread, as a panicking handler would. Used by the panic-policy test.
+fn inject_faults() {
+    let Ok(fault) = std::env::var("REHYDRATOR_FAULT") else {
+        return;
+    };
+    if let Some(secs) = fault
+        .strip_prefix("panic-after:")
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        warn!(%fault, "Fault injection armed.");
+        actix_rt::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            panic!("injected fault: {fault}");
+        });
+    }
+}
