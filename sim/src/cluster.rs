@@ -448,6 +448,8 @@ pub fn bootstrap(sim: &Sim) {
         }
     }
     sync_catalog(sim, st);
+    // The moments before the first leader are setup, not an outage.
+    st.cluster.leaderless_total = Duration::ZERO;
     st.cluster.observe();
 }
 
@@ -870,27 +872,46 @@ fn prune_dead(st: &mut State, now: Instant) {
 /// Keeps the catalog as a Consul leader keeps it: alive members registered with a passing
 /// `serfHealth` (servers with the `consul` service), failed ones critical, left ones gone.
 fn sync_catalog(sim: &Sim, st: &mut State) {
+    /// A serf member as the leader's reconcile sees it; `image` only for servers.
+    struct Member {
+        name: String,
+        id: String,
+        ip: String,
+        serf: SerfStatus,
+        image: Option<String>,
+    }
     let dc_meta_version = CONSUL_VERSION;
-    let mut members: Vec<(String, String, String, SerfStatus, Option<(String, bool)>)> = st
+    let mut members: Vec<Member> = st
         .cluster
         .servers
         .iter()
         .filter(|s| s.serf != SerfStatus::None)
-        .map(|s| {
-            (
-                s.name.clone(),
-                s.id.clone(),
-                s.ip.clone(),
-                s.serf,
-                Some((s.image.clone(), true)),
-            )
+        .map(|s| Member {
+            name: s.name.clone(),
+            id: s.id.clone(),
+            ip: s.ip.clone(),
+            serf: s.serf,
+            image: Some(s.image.clone()),
         })
         .collect();
     let a = &st.cluster.agent;
     if !a.name.is_empty() {
-        members.push((a.name.clone(), a.id.clone(), a.ip.clone(), a.serf, None));
+        members.push(Member {
+            name: a.name.clone(),
+            id: a.id.clone(),
+            ip: a.ip.clone(),
+            serf: a.serf,
+            image: None,
+        });
     }
-    for (name, id, ip, serf, server) in members {
+    for Member {
+        name,
+        id,
+        ip,
+        serf,
+        image,
+    } in members
+    {
         match serf {
             SerfStatus::Alive | SerfStatus::Failed => {
                 let (status, output) = if serf == SerfStatus::Alive {
@@ -911,7 +932,7 @@ fn sync_catalog(sim: &Sim, st: &mut State) {
                     &name,
                     &id,
                     &ip,
-                    server.as_ref().map(|(img, _)| img.as_str()),
+                    image.as_deref(),
                     dc_meta_version,
                     status,
                     output,
@@ -1149,6 +1170,7 @@ pub fn rfc3339(t: SystemTime, round: bool) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::SimConfig;

@@ -1,5 +1,291 @@
-//! TODO(helper B2): the `/sim/...` control API.
+//! The simulator's control API under `/sim/...`: add machines, inject faults, tune the clocks and
+//! read the invariants. Not part of Consul's API; the tests, the simulated cloud and the demo use it.
+//!
+//! Every route speaks JSON. Errors are `{"error": "<why>"}` with 400 (bad body), 404 (unknown
+//! server) or 409 (the server is not in a state the action applies to).
+//!
+//! - `GET  /sim/servers` → `[Server]`, launch order. `Server` is `{"name", "id", "address",
+//!   "image", "machine": booting|running|stopped|killed, "serf": none|alive|left|failed,
+//!   "cut", "in_raft", "voter", "leader", "healthy"}`.
+//! - `GET  /sim/servers/{name}` → `Server`.
+//! - `POST /sim/servers` `{"image": "...", "name"?: "..."}` → 201 `Server`: a new machine that
+//!   boots for `boot_delay`, then joins serf; the leader adds it to Raft as a non-voter and
+//!   autopilot promotes it after `stabilization` if healthy. The name defaults to the next free
+//!   `consul-server-N`.
+//! - `POST /sim/servers/{name}/leave` → `Server`: graceful leave (serf left, out of Raft; a leader
+//!   steps down first and an election follows). No tolerance is lost beyond the server itself.
+//! - `POST /sim/servers/{name}/kill` → `Server`: the process dies; the others see it serf-failed
+//!   after `failure_detection`, autopilot prunes it at its next interval (10 s simulated) when
+//!   that is safe.
+//! - `POST /sim/servers/{name}/restart` → `Server`: a killed or left server's process starts
+//!   again and rejoins (still a peer: keeps its vote; pruned: back as a non-voter).
+//! - `POST /sim/servers/{name}/cut` / `heal` → `Server`: partition it from the others / end that.
+//! - `GET  /sim/config` and `PUT /sim/config` `{"boot_delay_ms"?, "stabilization_ms"?,
+//!   "election_ms"?, "failure_detection_ms"?, "time_scale"?}` → the current values. Timers
+//!   already running keep their old delay.
+//! - `GET  /sim/invariants` → `{"quorum_lost_count", "quorum_lost", "max_voters_missing",
+//!   "voters_missing", "leader_changes", "leaderless_periods", "leaderless_ms",
+//!   "min_failure_tolerance", "checks", "leader", "voters", "failure_tolerance", "healthy"}`,
+//!   evaluated on every membership or Raft change.
+//! - `POST /sim/invariants/reset` → the zeroed invariants (the current state is the new baseline).
 
-use actix_web::web;
+use std::time::Duration;
 
-pub fn configure(_cfg: &mut web::ServiceConfig) {}
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cluster::{self, Machine, Server};
+use crate::state::{Sim, State};
+
+/// Registers the `/sim` routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/sim/servers", web::get().to(list_servers))
+        .route("/sim/servers", web::post().to(add_server))
+        .route("/sim/servers/{name}", web::get().to(get_server))
+        .route(
+            "/sim/servers/{name}/{action}",
+            web::post().to(server_action),
+        )
+        .route("/sim/config", web::get().to(get_config))
+        .route("/sim/config", web::put().to(put_config))
+        .route("/sim/invariants", web::get().to(invariants))
+        .route("/sim/invariants/reset", web::post().to(reset_invariants));
+}
+
+/// A control API error: a status and a reason, sent as `{"error": ...}`.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ControlError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ControlError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn unknown(name: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no server named {name:?}"))
+    }
+}
+
+impl ResponseError for ControlError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"error": self.message}))
+    }
+}
+
+/// One server as the control API shows it.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    pub id: String,
+    pub address: String,
+    pub image: String,
+    pub machine: Machine,
+    pub serf: &'static str,
+    pub cut: bool,
+    pub in_raft: bool,
+    pub voter: bool,
+    pub leader: bool,
+    pub healthy: bool,
+}
+
+fn view(st: &State, s: &Server) -> ServerView {
+    ServerView {
+        name: s.name.clone(),
+        id: s.id.clone(),
+        address: s.address(),
+        image: s.image.clone(),
+        machine: s.machine,
+        serf: s.serf.as_str(),
+        cut: s.cut,
+        in_raft: s.in_raft,
+        voter: s.voter,
+        leader: st.cluster.leader.as_deref() == Some(s.name.as_str()),
+        healthy: s.healthy(),
+    }
+}
+
+fn view_of(st: &State, name: &str) -> Result<ServerView, ControlError> {
+    st.cluster
+        .server(name)
+        .map(|s| view(st, s))
+        .ok_or_else(|| ControlError::unknown(name))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| ControlError::bad(format!("bad body: {e}")))
+}
+
+/// GET /sim/servers — every server, launch order.
+async fn list_servers(sim: web::Data<Sim>) -> HttpResponse {
+    let st = sim.lock();
+    let list: Vec<ServerView> = st.cluster.servers.iter().map(|s| view(&st, s)).collect();
+    HttpResponse::Ok().json(list)
+}
+
+/// GET /sim/servers/{name}.
+async fn get_server(
+    sim: web::Data<Sim>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ControlError> {
+    let st = sim.lock();
+    Ok(HttpResponse::Ok().json(view_of(&st, &name)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServer {
+    image: String,
+    name: Option<String>,
+}
+
+/// POST /sim/servers `{"image", "name"?}` — launches a machine that boots into a server.
+async fn add_server(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse, ControlError> {
+    let b: NewServer = decode(&body)?;
+    if b.image.trim().is_empty() {
+        return Err(ControlError::bad("image must not be empty"));
+    }
+    let mut st = sim.lock();
+    let name = match b.name.filter(|n| !n.trim().is_empty()) {
+        Some(n) if st.cluster.server(&n).is_some() || n == st.cluster.agent.name => {
+            return Err(ControlError::bad(format!(
+                "a node named {n:?} already exists"
+            )))
+        }
+        Some(n) => n,
+        None => st.cluster.next_name(),
+    };
+    cluster::add_server(&sim, &mut st, name.clone(), b.image);
+    Ok(HttpResponse::Created().json(view_of(&st, &name)?))
+}
+
+/// POST /sim/servers/{name}/{leave|kill|restart|cut|heal}.
+async fn server_action(
+    sim: web::Data<Sim>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ControlError> {
+    let (name, action) = path.into_inner();
+    let mut st = sim.lock();
+    let machine = st
+        .cluster
+        .server(&name)
+        .map(|s| s.machine)
+        .ok_or_else(|| ControlError::unknown(&name))?;
+    let done = match action.as_str() {
+        "leave" => cluster::leave(&sim, &mut st, &name),
+        "kill" => cluster::kill(&sim, &mut st, &name),
+        "restart" => cluster::restart(&sim, &mut st, &name),
+        "cut" => cluster::cut(&sim, &mut st, &name),
+        "heal" => cluster::heal(&sim, &mut st, &name),
+        other => {
+            return Err(ControlError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: leave, kill, restart, cut or heal"),
+            ))
+        }
+    };
+    if !done {
+        let m = serde_json::to_value(machine).unwrap_or_default();
+        return Err(ControlError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot {action} {name}: its machine is {}",
+                m.as_str().unwrap_or("?")
+            ),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(view_of(&st, &name)?))
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigBody {
+    boot_delay_ms: Option<u64>,
+    stabilization_ms: Option<u64>,
+    election_ms: Option<u64>,
+    failure_detection_ms: Option<u64>,
+    time_scale: Option<f64>,
+}
+
+fn config_view(st: &State) -> ConfigBody {
+    let ms = |d: Duration| Some(d.as_millis() as u64);
+    ConfigBody {
+        boot_delay_ms: ms(st.config.boot_delay),
+        stabilization_ms: ms(st.cluster.autopilot.server_stabilization_time),
+        election_ms: ms(st.config.election),
+        failure_detection_ms: ms(st.config.failure_detection),
+        time_scale: Some(st.config.time_scale),
+    }
+}
+
+/// GET /sim/config — the simulated time constants.
+async fn get_config(sim: web::Data<Sim>) -> HttpResponse {
+    HttpResponse::Ok().json(config_view(&sim.lock()))
+}
+
+/// PUT /sim/config — changes any of the time constants; answers the current values.
+async fn put_config(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse, ControlError> {
+    let b: ConfigBody = decode(&body)?;
+    if let Some(t) = b.time_scale {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(ControlError::bad("time_scale must be a positive number"));
+        }
+    }
+    let mut st = sim.lock();
+    if let Some(v) = b.boot_delay_ms {
+        st.config.boot_delay = Duration::from_millis(v);
+    }
+    if let Some(v) = b.stabilization_ms {
+        cluster::set_stabilization(&mut st, Duration::from_millis(v));
+    }
+    if let Some(v) = b.election_ms {
+        st.config.election = Duration::from_millis(v);
+    }
+    if let Some(v) = b.failure_detection_ms {
+        st.config.failure_detection = Duration::from_millis(v);
+    }
+    if let Some(t) = b.time_scale {
+        st.config.time_scale = t;
+    }
+    Ok(HttpResponse::Ok().json(config_view(&st)))
+}
+
+fn invariants_json(st: &State) -> serde_json::Value {
+    let inv = st.cluster.invariants_now(st.config.time_scale);
+    let mut v = serde_json::to_value(inv).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("leader".into(), json!(st.cluster.leader));
+        o.insert("voters".into(), json!(cluster::voters(&st.cluster.servers)));
+        o.insert(
+            "failure_tolerance".into(),
+            json!(st.cluster.failure_tolerance()),
+        );
+        o.insert("healthy".into(), json!(st.cluster.healthy()));
+    }
+    v
+}
+
+/// GET /sim/invariants — the counters and the current cluster summary.
+async fn invariants(sim: web::Data<Sim>) -> HttpResponse {
+    HttpResponse::Ok().json(invariants_json(&sim.lock()))
+}
+
+/// POST /sim/invariants/reset — zeroes the counters.
+async fn reset_invariants(sim: web::Data<Sim>) -> HttpResponse {
+    let mut st = sim.lock();
+    st.cluster.reset_invariants();
+    HttpResponse::Ok().json(invariants_json(&st))
+}
