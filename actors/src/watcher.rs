@@ -99,6 +99,14 @@ impl Watcher {
     ) -> ResponseActFuture<Self, ()> {
         let read = match res {
             Ok(read) => read,
+            // An answer that does not decode means this stream's idea of the endpoint broke
+            // (a proxy in the way, an upgrade): stop, and the supervisor restarts the Watcher
+            // with a fresh stream and baseline.
+            Err(e) if e.kind == ErrorKind::Decode => {
+                error!(watch = %self.spec.name, error = %e, "Consul's answer did not decode; restarting the watch.");
+                ctx.stop();
+                return Box::pin(fut::ready(()));
+            }
             Err(e) => {
                 self.on_error(&e);
                 self.read(ctx);
