@@ -623,3 +623,107 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod http_tests {
+    use actix_web::http::Method;
+
+    use super::uuid_to_u64;
+    use crate::api::kv::testkit::{bounded, Api};
+
+    #[actix_rt::test]
+    async fn fire_then_list_with_lamport_times_and_the_id_index() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let r = api.get("/v1/event/list").await;
+            assert_eq!((r.json(), r.index), (serde_json::json!([]), Some(1)));
+            assert!(
+                r.header("X-Consul-KnownLeader").is_none(),
+                "only the index is sent"
+            );
+            let r = api.put("/v1/event/fire/deploy", b"v2").await;
+            assert_eq!(r.status, 200);
+            let fired = r.json();
+            assert_eq!(fired["LTime"], 0, "the fire response precedes delivery");
+            assert_eq!(fired["Payload"], "djI=");
+            assert_eq!(fired["Version"], 1);
+            let r = api.put("/v1/event/fire/other", b"").await;
+            assert_eq!(r.json()["Payload"], serde_json::Value::Null);
+            let r = api.get("/v1/event/list").await;
+            let list = r.json();
+            assert_eq!(list[0]["ID"], fired["ID"]);
+            assert_eq!(
+                (list[0]["LTime"].as_u64(), list[1]["LTime"].as_u64()),
+                (Some(1), Some(2))
+            );
+            let last_id = list[1]["ID"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(r.index, Some(uuid_to_u64(&last_id)));
+            let r = api.get("/v1/event/list?name=deploy").await;
+            assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+            let first_id = fired["ID"].as_str().unwrap_or_default();
+            assert_eq!(r.index, Some(uuid_to_u64(first_id)));
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn blocking_list_returns_when_the_index_differs() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let uri = "/v1/event/list?name=mine&index=1&wait=30s";
+            let mut read = Box::pin(api.get(uri));
+            api.until_parked(&mut read, 1).await;
+            // An event the name filter drops wakes the query, which parks again.
+            api.put("/v1/event/fire/theirs", b"").await;
+            api.until_parked(&mut read, 1).await;
+            let (r, fired) = tokio::join!(read, api.put("/v1/event/fire/mine", b"x"));
+            assert_eq!(r.json()[0]["ID"], fired.json()["ID"]);
+            assert_ne!(r.index, Some(1));
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn fire_needs_no_leader_and_checks_its_filters() {
+        bounded(async {
+            let api = Api::start(1.0);
+            api.sim().lock().cluster.leader = None;
+            let r = api.put("/v1/event/fire/gossip", b"").await;
+            assert_eq!(r.status, 200, "events are gossip: {}", r.text());
+            let r = api.get("/v1/event/list").await;
+            assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+            let r = api.put("/v1/event/fire/x?tag=v1", b"").await;
+            assert_eq!(
+                (r.status, r.text()),
+                (
+                    500,
+                    "Cannot provide tag filter without service filter".into()
+                )
+            );
+            let r = api.put("/v1/event/fire/x?node=[", b"").await;
+            assert_eq!(
+                (r.status, r.text()),
+                (
+                    500,
+                    "Invalid node filter: error parsing regexp: missing closing ]: `[`".into()
+                )
+            );
+            let r = api.put("/v1/event/fire/x?node=^nomatch$", b"").await;
+            assert_eq!(r.status, 200, "a filter the agent fails still fires");
+            assert_eq!(
+                api.get("/v1/event/list?name=x").await.json(),
+                serde_json::json!([])
+            );
+            let r = api.put("/v1/event/fire/", b"").await;
+            assert_eq!((r.status, r.text()), (400, "Missing name".into()));
+            let r = api.call(Method::POST, "/v1/event/fire/x", b"").await;
+            assert_eq!(r.status, 405);
+            let r = api.put("/v1/event/fire/x?dc=dc9", b"").await;
+            assert_eq!((r.status, r.text()), (500, "No path to datacenter".into()));
+            let big = vec![b'p'; 1024];
+            let r = api.put("/v1/event/fire/big", &big).await;
+            assert_eq!(r.status, 500);
+        })
+        .await;
+    }
+}
