@@ -372,3 +372,48 @@ fn go_char(b: u8) -> String {
         _ => format!("'\\x{b:02x}'"),
     }
 }
+
+#[cfg(test)]
+mod json_error_tests {
+    use super::*;
+
+    fn err_of(body: &[u8]) -> String {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(v) => panic!("{v} parsed"),
+            Err(e) => go_json_error(&e, body),
+        }
+    }
+
+    #[test]
+    fn syntax_errors_read_like_go() {
+        assert_eq!(err_of(br#"{"Name": "x", "TTL": "#), "unexpected EOF");
+        assert_eq!(
+            err_of(b"xyz"),
+            "invalid character 'x' looking for beginning of value"
+        );
+        assert_eq!(
+            err_of(b"{} x"),
+            "invalid character 'x' after top-level value"
+        );
+        let e = decode_body::<serde_json::Value>(b"{")
+            .err()
+            .map(|e| (e.status, e.message));
+        assert_eq!(
+            e,
+            Some((
+                StatusCode::BAD_REQUEST,
+                "Request decode failed: unexpected EOF".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn params_encode_like_go_url_values() {
+        let req = actix_web::test::TestRequest::with_uri("/v1/kv/k?release=a%20b&cas=0&acquire")
+            .to_http_request();
+        assert_eq!(
+            Params::from_request(&req).encode(),
+            "acquire=&cas=0&release=a+b"
+        );
+    }
+}
