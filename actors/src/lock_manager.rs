@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
@@ -92,6 +93,11 @@ pub struct LockManager {
     renewed_at: Option<tokio::time::Instant>,
     timer: Option<SpawnHandle>,
     shutting_down: bool,
+    /// A session create is in flight: Consul may make the session after a Shutdown arrived,
+    /// so Shutdown waits for it to land and destroys what it made.
+    creating: bool,
+    /// Shutdowns waiting for that create to land and its session to be destroyed.
+    stop_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl LockManager {
@@ -106,6 +112,8 @@ impl LockManager {
             renewed_at: None,
             timer: None,
             shutting_down: false,
+            creating: false,
+            stop_waiters: Vec::new(),
         }
     }
 
@@ -132,19 +140,14 @@ impl LockManager {
         match self.session.clone() {
             None => {
                 let fut = self.consul.session_create(&self.spec);
-                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(id) => {
-                        info!(session = %id, "Created the replica's Consul session.");
-                        act.session = Some(id);
-                        act.failures = 0;
-                        act.renewed_at = Some(tokio::time::Instant::now());
-                        act.schedule(ctx, act.spec.ttl / 2);
+                self.creating = true;
+                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+                    act.creating = false;
+                    if act.shutting_down {
+                        ctx.spawn(act.destroy_and_stop(res.ok()));
+                        return;
                     }
-                    Err(e) => {
-                        let after = act.retry_after();
-                        warn!(error = %e, kind = e.kind(), retry_in = ?after, "Could not create a Consul session.");
-                        act.schedule(ctx, after);
-                    }
+                    act.created(res, ctx);
                 }));
             }
             Some(id) => {
@@ -178,6 +181,44 @@ impl LockManager {
                 }));
             }
         }
+    }
+
+    fn created(&mut self, res: Result<String, PortError>, ctx: &mut Context<Self>) {
+        match res {
+            Ok(id) => {
+                info!(session = %id, "Created the replica's Consul session.");
+                self.session = Some(id);
+                self.failures = 0;
+                self.renewed_at = Some(tokio::time::Instant::now());
+                self.schedule(ctx, self.spec.ttl / 2);
+            }
+            Err(e) => {
+                let after = self.retry_after();
+                warn!(error = %e, kind = e.kind(), retry_in = ?after, "Could not create a Consul session.");
+                self.schedule(ctx, after);
+            }
+        }
+    }
+
+    /// Destroys session `id` (if any), then stops and answers every waiting Shutdown.
+    fn destroy_and_stop(&mut self, id: Option<String>) -> ResponseActFuture<Self, ()> {
+        let done = |act: &mut Self, ctx: &mut Context<Self>| {
+            for w in act.stop_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            ctx.stop();
+        };
+        let Some(id) = id else {
+            return Box::pin(fut::ready(()).map(move |(), act, ctx| done(act, ctx)));
+        };
+        let fut = self.consul.session_destroy(&id);
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(()) => info!(session = %id, "Destroyed the session; its locks are free."),
+                Err(e) => warn!(session = %id, error = %e, "Could not destroy the session; its locks go when its TTL lapses."),
+            }
+            done(act, ctx);
+        }))
     }
 
     fn notify_lost(&mut self) {
@@ -282,18 +323,18 @@ impl Handler<Shutdown> for LockManager {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        let Some(id) = self.session.take() else {
-            ctx.stop();
-            return Box::pin(fut::ready(()));
-        };
         self.held.clear();
-        let fut = self.consul.session_destroy(&id);
-        Box::pin(fut.into_actor(self).map(move |res, _act, ctx| {
-            match res {
-                Ok(()) => info!(session = %id, "Destroyed the session; its locks are free."),
-                Err(e) => warn!(session = %id, error = %e, "Could not destroy the session; its locks go when its TTL lapses."),
-            }
-            ctx.stop();
-        }))
+        if self.creating {
+            // Stopping now would drop the create's answer and leave its session behind until
+            // its TTL lapsed; its completion destroys it and answers this.
+            debug!("Shutdown while the session is being created; waiting for it.");
+            let (tx, rx) = oneshot::channel();
+            self.stop_waiters.push(tx);
+            return Box::pin(fut::wrap_future(async move {
+                let _ = rx.await;
+            }));
+        }
+        let id = self.session.take();
+        self.destroy_and_stop(id)
     }
 }
