@@ -1,0 +1,455 @@
+//! Supervision and the lock protocol with scripted ports, where the simulator cannot make the
+//! failure happen on cue: a Watcher whose stream answers something undecodable is restarted
+//! by its Supervisor from a fresh baseline; a Dispatcher that loses its lock mid-job aborts the
+//! executor, requeues the job, and runs it once more when the lock is granted again.
+#![allow(clippy::unwrap_used)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::{pending, ready};
+use rehydrator_actors::dispatcher::{
+    ActionSpec, DispatchSettings, Dispatcher, ExecutorRef, JobEnded, JobResult, Observe, WatchFired,
+};
+use rehydrator_actors::executor::{Abort, ExecError, Run};
+use rehydrator_actors::lock_manager::{AcquireLock, LockError, LockGrant, LocksLost, ReleaseLock};
+use rehydrator_actors::ports::{
+    ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec, WatchRead,
+    WatchStream,
+};
+use rehydrator_actors::receipt::{Keys, Outcome, Receipt};
+use rehydrator_actors::watcher::{WatchSpec, Watcher};
+use rehydrator_config::WatchKind;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// Every test's bound.
+async fn bounded<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("test did not finish within 30s")
+}
+
+/// Awaits the next item of `rx` for at most 10s.
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 10s"))
+        .unwrap()
+}
+
+// -------------------------------------------------------------------------------------------
+// A scripted Consul
+
+/// One watch stream: answers its script in order, then says so on `drained` and never answers
+/// again.
+struct ScriptedStream {
+    script: RefCell<VecDeque<Result<WatchRead, PortError>>>,
+    drained: mpsc::UnboundedSender<usize>,
+    number: usize,
+}
+
+impl WatchStream for ScriptedStream {
+    fn next(&self) -> PortFuture<WatchRead> {
+        match self.script.borrow_mut().pop_front() {
+            Some(answer) => Box::pin(ready(answer)),
+            None => {
+                let _ = self.drained.send(self.number);
+                Box::pin(pending())
+            }
+        }
+    }
+}
+
+/// KV in memory (enough of it for receipts), and watch streams handed out from a script.
+#[derive(Default)]
+struct Stub {
+    kv: RefCell<BTreeMap<String, KvEntry>>,
+    index: Cell<u64>,
+    puts: RefCell<Vec<String>>,
+    streams: RefCell<VecDeque<ScriptedStream>>,
+    watch_calls: Cell<usize>,
+}
+
+impl ConsulPort for Stub {
+    fn kv_get(
+        &self,
+        key: &str,
+        _index: u64,
+        _wait: Duration,
+    ) -> PortFuture<Indexed<Option<KvEntry>>> {
+        let value = self.kv.borrow().get(key).cloned();
+        let index = self.index.get().max(1);
+        Box::pin(ready(Ok(Indexed { index, value })))
+    }
+
+    fn kv_list(&self, prefix: &str) -> PortFuture<Indexed<Vec<KvEntry>>> {
+        let value = self
+            .kv
+            .borrow()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let index = self.index.get().max(1);
+        Box::pin(ready(Ok(Indexed { index, value })))
+    }
+
+    fn kv_put(&self, key: &str, value: Vec<u8>, cas: Option<u64>) -> PortFuture<bool> {
+        let mut kv = self.kv.borrow_mut();
+        let current = kv.get(key).map(|e| e.modify_index);
+        if let Some(cas) = cas {
+            if current.unwrap_or(0) != cas {
+                return Box::pin(ready(Ok(false)));
+            }
+        }
+        self.index.set(self.index.get() + 1);
+        let index = self.index.get();
+        self.puts.borrow_mut().push(key.to_owned());
+        kv.insert(
+            key.to_owned(),
+            KvEntry {
+                key: key.to_owned(),
+                value,
+                session: None,
+                lock_index: 0,
+                create_index: index,
+                modify_index: index,
+            },
+        );
+        Box::pin(ready(Ok(true)))
+    }
+
+    fn kv_delete(&self, key: &str) -> PortFuture<bool> {
+        self.kv.borrow_mut().remove(key);
+        Box::pin(ready(Ok(true)))
+    }
+
+    fn kv_acquire(&self, _key: &str, _value: Vec<u8>, _session: &str) -> PortFuture<bool> {
+        unreachable!("locks go through the LockManager, stood in for by LockStub")
+    }
+
+    fn kv_release(&self, _key: &str, _session: &str) -> PortFuture<bool> {
+        unreachable!("locks go through the LockManager, stood in for by LockStub")
+    }
+
+    fn session_create(&self, _spec: &SessionSpec) -> PortFuture<String> {
+        unreachable!("no LockManager in these tests")
+    }
+
+    fn session_renew(&self, _id: &str) -> PortFuture<bool> {
+        unreachable!("no LockManager in these tests")
+    }
+
+    fn session_destroy(&self, _id: &str) -> PortFuture<()> {
+        unreachable!("no LockManager in these tests")
+    }
+
+    fn watch(&self, _kind: &WatchKind) -> Box<dyn WatchStream> {
+        self.watch_calls.set(self.watch_calls.get() + 1);
+        let stream = self
+            .streams
+            .borrow_mut()
+            .pop_front()
+            .expect("watch() called more often than the test scripted");
+        Box::new(stream)
+    }
+}
+
+fn read(index: u64, value: &str) -> Result<WatchRead, PortError> {
+    Ok(WatchRead {
+        index,
+        payload: json!({ "Key": "k", "Value": value, "ModifyIndex": index }),
+    })
+}
+
+// -------------------------------------------------------------------------------------------
+// Stand-ins for the actors around the one under test
+
+/// Stands in for the Dispatcher: forwards every fire.
+struct Collect(mpsc::UnboundedSender<WatchFired>);
+
+impl Actor for Collect {
+    type Context = Context<Self>;
+}
+
+impl Handler<WatchFired> for Collect {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchFired, _ctx: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+#[actix_rt::test]
+async fn a_watcher_restarted_after_an_undecodable_answer_takes_a_fresh_baseline() {
+    bounded(async {
+        let (drained_tx, mut drained) = mpsc::unbounded_channel();
+        let stub = Rc::new(Stub::default());
+        stub.streams.borrow_mut().extend([
+            ScriptedStream {
+                script: RefCell::new(
+                    [
+                        read(1, "a"),
+                        Err(PortError::new(ErrorKind::Decode, "not JSON")),
+                    ]
+                    .into(),
+                ),
+                drained: drained_tx.clone(),
+                number: 1,
+            },
+            ScriptedStream {
+                // The new stream's baseline differs from the old one: a Watcher that kept its
+                // memory across the restart would fire for it.
+                script: RefCell::new([read(5, "b"), read(6, "c")].into()),
+                drained: drained_tx,
+                number: 2,
+            },
+        ]);
+        let (fired_tx, mut fired) = mpsc::unbounded_channel();
+        let to = Collect(fired_tx).start().recipient();
+        let spec = WatchSpec {
+            name: "w".into(),
+            kind: WatchKind::Key { key: "k".into() },
+            actions: vec!["a".into()],
+            debounce: None,
+        };
+        let consul: Rc<dyn ConsulPort> = stub.clone();
+        let _watcher = Supervisor::start(move |_| Watcher::new(spec, consul, Keys::new("c"), to));
+
+        let fire = next(&mut fired, "fire").await;
+        assert_eq!(fire.trigger_id, "6", "the first fire is the real change's");
+        assert_eq!(fire.index, 6);
+        assert_eq!(fire.action, "a");
+        assert_eq!(fire.payload["Value"], "c");
+        // The Watcher read on after the fire: it has handled everything it was given.
+        assert_eq!(next(&mut drained, "second stream drained").await, 2);
+        assert!(fired.try_recv().is_err(), "exactly one fire");
+        assert_eq!(stub.watch_calls.get(), 2, "a new stream after the restart");
+        assert!(
+            drained.try_recv().is_err(),
+            "the first stream was not read past its error"
+        );
+    })
+    .await;
+}
+
+// -------------------------------------------------------------------------------------------
+// The Dispatcher losing its lock mid-job
+
+/// Stands in for the LockManager: answers `AcquireLock` from a script (then Held), counts
+/// releases.
+struct LockStub {
+    grants: VecDeque<LockGrant>,
+    acquires: Rc<Cell<usize>>,
+    releases: Rc<Cell<usize>>,
+}
+
+impl Actor for LockStub {
+    type Context = Context<Self>;
+}
+
+impl Handler<AcquireLock> for LockStub {
+    type Result = Result<LockGrant, LockError>;
+
+    fn handle(&mut self, _msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
+        self.acquires.set(self.acquires.get() + 1);
+        Ok(self.grants.pop_front().unwrap_or(LockGrant::Held {
+            session: "s".into(),
+        }))
+    }
+}
+
+impl Handler<ReleaseLock> for LockStub {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ReleaseLock, _ctx: &mut Context<Self>) {
+        self.releases.set(self.releases.get() + 1);
+    }
+}
+
+/// Query the stand-in: how many releases it handled (FIFO: every earlier one is counted).
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct GetReleases;
+
+impl Handler<GetReleases> for LockStub {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: GetReleases, _ctx: &mut Context<Self>) -> usize {
+        self.releases.get()
+    }
+}
+
+/// What the executor stand-in saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Run(String),
+    Abort(String),
+}
+
+/// Stands in for an executor: the first run never finishes (until aborted, it hangs as a slow
+/// command would); later runs succeed.
+struct ExecStub {
+    runs: usize,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+impl Actor for ExecStub {
+    type Context = Context<Self>;
+}
+
+impl Handler<Run> for ExecStub {
+    type Result = ResponseFuture<Result<Outcome, ExecError>>;
+
+    fn handle(&mut self, msg: Run, _ctx: &mut Context<Self>) -> Self::Result {
+        self.runs += 1;
+        let _ = self.seen.send(Seen::Run(msg.trigger.trigger_id));
+        if self.runs == 1 {
+            Box::pin(pending())
+        } else {
+            Box::pin(ready(Ok(Outcome::Succeeded("done".into()))))
+        }
+    }
+}
+
+impl Handler<Abort> for ExecStub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Abort, _ctx: &mut Context<Self>) {
+        let _ = self.seen.send(Seen::Abort(msg.trigger_id));
+    }
+}
+
+/// Forwards job reports.
+struct Jobs(mpsc::UnboundedSender<JobEnded>);
+
+impl Actor for Jobs {
+    type Context = Context<Self>;
+}
+
+impl Handler<JobEnded> for Jobs {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobEnded, _ctx: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+#[actix_rt::test]
+async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
+    bounded(async {
+        let stub = Rc::new(Stub::default());
+        let keys = Keys::new("c");
+        let acquires = Rc::new(Cell::new(0));
+        let locks = LockStub {
+            // Held for the first run; after the loss, refused once (lock-delay), then Held.
+            grants: [
+                LockGrant::Held {
+                    session: "s".into(),
+                },
+                LockGrant::Busy,
+            ]
+            .into(),
+            acquires: acquires.clone(),
+            releases: Rc::new(Cell::new(0)),
+        }
+        .start();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let exec = ExecStub {
+            runs: 0,
+            seen: seen_tx,
+        }
+        .start();
+        let settings = DispatchSettings {
+            receipt_wait: Duration::from_secs(1),
+            receipts_kept: 10,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            lock_delay: Duration::from_millis(50),
+        };
+        let action = ActionSpec {
+            name: "a".into(),
+            lock: "l".into(),
+            timeout: Duration::from_secs(5),
+            executor: ExecutorRef {
+                run: exec.clone().recipient(),
+                abort: exec.recipient(),
+            },
+        };
+        let consul: Rc<dyn ConsulPort> = stub.clone();
+        let (acquire, release) = (locks.clone().recipient(), locks.clone().recipient());
+        let k = keys.clone();
+        let dispatcher = Supervisor::start(move |_| {
+            Dispatcher::new(
+                consul,
+                k,
+                "replica-1".into(),
+                acquire,
+                release,
+                settings,
+                vec![action],
+            )
+        });
+        let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
+        dispatcher
+            .send(Observe(Jobs(jobs_tx).start().recipient()))
+            .await
+            .unwrap();
+
+        dispatcher
+            .send(WatchFired {
+                watch: "w".into(),
+                action: "a".into(),
+                trigger_id: "t1".into(),
+                index: 7,
+                payload: Value::Null,
+            })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut seen, "first run").await, Seen::Run("t1".into()));
+
+        dispatcher
+            .send(LocksLost {
+                keys: vec![keys.lock("l")],
+            })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut seen, "abort").await, Seen::Abort("t1".into()));
+        assert_eq!(next(&mut seen, "second run").await, Seen::Run("t1".into()));
+
+        let job = next(&mut jobs, "job end").await;
+        assert_eq!(job.trigger_id, "t1");
+        assert_eq!(
+            job.result,
+            JobResult::Ran(Outcome::Succeeded("done".into()))
+        );
+        assert!(jobs.try_recv().is_err(), "the job ends once");
+        assert!(seen.try_recv().is_err(), "two runs, one abort");
+
+        let receipt_key = keys.receipt("a", "t1");
+        let puts = stub.puts.borrow().clone();
+        assert_eq!(
+            puts,
+            vec![receipt_key.as_str()],
+            "exactly one receipt written"
+        );
+        let receipt = Receipt::from_bytes(&stub.kv.borrow()[&receipt_key].value).unwrap();
+        assert_eq!(receipt.by, "replica-1");
+        assert_eq!(receipt.outcome, Outcome::Succeeded("done".into()));
+        assert_eq!(
+            receipt.attempts, 1,
+            "an abandoned run is not a failed attempt"
+        );
+        assert_eq!(acquires.get(), 3, "held, lost, refused once, held again");
+        // The lost lock is not released (it is gone); the second run releases its own, sent
+        // before the job's end was reported.
+        assert_eq!(locks.send(GetReleases).await.unwrap(), 1);
+    })
+    .await;
+}
