@@ -101,11 +101,13 @@ impl Scratch {
         self.dir.join("records")
     }
 
-    /// Writes a configuration whose one action runs `prelude` and then records its trigger.
+    /// Writes a configuration whose one action runs `prelude` and then records its trigger,
+    /// with when the run began and ended (ns), in `run.XXXXXX.<begin>.<end>.<replica>.json`.
     fn config(&self, consul: &str, prelude: &str) -> PathBuf {
         let records = self.records_dir();
         let script = format!(
-            "{prelude} t=$(mktemp \"{dir}/run.XXXXXX\") && cat > \"$t\" && mv \"$t\" \"$t.$E2E_REPLICA.json\"",
+            "b=$(date +%s%N); {prelude} t=$(mktemp \"{dir}/run.XXXXXX\") && cat > \"$t\" && \
+             mv \"$t\" \"$t.$b.$(date +%s%N).$E2E_REPLICA.json\"",
             dir = records.display()
         );
         let text = format!(
@@ -152,7 +154,10 @@ action = "{ACTION}"
             let Some(stem) = name.strip_suffix(".json") else {
                 continue; // still being written
             };
-            let replica = stem.rsplit_once('.').unwrap().1.to_owned();
+            let mut parts = stem.rsplitn(4, '.');
+            let replica = parts.next().unwrap().to_owned();
+            let ended: u128 = parts.next().unwrap().parse().unwrap();
+            let began: u128 = parts.next().unwrap().parse().unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
             let trigger: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
                 panic!("record {name} is not one JSON trigger ({e}): {text:?}")
@@ -160,6 +165,8 @@ action = "{ACTION}"
             out.push(Record {
                 replica,
                 trigger_id: trigger["trigger_id"].as_str().unwrap().to_owned(),
+                began,
+                ended,
             });
         }
         out
@@ -181,6 +188,9 @@ impl Drop for Scratch {
 struct Record {
     replica: String,
     trigger_id: String,
+    /// When the command began and ended, Unix ns.
+    began: u128,
+    ended: u128,
 }
 
 /// One `rehydrator run` process; its process group is killed when this is dropped.
@@ -474,13 +484,102 @@ fn runs_of<'a>(records: &'a [Record], trigger: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Fires `events` events at once at `replicas` (all ready) and checks that each ran exactly
+/// once, one run at a time, with one receipt naming the replica that ran it. Returns how long
+/// until every receipt was there and the receipts by replica.
+async fn burst(
+    consul: &Consul,
+    scratch: &Scratch,
+    replicas: &[&Replica],
+    events: usize,
+) -> (Duration, BTreeMap<String, usize>) {
+    let start = Instant::now();
+    let mut fired = Vec::new();
+    for i in 0..events {
+        fired.push(consul.fire(&format!("e{i}")).await);
+    }
+    let receipts = eventually(
+        &format!("{events} receipts"),
+        Duration::from_secs(90),
+        || async {
+            let r = consul.receipts().await;
+            (r.len() >= fired.len()).then_some(r)
+        },
+    )
+    .await;
+    let handled_in = start.elapsed();
+    // Every replica saw every event; once each has ended all its jobs, no run is to come.
+    for r in replicas {
+        eventually(
+            &format!("replica {} to end all {events} jobs", r.name),
+            Duration::from_secs(30),
+            || async { (r.jobs_ended() >= fired.len()).then_some(()) },
+        )
+        .await;
+    }
+
+    let fired_set: HashSet<&str> = fired.iter().map(String::as_str).collect();
+    assert_eq!(fired_set.len(), events, "event IDs are distinct");
+
+    let records = scratch.records();
+    let mut runs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &records {
+        runs.entry(&r.trigger_id).or_default().push(&r.replica);
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "events run more than once: {twice:?}");
+    let ran: HashSet<&str> = runs.keys().copied().collect();
+    assert_eq!(
+        ran,
+        fired_set,
+        "the runs are not exactly the fired events: {} runs for {} events",
+        records.len(),
+        fired.len()
+    );
+
+    // One step at a time across all replicas: no two runs overlap.
+    let mut by_start: Vec<&Record> = records.iter().collect();
+    by_start.sort_by_key(|r| r.began);
+    for w in by_start.windows(2) {
+        assert!(
+            w[0].ended <= w[1].began,
+            "two runs at once: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+
+    assert_eq!(receipts.len(), events, "one receipt per event");
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for receipt in &receipts {
+        let trigger = receipt["trigger_id"].as_str().unwrap();
+        let by = receipt["by"].as_str().unwrap();
+        assert!(fired_set.contains(trigger), "a receipt for {trigger}");
+        assert_eq!(receipt["outcome"]["kind"], "succeeded", "{receipt}");
+        assert_eq!(
+            runs[trigger],
+            vec![by],
+            "the receipt of {trigger} names {by}, the run was by {:?}",
+            runs[trigger]
+        );
+        *spread.entry(by.to_owned()).or_default() += 1;
+    }
+    for r in replicas {
+        assert!(
+            !r.log_text().contains("another holder ran this job too"),
+            "replica {} found a receipt already written after running a job",
+            r.name
+        );
+    }
+    (handled_in, spread)
+}
+
 #[actix_rt::test]
 async fn three_replicas_run_each_of_100_events_exactly_once() {
     let scratch = Scratch::new("spread");
     let sim = common::sim();
     let config = scratch.config(&sim.url(), "");
-    let names = ["r1", "r2", "r3"];
-    let replicas: Vec<Replica> = names
+    let replicas: Vec<Replica> = ["r1", "r2", "r3"]
         .iter()
         .map(|n| spawn_replica(&scratch, &config, n, &[]))
         .collect();
@@ -489,73 +588,10 @@ async fn three_replicas_run_each_of_100_events_exactly_once() {
         let consul = Consul::new(sim.url());
         await_ready(&consul, &refs).await;
         assert_eq!(consul.sessions().await.len(), 3);
-
-        let start = Instant::now();
-        let mut fired = Vec::new();
-        for i in 0..100 {
-            fired.push(consul.fire(&format!("e{i}")).await);
-        }
-        let fired_in = start.elapsed();
-        let receipts = eventually("100 receipts", Duration::from_secs(90), || async {
-            let r = consul.receipts().await;
-            (r.len() >= fired.len()).then_some(r)
-        })
-        .await;
-        let handled_in = start.elapsed();
-        // Every replica saw every event; once each has ended all 100 jobs, no run is to come.
-        for r in &refs {
-            eventually(
-                &format!("replica {} to end all 100 jobs", r.name),
-                Duration::from_secs(30),
-                || async { (r.jobs_ended() >= fired.len()).then_some(()) },
-            )
-            .await;
-        }
-
-        let fired_set: HashSet<&str> = fired.iter().map(String::as_str).collect();
-        assert_eq!(fired_set.len(), 100, "event IDs are distinct");
-
-        let records = scratch.records();
-        let mut runs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for r in &records {
-            runs.entry(&r.trigger_id).or_default().push(&r.replica);
-        }
-        let twice: Vec<_> = runs.iter().filter(|(_, by)| by.len() > 1).collect();
-        assert!(twice.is_empty(), "events run more than once: {twice:?}");
-        let ran: HashSet<&str> = runs.keys().copied().collect();
-        assert_eq!(
-            ran,
-            fired_set,
-            "the runs are not exactly the fired events: {} runs for {} events",
-            records.len(),
-            fired.len()
-        );
-
-        assert_eq!(receipts.len(), 100, "one receipt per event");
-        let mut spread: BTreeMap<String, usize> = BTreeMap::new();
-        for receipt in &receipts {
-            let trigger = receipt["trigger_id"].as_str().unwrap();
-            let by = receipt["by"].as_str().unwrap();
-            assert!(fired_set.contains(trigger), "a receipt for {trigger}");
-            assert_eq!(receipt["outcome"]["kind"], "succeeded", "{receipt}");
-            assert_eq!(
-                runs[trigger],
-                vec![by],
-                "the receipt of {trigger} names {by}, the run was by {:?}",
-                runs[trigger]
-            );
-            *spread.entry(by.to_owned()).or_default() += 1;
-        }
-        for r in &refs {
-            assert!(
-                !r.log_text().contains("another holder ran this job too"),
-                "replica {} found a receipt already written after running a job",
-                r.name
-            );
-        }
+        let (took, spread) = burst(&consul, &scratch, &refs, 100).await;
         println!(
-            "100 events over 3 replicas: fired in {fired_in:.2?}, all receipted {handled_in:.2?} \
-             after the first fire; receipts by replica: {spread:?}"
+            "100 events over 3 replicas: all receipted {took:.2?} after the first fire; \
+             receipts by replica: {spread:?}"
         );
     })
     .await;
