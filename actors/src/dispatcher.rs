@@ -530,7 +530,7 @@ async fn run_job_inner(
     }))
     .unwrap_or_default();
     let mut waits = 0u32;
-    loop {
+    let session = loop {
         let grant = env
             .acquire
             .send(AcquireLock {
@@ -540,8 +540,8 @@ async fn run_job_inner(
             .await
             .map_err(|e| JobEnd::Retry(format!("lock manager: {e}")))?
             .map_err(|e| JobEnd::Retry(format!("lock: {e}")))?;
-        if matches!(grant, LockGrant::Held { .. }) {
-            break;
+        if let LockGrant::Held { session } = grant {
+            break session;
         }
         // Another replica holds it (or lock-delay keeps it free for a while). The holder
         // writes the receipt before releasing, so the lock key changing is the moment to look.
@@ -565,24 +565,27 @@ async fn run_job_inner(
         if let Some(r) = existing_receipt(env, &receipt_key).await? {
             return Ok(done(r));
         }
-    }
-
-    // Holding the lock from here: every exit releases it.
-    let release = || {
-        env.release.do_send(ReleaseLock {
-            key: lock_key.clone(),
-        })
     };
+
+    // Holding the lock from here: every exit releases it, and waits for the release to land
+    // before the next job of this lock may ask for it again. Consul lets a session re-acquire
+    // a lock it holds, so a release still in flight could otherwise free the lock under the
+    // next job's feet and let another replica run that job too.
     let result = async {
         if let Some(r) = existing_receipt(env, &receipt_key).await? {
             return Ok(done(r));
         }
-        let lock_index = env
-            .consul
-            .kv_get(&lock_key, 0, Duration::ZERO)
-            .await?
-            .value
-            .map_or(0, |e| e.lock_index);
+        // The lock entry must carry our session: it is the fencing token the receipt records,
+        // and a mismatch means the grant is already stale.
+        let entry = env.consul.kv_get(&lock_key, 0, Duration::ZERO).await?.value;
+        let lock_index = match entry {
+            Some(e) if e.session.as_deref() == Some(session.as_str()) => e.lock_index,
+            _ => {
+                return Err(JobEnd::Retry(
+                    "the lock changed hands right after it was granted".into(),
+                ))
+            }
+        };
         let started_at = receipt::now_ms();
         info!(lock_index, "Holding the lock; running the action.");
         let ran = executor
@@ -642,7 +645,13 @@ async fn run_job_inner(
         Ok(JobEnd::Done(JobResult::Ran(outcome)))
     }
     .await;
-    release();
+    // Releasing after a stale grant is harmless: Consul releases only for the holding session.
+    let _ = env
+        .release
+        .send(ReleaseLock {
+            key: lock_key.clone(),
+        })
+        .await;
     result
 }
 

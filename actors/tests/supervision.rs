@@ -242,11 +242,29 @@ async fn a_watcher_restarted_after_an_undecodable_answer_takes_a_fresh_baseline(
 // The Dispatcher losing its lock mid-job
 
 /// Stands in for the LockManager: answers `AcquireLock` from a script (then Held), counts
-/// releases.
+/// releases. A grant writes the holder into the stub's KV, as Consul's acquire does.
 struct LockStub {
     grants: VecDeque<LockGrant>,
     acquires: Rc<Cell<usize>>,
     releases: Rc<Cell<usize>>,
+    kv: Rc<Stub>,
+}
+
+/// Records `session` as the holder of `key` in the stub's KV, bumping LockIndex.
+fn hold(stub: &Stub, key: &str, session: Option<&str>) {
+    let mut kv = stub.kv.borrow_mut();
+    let e = kv.entry(key.to_owned()).or_insert_with(|| KvEntry {
+        key: key.to_owned(),
+        value: Vec::new(),
+        session: None,
+        lock_index: 0,
+        create_index: 1,
+        modify_index: 1,
+    });
+    if session.is_some() && e.session.is_none() {
+        e.lock_index += 1;
+    }
+    e.session = session.map(str::to_owned);
 }
 
 impl Actor for LockStub {
@@ -256,11 +274,15 @@ impl Actor for LockStub {
 impl Handler<AcquireLock> for LockStub {
     type Result = Result<LockGrant, LockError>;
 
-    fn handle(&mut self, _msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
         self.acquires.set(self.acquires.get() + 1);
-        Ok(self.grants.pop_front().unwrap_or(LockGrant::Held {
+        let grant = self.grants.pop_front().unwrap_or(LockGrant::Held {
             session: "s".into(),
-        }))
+        });
+        if let LockGrant::Held { session } = &grant {
+            hold(&self.kv, &msg.key, Some(session));
+        }
+        Ok(grant)
     }
 }
 
@@ -357,6 +379,7 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
             .into(),
             acquires: acquires.clone(),
             releases: Rc::new(Cell::new(0)),
+            kv: stub.clone(),
         }
         .start();
         let (seen_tx, mut seen) = mpsc::unbounded_channel();
@@ -450,6 +473,160 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
         // The lost lock is not released (it is gone); the second run releases its own, sent
         // before the job's end was reported.
         assert_eq!(locks.send(GetReleases).await.unwrap(), 1);
+    })
+    .await;
+}
+
+// -------------------------------------------------------------------------------------------
+// Two jobs under one lock: the release of the first lands before the second asks
+
+/// Stands in for the LockManager with slow releases, as a release's HTTP call can be slower
+/// than the next acquire's. Logs the order of what happens to the lock.
+struct SlowLocks {
+    kv: Rc<Stub>,
+    log: Rc<RefCell<Vec<&'static str>>>,
+}
+
+impl Actor for SlowLocks {
+    type Context = Context<Self>;
+}
+
+impl Handler<AcquireLock> for SlowLocks {
+    type Result = Result<LockGrant, LockError>;
+
+    fn handle(&mut self, msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
+        self.log.borrow_mut().push("acquire");
+        hold(&self.kv, &msg.key, Some("s"));
+        Ok(LockGrant::Held {
+            session: "s".into(),
+        })
+    }
+}
+
+impl Handler<ReleaseLock> for SlowLocks {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: ReleaseLock, _ctx: &mut Context<Self>) -> Self::Result {
+        self.log.borrow_mut().push("release sent");
+        let (kv, log) = (self.kv.clone(), self.log.clone());
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            hold(&kv, &msg.key, None);
+            log.borrow_mut().push("released");
+        })
+    }
+}
+
+/// An executor that always succeeds at once.
+struct Quick;
+
+impl Actor for Quick {
+    type Context = Context<Self>;
+}
+
+impl Handler<Run> for Quick {
+    type Result = Result<Outcome, ExecError>;
+
+    fn handle(&mut self, _msg: Run, _ctx: &mut Context<Self>) -> Self::Result {
+        Ok(Outcome::Succeeded("done".into()))
+    }
+}
+
+impl Handler<Abort> for Quick {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Abort, _ctx: &mut Context<Self>) {}
+}
+
+#[actix_rt::test]
+async fn the_next_job_under_a_lock_waits_for_the_previous_release_to_land() {
+    bounded(async {
+        let stub = Rc::new(Stub::default());
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let locks = SlowLocks {
+            kv: stub.clone(),
+            log: log.clone(),
+        }
+        .start();
+        let exec = Quick.start();
+        let settings = DispatchSettings {
+            receipt_wait: Duration::from_secs(1),
+            receipts_kept: 10,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            lock_delay: Duration::from_millis(50),
+        };
+        let action = ActionSpec {
+            name: "a".into(),
+            lock: "l".into(),
+            timeout: Duration::from_secs(5),
+            executor: ExecutorRef {
+                run: exec.clone().recipient(),
+                abort: exec.recipient(),
+            },
+        };
+        let consul: Rc<dyn ConsulPort> = stub.clone();
+        let (acquire, release) = (locks.clone().recipient(), locks.recipient());
+        let dispatcher = Supervisor::start(move |_| {
+            Dispatcher::new(
+                consul,
+                Keys::new("c"),
+                "replica-1".into(),
+                acquire,
+                release,
+                settings,
+                vec![action],
+            )
+        });
+        let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
+        dispatcher
+            .send(Observe(Jobs(jobs_tx).start().recipient()))
+            .await
+            .unwrap();
+        for t in ["t1", "t2"] {
+            dispatcher
+                .send(WatchFired {
+                    watch: "w".into(),
+                    action: "a".into(),
+                    trigger_id: t.into(),
+                    index: 7,
+                    payload: Value::Null,
+                })
+                .await
+                .unwrap();
+        }
+        for t in ["t1", "t2"] {
+            let job = next(&mut jobs, "job end").await;
+            assert_eq!(job.trigger_id, t);
+            assert_eq!(
+                job.result,
+                JobResult::Ran(Outcome::Succeeded("done".into()))
+            );
+        }
+        // A release still in flight when the next acquire lands would free the lock under the
+        // second job (Consul lets the same session re-acquire): the order must be strict.
+        assert_eq!(
+            *log.borrow(),
+            [
+                "acquire",
+                "release sent",
+                "released",
+                "acquire",
+                "release sent",
+                "released"
+            ]
+        );
+        let receipts = stub
+            .kv_list(&Keys::new("c").receipts("a"))
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(receipts.len(), 2);
+        for r in receipts {
+            let r = Receipt::from_bytes(&r.value).unwrap();
+            assert_eq!(r.lock_index, if r.trigger_id == "t1" { 1 } else { 2 });
+        }
     })
     .await;
 }
