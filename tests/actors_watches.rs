@@ -1,7 +1,9 @@
 //! The actor core against the simulator over real HTTP: for every watch type, a Watcher fires
 //! once per real change, not on start and not on a write that changes nothing; debounce
 //! coalesces a burst; events that arrive while no replica runs are replayed on start; receipts
-//! are pruned; the http action retries a non-2xx answer; shutdown destroys the session.
+//! are pruned; the http action retries a non-2xx answer; shutdown destroys the session; every
+//! actor type restarts after an injected fault while the work goes on; a trigger the action
+//! rejects ends with a failed receipt saying why, not a retry loop.
 //!
 //! "Nothing fired" cannot be awaited, so each test uses a sentinel: after the no-op it makes a
 //! real change and asserts that the first job to end is that change's (its trigger is the
@@ -23,7 +25,8 @@ use actix::prelude::*;
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
-use rehydrator_actors::dispatcher::{JobEnded, JobResult, Observe};
+use rehydrator_actors::dispatcher::{GetQueues, JobEnded, JobResult, Observe};
+use rehydrator_actors::fault::Fail;
 use rehydrator_actors::lock_manager::GetSession;
 use rehydrator_actors::receipt::{Outcome, Receipt};
 use rehydrator_actors::tree::{self, Ports, Tree};
@@ -100,6 +103,8 @@ enum Action<'a> {
     Record,
     /// POSTs to `url`.
     Http(&'a str),
+    /// Runs `sh -c <script>`; `{record}` in it stands for the record file's path.
+    Script(&'a str),
 }
 
 impl Rig {
@@ -125,6 +130,10 @@ impl Rig {
                 format!("type = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]")
             }
             Action::Http(url) => format!("type = \"http\"\nurl = {url:?}"),
+            Action::Script(script) => {
+                let script = script.replace("{record}", &self.record_path().display().to_string());
+                format!("type = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", {script:?}]")
+            }
         };
         let text = format!(
             r#"
@@ -924,6 +933,148 @@ async fn shutdown_right_after_start_leaves_no_session() {
             .await
             .expect("shutdown finishes within 5s");
         assert_eq!(sessions(&rig).await, Vec::<Value>::new());
+    })
+    .await;
+}
+
+// -------------------------------------------------------------------------------------------
+// Supervision and rejected triggers
+
+fn fail(why: &str) -> Fail {
+    Fail { reason: why.into() }
+}
+
+/// Waits until the job for `trigger_id` runs (its lock is held and the executor called).
+async fn wait_running(run: &Running, trigger_id: &str) {
+    let running = async {
+        loop {
+            let queues = run.tree.dispatcher.send(GetQueues).await.unwrap();
+            if queues
+                .iter()
+                .any(|q| q.running.as_deref() == Some(trigger_id))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(STEP, running)
+        .await
+        .expect("the job starts");
+}
+
+#[actix_rt::test]
+async fn every_actor_type_restarts_after_a_fault_and_the_work_goes_on() {
+    common::bounded(async {
+        let rig = Rig::new("faults");
+        // Slow enough to be caught mid-run; the record is written only by a run that finishes.
+        let settings = rig.settings(
+            "type = \"event\"\nevent = \"go\"",
+            Action::Script("sleep 0.3; cat >> '{record}'; echo >> '{record}'"),
+            "",
+        );
+        let mut run = rig.start(&settings).await;
+        rig.wait_parked().await;
+        let mut fired = Vec::new();
+
+        let e = rig.fire("go").await;
+        run.expect_job(&e).await;
+        fired.push(e);
+
+        // Watcher: restarts from a fresh baseline; an event fired meanwhile is still handled,
+        // either live or replayed (it came after the newest receipted event).
+        run.tree.watchers[0].send(fail("test")).await.unwrap();
+        let e = rig.fire("go").await;
+        run.expect_job(&e).await;
+        fired.push(e);
+
+        // Dispatcher: restarts with its queues; it answers and runs the next job.
+        run.tree.dispatcher.send(fail("test")).await.unwrap();
+        assert!(
+            run.tree.dispatcher.send(GetQueues).await.is_ok(),
+            "the dispatcher answers again"
+        );
+        let e = rig.fire("go").await;
+        run.expect_job(&e).await;
+        fired.push(e);
+
+        // LockManager: restarts keeping its session, which it renews.
+        let before = run.tree.lock_manager.send(GetSession).await.unwrap();
+        run.tree.lock_manager.send(fail("test")).await.unwrap();
+        assert_eq!(
+            run.tree.lock_manager.send(GetSession).await.unwrap(),
+            before
+        );
+        let e = rig.fire("go").await;
+        run.expect_job(&e).await;
+        fired.push(e);
+
+        // Executor, in the middle of a run: the run dies with it (its command is killed) and
+        // the Dispatcher runs the job again, to a single receipt.
+        let e = rig.fire("go").await;
+        wait_running(&run, &e).await;
+        run.tree.executors["record"]
+            .send(fail("test"))
+            .await
+            .unwrap();
+        run.expect_job(&e).await;
+        fired.push(e.clone());
+
+        assert_eq!(
+            rig.recorded_ids(),
+            fired,
+            "each event ran to completion exactly once"
+        );
+        let receipts: HashMap<String, Receipt> = rig.receipts().await.into_iter().collect();
+        assert_eq!(receipts.len(), fired.len());
+        assert_eq!(
+            receipts[&e].attempts, 2,
+            "the interrupted run counts as a failed attempt"
+        );
+        run.no_job_pending();
+        run.stop().await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_trigger_the_action_rejects_ends_with_a_failed_receipt_not_a_retry_loop() {
+    common::bounded(async {
+        let rig = Rig::new("rejects");
+        // Exit 65 (EX_DATAERR) is how a command says "this trigger is not for me".
+        let settings = rig.settings(
+            "type = \"event\"\nevent = \"go\"",
+            Action::Script("echo 'payload lacks a server name' >&2; exit 65"),
+            "",
+        );
+        let mut run = rig.start(&settings).await;
+        rig.wait_parked().await;
+        let e = rig.fire("go").await;
+        let job = tokio::time::timeout(STEP, run.jobs.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.trigger_id, e);
+        let JobResult::Ran(Outcome::Failed(why)) = &job.result else {
+            panic!("expected a failed outcome: {job:?}");
+        };
+        assert!(why.contains("payload lacks a server name"), "{why}");
+        let receipts = rig.receipts().await;
+        assert_eq!(receipts.len(), 1);
+        let receipt = &receipts[0].1;
+        assert_eq!(receipt.attempts, 1, "not retried");
+        assert!(
+            matches!(&receipt.outcome, Outcome::Failed(w) if w.contains("exit status: 65")),
+            "{receipt:?}"
+        );
+        // The replica goes on with the next trigger.
+        let next = rig.fire("go").await;
+        let job = tokio::time::timeout(STEP, run.jobs.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.trigger_id, next);
+        run.stop().await;
     })
     .await;
 }

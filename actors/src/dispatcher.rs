@@ -364,6 +364,11 @@ impl Supervised for Dispatcher {
         self.wakeup = None;
         for (_, r) in self.running.drain() {
             if let Some(slot) = self.slots.get_mut(&r.action) {
+                // The job's future died with the old context, but its executor may still be
+                // running it: stop that run, or the requeued job would run beside it.
+                slot.spec.executor.abort.do_send(Abort {
+                    trigger_id: r.job.trigger.trigger_id.clone(),
+                });
                 slot.queue.push_front(Job {
                     not_before: None,
                     ..r.job
@@ -372,6 +377,8 @@ impl Supervised for Dispatcher {
         }
     }
 }
+
+crate::fault::fail_handler!(Dispatcher, "dispatcher");
 
 impl Handler<WatchFired> for Dispatcher {
     type Result = ();
@@ -599,6 +606,10 @@ async fn run_job_inner(
         let attempts = job.attempts + 1;
         let outcome = match ran {
             Ok(outcome) => outcome,
+            Err(e) if e.is_final() => {
+                warn!(attempts, error = %e, "The action rejected this trigger; recording it as failed.");
+                Outcome::Failed(format!("rejected: {e}"))
+            }
             Err(e) if attempts < env.settings.max_attempts => {
                 return Err(JobEnd::Retry(format!("{} ({})", e, e.kind())));
             }

@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod dispatcher;
 pub mod executor;
+pub mod fault;
 pub mod lock_manager;
 pub mod ports;
 pub mod receipt;

@@ -260,6 +260,8 @@ impl Supervised for LockManager {
     }
 }
 
+crate::fault::fail_handler!(LockManager, "lock_manager");
+
 impl Handler<AcquireLock> for LockManager {
     type Result = ResponseActFuture<Self, Result<LockGrant, LockError>>;
 

@@ -5,6 +5,7 @@
 //! `Tree::shutdown` is the SIGTERM path: watchers stop, the Dispatcher abandons running jobs
 //! without receipts, the LockManager destroys the session so other replicas take over at once.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rehydrator_config::{ActionKind, Settings};
 
 use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, ExecutorRef};
 use crate::executor::{exec::Exec, http::Http};
+use crate::fault::Fail;
 use crate::lock_manager::{self, LockManager, Subscribe};
 use crate::ports::{ConsulPort, SessionSpec, WebhookPort};
 use crate::receipt::Keys;
@@ -33,6 +35,8 @@ pub struct Tree {
     pub lock_manager: Addr<LockManager>,
     pub dispatcher: Addr<Dispatcher>,
     pub watchers: Vec<Addr<Watcher>>,
+    /// Each action's executor, by action name, for fault injection.
+    pub executors: BTreeMap<String, Recipient<Fail>>,
 }
 
 /// Starts the tree for `settings` on the current arbiter; `replica` names this replica in
@@ -47,28 +51,38 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
     let consul = ports.consul.clone();
     let lock_manager = Supervisor::start(move |_| LockManager::new(consul, spec));
 
+    let mut executors = BTreeMap::new();
     let actions = settings
         .actions
         .iter()
         .map(|(name, a)| {
-            let executor = match &a.kind {
+            let (executor, fail) = match &a.kind {
                 ActionKind::Exec { command } => {
                     let command = command.clone();
                     let addr = Supervisor::start(move |_| Exec::new(command));
-                    ExecutorRef {
-                        run: addr.clone().recipient(),
-                        abort: addr.recipient(),
-                    }
+                    let fail = addr.clone().recipient();
+                    (
+                        ExecutorRef {
+                            run: addr.clone().recipient(),
+                            abort: addr.recipient(),
+                        },
+                        fail,
+                    )
                 }
                 ActionKind::Http { url } => {
                     let (url, port) = (url.clone(), ports.webhook.clone());
                     let addr = Supervisor::start(move |_| Http::new(url, port));
-                    ExecutorRef {
-                        run: addr.clone().recipient(),
-                        abort: addr.recipient(),
-                    }
+                    let fail = addr.clone().recipient();
+                    (
+                        ExecutorRef {
+                            run: addr.clone().recipient(),
+                            abort: addr.recipient(),
+                        },
+                        fail,
+                    )
                 }
             };
+            executors.insert(name.clone(), fail);
             ActionSpec {
                 name: name.clone(),
                 lock: a.lock.clone(),
@@ -117,6 +131,7 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         lock_manager,
         dispatcher,
         watchers,
+        executors,
     }
 }
 

@@ -258,6 +258,8 @@ impl Supervised for Watcher {
     }
 }
 
+crate::fault::fail_handler!(Watcher, "watcher");
+
 impl Handler<Shutdown> for Watcher {
     type Result = ();
 

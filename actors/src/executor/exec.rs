@@ -33,7 +33,13 @@ impl Actor for Exec {
     type Context = Context<Self>;
 }
 
-impl Supervised for Exec {}
+impl Supervised for Exec {
+    /// Runs die with the old context (their commands are killed on drop) and the Dispatcher
+    /// sees them fail and requeues them; their abort handles go too.
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.running.clear();
+    }
+}
 
 async fn run_command(command: Vec<String>, input: Vec<u8>) -> Result<Outcome, ExecError> {
     let (program, args) = command
@@ -70,6 +76,7 @@ async fn run_command(command: Vec<String>, input: Vec<u8>) -> Result<Outcome, Ex
             .collect();
         Err(ExecError::Exit {
             status: out.status.to_string(),
+            code: out.status.code(),
             stderr: tail.trim().to_owned(),
         })
     }
@@ -102,6 +109,8 @@ impl Handler<Run> for Exec {
         }))
     }
 }
+
+crate::fault::fail_handler!(Exec, "exec");
 
 impl Handler<Abort> for Exec {
     type Result = ();

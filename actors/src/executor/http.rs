@@ -31,7 +31,12 @@ impl Actor for Http {
     type Context = Context<Self>;
 }
 
-impl Supervised for Http {}
+impl Supervised for Http {
+    /// Requests in flight die with the old context; the Dispatcher requeues them.
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.running.clear();
+    }
+}
 
 impl Handler<Run> for Http {
     type Result = ResponseActFuture<Self, Result<Outcome, ExecError>>;
@@ -59,6 +64,8 @@ impl Handler<Run> for Http {
         )
     }
 }
+
+crate::fault::fail_handler!(Http, "http");
 
 impl Handler<Abort> for Http {
     type Result = ();

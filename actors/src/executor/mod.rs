@@ -45,7 +45,12 @@ pub enum ExecError {
     #[error("could not start: {0}")]
     Spawn(String),
     #[error("exited with {status}: {stderr}")]
-    Exit { status: String, stderr: String },
+    Exit {
+        status: String,
+        /// The exit code, if the command exited (not killed by a signal).
+        code: Option<i32>,
+        stderr: String,
+    },
     #[error("answered HTTP {0}")]
     Http(u16),
     #[error("{0}")]
@@ -54,7 +59,24 @@ pub enum ExecError {
     Aborted,
 }
 
+/// The exit status with which an `exec` command says "this trigger is not for me": sysexits'
+/// EX_DATAERR. It ends the job with a failed receipt at once instead of retrying.
+pub const EXIT_REJECTED: i32 = 65;
+
 impl ExecError {
+    /// Whether retrying cannot help: the action rejected this trigger (an exec command exiting
+    /// with `EXIT_REJECTED`, a webhook answering 4xx other than 408 and 429). The Dispatcher
+    /// then writes a failed receipt saying why, rather than retrying into a loop.
+    pub fn is_final(&self) -> bool {
+        match self {
+            ExecError::Exit { code, .. } => *code == Some(EXIT_REJECTED),
+            ExecError::Http(status) => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             ExecError::Timeout(_) => "timeout",
