@@ -174,6 +174,8 @@ pub struct Dispatcher {
     observers: Vec<Recipient<JobEnded>>,
     wakeup: Option<SpawnHandle>,
     stopping: bool,
+    /// Every log line of this actor carries `actor`; jobs' spans are its children.
+    span: tracing::Span,
 }
 
 impl Dispatcher {
@@ -213,6 +215,7 @@ impl Dispatcher {
             observers: Vec::new(),
             wakeup: None,
             stopping: false,
+            span: info_span!("dispatcher", actor = "dispatcher"),
         }
     }
 
@@ -261,7 +264,7 @@ impl Dispatcher {
             return;
         };
         let lock = slot.spec.lock.clone();
-        let span = info_span!("job", action = %action, trigger = %job.trigger.trigger_id, attempt = job.attempts + 1);
+        let span = info_span!(parent: &self.span, "job", action = %action, trigger = %job.trigger.trigger_id, attempt = job.attempts + 1);
         let flow = run_job(
             self.env.clone(),
             slot.spec.executor.clone(),
@@ -289,6 +292,7 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, _ctx: &mut Context<Self>, running: Running, end: JobEnd) {
+        let _span = self.span.clone().entered();
         let Running {
             action, mut job, ..
         } = running;
@@ -360,6 +364,7 @@ impl Supervised for Dispatcher {
     /// they go back to the head of their queues (their locks are re-acquired by the same
     /// session, which Consul allows).
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         warn!("Dispatcher restarting; requeueing running jobs.");
         self.wakeup = None;
         for (_, r) in self.running.drain() {
@@ -384,6 +389,7 @@ impl Handler<WatchFired> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: WatchFired, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         let Some(slot) = self.slots.get_mut(&msg.action) else {
             warn!(action = %msg.action, watch = %msg.watch, "Fired for an action that is not configured; dropped.");
             return;
@@ -412,6 +418,7 @@ impl Handler<LocksLost> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: LocksLost, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         for key in msg.keys {
             let lock = self
                 .running
@@ -463,6 +470,7 @@ impl Handler<Shutdown> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.stopping = true;
         let locks: Vec<String> = self.running.keys().cloned().collect();
         for lock in locks {

@@ -98,6 +98,8 @@ pub struct LockManager {
     creating: bool,
     /// Shutdowns waiting for that create to land and its session to be destroyed.
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Every log line of this actor carries `actor`.
+    span: tracing::Span,
 }
 
 impl LockManager {
@@ -114,6 +116,7 @@ impl LockManager {
             shutting_down: false,
             creating: false,
             stop_waiters: Vec::new(),
+            span: tracing::info_span!("lock_manager", actor = "lock_manager"),
         }
     }
 
@@ -134,6 +137,7 @@ impl LockManager {
 
     /// Create the session if there is none, else renew it.
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         if self.shutting_down {
             return;
         }
@@ -142,6 +146,7 @@ impl LockManager {
                 let fut = self.consul.session_create(&self.spec);
                 self.creating = true;
                 ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+                    let _span = act.span.clone().entered();
                     act.creating = false;
                     if act.shutting_down {
                         ctx.spawn(act.destroy_and_stop(res.ok()));
@@ -152,7 +157,9 @@ impl LockManager {
             }
             Some(id) => {
                 let fut = self.consul.session_renew(&id);
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let _span = act.span.clone().entered();
+            match res {
                     Ok(true) => {
                         debug!(session = %id, "Renewed the session.");
                         act.failures = 0;
@@ -178,6 +185,7 @@ impl LockManager {
                         }
                         act.schedule(ctx, after);
                     }
+            }
                 }));
             }
         }
@@ -213,6 +221,7 @@ impl LockManager {
         };
         let fut = self.consul.session_destroy(&id);
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            let _span = act.span.clone().entered();
             match res {
                 Ok(()) => info!(session = %id, "Destroyed the session; its locks are free."),
                 Err(e) => warn!(session = %id, error = %e, "Could not destroy the session; its locks go when its TTL lapses."),
@@ -251,6 +260,7 @@ impl Supervised for LockManager {
     /// The struct survives a restart: keep the session and check it at once (a renew tells
     /// whether Consul still knows it).
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.timer = None;
         // After Shutdown the supervisor restarts the stopped actor until the system stops;
         // `shutting_down` survives in the struct and keeps it idle, so that is no news.
@@ -272,6 +282,7 @@ impl Handler<AcquireLock> for LockManager {
         let key = msg.key;
         let fut = self.consul.kv_acquire(&key, msg.holder, &session);
         Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
+            let _span = act.span.clone().entered();
             let got = res?;
             // A session lost while the call was in flight must not be recorded as holding.
             if !got || act.session.as_deref() != Some(session.as_str()) {
@@ -293,10 +304,13 @@ impl Handler<ReleaseLock> for LockManager {
         };
         let key = msg.key;
         let fut = self.consul.kv_release(&key, &session);
-        Box::pin(fut.into_actor(self).map(move |res, _act, _ctx| match res {
+        Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
+            let _span = act.span.clone().entered();
+            match res {
             Ok(_) => debug!(lock = %key, "Released lock."),
             // The lock goes with the session at the latest; nothing else to do.
             Err(e) => warn!(lock = %key, error = %e, "Could not release lock; it goes when the session does."),
+            }
         }))
     }
 }
@@ -321,6 +335,7 @@ impl Handler<Shutdown> for LockManager {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        let _span = self.span.clone().entered();
         self.shutting_down = true;
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);

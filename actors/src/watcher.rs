@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use rehydrator_config::WatchKind;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::dispatcher::WatchFired;
 use crate::ports::{ConsulPort, ErrorKind, PortError, WatchRead, WatchStream};
@@ -44,6 +44,8 @@ pub struct Watcher {
     debounce_timer: Option<SpawnHandle>,
     read_handle: Option<SpawnHandle>,
     stopped: bool,
+    /// Every log line of this actor carries `actor` and `watch`.
+    span: tracing::Span,
 }
 
 impl Watcher {
@@ -54,6 +56,7 @@ impl Watcher {
         dispatcher: Recipient<WatchFired>,
     ) -> Self {
         Self {
+            span: tracing::info_span!("watcher", actor = "watcher", watch = %spec.name),
             spec,
             consul,
             keys,
@@ -97,6 +100,7 @@ impl Watcher {
         res: Result<WatchRead, PortError>,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, ()> {
+        let _span = self.span.clone().entered();
         let read = match res {
             Ok(read) => read,
             // An answer that does not decode means this stream's idea of the endpoint broke
@@ -180,7 +184,9 @@ impl Watcher {
         let dispatcher = self.dispatcher.clone();
         let watch = self.spec.name.clone();
         let actions = self.spec.actions.clone();
-        fut::wrap_future(async move {
+        let span = self.span.clone();
+        fut::wrap_future(
+            async move {
             for (fire, index) in fires {
                 info!(%watch, trigger = %fire.trigger_id, index, "Watch fired.");
                 for action in &actions {
@@ -196,7 +202,9 @@ impl Watcher {
                     }
                 }
             }
-        })
+        }
+            .instrument(span),
+        )
     }
 
     /// On start, an event watch fires the events that arrived while every replica was down
@@ -241,6 +249,7 @@ impl Actor for Watcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         info!(watch = %self.spec.name, kind = ?self.spec.kind, "Watching.");
         self.read(ctx);
     }
@@ -249,6 +258,7 @@ impl Actor for Watcher {
 impl Supervised for Watcher {
     /// A restarted Watcher takes a fresh baseline and fires nothing for it.
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         warn!(watch = %self.spec.name, "Watcher restarting from a fresh baseline.");
         self.stream = None;
         self.memory = Memory::default();
@@ -264,6 +274,7 @@ impl Handler<Shutdown> for Watcher {
     type Result = ();
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.stopped = true;
         if let Some(h) = self.read_handle.take() {
             ctx.cancel_future(h);

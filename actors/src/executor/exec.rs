@@ -88,7 +88,8 @@ impl Handler<Run> for Exec {
     fn handle(&mut self, msg: Run, _ctx: &mut Context<Self>) -> Self::Result {
         let input = serde_json::to_vec(&msg.trigger).unwrap_or_default();
         let trigger_id = msg.trigger.trigger_id.clone();
-        let span = info_span!("exec", action = %msg.trigger.action, trigger = %trigger_id);
+        let span =
+            info_span!("exec", actor = "exec", action = %msg.trigger.action, trigger = %trigger_id);
         let (handle, registration) = AbortHandle::new_pair();
         self.running.insert(trigger_id.clone(), handle);
         let timeout = msg.timeout;

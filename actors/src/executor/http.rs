@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use actix::prelude::*;
 use futures_util::future::{AbortHandle, Abortable};
+use tracing::Instrument;
 
 use super::{Abort, ExecError, Run};
 use crate::ports::WebhookPort;
@@ -46,7 +47,11 @@ impl Handler<Run> for Http {
         let trigger_id = msg.trigger.trigger_id.clone();
         let (handle, registration) = AbortHandle::new_pair();
         self.running.insert(trigger_id.clone(), handle);
-        let post = self.port.post_json(&self.url, body, msg.timeout);
+        let span = tracing::info_span!("http", actor = "http", action = %msg.trigger.action, trigger = %trigger_id);
+        let post = self
+            .port
+            .post_json(&self.url, body, msg.timeout)
+            .instrument(span);
         Box::pin(
             Abortable::new(post, registration)
                 .into_actor(self)
