@@ -28,6 +28,10 @@
 //!   "min_failure_tolerance", "checks", "leader", "voters", "failure_tolerance", "healthy"}`,
 //!   evaluated on every membership or Raft change.
 //! - `POST /sim/invariants/reset` → the zeroed invariants (the current state is the new baseline).
+//! - `GET  /sim/stats` → `{"requests", "parked"}`: the Consul API (`/v1/...`) requests received
+//!   since start (the control API's are not counted), and the blocking queries parked now.
+//!   `parked` may include queries whose client has gone away and that are not swept yet (they
+//!   are swept at the next write that touches them, or when the list has doubled).
 
 use std::time::Duration;
 
@@ -51,7 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/sim/config", web::get().to(get_config))
         .route("/sim/config", web::put().to(put_config))
         .route("/sim/invariants", web::get().to(invariants))
-        .route("/sim/invariants/reset", web::post().to(reset_invariants));
+        .route("/sim/invariants/reset", web::post().to(reset_invariants))
+        .route("/sim/stats", web::get().to(stats));
 }
 
 /// A control API error: a status and a reason, sent as `{"error": ...}`.
@@ -288,4 +293,11 @@ async fn reset_invariants(sim: web::Data<Sim>) -> HttpResponse {
     let mut st = sim.lock();
     st.cluster.reset_invariants();
     HttpResponse::Ok().json(invariants_json(&st))
+}
+
+/// GET /sim/stats — what clients cost the simulator: Consul API requests received, and
+/// blocking queries parked (including closed ones not yet swept; see `Waiters::len`).
+async fn stats(sim: web::Data<Sim>) -> HttpResponse {
+    let parked = sim.lock().waiters.len();
+    HttpResponse::Ok().json(json!({"requests": sim.requests(), "parked": parked}))
 }

@@ -2,7 +2,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use actix_web::dev::ServerHandle;
+use actix_web::dev::{ServerHandle, Service as _};
 use actix_web::{web, App, HttpServer};
 
 use crate::config::SimConfig;
@@ -33,8 +33,18 @@ pub fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<RunningSi
     let addr = listener.local_addr()?;
     let sim = Sim::new(config);
     let data = web::Data::new(sim.clone());
+    let counted = sim.clone();
     let server = HttpServer::new(move || {
+        let counter = counted.clone();
         App::new()
+            // Counts Consul API requests for `GET /sim/stats` (what a client costs the agent);
+            // the control API's own requests are not counted.
+            .wrap_fn(move |req, srv| {
+                if req.path().starts_with("/v1/") {
+                    counter.count_request();
+                }
+                srv.call(req)
+            })
             .app_data(data.clone())
             // Consul takes any body size an agent allows; 512 KiB covers a KV value's cap.
             .app_data(web::PayloadConfig::new(1024 * 1024))

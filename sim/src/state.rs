@@ -4,6 +4,7 @@
 //! its ModifyIndex and then `notify()`s what it changed, which wakes the blocking queries that
 //! read it. Timers (session TTLs, elections, boots) run through `Sim::after`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ impl State {
 #[derive(Clone)]
 pub struct Sim {
     state: Arc<Mutex<State>>,
+    /// Consul API (`/v1/...`) requests received, for `GET /sim/stats`. Outside the state's
+    /// lock: the server counts every request, and a count must not contend with handlers.
+    requests: Arc<AtomicU64>,
 }
 
 impl Sim {
@@ -59,6 +63,7 @@ impl Sim {
         };
         let sim = Self {
             state: Arc::new(Mutex::new(state)),
+            requests: Arc::new(AtomicU64::new(0)),
         };
         crate::cluster::bootstrap(&sim);
         sim
@@ -70,6 +75,16 @@ impl Sim {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one Consul API request (the server calls it as each arrives).
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Consul API requests received since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the state after `delay` of simulated time (scaled by `time_scale`).
