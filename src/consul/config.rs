@@ -79,6 +79,14 @@ pub struct ConsulConfig {
     pub timeout: Duration,
     /// Timeout of establishing a connection (TCP and TLS). Default 5s.
     pub connect_timeout: Duration,
+    /// Most connections open to the agent at once; 0 (the default) means no limit.
+    ///
+    /// A blocking query holds its connection for as long as it waits (5 minutes by default),
+    /// so every watch needs a connection of its own. awc's default cap of 100 would make the
+    /// 101st watch, and every lock, session and receipt call behind it, queue until some
+    /// watch's query answers. Each idle connection costs a socket (mind `ulimit -n`: 10,000
+    /// watches need 10,000 descriptors) and a few KiB.
+    pub max_connections: usize,
 }
 
 impl Default for ConsulConfig {
@@ -90,6 +98,7 @@ impl Default for ConsulConfig {
             tls: TlsConfig::default(),
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            max_connections: 0,
         }
     }
 }
@@ -235,6 +244,18 @@ mod tests {
         assert_eq!(c.token, None);
         assert!(c.tls.verify);
         assert!(!c.is_https());
+    }
+
+    #[test]
+    fn connections_are_unlimited_by_default() {
+        // A watch parks a blocking query on a connection of its own; awc's default cap of 100
+        // would starve the 101st watch and the lock calls.
+        assert_eq!(ConsulConfig::default().max_connections, 0);
+        assert_eq!(from(&[]).unwrap().max_connections, 0);
+        assert_eq!(
+            ConsulConfig::with_address("h:1").unwrap().max_connections,
+            0
+        );
     }
 
     #[test]

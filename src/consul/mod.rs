@@ -200,7 +200,10 @@ impl Client {
     /// now, so a bad file fails at start rather than at the first request.
     pub fn new(config: ConsulConfig) -> Result<Self, ConsulError> {
         config.validate()?;
-        let mut connector = awc::Connector::new().timeout(config.connect_timeout);
+        // `limit(0)` lifts awc's default cap of 100 connections: see `max_connections`.
+        let mut connector = awc::Connector::new()
+            .timeout(config.connect_timeout)
+            .limit(config.max_connections);
         if config.is_https() {
             connector = connector.rustls_0_23(tls::client_config(&config.tls)?);
         }
@@ -426,6 +429,48 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("secret-token"), "{dbg}");
         assert!(dbg.contains("***"));
+    }
+
+    #[actix_rt::test]
+    async fn more_parked_blocking_queries_than_awcs_default_limit_leave_room_for_calls() {
+        // awc caps a client at 100 connections unless told otherwise; a blocking query holds
+        // one for its whole wait, so 150 parked watches must not stall a plain call.
+        let sim = rehydrator_sim::start(
+            "127.0.0.1:0".parse().unwrap(),
+            rehydrator_sim::SimConfig::default(),
+        )
+        .unwrap();
+        let c = Client::new(ConsulConfig::with_address(&sim.url()).unwrap()).unwrap();
+        let index = c
+            .kv_get("parked/k", &QueryOptions::default())
+            .await
+            .unwrap()
+            .meta
+            .index;
+        let parked: Vec<_> = (0..150)
+            .map(|i| {
+                let c = c.clone();
+                actix_rt::spawn(async move {
+                    let opts = QueryOptions::blocking(index, Duration::from_secs(60));
+                    c.kv_get(&format!("parked/k{i}"), &opts).await
+                })
+            })
+            .collect();
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        let leader = tokio::time::timeout(Duration::from_secs(5), c.status_leader())
+            .await
+            .expect("a plain call queued behind the parked blocking queries");
+        assert!(leader.unwrap().is_some());
+        for p in &parked {
+            assert!(
+                !p.is_finished(),
+                "a blocking query answered without a change"
+            );
+        }
+        for p in parked {
+            p.abort();
+        }
+        sim.stop().await;
     }
 
     #[actix_rt::test]
