@@ -137,3 +137,52 @@ pub struct WatchRead {
 pub trait WebhookPort {
     fn post_json(&self, url: &str, body: serde_json::Value, timeout: Duration) -> PortFuture<u16>;
 }
+
+/// A machine image the cloud can launch servers from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// What a launch names (an AMI ID; the simulator's image label).
+    pub id: String,
+    pub name: String,
+    /// RFC 3339; images are ordered by it, ties by name.
+    pub created: String,
+}
+
+/// Where a machine is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineState {
+    Pending,
+    Running,
+    Stopping,
+    Terminated,
+}
+
+/// One of the cluster's server machines, as the cloud sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub id: String,
+    pub image: String,
+    /// Unix milliseconds.
+    pub launched_at: u64,
+    pub state: MachineState,
+    /// Private address (no port): how it is matched to its Raft peer.
+    pub address: Option<String>,
+    /// The Consul node name, when the cloud knows it.
+    pub node: Option<String>,
+    /// The idempotency token it was launched with.
+    pub token: Option<String>,
+}
+
+/// Where the Consul servers' machines come from: EC2, ECS container instances, the simulator's
+/// cloud, or local processes. No SDK type crosses this trait.
+pub trait CloudPort {
+    /// The newest image matching the configured filter (newest by creation date, then name).
+    fn newest_image(&self) -> PortFuture<Option<Image>>;
+    /// The cluster's server machines that are not terminated.
+    fn machines(&self) -> PortFuture<Vec<Machine>>;
+    /// Launches one server on `image`. With a `token` already used, answers the machine that
+    /// token launched instead of a second one: a retried step never makes two machines.
+    fn launch(&self, image: &str, token: &str) -> PortFuture<Machine>;
+    /// Retires a machine: the Consul agent on it leaves gracefully, then the machine goes.
+    fn retire(&self, machine_id: &str) -> PortFuture<()>;
+}
