@@ -113,6 +113,71 @@ pub trait ConsulPort {
     fn session_destroy(&self, id: &str) -> PortFuture<()>;
     /// A blocking-query stream for a `[[watch]]`, following Consul's blocking-query rules.
     fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream>;
+
+    /// Autopilot's view of the servers (`/v1/operator/autopilot/health`; 429 is an answer).
+    fn autopilot_health(&self) -> PortFuture<ClusterHealth> {
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "autopilot health",
+        ))))
+    }
+
+    /// Moves leadership to the voter `to` (any other voter if None).
+    fn transfer_leader(&self, to: Option<&str>) -> PortFuture<LeaderTransfer> {
+        let _ = to;
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "transfer-leader",
+        ))))
+    }
+}
+
+fn unsupported(what: &str) -> PortError {
+    PortError::new(
+        ErrorKind::Rejected,
+        format!("{what} is not available through this port"),
+    )
+}
+
+/// One server as autopilot sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerHealth {
+    /// The Raft ID.
+    pub id: String,
+    /// The node name.
+    pub name: String,
+    /// `ip:port` of its Raft endpoint.
+    pub address: String,
+    /// `alive`, `left`, `failed`, ...
+    pub serf_status: String,
+    pub leader: bool,
+    pub voter: bool,
+    pub healthy: bool,
+}
+
+impl PeerHealth {
+    /// The address without its port, to match a machine's private address.
+    pub fn ip(&self) -> &str {
+        self.address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(ip, _)| ip)
+    }
+}
+
+/// Autopilot's verdict on the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterHealth {
+    pub healthy: bool,
+    pub failure_tolerance: u32,
+    pub servers: Vec<PeerHealth>,
+}
+
+/// How a leadership transfer went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderTransfer {
+    Transferred,
+    /// Consul answered but did not move leadership.
+    NotTransferred,
+    /// The servers predate transfer-leader (Consul < 1.15 answers 404).
+    Unsupported,
 }
 
 /// One watch's blocking-query loop as the client runs it: index handling (reset when it goes

@@ -1,0 +1,587 @@
+//! The rollout's decisions as plain functions over a snapshot of the world: which one safe step
+//! SpinUp or SpinDown may take now, or why it must wait. The actors only fetch the snapshot and
+//! carry out the step; everything that decides safety is here and unit-tested without actix.
+//!
+//! The rules (shared/DESIGN.md): one step at a time; never while autopilot says the cluster is
+//! unhealthy, while failure tolerance is below the rollout's baseline, or while a new server is
+//! not yet a healthy voter; launch first, then retire the oldest outdated server, the leader
+//! last and only after leadership moved off it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ports::{ClusterHealth, Image, Machine, MachineState, PeerHealth};
+
+/// Everything a decision looks at, fetched fresh for every run.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The cloud's server machines that are not terminated.
+    pub machines: Vec<Machine>,
+    pub health: ClusterHealth,
+    pub newest_image: Option<Image>,
+    pub rollout: Option<Rollout>,
+    pub paused: bool,
+    pub desired: usize,
+    pub now_ms: u64,
+}
+
+/// The rollout record kept in KV at `rehydrator/<cluster>/rollout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Names this rollout in launch tokens.
+    pub id: String,
+    pub target_image: String,
+    pub started_at: u64,
+    /// Autopilot's failure tolerance when it started: no step may begin below it.
+    pub baseline_tolerance: u32,
+    pub state: RolloutState,
+    pub launches: Vec<StepRecord>,
+    pub retirements: Vec<StepRecord>,
+    /// Why the last run did not take a step, for status.
+    #[serde(default)]
+    pub waiting: Option<String>,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RolloutState {
+    Active,
+    Completed {
+        at: u64,
+    },
+    /// Stopped for safety; a new `consul-rehydrate` event starts a new rollout.
+    Stopped {
+        at: u64,
+        reason: String,
+    },
+}
+
+/// One launch or retirement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub machine: String,
+    pub at: u64,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Rollout {
+    pub fn is_active(&self) -> bool {
+        self.state == RolloutState::Active
+    }
+}
+
+/// How a rollout may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only a `consul-rehydrate` event starts one.
+    Manual,
+    /// A newer image than some server's starts one by itself.
+    Auto,
+}
+
+/// What SpinUp or SpinDown should do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// No rollout is going on (or nothing is this executor's to do): nothing to record.
+    Idle(String),
+    /// Do nothing now, for this reason (shown in status).
+    Wait(String),
+    /// Record a new rollout to `image` (then decide again).
+    Start { image: String },
+    /// Launch one server on `image` with this idempotency token.
+    Launch { image: String, token: String },
+    /// Move leadership off the server about to be retired.
+    TransferLeadership { from: String, to: Option<String> },
+    /// Retire this machine (its agent leaves gracefully, then it goes).
+    Retire { machine: String, node: String },
+    /// Every server is on the target image and the count is the desired one.
+    Complete,
+    /// Stop the rollout for safety, keeping the old servers, for this reason.
+    Stop {
+        reason: String,
+        failed_machine: Option<String>,
+    },
+}
+
+/// A machine with its Raft peer, if it has joined.
+#[derive(Debug, Clone)]
+pub struct Server<'a> {
+    pub machine: &'a Machine,
+    pub peer: Option<&'a PeerHealth>,
+}
+
+impl Server<'_> {
+    /// A voter autopilot calls healthy: promoted after its stabilization time.
+    pub fn is_stable_voter(&self) -> bool {
+        self.peer.is_some_and(|p| p.voter && p.healthy)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.peer.is_some_and(|p| p.leader)
+    }
+
+    pub fn node(&self) -> String {
+        self.peer
+            .map(|p| p.name.clone())
+            .or_else(|| self.machine.node.clone())
+            .unwrap_or_else(|| self.machine.id.clone())
+    }
+}
+
+/// Pairs each machine with its peer: by node name where the cloud knows it, else by address.
+pub fn servers(s: &Snapshot) -> Vec<Server<'_>> {
+    s.machines
+        .iter()
+        .filter(|m| m.state != MachineState::Terminated)
+        .map(|m| {
+            let peer = s.health.servers.iter().find(|p| {
+                m.node.as_deref() == Some(p.name.as_str()) || m.address.as_deref() == Some(p.ip())
+            });
+            Server { machine: m, peer }
+        })
+        .collect()
+}
+
+/// The launch token for the step that replaces one of `outdated` servers while `count` exist:
+/// the same for a retry of that step, different for every other step of the rollout.
+pub fn launch_token(rollout_id: &str, outdated: usize, count: usize) -> String {
+    format!("{rollout_id}-o{outdated}-n{count}")
+}
+
+/// Checks every step shares: the brake, autopilot's health and the baseline tolerance.
+fn gate(s: &Snapshot, rollout: &Rollout) -> Option<String> {
+    if s.paused {
+        return Some("paused by the operator (the pause key is set)".into());
+    }
+    if !s.health.healthy {
+        return Some("autopilot reports the cluster unhealthy".into());
+    }
+    if s.health.failure_tolerance < rollout.baseline_tolerance {
+        return Some(format!(
+            "failure tolerance {} is below the rollout's baseline {}",
+            s.health.failure_tolerance, rollout.baseline_tolerance
+        ));
+    }
+    None
+}
+
+/// Whether the rollout to `target` is done: every server on it, as many as desired, all
+/// stable voters.
+fn complete(servers: &[Server<'_>], target: &str, desired: usize) -> bool {
+    servers.len() == desired
+        && servers
+            .iter()
+            .all(|sv| sv.machine.image == target && sv.is_stable_voter())
+}
+
+/// SpinUp's decision. `requested` says the trigger was a `consul-rehydrate` event.
+pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64) -> Step {
+    let servers = servers(s);
+    let active = s.rollout.as_ref().filter(|r| r.is_active());
+    let Some(rollout) = active else {
+        let Some(newest) = &s.newest_image else {
+            return Step::Idle("no image matches the filter".into());
+        };
+        let outdated = servers.iter().any(|sv| sv.machine.image != newest.id);
+        let already = s
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.target_image == newest.id);
+        return match (outdated, requested, mode) {
+            (false, _, _) => {
+                Step::Idle(format!("every server runs the newest image {}", newest.id))
+            }
+            (true, true, _) => Step::Start {
+                image: newest.id.clone(),
+            },
+            // A stopped or finished rollout to this image is not restarted by a timer or a
+            // catalog change: that takes an operator's `consul-rehydrate`.
+            (true, false, Mode::Auto) if !already => Step::Start {
+                image: newest.id.clone(),
+            },
+            (true, false, _) => {
+                Step::Idle("servers are outdated; waiting for consul-rehydrate".into())
+            }
+        };
+    };
+    let target = rollout.target_image.as_str();
+    if complete(&servers, target, s.desired) {
+        return Step::Complete;
+    }
+    // A launch in flight: a server on the target that is not yet a healthy voter.
+    if let Some(new) = servers
+        .iter()
+        .filter(|sv| sv.machine.image == target && !sv.is_stable_voter())
+        .max_by_key(|sv| sv.machine.launched_at)
+    {
+        let age = s.now_ms.saturating_sub(new.machine.launched_at);
+        if age > stable_timeout_ms {
+            return Step::Stop {
+                reason: format!(
+                    "new server {} did not become a healthy voter within {}s of its launch",
+                    new.node(),
+                    stable_timeout_ms / 1000
+                ),
+                failed_machine: Some(new.machine.id.clone()),
+            };
+        }
+        return Step::Wait(format!(
+            "new server {} is not yet a stable voter",
+            new.node()
+        ));
+    }
+    if servers.len() > s.desired {
+        return Step::Wait("an outdated server is due to be retired first".into());
+    }
+    if let Some(why) = gate(s, rollout) {
+        return Step::Wait(why);
+    }
+    let outdated = servers
+        .iter()
+        .filter(|sv| sv.machine.image != target)
+        .count();
+    if outdated == 0 && servers.len() >= s.desired {
+        return Step::Wait("every server is on the target; waiting for the last to settle".into());
+    }
+    Step::Launch {
+        image: target.to_owned(),
+        token: launch_token(&rollout.id, outdated, servers.len()),
+    }
+}
+
+/// SpinDown's decision: retire the oldest outdated server once its replacement is a stable
+/// voter, the leader last and only after leadership moved off it.
+pub fn spin_down(s: &Snapshot) -> Step {
+    let Some(rollout) = s.rollout.as_ref().filter(|r| r.is_active()) else {
+        return Step::Idle("no rollout".into());
+    };
+    let servers = servers(s);
+    let target = rollout.target_image.as_str();
+    if complete(&servers, target, s.desired) {
+        return Step::Complete;
+    }
+    if servers.len() <= s.desired {
+        return Step::Idle("nothing to retire: no replacement is up yet".into());
+    }
+    if let Some(new) = servers
+        .iter()
+        .filter(|sv| sv.machine.image == target && !sv.is_stable_voter())
+        .max_by_key(|sv| sv.machine.launched_at)
+    {
+        return Step::Wait(format!(
+            "new server {} is not yet a stable voter",
+            new.node()
+        ));
+    }
+    if let Some(why) = gate(s, rollout) {
+        return Step::Wait(why);
+    }
+    // Oldest outdated first, the leader last; if none is outdated (a launch too many), the
+    // newest non-leader goes.
+    let mut outdated: Vec<&Server<'_>> = servers
+        .iter()
+        .filter(|sv| sv.machine.image != target)
+        .collect();
+    outdated.sort_by_key(|sv| (sv.is_leader(), sv.machine.launched_at));
+    let victim = match outdated.first() {
+        Some(v) => *v,
+        None => match servers
+            .iter()
+            .filter(|sv| !sv.is_leader())
+            .max_by_key(|sv| sv.machine.launched_at)
+        {
+            Some(v) => v,
+            None => return Step::Wait("no server can be retired safely".into()),
+        },
+    };
+    if victim.is_leader() {
+        let to = servers
+            .iter()
+            .filter(|sv| sv.machine.image == target && sv.is_stable_voter())
+            .max_by_key(|sv| sv.machine.launched_at)
+            .and_then(|sv| sv.peer.map(|p| p.id.clone()));
+        return Step::TransferLeadership {
+            from: victim.peer.map(|p| p.id.clone()).unwrap_or_default(),
+            to,
+        };
+    }
+    Step::Retire {
+        machine: victim.machine.id.clone(),
+        node: victim.node(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(id: &str, image: &str, launched_at: u64) -> Machine {
+        Machine {
+            id: id.into(),
+            image: image.into(),
+            launched_at,
+            state: MachineState::Running,
+            address: Some(format!("10.0.0.{}", launched_at)),
+            node: Some(id.into()),
+            token: None,
+        }
+    }
+
+    fn peer(id: &str, leader: bool, voter: bool, healthy: bool) -> PeerHealth {
+        PeerHealth {
+            id: format!("raft-{id}"),
+            name: id.into(),
+            address: format!("{id}:8300"),
+            serf_status: "alive".into(),
+            leader,
+            voter,
+            healthy,
+        }
+    }
+
+    fn rollout(target: &str) -> Rollout {
+        Rollout {
+            id: "r1".into(),
+            target_image: target.into(),
+            started_at: 0,
+            baseline_tolerance: 1,
+            state: RolloutState::Active,
+            launches: Vec::new(),
+            retirements: Vec::new(),
+            waiting: None,
+        }
+    }
+
+    /// Three servers on A (s1 leads), image B newest.
+    fn three_on_a() -> Snapshot {
+        Snapshot {
+            machines: vec![
+                machine("s1", "A", 1),
+                machine("s2", "A", 2),
+                machine("s3", "A", 3),
+            ],
+            health: ClusterHealth {
+                healthy: true,
+                failure_tolerance: 1,
+                servers: vec![
+                    peer("s1", true, true, true),
+                    peer("s2", false, true, true),
+                    peer("s3", false, true, true),
+                ],
+            },
+            newest_image: Some(Image {
+                id: "B".into(),
+                name: "b".into(),
+                created: "2026".into(),
+            }),
+            rollout: None,
+            paused: false,
+            desired: 3,
+            now_ms: 1000,
+        }
+    }
+
+    fn add_new(s: &mut Snapshot, id: &str, launched_at: u64, voter: bool, healthy: bool) {
+        s.machines.push(machine(id, "B", launched_at));
+        s.health.servers.push(peer(id, false, voter, healthy));
+    }
+
+    const TIMEOUT: u64 = 600_000;
+
+    #[test]
+    fn a_request_starts_a_rollout_a_timer_does_not_in_manual_mode() {
+        let s = three_on_a();
+        assert_eq!(
+            spin_up(&s, Mode::Manual, true, TIMEOUT),
+            Step::Start { image: "B".into() }
+        );
+        assert!(matches!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Idle(_)
+        ));
+        assert_eq!(
+            spin_up(&s, Mode::Auto, false, TIMEOUT),
+            Step::Start { image: "B".into() }
+        );
+        assert!(matches!(spin_down(&s), Step::Idle(_)));
+    }
+
+    #[test]
+    fn a_stopped_rollout_is_not_restarted_by_a_timer_even_in_auto_mode() {
+        let mut s = three_on_a();
+        let mut r = rollout("B");
+        r.state = RolloutState::Stopped {
+            at: 1,
+            reason: "x".into(),
+        };
+        s.rollout = Some(r);
+        assert!(matches!(
+            spin_up(&s, Mode::Auto, false, TIMEOUT),
+            Step::Idle(_)
+        ));
+        assert_eq!(
+            spin_up(&s, Mode::Auto, true, TIMEOUT),
+            Step::Start { image: "B".into() }
+        );
+    }
+
+    #[test]
+    fn launches_one_then_waits_for_it_to_be_a_stable_voter() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        assert_eq!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Launch {
+                image: "B".into(),
+                token: "r1-o3-n3".into()
+            }
+        );
+        add_new(&mut s, "n1", 10, false, true);
+        s.health.failure_tolerance = 1;
+        assert!(
+            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("n1"))
+        );
+        assert!(matches!(spin_down(&s), Step::Wait(w) if w.contains("n1")));
+    }
+
+    #[test]
+    fn retires_the_oldest_outdated_follower_once_the_new_one_votes() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        add_new(&mut s, "n1", 10, true, true);
+        assert_eq!(
+            spin_down(&s),
+            Step::Retire {
+                machine: "s2".into(),
+                node: "s2".into()
+            }
+        );
+        // SpinUp does not launch a second one meanwhile.
+        assert!(matches!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn the_leader_goes_last_and_only_after_leadership_moved() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        // s2 and s3 replaced already: s1 (leader) and three new servers, one too many.
+        s.machines.retain(|m| m.id == "s1");
+        s.health.servers.retain(|p| p.name == "s1");
+        add_new(&mut s, "n1", 10, true, true);
+        add_new(&mut s, "n2", 11, true, true);
+        add_new(&mut s, "n3", 12, true, true);
+        assert_eq!(
+            spin_down(&s),
+            Step::TransferLeadership {
+                from: "raft-s1".into(),
+                to: Some("raft-n3".into())
+            }
+        );
+        s.health.servers[0].leader = false;
+        s.health.servers[3].leader = true;
+        assert_eq!(
+            spin_down(&s),
+            Step::Retire {
+                machine: "s1".into(),
+                node: "s1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn no_step_while_unhealthy_or_below_the_baseline_or_paused() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        s.health.healthy = false;
+        assert!(
+            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("unhealthy"))
+        );
+        s.health.healthy = true;
+        s.health.failure_tolerance = 0;
+        assert!(
+            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("baseline"))
+        );
+        s.health.failure_tolerance = 1;
+        s.paused = true;
+        assert!(
+            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("paused"))
+        );
+        add_new(&mut s, "n1", 10, true, true);
+        assert!(matches!(spin_down(&s), Step::Wait(w) if w.contains("paused")));
+    }
+
+    #[test]
+    fn a_launch_that_never_gets_healthy_stops_the_rollout() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        add_new(&mut s, "n1", 10, false, false);
+        s.now_ms = 10 + TIMEOUT + 1;
+        assert_eq!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Stop {
+                reason: "new server n1 did not become a healthy voter within 600s of its launch"
+                    .into(),
+                failed_machine: Some("n1".into()),
+            }
+        );
+        // SpinDown never retires an old server for it.
+        assert!(matches!(spin_down(&s), Step::Wait(_)));
+    }
+
+    #[test]
+    fn completes_when_all_are_on_target_and_stable() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        s.machines.clear();
+        s.health.servers.clear();
+        add_new(&mut s, "n1", 10, true, true);
+        add_new(&mut s, "n2", 11, true, true);
+        add_new(&mut s, "n3", 12, true, true);
+        assert_eq!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Complete);
+        assert_eq!(spin_down(&s), Step::Complete);
+    }
+
+    #[test]
+    fn a_dead_old_server_pruned_mid_rollout_is_replaced_with_a_fresh_token() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        s.machines.retain(|m| m.id != "s3");
+        s.health.servers.retain(|p| p.name != "s3");
+        s.health.failure_tolerance = 1;
+        s.rollout.as_mut().map(|r| r.baseline_tolerance = 0);
+        assert_eq!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Launch {
+                image: "B".into(),
+                token: "r1-o2-n2".into()
+            }
+        );
+        add_new(&mut s, "n1", 10, true, true);
+        // Three servers again, two outdated: the next launch has its own token.
+        assert_eq!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Launch {
+                image: "B".into(),
+                token: "r1-o2-n3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn machines_pair_with_peers_by_address_when_the_cloud_does_not_know_the_node() {
+        let mut s = three_on_a();
+        for m in &mut s.machines {
+            m.node = None;
+        }
+        for (i, p) in s.health.servers.iter_mut().enumerate() {
+            p.address = format!("10.0.0.{}:8300", i + 1);
+        }
+        let paired = servers(&s);
+        assert!(paired.iter().all(|sv| sv.peer.is_some()));
+        assert_eq!(paired[0].node(), "s1");
+    }
+}
