@@ -33,6 +33,7 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
         let ports = Ports {
             consul: Rc::new(ConsulAdapter::new(client, WatchPolicy::default())),
             webhook: Rc::new(AwcWebhook::default()),
+            cloud: None,
         };
         info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
         let tree = tree::start(&settings, &replica, ports);

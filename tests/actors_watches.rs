@@ -177,6 +177,7 @@ action = "record"
         Ports {
             consul: Rc::new(ConsulAdapter::new(client, policy)),
             webhook: Rc::new(AwcWebhook::default()),
+            cloud: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod lock_manager;
 pub mod plan;
 pub mod ports;
 pub mod receipt;
+pub mod rollout;
 pub mod tree;
 pub mod watch_plan;
 pub mod watcher;

@@ -87,6 +87,10 @@ pub enum Step {
     Idle(String),
     /// Do nothing now, for this reason (shown in status).
     Wait(String),
+    /// A new server is becoming a stable voter: the next step is close, so look again shortly
+    /// rather than wait for the next trigger (promotion changes Raft, not the catalog, so no
+    /// watch fires when it happens).
+    Settle(String),
     /// Record a new rollout to `image` (then decide again).
     Start { image: String },
     /// Launch one server on `image` with this idempotency token.
@@ -269,7 +273,7 @@ pub fn spin_down(s: &Snapshot) -> Step {
         .filter(|sv| sv.machine.image == target && !sv.is_stable_voter())
         .max_by_key(|sv| sv.machine.launched_at)
     {
-        return Step::Wait(format!(
+        return Step::Settle(format!(
             "new server {} is not yet a stable voter",
             new.node()
         ));
@@ -442,7 +446,7 @@ mod tests {
         assert!(
             matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("n1"))
         );
-        assert!(matches!(spin_down(&s), Step::Wait(w) if w.contains("n1")));
+        assert!(matches!(spin_down(&s), Step::Settle(w) if w.contains("n1")));
     }
 
     #[test]
@@ -529,7 +533,7 @@ mod tests {
             }
         );
         // SpinDown never retires an old server for it.
-        assert!(matches!(spin_down(&s), Step::Wait(_)));
+        assert!(matches!(spin_down(&s), Step::Settle(_)));
     }
 
     #[test]
@@ -552,7 +556,9 @@ mod tests {
         s.machines.retain(|m| m.id != "s3");
         s.health.servers.retain(|p| p.name != "s3");
         s.health.failure_tolerance = 1;
-        s.rollout.as_mut().map(|r| r.baseline_tolerance = 0);
+        if let Some(r) = s.rollout.as_mut() {
+            r.baseline_tolerance = 0;
+        }
         assert_eq!(
             spin_up(&s, Mode::Manual, false, TIMEOUT),
             Step::Launch {

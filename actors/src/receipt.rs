@@ -24,6 +24,16 @@ impl Keys {
         format!("{}/locks/{lock}", self.root)
     }
 
+    /// `rehydrator/<cluster>/rollout` — the rollout in progress (or the last one).
+    pub fn rollout(&self) -> String {
+        format!("{}/rollout", self.root)
+    }
+
+    /// `rehydrator/<cluster>/pause` — present: no new rollout steps.
+    pub fn pause(&self) -> String {
+        format!("{}/pause", self.root)
+    }
+
     /// `rehydrator/<cluster>/receipts/<action>/` — the prefix pruning lists.
     pub fn receipts(&self, action: &str) -> String {
         format!("{}/receipts/{action}/", self.root)

@@ -10,14 +10,18 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rehydrator_config::{ActionKind, Settings};
+use rehydrator_config::{ActionKind, RolloutMode, Settings};
 
 use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, ExecutorRef};
-use crate::executor::{exec::Exec, http::Http};
+use crate::executor::{exec::Exec, http::Http, step::StepExecutor};
 use crate::fault::Fail;
 use crate::lock_manager::{self, LockManager, Subscribe};
-use crate::ports::{ConsulPort, SessionSpec, WebhookPort};
+use crate::plan::Mode;
+use crate::ports::{
+    CloudPort, ConsulPort, ErrorKind, PortError, PortFuture, SessionSpec, WebhookPort,
+};
 use crate::receipt::Keys;
+use crate::rollout::{RolloutConfig, RolloutEnv, Which};
 use crate::watcher::{self, WatchSpec, Watcher};
 
 /// How many runs a failing job gets before a Failed receipt ends it.
@@ -28,7 +32,12 @@ pub const MAX_ATTEMPTS: u32 = 5;
 pub struct Ports {
     pub consul: Rc<dyn ConsulPort>,
     pub webhook: Rc<dyn WebhookPort>,
+    /// Where servers' machines come from; needed only by the rollout's actions.
+    pub cloud: Option<Rc<dyn CloudPort>>,
 }
+
+/// How often a settling rollout step looks again.
+pub const ROLLOUT_POLL: Duration = Duration::from_millis(500);
 
 /// The running tree's addresses.
 pub struct Tree {
@@ -51,6 +60,23 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
     let consul = ports.consul.clone();
     let lock_manager = Supervisor::start(move |_| LockManager::new(consul, spec));
 
+    let rollout = Rc::new(RolloutEnv {
+        consul: ports.consul.clone(),
+        cloud: ports.cloud.clone().unwrap_or_else(|| Rc::new(NoCloud)),
+        keys: keys.clone(),
+        config: RolloutConfig {
+            desired: settings.cluster.desired_servers.get() as usize,
+            mode: match settings.rollout.mode {
+                RolloutMode::Manual => Mode::Manual,
+                RolloutMode::Auto => Mode::Auto,
+            },
+            dry_run: settings.rollout.dry_run,
+            stable_timeout: settings.rollout.stable_timeout,
+            step_timeout: settings.rollout.step_timeout,
+            retire_failed_launch: settings.rollout.retire_failed_launch,
+            poll: ROLLOUT_POLL,
+        },
+    });
     let mut executors = BTreeMap::new();
     let actions = settings
         .actions
@@ -60,6 +86,23 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
                 ActionKind::Exec { command } => {
                     let command = command.clone();
                     let addr = Supervisor::start(move |_| Exec::new(command));
+                    let fail = addr.clone().recipient();
+                    (
+                        ExecutorRef {
+                            run: addr.clone().recipient(),
+                            abort: addr.recipient(),
+                        },
+                        fail,
+                    )
+                }
+                ActionKind::SpinUp | ActionKind::SpinDown => {
+                    let which = if a.kind == ActionKind::SpinUp {
+                        Which::SpinUp
+                    } else {
+                        Which::SpinDown
+                    };
+                    let env = rollout.clone();
+                    let addr = Supervisor::start(move |_| StepExecutor::new(which, env));
                     let fail = addr.clone().recipient();
                     (
                         ExecutorRef {
@@ -143,5 +186,33 @@ impl Tree {
         }
         let _ = self.dispatcher.send(dispatcher::Shutdown).await;
         let _ = self.lock_manager.send(lock_manager::Shutdown).await;
+    }
+}
+
+/// The cloud of a tree started without one: every call fails, so a rollout action configured
+/// by mistake ends in failed receipts that say why instead of panicking.
+struct NoCloud;
+
+impl NoCloud {
+    fn err<T: 'static>() -> PortFuture<T> {
+        Box::pin(futures_util::future::ready(Err(PortError::new(
+            ErrorKind::Rejected,
+            "no cloud is configured for the rollout",
+        ))))
+    }
+}
+
+impl CloudPort for NoCloud {
+    fn newest_image(&self) -> PortFuture<Option<crate::ports::Image>> {
+        Self::err()
+    }
+    fn machines(&self) -> PortFuture<Vec<crate::ports::Machine>> {
+        Self::err()
+    }
+    fn launch(&self, _image: &str, _token: &str) -> PortFuture<crate::ports::Machine> {
+        Self::err()
+    }
+    fn retire(&self, _machine_id: &str) -> PortFuture<()> {
+        Self::err()
     }
 }

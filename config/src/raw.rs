@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub lock: Option<RawLock>,
     pub cloud: Option<RawCloud>,
     pub status: Option<RawStatus>,
+    pub rollout: Option<RawRollout>,
     pub watch: Option<Vec<RawWatch>>,
     pub action: Option<BTreeMap<String, RawAction>>,
 }
@@ -61,6 +62,16 @@ pub struct RawCloud {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub mode: Option<String>,
+    pub dry_run: Option<bool>,
+    pub stable_timeout: Option<String>,
+    pub step_timeout: Option<String>,
+    pub retire_failed_launch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawStatus {
     pub listen: Option<String>,
 }
@@ -79,6 +90,7 @@ pub struct RawWatch {
     pub passingonly: Option<bool>,
     pub state: Option<String>,
     pub event: Option<String>,
+    pub every: Option<String>,
     pub action: Option<String>,
     pub actions: Option<Vec<String>>,
     pub debounce: Option<String>,

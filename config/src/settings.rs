@@ -55,6 +55,7 @@ pub struct Settings {
     pub lock: LockSettings,
     pub cloud: CloudSettings,
     pub status: StatusSettings,
+    pub rollout: RolloutSettings,
     #[serde(rename = "watch")]
     pub watches: Vec<WatchSettings>,
     #[serde(rename = "action")]
@@ -171,6 +172,12 @@ pub enum WatchKind {
     Event {
         event: String,
     },
+    /// A tick every `every`: the rollout's slow timer, so a missed trigger never stalls it.
+    /// Its trigger is the tick's number (Unix time / `every`), the same on every replica.
+    Schedule {
+        #[serde(serialize_with = "human")]
+        every: Duration,
+    },
 }
 
 /// The watch type names, as `consul watch -type` spells them.
@@ -182,6 +189,7 @@ pub const WATCH_TYPES: &[&str] = &[
     "service",
     "checks",
     "event",
+    "schedule",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -204,10 +212,47 @@ pub enum ActionKind {
     Exec { command: Vec<String> },
     /// POSTs the trigger as JSON to a URL; a 2xx answer is success.
     Http { url: String },
+    /// The rollout's launch step: one server on the newest image, if safe.
+    #[serde(rename = "spin-up")]
+    SpinUp,
+    /// The rollout's retire step: the oldest outdated server, the leader last, if safe.
+    #[serde(rename = "spin-down")]
+    SpinDown,
 }
 
 /// The action type names.
-pub const ACTION_TYPES: &[&str] = &["exec", "http"];
+pub const ACTION_TYPES: &[&str] = &["exec", "http", "spin-up", "spin-down"];
+
+/// The lock SpinUp and SpinDown share by default: one rollout step at a time cluster-wide.
+pub const STEP_LOCK: &str = "step";
+
+/// How rollouts start and how patient they are.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutSettings {
+    /// "manual" (default): only a `consul-rehydrate` event starts a rollout; "auto": a newer
+    /// image than some server's starts one by itself.
+    pub mode: RolloutMode,
+    /// Log and record the step a run would take, and take none. Default false.
+    pub dry_run: bool,
+    /// A new server that is not a healthy voter this long after launch stops the rollout.
+    /// Default 10m.
+    #[serde(serialize_with = "human")]
+    pub stable_timeout: Duration,
+    /// How long one step may wait for the cluster to settle (leadership moved, a retired
+    /// server gone). Default 10m.
+    #[serde(serialize_with = "human")]
+    pub step_timeout: Duration,
+    /// When a rollout stops because a new server never got healthy, retire that server too.
+    /// Default false (leave it for inspection).
+    pub retire_failed_launch: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutMode {
+    Manual,
+    Auto,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionSettings {

@@ -170,6 +170,8 @@ pub fn validate(
         }
     }
 
+    let rollout = rollout_settings(raw.rollout.unwrap_or_default(), &mut errs);
+
     if errs.0.is_empty() {
         Ok(Settings {
             cluster,
@@ -177,6 +179,7 @@ pub fn validate(
             lock,
             cloud,
             status: StatusSettings { listen },
+            rollout,
             watches,
             actions,
         })
@@ -310,6 +313,8 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
                 None
             }
         },
+        Some("spin-up") => Some(ActionKind::SpinUp),
+        Some("spin-down") => Some(ActionKind::SpinDown),
         Some("http") => match ra.url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 Some(ActionKind::Http { url: u })
@@ -337,15 +342,25 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
             None
         }
     };
+    // The rollout's two steps share one lock: one mutating step at a time, cluster-wide; and a
+    // step may wait out a server's leave, so its default run time is longer.
+    let rollout_step = matches!(ra.kind.as_deref(), Some("spin-up" | "spin-down"));
+    let default_timeout = Duration::from_secs(if rollout_step { 900 } else { 300 });
     let timeout = errs.duration(
         &format!("{at}.timeout"),
         ra.timeout.as_deref(),
-        Duration::from_secs(300),
+        default_timeout,
     );
     if timeout.is_zero() {
         errs.push(format!("{at}.timeout"), "must be longer than zero");
     }
-    let lock = ra.lock.unwrap_or_else(|| name.to_owned());
+    let lock = ra.lock.unwrap_or_else(|| {
+        if rollout_step {
+            STEP_LOCK.to_owned()
+        } else {
+            name.to_owned()
+        }
+    });
     if lock.is_empty() || lock.contains('/') {
         errs.push(format!("{at}.lock"), "must be a non-empty name without '/'");
     }
@@ -378,6 +393,7 @@ fn watch_settings(
             ("passingonly", rw.passingonly.is_some()),
             ("state", rw.state.is_some()),
             ("event", rw.event.is_some()),
+            ("every", rw.every.is_some()),
         ] {
             if set && !allowed.contains(&field) {
                 let t = rw.kind.as_deref().unwrap_or_default();
@@ -441,6 +457,17 @@ fn watch_settings(
                 service: rw.service.clone(),
                 state: rw.state.clone(),
             })
+        }
+        Some("schedule") => {
+            only(&[]);
+            let every = errs.duration(&format!("{at}.every"), rw.every.as_deref(), Duration::ZERO);
+            if every.is_zero() {
+                errs.push(
+                    format!("{at}.every"),
+                    "is required for type \"schedule\": e.g. \"1m\"",
+                );
+            }
+            Some(WatchKind::Schedule { every })
         }
         Some("event") => {
             only(&["event"]);
@@ -515,4 +542,34 @@ fn quoted(items: &[&str]) -> String {
         .map(|i| format!("{i:?}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
+    let mode = match rr.mode.as_deref() {
+        None | Some("manual") => RolloutMode::Manual,
+        Some("auto") => RolloutMode::Auto,
+        Some(other) => {
+            errs.push(
+                "rollout.mode",
+                format!("unknown mode {other:?} (expected \"manual\" or \"auto\")"),
+            );
+            RolloutMode::Manual
+        }
+    };
+    let ten_minutes = Duration::from_secs(600);
+    RolloutSettings {
+        mode,
+        dry_run: rr.dry_run.unwrap_or(false),
+        stable_timeout: errs.duration(
+            "rollout.stable_timeout",
+            rr.stable_timeout.as_deref(),
+            ten_minutes,
+        ),
+        step_timeout: errs.duration(
+            "rollout.step_timeout",
+            rr.step_timeout.as_deref(),
+            ten_minutes,
+        ),
+        retire_failed_launch: rr.retire_failed_launch.unwrap_or(false),
+    }
 }

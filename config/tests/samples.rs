@@ -62,7 +62,7 @@ fn bad_sample_reports_every_error_with_file_and_field() {
         "watch[1].key: does not apply to a watch of type \"keyprefix\"",
         "watch[1].prefix: is required",
         "watch[1].action: no action named \"missing\"",
-        "watch[2].type: unknown watch type \"servce\" (expected one of \"key\", \"keyprefix\", \"services\", \"nodes\", \"service\", \"checks\", \"event\")",
+        "watch[2].type: unknown watch type \"servce\" (expected one of \"key\", \"keyprefix\", \"services\", \"nodes\", \"service\", \"checks\", \"event\", \"schedule\")",
     ];
     for e in expected {
         let line = format!("{}: {e}", path.display());
@@ -163,4 +163,18 @@ fn effective_config_round_trips_through_the_loader() {
     std::fs::remove_dir_all(&dir).unwrap();
     let back = back.unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
     assert_eq!(back.to_toml(), text);
+}
+
+#[test]
+fn rollout_sample_shares_the_step_lock_and_ticks() {
+    let s = load_with_env(&sample("rollout.toml"), &no_env()).unwrap();
+    assert_eq!(s.actions["spin-up"].kind, ActionKind::SpinUp);
+    assert_eq!(s.actions["spin-up"].lock, "step");
+    assert_eq!(s.actions["spin-down"].lock, "step");
+    assert_eq!(s.actions["spin-down"].timeout, Duration::from_secs(900));
+    assert_eq!(s.rollout.mode, rehydrator_config::RolloutMode::Manual);
+    assert_eq!(s.rollout.stable_timeout, Duration::from_secs(600));
+    assert!(
+        matches!(s.watches[2].kind, WatchKind::Schedule { every } if every == Duration::from_secs(30))
+    );
 }

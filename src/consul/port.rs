@@ -8,16 +8,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rehydrator_actors::ports::{
-    ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry, PortError, PortFuture, SessionSpec,
-    WatchRead, WatchStream,
+    ClusterHealth, ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry,
+    LeaderTransfer as PortTransfer, PeerHealth, PortError, PortFuture, SessionSpec, WatchRead,
+    WatchStream,
 };
 use rehydrator_config::WatchKind;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Call, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair, KvPutOptions, QueryOptions,
-    SessionBehavior, SessionRequest, WatchPolicy, WatchState,
+    Call, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair, KvPutOptions, LeaderTransfer,
+    QueryOptions, SessionBehavior, SessionRequest, WatchPolicy, WatchState,
 };
 
 /// The client as the actors' port.
@@ -146,7 +147,48 @@ impl ConsulPort for ConsulAdapter {
         })
     }
 
+    fn autopilot_health(&self) -> PortFuture<ClusterHealth> {
+        let c = self.client.clone();
+        Box::pin(async move {
+            let h = c.autopilot_health(&QueryOptions::default()).await?;
+            Ok(ClusterHealth {
+                healthy: h.healthy,
+                failure_tolerance: h.failure_tolerance,
+                servers: h
+                    .servers
+                    .into_iter()
+                    .map(|s| PeerHealth {
+                        id: s.id,
+                        name: s.name,
+                        address: s.address,
+                        serf_status: s.serf_status,
+                        leader: s.leader,
+                        voter: s.voter,
+                        healthy: s.healthy,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn transfer_leader(&self, to: Option<&str>) -> PortFuture<PortTransfer> {
+        let (c, to) = (self.client.clone(), to.map(str::to_owned));
+        Box::pin(async move {
+            Ok(match c.transfer_leader(to.as_deref()).await? {
+                LeaderTransfer::Transferred => PortTransfer::Transferred,
+                LeaderTransfer::NotTransferred => PortTransfer::NotTransferred,
+                LeaderTransfer::Unsupported => PortTransfer::Unsupported,
+            })
+        })
+    }
+
     fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream> {
+        if let WatchKind::Schedule { every } = kind {
+            return Box::new(Ticks {
+                every: *every,
+                started: std::cell::Cell::new(false),
+            });
+        }
         let order = match kind {
             WatchKind::Event { .. } => IndexOrder::Hashed,
             _ => IndexOrder::Raft,
@@ -199,6 +241,34 @@ impl WatchStream for ClientWatch {
     }
 }
 
+/// A `schedule` watch: a tick every `every`, numbered by Unix time / `every` so every replica
+/// names the same tick the same, which makes it a trigger they agree on.
+struct Ticks {
+    every: Duration,
+    started: std::cell::Cell<bool>,
+}
+
+impl WatchStream for Ticks {
+    fn next(&self) -> PortFuture<WatchRead> {
+        let every_ms = (self.every.as_millis() as u64).max(1);
+        let first = !self.started.replace(true);
+        Box::pin(async move {
+            let now = rehydrator_actors::receipt::now_ms();
+            let tick = now / every_ms;
+            if !first {
+                // Sleep to the next boundary: replicas tick together, not every `every` from
+                // whenever each started.
+                tokio::time::sleep(Duration::from_millis((tick + 1) * every_ms - now)).await;
+            }
+            let tick = rehydrator_actors::receipt::now_ms() / every_ms;
+            Ok(WatchRead {
+                index: tick,
+                payload: serde_json::json!({ "Tick": tick }),
+            })
+        })
+    }
+}
+
 /// The read behind a watch of `kind`, as `consul watch` makes it.
 async fn read_watch(
     client: &Client,
@@ -236,6 +306,11 @@ async fn read_watch(
             super::segment(state.as_deref().unwrap_or("any"))
         )),
         WatchKind::Event { event } => Call::get("event/list").param("name", event),
+        WatchKind::Schedule { .. } => {
+            return Err(ConsulError::Config(
+                "a schedule watch reads no endpoint".into(),
+            ))
+        }
     }
     .options(opts);
     let answer = client.send(call, None).await?;

@@ -11,6 +11,7 @@ use crate::receipt::Outcome;
 
 pub mod exec;
 pub mod http;
+pub mod step;
 
 /// What an executor is handed: the trigger, as `consul watch` would hand it to a handler.
 #[derive(Debug, Clone, PartialEq, Serialize)]

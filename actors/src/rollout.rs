@@ -1,0 +1,319 @@
+//! What SpinUp and SpinDown share: fetching the snapshot the plan decides on, keeping the
+//! rollout record in KV, and carrying out the one step the plan chose. The two actors are
+//! thin shells around `run`.
+//!
+//! Runs happen only while the Dispatcher holds the `step` lock, so the record is written by
+//! one replica at a time; it is still written with CAS so a stale holder cannot clobber it.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::executor::{ExecError, Trigger};
+use crate::plan::{self, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
+use crate::ports::{CloudPort, ConsulPort, LeaderTransfer, PortError};
+use crate::receipt::{now_ms, Keys, Outcome};
+
+/// Which of the two steps a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    SpinUp,
+    SpinDown,
+}
+
+/// The rollout's settings, from `[cluster]` and `[rollout]`.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    pub desired: usize,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub stable_timeout: Duration,
+    pub step_timeout: Duration,
+    pub retire_failed_launch: bool,
+    /// How often a settling step looks again.
+    pub poll: Duration,
+}
+
+/// What a rollout run talks to.
+pub struct RolloutEnv {
+    pub consul: Rc<dyn ConsulPort>,
+    pub cloud: Rc<dyn CloudPort>,
+    pub keys: Keys,
+    pub config: RolloutConfig,
+}
+
+/// The event name that asks for a rollout.
+pub const REHYDRATE_EVENT: &str = "consul-rehydrate";
+
+fn port(e: PortError) -> ExecError {
+    ExecError::Port(e.to_string())
+}
+
+/// The rollout record and the ModifyIndex to CAS against (0: absent).
+async fn read_record(env: &RolloutEnv) -> Result<(Option<Rollout>, u64), ExecError> {
+    let got = env
+        .consul
+        .kv_get(&env.keys.rollout(), 0, Duration::ZERO)
+        .await
+        .map_err(port)?;
+    Ok(match got.value {
+        Some(e) => (serde_json::from_slice(&e.value).ok(), e.modify_index),
+        None => (None, 0),
+    })
+}
+
+/// Writes the record if it still is at `cas`; returns the new state of the world's record.
+async fn write_record(env: &RolloutEnv, r: &Rollout, cas: u64) -> Result<(), ExecError> {
+    let body = serde_json::to_vec(r).map_err(|e| ExecError::Port(e.to_string()))?;
+    if env
+        .consul
+        .kv_put(&env.keys.rollout(), body, Some(cas))
+        .await
+        .map_err(port)?
+    {
+        Ok(())
+    } else {
+        Err(ExecError::Port(
+            "the rollout record changed under this step; retrying".into(),
+        ))
+    }
+}
+
+/// Everything the plan looks at, fetched now.
+pub async fn snapshot(env: &RolloutEnv) -> Result<(Snapshot, u64), ExecError> {
+    let machines = env.cloud.machines().await.map_err(port)?;
+    let health = env.consul.autopilot_health().await.map_err(port)?;
+    let newest_image = env.cloud.newest_image().await.map_err(port)?;
+    let (rollout, cas) = read_record(env).await?;
+    let paused = env
+        .consul
+        .kv_get(&env.keys.pause(), 0, Duration::ZERO)
+        .await
+        .map_err(port)?
+        .value
+        .is_some();
+    Ok((
+        Snapshot {
+            machines,
+            health,
+            newest_image,
+            rollout,
+            paused,
+            desired: env.config.desired,
+            now_ms: now_ms(),
+        },
+        cas,
+    ))
+}
+
+fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step {
+    match which {
+        Which::SpinUp => plan::spin_up(
+            s,
+            env.config.mode,
+            requested,
+            env.config.stable_timeout.as_millis() as u64,
+        ),
+        Which::SpinDown => plan::spin_down(s),
+    }
+}
+
+/// Whether the trigger asks for a rollout: a `consul-rehydrate` event.
+fn requested(trigger: &Trigger) -> bool {
+    trigger.payload.get("Name").and_then(|n| n.as_str()) == Some(REHYDRATE_EVENT)
+}
+
+/// One run of SpinUp or SpinDown: decide on a fresh snapshot and take at most one step.
+pub async fn run(
+    env: Rc<RolloutEnv>,
+    which: Which,
+    trigger: Trigger,
+) -> Result<Outcome, ExecError> {
+    let requested = requested(&trigger);
+    let deadline = tokio::time::Instant::now() + env.config.step_timeout;
+    let mut transferred = false;
+    loop {
+        let (s, cas) = snapshot(&env).await?;
+        let step = decide(&env, which, &s, requested);
+        if env.config.dry_run && !matches!(step, Step::Idle(_) | Step::Wait(_) | Step::Settle(_)) {
+            info!(?step, "Dry run: the step this run would take.");
+            note_waiting(&env, s.rollout, cas, format!("dry run: would {step:?}")).await?;
+            return Ok(Outcome::NoOp(format!("dry run: would {step:?}")));
+        }
+        match step {
+            Step::Idle(why) => return Ok(Outcome::NoOp(why)),
+            Step::Wait(why) => {
+                info!(reason = %why, "Rollout waits.");
+                note_waiting(&env, s.rollout, cas, why.clone()).await?;
+                return Ok(Outcome::NoOp(why));
+            }
+            Step::Settle(why) => {
+                if tokio::time::Instant::now() + env.config.poll > deadline {
+                    note_waiting(&env, s.rollout, cas, why.clone()).await?;
+                    return Ok(Outcome::NoOp(why));
+                }
+                note_waiting(&env, s.rollout, cas, why).await?;
+                tokio::time::sleep(env.config.poll).await;
+            }
+            Step::Start { image } => {
+                let r = Rollout {
+                    id: format!("r{}", now_ms()),
+                    target_image: image.clone(),
+                    started_at: now_ms(),
+                    baseline_tolerance: s.health.failure_tolerance,
+                    state: RolloutState::Active,
+                    launches: Vec::new(),
+                    retirements: Vec::new(),
+                    waiting: None,
+                };
+                info!(rollout = %r.id, %image, baseline_tolerance = r.baseline_tolerance, "Rollout started.");
+                write_record(&env, &r, cas).await?;
+            }
+            Step::Launch { image, token } => {
+                let machine = env.cloud.launch(&image, &token).await.map_err(port)?;
+                info!(machine = %machine.id, %image, %token, "Launched a server.");
+                if let Some(mut r) = s.rollout {
+                    r.launches.push(StepRecord {
+                        machine: machine.id.clone(),
+                        at: now_ms(),
+                        token: Some(token),
+                    });
+                    r.waiting = Some(format!("new server {} is joining", machine.id));
+                    write_record(&env, &r, cas).await?;
+                }
+                return Ok(Outcome::Launched(machine.id));
+            }
+            Step::TransferLeadership { from, to } if !transferred => {
+                transferred = true;
+                let result = env
+                    .consul
+                    .transfer_leader(to.as_deref())
+                    .await
+                    .map_err(port)?;
+                info!(%from, ?to, ?result, "Moving leadership off the server to retire.");
+                if result == LeaderTransfer::Transferred {
+                    wait_until(&env, deadline, |s| {
+                        s.health.servers.iter().any(|p| p.leader && p.id != from)
+                    })
+                    .await?;
+                }
+            }
+            Step::TransferLeadership { from, .. } => {
+                // The servers could not hand over leadership (too old for transfer-leader, or
+                // it did not take): the leader leaves gracefully and the others elect anew.
+                let victim = plan::servers(&s)
+                    .into_iter()
+                    .find(|sv| sv.peer.is_some_and(|p| p.id == from))
+                    .map(|sv| (sv.machine.id.clone(), sv.node()));
+                let Some((machine, node)) = victim else {
+                    return Err(ExecError::Port(format!("leader {from} has no machine")));
+                };
+                warn!(%node, "Retiring the leader without a transfer; an election follows.");
+                return retire(&env, s.rollout, cas, &machine, &node, deadline).await;
+            }
+            Step::Retire { machine, node } => {
+                return retire(&env, s.rollout, cas, &machine, &node, deadline).await;
+            }
+            Step::Complete => {
+                let Some(mut r) = s.rollout else {
+                    return Ok(Outcome::NoOp("no rollout".into()));
+                };
+                r.state = RolloutState::Completed { at: now_ms() };
+                r.waiting = None;
+                write_record(&env, &r, cas).await?;
+                info!(rollout = %r.id, image = %r.target_image, launches = r.launches.len(), retirements = r.retirements.len(), "Rollout complete.");
+                return Ok(Outcome::Succeeded(format!(
+                    "rollout to {} complete",
+                    r.target_image
+                )));
+            }
+            Step::Stop {
+                reason,
+                failed_machine,
+            } => {
+                error!(%reason, "Rollout stopped for safety; the old servers stay. Fire consul-rehydrate to try again.");
+                if let Some(mut r) = s.rollout {
+                    r.state = RolloutState::Stopped {
+                        at: now_ms(),
+                        reason: reason.clone(),
+                    };
+                    r.waiting = None;
+                    write_record(&env, &r, cas).await?;
+                }
+                if let (true, Some(m)) = (env.config.retire_failed_launch, failed_machine) {
+                    env.cloud.retire(&m).await.map_err(port)?;
+                    info!(machine = %m, "Retired the server that never got healthy.");
+                }
+                return Ok(Outcome::NoOp(format!("rollout stopped: {reason}")));
+            }
+        }
+    }
+}
+
+/// Retires `machine` and waits until its server is gone from Raft and autopilot is healthy.
+async fn retire(
+    env: &RolloutEnv,
+    rollout: Option<Rollout>,
+    cas: u64,
+    machine: &str,
+    node: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Outcome, ExecError> {
+    info!(%machine, %node, "Retiring a server.");
+    env.cloud.retire(machine).await.map_err(port)?;
+    if let Some(mut r) = rollout {
+        r.retirements.push(StepRecord {
+            machine: machine.to_owned(),
+            at: now_ms(),
+            token: None,
+        });
+        r.waiting = Some(format!("server {node} is leaving"));
+        write_record(env, &r, cas).await?;
+    }
+    wait_until(env, deadline, |s| {
+        s.health.healthy && !s.health.servers.iter().any(|p| p.name == node)
+    })
+    .await?;
+    info!(%machine, %node, "Server retired; the cluster is healthy.");
+    Ok(Outcome::Retired(machine.to_owned()))
+}
+
+/// Polls the snapshot until `done` holds, or fails at `deadline` (the job is retried).
+async fn wait_until(
+    env: &RolloutEnv,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&Snapshot) -> bool,
+) -> Result<(), ExecError> {
+    loop {
+        let (s, _) = snapshot(env).await?;
+        if done(&s) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + env.config.poll > deadline {
+            return Err(ExecError::Timeout(env.config.step_timeout));
+        }
+        tokio::time::sleep(env.config.poll).await;
+    }
+}
+
+/// Records why the rollout waits, when that changed (status shows it).
+async fn note_waiting(
+    env: &RolloutEnv,
+    rollout: Option<Rollout>,
+    cas: u64,
+    why: String,
+) -> Result<(), ExecError> {
+    let Some(mut r) = rollout.filter(|r| r.is_active()) else {
+        return Ok(());
+    };
+    if r.waiting.as_deref() == Some(why.as_str()) {
+        return Ok(());
+    }
+    r.waiting = Some(why);
+    // A lost race here only loses a status line; the next run writes it again.
+    if let Err(e) = write_record(env, &r, cas).await {
+        warn!(error = %e, "Could not record why the rollout waits.");
+    }
+    Ok(())
+}
