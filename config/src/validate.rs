@@ -459,7 +459,7 @@ fn watch_settings(
             })
         }
         Some("schedule") => {
-            only(&[]);
+            only(&["every"]);
             let every = errs.duration(&format!("{at}.every"), rw.every.as_deref(), Duration::ZERO);
             if every.is_zero() {
                 errs.push(
