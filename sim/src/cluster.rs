@@ -1,6 +1,8 @@
 //! The simulated Consul servers: machines, serf membership, the Raft configuration, leadership,
-//! autopilot (health, promotion of stable non-voters, dead-server cleanup) and the invariants the
-//! tests and the demo read (how often quorum was lost, how many voters were missing at worst).
+//! autopilot (health, promotion of stable non-voters, dead-server cleanup), the simulated cloud's
+//! machines (launched from registered images, with idempotency tokens; terminated) and the
+//! invariants the tests and the demo read (how often quorum was lost, how many voters were missing
+//! at worst, how often a leader was retired without a transfer first).
 //!
 //! Who talks to it: `http::Meta::read` (`has_leader`, `last_contact`), the status, operator,
 //! agent and catalog endpoints (read and change Raft state), and the control API (`control.rs`),
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::api::catalog::{self, CheckEntry, Registration, ServiceEntry, Weights};
+use crate::images::{Image, Images};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -45,6 +48,9 @@ pub enum Machine {
     Stopped,
     /// The process died without leaving.
     Killed,
+    /// The machine is gone (its agent left first if it could). Kept in the list so a launch
+    /// token still finds it; counts nowhere else.
+    Terminated,
 }
 
 /// A member's serf status (`serf.MemberStatus`), from the cluster's point of view.
@@ -108,6 +114,10 @@ pub struct Server {
     /// Bumped on every lifecycle change; timers set for an older epoch do nothing.
     pub epoch: u64,
     pub launched_at: SystemTime,
+    /// The idempotency token it was launched with (EC2's ClientToken).
+    pub token: Option<String>,
+    /// Launched from a broken image: it joins, but never gets healthy.
+    pub broken: bool,
 }
 
 impl Server {
@@ -132,6 +142,8 @@ impl Server {
             last_term: 0,
             epoch: 0,
             launched_at: SystemTime::now(),
+            token: None,
+            broken: false,
         }
     }
 
@@ -145,9 +157,15 @@ impl Server {
         self.machine == Machine::Running && !self.cut
     }
 
-    /// Autopilot's health: alive in serf, in contact with the leader, caught up.
+    /// Autopilot's health: alive in serf, in contact with the leader, caught up. A server from
+    /// a broken image never catches up.
     pub fn healthy(&self) -> bool {
-        self.in_raft && self.reachable() && self.serf == SerfStatus::Alive
+        self.in_raft && self.reachable() && self.serf == SerfStatus::Alive && !self.broken
+    }
+
+    /// Its Raft log follows the leader's (a broken server's stays where it joined).
+    fn replicates(&self) -> bool {
+        self.reachable() && self.in_raft && !self.broken
     }
 
     /// A voter that counts toward quorum right now.
@@ -221,14 +239,25 @@ pub struct Invariants {
     pub leaderless_ms: u64,
     /// The lowest autopilot failure tolerance seen while a leader was known.
     pub min_failure_tolerance: Option<usize>,
+    /// Times a server was terminated, left or killed through the control API while it led.
+    /// A rollout transfers leadership first, so a correct one keeps this 0.
+    pub leader_retired: u64,
+    /// The most machines that existed at once (any state but terminated): a rollout that
+    /// launches one server at a time keeps this at the cluster's size + 1.
+    pub max_servers: usize,
+    /// The fewest voters in the Raft configuration at once.
+    pub min_voters: Option<usize>,
     /// How many times the invariants were evaluated.
     pub checks: u64,
 }
 
 /// The servers, the Raft state and the invariant counters.
 pub struct Cluster {
-    /// In launch order; left and killed servers stay until pruned from serf.
+    /// In launch order; left and killed servers stay until pruned from serf, and terminated
+    /// ones stay for good (names and launch tokens are never reused).
     pub servers: Vec<Server>,
+    /// The images machines launch from.
+    pub images: Images,
     /// Name of the leader, if any.
     pub leader: Option<String>,
     pub term: u64,
@@ -248,6 +277,7 @@ impl Default for Cluster {
     fn default() -> Self {
         Self {
             servers: Vec::new(),
+            images: Images::default(),
             leader: None,
             term: 0,
             config_index: 0,
@@ -301,7 +331,7 @@ impl Cluster {
 
     /// The log index a server reports: the current one while it follows, else where it stopped.
     pub fn server_last_index(&self, s: &Server, current: u64) -> u64 {
-        if s.reachable() && s.in_raft && self.leader.is_some() {
+        if s.replicates() && self.leader.is_some() {
             current
         } else {
             s.last_index
@@ -339,12 +369,21 @@ impl Cluster {
     }
 
     /// Adds a machine (booting) and returns its index.
-    pub fn launch(&mut self, name: String, image: String) -> usize {
+    pub fn launch(&mut self, name: String, image: String, token: Option<String>) -> usize {
         let ip = format!("127.0.1.{}", self.next_ip);
         self.next_ip += 1;
-        self.servers
-            .push(Server::new(name, ip, image, Instant::now()));
+        let mut s = Server::new(name, ip, image, Instant::now());
+        s.broken = self.images.is_broken(&s.image);
+        s.token = token;
+        self.servers.push(s);
         self.servers.len() - 1
+    }
+
+    /// The server launched with `token`, in any state (terminated included).
+    pub fn by_token(&self, token: &str) -> Option<&Server> {
+        self.servers
+            .iter()
+            .find(|s| s.token.as_deref() == Some(token))
     }
 
     /// Records leadership moving to `name` (or away) for the invariants.
@@ -412,6 +451,14 @@ impl Cluster {
             let ft = failure_tolerance(&self.servers);
             inv.min_failure_tolerance = Some(inv.min_failure_tolerance.map_or(ft, |m| m.min(ft)));
         }
+        let machines = self
+            .servers
+            .iter()
+            .filter(|s| s.machine != Machine::Terminated)
+            .count();
+        inv.max_servers = inv.max_servers.max(machines);
+        let v = voters(&self.servers);
+        inv.min_voters = Some(inv.min_voters.map_or(v, |m| m.min(v)));
     }
 }
 
@@ -428,9 +475,22 @@ pub fn bootstrap(sim: &Sim) {
     let idx = st.next_index();
     st.cluster.autopilot.create_index = idx;
     st.cluster.autopilot.modify_index = idx;
+    // The running servers' image predates the start, so any image registered later is newer.
+    let day = Duration::from_secs(86_400);
+    let image = Image {
+        id: st.config.image.clone(),
+        name: st.config.image.clone(),
+        created: SystemTime::now()
+            .checked_sub(day)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        broken: false,
+    };
+    if let Err(e) = st.cluster.images.register(image) {
+        tracing::warn!(error = %e, "The configured image was registered already.");
+    }
     for _ in 0..st.config.servers {
         let name = st.cluster.next_name();
-        let i = st.cluster.launch(name, st.config.image.clone());
+        let i = st.cluster.launch(name, st.config.image.clone(), None);
         let s = &mut st.cluster.servers[i];
         s.machine = Machine::Running;
         s.serf = SerfStatus::Alive;
@@ -453,9 +513,16 @@ pub fn bootstrap(sim: &Sim) {
     st.cluster.observe();
 }
 
-/// A new machine boots on `image`; after `boot_delay` Consul starts and joins serf.
-pub fn add_server(sim: &Sim, st: &mut State, name: String, image: String) -> usize {
-    let i = st.cluster.launch(name.clone(), image);
+/// A new machine boots on `image`; after `boot_delay` Consul starts and joins serf. `token` is
+/// recorded for the control API's idempotent launch (it checks it before calling this).
+pub fn add_server(
+    sim: &Sim,
+    st: &mut State,
+    name: String,
+    image: String,
+    token: Option<String>,
+) -> usize {
+    let i = st.cluster.launch(name.clone(), image, token);
     let delay = st.config.boot_delay;
     schedule(sim, st, delay, &name, |_, _, s| {
         if s.machine == Machine::Booting {
@@ -492,6 +559,35 @@ pub fn leave(sim: &Sim, st: &mut State, name: &str) -> bool {
     if was_leader {
         st.cluster.config_index = st.next_index();
         st.cluster.set_leader(None, now);
+    }
+    reconcile(sim, st);
+    true
+}
+
+/// The machine is terminated, as EC2's TerminateInstances does with `leave_on_terminate`: a
+/// running agent leaves gracefully first (a leader steps down, an election follows), then the
+/// machine is gone. A killed agent cannot leave: it stays a failed peer until autopilot prunes
+/// it, as on EC2. Terminating a terminated machine changes nothing (EC2 answers it again).
+/// Returns false for an unknown server.
+pub fn terminate(sim: &Sim, st: &mut State, name: &str) -> bool {
+    let Some(machine) = st.cluster.server(name).map(|s| s.machine) else {
+        return false;
+    };
+    match machine {
+        Machine::Terminated => return true,
+        Machine::Running => {
+            leave(sim, st, name);
+        }
+        Machine::Booting | Machine::Stopped | Machine::Killed => {}
+    }
+    if let Some(s) = st.cluster.server_mut(name) {
+        // A killed server's failure detection is still due: its timer carries the epoch, so
+        // only the other states (whose timers must not fire any more) move it.
+        if machine != Machine::Killed {
+            s.epoch += 1;
+        }
+        s.machine = Machine::Terminated;
+        s.unreachable_since.get_or_insert_with(Instant::now);
     }
     reconcile(sim, st);
     true
@@ -765,7 +861,7 @@ pub fn reconcile(sim: &Sim, st: &mut State) {
     let current = st.index;
     let has_leader = st.cluster.leader.is_some();
     for s in &mut st.cluster.servers {
-        if s.reachable() && s.in_raft && has_leader {
+        if s.replicates() && has_leader {
             s.last_index = current;
         }
     }
@@ -1430,7 +1526,13 @@ mod tests {
         let sim = Sim::new(fast());
         {
             let mut st = sim.lock();
-            add_server(&sim, &mut st, "consul-server-4".into(), "image-b".into());
+            add_server(
+                &sim,
+                &mut st,
+                "consul-server-4".into(),
+                "image-b".into(),
+                None,
+            );
             assert!(!st.cluster.server("consul-server-4").unwrap().in_raft);
         }
         until(&sim, Duration::from_secs(5), "joined as non-voter", |st| {
@@ -1456,6 +1558,48 @@ mod tests {
         );
         let st = sim.lock();
         assert_eq!(voters(&st.cluster.servers), 4);
+    }
+
+    #[actix_rt::test]
+    async fn terminating_a_dead_or_booting_machine() {
+        let sim = Sim::new(fast());
+        {
+            let mut st = sim.lock();
+            // A killed agent cannot leave: the machine goes, the failed peer stays for autopilot.
+            kill(&sim, &mut st, "consul-server-3");
+            assert!(terminate(&sim, &mut st, "consul-server-3"));
+            let s = st.cluster.server("consul-server-3").unwrap();
+            assert_eq!(s.machine, Machine::Terminated);
+            assert!(s.in_raft, "still a peer until pruned");
+            assert!(!restart(&sim, &mut st, "consul-server-3"));
+            // A booting machine never joins.
+            add_server(
+                &sim,
+                &mut st,
+                "consul-server-4".into(),
+                "image-a".into(),
+                None,
+            );
+            assert!(terminate(&sim, &mut st, "consul-server-4"));
+            assert_eq!(
+                st.cluster.invariants.max_servers, 3,
+                "a terminated machine no longer counts"
+            );
+        }
+        until(&sim, Duration::from_secs(5), "the dead peer pruned", |st| {
+            !st.cluster.server("consul-server-3").unwrap().in_raft
+        })
+        .await;
+        // Past its boot delay (5s / 50), the terminated machine still has not joined.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let st = sim.lock();
+        let s = st.cluster.server("consul-server-4").unwrap();
+        assert_eq!(
+            (s.machine, s.serf, s.in_raft),
+            (Machine::Terminated, SerfStatus::None, false)
+        );
+        assert_eq!(voters(&st.cluster.servers), 2);
+        assert_eq!(st.cluster.invariants.min_voters, Some(2));
     }
 
     #[actix_rt::test]

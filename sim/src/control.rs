@@ -1,17 +1,35 @@
 //! The simulator's control API under `/sim/...`: add machines, inject faults, tune the clocks and
 //! read the invariants. Not part of Consul's API; the tests, the simulated cloud and the demo use it.
 //!
-//! Every route speaks JSON. Errors are `{"error": "<why>"}` with 400 (bad body), 404 (unknown
-//! server) or 409 (the server is not in a state the action applies to).
+//! Every route speaks JSON. Errors are `{"error": "<why>"}` with 400 (bad body, unknown image),
+//! 404 (unknown server) or 409 (the server is not in a state the action applies to; an image ID
+//! or a launch token already used differently).
 //!
-//! - `GET  /sim/servers` → `[Server]`, launch order. `Server` is `{"name", "id", "address",
-//!   "image", "machine": booting|running|stopped|killed, "serf": none|alive|left|failed,
-//!   "cut", "in_raft", "voter", "leader", "healthy"}`.
+//! - `GET  /sim/images` → `[Image]`, registration order. `Image` is `{"id", "name", "created"
+//!   (RFC 3339 UTC with milliseconds, EC2's CreationDate format), "broken"}`. The configured
+//!   image is registered at start, created one day before it.
+//! - `POST /sim/images` `{"id": "...", "name"?: "...", "created"?: "<RFC 3339 UTC>", "broken"?:
+//!   bool}` → 201 `Image` (name defaults to the id, created to now, broken to false); 409 if the
+//!   id exists. A server launched from a broken image boots, joins serf and enters Raft as a
+//!   non-voter, but autopilot never sees it healthy (its log never catches up), so it is never
+//!   promoted and the cluster stays unhealthy while it is a peer.
+//! - `GET  /sim/servers` → `[Server]`, launch order, terminated machines included. `Server` is
+//!   `{"name", "id", "address", "image", "machine": booting|running|stopped|killed|terminated,
+//!   "serf": none|alive|left|failed, "cut", "in_raft", "voter", "leader", "healthy",
+//!   "token": string|null, "launched_at": unix ms}`.
 //! - `GET  /sim/servers/{name}` → `Server`.
-//! - `POST /sim/servers` `{"image": "...", "name"?: "..."}` → 201 `Server`: a new machine that
-//!   boots for `boot_delay`, then joins serf; the leader adds it to Raft as a non-voter and
-//!   autopilot promotes it after `stabilization` if healthy. The name defaults to the next free
-//!   `consul-server-N`.
+//! - `POST /sim/servers` `{"image": "...", "name"?: "...", "token"?: "..."}` → 201 `Server`: a new
+//!   machine that boots for `boot_delay`, then joins serf; the leader adds it to Raft as a
+//!   non-voter and autopilot promotes it after `stabilization` if healthy. The name defaults to
+//!   the next free `consul-server-N`. The image must be registered (else 400). With a `token`
+//!   some server was already launched with (in any state, terminated too), nothing is launched:
+//!   200 with that server, as EC2's ClientToken does; 409 if that launch named another image.
+//! - `POST /sim/servers/{name}/terminate` → `Server`: the machine is terminated. A running agent
+//!   first leaves gracefully, as with `leave_on_terminate` (serf left, out of Raft; a leader steps
+//!   down and an election follows); a killed one stays a failed peer until autopilot prunes it.
+//!   The server stays listed with machine `terminated` (so its token still finds it) and counts
+//!   nowhere else. Terminating it again answers 200 and changes nothing, as EC2 does. A
+//!   terminated server accepts no other action (409).
 //! - `POST /sim/servers/{name}/leave` → `Server`: graceful leave (serf left, out of Raft; a leader
 //!   steps down first and an election follows). No tolerance is lost beyond the server itself.
 //! - `POST /sim/servers/{name}/kill` → `Server`: the process dies; the others see it serf-failed
@@ -25,8 +43,12 @@
 //!   already running keep their old delay.
 //! - `GET  /sim/invariants` → `{"quorum_lost_count", "quorum_lost", "max_voters_missing",
 //!   "voters_missing", "leader_changes", "leaderless_periods", "leaderless_ms",
-//!   "min_failure_tolerance", "checks", "leader", "voters", "failure_tolerance", "healthy"}`,
-//!   evaluated on every membership or Raft change.
+//!   "min_failure_tolerance", "leader_retired", "max_servers", "min_voters", "checks", "leader",
+//!   "voters", "failure_tolerance", "healthy"}`, evaluated on every membership or Raft change.
+//!   `leader_retired` counts terminate, leave and kill calls above on the server leading at the
+//!   time (a rollout moves leadership first, so a correct one keeps it 0); `max_servers` is the
+//!   most machines not terminated at once; `min_voters` the fewest voters in the Raft
+//!   configuration.
 //! - `POST /sim/invariants/reset` → the zeroed invariants (the current state is the new baseline).
 //! - `GET  /sim/stats` → `{"requests", "parked"}`: the Consul API (`/v1/...`) requests received
 //!   since start (the control API's are not counted), and the blocking queries parked now.
@@ -41,11 +63,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cluster::{self, Machine, Server};
+use crate::images::{self, Image, ImageView};
 use crate::state::{Sim, State};
 
 /// Registers the `/sim` routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/sim/servers", web::get().to(list_servers))
+    cfg.route("/sim/images", web::get().to(list_images))
+        .route("/sim/images", web::post().to(add_image))
+        .route("/sim/servers", web::get().to(list_servers))
         .route("/sim/servers", web::post().to(add_server))
         .route("/sim/servers/{name}", web::get().to(get_server))
         .route(
@@ -105,6 +130,9 @@ pub struct ServerView {
     pub voter: bool,
     pub leader: bool,
     pub healthy: bool,
+    pub token: Option<String>,
+    /// Unix milliseconds.
+    pub launched_at: u64,
 }
 
 fn view(st: &State, s: &Server) -> ServerView {
@@ -120,6 +148,11 @@ fn view(st: &State, s: &Server) -> ServerView {
         voter: s.voter,
         leader: st.cluster.leader.as_deref() == Some(s.name.as_str()),
         healthy: s.healthy(),
+        token: s.token.clone(),
+        launched_at: s
+            .launched_at
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     }
 }
 
@@ -132,6 +165,49 @@ fn view_of(st: &State, name: &str) -> Result<ServerView, ControlError> {
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
     serde_json::from_slice(body).map_err(|e| ControlError::bad(format!("bad body: {e}")))
+}
+
+/// GET /sim/images — every registered image, registration order.
+async fn list_images(sim: web::Data<Sim>) -> HttpResponse {
+    let st = sim.lock();
+    let list: Vec<ImageView> = st.cluster.images.iter().map(ImageView::from).collect();
+    HttpResponse::Ok().json(list)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewImage {
+    id: String,
+    name: Option<String>,
+    created: Option<String>,
+    #[serde(default)]
+    broken: bool,
+}
+
+/// POST /sim/images `{"id", "name"?, "created"?, "broken"?}` — registers an image.
+async fn add_image(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse, ControlError> {
+    let b: NewImage = decode(&body)?;
+    if b.id.trim().is_empty() {
+        return Err(ControlError::bad("id must not be empty"));
+    }
+    let created = match b.created.as_deref() {
+        Some(c) => images::parse_created(c).map_err(ControlError::bad)?,
+        None => std::time::SystemTime::now(),
+    };
+    let image = Image {
+        name: b.name.unwrap_or_else(|| b.id.clone()),
+        id: b.id,
+        created,
+        broken: b.broken,
+    };
+    let mut st = sim.lock();
+    let added = st
+        .cluster
+        .images
+        .register(image)
+        .map_err(|e| ControlError::new(StatusCode::CONFLICT, e.to_string()))?;
+    tracing::info!(image = %added.id, broken = added.broken, "Simulated cloud registered an image.");
+    Ok(HttpResponse::Created().json(ImageView::from(added)))
 }
 
 /// GET /sim/servers — every server, launch order.
@@ -155,15 +231,42 @@ async fn get_server(
 struct NewServer {
     image: String,
     name: Option<String>,
+    token: Option<String>,
 }
 
-/// POST /sim/servers `{"image", "name"?}` — launches a machine that boots into a server.
+/// POST /sim/servers `{"image", "name"?, "token"?}` — launches a machine that boots into a
+/// server, unless `token` launched one already.
 async fn add_server(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse, ControlError> {
     let b: NewServer = decode(&body)?;
     if b.image.trim().is_empty() {
         return Err(ControlError::bad("image must not be empty"));
     }
+    if b.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        // An empty token would silently turn off the idempotency its caller relies on.
+        return Err(ControlError::bad("token must not be empty"));
+    }
     let mut st = sim.lock();
+    if let Some(token) = b.token.as_deref() {
+        if let Some(s) = st.cluster.by_token(token) {
+            if s.image != b.image {
+                // EC2's IdempotentParameterMismatch: the same token for a different launch.
+                return Err(ControlError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "token {token:?} launched {} on image {:?}, not {:?}",
+                        s.name, s.image, b.image
+                    ),
+                ));
+            }
+            return Ok(HttpResponse::Ok().json(view(&st, s)));
+        }
+    }
+    if st.cluster.images.get(&b.image).is_none() {
+        return Err(ControlError::bad(format!(
+            "unknown image {:?}: register it with POST /sim/images",
+            b.image
+        )));
+    }
     let name = match b.name.filter(|n| !n.trim().is_empty()) {
         Some(n) if st.cluster.server(&n).is_some() || n == st.cluster.agent.name => {
             return Err(ControlError::bad(format!(
@@ -173,11 +276,11 @@ async fn add_server(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpRespons
         Some(n) => n,
         None => st.cluster.next_name(),
     };
-    cluster::add_server(&sim, &mut st, name.clone(), b.image);
+    cluster::add_server(&sim, &mut st, name.clone(), b.image, b.token);
     Ok(HttpResponse::Created().json(view_of(&st, &name)?))
 }
 
-/// POST /sim/servers/{name}/{leave|kill|restart|cut|heal}.
+/// POST /sim/servers/{name}/{terminate|leave|kill|restart|cut|heal}.
 async fn server_action(
     sim: web::Data<Sim>,
     path: web::Path<(String, String)>,
@@ -189,7 +292,11 @@ async fn server_action(
         .server(&name)
         .map(|s| s.machine)
         .ok_or_else(|| ControlError::unknown(&name))?;
+    let was_leader = st.cluster.leader.as_deref() == Some(name.as_str());
     let done = match action.as_str() {
+        // A terminated machine is gone: only terminating it again makes sense (and is a no-op).
+        "terminate" => cluster::terminate(&sim, &mut st, &name),
+        "leave" | "kill" | "restart" | "cut" | "heal" if machine == Machine::Terminated => false,
         "leave" => cluster::leave(&sim, &mut st, &name),
         "kill" => cluster::kill(&sim, &mut st, &name),
         "restart" => cluster::restart(&sim, &mut st, &name),
@@ -198,7 +305,7 @@ async fn server_action(
         other => {
             return Err(ControlError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}: leave, kill, restart, cut or heal"),
+                format!("unknown action {other:?}: terminate, leave, kill, restart, cut or heal"),
             ))
         }
     };
@@ -211,6 +318,9 @@ async fn server_action(
                 m.as_str().unwrap_or("?")
             ),
         ));
+    }
+    if was_leader && matches!(action.as_str(), "terminate" | "leave" | "kill") {
+        st.cluster.invariants.leader_retired += 1;
     }
     Ok(HttpResponse::Ok().json(view_of(&st, &name)?))
 }

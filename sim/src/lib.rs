@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod duration;
 pub mod http;
+pub mod images;
 pub mod server;
 pub mod state;
 pub mod watch;

@@ -90,6 +90,10 @@ async fn a_rollout_step_by_hand() {
         assert_eq!(health["FailureTolerance"], 1);
 
         let (status, v) = api
+            .post("/sim/images", Some(json!({"id": "image-b"})))
+            .await;
+        assert_eq!(status, 201, "{v}");
+        let (status, v) = api
             .post("/sim/servers", Some(json!({"image": "image-b"})))
             .await;
         assert_eq!(status, 201, "{v}");
