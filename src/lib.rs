@@ -1,6 +1,7 @@
-//! rehydrator's backends: the Consul HTTP client (`consul`); later the cloud backends and the
-//! status endpoint. The actor tree lives in the `rehydrator-actors` crate and reaches these
-//! through its ports.
+//! rehydrator's backends: the Consul HTTP client (`consul`), the cloud backends (`cloud`: the
+//! simulator's so far); later the status endpoint. The actor tree lives in the
+//! `rehydrator-actors` crate and reaches these through its ports.
 
+pub mod cloud;
 pub mod consul;
 pub mod webhook;
