@@ -10,11 +10,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
+use rehydrator::cloud::sim::SimCloud;
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::ports::CloudPort;
 use rehydrator_actors::tree::{self, Ports};
-use rehydrator_config::Settings;
+use rehydrator_config::{ActionKind, CloudSettings, Settings};
 use tracing::{error, info, warn};
 
 /// Exit status after a panic (EX_SOFTWARE).
@@ -33,7 +35,7 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
         let ports = Ports {
             consul: Rc::new(ConsulAdapter::new(client, WatchPolicy::default())),
             webhook: Rc::new(AwcWebhook::default()),
-            cloud: None,
+            cloud: cloud(&settings)?,
         };
         info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
         let tree = tree::start(&settings, &replica, ports);
@@ -46,6 +48,28 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
         info!("Stopped.");
         Ok(())
     })
+}
+
+/// The cloud the rollout's actions launch and retire through, when any is configured.
+fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
+    let rollout = settings
+        .actions
+        .values()
+        .any(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown));
+    if !rollout {
+        return Ok(None);
+    }
+    match &settings.cloud {
+        // The simulator serves its cloud beside Consul's API: the same address by default.
+        CloudSettings::Sim { url } => {
+            let base = url.clone().unwrap_or_else(|| settings.consul.address.clone());
+            let cloud = SimCloud::new(&base).with_context(|| format!("cloud.url {base:?}"))?;
+            Ok(Some(Rc::new(cloud)))
+        }
+        CloudSettings::Ec2(_) | CloudSettings::Ecs(_) => anyhow::bail!(
+            "cloud.type: the ec2 and ecs backends are not built yet (the rollout issue's next step); use \"sim\""
+        ),
+    }
 }
 
 fn consul_config(settings: &Settings) -> anyhow::Result<ConsulConfig> {

@@ -174,6 +174,8 @@ pub struct Dispatcher {
     observers: Vec<Recipient<JobEnded>>,
     wakeup: Option<SpawnHandle>,
     stopping: bool,
+    /// Where the next round of `pump` starts: one past the action started last.
+    turn: usize,
     /// Every log line of this actor carries `actor`; jobs' spans are its children.
     span: tracing::Span,
 }
@@ -215,6 +217,7 @@ impl Dispatcher {
             observers: Vec::new(),
             wakeup: None,
             stopping: false,
+            turn: 0,
             span: info_span!("dispatcher", actor = "dispatcher"),
         }
     }
@@ -227,8 +230,12 @@ impl Dispatcher {
         }
         let now = tokio::time::Instant::now();
         let mut next_wake: Option<tokio::time::Instant> = None;
-        let names: Vec<String> = self.slots.keys().cloned().collect();
-        for name in names {
+        // Round robin: actions sharing a lock (SpinUp and SpinDown share `step`) take turns,
+        // starting after the last one started, so a busy one cannot starve the other.
+        let mut names: Vec<String> = self.slots.keys().cloned().collect();
+        let turn = self.turn % names.len().max(1);
+        names.rotate_left(turn);
+        for (offset, name) in names.into_iter().enumerate() {
             let Some(slot) = self.slots.get_mut(&name) else {
                 continue;
             };
@@ -246,6 +253,7 @@ impl Dispatcher {
             let Some(job) = slot.queue.pop_front() else {
                 continue;
             };
+            self.turn = turn + offset + 1;
             self.start(ctx, name, job);
         }
         if let Some(h) = self.wakeup.take() {

@@ -179,6 +179,34 @@ fn complete(servers: &[Server<'_>], target: &str, desired: usize) -> bool {
             .all(|sv| sv.machine.image == target && sv.is_stable_voter())
 }
 
+/// A launch in flight: the newest server on the target that is not yet a healthy voter. Past
+/// `stable_timeout_ms` it stops the rollout; before, the caller waits (or settles) for it.
+fn in_flight(
+    servers: &[Server<'_>],
+    target: &str,
+    now_ms: u64,
+    stable_timeout_ms: u64,
+) -> Option<Result<String, Step>> {
+    let new = servers
+        .iter()
+        .filter(|sv| sv.machine.image == target && !sv.is_stable_voter())
+        .max_by_key(|sv| sv.machine.launched_at)?;
+    if now_ms.saturating_sub(new.machine.launched_at) > stable_timeout_ms {
+        return Some(Err(Step::Stop {
+            reason: format!(
+                "new server {} did not become a healthy voter within {}s of its launch",
+                new.node(),
+                stable_timeout_ms / 1000
+            ),
+            failed_machine: Some(new.machine.id.clone()),
+        }));
+    }
+    Some(Ok(format!(
+        "new server {} is not yet a stable voter",
+        new.node()
+    )))
+}
+
 /// SpinUp's decision. `requested` says the trigger was a `consul-rehydrate` event.
 pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64) -> Step {
     let servers = servers(s);
@@ -213,27 +241,10 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
     if complete(&servers, target, s.desired) {
         return Step::Complete;
     }
-    // A launch in flight: a server on the target that is not yet a healthy voter.
-    if let Some(new) = servers
-        .iter()
-        .filter(|sv| sv.machine.image == target && !sv.is_stable_voter())
-        .max_by_key(|sv| sv.machine.launched_at)
-    {
-        let age = s.now_ms.saturating_sub(new.machine.launched_at);
-        if age > stable_timeout_ms {
-            return Step::Stop {
-                reason: format!(
-                    "new server {} did not become a healthy voter within {}s of its launch",
-                    new.node(),
-                    stable_timeout_ms / 1000
-                ),
-                failed_machine: Some(new.machine.id.clone()),
-            };
-        }
-        return Step::Wait(format!(
-            "new server {} is not yet a stable voter",
-            new.node()
-        ));
+    match in_flight(&servers, target, s.now_ms, stable_timeout_ms) {
+        Some(Err(stop)) => return stop,
+        Some(Ok(why)) => return Step::Wait(why),
+        None => {}
     }
     if servers.len() > s.desired {
         return Step::Wait("an outdated server is due to be retired first".into());
@@ -256,7 +267,7 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
 
 /// SpinDown's decision: retire the oldest outdated server once its replacement is a stable
 /// voter, the leader last and only after leadership moved off it.
-pub fn spin_down(s: &Snapshot) -> Step {
+pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     let Some(rollout) = s.rollout.as_ref().filter(|r| r.is_active()) else {
         return Step::Idle("no rollout".into());
     };
@@ -268,15 +279,10 @@ pub fn spin_down(s: &Snapshot) -> Step {
     if servers.len() <= s.desired {
         return Step::Idle("nothing to retire: no replacement is up yet".into());
     }
-    if let Some(new) = servers
-        .iter()
-        .filter(|sv| sv.machine.image == target && !sv.is_stable_voter())
-        .max_by_key(|sv| sv.machine.launched_at)
-    {
-        return Step::Settle(format!(
-            "new server {} is not yet a stable voter",
-            new.node()
-        ));
+    match in_flight(&servers, target, s.now_ms, stable_timeout_ms) {
+        Some(Err(stop)) => return stop,
+        Some(Ok(why)) => return Step::Settle(why),
+        None => {}
     }
     if let Some(why) = gate(s, rollout) {
         return Step::Wait(why);
@@ -408,7 +414,7 @@ mod tests {
             spin_up(&s, Mode::Auto, false, TIMEOUT),
             Step::Start { image: "B".into() }
         );
-        assert!(matches!(spin_down(&s), Step::Idle(_)));
+        assert!(matches!(spin_down(&s, TIMEOUT), Step::Idle(_)));
     }
 
     #[test]
@@ -446,7 +452,7 @@ mod tests {
         assert!(
             matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("n1"))
         );
-        assert!(matches!(spin_down(&s), Step::Settle(w) if w.contains("n1")));
+        assert!(matches!(spin_down(&s, TIMEOUT), Step::Settle(w) if w.contains("n1")));
     }
 
     #[test]
@@ -455,7 +461,7 @@ mod tests {
         s.rollout = Some(rollout("B"));
         add_new(&mut s, "n1", 10, true, true);
         assert_eq!(
-            spin_down(&s),
+            spin_down(&s, TIMEOUT),
             Step::Retire {
                 machine: "s2".into(),
                 node: "s2".into()
@@ -479,7 +485,7 @@ mod tests {
         add_new(&mut s, "n2", 11, true, true);
         add_new(&mut s, "n3", 12, true, true);
         assert_eq!(
-            spin_down(&s),
+            spin_down(&s, TIMEOUT),
             Step::TransferLeadership {
                 from: "raft-s1".into(),
                 to: Some("raft-n3".into())
@@ -488,7 +494,7 @@ mod tests {
         s.health.servers[0].leader = false;
         s.health.servers[3].leader = true;
         assert_eq!(
-            spin_down(&s),
+            spin_down(&s, TIMEOUT),
             Step::Retire {
                 machine: "s1".into(),
                 node: "s1".into()
@@ -515,7 +521,7 @@ mod tests {
             matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("paused"))
         );
         add_new(&mut s, "n1", 10, true, true);
-        assert!(matches!(spin_down(&s), Step::Wait(w) if w.contains("paused")));
+        assert!(matches!(spin_down(&s, TIMEOUT), Step::Wait(w) if w.contains("paused")));
     }
 
     #[test]
@@ -532,8 +538,9 @@ mod tests {
                 failed_machine: Some("n1".into()),
             }
         );
-        // SpinDown never retires an old server for it.
-        assert!(matches!(spin_down(&s), Step::Settle(_)));
+        // SpinDown stops it too (it may hold the lock while SpinUp waits), never retiring an
+        // old server for it.
+        assert!(matches!(spin_down(&s, TIMEOUT), Step::Stop { .. }));
     }
 
     #[test]
@@ -546,7 +553,7 @@ mod tests {
         add_new(&mut s, "n2", 11, true, true);
         add_new(&mut s, "n3", 12, true, true);
         assert_eq!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Complete);
-        assert_eq!(spin_down(&s), Step::Complete);
+        assert_eq!(spin_down(&s, TIMEOUT), Step::Complete);
     }
 
     #[test]

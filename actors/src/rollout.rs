@@ -115,7 +115,7 @@ fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step
             requested,
             env.config.stable_timeout.as_millis() as u64,
         ),
-        Which::SpinDown => plan::spin_down(s),
+        Which::SpinDown => plan::spin_down(s, env.config.stable_timeout.as_millis() as u64),
     }
 }
 

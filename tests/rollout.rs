@@ -1,0 +1,312 @@
+//! The rollout end to end on the simulator: 3 and 5 servers on image A, image B registered,
+//! `consul-rehydrate` fired, and one replica's SpinUp/SpinDown replace every server. Checked
+//! against the simulator's own record: every server ends on B, exactly N launches and N
+//! retirements, quorum never lost, never more than one voter missing, never more than N+1
+//! machines, and the leader never retired while leading. Also: a new server that never gets
+//! healthy stops the rollout with the old servers kept and the reason recorded.
+//!
+//! The simulator's cluster constants are shrunk (boot, stabilization, election) instead of
+//! scaling its clock, so the replica's session keeps Consul's real TTL rules.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rehydrator::cloud::SimCloud;
+use rehydrator::consul::port::ConsulAdapter;
+use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
+use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::plan::{Rollout, RolloutState};
+use rehydrator_actors::tree::{self, Ports, Tree};
+use rehydrator_sim::{RunningSim, SimConfig};
+use serde_json::{json, Value};
+
+/// How long a whole rollout may take here.
+const ROLLOUT_BOUND: Duration = Duration::from_secs(50);
+
+/// The simulator's cluster, fast: what a rollout must wait for per server.
+const BOOT: Duration = Duration::from_millis(300);
+const STABILIZATION: Duration = Duration::from_millis(1000);
+const ELECTION: Duration = Duration::from_millis(200);
+
+struct Rig {
+    sim: RunningSim,
+    http: awc::Client,
+    dir: PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Rig {
+    fn new(name: &str, servers: usize) -> Self {
+        let sim = common::sim_with(SimConfig {
+            servers,
+            boot_delay: BOOT,
+            stabilization: STABILIZATION,
+            election: ELECTION,
+            failure_detection: Duration::from_millis(200),
+            ..SimConfig::default()
+        });
+        let dir =
+            std::env::temp_dir().join(format!("rehydrator-rollout-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            sim,
+            http: awc::Client::default(),
+            dir,
+        }
+    }
+
+    fn start(&self, desired: usize, stable_timeout: &str) -> Tree {
+        let text = format!(
+            r#"
+[cluster]
+name = "roll"
+desired_servers = {desired}
+[consul]
+address = "{url}"
+[lock]
+session_ttl = "10s"
+lock_delay = "1s"
+[rollout]
+stable_timeout = "{stable_timeout}"
+step_timeout = "20s"
+[action.spin-up]
+type = "spin-up"
+[action.spin-down]
+type = "spin-down"
+[[watch]]
+name = "rehydrate"
+type = "event"
+event = "consul-rehydrate"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "servers"
+type = "service"
+service = "consul"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "timer"
+type = "schedule"
+every = "1s"
+actions = ["spin-up", "spin-down"]
+"#,
+            url = self.sim.url()
+        );
+        let path = self.dir.join("rehydrator.toml");
+        std::fs::write(&path, text).unwrap();
+        let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
+        let client = Client::new(ConsulConfig::with_address(&self.sim.url()).unwrap()).unwrap();
+        let policy = WatchPolicy {
+            min_interval: Duration::from_millis(50),
+            ..WatchPolicy::default()
+        };
+        let ports = Ports {
+            consul: Rc::new(ConsulAdapter::new(client, policy)),
+            webhook: Rc::new(AwcWebhook::default()),
+            cloud: Some(Rc::new(SimCloud::new(&self.sim.url()).unwrap())),
+        };
+        tree::start(&settings, "replica-1", ports)
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.sim.url());
+        let req = match method {
+            "PUT" => self.http.put(url),
+            "POST" => self.http.post(url),
+            _ => self.http.get(url),
+        };
+        let mut resp = match body {
+            Some(b) => req.send_json(&b).await.unwrap(),
+            None => req.send().await.unwrap(),
+        };
+        let bytes = resp.body().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{method} {path}: {} {}",
+            resp.status(),
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+
+    async fn register_image(&self, id: &str, broken: bool) {
+        self.send(
+            "POST",
+            "/sim/images",
+            Some(json!({ "id": id, "broken": broken })),
+        )
+        .await;
+    }
+
+    /// Fires `consul-rehydrate` once the replica's event and catalog watches have taken their
+    /// baselines and parked: an event already in the buffer at a first start is not replayed.
+    async fn fire_rehydrate(&self) {
+        let start = Instant::now();
+        while self.send("GET", "/sim/stats", None).await["parked"]
+            .as_u64()
+            .unwrap_or(0)
+            < 2
+        {
+            assert!(
+                start.elapsed() < ROLLOUT_BOUND,
+                "the replica's watches never parked"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.send("PUT", "/v1/event/fire/consul-rehydrate", None)
+            .await;
+    }
+
+    async fn rollout(&self) -> Option<Rollout> {
+        let mut resp = self
+            .http
+            .get(format!(
+                "{}/v1/kv/rehydrator/roll/rollout?raw",
+                self.sim.url()
+            ))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 404 {
+            return None;
+        }
+        serde_json::from_slice(&resp.body().await.unwrap()).ok()
+    }
+
+    /// Polls the rollout record until `done` holds for it.
+    async fn until(&self, what: &str, done: impl Fn(&Rollout) -> bool) -> Rollout {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self.rollout().await {
+                if done(&r) {
+                    return r;
+                }
+            }
+            assert!(
+                start.elapsed() < ROLLOUT_BOUND,
+                "{what} did not happen within {ROLLOUT_BOUND:?}: {:?}",
+                self.rollout().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn servers(&self) -> Vec<Value> {
+        self.send("GET", "/sim/servers", None)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    async fn invariants(&self) -> Value {
+        self.send("GET", "/sim/invariants", None).await
+    }
+}
+
+async fn full_rollout(n: usize) {
+    let rig = Rig::new(&format!("full{n}"), n);
+    let tree = rig.start(n, "1m");
+    rig.register_image("image-b", false).await;
+    let started = Instant::now();
+    rig.fire_rehydrate().await;
+    let r = rig
+        .until("the rollout completing", |r| {
+            matches!(r.state, RolloutState::Completed { .. })
+        })
+        .await;
+    let took = started.elapsed();
+
+    assert_eq!(r.target_image, "image-b");
+    let servers = rig.servers().await;
+    let live: Vec<&Value> = servers
+        .iter()
+        .filter(|s| s["machine"] != "terminated")
+        .collect();
+    let terminated = servers
+        .iter()
+        .filter(|s| s["machine"] == "terminated")
+        .count();
+    let launched = servers.iter().filter(|s| !s["token"].is_null()).count();
+    assert_eq!(live.len(), n, "{servers:#?}");
+    assert!(
+        live.iter()
+            .all(|s| s["image"] == "image-b" && s["voter"] == true),
+        "{servers:#?}"
+    );
+    assert_eq!(launched, n, "exactly N launches");
+    assert_eq!(terminated, n, "exactly N retirements");
+    assert_eq!((r.launches.len(), r.retirements.len()), (n, n));
+
+    let inv = rig.invariants().await;
+    assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+    assert!(inv["max_voters_missing"].as_u64().unwrap() <= 1, "{inv}");
+    assert_eq!(
+        inv["leader_retired"], 0,
+        "the leader lost leadership before it was retired: {inv}"
+    );
+    assert_eq!(inv["max_servers"], n as u64 + 1, "{inv}");
+    assert!(inv["min_voters"].as_u64().unwrap() >= n as u64, "{inv}");
+
+    // What a rollout cannot avoid per server: the boot, the stabilization before promotion,
+    // the leave; everything else is orchestration overhead.
+    let unavoidable = (BOOT + STABILIZATION) * n as u32;
+    let overhead = took.saturating_sub(unavoidable) / n as u32;
+    println!(
+        "rollout of {n} servers: {took:.2?}; unavoidable waits {unavoidable:.2?}; overhead {overhead:.2?} per server"
+    );
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn three_servers_roll_onto_the_new_image_one_at_a_time() {
+    common::bounded(full_rollout(3)).await;
+}
+
+#[actix_rt::test]
+async fn five_servers_roll_onto_the_new_image_one_at_a_time() {
+    common::bounded(full_rollout(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_new_server_that_never_gets_healthy_stops_the_rollout_and_keeps_the_old_ones() {
+    common::bounded(async {
+        let rig = Rig::new("broken", 3);
+        let tree = rig.start(3, "3s");
+        rig.register_image("image-broken", true).await;
+        rig.fire_rehydrate().await;
+        let r = rig
+            .until("the rollout stopping", |r| {
+                matches!(r.state, RolloutState::Stopped { .. })
+            })
+            .await;
+        let RolloutState::Stopped { reason, .. } = &r.state else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("did not become a healthy voter"),
+            "{reason}"
+        );
+        assert_eq!(r.launches.len(), 1, "one launch, no second try");
+        assert!(r.retirements.is_empty(), "no old server retired");
+        let servers = rig.servers().await;
+        let old_voters = servers
+            .iter()
+            .filter(|s| s["image"] == "image-a" && s["voter"] == true && s["machine"] == "running")
+            .count();
+        assert_eq!(old_voters, 3, "the old servers stay: {servers:#?}");
+        let inv = rig.invariants().await;
+        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+        tree.shutdown().await;
+    })
+    .await;
+}
