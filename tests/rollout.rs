@@ -310,3 +310,66 @@ async fn a_new_server_that_never_gets_healthy_stops_the_rollout_and_keeps_the_ol
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn an_old_server_dying_mid_rollout_pauses_it_until_health_returns() {
+    common::bounded(async {
+        let rig = Rig::new("dies", 3);
+        let tree = rig.start(3, "1m");
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        rig.until("the first launch", |r| !r.launches.is_empty())
+            .await;
+
+        // An old follower that is not the next to go dies.
+        let servers = rig.servers().await;
+        let victim = servers
+            .iter()
+            .filter(|s| {
+                s["image"] == "image-a" && s["machine"] == "running" && s["leader"] == false
+            })
+            .max_by_key(|s| s["launched_at"].as_u64())
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .unwrap();
+        rig.send("POST", &format!("/sim/servers/{victim}/kill"), None)
+            .await;
+        let paused = rig
+            .until("the rollout waiting on health", |r| {
+                r.waiting
+                    .as_deref()
+                    .is_some_and(|w| w.contains("unhealthy"))
+            })
+            .await;
+        let retired_while_down = paused.retirements.len();
+
+        // Health returns: the rollout resumes and completes.
+        rig.send("POST", &format!("/sim/servers/{victim}/restart"), None)
+            .await;
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        assert!(
+            r.retirements.len() > retired_while_down,
+            "it resumed after health returned"
+        );
+        let inv = rig.invariants().await;
+        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+        assert!(
+            inv["max_voters_missing"].as_u64().unwrap() <= 1,
+            "no step while a voter was missing: {inv}"
+        );
+        assert_eq!(inv["leader_retired"], 0, "{inv}");
+        let live: Vec<Value> = rig
+            .servers()
+            .await
+            .into_iter()
+            .filter(|s| s["machine"] != "terminated")
+            .collect();
+        assert_eq!(live.len(), 3);
+        assert!(live.iter().all(|s| s["image"] == "image-b"), "{live:#?}");
+        tree.shutdown().await;
+    })
+    .await;
+}
