@@ -66,6 +66,11 @@ impl Rig {
     }
 
     fn start(&self, desired: usize, stable_timeout: &str) -> Tree {
+        self.start_with(desired, &format!("stable_timeout = \"{stable_timeout}\""))
+    }
+
+    /// Starts one replica; `rollout` is the body of its `[rollout]` section.
+    fn start_with(&self, desired: usize, rollout: &str) -> Tree {
         let text = format!(
             r#"
 [cluster]
@@ -77,7 +82,7 @@ address = "{url}"
 session_ttl = "10s"
 lock_delay = "1s"
 [rollout]
-stable_timeout = "{stable_timeout}"
+{rollout}
 step_timeout = "20s"
 [action.spin-up]
 type = "spin-up"
@@ -369,6 +374,85 @@ async fn an_old_server_dying_mid_rollout_pauses_it_until_health_returns() {
             .collect();
         assert_eq!(live.len(), 3);
         assert!(live.iter().all(|s| s["image"] == "image-b"), "{live:#?}");
+        tree.shutdown().await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn the_pause_key_holds_the_rollout_until_it_is_removed() {
+    common::bounded(async {
+        let rig = Rig::new("pause", 3);
+        rig.send(
+            "PUT",
+            "/v1/kv/rehydrator/roll/pause",
+            Some(json!("maintenance")),
+        )
+        .await;
+        let tree = rig.start(3, "1m");
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let held = rig
+            .until("the rollout saying it is paused", |r| {
+                r.waiting.as_deref().is_some_and(|w| w.contains("paused"))
+            })
+            .await;
+        assert!(held.launches.is_empty(), "no step while paused: {held:?}");
+        let resp = rig
+            .http
+            .delete(format!("{}/v1/kv/rehydrator/roll/pause", rig.sim.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        rig.until("the rollout completing", |r| {
+            matches!(r.state, RolloutState::Completed { .. })
+        })
+        .await;
+        tree.shutdown().await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_dry_run_records_the_step_it_would_take_and_takes_none() {
+    common::bounded(async {
+        let rig = Rig::new("dry", 3);
+        let tree = rig.start_with(3, "dry_run = true");
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        // The spin-up job for the event ends with a receipt saying what it would have done.
+        let events = rig
+            .send("GET", "/v1/event/list?name=consul-rehydrate", None)
+            .await;
+        let id = events[0]["ID"].as_str().unwrap().to_owned();
+        let key = format!("/v1/kv/rehydrator/roll/receipts/spin-up/{id}?raw");
+        let start = Instant::now();
+        let receipt = loop {
+            let mut resp = rig
+                .http
+                .get(format!("{}{key}", rig.sim.url()))
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == 200 {
+                break serde_json::from_slice::<Value>(&resp.body().await.unwrap()).unwrap();
+            }
+            assert!(
+                start.elapsed() < ROLLOUT_BOUND,
+                "no receipt for the dry run"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(receipt["outcome"]["kind"], "no_op", "{receipt}");
+        let detail = receipt["outcome"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("dry run: would Start") && detail.contains("image-b"),
+            "{detail}"
+        );
+        assert!(rig.rollout().await.is_none(), "a dry run writes no rollout");
+        let inv = rig.invariants().await;
+        assert_eq!(inv["max_servers"], 3, "nothing launched: {inv}");
         tree.shutdown().await;
     })
     .await;
