@@ -1,0 +1,623 @@
+//! The rollout with three replicas as operators run them: three `rehydrator run` processes (the
+//! real binary, `[cloud] type = "sim"`) against one simulated Consul that is also their cloud.
+//! Every replica sees `consul-rehydrate`, the catalog and the timer; the `step` lock that
+//! SpinUp and SpinDown share makes one of them take each step.
+//!
+//! Checked against the simulator's own record, not what the replicas say: every live server
+//! ends on the new image and votes, exactly N machines launched (distinct launch tokens, no two
+//! live servers from one token) and N terminated, quorum never lost, never more than one voter
+//! missing, never more than N+1 machines, and the leader never retired while leading.
+//!
+//! Then the same with the replica holding the `step` lock SIGKILLed (its whole process group,
+//! as a container dies) at a point of the rollout picked by a seeded RNG: the others take over
+//! once Consul gives the dead session up (TTL..2×TTL, then lock-delay) and finish the rollout
+//! with the same guarantees. A launch retried after the kill carries the same token, so it
+//! finds the machine the dead replica launched instead of launching another.
+//!
+//! The simulator's cluster constants are shrunk (boot, stabilization, election) instead of
+//! scaling its clock, so sessions keep Consul's real TTL rules.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rehydrator_sim::{RunningSim, SimConfig};
+use serde_json::{json, Value};
+
+const CLUSTER: &str = "roll";
+/// Servers in the cluster, and so launches and retirements in a rollout.
+const SERVERS: usize = 3;
+const REPLICAS: [&str; 3] = ["r1", "r2", "r3"];
+/// The replicas' session TTL; Consul invalidates a silent session between TTL and 2×TTL.
+const TTL: Duration = Duration::from_secs(10);
+const LOCK_DELAY: Duration = Duration::from_secs(1);
+
+/// The simulator's cluster, fast: what a rollout must wait for per server.
+const BOOT: Duration = Duration::from_millis(300);
+const STABILIZATION: Duration = Duration::from_millis(1000);
+const ELECTION: Duration = Duration::from_millis(200);
+
+/// How long a rollout without failures may take (three processes on two cores).
+const ROLLOUT_BOUND: Duration = Duration::from_secs(60);
+/// A rollout with one holder killed: the dead session lapses after up to 2×TTL.
+const KILLED_ROLLOUT_BOUND: Duration = Duration::from_secs(100);
+/// What the takeover may overshoot 2×TTL + lock-delay by on a loaded machine.
+const SLACK: Duration = Duration::from_secs(10);
+/// The bound on each test here.
+const TEST_BOUND: Duration = Duration::from_secs(150);
+
+/// Runs `fut`, failing the test if it takes longer than `limit`.
+async fn bounded_for<F: Future>(limit: Duration, fut: F) -> F::Output {
+    match actix_rt::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+/// Polls `probe` every 50ms until it answers `Some`, failing after `limit` with `what`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `rehydrator run` process; its process group is killed when this is dropped.
+struct Replica {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn spawn(dir: &Path, config: &Path, name: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--replica", name])
+            .env("RUST_LOG", "info,rehydrator_actors=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("REHYDRATOR_REPLICA")
+            .env_remove("REHYDRATOR_FAULT")
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env_remove("CONSUL_HTTP_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            // Its own group, so that killing it ends everything it started, as a container's
+            // end would.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// SIGKILL to the replica and everything it started.
+    fn kill_group(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "replica {} did not exit within {limit:?}",
+                self.name
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill_group();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One simulator, three replicas on it, and a scratch directory for their config and logs.
+/// Field order is drop order: the replicas go before the simulator and the directory.
+struct Rig {
+    replicas: Vec<Replica>,
+    sim: RunningSim,
+    http: awc::Client,
+    dir: PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for r in &self.replicas {
+            r.kill_group();
+        }
+        // ROLLOUT_KEEP=1 keeps a failing test's configuration and logs for a look.
+        if std::thread::panicking() && std::env::var_os("ROLLOUT_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Rig {
+    fn new(tag: &str) -> Self {
+        let sim = common::sim_with(SimConfig {
+            servers: SERVERS,
+            boot_delay: BOOT,
+            stabilization: STABILIZATION,
+            election: ELECTION,
+            failure_detection: Duration::from_millis(200),
+            ..SimConfig::default()
+        });
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "rehydrator-rollout-replicas-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("rehydrator.toml");
+        std::fs::write(&config, config_text(&sim.url())).unwrap();
+        let replicas = REPLICAS
+            .iter()
+            .map(|n| Replica::spawn(&dir, &config, n))
+            .collect();
+        Self {
+            replicas,
+            sim,
+            http: awc::Client::default(),
+            dir,
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.sim.url());
+        let req = match method {
+            "PUT" => self.http.put(url),
+            "POST" => self.http.post(url),
+            _ => self.http.get(url),
+        };
+        let mut resp = match body {
+            Some(b) => req.send_json(&b).await.unwrap(),
+            None => req.send().await.unwrap(),
+        };
+        let bytes = resp.body().limit(16 << 20).await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{method} {path}: {} {}",
+            resp.status(),
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+
+    /// A KV entry as `?raw` JSON; None while it does not exist.
+    async fn kv_entry(&self, key: &str) -> Option<Value> {
+        let mut resp = self
+            .http
+            .get(format!("{}/v1/kv/{key}", self.sim.url()))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 404 {
+            return None;
+        }
+        assert_eq!(resp.status(), 200, "GET kv {key}");
+        let list: Value = resp.json().limit(16 << 20).await.unwrap();
+        Some(list[0].clone())
+    }
+
+    /// The rollout record, once one is written.
+    async fn rollout(&self) -> Option<Value> {
+        let entry = self
+            .kv_entry(&format!("rehydrator/{CLUSTER}/rollout"))
+            .await?;
+        decode(&entry["Value"])
+    }
+
+    /// The `step` lock while a session holds it: (session, holder JSON).
+    async fn step_lock(&self) -> Option<(String, Value)> {
+        let entry = self
+            .kv_entry(&format!("rehydrator/{CLUSTER}/locks/step"))
+            .await?;
+        let session = entry["Session"].as_str()?.to_owned();
+        Some((session, decode(&entry["Value"]).unwrap_or(Value::Null)))
+    }
+
+    /// Live sessions by replica name (the session's name ends with it).
+    async fn sessions(&self) -> HashMap<String, String> {
+        self.send("GET", "/v1/session/list", None)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let name = s["Name"].as_str().unwrap_or_default();
+                let replica = name.rsplit(' ').next().unwrap_or_default().to_owned();
+                (replica, s["ID"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    async fn servers(&self) -> Vec<Value> {
+        self.send("GET", "/sim/servers", None)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    /// Machines launched and terminated so far, by the simulator's record.
+    async fn cloud_actions(&self) -> usize {
+        let servers = self.servers().await;
+        servers.iter().filter(|s| !s["token"].is_null()).count()
+            + servers
+                .iter()
+                .filter(|s| s["machine"] == "terminated")
+                .count()
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| format!("--- {} ---\n{}", r.name, r.log_tail(25)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until every replica holds a session and all their event and catalog watches are
+    /// parked: an event fired from then on is seen by every replica.
+    async fn await_ready(&self) {
+        eventually(
+            "every replica to hold a session",
+            Duration::from_secs(30),
+            || async {
+                let sessions = self.sessions().await;
+                REPLICAS
+                    .iter()
+                    .all(|r| sessions.contains_key(*r))
+                    .then_some(())
+            },
+        )
+        .await;
+        // Two blocking watches per replica (the event and the catalog service); the timer
+        // reads no endpoint.
+        let want = 2 * REPLICAS.len() as u64;
+        eventually(
+            "every replica's watches to park",
+            Duration::from_secs(30),
+            || async {
+                let parked = self.send("GET", "/sim/stats", None).await["parked"]
+                    .as_u64()
+                    .unwrap_or(0);
+                (parked >= want).then_some(())
+            },
+        )
+        .await;
+        for r in &self.replicas {
+            eventually(
+                &format!("replica {}'s watches to take their baselines", r.name),
+                Duration::from_secs(30),
+                || async { (r.log_text().matches("Baseline taken.").count() >= 2).then_some(()) },
+            )
+            .await;
+        }
+    }
+
+    async fn start_rollout(&self) -> Instant {
+        self.send("POST", "/sim/images", Some(json!({ "id": "image-b" })))
+            .await;
+        self.await_ready().await;
+        let fired = Instant::now();
+        self.send("PUT", "/v1/event/fire/consul-rehydrate", None)
+            .await;
+        fired
+    }
+
+    /// Polls the rollout record until it is completed; fails on a stopped one or past `limit`.
+    async fn await_completed(&self, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self.rollout().await {
+                match r["state"]["state"].as_str() {
+                    Some("completed") => return r,
+                    Some("stopped") => panic!("the rollout stopped: {r:#}\n{}", self.logs()),
+                    _ => {}
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the rollout did not complete within {limit:?}: {:#?}\n{}",
+                self.rollout().await,
+                self.logs()
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What every finished rollout of the cluster must show, by the simulator's record.
+    async fn assert_rolled_out(&self, record: &Value) {
+        assert_eq!(record["target_image"], "image-b", "{record:#}");
+        let servers = self.servers().await;
+        let live: Vec<&Value> = servers
+            .iter()
+            .filter(|s| s["machine"] != "terminated")
+            .collect();
+        assert_eq!(live.len(), SERVERS, "{servers:#?}");
+        assert!(
+            live.iter()
+                .all(|s| s["image"] == "image-b" && s["voter"] == true),
+            "every live server on image-b and a voter: {servers:#?}"
+        );
+        let tokens: Vec<&str> = servers.iter().filter_map(|s| s["token"].as_str()).collect();
+        assert_eq!(
+            tokens.len(),
+            SERVERS,
+            "exactly {SERVERS} launches: {servers:#?}"
+        );
+        let distinct: HashSet<&str> = tokens.iter().copied().collect();
+        assert_eq!(distinct.len(), tokens.len(), "a launch token used twice");
+        let mut live_by_token: HashMap<&str, usize> = HashMap::new();
+        for s in &live {
+            if let Some(t) = s["token"].as_str() {
+                *live_by_token.entry(t).or_default() += 1;
+            }
+        }
+        assert!(
+            live_by_token.values().all(|&n| n == 1),
+            "two live servers from one launch: {live_by_token:?}"
+        );
+        let terminated = servers
+            .iter()
+            .filter(|s| s["machine"] == "terminated")
+            .count();
+        assert_eq!(terminated, SERVERS, "exactly {SERVERS} retirements");
+        let originals_left = servers
+            .iter()
+            .filter(|s| s["image"] == "image-a" && s["machine"] != "terminated")
+            .count();
+        assert_eq!(originals_left, 0);
+
+        let inv = self.send("GET", "/sim/invariants", None).await;
+        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+        assert!(inv["max_voters_missing"].as_u64().unwrap() <= 1, "{inv}");
+        assert_eq!(
+            inv["leader_retired"], 0,
+            "the leader was retired while leading: {inv}"
+        );
+        assert_eq!(inv["max_servers"], SERVERS as u64 + 1, "{inv}");
+        assert!(
+            inv["min_voters"].as_u64().unwrap() >= SERVERS as u64,
+            "{inv}"
+        );
+    }
+}
+
+fn config_text(url: &str) -> String {
+    format!(
+        r#"[cluster]
+name = "{CLUSTER}"
+desired_servers = {SERVERS}
+
+[consul]
+address = "{url}"
+
+[cloud]
+type = "sim"
+
+[lock]
+session_ttl = "{ttl}s"
+lock_delay = "{delay}s"
+
+[status]
+listen = "127.0.0.1:0"
+
+[rollout]
+stable_timeout = "1m"
+step_timeout = "20s"
+
+[action.spin-up]
+type = "spin-up"
+lock = "step"
+
+[action.spin-down]
+type = "spin-down"
+lock = "step"
+
+[[watch]]
+name = "rehydrate"
+type = "event"
+event = "consul-rehydrate"
+actions = ["spin-up", "spin-down"]
+
+[[watch]]
+name = "servers"
+type = "service"
+service = "consul"
+actions = ["spin-up", "spin-down"]
+
+[[watch]]
+name = "timer"
+type = "schedule"
+every = "1s"
+actions = ["spin-up", "spin-down"]
+"#,
+        ttl = TTL.as_secs(),
+        delay = LOCK_DELAY.as_secs(),
+    )
+}
+
+/// A KV value (base64) decoded as JSON.
+fn decode(value: &Value) -> Option<Value> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_str()?)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[actix_rt::test]
+async fn three_replicas_roll_three_servers_onto_the_new_image() {
+    let rig = Rig::new("plain");
+    bounded_for(TEST_BOUND, async {
+        let fired = rig.start_rollout().await;
+        let record = rig.await_completed(ROLLOUT_BOUND).await;
+        let took = fired.elapsed();
+        rig.assert_rolled_out(&record).await;
+        let sessions = rig.sessions().await;
+        assert!(
+            REPLICAS.iter().all(|r| sessions.contains_key(*r)),
+            "every replica still holds its session: {sessions:?}"
+        );
+        println!(
+            "3 replicas rolled {SERVERS} servers onto image-b in {took:.2?} (unavoidable boot + \
+             stabilization {:.2?})",
+            (BOOT + STABILIZATION) * SERVERS as u32
+        );
+    })
+    .await;
+}
+
+/// Fires the rollout, kills the `step` lock's holder at a point picked by `seed`, and checks
+/// the others finish it as if nothing happened.
+async fn rollout_with_the_holder_killed(seed: u64) {
+    let mut rig = Rig::new(&format!("kill{seed}"));
+    bounded_for(TEST_BOUND, async {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // The rollout takes 2×SERVERS cloud actions (launch, retire, ...): the kill comes after
+        // `after` of them, `jitter` later, during whatever step holds the lock then.
+        let after = rng.gen_range(0..2 * SERVERS);
+        let jitter = Duration::from_millis(rng.gen_range(0..1500));
+        let fired = rig.start_rollout().await;
+
+        eventually(
+            &format!("{after} launches and retirements"),
+            ROLLOUT_BOUND,
+            || async { (rig.cloud_actions().await >= after).then_some(()) },
+        )
+        .await;
+        actix_rt::time::sleep(jitter).await;
+        let (session, holder) = eventually(
+            "a replica to hold the step lock",
+            Duration::from_secs(20),
+            || rig.step_lock(),
+        )
+        .await;
+        let victim_name = holder["replica"].as_str().unwrap().to_owned();
+        let done_before = rig.cloud_actions().await;
+        let victim = rig
+            .replicas
+            .iter()
+            .position(|r| r.name == victim_name)
+            .unwrap();
+        let killed = Instant::now();
+        rig.replicas[victim].kill_group();
+        let status = rig.replicas[victim].wait_exit(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), None, "SIGKILL, not an exit: {status}");
+        assert!(
+            rig.rollout()
+                .await
+                .map_or(true, |r| r["state"]["state"] != "completed"),
+            "the rollout completed before the kill"
+        );
+
+        // Another replica takes the lock once Consul gives the dead session up (TTL..2×TTL)
+        // and lock-delay has passed.
+        let (_, next) = eventually(
+            "another replica to take the step lock",
+            2 * TTL + LOCK_DELAY + SLACK,
+            || async { rig.step_lock().await.filter(|(s, _)| *s != session) },
+        )
+        .await;
+        let takeover = killed.elapsed();
+        let next_name = next["replica"].as_str().unwrap().to_owned();
+        assert_ne!(
+            next_name, victim_name,
+            "the dead replica took the lock again"
+        );
+        assert!(
+            takeover >= LOCK_DELAY,
+            "taken over {takeover:?} after the kill, inside lock-delay"
+        );
+
+        let record = rig.await_completed(KILLED_ROLLOUT_BOUND).await;
+        let took = fired.elapsed();
+        rig.assert_rolled_out(&record).await;
+        let sessions = rig.sessions().await;
+        assert!(
+            !sessions.contains_key(&victim_name),
+            "the dead replica's session outlived it: {sessions:?}"
+        );
+        println!(
+            "seed {seed}: killed {victim_name} after {done_before} cloud actions (aimed at \
+             {after} + {jitter:.0?}) while it ran {} for {}; {next_name} took the step lock \
+             {takeover:.1?} later (bound 2×TTL + lock-delay = {:?}); rollout completed in \
+             {took:.1?}",
+            holder["action"],
+            holder["trigger_id"],
+            2 * TTL + LOCK_DELAY
+        );
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn the_rollout_completes_when_the_step_holder_is_killed_seed_1() {
+    rollout_with_the_holder_killed(1).await;
+}
+
+#[actix_rt::test]
+async fn the_rollout_completes_when_the_step_holder_is_killed_seed_2() {
+    rollout_with_the_holder_killed(2).await;
+}
+
+#[actix_rt::test]
+async fn the_rollout_completes_when_the_step_holder_is_killed_seed_3() {
+    rollout_with_the_holder_killed(3).await;
+}
