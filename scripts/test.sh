@@ -13,4 +13,10 @@ fi
 # Blocking-query tests hold many connections open at once.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# moto's EC2 server stands in for AWS in tests/cloud_ec2.rs (which fails, not skips, without it).
+# Installed once; a machine that has it pays only for this check.
+if ! command -v moto_server >/dev/null 2>&1 && ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  python3 -m pip install --quiet 'moto[server]'
+fi
+
 cargo test --workspace --locked "$@"

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rehydrator::cloud::sim::SimCloud;
+use rehydrator::cloud::{Ec2Cloud, SimCloud};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
@@ -35,7 +35,7 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
         let ports = Ports {
             consul: Rc::new(ConsulAdapter::new(client, WatchPolicy::default())),
             webhook: Rc::new(AwcWebhook::default()),
-            cloud: cloud(&settings)?,
+            cloud: cloud(&settings).await?,
         };
         info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
         let tree = tree::start(&settings, &replica, ports);
@@ -51,7 +51,7 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
 }
 
 /// The cloud the rollout's actions launch and retire through, when any is configured.
-fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
+async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
     let rollout = settings
         .actions
         .values()
@@ -62,13 +62,23 @@ fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
     match &settings.cloud {
         // The simulator serves its cloud beside Consul's API: the same address by default.
         CloudSettings::Sim { url } => {
-            let base = url.clone().unwrap_or_else(|| settings.consul.address.clone());
+            let base = url
+                .clone()
+                .unwrap_or_else(|| settings.consul.address.clone());
             let cloud = SimCloud::new(&base).with_context(|| format!("cloud.url {base:?}"))?;
             Ok(Some(Rc::new(cloud)))
         }
-        CloudSettings::Ec2(_) | CloudSettings::Ecs(_) => anyhow::bail!(
-            "cloud.type: the ec2 and ecs backends are not built yet (the rollout issue's next step); use \"sim\""
-        ),
+        // Credentials from the SDK's default chain: the task role on ECS, the environment here.
+        CloudSettings::Ec2(aws) => {
+            let cloud = Ec2Cloud::load(aws, &settings.cluster.name, None)
+                .await
+                .context("cloud (ec2)")?;
+            info!(cloud = ?cloud, "EC2 cloud ready.");
+            Ok(Some(Rc::new(cloud)))
+        }
+        CloudSettings::Ecs(_) => {
+            anyhow::bail!("cloud.type: ecs backend not built yet; use \"ec2\" or \"sim\"")
+        }
     }
 }
 

@@ -1,17 +1,20 @@
 //! The cloud backends: where the Consul servers' machines come from. Each implements the actors'
 //! `CloudPort` (newest image, machines, launch with an idempotency token, retire), so the
 //! rollout's SpinUp/SpinDown never see an SDK or HTTP type. `sim` drives the simulator's cloud
-//! through its `/sim` control API; EC2 and ECS come later.
+//! through its `/sim` control API; `ec2` launches EC2 instances from a launch template through
+//! the AWS SDK; ECS comes later.
 //!
 //! `CloudError` is the backends' error at this edge; the port sees it as a `PortError` whose
 //! kind tells the executors whether a retry can help.
 
+pub mod ec2;
 pub mod sim;
 
 use std::time::Duration;
 
 use rehydrator_actors::ports::{ErrorKind, PortError};
 
+pub use ec2::Ec2Cloud;
 pub use sim::SimCloud;
 
 /// What went wrong talking to a cloud.
@@ -34,6 +37,9 @@ pub enum CloudError {
         request: String,
         message: String,
     },
+    /// The cloud asked us to slow down (EC2's RequestLimitExceeded and kin).
+    #[error("the cloud throttled {request}: {message}")]
+    Throttled { request: String, message: String },
     /// The answer was not what the API documents.
     #[error("could not decode the cloud's answer to {request}: {reason}")]
     Decode { request: String, reason: String },
@@ -48,6 +54,7 @@ impl CloudError {
         match self {
             CloudError::Unreachable { .. } => "unreachable",
             CloudError::Timeout { .. } => "timeout",
+            CloudError::Throttled { .. } => "throttled",
             CloudError::Status { status, .. } if *status >= 500 => "status_5xx",
             CloudError::Status { .. } => "status_4xx",
             CloudError::Decode { .. } => "decode",
@@ -61,6 +68,7 @@ impl From<CloudError> for PortError {
         let kind = match &e {
             CloudError::Unreachable { .. } => ErrorKind::Unreachable,
             CloudError::Timeout { .. } => ErrorKind::Timeout,
+            CloudError::Throttled { .. } => ErrorKind::Server,
             // Throttling (EC2's RequestLimitExceeded is a 503, a proxy's may be 429) passes.
             CloudError::Status { status, .. } if *status >= 500 || *status == 429 => {
                 ErrorKind::Server
@@ -99,6 +107,12 @@ mod tests {
             }),
             ErrorKind::Decode
         );
+        let throttled = CloudError::Throttled {
+            request: "RunInstances".into(),
+            message: "RequestLimitExceeded: slow down".into(),
+        };
+        assert_eq!(throttled.kind(), "throttled");
+        assert_eq!(kind(throttled), ErrorKind::Server);
         assert_eq!(status(500).kind(), "status_5xx");
         assert_eq!(status(400).kind(), "status_4xx");
         let e = PortError::from(status(409));

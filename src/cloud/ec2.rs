@@ -1,0 +1,614 @@
+//! EC2 as the actors' `CloudPort`: the Consul servers are EC2 instances launched from a launch
+//! template. `run` builds it from `[cloud] type = "ec2"`; the tests run it against moto's server
+//! through the real SDK client (`tests/cloud_ec2.rs`).
+//!
+//! - **newest_image**: DescribeImages with `owners` and the filters `name=<image_name>`,
+//!   `state=available`; the newest by CreationDate, ties by name, then ID. CreationDate may be
+//!   given to the second only (moto does), so images registered within one second order by name.
+//! - **machines**: DescribeInstances filtered by the tag `rehydrator:cluster=<cluster>` in the
+//!   states pending, running, stopping and stopped (terminated and shutting-down ones are gone
+//!   for the rollout's purposes).
+//! - **launch(image, token)**: first DescribeInstances by the tag `rehydrator:token=<token>` in
+//!   every state, terminated too, and answers the instance found: a retried step never makes a
+//!   second machine, even after the first one was retired. Only then RunInstances from the launch
+//!   template with the image overridden, one instance, `ClientToken = token` (EC2's own guard for
+//!   a retry racing the lookup), and the tags `rehydrator:cluster`, `rehydrator:token`, `Name`.
+//! - **retire(id)**: TerminateInstances. The Consul agent leaves the cluster on the way down: the
+//!   AMI's Consul configuration must set `leave_on_terminate = true` (the default for clients,
+//!   not for servers), so the shutdown's SIGTERM makes it leave gracefully.
+//!
+//! Conventions the launch template must follow:
+//! - its user data sets the Consul `node_name` to the instance ID (from the instance metadata),
+//!   so `Machine::node` is the instance ID;
+//! - Consul's Raft address is the instance's private IP (`Machine::address`).
+//!
+//! Credentials come from the SDK's default chain (environment, profile, ECS task role, instance
+//! profile) unless a caller passes static ones (the tests). Neither they nor a signature ever
+//! reach an error or a log: errors carry the operation, EC2's error code and message only.
+//!
+//! The SDK's futures are `Send`; they run on actix-rt's current-thread tokio runtime like any
+//! other. HTTPS is hyper with rustls on ring, the TLS stack awc already uses.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::config::{Credentials, Region, SharedHttpClient};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    Filter, Instance, InstanceStateName, LaunchTemplateSpecification, ResourceType, Tag,
+    TagSpecification,
+};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use rehydrator_actors::ports::{CloudPort, Image, Machine, MachineState, PortFuture};
+use rehydrator_config::AwsSettings;
+use tracing::Instrument as _;
+
+use super::CloudError;
+
+/// The tag naming the cluster an instance serves.
+pub const CLUSTER_TAG: &str = "rehydrator:cluster";
+/// The tag holding the launch's idempotency token.
+pub const TOKEN_TAG: &str = "rehydrator:token";
+
+/// The longest an EC2 call may take, retries by the SDK included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// EC2 refuses a longer ClientToken.
+const MAX_CLIENT_TOKEN: usize = 64;
+
+/// Error codes that mean "slow down": retryable whatever the HTTP status says.
+const THROTTLING: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "EC2ThrottledException",
+    "BandwidthLimitExceeded",
+    "PriorRequestNotComplete",
+];
+
+/// What the cloud needs to know about the cluster besides the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2Target {
+    /// `cluster.name`: the value of the `rehydrator:cluster` tag.
+    pub cluster: String,
+    /// A launch template's name, or its ID (`lt-…`).
+    pub launch_template: String,
+    /// DescribeImages' `name` filter (wildcards allowed).
+    pub image_name: String,
+    /// DescribeImages' owners (`self`, an account ID, `amazon`).
+    pub image_owners: Vec<String>,
+}
+
+impl Ec2Target {
+    /// The target `[cloud]` and `[cluster]` describe.
+    pub fn from_settings(aws: &AwsSettings, cluster: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            launch_template: aws.launch_template.clone(),
+            image_name: aws.image_name.clone(),
+            image_owners: aws.image_owners.clone(),
+        }
+    }
+}
+
+/// EC2 as a cloud of Consul server machines.
+#[derive(Clone)]
+pub struct Ec2Cloud {
+    client: aws_sdk_ec2::Client,
+    target: Ec2Target,
+    /// For error messages: the endpoint calls go to (the region's, or `endpoint_url`).
+    endpoint: String,
+}
+
+impl std::fmt::Debug for Ec2Cloud {
+    // The client holds the credentials: only the target and endpoint are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ec2Cloud")
+            .field("target", &self.target)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// The SDK's HTTPS client: hyper with rustls on ring and the system's roots.
+pub fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+impl Ec2Cloud {
+    /// A cloud from `[cloud]` settings: the region from `region`, else the environment
+    /// (`AWS_REGION`, the profile); `endpoint_url` replaces the region's endpoint (moto, a VPC
+    /// endpoint). `credentials` replaces the SDK's default chain (the tests' static keys).
+    pub async fn load(
+        aws: &AwsSettings,
+        cluster: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, CloudError> {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
+            .timeout_config(timeouts);
+        if let Some(region) = &aws.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &aws.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
+        }
+        let sdk = loader.load().await;
+        let Some(region) = sdk.region() else {
+            return Err(CloudError::Config {
+                reason: "no AWS region: set cloud.region or AWS_REGION".into(),
+            });
+        };
+        let endpoint = aws
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| format!("ec2.{region}"));
+        Ok(Self::new(
+            aws_sdk_ec2::Client::new(&sdk),
+            Ec2Target::from_settings(aws, cluster),
+            endpoint,
+        ))
+    }
+
+    /// A cloud over a client the caller configured.
+    pub fn new(client: aws_sdk_ec2::Client, target: Ec2Target, endpoint: String) -> Self {
+        Self {
+            client,
+            target,
+            endpoint,
+        }
+    }
+
+    /// The cluster, template and image filter this cloud works with.
+    pub fn target(&self) -> &Ec2Target {
+        &self.target
+    }
+
+    /// Every instance matching `filters`, across pages.
+    async fn instances(
+        &self,
+        filters: Vec<Filter>,
+        request: &'static str,
+    ) -> Result<Vec<Instance>, CloudError> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(&self.endpoint, request, e))?;
+            for reservation in page.reservations() {
+                out.extend(reservation.instances().iter().cloned());
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn newest(&self) -> Result<Option<Image>, CloudError> {
+        let request = "DescribeImages";
+        let mut images = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .describe_images()
+                .set_owners(Some(self.target.image_owners.clone()))
+                .filters(filter("name", [self.target.image_name.as_str()]))
+                .filters(filter("state", ["available"]))
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(&self.endpoint, request, e))?;
+            for i in page.images() {
+                images.push(ImageFacts {
+                    id: i.image_id().unwrap_or_default().to_owned(),
+                    name: i.name().unwrap_or_default().to_owned(),
+                    created: i.creation_date().unwrap_or_default().to_owned(),
+                });
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        newest(images, request)
+    }
+
+    async fn list(&self) -> Result<Vec<Machine>, CloudError> {
+        let request = "DescribeInstances";
+        let filters = vec![
+            filter(
+                &format!("tag:{CLUSTER_TAG}"),
+                [self.target.cluster.as_str()],
+            ),
+            filter(
+                "instance-state-name",
+                ["pending", "running", "stopping", "stopped"],
+            ),
+        ];
+        let mut out = Vec::new();
+        for i in self.instances(filters, request).await? {
+            let m = machine(&i, request)?;
+            // The filter already says so; a moto or EC2 that ignored it must not resurrect one.
+            if m.state != MachineState::Terminated {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn launch_once(&self, image: &str, token: &str) -> Result<Machine, CloudError> {
+        if token.is_empty() || token.len() > MAX_CLIENT_TOKEN || !token.is_ascii() {
+            return Err(CloudError::Config {
+                reason: format!(
+                    "launch token {token:?} must be 1 to {MAX_CLIENT_TOKEN} ASCII characters (EC2's ClientToken)"
+                ),
+            });
+        }
+        // Any state, terminated included: a step retried after its machine was retired must
+        // find that machine rather than launch another.
+        let found = self
+            .instances(
+                vec![filter(&format!("tag:{TOKEN_TAG}"), [token])],
+                "DescribeInstances (token)",
+            )
+            .await?;
+        if let Some(i) = oldest(&found) {
+            let m = machine(i, "DescribeInstances (token)")?;
+            tracing::debug!(machine = %m.id, state = ?m.state, "The token already launched a machine.");
+            return Ok(m);
+        }
+
+        let request = "RunInstances";
+        let template = LaunchTemplateSpecification::builder();
+        let template = if self.target.launch_template.starts_with("lt-") {
+            template.launch_template_id(&self.target.launch_template)
+        } else {
+            template.launch_template_name(&self.target.launch_template)
+        }
+        .build();
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(tag(CLUSTER_TAG, &self.target.cluster))
+            .tags(tag(TOKEN_TAG, token))
+            .tags(tag(
+                "Name",
+                &format!("{}-consul-server", self.target.cluster),
+            ))
+            .build();
+        let out = self
+            .client
+            .run_instances()
+            .launch_template(template)
+            .image_id(image)
+            .min_count(1)
+            .max_count(1)
+            .client_token(token)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.endpoint, request, e))?;
+        let i = out.instances().first().ok_or_else(|| CloudError::Decode {
+            request: request.into(),
+            reason: "no instance in the answer".into(),
+        })?;
+        let m = machine(i, request)?;
+        tracing::info!(machine = %m.id, %image, %token, "Launched an EC2 instance.");
+        Ok(m)
+    }
+
+    async fn terminate(&self, id: &str) -> Result<(), CloudError> {
+        self.client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.endpoint, "TerminateInstances", e))?;
+        tracing::info!(machine = %id, "Terminated an EC2 instance.");
+        Ok(())
+    }
+}
+
+impl CloudPort for Ec2Cloud {
+    fn newest_image(&self) -> PortFuture<Option<Image>> {
+        let this = self.clone();
+        Box::pin(
+            async move { Ok(this.newest().await?) }
+                .instrument(tracing::debug_span!("ec2_cloud", op = "newest_image")),
+        )
+    }
+
+    fn machines(&self) -> PortFuture<Vec<Machine>> {
+        let this = self.clone();
+        Box::pin(
+            async move { Ok(this.list().await?) }
+                .instrument(tracing::debug_span!("ec2_cloud", op = "machines")),
+        )
+    }
+
+    fn launch(&self, image: &str, token: &str) -> PortFuture<Machine> {
+        let this = self.clone();
+        let (image, token) = (image.to_owned(), token.to_owned());
+        let span = tracing::debug_span!("ec2_cloud", op = "launch", %image, %token);
+        Box::pin(async move { Ok(this.launch_once(&image, &token).await?) }.instrument(span))
+    }
+
+    fn retire(&self, machine_id: &str) -> PortFuture<()> {
+        let this = self.clone();
+        let id = machine_id.to_owned();
+        let span = tracing::debug_span!("ec2_cloud", op = "retire", machine = %id);
+        Box::pin(async move { Ok(this.terminate(&id).await?) }.instrument(span))
+    }
+}
+
+fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
+    values
+        .into_iter()
+        .fold(Filter::builder().name(name), |f, v| f.values(v))
+        .build()
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+/// The first instance a token launched (there is one; two only if EC2 ignored the ClientToken).
+fn oldest(instances: &[Instance]) -> Option<&Instance> {
+    instances.iter().min_by_key(|i| {
+        (
+            i.launch_time().and_then(|t| t.to_millis().ok()),
+            i.instance_id(),
+        )
+    })
+}
+
+/// What the image order needs to know of an AMI.
+#[derive(Debug, Clone)]
+struct ImageFacts {
+    id: String,
+    name: String,
+    created: String,
+}
+
+/// The newest image: by CreationDate, ties by name, then ID. An image without a date EC2 can
+/// give (none seen) sorts oldest rather than failing the whole rollout.
+fn newest(images: Vec<ImageFacts>, request: &str) -> Result<Option<Image>, CloudError> {
+    let mut best: Option<((SystemTime, String, String), ImageFacts)> = None;
+    for image in images {
+        if image.id.is_empty() {
+            return Err(CloudError::Decode {
+                request: request.to_owned(),
+                reason: format!("an image without an ID (name {:?})", image.name),
+            });
+        }
+        let created = if image.created.is_empty() {
+            SystemTime::UNIX_EPOCH
+        } else {
+            humantime::parse_rfc3339_weak(&image.created).map_err(|e| CloudError::Decode {
+                request: request.to_owned(),
+                reason: format!("image {} created {:?}: {e}", image.id, image.created),
+            })?
+        };
+        let key = (created, image.name.clone(), image.id.clone());
+        let newer = match &best {
+            Some((k, _)) => key > *k,
+            None => true,
+        };
+        if newer {
+            best = Some((key, image));
+        }
+    }
+    Ok(best.map(|(_, i)| Image {
+        id: i.id,
+        name: i.name,
+        created: i.created,
+    }))
+}
+
+/// An EC2 instance as a machine. The node is the instance ID: the launch template's user data
+/// names the Consul node after it.
+fn machine(i: &Instance, request: &str) -> Result<Machine, CloudError> {
+    let decode = |reason: String| CloudError::Decode {
+        request: request.to_owned(),
+        reason,
+    };
+    let id = i
+        .instance_id()
+        .ok_or_else(|| decode("an instance without an ID".into()))?
+        .to_owned();
+    let state = match i.state().and_then(|s| s.name()) {
+        Some(InstanceStateName::Pending) => MachineState::Pending,
+        Some(InstanceStateName::Running) => MachineState::Running,
+        // A stopped machine still exists (it may start again) but its agent is down.
+        Some(InstanceStateName::Stopping | InstanceStateName::Stopped) => MachineState::Stopping,
+        Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated) => {
+            MachineState::Terminated
+        }
+        other => return Err(decode(format!("instance {id} is in state {other:?}"))),
+    };
+    let launched_at = i
+        .launch_time()
+        .and_then(|t| t.to_millis().ok())
+        .and_then(|ms| u64::try_from(ms).ok())
+        .ok_or_else(|| decode(format!("instance {id} has no launch time")))?;
+    let token = i
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(TOKEN_TAG))
+        .and_then(|t| t.value())
+        .map(str::to_owned);
+    Ok(Machine {
+        node: Some(id.clone()),
+        image: i.image_id().unwrap_or_default().to_owned(),
+        launched_at,
+        state,
+        address: i
+            .private_ip_address()
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned),
+        token,
+        id,
+    })
+}
+
+/// An SDK failure as a `CloudError`: throttling and 5xx pass as retryable, other service
+/// errors are refusals. The SDK's error text names the operation and EC2's message, never the
+/// credentials.
+fn sdk_error<E>(endpoint: &str, request: &str, e: SdkError<E, HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let request = request.to_owned();
+    match &e {
+        SdkError::ConstructionFailure(_) => CloudError::Config {
+            reason: format!("{request}: {}", DisplayErrorContext(&e)),
+        },
+        SdkError::TimeoutError(_) => CloudError::Timeout {
+            request,
+            after: OPERATION_TIMEOUT,
+        },
+        SdkError::DispatchFailure(d) if d.is_timeout() => CloudError::Timeout {
+            request,
+            after: CONNECT_TIMEOUT,
+        },
+        SdkError::DispatchFailure(_) => CloudError::Unreachable {
+            base: endpoint.to_owned(),
+            request,
+            reason: DisplayErrorContext(&e).to_string(),
+        },
+        SdkError::ResponseError(_) => CloudError::Decode {
+            request,
+            reason: DisplayErrorContext(&e).to_string(),
+        },
+        SdkError::ServiceError(s) => {
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            let message = format!("{code}: {}", e.message().unwrap_or("no message"));
+            if THROTTLING.contains(&code.as_str()) {
+                CloudError::Throttled { request, message }
+            } else {
+                CloudError::Status {
+                    status: s.raw().status().as_u16(),
+                    request,
+                    message,
+                }
+            }
+        }
+        // SdkError is non-exhaustive: whatever comes later is retried like a dispatch failure.
+        _ => CloudError::Unreachable {
+            base: endpoint.to_owned(),
+            request,
+            reason: DisplayErrorContext(&e).to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::primitives::DateTime;
+    use aws_sdk_ec2::types::InstanceState;
+
+    fn facts(id: &str, name: &str, created: &str) -> ImageFacts {
+        ImageFacts {
+            id: id.into(),
+            name: name.into(),
+            created: created.into(),
+        }
+    }
+
+    fn instance(state: InstanceStateName) -> Instance {
+        Instance::builder()
+            .instance_id("i-0abc")
+            .image_id("ami-1")
+            .launch_time(DateTime::from_millis(1_714_564_800_123))
+            .state(InstanceState::builder().name(state).build())
+            .private_ip_address("10.0.1.7")
+            .tags(tag(CLUSTER_TAG, "prod"))
+            .tags(tag(TOKEN_TAG, "r1-o3-n3"))
+            .build()
+    }
+
+    #[test]
+    fn an_instance_is_a_machine_named_after_its_id() {
+        let m = machine(&instance(InstanceStateName::Running), "GET").unwrap();
+        assert_eq!(
+            m,
+            Machine {
+                id: "i-0abc".into(),
+                image: "ami-1".into(),
+                launched_at: 1_714_564_800_123,
+                state: MachineState::Running,
+                address: Some("10.0.1.7".into()),
+                node: Some("i-0abc".into()),
+                token: Some("r1-o3-n3".into()),
+            }
+        );
+        for (ec2, port) in [
+            (InstanceStateName::Pending, MachineState::Pending),
+            (InstanceStateName::Stopping, MachineState::Stopping),
+            (InstanceStateName::Stopped, MachineState::Stopping),
+            (InstanceStateName::ShuttingDown, MachineState::Terminated),
+            (InstanceStateName::Terminated, MachineState::Terminated),
+        ] {
+            assert_eq!(machine(&instance(ec2), "GET").unwrap().state, port);
+        }
+        let nameless = Instance::builder().build();
+        assert!(matches!(
+            machine(&nameless, "GET"),
+            Err(CloudError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn the_newest_image_by_creation_then_name() {
+        let got = newest(
+            vec![
+                facts("ami-a", "consul-3", "2024-01-01T00:00:00.000Z"),
+                facts("ami-b", "consul-1", "2024-05-01T12:00:01Z"),
+                facts("ami-c", "consul-2", "2024-05-01T12:00:00.900Z"),
+            ],
+            "DescribeImages",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.id, "ami-b");
+        // moto's dates are to the second: the same second orders by name.
+        let tie = newest(
+            vec![
+                facts("ami-2", "consul-2", "2024-05-01T12:00:00.000Z"),
+                facts("ami-9", "consul-1", "2024-05-01T12:00:00.000Z"),
+            ],
+            "DescribeImages",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tie.id, "ami-2");
+        assert_eq!(newest(Vec::new(), "DescribeImages").unwrap(), None);
+        assert!(matches!(
+            newest(vec![facts("ami-1", "x", "yesterday")], "DescribeImages"),
+            Err(CloudError::Decode { .. })
+        ));
+    }
+}
