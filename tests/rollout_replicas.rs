@@ -531,8 +531,12 @@ async fn rollout_with_the_holder_killed(seed: u64) {
     bounded_for(TEST_BOUND, async {
         let mut rng = StdRng::seed_from_u64(seed);
         // The rollout takes 2×SERVERS cloud actions (launch, retire, ...): the kill comes after
-        // `after` of them, `jitter` later, during whatever step holds the lock then.
-        let after = rng.gen_range(0..2 * SERVERS);
+        // `after` of them, `jitter` later, during whatever step holds the lock then. Each seed
+        // draws from its own third of the rollout, so three seeds cover its start (the event's
+        // job, the first launch), its middle and the leader's retirement.
+        let third = (2 * SERVERS / 3) as u64;
+        let stratum = (seed - 1) % 3;
+        let after = rng.gen_range(stratum * third..(stratum + 1) * third) as usize;
         let jitter = Duration::from_millis(rng.gen_range(0..1500));
         let fired = rig.start_rollout().await;
 
@@ -589,6 +593,39 @@ async fn rollout_with_the_holder_killed(seed: u64) {
         let record = rig.await_completed(KILLED_ROLLOUT_BOUND).await;
         let took = fired.elapsed();
         rig.assert_rolled_out(&record).await;
+        // The record names only machines the cloud launched and terminated. (A holder killed
+        // between a cloud call and the record's write leaves that step out of the record; the
+        // simulator's record above is the authority.)
+        let servers = rig.servers().await;
+        let launched: HashSet<&str> = servers
+            .iter()
+            .filter(|s| !s["token"].is_null())
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        let terminated: HashSet<&str> = servers
+            .iter()
+            .filter(|s| s["machine"] == "terminated")
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        let recorded = |list: &str| -> Vec<String> {
+            record[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["machine"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (rec_launches, rec_retirements) = (recorded("launches"), recorded("retirements"));
+        assert!(
+            rec_launches.iter().all(|m| launched.contains(m.as_str())),
+            "{rec_launches:?} vs {launched:?}"
+        );
+        assert!(
+            rec_retirements
+                .iter()
+                .all(|m| terminated.contains(m.as_str())),
+            "{rec_retirements:?} vs {terminated:?}"
+        );
         let sessions = rig.sessions().await;
         assert!(
             !sessions.contains_key(&victim_name),
@@ -598,10 +635,12 @@ async fn rollout_with_the_holder_killed(seed: u64) {
             "seed {seed}: killed {victim_name} after {done_before} cloud actions (aimed at \
              {after} + {jitter:.0?}) while it ran {} for {}; {next_name} took the step lock \
              {takeover:.1?} later (bound 2×TTL + lock-delay = {:?}); rollout completed in \
-             {took:.1?}",
+             {took:.1?}; the record lists {}/{SERVERS} launches and {}/{SERVERS} retirements",
             holder["action"],
             holder["trigger_id"],
-            2 * TTL + LOCK_DELAY
+            2 * TTL + LOCK_DELAY,
+            rec_launches.len(),
+            rec_retirements.len()
         );
     })
     .await;
