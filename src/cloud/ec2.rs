@@ -29,7 +29,7 @@
 //! The SDK's futures are `Send`; they run on actix-rt's current-thread tokio runtime like any
 //! other. HTTPS is hyper with rustls on ring, the TLS stack awc already uses.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::{Credentials, Region, SharedHttpClient};
@@ -220,7 +220,7 @@ impl Ec2Cloud {
                 .await
                 .map_err(|e| sdk_error(&self.endpoint, request, e))?;
             for i in page.images() {
-                images.push(ImageFacts {
+                images.push(Image {
                     id: i.image_id().unwrap_or_default().to_owned(),
                     name: i.name().unwrap_or_default().to_owned(),
                     created: i.creation_date().unwrap_or_default().to_owned(),
@@ -231,7 +231,7 @@ impl Ec2Cloud {
                 _ => break,
             }
         }
-        newest(images, request)
+        super::newest(images, request)
     }
 
     async fn list(&self) -> Result<Vec<Machine>, CloudError> {
@@ -383,49 +383,6 @@ fn oldest(instances: &[Instance]) -> Option<&Instance> {
     })
 }
 
-/// What the image order needs to know of an AMI.
-#[derive(Debug, Clone)]
-struct ImageFacts {
-    id: String,
-    name: String,
-    created: String,
-}
-
-/// The newest image: by CreationDate, ties by name, then ID. An image without a date EC2 can
-/// give (none seen) sorts oldest rather than failing the whole rollout.
-fn newest(images: Vec<ImageFacts>, request: &str) -> Result<Option<Image>, CloudError> {
-    let mut best: Option<((SystemTime, String, String), ImageFacts)> = None;
-    for image in images {
-        if image.id.is_empty() {
-            return Err(CloudError::Decode {
-                request: request.to_owned(),
-                reason: format!("an image without an ID (name {:?})", image.name),
-            });
-        }
-        let created = if image.created.is_empty() {
-            SystemTime::UNIX_EPOCH
-        } else {
-            humantime::parse_rfc3339_weak(&image.created).map_err(|e| CloudError::Decode {
-                request: request.to_owned(),
-                reason: format!("image {} created {:?}: {e}", image.id, image.created),
-            })?
-        };
-        let key = (created, image.name.clone(), image.id.clone());
-        let newer = match &best {
-            Some((k, _)) => key > *k,
-            None => true,
-        };
-        if newer {
-            best = Some((key, image));
-        }
-    }
-    Ok(best.map(|(_, i)| Image {
-        id: i.id,
-        name: i.name,
-        created: i.created,
-    }))
-}
-
 /// An EC2 instance as a machine. The node is the instance ID: the launch template's user data
 /// names the Consul node after it.
 fn machine(i: &Instance, request: &str) -> Result<Machine, CloudError> {
@@ -530,14 +487,6 @@ mod tests {
     use aws_sdk_ec2::primitives::DateTime;
     use aws_sdk_ec2::types::InstanceState;
 
-    fn facts(id: &str, name: &str, created: &str) -> ImageFacts {
-        ImageFacts {
-            id: id.into(),
-            name: name.into(),
-            created: created.into(),
-        }
-    }
-
     fn instance(state: InstanceStateName) -> Instance {
         Instance::builder()
             .instance_id("i-0abc")
@@ -577,37 +526,6 @@ mod tests {
         let nameless = Instance::builder().build();
         assert!(matches!(
             machine(&nameless, "GET"),
-            Err(CloudError::Decode { .. })
-        ));
-    }
-
-    #[test]
-    fn the_newest_image_by_creation_then_name() {
-        let got = newest(
-            vec![
-                facts("ami-a", "consul-3", "2024-01-01T00:00:00.000Z"),
-                facts("ami-b", "consul-1", "2024-05-01T12:00:01Z"),
-                facts("ami-c", "consul-2", "2024-05-01T12:00:00.900Z"),
-            ],
-            "DescribeImages",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(got.id, "ami-b");
-        // moto's dates are to the second: the same second orders by name.
-        let tie = newest(
-            vec![
-                facts("ami-2", "consul-2", "2024-05-01T12:00:00.000Z"),
-                facts("ami-9", "consul-1", "2024-05-01T12:00:00.000Z"),
-            ],
-            "DescribeImages",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(tie.id, "ami-2");
-        assert_eq!(newest(Vec::new(), "DescribeImages").unwrap(), None);
-        assert!(matches!(
-            newest(vec![facts("ami-1", "x", "yesterday")], "DescribeImages"),
             Err(CloudError::Decode { .. })
         ));
     }

@@ -12,7 +12,9 @@ pub mod sim;
 
 use std::time::Duration;
 
-use rehydrator_actors::ports::{ErrorKind, PortError};
+use std::time::SystemTime;
+
+use rehydrator_actors::ports::{ErrorKind, Image, PortError};
 
 pub use ec2::Ec2Cloud;
 pub use sim::SimCloud;
@@ -118,5 +120,86 @@ mod tests {
         let e = PortError::from(status(409));
         assert!(!e.is_retryable());
         assert!(e.message.contains("409") && e.message.contains("POST /sim/servers"));
+    }
+}
+
+/// The newest image, the port's rule for every backend: by creation date, ties by name, then ID. An image without a date EC2 can
+/// give (none seen) sorts oldest rather than failing the whole rollout.
+pub(crate) fn newest(images: Vec<Image>, request: &str) -> Result<Option<Image>, CloudError> {
+    let mut best: Option<((SystemTime, String, String), Image)> = None;
+    for image in images {
+        if image.id.is_empty() {
+            return Err(CloudError::Decode {
+                request: request.to_owned(),
+                reason: format!("an image without an ID (name {:?})", image.name),
+            });
+        }
+        let created = if image.created.is_empty() {
+            SystemTime::UNIX_EPOCH
+        } else {
+            humantime::parse_rfc3339_weak(&image.created).map_err(|e| CloudError::Decode {
+                request: request.to_owned(),
+                reason: format!("image {} created {:?}: {e}", image.id, image.created),
+            })?
+        };
+        let key = (created, image.name.clone(), image.id.clone());
+        let newer = match &best {
+            Some((k, _)) => key > *k,
+            None => true,
+        };
+        if newer {
+            best = Some((key, image));
+        }
+    }
+    Ok(best.map(|(_, i)| i))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod newest_tests {
+    use super::*;
+
+    fn image(id: &str, name: &str, created: &str) -> Image {
+        Image {
+            id: id.into(),
+            name: name.into(),
+            created: created.into(),
+        }
+    }
+
+    #[test]
+    fn the_newest_image_by_creation_then_name() {
+        let got = newest(
+            vec![
+                image("ami-a", "consul-3", "2024-01-01T00:00:00.000Z"),
+                image("ami-c", "consul-2", "2024-05-01T12:00:00.900Z"),
+                // Later by a fraction of a second, though it sorts first as a string.
+                image("ami-b", "consul-1", "2024-05-01T12:00:01Z"),
+            ],
+            "list",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.id, "ami-b");
+        // moto's and EC2's dates are to the second: the same second orders by name.
+        let tie = newest(
+            vec![
+                image("ami-2", "consul-2", "2024-05-01T12:00:00.000Z"),
+                image("ami-9", "consul-1", "2024-05-01T12:00:00.000Z"),
+            ],
+            "list",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tie.id, "ami-2");
+        assert_eq!(newest(Vec::new(), "list").unwrap(), None);
+        assert!(matches!(
+            newest(vec![image("ami-1", "x", "yesterday")], "list"),
+            Err(CloudError::Decode { .. })
+        ));
+        assert!(matches!(
+            newest(vec![image("", "x", "2024-01-01T00:00:00Z")], "list"),
+            Err(CloudError::Decode { .. })
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! Futures are `'static` and not `Send`, like every port's: the awc client is an `Rc` and each
 //! call clones what it needs.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use awc::http::{Method, Uri};
 use rehydrator_actors::ports::{CloudPort, Image, Machine, MachineState, PortFuture};
@@ -159,31 +159,6 @@ struct ServerJson {
     launched_at: u64,
 }
 
-/// The newest image: by creation time, ties by name, then ID. Every image counts, broken or
-/// not: telling a bad image is the rollout's job (its server never gets healthy).
-fn newest(images: Vec<ImageJson>, request: &str) -> Result<Option<Image>, CloudError> {
-    let mut best: Option<((SystemTime, String, String), ImageJson)> = None;
-    for image in images {
-        let created = humantime::parse_rfc3339(&image.created).map_err(|e| CloudError::Decode {
-            request: request.to_owned(),
-            reason: format!("image {} created {:?}: {e}", image.id, image.created),
-        })?;
-        let key = (created, image.name.clone(), image.id.clone());
-        let newer = match &best {
-            Some((k, _)) => key > *k,
-            None => true,
-        };
-        if newer {
-            best = Some((key, image));
-        }
-    }
-    Ok(best.map(|(_, i)| Image {
-        id: i.id,
-        name: i.name,
-        created: i.created,
-    }))
-}
-
 /// A simulated server as a machine; `None` for a terminated one (the port lists the living).
 ///
 /// A stopped (left) or killed server's machine still exists and runs, only its Consul agent
@@ -222,7 +197,15 @@ impl CloudPort for SimCloud {
         Box::pin(
             async move {
                 let images = call.await?;
-                Ok(newest(images, "GET /sim/images")?)
+                let images = images
+                    .into_iter()
+                    .map(|i| Image {
+                        id: i.id,
+                        name: i.name,
+                        created: i.created,
+                    })
+                    .collect();
+                Ok(super::newest(images, "GET /sim/images")?)
             }
             .instrument(tracing::debug_span!("sim_cloud", op = "newest_image")),
         )
@@ -298,14 +281,6 @@ mod tests {
         }
     }
 
-    fn image(id: &str, name: &str, created: &str) -> ImageJson {
-        ImageJson {
-            id: id.into(),
-            name: name.into(),
-            created: created.into(),
-        }
-    }
-
     #[test]
     fn a_server_is_a_machine() {
         let m = machine(server("booting"), "GET").unwrap().unwrap();
@@ -331,37 +306,6 @@ mod tests {
         }
         assert!(matches!(
             machine(server("melted"), "GET"),
-            Err(CloudError::Decode { .. })
-        ));
-    }
-
-    #[test]
-    fn the_newest_image_by_creation_then_name() {
-        let got = newest(
-            vec![
-                image("a", "a", "2024-01-01T00:00:00.000Z"),
-                image("c", "c", "2024-05-01T12:00:00.900Z"),
-                // Later by a fraction of a second, though it sorts first as a string.
-                image("b", "b", "2024-05-01T12:00:01Z"),
-            ],
-            "GET",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(got.id, "b");
-        let tie = newest(
-            vec![
-                image("ami-2", "x-2", "2024-05-01T12:00:00.000Z"),
-                image("ami-1", "x-1", "2024-05-01T12:00:00.000Z"),
-            ],
-            "GET",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(tie.id, "ami-2");
-        assert_eq!(newest(Vec::new(), "GET").unwrap(), None);
-        assert!(matches!(
-            newest(vec![image("a", "a", "yesterday")], "GET"),
             Err(CloudError::Decode { .. })
         ));
     }
