@@ -71,41 +71,8 @@ impl Rig {
 
     /// Starts one replica; `rollout` is the body of its `[rollout]` section.
     fn start_with(&self, desired: usize, rollout: &str) -> Tree {
-        let text = format!(
-            r#"
-[cluster]
-name = "roll"
-desired_servers = {desired}
-[consul]
-address = "{url}"
-[lock]
-session_ttl = "10s"
-lock_delay = "1s"
-[rollout]
-{rollout}
-step_timeout = "20s"
-[action.spin-up]
-type = "spin-up"
-[action.spin-down]
-type = "spin-down"
-[[watch]]
-name = "rehydrate"
-type = "event"
-event = "consul-rehydrate"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "servers"
-type = "service"
-service = "consul"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "timer"
-type = "schedule"
-every = "1s"
-actions = ["spin-up", "spin-down"]
-"#,
-            url = self.sim.url()
-        );
+        let text =
+            common::rollout::config("roll", desired, &self.sim.url(), "type = \"sim\"", rollout);
         let path = self.dir.join("rehydrator.toml");
         std::fs::write(&path, text).unwrap();
         let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
@@ -252,15 +219,7 @@ async fn full_rollout(n: usize) {
     assert_eq!(terminated, n, "exactly N retirements");
     assert_eq!((r.launches.len(), r.retirements.len()), (n, n));
 
-    let inv = rig.invariants().await;
-    assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
-    assert!(inv["max_voters_missing"].as_u64().unwrap() <= 1, "{inv}");
-    assert_eq!(
-        inv["leader_retired"], 0,
-        "the leader lost leadership before it was retired: {inv}"
-    );
-    assert_eq!(inv["max_servers"], n as u64 + 1, "{inv}");
-    assert!(inv["min_voters"].as_u64().unwrap() >= n as u64, "{inv}");
+    common::rollout::assert_clean(&rig.invariants().await, n);
 
     // What a rollout cannot avoid per server: the boot, the stabilization before promotion,
     // the leave; everything else is orchestration overhead.

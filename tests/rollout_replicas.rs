@@ -204,7 +204,17 @@ impl Rig {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("rehydrator.toml");
-        std::fs::write(&config, config_text(&sim.url())).unwrap();
+        std::fs::write(
+            &config,
+            common::rollout::config(
+                CLUSTER,
+                SERVERS,
+                &sim.url(),
+                "type = \"sim\"",
+                "stable_timeout = \"1m\"",
+            ),
+        )
+        .unwrap();
         let replicas = REPLICAS
             .iter()
             .map(|n| Replica::spawn(&dir, &config, n))
@@ -425,73 +435,8 @@ impl Rig {
             .count();
         assert_eq!(originals_left, 0);
 
-        let inv = self.send("GET", "/sim/invariants", None).await;
-        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
-        assert!(inv["max_voters_missing"].as_u64().unwrap() <= 1, "{inv}");
-        assert_eq!(
-            inv["leader_retired"], 0,
-            "the leader was retired while leading: {inv}"
-        );
-        assert_eq!(inv["max_servers"], SERVERS as u64 + 1, "{inv}");
-        assert!(
-            inv["min_voters"].as_u64().unwrap() >= SERVERS as u64,
-            "{inv}"
-        );
+        common::rollout::assert_clean(&self.send("GET", "/sim/invariants", None).await, SERVERS);
     }
-}
-
-fn config_text(url: &str) -> String {
-    format!(
-        r#"[cluster]
-name = "{CLUSTER}"
-desired_servers = {SERVERS}
-
-[consul]
-address = "{url}"
-
-[cloud]
-type = "sim"
-
-[lock]
-session_ttl = "{ttl}s"
-lock_delay = "{delay}s"
-
-[status]
-listen = "127.0.0.1:0"
-
-[rollout]
-stable_timeout = "1m"
-step_timeout = "20s"
-
-[action.spin-up]
-type = "spin-up"
-lock = "step"
-
-[action.spin-down]
-type = "spin-down"
-lock = "step"
-
-[[watch]]
-name = "rehydrate"
-type = "event"
-event = "consul-rehydrate"
-actions = ["spin-up", "spin-down"]
-
-[[watch]]
-name = "servers"
-type = "service"
-service = "consul"
-actions = ["spin-up", "spin-down"]
-
-[[watch]]
-name = "timer"
-type = "schedule"
-every = "1s"
-actions = ["spin-up", "spin-down"]
-"#,
-        ttl = TTL.as_secs(),
-        delay = LOCK_DELAY.as_secs(),
-    )
 }
 
 /// A KV value (base64) decoded as JSON.

@@ -1,0 +1,68 @@
+//! Shared by the rollout tests: the replica configuration they run, and the invariants every
+//! finished rollout must show in the simulator's own record.
+
+use serde_json::Value;
+
+/// The session TTL and lock-delay the rollout tests run with (real time: the simulator's
+/// sessions follow Consul's rules whatever its cluster constants are).
+pub const SESSION_TTL_SECS: u64 = 10;
+pub const LOCK_DELAY_SECS: u64 = 1;
+
+/// A replica's configuration for cluster `cluster` with `desired` servers, Consul at `consul`:
+/// spin-up and spin-down on the shared `step` lock, triggered by `consul-rehydrate`, by catalog
+/// changes of the `consul` service and by a 1s timer. `cloud` and `rollout` are the bodies
+/// of those sections.
+pub fn config(cluster: &str, desired: usize, consul: &str, cloud: &str, rollout: &str) -> String {
+    format!(
+        r#"[cluster]
+name = "{cluster}"
+desired_servers = {desired}
+[consul]
+address = "{consul}"
+[cloud]
+{cloud}
+[lock]
+session_ttl = "{SESSION_TTL_SECS}s"
+lock_delay = "{LOCK_DELAY_SECS}s"
+[rollout]
+{rollout}
+step_timeout = "20s"
+[action.spin-up]
+type = "spin-up"
+[action.spin-down]
+type = "spin-down"
+[[watch]]
+name = "rehydrate"
+type = "event"
+event = "consul-rehydrate"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "servers"
+type = "service"
+service = "consul"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "timer"
+type = "schedule"
+every = "1s"
+actions = ["spin-up", "spin-down"]
+"#
+    )
+}
+
+/// What `/sim/invariants` must show after a rollout of `n` servers: quorum never lost, never
+/// more than one voter missing, the leader never retired while leading, never more than one
+/// machine beyond the desired count, never fewer voters than desired.
+pub fn assert_clean(inv: &Value, n: usize) {
+    assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+    assert!(
+        inv["max_voters_missing"].as_u64().unwrap_or(u64::MAX) <= 1,
+        "{inv}"
+    );
+    assert_eq!(
+        inv["leader_retired"], 0,
+        "the leader was retired while leading: {inv}"
+    );
+    assert_eq!(inv["max_servers"], n as u64 + 1, "{inv}");
+    assert!(inv["min_voters"].as_u64().unwrap_or(0) >= n as u64, "{inv}");
+}
