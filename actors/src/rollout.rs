@@ -134,7 +134,10 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + env.config.step_timeout;
     let mut transferred = false;
     loop {
-        let (s, cas) = snapshot(&env).await?;
+        let (mut s, mut cas) = snapshot(&env).await?;
+        if let Some(r) = s.rollout.as_mut() {
+            cas = reconcile_launches(&env, r, &s.machines, cas).await?;
+        }
         let step = decide(&env, which, &s, requested);
         if env.config.dry_run && !matches!(step, Step::Idle(_) | Step::Wait(_) | Step::Settle(_)) {
             info!(?step, "Dry run: the step this run would take.");
@@ -249,6 +252,38 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Adds to the record any machine this rollout launched that the record lacks: a holder that
+/// died between the cloud's launch and the record write left it out, and status should still
+/// show it. The token names the rollout. Returns the index to CAS against next.
+async fn reconcile_launches(
+    env: &RolloutEnv,
+    r: &mut Rollout,
+    machines: &[crate::ports::Machine],
+    cas: u64,
+) -> Result<u64, ExecError> {
+    let prefix = format!("{}-", r.id);
+    let missing: Vec<StepRecord> = machines
+        .iter()
+        .filter(|m| m.token.as_deref().is_some_and(|t| t.starts_with(&prefix)))
+        .filter(|m| !r.launches.iter().any(|l| l.machine == m.id))
+        .map(|m| StepRecord {
+            machine: m.id.clone(),
+            at: m.launched_at,
+            token: m.token.clone(),
+        })
+        .collect();
+    if missing.is_empty() || !r.is_active() {
+        return Ok(cas);
+    }
+    warn!(
+        count = missing.len(),
+        "The record missed launches (a holder died mid-step); adding them."
+    );
+    r.launches.extend(missing);
+    write_record(env, r, cas).await?;
+    Ok(read_record(env).await?.1)
 }
 
 /// Retires `machine` and waits until its server is gone from Raft and autopilot is healthy.
