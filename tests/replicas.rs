@@ -15,9 +15,10 @@
 
 mod common;
 
+use common::{bounded_for, eventually};
+
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,33 +40,6 @@ const LOCK_DELAY: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(10);
 /// The bound on the tests here that wait out session TTLs in real time.
 const LONG_TEST: Duration = Duration::from_secs(120);
-
-/// Runs `fut`, failing the test if it takes longer than `limit`.
-async fn bounded_for<F: Future>(limit: Duration, fut: F) -> F::Output {
-    match actix_rt::time::timeout(limit, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("test did not finish within {limit:?}"),
-    }
-}
-
-/// Polls `probe` every 50ms until it answers `Some`, failing after `limit` with `what`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "gave up after {limit:?} waiting for {what}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -20,8 +20,9 @@
 
 mod common;
 
+use common::{bounded_for, eventually};
+
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,33 +54,6 @@ const KILLED_ROLLOUT_BOUND: Duration = Duration::from_secs(100);
 const SLACK: Duration = Duration::from_secs(10);
 /// The bound on each test here.
 const TEST_BOUND: Duration = Duration::from_secs(150);
-
-/// Runs `fut`, failing the test if it takes longer than `limit`.
-async fn bounded_for<F: Future>(limit: Duration, fut: F) -> F::Output {
-    match actix_rt::time::timeout(limit, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("test did not finish within {limit:?}"),
-    }
-}
-
-/// Polls `probe` every 50ms until it answers `Some`, failing after `limit` with `what`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "gave up after {limit:?} waiting for {what}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// One `rehydrator run` process; its process group is killed when this is dropped.
 struct Replica {

@@ -15,9 +15,34 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `fut`, failing the test if it takes longer than `TEST_TIMEOUT`.
 pub async fn bounded<F: Future>(fut: F) -> F::Output {
-    match actix_rt::time::timeout(TEST_TIMEOUT, fut).await {
+    bounded_for(TEST_TIMEOUT, fut).await
+}
+
+/// Runs `fut`, failing the test if it takes longer than `limit` (for the tests that wait out
+/// session TTLs in real time).
+pub async fn bounded_for<F: Future>(limit: Duration, fut: F) -> F::Output {
+    match actix_rt::time::timeout(limit, fut).await {
         Ok(out) => out,
-        Err(_) => panic!("test did not finish within {TEST_TIMEOUT:?}"),
+        Err(_) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+/// Polls `probe` every 50ms until it answers `Some`, failing after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
