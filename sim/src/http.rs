@@ -60,6 +60,18 @@ impl ApiError {
     }
 }
 
+/// Refuses any method but `method`, as Consul does: 405 with an `Allow` header.
+pub fn only(req: &HttpRequest, method: &str) -> Result<(), ApiError> {
+    if req.method().as_str() == method {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            &[method],
+        ))
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status

@@ -17,13 +17,12 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::cluster::{self, SerfStatus, Server, CONSUL_VERSION, RAFT_PORT, SERF_LAN_PORT};
-use crate::http::{ApiError, Params};
+use crate::http::{only, ApiError, Params};
 use crate::state::{Sim, State};
 
 /// Registers the `/v1/agent` routes; each takes every method so a wrong one gets a 405.
@@ -35,17 +34,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/agent/force-leave/{node:.*}",
             web::route().to(force_leave),
         );
-}
-
-fn only(req: &HttpRequest, method: Method) -> Result<(), ApiError> {
-    if *req.method() == method {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &[method.as_str()],
-        ))
-    }
 }
 
 /// `serf.Member` as `/v1/agent/members` sends it.
@@ -125,7 +113,7 @@ fn agent_member(st: &State) -> MemberJson {
 
 /// GET /v1/agent/self — the agent's configuration and its own serf member.
 async fn agent_self(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::GET)?;
+    only(&req, "GET")?;
     let st = sim.lock();
     let a = &st.cluster.agent;
     Ok(HttpResponse::Ok().json(json!({
@@ -152,7 +140,7 @@ async fn agent_self(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRespons
 /// GET /v1/agent/members — the LAN members (servers and this agent); `?wan` the WAN pool, which
 /// a client agent does not join (`null`).
 async fn members(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::GET)?;
+    only(&req, "GET")?;
     let params = Params::from_request(&req);
     let st = sim.lock();
     if params.has("wan") {
@@ -172,7 +160,7 @@ async fn members(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, 
 
 /// PUT /v1/agent/leave — the agent leaves the cluster gracefully (see the module notes).
 async fn leave(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::PUT)?;
+    only(&req, "PUT")?;
     let mut st = sim.lock();
     cluster::agent_leave(&sim, &mut st);
     Ok(HttpResponse::Ok().finish())
@@ -184,7 +172,7 @@ async fn force_leave(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::PUT)?;
+    only(&req, "PUT")?;
     let params = Params::from_request(&req);
     let node = path.into_inner();
     let mut st = sim.lock();

@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::http::{blocking, decode_body, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{blocking, decode_body, only, ApiError, Fresh, Params, QueryOptions, Read};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -819,17 +819,6 @@ pub fn apply_check(
 }
 
 // ---- handlers ----------------------------------------------------------------------------
-
-fn only(req: &HttpRequest, method: &str) -> Result<(), ApiError> {
-    if req.method().as_str() == method {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &[method],
-        ))
-    }
-}
 
 /// A write needs the leader; the agent forwards it to the servers.
 fn write_preconditions(st: &State, dc: &str) -> Result<(), ApiError> {

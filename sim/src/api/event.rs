@@ -8,12 +8,13 @@
 
 use std::collections::VecDeque;
 
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::{Serialize, Serializer};
 
-use crate::http::{blocking, ApiError, Consistency, Fresh, Params, QueryOptions, Read, MAX_WAIT};
+use crate::http::{
+    blocking, only, ApiError, Consistency, Fresh, Params, QueryOptions, Read, MAX_WAIT,
+};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -196,12 +197,7 @@ async fn fire_endpoint(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if req.method() != Method::PUT {
-        return Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &["PUT"],
-        ));
-    }
+    only(&req, "PUT")?;
     let params = Params::from_request(&req);
     let raw = req
         .path()
@@ -232,12 +228,7 @@ async fn fire_endpoint(
 }
 
 async fn list_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    if req.method() != Method::GET {
-        return Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &["GET"],
-        ));
-    }
+    only(&req, "GET")?;
     let params = Params::from_request(&req);
     let mut opts = QueryOptions::parse(&params)?;
     // The list is the local agent's memory: no leader, no datacenter, no consistency mode.

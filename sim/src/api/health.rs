@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use crate::api::catalog::{CheckEntry, CheckJson, NodeJson, NodeMetaFilter, NodeServiceJson};
-use crate::http::{blocking, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{blocking, only, ApiError, Fresh, Params, QueryOptions, Read};
 use crate::state::{Sim, State};
 use crate::watch::Topic;
 
@@ -25,17 +25,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/v1/health/state/{state:.*}", web::route().to(state))
         .route("/v1/health/node/{node:.*}", web::route().to(node));
-}
-
-fn get_only(req: &HttpRequest) -> Result<(), ApiError> {
-    if req.method() == actix_web::http::Method::GET {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &["GET"],
-        ))
-    }
 }
 
 /// Go's strconv.ParseBool, with a bare flag meaning true (Consul's getBoolQueryParam).
@@ -80,7 +69,7 @@ async fn service(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    get_only(&req)?;
+    only(&req, "GET")?;
     let name = path.into_inner();
     let params = Params::from_request(&req);
     let opts = QueryOptions::parse(&params)?;
@@ -126,7 +115,7 @@ async fn service_checks(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    get_only(&req)?;
+    only(&req, "GET")?;
     let name = path.into_inner();
     let params = Params::from_request(&req);
     let opts = QueryOptions::parse(&params)?;
@@ -158,7 +147,7 @@ async fn state(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    get_only(&req)?;
+    only(&req, "GET")?;
     let wanted = path.into_inner();
     let params = Params::from_request(&req);
     let opts = QueryOptions::parse(&params)?;
@@ -191,7 +180,7 @@ async fn node(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    get_only(&req)?;
+    only(&req, "GET")?;
     let name = path.into_inner();
     let opts = QueryOptions::from_request(&req)?;
     if name.is_empty() {

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::{self, AutopilotConfig, Server, TransferError, CONSUL_VERSION};
 use crate::duration;
-use crate::http::{ApiError, Consistency, Params, QueryOptions};
+use crate::http::{only, ApiError, Consistency, Params, QueryOptions};
 use crate::state::{Sim, State};
 
 /// Registers the `/v1/operator` routes; each takes every method so a wrong one gets a 405.
@@ -52,17 +52,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/v1/operator/autopilot/state",
         web::route().to(autopilot_state),
     );
-}
-
-fn only(req: &HttpRequest, method: &str) -> Result<(), ApiError> {
-    if req.method().as_str() == method {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &[method],
-        ))
-    }
 }
 
 /// A read the leader answers unless `?stale`; checks the datacenter too.

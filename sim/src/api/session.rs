@@ -9,13 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::kv;
-use crate::http::{blocking, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{blocking, only, ApiError, Fresh, Params, QueryOptions, Read};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -648,17 +647,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/session/list", web::route().to(list_endpoint));
 }
 
-fn only(req: &HttpRequest, method: Method) -> Result<(), ApiError> {
-    if req.method() == method {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &[method.as_str()],
-        ))
-    }
-}
-
 /// The decoded path after `prefix`, as Consul's `strings.TrimPrefix(req.URL.Path, ...)`.
 fn tail(req: &HttpRequest, prefix: &str) -> String {
     let raw = req.path().strip_prefix(prefix).unwrap_or_default();
@@ -684,7 +672,7 @@ async fn create_endpoint(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::PUT)?;
+    only(&req, "PUT")?;
     let params = Params::from_request(&req);
     let agent_node = sim.lock().config.agent_node.clone();
     let create_req = if body.is_empty() {
@@ -702,7 +690,7 @@ async fn create_endpoint(
 }
 
 async fn destroy_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::PUT)?;
+    only(&req, "PUT")?;
     let params = Params::from_request(&req);
     let id = tail(&req, "/v1/session/destroy/");
     if id.is_empty() {
@@ -717,7 +705,7 @@ async fn destroy_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpR
 }
 
 async fn renew_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::PUT)?;
+    only(&req, "PUT")?;
     let opts = QueryOptions::from_request(&req)?;
     let id = tail(&req, "/v1/session/renew/");
     if id.is_empty() {
@@ -732,7 +720,7 @@ async fn renew_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRes
 }
 
 async fn info_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::GET)?;
+    only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     let id = tail(&req, "/v1/session/info/");
     if id.is_empty() {
@@ -742,7 +730,7 @@ async fn info_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResp
 }
 
 async fn node_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::GET)?;
+    only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     let node = tail(&req, "/v1/session/node/");
     if node.is_empty() {
@@ -752,7 +740,7 @@ async fn node_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResp
 }
 
 async fn list_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, Method::GET)?;
+    only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     read_sessions(&sim, &opts, Sessions::list).await
 }

@@ -9,7 +9,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::http::{ApiError, QueryOptions};
+use crate::http::{only, ApiError, QueryOptions};
 use crate::state::Sim;
 
 /// Registers the `/v1/status` routes.
@@ -18,20 +18,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/status/peers", web::route().to(peers));
 }
 
-fn get_only(req: &HttpRequest) -> Result<(), ApiError> {
-    if req.method() == actix_web::http::Method::GET {
-        Ok(())
-    } else {
-        Err(ApiError::method_not_allowed(
-            req.method().as_str(),
-            &["GET"],
-        ))
-    }
-}
-
 /// GET /v1/status/leader — the leader's Raft address as a JSON string, `""` without one.
 async fn leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    get_only(&req)?;
+    only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     let st = sim.lock();
     opts.check_dc(&st)?;
@@ -45,7 +34,7 @@ async fn leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, A
 
 /// GET /v1/status/peers — the Raft addresses of the voters.
 async fn peers(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    get_only(&req)?;
+    only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     let st = sim.lock();
     opts.check_dc(&st)?;
