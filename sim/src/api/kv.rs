@@ -77,6 +77,19 @@ impl Serialize for DirEntry {
     }
 }
 
+/// Runs a conditional write on `key`. It changed something only if the entry's ModifyIndex
+/// moved: Consul skips a write that leaves the entry as it was, and wakes no reader for it.
+fn guarded(
+    kv: &mut KvStore,
+    key: String,
+    write: impl FnOnce(&mut KvStore, &str) -> bool,
+) -> (bool, Vec<String>) {
+    let before = kv.get(&key).1.map(|e| e.modify_index);
+    let ok = write(kv, &key);
+    let changed = ok && kv.get(&key).1.map(|e| e.modify_index) != before;
+    (ok, if changed { vec![key] } else { vec![] })
+}
+
 /// The KV table, its graveyard and the leader's lock-delay map.
 #[derive(Debug, Default)]
 pub struct KvStore {
@@ -390,34 +403,21 @@ pub fn apply(st: &mut State, op: KvOp) -> Result<bool, ApiError> {
             value,
             flags,
             index,
-        } => {
-            let before = kv.get(&key).1.map(|e| e.modify_index);
-            let ok = kv.cas(idx, &key, value, flags, index);
-            let w = ok && kv.get(&key).1.map(|e| e.modify_index) != before;
-            (ok, if w { vec![key] } else { vec![] })
-        }
+        } => guarded(kv, key, |kv, key| kv.cas(idx, key, value, flags, index)),
         KvOp::Lock {
             key,
             value,
             flags,
             session,
-        } => {
-            let before = kv.get(&key).1.map(|e| e.modify_index);
-            let ok = kv.lock(idx, &key, value, flags, &session);
-            let w = ok && kv.get(&key).1.map(|e| e.modify_index) != before;
-            (ok, if w { vec![key] } else { vec![] })
-        }
+        } => guarded(kv, key, |kv, key| kv.lock(idx, key, value, flags, &session)),
         KvOp::Unlock {
             key,
             value,
             flags,
             session,
-        } => {
-            let before = kv.get(&key).1.map(|e| e.modify_index);
-            let ok = kv.unlock(idx, &key, value, flags, &session);
-            let w = ok && kv.get(&key).1.map(|e| e.modify_index) != before;
-            (ok, if w { vec![key] } else { vec![] })
-        }
+        } => guarded(kv, key, |kv, key| {
+            kv.unlock(idx, key, value, flags, &session)
+        }),
         KvOp::Delete { key } => {
             let w = kv.delete(idx, &key);
             (true, if w { vec![key] } else { vec![] })
