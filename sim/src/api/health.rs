@@ -59,6 +59,33 @@ fn checks_json<'a>(checks: impl Iterator<Item = &'a CheckEntry>) -> Vec<Value> {
         .collect()
 }
 
+/// The checks `keep` selects on the nodes passing `?node-meta`, as a blocking read on the
+/// checks table: what `/health/checks/{service}` and `/health/state/{state}` both answer.
+async fn matching_checks(
+    sim: &Sim,
+    opts: &QueryOptions,
+    params: &Params,
+    keep: impl Fn(&CheckEntry) -> bool,
+) -> Result<HttpResponse, ApiError> {
+    let filter = NodeMetaFilter::parse(params);
+    let (meta, value) = blocking(sim, opts, Fresh::Greater, |st| {
+        let list = checks_json(
+            st.catalog
+                .nodes()
+                .filter(|n| filter.matches(n))
+                .flat_map(|n| n.checks.values())
+                .filter(|c| keep(c)),
+        );
+        Ok(Read {
+            index: check_index(st),
+            value: list,
+            topics: vec![Topic::Checks],
+        })
+    })
+    .await?;
+    Ok(meta.json(&value))
+}
+
 fn check_index(st: &State) -> u64 {
     st.catalog.checks_index
 }
@@ -122,23 +149,7 @@ async fn service_checks(
     if name.is_empty() {
         return Err(ApiError::bad_request("Missing service name"));
     }
-    let filter = NodeMetaFilter::parse(&params);
-    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
-        let list = checks_json(
-            st.catalog
-                .nodes()
-                .filter(|n| filter.matches(n))
-                .flat_map(|n| n.checks.values())
-                .filter(|c| c.service_name == name),
-        );
-        Ok(Read {
-            index: check_index(st),
-            value: list,
-            topics: vec![Topic::Checks],
-        })
-    })
-    .await?;
-    Ok(meta.json(&value))
+    matching_checks(&sim, &opts, &params, |c| c.service_name == name).await
 }
 
 /// GET /v1/health/state/{state} — checks in a state, "any" for all; blocking.
@@ -155,23 +166,10 @@ async fn state(
         return Err(ApiError::bad_request("Missing check state"));
     }
     // Consul does not validate the state: an unknown one simply matches no check.
-    let filter = NodeMetaFilter::parse(&params);
-    let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
-        let list = checks_json(
-            st.catalog
-                .nodes()
-                .filter(|n| filter.matches(n))
-                .flat_map(|n| n.checks.values())
-                .filter(|c| wanted == "any" || c.status == wanted),
-        );
-        Ok(Read {
-            index: check_index(st),
-            value: list,
-            topics: vec![Topic::Checks],
-        })
+    matching_checks(&sim, &opts, &params, |c| {
+        wanted == "any" || c.status == wanted
     })
-    .await?;
-    Ok(meta.json(&value))
+    .await
 }
 
 /// GET /v1/health/node/{node} — a node's checks (`[]` for an unknown node); blocking.
