@@ -36,6 +36,11 @@ pub struct Rollout {
     pub state: RolloutState,
     pub launches: Vec<StepRecord>,
     pub retirements: Vec<StepRecord>,
+    /// The retirement under way, written before the cloud is asked: a holder that dies between
+    /// the cloud's retire and the record write leaves it here, and the next run moves it to
+    /// `retirements` once the machine is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring: Option<StepRecord>,
     /// Why the last run did not take a step, for status.
     #[serde(default)]
     pub waiting: Option<String>,
@@ -139,8 +144,17 @@ pub fn servers(s: &Snapshot) -> Vec<Server<'_>> {
         .iter()
         .filter(|m| m.state != MachineState::Terminated)
         .map(|m| {
-            let peer = s.health.servers.iter().find(|p| {
-                m.node.as_deref() == Some(p.name.as_str()) || m.address.as_deref() == Some(p.ip())
+            // The node name first: machines that share an address (local processes on
+            // loopback) are told apart only by it. The address is for clouds that do not know
+            // the node name.
+            let by_node = m
+                .node
+                .as_deref()
+                .and_then(|n| s.health.servers.iter().find(|p| p.name == n));
+            let peer = by_node.or_else(|| {
+                m.address
+                    .as_deref()
+                    .and_then(|a| s.health.servers.iter().find(|p| p.ip() == a))
             });
             Server { machine: m, peer }
         })
@@ -322,6 +336,58 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
 }
 
+/// Steps the cloud shows that the rollout record lacks (a holder died between acting and
+/// recording).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MissedSteps {
+    /// Machines this rollout launched, by their token, that the record does not list.
+    pub launches: Vec<StepRecord>,
+    /// The retirement under way, when its machine is gone from the cloud.
+    pub retired: Option<StepRecord>,
+}
+
+impl MissedSteps {
+    pub fn is_empty(&self) -> bool {
+        self.launches.is_empty() && self.retired.is_none()
+    }
+
+    /// The record with the missed steps added.
+    pub fn apply(self, r: &mut Rollout) {
+        r.launches.extend(self.launches);
+        if let Some(done) = self.retired {
+            r.retiring = None;
+            if !r.retirements.iter().any(|x| x.machine == done.machine) {
+                r.retirements.push(done);
+            }
+        }
+    }
+}
+
+/// What `machines` (the cloud's live machines) says happened that `r` does not record.
+pub fn missed_steps(r: &Rollout, machines: &[Machine]) -> MissedSteps {
+    let prefix = format!("{}-", r.id);
+    let launches = machines
+        .iter()
+        .filter(|m| m.token.as_deref().is_some_and(|t| t.starts_with(&prefix)))
+        .filter(|m| !r.launches.iter().any(|l| l.machine == m.id))
+        .map(|m| StepRecord {
+            machine: m.id.clone(),
+            at: m.launched_at,
+            token: m.token.clone(),
+        })
+        .collect();
+    let retired = r
+        .retiring
+        .as_ref()
+        .filter(|x| {
+            !machines
+                .iter()
+                .any(|m| m.id == x.machine && m.state != MachineState::Terminated)
+        })
+        .cloned();
+    MissedSteps { launches, retired }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +425,7 @@ mod tests {
             state: RolloutState::Active,
             launches: Vec::new(),
             retirements: Vec::new(),
+            retiring: None,
             waiting: None,
         }
     }
@@ -596,5 +663,81 @@ mod tests {
         let paired = servers(&s);
         assert!(paired.iter().all(|sv| sv.peer.is_some()));
         assert_eq!(paired[0].node(), "s1");
+    }
+
+    #[test]
+    fn peers_are_matched_by_node_before_address() {
+        // Local processes share 127.0.0.1: only the node name tells them apart.
+        let mut s = three_on_a();
+        for m in &mut s.machines {
+            m.address = Some("127.0.0.1".into());
+        }
+        for p in &mut s.health.servers {
+            p.address = "127.0.0.1:8300".into();
+        }
+        let names: Vec<(String, Option<String>)> = servers(&s)
+            .iter()
+            .map(|sv| (sv.machine.id.clone(), sv.peer.map(|p| p.name.clone())))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("s1".into(), Some("s1".into())),
+                ("s2".into(), Some("s2".into())),
+                ("s3".into(), Some("s3".into())),
+            ]
+        );
+        // A cloud that does not know the node name still finds the peer by address.
+        let mut s = three_on_a();
+        s.machines[1].node = None;
+        s.machines[1].address = Some("s2".into());
+        assert_eq!(servers(&s)[1].peer.map(|p| p.name.as_str()), Some("s2"));
+        // A node not yet joined has no peer, even if its address matches another's.
+        let mut s = three_on_a();
+        s.machines[2].node = Some("s9".into());
+        s.machines[2].address = None;
+        assert!(servers(&s)[2].peer.is_none());
+    }
+
+    #[test]
+    fn steps_a_dead_holder_did_not_record_are_found() {
+        let mut r = rollout("B");
+        let mut launched = machine("n1", "B", 10);
+        launched.token = Some("r1-o3-n3".into());
+        let mut other = machine("x1", "B", 11);
+        other.token = Some("r0-o3-n3".into()); // an earlier rollout's launch
+        r.retiring = Some(StepRecord {
+            machine: "s1".into(),
+            at: 12,
+            token: None,
+        });
+        // s1 is still there: its retirement may not have happened; nothing to add for it.
+        let machines = vec![machine("s1", "A", 1), launched.clone(), other.clone()];
+        let missed = missed_steps(&r, &machines);
+        assert_eq!(missed.launches.len(), 1);
+        assert_eq!(missed.launches[0].machine, "n1");
+        assert!(missed.retired.is_none());
+        // s1 gone (or terminated): the retirement happened.
+        let mut dead = machine("s1", "A", 1);
+        dead.state = MachineState::Terminated;
+        for machines in [vec![launched.clone()], vec![launched.clone(), dead]] {
+            let missed = missed_steps(&r, &machines);
+            assert_eq!(
+                missed.retired.as_ref().map(|s| s.machine.as_str()),
+                Some("s1")
+            );
+            let mut fixed = r.clone();
+            missed.apply(&mut fixed);
+            assert_eq!(fixed.retiring, None);
+            assert_eq!(fixed.retirements.len(), 1);
+            assert_eq!(fixed.launches.len(), 1);
+            // Applying what is then found again adds nothing.
+            assert!(missed_steps(&fixed, &machines).is_empty());
+        }
+        // A recorded retirement is not counted twice.
+        let mut twice = r.clone();
+        twice.retirements.push(r.retiring.clone().unwrap());
+        missed_steps(&twice, &[]).apply(&mut twice);
+        assert_eq!(twice.retirements.len(), 1);
     }
 }

@@ -136,7 +136,7 @@ pub async fn run(
     loop {
         let (mut s, mut cas) = snapshot(&env).await?;
         if let Some(r) = s.rollout.as_mut() {
-            cas = reconcile_launches(&env, r, &s.machines, cas).await?;
+            cas = reconcile(&env, r, &s.machines, cas).await?;
         }
         let step = decide(&env, which, &s, requested);
         if env.config.dry_run && !matches!(step, Step::Idle(_) | Step::Wait(_) | Step::Settle(_)) {
@@ -168,6 +168,7 @@ pub async fn run(
                     state: RolloutState::Active,
                     launches: Vec::new(),
                     retirements: Vec::new(),
+                    retiring: None,
                     waiting: None,
                 };
                 info!(rollout = %r.id, %image, baseline_tolerance = r.baseline_tolerance, "Rollout started.");
@@ -254,34 +255,29 @@ pub async fn run(
     }
 }
 
-/// Adds to the record any machine this rollout launched that the record lacks: a holder that
-/// died between the cloud's launch and the record write left it out, and status should still
-/// show it. The token names the rollout. Returns the index to CAS against next.
-async fn reconcile_launches(
+/// Brings the record up to what the cloud shows, for steps a holder took but died before
+/// recording: a machine this rollout launched (its token names the rollout) that the record
+/// lacks, and a retirement under way whose machine is gone. Status should show both, and the
+/// counts must add up. Returns the index to CAS against next.
+async fn reconcile(
     env: &RolloutEnv,
     r: &mut Rollout,
     machines: &[crate::ports::Machine],
     cas: u64,
 ) -> Result<u64, ExecError> {
-    let prefix = format!("{}-", r.id);
-    let missing: Vec<StepRecord> = machines
-        .iter()
-        .filter(|m| m.token.as_deref().is_some_and(|t| t.starts_with(&prefix)))
-        .filter(|m| !r.launches.iter().any(|l| l.machine == m.id))
-        .map(|m| StepRecord {
-            machine: m.id.clone(),
-            at: m.launched_at,
-            token: m.token.clone(),
-        })
-        .collect();
-    if missing.is_empty() || !r.is_active() {
+    if !r.is_active() {
+        return Ok(cas);
+    }
+    let missed = plan::missed_steps(r, machines);
+    if missed.is_empty() {
         return Ok(cas);
     }
     warn!(
-        count = missing.len(),
-        "The record missed launches (a holder died mid-step); adding them."
+        launches = missed.launches.len(),
+        retirement = ?missed.retired.as_ref().map(|s| &s.machine),
+        "The record missed steps (a holder died mid-step); adding them."
     );
-    r.launches.extend(missing);
+    missed.apply(r);
     write_record(env, r, cas).await?;
     Ok(read_record(env).await?.1)
 }
@@ -296,14 +292,22 @@ async fn retire(
     deadline: tokio::time::Instant,
 ) -> Result<Outcome, ExecError> {
     info!(%machine, %node, "Retiring a server.");
-    env.cloud.retire(machine).await.map_err(port)?;
-    if let Some(mut r) = rollout {
-        r.retirements.push(StepRecord {
+    // Intent first, so a holder dying inside the cloud call leaves a trace `reconcile` finishes.
+    let mut rollout = rollout;
+    let mut cas = cas;
+    if let Some(r) = rollout.as_mut() {
+        r.retiring = Some(StepRecord {
             machine: machine.to_owned(),
             at: now_ms(),
             token: None,
         });
         r.waiting = Some(format!("server {node} is leaving"));
+        write_record(env, r, cas).await?;
+        cas = read_record(env).await?.1;
+    }
+    env.cloud.retire(machine).await.map_err(port)?;
+    if let Some(mut r) = rollout {
+        r.retirements.extend(r.retiring.take());
         write_record(env, &r, cas).await?;
     }
     wait_until(env, deadline, |s| {
