@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::api::catalog::{self, CheckEntry, Registration, ServiceEntry, Weights};
 use crate::images::{Image, Images};
 use crate::state::{Sim, State};
+use crate::timeline::Timeline;
 use crate::watch::{Change, Topic};
 
 /// Raft / server RPC port, the port in every Raft address.
@@ -266,6 +267,8 @@ pub struct Cluster {
     pub autopilot: AutopilotConfig,
     pub agent: Agent,
     pub invariants: Invariants,
+    /// Every server's launches, promotions, leaderships and departures, for `/sim/timeline`.
+    pub timeline: Timeline,
     election_pending: bool,
     election_epoch: u64,
     next_ip: u32,
@@ -289,6 +292,7 @@ impl Default for Cluster {
                 serf: SerfStatus::Alive,
             },
             invariants: Invariants::default(),
+            timeline: Timeline::default(),
             election_pending: false,
             election_epoch: 0,
             next_ip: 1,
@@ -459,6 +463,7 @@ impl Cluster {
         inv.max_servers = inv.max_servers.max(machines);
         let v = voters(&self.servers);
         inv.min_voters = Some(inv.min_voters.map_or(v, |m| m.min(v)));
+        self.timeline.observe(&self.servers, self.leader.as_deref());
     }
 }
 

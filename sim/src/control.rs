@@ -50,6 +50,11 @@
 //!   most machines not terminated at once; `min_voters` the fewest voters in the Raft
 //!   configuration.
 //! - `POST /sim/invariants/reset` → the zeroed invariants (the current state is the new baseline).
+//! - `GET  /sim/timeline` → `[{"at" (unix ms), "server", "image", "event"}]`, oldest first: each
+//!   server's `launched`, `started` (its process runs), `joined` (Raft, as a non-voter), `voter`,
+//!   `leader`, `follower` (stopped leading), `left` (out of Raft), `killed` and `terminated`,
+//!   logged as they happen (the newest 10,000 are kept). The bootstrap servers' lives start at
+//!   the simulator's start.
 //! - `GET  /sim/stats` → `{"requests", "parked"}`: the Consul API (`/v1/...`) requests received
 //!   since start (the control API's are not counted), and the blocking queries parked now.
 //!   `parked` may include queries whose client has gone away and that are not swept yet (they
@@ -81,7 +86,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/sim/config", web::put().to(put_config))
         .route("/sim/invariants", web::get().to(invariants))
         .route("/sim/invariants/reset", web::post().to(reset_invariants))
-        .route("/sim/stats", web::get().to(stats));
+        .route("/sim/stats", web::get().to(stats))
+        .route("/sim/timeline", web::get().to(timeline));
 }
 
 /// A control API error: a status and a reason, sent as `{"error": ...}`.
@@ -410,4 +416,9 @@ async fn reset_invariants(sim: web::Data<Sim>) -> HttpResponse {
 async fn stats(sim: web::Data<Sim>) -> HttpResponse {
     let parked = sim.lock().waiters.len();
     HttpResponse::Ok().json(json!({"requests": sim.requests(), "parked": parked}))
+}
+
+/// GET /sim/timeline — every server's dated events, oldest first.
+async fn timeline(sim: web::Data<Sim>) -> HttpResponse {
+    HttpResponse::Ok().json(sim.lock().cluster.timeline.events())
 }

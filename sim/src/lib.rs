@@ -13,6 +13,7 @@ pub mod http;
 pub mod images;
 pub mod server;
 pub mod state;
+pub mod timeline;
 pub mod watch;
 
 pub use config::SimConfig;
