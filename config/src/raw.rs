@@ -57,6 +57,8 @@ pub struct RawCloud {
     pub image_name: Option<String>,
     pub image_owners: Option<Vec<String>>,
     pub ecs_cluster: Option<String>,
+    pub task_definition: Option<String>,
+    pub registration_timeout: Option<String>,
     pub url: Option<String>,
 }
 

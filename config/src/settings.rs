@@ -137,6 +137,13 @@ pub struct AwsSettings {
     /// The ECS cluster (ecs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ecs_cluster: Option<String>,
+    /// The Consul server's task definition, `family`, `family:revision` or an ARN (ecs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_definition: Option<String>,
+    /// How long a launched instance may take to register as a container instance (ecs only).
+    /// Default 10m for ecs.
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub registration_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -14,6 +14,9 @@ use crate::settings::*;
 /// Consul's bounds on a session TTL.
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(86400);
+/// `cloud.registration_timeout`'s default: an ECS-optimized AMI boots and its agent registers in
+/// a minute or two; ten leaves room for a slow pull without hiding an instance that never will.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(600);
 
 struct Errors(Vec<FieldError>);
 
@@ -261,10 +264,21 @@ fn cloud_settings(rc: RawCloud, errs: &mut Errors) -> CloudSettings {
                     );
                 }
             }
+            for (field, set) in [
+                ("task_definition", rc.task_definition.is_some()),
+                ("registration_timeout", rc.registration_timeout.is_some()),
+            ] {
+                if set {
+                    errs.push(
+                        format!("cloud.{field}"),
+                        "applies to type \"ecs\", not \"sim\"",
+                    );
+                }
+            }
             CloudSettings::Sim { url: rc.url }
         }
         "ec2" | "ecs" => {
-            let aws = AwsSettings {
+            let mut aws = AwsSettings {
                 launch_template: errs
                     .required("cloud.launch_template", rc.launch_template.as_ref()),
                 image_name: errs.required("cloud.image_name", rc.image_name.as_ref()),
@@ -272,15 +286,32 @@ fn cloud_settings(rc: RawCloud, errs: &mut Errors) -> CloudSettings {
                 region: rc.region,
                 endpoint_url: rc.endpoint_url,
                 ecs_cluster: rc.ecs_cluster,
+                task_definition: rc.task_definition,
+                registration_timeout: rc.registration_timeout.as_deref().map(|v| {
+                    errs.duration("cloud.registration_timeout", Some(v), REGISTRATION_TIMEOUT)
+                }),
             };
             if kind == "ecs" {
                 if aws.ecs_cluster.is_none() {
                     errs.push("cloud.ecs_cluster", "is required for type \"ecs\"");
                 }
+                if !matches!(aws.task_definition.as_deref(), Some(t) if !t.trim().is_empty()) {
+                    errs.push("cloud.task_definition", "is required for type \"ecs\"");
+                }
+                aws.registration_timeout.get_or_insert(REGISTRATION_TIMEOUT);
                 CloudSettings::Ecs(aws)
             } else {
-                if aws.ecs_cluster.is_some() {
-                    errs.push("cloud.ecs_cluster", "applies to type \"ecs\", not \"ec2\"");
+                for (field, set) in [
+                    ("ecs_cluster", aws.ecs_cluster.is_some()),
+                    ("task_definition", aws.task_definition.is_some()),
+                    ("registration_timeout", aws.registration_timeout.is_some()),
+                ] {
+                    if set {
+                        errs.push(
+                            format!("cloud.{field}"),
+                            "applies to type \"ecs\", not \"ec2\"",
+                        );
+                    }
                 }
                 CloudSettings::Ec2(aws)
             }

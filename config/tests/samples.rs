@@ -178,3 +178,62 @@ fn rollout_sample_shares_the_step_lock_and_ticks() {
         matches!(s.watches[2].kind, WatchKind::Schedule { every } if every == Duration::from_secs(30))
     );
 }
+
+#[test]
+fn ecs_sample_names_the_cluster_task_and_registration_timeout() {
+    let s = load_with_env(&sample("ecs.toml"), &no_env()).unwrap();
+    let CloudSettings::Ecs(aws) = &s.cloud else {
+        panic!("ecs.toml is an ecs cloud: {:?}", s.cloud)
+    };
+    assert_eq!(aws.ecs_cluster.as_deref(), Some("consul"));
+    assert_eq!(aws.task_definition.as_deref(), Some("consul-server:7"));
+    assert_eq!(aws.registration_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(aws.image_owners, vec!["self"]);
+    // The effective configuration shows the timeout as written and loads back the same.
+    let shown = s.to_toml();
+    assert!(shown.contains("registration_timeout = \"5m\""), "{shown}");
+
+    // Without registration_timeout: ten minutes.
+    let text = std::fs::read_to_string(sample("ecs.toml"))
+        .unwrap()
+        .replace("registration_timeout = \"5m\"\n", "");
+    let dir = std::env::temp_dir().join(format!("rehydrator-config-ecs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ecs-default.toml");
+    std::fs::write(&path, text).unwrap();
+    let s = load_with_env(&path, &no_env());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let CloudSettings::Ecs(aws) = s.unwrap().cloud else {
+        panic!("still ecs")
+    };
+    assert_eq!(aws.registration_timeout, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn ecs_fields_are_required_for_ecs_and_refused_elsewhere() {
+    let path = sample("bad-ecs.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let expected = [
+        "cloud.ecs_cluster: is required for type \"ecs\"",
+        "cloud.task_definition: is required for type \"ecs\"",
+        "cloud.registration_timeout: invalid duration \"a while\"",
+    ];
+    for e in expected {
+        let line = format!("{}: {e}", path.display());
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(err.errors.len(), expected.len(), "{text}");
+
+    let path = sample("bad-ec2-ecs-fields.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    for field in ["ecs_cluster", "task_definition", "registration_timeout"] {
+        let line = format!(
+            "{}: cloud.{field}: applies to type \"ecs\", not \"ec2\"",
+            path.display()
+        );
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(err.errors.len(), 3, "{text}");
+}

@@ -132,6 +132,8 @@ pub fn settings(url: &str) -> AwsSettings {
         image_name: "consul-server-*".into(),
         image_owners: vec!["self".into()],
         ecs_cluster: None,
+        task_definition: None,
+        registration_timeout: None,
     }
 }
 
