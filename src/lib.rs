@@ -4,4 +4,5 @@
 
 pub mod cloud;
 pub mod consul;
+pub mod healthcheck;
 pub mod webhook;

@@ -40,6 +40,15 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Exit 0 if the status endpoint answers 200 in time, else 1: the container's health check.
+    Healthcheck {
+        /// The endpoint to GET (plain http).
+        #[arg(long, default_value = rehydrator::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// The longest the whole check may take (under the 5 s Docker and ECS allow a check).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(clap::Args)]
@@ -84,6 +93,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Healthcheck { url, timeout } => {
+            return match rehydrator::healthcheck::check(&url, timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, replica } => {
             let settings = match rehydrator_config::load(&config) {
                 Ok(s) => s,
