@@ -5,4 +5,5 @@
 pub mod cloud;
 pub mod consul;
 pub mod healthcheck;
+pub mod status;
 pub mod webhook;
