@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rehydrator::cloud::{Ec2Cloud, SimCloud};
+use rehydrator::cloud::{Ec2Cloud, EcsCloud, SimCloud};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
@@ -76,8 +76,12 @@ async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>>
             info!(cloud = ?cloud, "EC2 cloud ready.");
             Ok(Some(Rc::new(cloud)))
         }
-        CloudSettings::Ecs(_) => {
-            anyhow::bail!("cloud.type: ecs backend not built yet; use \"ec2\" or \"sim\"")
+        CloudSettings::Ecs(aws) => {
+            let cloud = EcsCloud::load(aws, &settings.cluster.name, None)
+                .await
+                .context("cloud (ecs)")?;
+            info!(cloud = ?cloud, "ECS cloud ready.");
+            Ok(Some(Rc::new(cloud)))
         }
     }
 }

@@ -121,6 +121,46 @@ pub fn https_client() -> SharedHttpClient {
         .build_https()
 }
 
+/// The SDK configuration every AWS client here shares (EC2's, ECS's): the region from
+/// `region`, else the environment; `endpoint_url` for every service; the HTTPS client and
+/// timeouts above; `credentials`, else the SDK's default chain.
+pub(crate) async fn sdk_config(
+    aws: &AwsSettings,
+    credentials: Option<Credentials>,
+) -> Result<aws_config::SdkConfig, CloudError> {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https_client())
+        .timeout_config(timeouts);
+    if let Some(region) = &aws.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    if let Some(credentials) = credentials {
+        loader = loader.credentials_provider(credentials);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err(CloudError::Config {
+            reason: "no AWS region: set cloud.region or AWS_REGION".into(),
+        });
+    }
+    Ok(sdk)
+}
+
+/// Where `service`'s calls go, for error messages: `endpoint_url`, else `<service>.<region>`.
+pub(crate) fn endpoint(aws: &AwsSettings, sdk: &aws_config::SdkConfig, service: &str) -> String {
+    aws.endpoint_url.clone().unwrap_or_else(|| {
+        let region = sdk.region().map(|r| r.as_ref()).unwrap_or("no-region");
+        format!("{service}.{region}")
+    })
+}
+
 impl Ec2Cloud {
     /// A cloud from `[cloud]` settings: the region from `region`, else the environment
     /// (`AWS_REGION`, the profile); `endpoint_url` replaces the region's endpoint (moto, a VPC
@@ -130,36 +170,11 @@ impl Ec2Cloud {
         cluster: &str,
         credentials: Option<Credentials>,
     ) -> Result<Self, CloudError> {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_timeout(OPERATION_TIMEOUT)
-            .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(https_client())
-            .timeout_config(timeouts);
-        if let Some(region) = &aws.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(url) = &aws.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        if let Some(credentials) = credentials {
-            loader = loader.credentials_provider(credentials);
-        }
-        let sdk = loader.load().await;
-        let Some(region) = sdk.region() else {
-            return Err(CloudError::Config {
-                reason: "no AWS region: set cloud.region or AWS_REGION".into(),
-            });
-        };
-        let endpoint = aws
-            .endpoint_url
-            .clone()
-            .unwrap_or_else(|| format!("ec2.{region}"));
+        let sdk = sdk_config(aws, credentials).await?;
         Ok(Self::new(
             aws_sdk_ec2::Client::new(&sdk),
             Ec2Target::from_settings(aws, cluster),
-            endpoint,
+            endpoint(aws, &sdk, "ec2"),
         ))
     }
 
@@ -204,7 +219,7 @@ impl Ec2Cloud {
         }
     }
 
-    async fn newest(&self) -> Result<Option<Image>, CloudError> {
+    pub(crate) async fn newest(&self) -> Result<Option<Image>, CloudError> {
         let request = "DescribeImages";
         let mut images = Vec::new();
         let mut next: Option<String> = None;
@@ -234,7 +249,7 @@ impl Ec2Cloud {
         super::newest(images, request)
     }
 
-    async fn list(&self) -> Result<Vec<Machine>, CloudError> {
+    pub(crate) async fn list(&self) -> Result<Vec<Machine>, CloudError> {
         let request = "DescribeInstances";
         let filters = vec![
             filter(
@@ -258,7 +273,11 @@ impl Ec2Cloud {
         Ok(out)
     }
 
-    async fn launch_once(&self, image: &str, token: &str) -> Result<Machine, CloudError> {
+    pub(crate) async fn launch_once(
+        &self,
+        image: &str,
+        token: &str,
+    ) -> Result<Machine, CloudError> {
         if token.is_empty() || token.len() > MAX_CLIENT_TOKEN || !token.is_ascii() {
             return Err(CloudError::Config {
                 reason: format!(
@@ -318,7 +337,7 @@ impl Ec2Cloud {
         Ok(m)
     }
 
-    async fn terminate(&self, id: &str) -> Result<(), CloudError> {
+    pub(crate) async fn terminate(&self, id: &str) -> Result<(), CloudError> {
         self.client
             .terminate_instances()
             .instance_ids(id)
@@ -430,9 +449,14 @@ fn machine(i: &Instance, request: &str) -> Result<Machine, CloudError> {
 }
 
 /// An SDK failure as a `CloudError`: throttling and 5xx pass as retryable, other service
-/// errors are refusals. The SDK's error text names the operation and EC2's message, never the
-/// credentials.
-fn sdk_error<E>(endpoint: &str, request: &str, e: SdkError<E, HttpResponse>) -> CloudError
+/// errors are refusals. The SDK's error text names the operation and the service's message,
+/// never the credentials. Generic over the operation's error, so every AWS SDK's calls (EC2's,
+/// ECS's) map the same way.
+pub(crate) fn sdk_error<E>(
+    endpoint: &str,
+    request: &str,
+    e: SdkError<E, HttpResponse>,
+) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

@@ -2,12 +2,14 @@
 //! `CloudPort` (newest image, machines, launch with an idempotency token, retire), so the
 //! rollout's SpinUp/SpinDown never see an SDK or HTTP type. `sim` drives the simulator's cloud
 //! through its `/sim` control API; `ec2` launches EC2 instances from a launch template through
-//! the AWS SDK; ECS comes later.
+//! the AWS SDK; `ecs` runs the Consul server as an ECS task on such instances, reusing `ec2` for
+//! the instances.
 //!
 //! `CloudError` is the backends' error at this edge; the port sees it as a `PortError` whose
 //! kind tells the executors whether a retry can help.
 
 pub mod ec2;
+pub mod ecs;
 pub mod sim;
 
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::SystemTime;
 use rehydrator_actors::ports::{ErrorKind, Image, PortError};
 
 pub use ec2::Ec2Cloud;
+pub use ecs::EcsCloud;
 pub use sim::SimCloud;
 
 /// What went wrong talking to a cloud.
@@ -48,6 +51,10 @@ pub enum CloudError {
     /// The backend cannot be built as configured (a bad URL).
     #[error("cloud configuration: {reason}")]
     Config { reason: String },
+    /// A launched machine did not come up as a server: it never joined the ECS cluster in
+    /// time, or ECS would not place the Consul task on it. A later retry of the launch may.
+    #[error("machine {machine} is not ready: {reason}")]
+    NotReady { machine: String, reason: String },
 }
 
 impl CloudError {
@@ -61,6 +68,7 @@ impl CloudError {
             CloudError::Status { .. } => "status_4xx",
             CloudError::Decode { .. } => "decode",
             CloudError::Config { .. } => "config",
+            CloudError::NotReady { .. } => "not_ready",
         }
     }
 }
@@ -69,7 +77,7 @@ impl From<CloudError> for PortError {
     fn from(e: CloudError) -> Self {
         let kind = match &e {
             CloudError::Unreachable { .. } => ErrorKind::Unreachable,
-            CloudError::Timeout { .. } => ErrorKind::Timeout,
+            CloudError::Timeout { .. } | CloudError::NotReady { .. } => ErrorKind::Timeout,
             CloudError::Throttled { .. } => ErrorKind::Server,
             // Throttling (EC2's RequestLimitExceeded is a 503, a proxy's may be 429) passes.
             CloudError::Status { status, .. } if *status >= 500 || *status == 429 => {
@@ -116,6 +124,12 @@ mod tests {
         assert_eq!(throttled.kind(), "throttled");
         assert_eq!(kind(throttled), ErrorKind::Server);
         assert_eq!(status(500).kind(), "status_5xx");
+        let not_ready = CloudError::NotReady {
+            machine: "i-0abc".into(),
+            reason: "never registered".into(),
+        };
+        assert_eq!(not_ready.kind(), "not_ready");
+        assert!(PortError::from(not_ready).is_retryable());
         assert_eq!(status(400).kind(), "status_4xx");
         let e = PortError::from(status(409));
         assert!(!e.is_retryable());

@@ -7,6 +7,7 @@
 
 use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,21 @@ const MOTO_START: Duration = Duration::from_secs(30);
 pub struct Moto {
     child: Child,
     pub url: String,
+    /// Where moto's recorder writes the requests it records (only once asked to record).
+    recording: PathBuf,
 }
 
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.recording);
     }
+}
+
+/// Where the moto on `port` keeps its recording: one file per server, outside the checkout.
+fn recording_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("rehydrator-moto-recording-{port}.jsonl"))
 }
 
 /// A port free right now on 127.0.0.1 (moto binds it a moment later).
@@ -51,6 +60,7 @@ fn moto_command(program: &str, args: &[&str], port: u16) -> Command {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("MOTO_RECORDER_FILEPATH", recording_path(port))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -64,9 +74,43 @@ pub fn moto() -> Moto {
         .spawn()
         .or_else(|_| moto_command("python3", &["-m", "moto.server"], port).spawn())
         .expect("neither moto_server nor python3 could be started: install moto with `python3 -m pip install 'moto[server]'` (scripts/test.sh does)");
+    wait_for(child, port)
+}
+
+/// moto 5 answers a task's containers with `cpu` and `memory` as numbers where the ECS API has
+/// strings (moto copies them from the task definition, where they are integers), and the Rust
+/// SDK refuses the whole StartTask or DescribeTasks answer. The ECS tests' moto turns them into
+/// strings as it builds a container; a moto that already does is left as it is.
+const ECS_CONTAINER_FIX: &str = r#"
+import sys
+import moto.ecs.models as ecs
+_init = ecs.Container.__init__
+def _init_with_strings(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    for field in ("cpu", "memory"):
+        value = getattr(self, field, None)
+        if value is not None and not isinstance(value, str):
+            setattr(self, field, str(value))
+ecs.Container.__init__ = _init_with_strings
+from moto.server import main
+main(sys.argv[1:])
+"#;
+
+/// moto's server for the ECS tests: `python3` with moto installed, its task answers fixed as
+/// `ECS_CONTAINER_FIX` says.
+pub fn moto_ecs() -> Moto {
+    let port = free_port();
+    let child = moto_command("python3", &["-c", ECS_CONTAINER_FIX], port)
+        .spawn()
+        .expect("python3 could not be started: install moto with `python3 -m pip install 'moto[server]'` (scripts/test.sh does)");
+    wait_for(child, port)
+}
+
+fn wait_for(child: Child, port: u16) -> Moto {
     let mut moto = Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        recording: recording_path(port),
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + MOTO_START;
@@ -162,4 +206,214 @@ pub async fn launch_template(ec2: &aws_sdk_ec2::Client, image: &str) {
         .send()
         .await
         .unwrap();
+}
+
+/// The ECS client, configured as `client` is, on the same moto.
+pub fn ecs_client(url: &str) -> aws_sdk_ecs::Client {
+    let config = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+        .credentials_provider(credentials())
+        .endpoint_url(url)
+        .http_client(https_client())
+        .build();
+    aws_sdk_ecs::Client::from_conf(config)
+}
+
+/// The ECS cluster `ecs_settings` names.
+pub const ECS_CLUSTER: &str = "consul";
+/// The Consul server's task definition family `ecs_settings` names.
+pub const TASK_FAMILY: &str = "consul-server";
+
+/// `settings` for `type = "ecs"`: the ECS cluster, the task definition, a registration timeout.
+pub fn ecs_settings(url: &str, registration_timeout: Duration) -> AwsSettings {
+    AwsSettings {
+        ecs_cluster: Some(ECS_CLUSTER.into()),
+        task_definition: Some(TASK_FAMILY.into()),
+        registration_timeout: Some(registration_timeout),
+        ..settings(url)
+    }
+}
+
+/// The ECS side `ecs_settings` expects: the cluster, the Consul task definition (host
+/// networking, as the backend's conventions say), and tasks that stay RUNNING when described
+/// (moto advances a task one state per describe unless told otherwise).
+pub async fn ecs_cluster(url: &str, ecs: &aws_sdk_ecs::Client) {
+    use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
+    ecs.create_cluster()
+        .cluster_name(ECS_CLUSTER)
+        .send()
+        .await
+        .unwrap();
+    ecs.register_task_definition()
+        .family(TASK_FAMILY)
+        .network_mode(NetworkMode::Host)
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("consul")
+                .image("hashicorp/consul:1.20")
+                .memory(256)
+                .essential(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    moto_api(
+        url,
+        "/moto-api/state-manager/set-transition",
+        r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000000000}}"#,
+    )
+    .await;
+}
+
+/// POSTs `body` to moto's own API at `path`.
+pub async fn moto_api(url: &str, path: &str, body: &str) -> String {
+    let mut resp = awc::Client::default()
+        .post(format!("{url}{path}"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_owned())
+        .await
+        .unwrap();
+    let text = resp.body().limit(16 << 20).await.unwrap();
+    assert!(
+        resp.status().is_success(),
+        "moto {path}: {} {}",
+        resp.status(),
+        String::from_utf8_lossy(&text)
+    );
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Registers `instance` in the ECS cluster as its agent would (moto reads the instance ID from
+/// the identity document); answers the container instance's ARN.
+pub async fn register_container_instance(
+    ecs: &aws_sdk_ecs::Client,
+    instance: &str,
+) -> Result<String, String> {
+    let doc = serde_json::json!({"instanceId": instance, "region": "us-east-1"});
+    let out = ecs
+        .register_container_instance()
+        .cluster(ECS_CLUSTER)
+        .instance_identity_document(doc.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("register {instance}: {e:?}"))?;
+    out.container_instance()
+        .and_then(|ci| ci.container_instance_arn())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("register {instance}: no ARN in the answer"))
+}
+
+/// Stands in for the ECS agent on every instance tagged with `cluster`: once moto shows it
+/// running, it is registered in the ECS cluster (once). moto registers nothing by itself.
+/// Aborted when dropped; what failed is kept in `errors` (a panic would only end the task).
+pub struct Registrar {
+    task: tokio::task::JoinHandle<()>,
+    pub errors: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How often the registrar looks at moto's instances.
+const REGISTRAR_TICK: Duration = Duration::from_millis(50);
+
+pub fn registrar(url: &str, cluster: &str) -> Registrar {
+    let (ec2, ecs) = (client(url), ecs_client(url));
+    let cluster = cluster.to_owned();
+    let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let errs = errors.clone();
+    let task = actix_rt::spawn(async move {
+        let mut registered = std::collections::BTreeSet::<String>::new();
+        loop {
+            let found = ec2
+                .describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name(format!("tag:{}", rehydrator::cloud::ec2::CLUSTER_TAG))
+                        .values(&cluster)
+                        .build(),
+                )
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("instance-state-name")
+                        .values("running")
+                        .build(),
+                )
+                .send()
+                .await;
+            match found {
+                Ok(out) => {
+                    for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                        let Some(id) = i.instance_id() else { continue };
+                        if registered.contains(id) {
+                            continue;
+                        }
+                        match register_container_instance(&ecs, id).await {
+                            Ok(_) => {
+                                registered.insert(id.to_owned());
+                            }
+                            Err(e) => errs.borrow_mut().push(e),
+                        }
+                    }
+                }
+                Err(e) => errs.borrow_mut().push(format!("describe: {e:?}")),
+            }
+            tokio::time::sleep(REGISTRAR_TICK).await;
+        }
+    });
+    Registrar { task, errors }
+}
+
+/// Starts moto's recorder: from now on it logs every AWS request it answers.
+pub async fn start_recording(url: &str) {
+    moto_api(url, "/moto-api/recorder/reset-recording", "").await;
+    moto_api(url, "/moto-api/recorder/start-recording", "").await;
+}
+
+/// The AWS actions moto answered since `start_recording`, in order, each with its request
+/// body: ECS's JSON calls by their X-Amz-Target, EC2's query calls by their `Action`.
+pub async fn recorded(url: &str) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let mut resp = awc::Client::default()
+        .get(format!("{url}/moto-api/recorder/download-recording"))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.body().limit(64 << 20).await.unwrap();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            let body = entry["body"].as_str().unwrap_or_default();
+            let body = if entry["body_encoded"] == true {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .unwrap();
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                body.to_owned()
+            };
+            let target = entry["headers"]
+                .as_object()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
+                        .and_then(|(_, v)| v.as_str())
+                })
+                .map(|t| t.rsplit('.').next().unwrap_or(t).to_owned());
+            let action = target.unwrap_or_else(|| {
+                body.split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .unwrap_or("?")
+                    .to_owned()
+            });
+            (action, body)
+        })
+        .collect()
 }
