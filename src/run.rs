@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rehydrator::cloud::{Ec2Cloud, EcsCloud, SimCloud};
+use rehydrator::cloud::{Ec2Cloud, EcsCloud, ProcessCloud, SimCloud};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
@@ -81,6 +81,11 @@ async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>>
                 .await
                 .context("cloud (ecs)")?;
             info!(cloud = ?cloud, "ECS cloud ready.");
+            Ok(Some(Rc::new(cloud)))
+        }
+        CloudSettings::Process(p) => {
+            let cloud = ProcessCloud::from_settings(p).context("cloud (process)")?;
+            info!(cloud = ?cloud, "Process cloud ready.");
             Ok(Some(Rc::new(cloud)))
         }
     }

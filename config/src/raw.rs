@@ -60,6 +60,9 @@ pub struct RawCloud {
     pub task_definition: Option<String>,
     pub registration_timeout: Option<String>,
     pub url: Option<String>,
+    pub consul_bin: Option<String>,
+    pub data_dir: Option<String>,
+    pub agent_hcl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

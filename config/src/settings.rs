@@ -120,6 +120,20 @@ pub enum CloudSettings {
     Ec2(AwsSettings),
     /// ECS container instances running the Consul server task.
     Ecs(AwsSettings),
+    /// Consul agents as local processes on loopback (a laptop's real rollout).
+    Process(ProcessSettings),
+}
+
+/// `[cloud] type = "process"`: every replica on the machine shares `data_dir`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessSettings {
+    /// The consul binary. Default: the `CONSUL_BIN` environment variable.
+    pub consul_bin: PathBuf,
+    /// The cloud's state: images, machine records, agent data and logs. Required, absolute.
+    pub data_dir: PathBuf,
+    /// An HCL fragment every agent gets (`-hcl`), e.g. a shorter autopilot stabilization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_hcl: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -135,7 +135,7 @@ pub fn validate(
         receipts_kept: errs.positive("lock.receipts_kept", rl.receipts_kept, 100),
     };
 
-    let cloud = cloud_settings(raw.cloud.unwrap_or_default(), &mut errs);
+    let cloud = cloud_settings(raw.cloud.unwrap_or_default(), env, &mut errs);
 
     let listen = raw
         .status
@@ -248,8 +248,22 @@ fn consul_settings(
     }
 }
 
-fn cloud_settings(rc: RawCloud, errs: &mut Errors) -> CloudSettings {
+fn cloud_settings(rc: RawCloud, env: &HashMap<String, String>, errs: &mut Errors) -> CloudSettings {
     let kind = rc.kind.clone().unwrap_or_else(|| "sim".into());
+    if kind != "process" {
+        for (field, set) in [
+            ("consul_bin", rc.consul_bin.is_some()),
+            ("data_dir", rc.data_dir.is_some()),
+            ("agent_hcl", rc.agent_hcl.is_some()),
+        ] {
+            if set {
+                errs.push(
+                    format!("cloud.{field}"),
+                    format!("applies to type \"process\", not {kind:?}"),
+                );
+            }
+        }
+    }
     match kind.as_str() {
         "sim" => {
             for (field, set) in [
@@ -316,14 +330,67 @@ fn cloud_settings(rc: RawCloud, errs: &mut Errors) -> CloudSettings {
                 CloudSettings::Ec2(aws)
             }
         }
+        "process" => process_settings(rc, env, errs),
         other => {
             errs.push(
                 "cloud.type",
-                format!("unknown cloud type {other:?} (expected one of \"sim\", \"ec2\", \"ecs\")"),
+                format!("unknown cloud type {other:?} (expected one of \"sim\", \"ec2\", \"ecs\", \"process\")"),
             );
             CloudSettings::Sim { url: None }
         }
     }
+}
+
+/// `[cloud] type = "process"`: local consul agents sharing `data_dir`.
+fn process_settings(
+    rc: RawCloud,
+    env: &HashMap<String, String>,
+    errs: &mut Errors,
+) -> CloudSettings {
+    for (field, set) in [
+        ("region", rc.region.is_some()),
+        ("endpoint_url", rc.endpoint_url.is_some()),
+        ("launch_template", rc.launch_template.is_some()),
+        ("image_name", rc.image_name.is_some()),
+        ("image_owners", rc.image_owners.is_some()),
+        ("ecs_cluster", rc.ecs_cluster.is_some()),
+        ("task_definition", rc.task_definition.is_some()),
+        ("registration_timeout", rc.registration_timeout.is_some()),
+        ("url", rc.url.is_some()),
+    ] {
+        if set {
+            errs.push(
+                format!("cloud.{field}"),
+                "does not apply to type \"process\"",
+            );
+        }
+    }
+    let consul_bin = rc
+        .consul_bin
+        .filter(|b| !b.trim().is_empty())
+        .or_else(|| env.get("CONSUL_BIN").filter(|b| !b.trim().is_empty()).cloned())
+        .unwrap_or_else(|| {
+            errs.push(
+                "cloud.consul_bin",
+                "is required for type \"process\": set it, or the CONSUL_BIN environment variable, to a consul binary",
+            );
+            String::new()
+        });
+    let data_dir = PathBuf::from(errs.required("cloud.data_dir", rc.data_dir.as_ref()));
+    if !data_dir.as_os_str().is_empty() && !data_dir.is_absolute() {
+        errs.push(
+            "cloud.data_dir",
+            format!(
+                "{:?} must be an absolute path: every replica on the machine shares it, whatever its working directory",
+                data_dir.display().to_string()
+            ),
+        );
+    }
+    CloudSettings::Process(ProcessSettings {
+        consul_bin: PathBuf::from(consul_bin),
+        data_dir,
+        agent_hcl: rc.agent_hcl.filter(|h| !h.trim().is_empty()),
+    })
 }
 
 fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<ActionSettings> {

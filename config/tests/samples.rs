@@ -237,3 +237,83 @@ fn ecs_fields_are_required_for_ecs_and_refused_elsewhere() {
     }
     assert_eq!(err.errors.len(), 3, "{text}");
 }
+
+#[test]
+fn process_sample_names_the_binary_and_the_shared_data_dir() {
+    let s = load_with_env(&sample("process.toml"), &no_env()).unwrap();
+    let CloudSettings::Process(p) = &s.cloud else {
+        panic!("process.toml is a process cloud: {:?}", s.cloud)
+    };
+    assert_eq!(p.consul_bin, PathBuf::from("/usr/local/bin/consul"));
+    assert_eq!(p.data_dir, PathBuf::from("/tmp/rehydrator-laptop"));
+    assert!(p
+        .agent_hcl
+        .as_deref()
+        .unwrap()
+        .contains("server_stabilization_time"));
+    // The effective configuration says which cloud it is.
+    assert!(
+        s.to_toml().contains("type = \"process\""),
+        "{}",
+        s.to_toml()
+    );
+
+    // Without consul_bin in the file, CONSUL_BIN names the binary.
+    let text = std::fs::read_to_string(sample("process.toml"))
+        .unwrap()
+        .replace("consul_bin = \"/usr/local/bin/consul\"\n", "");
+    let dir =
+        std::env::temp_dir().join(format!("rehydrator-config-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("process-env.toml");
+    std::fs::write(&path, text).unwrap();
+    let env = HashMap::from([("CONSUL_BIN".to_owned(), "/opt/consul/bin/consul".to_owned())]);
+    let s = load_with_env(&path, &env).unwrap();
+    let CloudSettings::Process(p) = &s.cloud else {
+        panic!("still process")
+    };
+    assert_eq!(p.consul_bin, PathBuf::from("/opt/consul/bin/consul"));
+    // Neither: the error names both ways to give it.
+    let err = load_with_env(&path, &no_env()).unwrap_err().to_string();
+    assert!(
+        err.contains("cloud.consul_bin: is required for type \"process\"")
+            && err.contains("CONSUL_BIN"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn process_fields_are_checked_for_process_and_refused_elsewhere() {
+    let path = sample("bad-process.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let expected = [
+        "cloud.consul_bin: is required for type \"process\"",
+        "cloud.data_dir: \"relative/dir\" must be an absolute path",
+        "cloud.launch_template: does not apply to type \"process\"",
+    ];
+    for e in expected {
+        let line = format!("{}: {e}", path.display());
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(err.errors.len(), expected.len(), "{text}");
+
+    // A process field under another cloud type is named, not silently ignored.
+    let text = std::fs::read_to_string(sample("rollout.toml"))
+        .unwrap()
+        .replace("type = \"sim\"", "type = \"sim\"\ndata_dir = \"/tmp/x\"");
+    let dir = std::env::temp_dir().join(format!(
+        "rehydrator-config-process-elsewhere-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sim-with-data-dir.toml");
+    std::fs::write(&path, text).unwrap();
+    let err = load_with_env(&path, &no_env()).unwrap_err().to_string();
+    assert!(
+        err.contains("cloud.data_dir: applies to type \"process\", not \"sim\""),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

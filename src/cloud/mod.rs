@@ -10,6 +10,7 @@
 
 pub mod ec2;
 pub mod ecs;
+pub mod process;
 pub mod sim;
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ use rehydrator_actors::ports::{ErrorKind, Image, PortError};
 
 pub use ec2::Ec2Cloud;
 pub use ecs::EcsCloud;
+pub use process::ProcessCloud;
 pub use sim::SimCloud;
 
 /// What went wrong talking to a cloud.
@@ -51,6 +53,12 @@ pub enum CloudError {
     /// The backend cannot be built as configured (a bad URL).
     #[error("cloud configuration: {reason}")]
     Config { reason: String },
+    /// A local file or process operation failed (the process cloud); a retry may succeed.
+    #[error("{request} failed: {reason}")]
+    Local { request: String, reason: String },
+    /// The request cannot succeed as made (an unknown image, a label that is not one).
+    #[error("{request} refused: {reason}")]
+    Refused { request: String, reason: String },
     /// A launched machine did not come up as a server: it never joined the ECS cluster in
     /// time, or ECS would not place the Consul task on it. A later retry of the launch may.
     #[error("machine {machine} is not ready: {reason}")]
@@ -68,6 +76,8 @@ impl CloudError {
             CloudError::Status { .. } => "status_4xx",
             CloudError::Decode { .. } => "decode",
             CloudError::Config { .. } => "config",
+            CloudError::Local { .. } => "local",
+            CloudError::Refused { .. } => "refused",
             CloudError::NotReady { .. } => "not_ready",
         }
     }
@@ -78,12 +88,14 @@ impl From<CloudError> for PortError {
         let kind = match &e {
             CloudError::Unreachable { .. } => ErrorKind::Unreachable,
             CloudError::Timeout { .. } | CloudError::NotReady { .. } => ErrorKind::Timeout,
-            CloudError::Throttled { .. } => ErrorKind::Server,
+            CloudError::Throttled { .. } | CloudError::Local { .. } => ErrorKind::Server,
             // Throttling (EC2's RequestLimitExceeded is a 503, a proxy's may be 429) passes.
             CloudError::Status { status, .. } if *status >= 500 || *status == 429 => {
                 ErrorKind::Server
             }
-            CloudError::Status { .. } | CloudError::Config { .. } => ErrorKind::Rejected,
+            CloudError::Status { .. } | CloudError::Config { .. } | CloudError::Refused { .. } => {
+                ErrorKind::Rejected
+            }
             CloudError::Decode { .. } => ErrorKind::Decode,
         };
         PortError::new(kind, e.to_string())
