@@ -22,6 +22,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::backoff;
 use crate::executor::{Abort, ExecError, Run, Trigger};
 use crate::lock_manager::{AcquireLock, LockGrant, LocksLost, ReleaseLock};
+use crate::metrics::Metrics;
 use crate::ports::{ConsulPort, PortError};
 use crate::receipt::{self, Keys, Outcome, Receipt};
 
@@ -164,6 +165,7 @@ struct Env {
     acquire: Recipient<AcquireLock>,
     release: Recipient<ReleaseLock>,
     settings: DispatchSettings,
+    metrics: Metrics,
 }
 
 pub struct Dispatcher {
@@ -211,6 +213,7 @@ impl Dispatcher {
                 acquire,
                 release,
                 settings,
+                metrics: Metrics::default(),
             }),
             slots,
             running: HashMap::new(),
@@ -220,6 +223,15 @@ impl Dispatcher {
             turn: 0,
             span: info_span!("dispatcher", actor = "dispatcher"),
         }
+    }
+
+    /// Counts jobs, errors and takeovers in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        // Only jobs share `env`, and none has started before the actor does.
+        if let Some(env) = Rc::get_mut(&mut self.env) {
+            env.metrics = metrics;
+        }
+        self
     }
 
     /// Starts every job that can start: the head of each queue whose lock is free here and
@@ -307,7 +319,8 @@ impl Dispatcher {
         let trigger_id = job.trigger.trigger_id.clone();
         let result = match end {
             JobEnd::Done(result) => result,
-            JobEnd::Retry(why) => {
+            JobEnd::Retry(why, (source, kind)) => {
+                self.env.metrics.error(source, kind);
                 job.attempts += 1;
                 let delay = backoff::delay(
                     job.attempts - 1,
@@ -322,6 +335,11 @@ impl Dispatcher {
                 return;
             }
         };
+        let label = match &result {
+            JobResult::Ran(outcome) => outcome.label(),
+            JobResult::AlreadyDone { .. } => "already_done",
+        };
+        self.env.metrics.job_ended(&action, label);
         match &result {
             JobResult::Ran(outcome) => {
                 info!(%action, trigger = %trigger_id, outcome = outcome.label(), "Job done.")
@@ -491,12 +509,13 @@ impl Handler<Shutdown> for Dispatcher {
 /// How one run of the job flow ended.
 enum JobEnd {
     Done(JobResult),
-    Retry(String),
+    /// Why, and the (source, kind) labels of the error for metrics.
+    Retry(String, (&'static str, &'static str)),
 }
 
 impl From<PortError> for JobEnd {
     fn from(e: PortError) -> Self {
-        JobEnd::Retry(format!("consul: {e}"))
+        JobEnd::Retry(format!("consul: {e}"), ("consul", e.kind()))
     }
 }
 
@@ -553,6 +572,9 @@ async fn run_job_inner(
     }))
     .unwrap_or_default();
     let mut waits = 0u32;
+    // Whether another replica held the lock for this very job while we waited: if we then
+    // get the lock and find no receipt, we are taking the job over from it.
+    let mut holder_had_it = false;
     let session = loop {
         let grant = env
             .acquire
@@ -561,8 +583,8 @@ async fn run_job_inner(
                 holder: holder.clone(),
             })
             .await
-            .map_err(|e| JobEnd::Retry(format!("lock manager: {e}")))?
-            .map_err(|e| JobEnd::Retry(format!("lock: {e}")))?;
+            .map_err(|e| JobEnd::Retry(format!("lock manager: {e}"), ("lock", "mailbox")))?
+            .map_err(|e| JobEnd::Retry(format!("lock: {e}"), ("lock", e.kind())))?;
         if let LockGrant::Held { session } = grant {
             break session;
         }
@@ -571,6 +593,10 @@ async fn run_job_inner(
         let current = env.consul.kv_get(&lock_key, 0, Duration::ZERO).await?;
         let held = current.value.as_ref().is_some_and(|e| e.session.is_some());
         if held {
+            holder_had_it |= current
+                .value
+                .as_ref()
+                .is_some_and(|e| holds_job(&e.value, t));
             debug!(lock = %lock_key, "Lock held by another replica; waiting for it to change.");
             env.consul
                 .kv_get(&lock_key, current.index, env.settings.receipt_wait)
@@ -606,9 +632,14 @@ async fn run_job_inner(
             _ => {
                 return Err(JobEnd::Retry(
                     "the lock changed hands right after it was granted".into(),
+                    ("lock", "lost"),
                 ))
             }
         };
+        if holder_had_it {
+            warn!(lock_index, "Taking over a job whose holder let the lock go without a receipt.");
+            env.metrics.takeover(&lock_key);
+        }
         let started_at = receipt::now_ms();
         info!(lock_index, "Holding the lock; running the action.");
         let ran = executor
@@ -623,13 +654,18 @@ async fn run_job_inner(
         let outcome = match ran {
             Ok(outcome) => outcome,
             Err(e) if e.is_final() => {
+                env.metrics.error("action", e.kind());
                 warn!(attempts, error = %e, "The action rejected this trigger; recording it as failed.");
                 Outcome::Failed(format!("rejected: {e}"))
             }
             Err(e) if attempts < env.settings.max_attempts => {
-                return Err(JobEnd::Retry(format!("{} ({})", e, e.kind())));
+                return Err(JobEnd::Retry(
+                    format!("{} ({})", e, e.kind()),
+                    ("action", e.kind()),
+                ));
             }
             Err(e) => {
+                env.metrics.error("action", e.kind());
                 warn!(attempts, error = %e, "Giving up on the job; recording it as failed.");
                 Outcome::Failed(e.to_string())
             }
@@ -665,7 +701,12 @@ async fn run_job_inner(
                     warn!(error = %e, retry_in = ?pause, "Could not write the receipt; retrying.");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Err(JobEnd::Retry(format!("writing the receipt: {e}"))),
+                Err(e) => {
+                    return Err(JobEnd::Retry(
+                        format!("writing the receipt: {e}"),
+                        ("consul", e.kind()),
+                    ))
+                }
             }
         }
         prune(env, &t.action).await;
@@ -680,6 +721,14 @@ async fn run_job_inner(
         })
         .await;
     result
+}
+
+/// Whether a lock's value (the holder JSON written on acquire) names `t`'s job.
+fn holds_job(value: &[u8], t: &Trigger) -> bool {
+    serde_json::from_slice::<serde_json::Value>(value).is_ok_and(|v| {
+        v["action"].as_str() == Some(t.action.as_str())
+            && v["trigger_id"].as_str() == Some(t.trigger_id.as_str())
+    })
 }
 
 /// Deletes the oldest receipts of `action` beyond the configured count. Best effort: a

@@ -10,6 +10,7 @@ pub mod dispatcher;
 pub mod executor;
 pub mod fault;
 pub mod lock_manager;
+pub mod metrics;
 pub mod plan;
 pub mod ports;
 pub mod receipt;

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
+use crate::metrics::Metrics;
 use crate::ports::{ConsulPort, PortError, SessionSpec};
 
 /// Take the lock on `key`, writing `holder` as its value.
@@ -98,6 +99,7 @@ pub struct LockManager {
     creating: bool,
     /// Shutdowns waiting for that create to land and its session to be destroyed.
     stop_waiters: Vec<oneshot::Sender<()>>,
+    metrics: Metrics,
     /// Every log line of this actor carries `actor`.
     span: tracing::Span,
 }
@@ -116,8 +118,15 @@ impl LockManager {
             shutting_down: false,
             creating: false,
             stop_waiters: Vec::new(),
+            metrics: Metrics::default(),
             span: tracing::info_span!("lock_manager", actor = "lock_manager"),
         }
+    }
+
+    /// Reports locks held and session errors to `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
@@ -178,6 +187,7 @@ impl LockManager {
                             .renewed_at
                             .is_none_or(|t| t.elapsed() >= act.spec.ttl);
                         let after = act.retry_after().min(act.spec.ttl / 4);
+                        act.metrics.error("consul", e.kind());
                         warn!(session = %id, error = %e, kind = e.kind(), retry_in = ?after, "Could not renew the session.");
                         if stale && !act.held.is_empty() {
                             warn!(session = %id, "Session not renewed for a whole TTL; treating its locks as lost.");
@@ -202,6 +212,7 @@ impl LockManager {
             }
             Err(e) => {
                 let after = self.retry_after();
+                self.metrics.error("consul", e.kind());
                 warn!(error = %e, kind = e.kind(), retry_in = ?after, "Could not create a Consul session.");
                 self.schedule(ctx, after);
             }
@@ -234,6 +245,9 @@ impl LockManager {
         let keys: Vec<String> = std::mem::take(&mut self.held).into_keys().collect();
         if keys.is_empty() {
             return;
+        }
+        for key in &keys {
+            self.metrics.lock_held(key, false);
         }
         self.listeners.retain(|l| l.connected());
         for l in &self.listeners {
@@ -289,6 +303,7 @@ impl Handler<AcquireLock> for LockManager {
                 return Ok(LockGrant::Busy);
             }
             debug!(lock = %key, session = %session, "Acquired lock.");
+            act.metrics.lock_held(&key, true);
             act.held.insert(key, session.clone());
             Ok(LockGrant::Held { session })
         }))
@@ -302,6 +317,9 @@ impl Handler<ReleaseLock> for LockManager {
         let Some(session) = self.held.remove(&msg.key) else {
             return Box::pin(fut::ready(()));
         };
+        // Not ours any more from here, whether or not the release lands: the session goes on
+        // shutdown at the latest.
+        self.metrics.lock_held(&msg.key, false);
         let key = msg.key;
         let fut = self.consul.kv_release(&key, &session);
         Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
@@ -340,7 +358,9 @@ impl Handler<Shutdown> for LockManager {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        self.held.clear();
+        for key in std::mem::take(&mut self.held).into_keys() {
+            self.metrics.lock_held(&key, false);
+        }
         if self.creating {
             // Stopping now would drop the create's answer and leave its session behind until
             // its TTL lapsed; its completion destroys it and answers this.

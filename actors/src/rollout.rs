@@ -11,6 +11,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::executor::{ExecError, Trigger};
+use crate::metrics::Metrics;
 use crate::plan::{self, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{CloudPort, ConsulPort, LeaderTransfer, PortError};
 use crate::receipt::{now_ms, Keys, Outcome};
@@ -125,16 +126,19 @@ fn requested(trigger: &Trigger) -> bool {
 }
 
 /// One run of SpinUp or SpinDown: decide on a fresh snapshot and take at most one step.
+/// `metrics` counts and times the step taken.
 pub async fn run(
     env: Rc<RolloutEnv>,
     which: Which,
     trigger: Trigger,
+    metrics: Metrics,
 ) -> Result<Outcome, ExecError> {
     let requested = requested(&trigger);
     let deadline = tokio::time::Instant::now() + env.config.step_timeout;
     let mut transferred = false;
     loop {
         let (mut s, mut cas) = snapshot(&env).await?;
+        metrics.rollout_state(s.rollout.as_ref().map(|r| &r.state));
         if let Some(r) = s.rollout.as_mut() {
             cas = reconcile(&env, r, &s.machines, cas).await?;
         }
@@ -172,9 +176,12 @@ pub async fn run(
                     waiting: None,
                 };
                 info!(rollout = %r.id, %image, baseline_tolerance = r.baseline_tolerance, "Rollout started.");
-                write_record(&env, &r, cas).await?;
+                metrics
+                    .step("start")
+                    .finish(write_record(&env, &r, cas).await)?;
             }
             Step::Launch { image, token } => {
+                let timer = metrics.step("launch");
                 let machine = env.cloud.launch(&image, &token).await.map_err(port)?;
                 info!(machine = %machine.id, %image, %token, "Launched a server.");
                 if let Some(mut r) = s.rollout {
@@ -186,10 +193,11 @@ pub async fn run(
                     r.waiting = Some(format!("new server {} is joining", machine.id));
                     write_record(&env, &r, cas).await?;
                 }
-                return Ok(Outcome::Launched(machine.id));
+                return timer.finish(Ok(Outcome::Launched(machine.id)));
             }
             Step::TransferLeadership { from, to } if !transferred => {
                 transferred = true;
+                let timer = metrics.step("transfer");
                 let result = env
                     .consul
                     .transfer_leader(to.as_deref())
@@ -202,6 +210,7 @@ pub async fn run(
                     })
                     .await?;
                 }
+                timer.ok();
             }
             Step::TransferLeadership { from, .. } => {
                 // The servers could not hand over leadership (too old for transfer-leader, or
@@ -214,10 +223,12 @@ pub async fn run(
                     return Err(ExecError::Port(format!("leader {from} has no machine")));
                 };
                 warn!(%node, "Retiring the leader without a transfer; an election follows.");
-                return retire(&env, s.rollout, cas, &machine, &node, deadline).await;
+                let timer = metrics.step("retire");
+                return timer.finish(retire(&env, s.rollout, cas, &machine, &node, deadline).await);
             }
             Step::Retire { machine, node } => {
-                return retire(&env, s.rollout, cas, &machine, &node, deadline).await;
+                let timer = metrics.step("retire");
+                return timer.finish(retire(&env, s.rollout, cas, &machine, &node, deadline).await);
             }
             Step::Complete => {
                 let Some(mut r) = s.rollout else {
@@ -225,7 +236,10 @@ pub async fn run(
                 };
                 r.state = RolloutState::Completed { at: now_ms() };
                 r.waiting = None;
-                write_record(&env, &r, cas).await?;
+                metrics
+                    .step("complete")
+                    .finish(write_record(&env, &r, cas).await)?;
+                metrics.rollout_state(Some(&r.state));
                 info!(rollout = %r.id, image = %r.target_image, launches = r.launches.len(), retirements = r.retirements.len(), "Rollout complete.");
                 return Ok(Outcome::Succeeded(format!(
                     "rollout to {} complete",
@@ -237,6 +251,7 @@ pub async fn run(
                 failed_machine,
             } => {
                 error!(%reason, "Rollout stopped for safety; the old servers stay. Fire consul-rehydrate to try again.");
+                let timer = metrics.step("stop");
                 if let Some(mut r) = s.rollout {
                     r.state = RolloutState::Stopped {
                         at: now_ms(),
@@ -249,6 +264,7 @@ pub async fn run(
                     env.cloud.retire(&m).await.map_err(port)?;
                     info!(machine = %m, "Retired the server that never got healthy.");
                 }
+                timer.ok();
                 return Ok(Outcome::NoOp(format!("rollout stopped: {reason}")));
             }
         }

@@ -16,6 +16,7 @@ use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, Executor
 use crate::executor::{exec::Exec, http::Http, step::StepExecutor};
 use crate::fault::Fail;
 use crate::lock_manager::{self, LockManager, Subscribe};
+use crate::metrics::Metrics;
 use crate::plan::Mode;
 use crate::ports::{
     CloudPort, ConsulPort, ErrorKind, PortError, PortFuture, SessionSpec, WebhookPort,
@@ -46,6 +47,8 @@ pub struct Tree {
     pub watchers: Vec<Addr<Watcher>>,
     /// Each action's executor, by action name, for fault injection.
     pub executors: BTreeMap<String, Recipient<Fail>>,
+    /// What the actors count and time, for the status endpoint's `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// Starts the tree for `settings` on the current arbiter; `replica` names this replica in
@@ -57,8 +60,18 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         ttl: settings.lock.session_ttl,
         lock_delay: settings.lock.lock_delay,
     };
-    let consul = ports.consul.clone();
-    let lock_manager = Supervisor::start(move |_| LockManager::new(consul, spec));
+    let metrics = Metrics::new();
+    let lock_keys: Vec<String> = settings
+        .actions
+        .values()
+        .map(|a| keys.lock(&a.lock))
+        .collect();
+    metrics.declare(
+        lock_keys.iter().map(String::as_str),
+        settings.watches.iter().map(|w| w.name.as_str()),
+    );
+    let (consul, m) = (ports.consul.clone(), metrics.clone());
+    let lock_manager = Supervisor::start(move |_| LockManager::new(consul, spec).with_metrics(m));
 
     let rollout = Rc::new(RolloutEnv {
         consul: ports.consul.clone(),
@@ -101,8 +114,8 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
                     } else {
                         Which::SpinDown
                     };
-                    let env = rollout.clone();
-                    let addr = Supervisor::start(move |_| StepExecutor::new(which, env));
+                    let (env, m) = (rollout.clone(), metrics.clone());
+                    let addr = Supervisor::start(move |_| StepExecutor::new(which, env, m));
                     let fail = addr.clone().recipient();
                     (
                         ExecutorRef {
@@ -147,8 +160,9 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         lock_manager.clone().recipient(),
         lock_manager.clone().recipient(),
     );
+    let m = metrics.clone();
     let dispatcher = Supervisor::start(move |_| {
-        Dispatcher::new(consul, k, r, acquire, release, dispatch, actions)
+        Dispatcher::new(consul, k, r, acquire, release, dispatch, actions).with_metrics(m)
     });
     lock_manager.do_send(Subscribe(dispatcher.clone().recipient()));
 
@@ -162,12 +176,13 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
                 actions: w.actions.clone(),
                 debounce: w.debounce,
             };
-            let (consul, keys, to) = (
+            let (consul, keys, to, m) = (
                 ports.consul.clone(),
                 keys.clone(),
                 dispatcher.clone().recipient(),
+                metrics.clone(),
             );
-            Supervisor::start(move |_| Watcher::new(spec, consul, keys, to))
+            Supervisor::start(move |_| Watcher::new(spec, consul, keys, to).with_metrics(m))
         })
         .collect();
     Tree {
@@ -175,6 +190,7 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         dispatcher,
         watchers,
         executors,
+        metrics,
     }
 }
 

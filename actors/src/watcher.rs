@@ -12,6 +12,7 @@ use rehydrator_config::WatchKind;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::dispatcher::WatchFired;
+use crate::metrics::Metrics;
 use crate::ports::{ConsulPort, ErrorKind, PortError, WatchRead, WatchStream};
 use crate::receipt::Keys;
 use crate::watch_plan::{self, Fire, Memory};
@@ -44,6 +45,7 @@ pub struct Watcher {
     debounce_timer: Option<SpawnHandle>,
     read_handle: Option<SpawnHandle>,
     stopped: bool,
+    metrics: Metrics,
     /// Every log line of this actor carries `actor` and `watch`.
     span: tracing::Span,
 }
@@ -68,7 +70,14 @@ impl Watcher {
             debounce_timer: None,
             read_handle: None,
             stopped: false,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts fires and Consul errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn is_event(&self) -> bool {
@@ -107,6 +116,7 @@ impl Watcher {
             // (a proxy in the way, an upgrade): stop, and the supervisor restarts the Watcher
             // with a fresh stream and baseline.
             Err(e) if e.kind == ErrorKind::Decode => {
+                self.metrics.error("consul", e.kind());
                 error!(watch = %self.spec.name, error = %e, "Consul's answer did not decode; restarting the watch.");
                 ctx.stop();
                 return Box::pin(fut::ready(()));
@@ -135,6 +145,7 @@ impl Watcher {
     }
 
     fn on_error(&mut self, e: &PortError) {
+        self.metrics.error("consul", e.kind());
         if self.outage.is_none() {
             self.outage = Some(tokio::time::Instant::now());
             if e.kind == ErrorKind::Rejected {
@@ -185,10 +196,12 @@ impl Watcher {
         let watch = self.spec.name.clone();
         let actions = self.spec.actions.clone();
         let span = self.span.clone();
+        let metrics = self.metrics.clone();
         fut::wrap_future(
             async move {
             for (fire, index) in fires {
                 info!(%watch, trigger = %fire.trigger_id, index, "Watch fired.");
+                metrics.watch_fired(&watch);
                 for action in &actions {
                     let msg = WatchFired {
                         watch: watch.clone(),

@@ -10,6 +10,7 @@ use futures_util::future::{AbortHandle, Abortable};
 use tracing::Instrument;
 
 use super::{Abort, ExecError, Run};
+use crate::metrics::Metrics;
 use crate::receipt::Outcome;
 use crate::rollout::{self, RolloutEnv, Which};
 
@@ -17,14 +18,16 @@ pub struct StepExecutor {
     which: Which,
     env: Rc<RolloutEnv>,
     running: HashMap<String, AbortHandle>,
+    metrics: Metrics,
 }
 
 impl StepExecutor {
-    pub fn new(which: Which, env: Rc<RolloutEnv>) -> Self {
+    pub fn new(which: Which, env: Rc<RolloutEnv>, metrics: Metrics) -> Self {
         Self {
             which,
             env,
             running: HashMap::new(),
+            metrics,
         }
     }
 
@@ -60,7 +63,12 @@ impl Handler<Run> for StepExecutor {
         let work = Abortable::new(
             tokio::time::timeout(
                 timeout,
-                rollout::run(self.env.clone(), self.which, msg.trigger),
+                rollout::run(
+                    self.env.clone(),
+                    self.which,
+                    msg.trigger,
+                    self.metrics.clone(),
+                ),
             ),
             registration,
         )
