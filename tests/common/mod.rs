@@ -2,6 +2,7 @@
 //! every async test so a hang fails fast instead of stalling CI.
 #![allow(dead_code)]
 pub mod moto;
+pub mod moto_rollout;
 pub mod rollout;
 pub mod shape;
 

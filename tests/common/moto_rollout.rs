@@ -1,0 +1,527 @@
+//! The rollout end to end through a moto-backed cloud (`ec2` or `ecs`), shared by
+//! `tests/rollout_ec2.rs` and `tests/rollout_ecs.rs`: the replica's cloud is `Ec2Cloud` or
+//! `EcsCloud` on moto's server (the real SDK clients), while Consul is the simulator. A
+//! test-side bridge makes moto's machines real servers: every machine of the cluster the cloud
+//! lists as running becomes a simulated server named after its instance ID (the launch
+//! template's node_name convention), on its AMI; every machine gone from the list is terminated
+//! in the simulator (its agent leaves). For `ecs`, `moto::registrar` plays the ECS agent, so a
+//! machine runs once its instance registered and its Consul task runs.
+//!
+//! The cluster starts as N machines on AMI A launched through the cloud; the simulator's own
+//! seed servers, which no machine backs, leave once those are voters. Then AMI B is registered,
+//! `consul-rehydrate` fired, and the checks are those of `tests/rollout.rs`: every server on B,
+//! N launches and N retirements, quorum never lost, at most one voter missing, at most N+1
+//! machines, the leader never retired while leading. moto also shows no machine launched twice
+//! (and, for `ecs`, one Consul task per machine, the retired ones stopped and deregistered).
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::moto::{
+    client, credentials, ecs_client, ecs_cluster, launch_template, moto, moto_ecs, register,
+    registrar, Moto, ECS_CLUSTER, TASK_FAMILY,
+};
+use rehydrator::cloud::ec2::CLUSTER_TAG;
+use rehydrator::cloud::{Ec2Cloud, EcsCloud};
+use rehydrator::consul::port::ConsulAdapter;
+use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
+use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::plan::{Rollout, RolloutState};
+use rehydrator_actors::ports::{CloudPort, MachineState};
+use rehydrator_actors::tree::{self, Ports};
+use rehydrator_config::{CloudSettings, Settings};
+use rehydrator_sim::{RunningSim, SimConfig};
+use serde_json::{json, Value};
+
+/// The cloud backend a rollout runs through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Ec2,
+    Ecs,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Ec2 => "ec2",
+            Backend::Ecs => "ecs",
+        }
+    }
+}
+
+/// How often the ECS cloud polls for a registration (5 s in production).
+const ECS_POLL: Duration = Duration::from_millis(50);
+
+/// The whole test: moto's start, the bootstrap, the rollout.
+pub const TEST_BOUND: Duration = Duration::from_secs(120);
+/// Any one wait inside it.
+const WAIT_BOUND: Duration = Duration::from_secs(60);
+
+/// The simulator's cluster, fast, as in `tests/rollout.rs`.
+const BOOT: Duration = Duration::from_millis(300);
+const STABILIZATION: Duration = Duration::from_millis(1000);
+const ELECTION: Duration = Duration::from_millis(200);
+
+/// How often the bridge mirrors moto into the simulator.
+const BRIDGE_TICK: Duration = Duration::from_millis(50);
+
+const CLUSTER: &str = "roll";
+
+struct Rig {
+    backend: Backend,
+    sim: RunningSim,
+    moto: Moto,
+    ec2: aws_sdk_ec2::Client,
+    http: awc::Client,
+    dir: PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Rig {
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        send(&self.http, &self.sim.url(), method, path, body)
+            .await
+            .unwrap()
+    }
+
+    async fn servers(&self) -> Vec<Value> {
+        self.send("GET", "/sim/servers", None)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    async fn until<T, F, Fut>(&self, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(
+                start.elapsed() < WAIT_BOUND,
+                "{what} did not happen within {WAIT_BOUND:?}: {:#?}",
+                self.servers().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Autopilot healthy with `voters` voters, all of them `alive`.
+    async fn healthy_with(&self, voters: usize) -> bool {
+        let resp = self
+            .http
+            .get(format!("{}/v1/operator/autopilot/health", self.sim.url()))
+            .send()
+            .await;
+        let Ok(mut resp) = resp else { return false };
+        let Ok(health) = resp.json::<Value>().limit(1 << 20).await else {
+            return false;
+        };
+        let servers = health["Servers"].as_array().cloned().unwrap_or_default();
+        health["Healthy"] == true
+            && servers.iter().filter(|s| s["Voter"] == true).count() == voters
+            && servers.len() == voters
+    }
+
+    async fn rollout(&self) -> Option<Rollout> {
+        let mut resp = self
+            .http
+            .get(format!(
+                "{}/v1/kv/rehydrator/{CLUSTER}/rollout?raw",
+                self.sim.url()
+            ))
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        serde_json::from_slice(&resp.body().await.ok()?).ok()
+    }
+
+    fn settings(&self, desired: usize) -> Settings {
+        let mut cloud = format!(
+            "type = \"{}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlaunch_template = \"consul-server\"\nimage_name = \"consul-server-*\"",
+            self.backend.name(),
+            self.moto.url
+        );
+        if self.backend == Backend::Ecs {
+            cloud.push_str(&format!(
+                "\necs_cluster = \"{ECS_CLUSTER}\"\ntask_definition = \"{TASK_FAMILY}\"\nregistration_timeout = \"20s\""
+            ));
+        }
+        let text = super::rollout::config(
+            CLUSTER,
+            desired,
+            &self.sim.url(),
+            &cloud,
+            "stable_timeout = \"1m\"",
+        );
+        let path = self.dir.join("rehydrator.toml");
+        std::fs::write(&path, text).unwrap();
+        rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap()
+    }
+}
+
+async fn send(
+    http: &awc::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let url = format!("{base}{path}");
+    let req = match method {
+        "PUT" => http.put(url),
+        "POST" => http.post(url),
+        _ => http.get(url),
+    };
+    let sent = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    };
+    let mut resp = sent.map_err(|e| format!("{method} {path}: {e}"))?;
+    let bytes = resp
+        .body()
+        .limit(1 << 20)
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "{method} {path}: {} {}",
+            resp.status(),
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Mirrors the cloud's running machines into simulated servers until aborted; what went wrong
+/// is kept in `errors` (a panic in a spawned task would only end the task).
+fn bridge(
+    cloud: Rc<dyn CloudPort>,
+    sim: String,
+    known_images: BTreeSet<String>,
+    errors: Rc<RefCell<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        let http = awc::Client::default();
+        let mut images = known_images;
+        let mut mirrored = BTreeSet::<String>::new();
+        loop {
+            match cloud.machines().await {
+                Ok(machines) => {
+                    let live: BTreeSet<String> = machines.iter().map(|m| m.id.clone()).collect();
+                    // Pending: no Consul agent yet (for ecs, its task is not running).
+                    for m in machines.iter().filter(|m| m.state == MachineState::Running) {
+                        if mirrored.contains(&m.id) {
+                            continue;
+                        }
+                        if images.insert(m.image.clone()) {
+                            if let Err(e) = send(
+                                &http,
+                                &sim,
+                                "POST",
+                                "/sim/images",
+                                Some(json!({"id": m.image})),
+                            )
+                            .await
+                            {
+                                errors.borrow_mut().push(e);
+                            }
+                        }
+                        let body = json!({"image": m.image, "name": m.id, "token": m.id});
+                        match send(&http, &sim, "POST", "/sim/servers", Some(body)).await {
+                            Ok(_) => {
+                                mirrored.insert(m.id.clone());
+                            }
+                            Err(e) => errors.borrow_mut().push(e),
+                        }
+                    }
+                    let gone: Vec<String> = mirrored.difference(&live).cloned().collect();
+                    for id in gone {
+                        let path = format!("/sim/servers/{id}/terminate");
+                        match send(&http, &sim, "POST", &path, None).await {
+                            Ok(_) => {
+                                mirrored.remove(&id);
+                            }
+                            Err(e) => errors.borrow_mut().push(e),
+                        }
+                    }
+                }
+                Err(e) => errors.borrow_mut().push(format!("moto: {e}")),
+            }
+            tokio::time::sleep(BRIDGE_TICK).await;
+        }
+    })
+}
+
+/// A rollout of `n` servers from AMI A to AMI B through `backend` on moto.
+pub async fn moto_rollout(backend: Backend, n: usize) {
+    let moto = match backend {
+        Backend::Ec2 => moto(),
+        Backend::Ecs => moto_ecs(),
+    };
+    let ec2 = client(&moto.url);
+    let ami_a = register(&ec2, "consul-server-a").await;
+    launch_template(&ec2, &ami_a).await;
+    let ecs = ecs_client(&moto.url);
+    // Kept for the whole test: it stands in for the ECS agent of every instance launched.
+    let agent = match backend {
+        Backend::Ec2 => None,
+        Backend::Ecs => {
+            ecs_cluster(&moto.url, &ecs).await;
+            Some(registrar(&moto.url, CLUSTER))
+        }
+    };
+    let sim = super::sim_with(SimConfig {
+        servers: n,
+        image: ami_a.clone(),
+        boot_delay: BOOT,
+        stabilization: STABILIZATION,
+        election: ELECTION,
+        failure_detection: Duration::from_millis(200),
+        ..SimConfig::default()
+    });
+    let dir = std::env::temp_dir().join(format!(
+        "rehydrator-rollout-{}-{n}-{}",
+        backend.name(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rig = Rig {
+        backend,
+        sim,
+        moto,
+        ec2,
+        http: awc::Client::default(),
+        dir,
+    };
+    let settings = rig.settings(n);
+    // The replica's cloud and the bridge's are built as `run` builds it, with test keys.
+    let cloud: Rc<dyn CloudPort> = match &settings.cloud {
+        CloudSettings::Ec2(aws) => Rc::new(
+            Ec2Cloud::load(aws, CLUSTER, Some(credentials()))
+                .await
+                .unwrap(),
+        ),
+        CloudSettings::Ecs(aws) => Rc::new(
+            EcsCloud::load(aws, CLUSTER, Some(credentials()))
+                .await
+                .unwrap()
+                .with_poll_interval(ECS_POLL),
+        ),
+        other => panic!("the config names a moto-backed cloud: {other:?}"),
+    };
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    let bridge = bridge(
+        cloud.clone(),
+        rig.sim.url(),
+        BTreeSet::from([ami_a.clone()]),
+        errors.clone(),
+    );
+
+    // The cluster's real servers: N instances on A, through moto and the bridge.
+    let mut seeds = Vec::new();
+    for i in 0..n {
+        seeds.push(cloud.launch(&ami_a, &format!("seed-{i}")).await.unwrap().id);
+    }
+    rig.until("the instances becoming voters", || async {
+        let servers = rig.servers().await;
+        let voters = servers
+            .iter()
+            .filter(|s| seeds.iter().any(|id| s["name"] == id.as_str()) && s["voter"] == true)
+            .count();
+        (voters == n).then_some(())
+    })
+    .await;
+    // The simulator's own seed servers, which no instance backs, leave one at a time.
+    let unbacked: Vec<String> = rig
+        .servers()
+        .await
+        .iter()
+        .filter(|s| s["token"].is_null())
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(unbacked.len(), n, "{unbacked:?}");
+    for (left, name) in unbacked.iter().enumerate() {
+        rig.send("POST", &format!("/sim/servers/{name}/terminate"), None)
+            .await;
+        let voters = 2 * n - left - 1;
+        rig.until("the cluster healthy after a seed left", || async {
+            rig.healthy_with(voters).await.then_some(())
+        })
+        .await;
+    }
+    assert!(rig.healthy_with(n).await);
+    // The bootstrap retired the seed leader on purpose: the rollout starts from a clean record.
+    rig.send("POST", "/sim/invariants/reset", Some(json!({})))
+        .await;
+
+    let tree = tree::start(
+        &settings,
+        "replica-1",
+        Ports {
+            consul: Rc::new(ConsulAdapter::new(
+                Client::new(ConsulConfig::with_address(&rig.sim.url()).unwrap()).unwrap(),
+                WatchPolicy {
+                    min_interval: Duration::from_millis(50),
+                    ..WatchPolicy::default()
+                },
+            )),
+            webhook: Rc::new(AwcWebhook::default()),
+            cloud: Some(cloud.clone()),
+        },
+    );
+    // B is newer than A by date or, registered within the same second, by name.
+    let ami_b = register(&rig.ec2, "consul-server-b").await;
+    assert_eq!(cloud.newest_image().await.unwrap().unwrap().id, ami_b);
+    let started = Instant::now();
+    rig.until("the replica's watches parking", || async {
+        (rig.send("GET", "/sim/stats", None).await["parked"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    rig.send("PUT", "/v1/event/fire/consul-rehydrate", None)
+        .await;
+    let r = rig
+        .until("the rollout completing", || async {
+            rig.rollout()
+                .await
+                .filter(|r| matches!(r.state, RolloutState::Completed { .. }))
+        })
+        .await;
+    let took = started.elapsed();
+
+    assert_eq!(r.target_image, ami_b);
+    assert_eq!((r.launches.len(), r.retirements.len()), (n, n));
+    // What moto saw: N seeds and N launches tagged with the cluster, the seeds all gone.
+    let described = rig
+        .ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{CLUSTER_TAG}"))
+                .values(CLUSTER)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let instances: Vec<_> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
+    assert_eq!(instances.len(), 2 * n, "N seeds and N launches, no more");
+    let live = cloud.machines().await.unwrap();
+    assert_eq!(live.len(), n, "{live:?}");
+    assert!(live.iter().all(|m| m.image == ami_b), "{live:?}");
+    assert!(live.iter().all(|m| !seeds.contains(&m.id)), "{live:?}");
+
+    // What the simulator saw: the same servers, all B voters; and the invariants.
+    tokio::time::sleep(BRIDGE_TICK * 4).await;
+    let servers = rig.servers().await;
+    let running: Vec<&Value> = servers
+        .iter()
+        .filter(|s| s["machine"] != "terminated")
+        .collect();
+    assert_eq!(running.len(), n, "{servers:#?}");
+    assert!(
+        running
+            .iter()
+            .all(|s| s["image"] == ami_b.as_str() && s["voter"] == true),
+        "{servers:#?}"
+    );
+    super::rollout::assert_clean(&rig.send("GET", "/sim/invariants", None).await, n);
+    assert!(
+        errors.borrow().is_empty(),
+        "the bridge failed: {:?}",
+        errors.borrow()
+    );
+    if backend == Backend::Ecs {
+        assert_ecs(&ecs, &live.iter().map(|m| m.id.clone()).collect(), n).await;
+        let agent = agent.as_ref().unwrap();
+        assert!(
+            agent.errors.borrow().is_empty(),
+            "the registrar failed: {:?}",
+            agent.errors
+        );
+    }
+    println!(
+        "rollout of {n} servers through {} (moto): {took:.2?}",
+        backend.name()
+    );
+
+    bridge.abort();
+    tree.shutdown().await;
+}
+
+/// What ECS shows after a rollout of `n`: one Consul task per machine ever launched, the live
+/// machines' running on their container instances, the retired ones' stopped, and only the live
+/// machines still registered.
+async fn assert_ecs(ecs: &aws_sdk_ecs::Client, live: &BTreeSet<String>, n: usize) {
+    let arns = ecs
+        .list_tasks()
+        .cluster(ECS_CLUSTER)
+        .send()
+        .await
+        .unwrap()
+        .task_arns()
+        .to_vec();
+    let tasks = ecs
+        .describe_tasks()
+        .cluster(ECS_CLUSTER)
+        .set_tasks(Some(arns))
+        .send()
+        .await
+        .unwrap()
+        .tasks()
+        .to_vec();
+    assert_eq!(
+        tasks.len(),
+        2 * n,
+        "one task per machine launched: {tasks:#?}"
+    );
+    let running = tasks
+        .iter()
+        .filter(|t| t.last_status() == Some("RUNNING"))
+        .count();
+    assert_eq!(running, n, "{tasks:#?}");
+    let cis = ecs
+        .list_container_instances()
+        .cluster(ECS_CLUSTER)
+        .send()
+        .await
+        .unwrap()
+        .container_instance_arns()
+        .to_vec();
+    let registered: BTreeSet<String> = ecs
+        .describe_container_instances()
+        .cluster(ECS_CLUSTER)
+        .set_container_instances(Some(cis))
+        .send()
+        .await
+        .unwrap()
+        .container_instances()
+        .iter()
+        .filter_map(|ci| ci.ec2_instance_id().map(str::to_owned))
+        .collect();
+    assert_eq!(&registered, live, "only the live machines stay registered");
+}
