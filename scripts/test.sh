@@ -19,4 +19,9 @@ if ! command -v moto_server >/dev/null 2>&1 && ! python3 -c 'import moto.server'
   python3 -m pip install --quiet 'moto[server]'
 fi
 
+# cfn-lint checks deploy/*.yaml in tests/deploy.rs (which fails, not skips, without it).
+if ! command -v cfn-lint >/dev/null 2>&1 && ! python3 -c 'import cfnlint' >/dev/null 2>&1; then
+  python3 -m pip install --quiet cfn-lint
+fi
+
 cargo test --workspace --locked "$@"
