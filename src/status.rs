@@ -199,50 +199,43 @@ impl Scope {
     }
 }
 
-/// Why a report could not be taken.
+/// Why a report could not be taken. The message carries the cause (no `source()` chain), so
+/// `{e}` alone says everything.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StatusError {
     /// A read Consul must answer failed (unreachable, no leader, refused).
-    #[error("reading {what}: {source}")]
+    #[error("reading {what}: {error}")]
     Consul {
         what: &'static str,
-        #[source]
-        source: ConsulError,
+        error: ConsulError,
     },
     /// The same, through the actors' port.
-    #[error("reading {what}: {source}")]
-    Port {
-        what: &'static str,
-        #[source]
-        source: PortError,
-    },
+    #[error("reading {what}: {error}")]
+    Port { what: &'static str, error: PortError },
     /// The cloud did not answer.
-    #[error("asking the cloud for {what}: {source}")]
-    Cloud {
-        what: &'static str,
-        #[source]
-        source: PortError,
-    },
+    #[error("asking the cloud for {what}: {error}")]
+    Cloud { what: &'static str, error: PortError },
 }
 
 impl StatusError {
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            StatusError::Consul { source, .. } => source.kind(),
-            StatusError::Port { source, .. } => source.kind(),
+            StatusError::Consul { error, .. } => error.kind(),
+            StatusError::Port { error, .. } => error.kind(),
             StatusError::Cloud { .. } => "cloud",
         }
     }
 }
 
 fn consul(what: &'static str) -> impl FnOnce(ConsulError) -> StatusError {
-    move |source| StatusError::Consul { what, source }
+    move |error| StatusError::Consul { what, error }
 }
 
 /// Reads the cluster's status from Consul and, when given, the cloud. `consul` is the client
 /// `run` builds (clone it: it is cheap); `cloud` is its `Ports::cloud`.
-#[tracing::instrument(skip_all, fields(cluster = %scope.cluster, cloud = cloud.is_some()), err)]
+// No `err`: the caller reports a failure (the CLI prints it, the endpoint answers 503).
+#[tracing::instrument(skip_all, fields(cluster = %scope.cluster, cloud = cloud.is_some()))]
 pub async fn gather(
     consul_client: &Client,
     cloud: Option<&dyn CloudPort>,
@@ -255,9 +248,9 @@ pub async fn gather(
     let health = ConsulAdapter::new(consul_client.clone(), WatchPolicy::default())
         .autopilot_health()
         .await
-        .map_err(|source| StatusError::Port {
+        .map_err(|error| StatusError::Port {
             what: "autopilot health",
-            source,
+            error,
         })?;
 
     let rollout_entry = consul_client
@@ -289,16 +282,16 @@ pub async fn gather(
             let machines = cloud
                 .machines()
                 .await
-                .map_err(|source| StatusError::Cloud {
+                .map_err(|error| StatusError::Cloud {
                     what: "the machines",
-                    source,
+                    error,
                 })?;
             let newest = cloud
                 .newest_image()
                 .await
-                .map_err(|source| StatusError::Cloud {
+                .map_err(|error| StatusError::Cloud {
                     what: "the newest image",
-                    source,
+                    error,
                 })?;
             let reference = newest.as_ref().map(|i| i.id.clone());
             let servers = join_cloud(machines, &health, reference.as_deref(), now);
