@@ -4,6 +4,7 @@
 
 pub mod cloud;
 pub mod consul;
+pub mod demo;
 pub mod healthcheck;
 pub mod status;
 pub mod webhook;

@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Serve a simulated Consul datacenter (Consul's HTTP API plus a /sim control API).
     Sim(SimArgs),
+    /// Roll a simulated 3-server cluster onto a new image with three replicas, live; with
+    /// --chaos, SIGKILL the step lock's holder mid-step. Exits 0 only if every invariant held.
+    Demo(DemoArgs),
     /// Run the actor tree: watch Consul as configured and run each action once across replicas.
     Run {
         /// The TOML configuration file.
@@ -73,9 +76,28 @@ struct SimArgs {
     stabilization: f64,
 }
 
-fn init_tracing() {
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Consul servers in the simulated cluster (all replaced).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    servers: u16,
+    /// Orchestrator replicas (`rehydrator run` processes).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    replicas: u16,
+    /// SIGKILL the replica holding the step lock at a random point of a step.
+    #[arg(long)]
+    chaos: bool,
+    /// Seed for the chaos kill's moment (default: drawn at random and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to write the timeline picture (SVG).
+    #[arg(long, default_value = "rehydrator-demo.svg")]
+    timeline: PathBuf,
+}
+
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let json = std::env::var("REHYDRATOR_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -88,10 +110,17 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // The demo's live display owns the terminal: only warnings may interrupt it.
+    // The simulator's own warnings (a lock refused during lock-delay) are the demo working.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "warn,rehydrator_sim=error"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Sim(args) => run_sim(args),
+        Command::Demo(args) => return run_demo(args),
         Command::CheckConfig { file } => return check_config(&file),
         Command::Healthcheck { url, timeout } => {
             return match rehydrator::healthcheck::check(&url, timeout) {
@@ -171,4 +200,60 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         running.stop().await;
         Ok(())
     })
+}
+
+/// `rehydrator demo`: exit 0 only if every invariant held; 1 naming the first broken one (or
+/// the demo's own failure); 2 for bad flags; 130 on Ctrl-C (the replicas are killed first).
+fn run_demo(args: DemoArgs) -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::IsTerminal;
+    if args.chaos && args.replicas < 2 {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--chaos needs at least 2 --replicas: one to kill, one to take over",
+            )
+            .exit();
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: finding this binary to start the replicas from: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let chaos = args.chaos.then(|| args.seed.unwrap_or_else(rand::random));
+    let options = rehydrator::demo::Options {
+        servers: usize::from(args.servers),
+        replicas: usize::from(args.replicas),
+        chaos,
+        timeline: args.timeline,
+        exe,
+        tty: std::io::stdout().is_terminal(),
+    };
+    let system = actix_rt::System::new();
+    // On Ctrl-C the demo's future is dropped, and with it the replicas (killed and reaped).
+    let result = system.block_on(async move {
+        tokio::select! {
+            r = rehydrator::demo::run(options) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    match result {
+        Some(Ok(outcome)) if outcome.passed() => ExitCode::SUCCESS,
+        Some(Ok(outcome)) => {
+            for v in &outcome.summary.violations {
+                eprintln!("error: invariant broken ({}): {v}", v.kind());
+            }
+            ExitCode::FAILURE
+        }
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("interrupted: the replicas and the simulator were stopped");
+            ExitCode::from(130)
+        }
+    }
 }

@@ -1,0 +1,628 @@
+//! `rehydrator demo`: the whole product in one command with nothing installed. It starts the
+//! simulator in this process (N servers on `image-a`, cluster constants shrunk so a rollout
+//! takes seconds), starts the orchestrator replicas as real `rehydrator run` processes of this
+//! binary, registers `image-b`, fires `consul-rehydrate` and shows the rollout live; with
+//! `--chaos` it SIGKILLs the replica holding the `step` lock mid-step and reports the takeover.
+//! It ends with a summary, a timeline picture, and a verdict from the simulator's own record.
+//!
+//! Sessions keep Consul's real rules (TTL 10 s, the minimum; invalidated by 2×TTL) — the
+//! simulator's clock is not scaled, because scaling would shorten the TTLs the replicas renew
+//! on real time. So a takeover takes about 2×TTL + lock-delay = 21 s, as it would in production.
+//!
+//! Pieces: `replicas` (the processes), `observe` (HTTP reads), `display` (live progress),
+//! `chaos` (when to kill), `summary`, `timeline` (the SVG), `verdict` (the invariants).
+
+pub mod chaos;
+pub mod display;
+pub mod observe;
+pub mod replicas;
+pub mod summary;
+pub mod timeline;
+pub mod verdict;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use awc::http::Method;
+use rehydrator_actors::plan::RolloutState;
+use rehydrator_sim::SimConfig;
+use serde_json::json;
+use tracing::{info, info_span, Instrument};
+
+use self::chaos::ChaosPlan;
+use self::display::{Context, Display};
+use self::observe::{Observation, ObserveError, Probe};
+use self::replicas::{Replicas, SpawnError};
+use self::summary::{Summary, Takeover};
+use self::timeline::{Marker, MarkerKind, Picture};
+use self::verdict::Violation;
+
+/// The demo cluster's name (its keys are `rehydrator/demo/...`).
+pub const CLUSTER: &str = "demo";
+pub const OLD_IMAGE: &str = "image-a";
+pub const NEW_IMAGE: &str = "image-b";
+
+/// The simulated cluster's constants: what each replaced server makes the rollout wait.
+pub const BOOT: Duration = Duration::from_millis(500);
+pub const STABILIZATION: Duration = Duration::from_millis(1500);
+const ELECTION: Duration = Duration::from_millis(200);
+const FAILURE_DETECTION: Duration = Duration::from_millis(200);
+
+/// Consul's minimum session TTL; a killed holder's lock frees between TTL and 2×TTL.
+pub const SESSION_TTL: Duration = Duration::from_secs(10);
+/// Short, so the takeover is mostly the session lapsing (Consul's default is 15 s).
+pub const LOCK_DELAY: Duration = Duration::from_secs(1);
+
+/// How long the replicas may take to start and park their watches.
+const READY_BOUND: Duration = Duration::from_secs(30);
+/// How long a rollout may take: generous for 9 servers on a loaded 2-core machine, plus a
+/// takeover.
+const ROLLOUT_BOUND: Duration = Duration::from_secs(150);
+/// How often the display is refreshed (and the chaos kill looks for a lock holder).
+const TICK: Duration = Duration::from_millis(100);
+
+/// What `rehydrator demo` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub servers: usize,
+    pub replicas: usize,
+    /// The chaos kill's seed; None: no kill.
+    pub chaos: Option<u64>,
+    pub timeline: PathBuf,
+    /// The binary to start the replicas from (this one).
+    pub exe: PathBuf,
+    /// stdout is a terminal: redraw in place.
+    pub tty: bool,
+}
+
+/// Why the demo could not run to its verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("starting the simulator: {0}")]
+    Sim(#[source] std::io::Error),
+    #[error("scratch directory {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("replica {name} exited unexpectedly ({status}); the end of its log ({log}):\n{tail}")]
+    ReplicaDied {
+        name: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("reading the simulator: {0}")]
+    Observe(#[from] ObserveError),
+    #[error("{what} did not happen within {limit:?}; the replicas' logs are in {logs}")]
+    Timeout {
+        what: String,
+        limit: Duration,
+        logs: PathBuf,
+    },
+    #[error("writing the timeline to {path}: {source}")]
+    Timeline {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the demo ended: the figures and every broken invariant.
+#[derive(Debug)]
+pub struct Outcome {
+    pub summary: Summary,
+    pub timeline: PathBuf,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.summary.violations.is_empty()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The replicas' configuration: `config/samples/rollout.toml` with the demo's cluster and
+/// timings (a 1 s timer instead of 30 s, so a missed trigger costs a second, not half a minute).
+fn replica_config(consul: &str, servers: usize) -> String {
+    let ttl = SESSION_TTL.as_secs();
+    let delay = LOCK_DELAY.as_secs();
+    format!(
+        r#"# Written by `rehydrator demo`: the rollout sample, pointed at the demo's simulator.
+[cluster]
+name = "{CLUSTER}"
+desired_servers = {servers}
+[consul]
+address = "{consul}"
+[cloud]
+type = "sim"
+[lock]
+session_ttl = "{ttl}s"
+lock_delay = "{delay}s"
+# Three replicas on one host: each status endpoint on a free port (logged at start).
+[status]
+listen = "127.0.0.1:0"
+[rollout]
+mode = "manual"
+stable_timeout = "1m"
+step_timeout = "20s"
+[action.spin-up]
+type = "spin-up"
+[action.spin-down]
+type = "spin-down"
+[[watch]]
+name = "rehydrate"
+type = "event"
+event = "consul-rehydrate"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "servers"
+type = "service"
+service = "consul"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "timer"
+type = "schedule"
+every = "1s"
+actions = ["spin-up", "spin-down"]
+"#
+    )
+}
+
+/// A fresh directory for the configuration and the replicas' logs.
+fn scratch_dir() -> Result<PathBuf, DemoError> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = std::env::temp_dir().join(format!("rehydrator-demo-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&path).map_err(|source| DemoError::Scratch {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Where the chaos kill is.
+enum Chaos {
+    Off,
+    /// Waiting for the planned moment (`reached`: when the planned action count was seen).
+    Armed {
+        plan: ChaosPlan,
+        reached: Option<Instant>,
+    },
+    /// Killed `victim`, whose session still holds the lock; waiting for another replica.
+    Killed {
+        victim: String,
+        session: String,
+        at: Instant,
+    },
+    Done,
+}
+
+/// The run's state between ticks.
+struct Run<'a> {
+    opts: &'a Options,
+    probe: Probe,
+    replicas: Replicas,
+    display: Display,
+    logs: PathBuf,
+    chaos: Chaos,
+    takeovers: Vec<Takeover>,
+    chaos_missed: Option<String>,
+    markers: Vec<Marker>,
+    fired: Instant,
+}
+
+/// Runs the demo: its progress and summary go to stdout; the verdict is in the outcome.
+pub async fn run(opts: Options) -> Result<Outcome, DemoError> {
+    let span =
+        info_span!("demo", servers = opts.servers, replicas = opts.replicas, chaos = ?opts.chaos);
+    run_inner(&opts).instrument(span).await
+}
+
+async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
+    let logs = scratch_dir()?;
+    let sim = rehydrator_sim::start(
+        ([127, 0, 0, 1], 0).into(),
+        SimConfig {
+            servers: opts.servers,
+            image: OLD_IMAGE.into(),
+            boot_delay: BOOT,
+            stabilization: STABILIZATION,
+            election: ELECTION,
+            failure_detection: FAILURE_DETECTION,
+            ..SimConfig::default()
+        },
+    )
+    .map_err(DemoError::Sim)?;
+    let url = sim.url();
+    info!(%url, "Simulator started.");
+    let config = logs.join("rehydrator.toml");
+    std::fs::write(&config, replica_config(&url, opts.servers)).map_err(|source| {
+        DemoError::Scratch {
+            path: config.clone(),
+            source,
+        }
+    })?;
+
+    let mut display = Display::new(opts.tty);
+    display.note(&format!(
+        "Simulated Consul datacenter on {url}: {} servers on {OLD_IMAGE} (boot {:.1} s, stabilization {:.1} s).",
+        opts.servers,
+        BOOT.as_secs_f64(),
+        STABILIZATION.as_secs_f64()
+    ));
+    let names: Vec<String> = (1..=opts.replicas).map(|i| format!("demo-{i}")).collect();
+    let replicas = Replicas::spawn(&opts.exe, &config, &logs, &names)?;
+    for r in &replicas.list {
+        display.note(&format!(
+            "replica {} started (pid {}), log {}",
+            r.name,
+            r.pid(),
+            r.log.display()
+        ));
+    }
+    let mut run = Run {
+        opts,
+        probe: Probe::new(url, CLUSTER),
+        replicas,
+        display,
+        logs,
+        chaos: match opts.chaos {
+            Some(seed) => Chaos::Armed {
+                plan: ChaosPlan::draw(seed, opts.servers),
+                reached: None,
+            },
+            None => Chaos::Off,
+        },
+        takeovers: Vec::new(),
+        chaos_missed: None,
+        markers: Vec::new(),
+        fired: Instant::now(),
+    };
+    let outcome = run.roll().await;
+    run.replicas.stop_all();
+    sim.stop().await;
+    let outcome = outcome?;
+    if outcome.passed() {
+        let _ = std::fs::remove_dir_all(&run.logs);
+    } else {
+        run.display.note(&format!(
+            "The replicas' logs are kept in {}",
+            run.logs.display()
+        ));
+    }
+    Ok(outcome)
+}
+
+impl Run<'_> {
+    /// Waits for the replicas, fires the rollout, follows it to its end, then judges it.
+    async fn roll(&mut self) -> Result<Outcome, DemoError> {
+        self.await_ready().await?;
+        self.probe
+            .send(
+                Method::POST,
+                "/sim/images",
+                Some(json!({ "id": NEW_IMAGE })),
+            )
+            .await?;
+        self.display
+            .note(&format!("Registered {NEW_IMAGE}; firing consul-rehydrate."));
+        self.fired = Instant::now();
+        let fired_ms = unix_ms();
+        self.markers.push(Marker {
+            at: fired_ms,
+            kind: MarkerKind::Fired,
+            label: "consul-rehydrate".into(),
+        });
+        self.probe
+            .send(Method::PUT, "/v1/event/fire/consul-rehydrate", None)
+            .await?;
+
+        let (last, completed_ms) = self.follow().await?;
+        self.display.finish();
+        let total = Duration::from_millis(completed_ms.saturating_sub(fired_ms));
+        self.markers.push(Marker {
+            at: completed_ms,
+            kind: MarkerKind::Completed,
+            label: "completed".into(),
+        });
+
+        let inv = self.probe.invariants().await?;
+        let servers = self.probe.servers_json().await?;
+        let mut violations = Vec::new();
+        if let Some(RolloutState::Stopped { reason, .. }) = last.rollout.as_ref().map(|r| &r.state)
+        {
+            violations.push(Violation::Stopped(reason.clone()));
+        }
+        violations.extend(verdict::check_invariants(&inv, self.opts.servers));
+        violations.extend(verdict::check_servers(
+            &servers,
+            self.opts.servers,
+            NEW_IMAGE,
+        ));
+        let summary = Summary {
+            servers: self.opts.servers,
+            from_image: OLD_IMAGE.into(),
+            to_image: NEW_IMAGE.into(),
+            total,
+            boot: BOOT,
+            stabilization: STABILIZATION,
+            takeovers: self.takeovers.clone(),
+            chaos_missed: self.chaos_missed.clone(),
+            quorum_lost_count: inv["quorum_lost_count"].as_u64().unwrap_or(u64::MAX),
+            max_voters_missing: inv["max_voters_missing"].as_u64().unwrap_or(u64::MAX),
+            leader_changes: inv["leader_changes"].as_u64().unwrap_or(0),
+            min_failure_tolerance: inv["min_failure_tolerance"].as_u64(),
+            violations,
+        };
+
+        let events = self.probe.timeline().await?;
+        let svg = timeline::render_svg(&Picture {
+            title: format!(
+                "rehydrator demo: {} servers {OLD_IMAGE} -> {NEW_IMAGE}, {} replicas{}",
+                self.opts.servers,
+                self.opts.replicas,
+                self.opts
+                    .chaos
+                    .map_or_else(String::new, |s| format!(", chaos seed {s}"))
+            ),
+            events: &events,
+            markers: self.markers.clone(),
+            old_image: OLD_IMAGE.into(),
+            new_image: NEW_IMAGE.into(),
+            end: completed_ms + 1000,
+        });
+        write_timeline(&self.opts.timeline, &svg)?;
+
+        for l in summary.lines() {
+            self.display.note(&l);
+        }
+        self.display
+            .note(&format!("Timeline: {}", self.opts.timeline.display()));
+        Ok(Outcome {
+            summary,
+            timeline: self.opts.timeline.clone(),
+        })
+    }
+
+    /// Fails if a replica died on its own.
+    fn check_replicas(&mut self) -> Result<(), DemoError> {
+        if let Some((r, status)) = self.replicas.died() {
+            return Err(DemoError::ReplicaDied {
+                name: r.name.clone(),
+                status: status.to_string(),
+                log: r.log.clone(),
+                tail: r.log_tail(20),
+            });
+        }
+        Ok(())
+    }
+
+    /// Until every replica holds a session and its watches took their baselines: an event
+    /// fired from then on is seen by all.
+    async fn await_ready(&mut self) -> Result<(), DemoError> {
+        let start = Instant::now();
+        let want_parked = 2 * self.replicas.list.len() as u64;
+        loop {
+            self.check_replicas()?;
+            let holders = self.probe.session_holders().await?;
+            let sessions = self.replicas.list.iter().all(|r| holders.contains(&r.name));
+            let baselines = self
+                .replicas
+                .list
+                .iter()
+                .all(|r| r.log_text().matches("Baseline taken.").count() >= 2);
+            if sessions && baselines && self.probe.parked().await? >= want_parked {
+                self.display.note(&format!(
+                    "{} replicas ready in {:.1} s: each holds a session and watches the event, the catalog and a 1 s timer.",
+                    self.replicas.list.len(),
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(());
+            }
+            if start.elapsed() > READY_BOUND {
+                return Err(DemoError::Timeout {
+                    what: "the replicas' sessions and watches".into(),
+                    limit: READY_BOUND,
+                    logs: self.logs.clone(),
+                });
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Shows the rollout until its record says completed or stopped; answers the last
+    /// observation and when it ended (unix ms).
+    async fn follow(&mut self) -> Result<(Observation, u64), DemoError> {
+        let header = format!(
+            "rehydrator demo: {} servers {OLD_IMAGE} -> {NEW_IMAGE}, {} replicas{}",
+            self.opts.servers,
+            self.opts.replicas,
+            self.opts
+                .chaos
+                .map_or_else(String::new, |s| format!(", chaos (seed {s})"))
+        );
+        loop {
+            self.check_replicas()?;
+            let o = self.probe.observe().await?;
+            let ended = match o.rollout.as_ref().map(|r| &r.state) {
+                Some(RolloutState::Completed { at }) => Some(*at),
+                Some(RolloutState::Stopped { at, .. }) => Some(*at),
+                _ => None,
+            };
+            if ended.is_none() {
+                self.chaos_tick(&o).await?;
+            }
+            let ctx = Context {
+                header: header.clone(),
+                old_image: OLD_IMAGE.into(),
+                new_image: NEW_IMAGE.into(),
+                elapsed: self.fired.elapsed(),
+                chaos: self.chaos_status(),
+                since_kill: match &self.chaos {
+                    Chaos::Killed { at, .. } => Some(at.elapsed()),
+                    _ => None,
+                },
+            };
+            self.display.show(&o, &ctx);
+            if let Some(at) = ended {
+                if matches!(self.chaos, Chaos::Armed { .. } | Chaos::Killed { .. }) {
+                    self.chaos_missed = Some("the rollout finished before the planned kill".into());
+                }
+                return Ok((o, at));
+            }
+            if self.fired.elapsed() > ROLLOUT_BOUND {
+                return Err(DemoError::Timeout {
+                    what: "the rollout's completion".into(),
+                    limit: ROLLOUT_BOUND,
+                    logs: self.logs.clone(),
+                });
+            }
+            actix_rt::time::sleep(TICK).await;
+        }
+    }
+
+    /// What the display says about the chaos kill.
+    fn chaos_status(&self) -> Option<String> {
+        match &self.chaos {
+            Chaos::Off | Chaos::Done => None,
+            Chaos::Armed { plan, .. } => Some(format!(
+                "armed: SIGKILL the step lock's holder after {} cloud action(s) + {:.1} s",
+                plan.after_actions,
+                plan.jitter.as_secs_f64()
+            )),
+            Chaos::Killed { victim, .. } => Some(format!(
+                "{victim} SIGKILLed; its session holds the step lock until Consul lets it lapse \
+                 (TTL {} s, at most 2×TTL), then lock-delay ({} s)",
+                SESSION_TTL.as_secs(),
+                LOCK_DELAY.as_secs()
+            )),
+        }
+    }
+
+    /// Advances the chaos kill: at the planned moment SIGKILL the lock's holder; then wait
+    /// for another replica to take the lock.
+    async fn chaos_tick(&mut self, o: &Observation) -> Result<(), DemoError> {
+        match &mut self.chaos {
+            Chaos::Off | Chaos::Done => Ok(()),
+            Chaos::Armed { plan, reached } => {
+                if reached.is_none() && o.cloud_actions() >= plan.after_actions {
+                    *reached = Some(Instant::now());
+                }
+                let due = reached.is_some_and(|r| r.elapsed() >= plan.jitter);
+                if !due {
+                    return Ok(());
+                }
+                // A fresh read: the holder must be the one killed, not the one a tick ago.
+                let Some(holder) = self.probe.step_lock().await? else {
+                    return Ok(());
+                };
+                let at = Instant::now();
+                let at_ms = unix_ms();
+                if !self.replicas.kill(&holder.replica) {
+                    return Ok(());
+                }
+                info!(victim = %holder.replica, action = %holder.action, "Chaos: SIGKILLed the step lock's holder.");
+                self.markers.push(Marker {
+                    at: at_ms,
+                    kind: MarkerKind::Kill,
+                    label: format!("SIGKILL {} ({})", holder.replica, holder.action),
+                });
+                self.display.note(&format!(
+                    "[{:>6.1} s] chaos: SIGKILL {} while it held the step lock for {} ({} cloud actions done)",
+                    self.fired.elapsed().as_secs_f64(),
+                    holder.replica,
+                    holder.action,
+                    o.cloud_actions()
+                ));
+                let still = self.probe.step_lock().await?;
+                if still.as_ref().is_some_and(|h| h.session == holder.session) {
+                    self.chaos = Chaos::Killed {
+                        victim: holder.replica,
+                        session: holder.session,
+                        at,
+                    };
+                } else {
+                    // It released the lock between the read and the kill: nothing to take over.
+                    self.chaos_missed = Some(format!(
+                        "{} had released the step lock just before the kill",
+                        holder.replica
+                    ));
+                    self.chaos = Chaos::Done;
+                }
+                Ok(())
+            }
+            Chaos::Killed {
+                victim,
+                session,
+                at,
+            } => {
+                let Some(h) = o.lock.as_ref().filter(|h| h.session != *session) else {
+                    return Ok(());
+                };
+                let t = Takeover {
+                    killed: victim.clone(),
+                    by: h.replica.clone(),
+                    after: at.elapsed(),
+                };
+                info!(killed = %t.killed, by = %t.by, after = ?t.after, "Chaos: the step was taken over.");
+                self.markers.push(Marker {
+                    at: unix_ms(),
+                    kind: MarkerKind::Takeover,
+                    label: format!("{} took over after {:.1} s", t.by, t.after.as_secs_f64()),
+                });
+                self.display.note(&format!(
+                    "[{:>6.1} s] takeover: {} took the step lock {:.1} s after {} was killed (bound 2×TTL + lock-delay = {} s)",
+                    self.fired.elapsed().as_secs_f64(),
+                    t.by,
+                    t.after.as_secs_f64(),
+                    t.killed,
+                    (2 * SESSION_TTL + LOCK_DELAY).as_secs()
+                ));
+                self.takeovers.push(t);
+                self.chaos = Chaos::Done;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_timeline(path: &Path, svg: &str) -> Result<(), DemoError> {
+    std::fs::write(path, svg).map_err(|source| DemoError::Timeline {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replica_configuration_is_valid_and_keeps_consul_s_session_rules() {
+        let dir =
+            std::env::temp_dir().join(format!("rehydrator-demo-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let file = dir.join("demo.toml");
+        std::fs::write(&file, replica_config("http://127.0.0.1:1", 5)).unwrap_or_default();
+        let settings = rehydrator_config::load_with_env(&file, &Default::default());
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(settings.cluster.desired_servers.get(), 5);
+        assert_eq!(settings.lock.session_ttl, SESSION_TTL);
+        assert_eq!(settings.lock.lock_delay, LOCK_DELAY);
+        assert_eq!(settings.watches.len(), 3);
+    }
+}

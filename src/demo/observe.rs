@@ -1,0 +1,268 @@
+//! What the demo reads while the rollout runs: the simulator's servers, invariants and event
+//! log (its `/sim` control API), and from Consul's KV the rollout record, the `step` lock's
+//! holder and the replicas' sessions — all over HTTP, as any client of the simulator would.
+
+use std::time::Duration;
+
+use base64::Engine;
+use rehydrator_actors::plan::Rollout;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::timeline::Event;
+
+/// Why a read of the simulator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("{path}: {reason}")]
+    Http { path: String, reason: String },
+    #[error("{path}: answered {status}")]
+    Status { path: String, status: u16 },
+    #[error("{path}: unexpected answer: {reason}")]
+    Decode { path: String, reason: String },
+}
+
+/// One server as `/sim/servers` shows it (the fields the demo uses).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServerRow {
+    pub name: String,
+    pub image: String,
+    pub machine: String,
+    pub in_raft: bool,
+    pub voter: bool,
+    pub leader: bool,
+    pub token: Option<String>,
+}
+
+impl ServerRow {
+    pub fn terminated(&self) -> bool {
+        self.machine == "terminated"
+    }
+
+    /// Where the server is, in a word or two.
+    pub fn state(&self) -> &'static str {
+        match self.machine.as_str() {
+            "booting" => "booting",
+            "terminated" => "retired",
+            "stopped" => "left",
+            "killed" => "killed",
+            _ if self.voter => "voter",
+            _ if self.in_raft => "non-voter (stabilizing)",
+            _ => "starting",
+        }
+    }
+}
+
+/// The `step` lock while a session holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub session: String,
+    pub replica: String,
+    pub action: String,
+}
+
+/// One look at everything the progress display shows.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub servers: Vec<ServerRow>,
+    pub leader: Option<String>,
+    pub failure_tolerance: Option<u64>,
+    pub rollout: Option<Rollout>,
+    pub lock: Option<LockHolder>,
+}
+
+impl Observation {
+    /// Launches and retirements the cloud has done so far, by the simulator's record.
+    pub fn cloud_actions(&self) -> usize {
+        self.servers.iter().filter(|s| s.token.is_some()).count()
+            + self.servers.iter().filter(|s| s.terminated()).count()
+    }
+}
+
+/// Reads the simulator at `base` for cluster `cluster`'s keys.
+pub struct Probe {
+    http: awc::Client,
+    base: String,
+    cluster: String,
+}
+
+impl Probe {
+    pub fn new(base: String, cluster: &str) -> Self {
+        Self {
+            http: awc::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .finish(),
+            base,
+            cluster: cluster.to_owned(),
+        }
+    }
+
+    /// GET `path`: Ok(None) on 404, the body otherwise.
+    async fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ObserveError> {
+        let mut resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| ObserveError::Http {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if resp.status() == 404 {
+            return Ok(None);
+        }
+        let body = resp
+            .body()
+            .limit(16 << 20)
+            .await
+            .map_err(|e| ObserveError::Http {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if !resp.status().is_success() {
+            return Err(ObserveError::Status {
+                path: path.to_owned(),
+                status: resp.status().as_u16(),
+            });
+        }
+        Ok(Some(body.to_vec()))
+    }
+
+    /// GET `path` as JSON of type `T`.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ObserveError> {
+        let bytes = self
+            .get_bytes(path)
+            .await?
+            .ok_or_else(|| ObserveError::Status {
+                path: path.to_owned(),
+                status: 404,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ObserveError::Decode {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends `method path` with an optional JSON body; fails unless 2xx.
+    pub async fn send(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), ObserveError> {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        let sent = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        };
+        let resp = sent.map_err(|e| ObserveError::Http {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !resp.status().is_success() {
+            return Err(ObserveError::Status {
+                path: path.to_owned(),
+                status: resp.status().as_u16(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn servers(&self) -> Result<Vec<ServerRow>, ObserveError> {
+        self.get("/sim/servers").await
+    }
+
+    /// `/sim/servers` as raw JSON, for the verdict.
+    pub async fn servers_json(&self) -> Result<Vec<Value>, ObserveError> {
+        self.get("/sim/servers").await
+    }
+
+    pub async fn invariants(&self) -> Result<Value, ObserveError> {
+        self.get("/sim/invariants").await
+    }
+
+    pub async fn timeline(&self) -> Result<Vec<Event>, ObserveError> {
+        self.get("/sim/timeline").await
+    }
+
+    /// A KV entry's decoded value and its session; None while the key does not exist.
+    async fn kv(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>, ObserveError> {
+        let path = format!("/v1/kv/{key}");
+        let Some(bytes) = self.get_bytes(&path).await? else {
+            return Ok(None);
+        };
+        let decode = |reason: String| ObserveError::Decode {
+            path: path.clone(),
+            reason,
+        };
+        let list: Value = serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
+        let entry = &list[0];
+        let value = match entry["Value"].as_str() {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| decode(e.to_string()))?,
+            None => Vec::new(),
+        };
+        Ok(Some((value, entry["Session"].as_str().map(str::to_owned))))
+    }
+
+    /// The rollout record, once one is written.
+    pub async fn rollout(&self) -> Result<Option<Rollout>, ObserveError> {
+        let key = format!("rehydrator/{}/rollout", self.cluster);
+        match self.kv(&key).await? {
+            None => Ok(None),
+            Some((value, _)) => {
+                serde_json::from_slice(&value)
+                    .map(Some)
+                    .map_err(|e| ObserveError::Decode {
+                        path: key,
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// The `step` lock's holder while a session holds it.
+    pub async fn step_lock(&self) -> Result<Option<LockHolder>, ObserveError> {
+        let key = format!("rehydrator/{}/locks/step", self.cluster);
+        let Some((value, Some(session))) = self.kv(&key).await? else {
+            return Ok(None);
+        };
+        let holder: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
+        Ok(Some(LockHolder {
+            session,
+            replica: holder["replica"].as_str().unwrap_or("?").to_owned(),
+            action: holder["action"].as_str().unwrap_or("?").to_owned(),
+        }))
+    }
+
+    /// Replica names holding a live session (a session's name ends with its replica's).
+    pub async fn session_holders(&self) -> Result<Vec<String>, ObserveError> {
+        let list: Vec<Value> = self.get("/v1/session/list").await?;
+        Ok(list
+            .iter()
+            .filter_map(|s| s["Name"].as_str())
+            .filter_map(|n| n.rsplit(' ').next())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Blocking queries parked in the simulator now.
+    pub async fn parked(&self) -> Result<u64, ObserveError> {
+        let stats: Value = self.get("/sim/stats").await?;
+        Ok(stats["parked"].as_u64().unwrap_or(0))
+    }
+
+    /// Everything the progress display shows, read now.
+    pub async fn observe(&self) -> Result<Observation, ObserveError> {
+        let servers = self.servers().await?;
+        let inv = self.invariants().await?;
+        Ok(Observation {
+            servers,
+            leader: inv["leader"].as_str().map(str::to_owned),
+            failure_tolerance: inv["failure_tolerance"].as_u64(),
+            rollout: self.rollout().await?,
+            lock: self.step_lock().await?,
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! `rehydrator demo` as a new user runs it: the real binary, which starts its own simulator and
+//! its own replica processes. Checked: it exits 0, its summary's figures (servers replaced,
+//! quorum never lost, the takeover after the chaos kill), the timeline picture (a lane per
+//! server, old and new, with launch, voter and leave marks), and that no replica outlives it.
+//! Also a bad flag refused with exit 2 and a message naming it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The demo with chaos: ~10 s of rollout plus a ~21 s takeover, on a loaded 2-core machine.
+const DEMO_BOUND: Duration = Duration::from_secs(150);
+
+/// The demo process; its process group (it and its replicas) is killed if the test ends first.
+struct Demo {
+    child: Child,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "rehydrator-cli-demo-{tag}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `rehydrator <args>` to its end within `limit`; the test fails past it (and the drop
+/// kills the demo and its replicas).
+fn run_bounded(args: &[&str], cwd: &Path, limit: Duration) -> Output {
+    let mut demo = Demo {
+        child: Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so that a timeout can end it and every replica it started.
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    };
+    // Drain the pipes on threads so a chatty demo never blocks on a full pipe.
+    let mut out = demo.child.stdout.take().unwrap();
+    let mut err = demo.child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "`rehydrator {}` did not finish within {limit:?}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// The replica PIDs the demo announced ("replica demo-1 started (pid 1234), ...").
+fn replica_pids(stdout: &str) -> Vec<u32> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("replica demo-"))
+        .filter_map(|l| l.split("(pid ").nth(1))
+        .filter_map(|rest| rest.split(')').next())
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+/// A process that exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// The summary's value for `key` ("  key: value").
+fn figure<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{key}:")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key:?} in the summary:\n{stdout}"))
+}
+
+/// The `<g class="lane" ...>` elements of the picture, by server, with their marks.
+fn lanes(svg: &str) -> Vec<(String, String, String)> {
+    svg.split("<g class=\"lane\" ")
+        .skip(1)
+        .map(|lane| {
+            let body = lane.split("</g>").next().unwrap();
+            let attr = |name: &str| {
+                body.split(&format!("{name}=\""))
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            };
+            (attr("data-server"), attr("data-image"), body.to_owned())
+        })
+        .collect()
+}
+
+fn assert_demo_passed(out: &Output, servers: usize, chaos: bool, svg_path: &Path) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        figure(&stdout, "servers replaced").starts_with(&format!("{servers} (image-a -> image-b)")),
+        "{stdout}"
+    );
+    assert_eq!(figure(&stdout, "quorum"), "never lost", "{stdout}");
+    let missing: u64 = figure(&stdout, "max voters missing").parse().unwrap();
+    assert!(missing <= 1, "{stdout}");
+    assert_eq!(figure(&stdout, "invariants"), "all held", "{stdout}");
+    let takeovers: usize = figure(&stdout, "takeovers")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if chaos {
+        assert!(
+            takeovers >= 1,
+            "no takeover after the chaos kill:\n{stdout}"
+        );
+        assert!(stdout.contains("chaos: SIGKILL demo-"), "{stdout}");
+    } else {
+        assert_eq!(takeovers, 0, "{stdout}");
+    }
+    let total: f64 = figure(&stdout, "total time")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total > 0.0 && total < 120.0, "total time {total}");
+
+    // The replicas it started are gone with it.
+    let pids = replica_pids(&stdout);
+    assert_eq!(pids.len(), 3, "three replicas announced:\n{stdout}");
+    for pid in pids {
+        assert!(!alive(pid), "replica pid {pid} outlived the demo");
+    }
+
+    let svg = std::fs::read_to_string(svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let lanes = lanes(&svg);
+    let old: Vec<_> = lanes.iter().filter(|l| l.1 == "image-a").collect();
+    let new: Vec<_> = lanes.iter().filter(|l| l.1 == "image-b").collect();
+    assert_eq!(old.len(), servers, "a lane per old server: {lanes:?}");
+    assert_eq!(new.len(), servers, "a lane per new server: {lanes:?}");
+    for (server, image, body) in &lanes {
+        assert!(
+            body.contains("class=\"mark launched\""),
+            "{server} launch mark"
+        );
+        assert!(body.contains("class=\"mark voter\""), "{server} voter mark");
+        if image == "image-a" {
+            assert!(body.contains("class=\"mark left\""), "{server} leave mark");
+        } else {
+            assert!(
+                !body.contains("class=\"mark left\""),
+                "{server} is still there"
+            );
+        }
+    }
+    assert_eq!(
+        svg.contains("class=\"marker kill\""),
+        chaos,
+        "a kill marker exactly when there was chaos"
+    );
+    assert_eq!(svg.contains("class=\"marker takeover\""), chaos);
+}
+
+#[test]
+fn demo_with_chaos_rolls_three_servers_and_survives_the_killed_holder() {
+    let dir = scratch("chaos");
+    let svg = dir.join("timeline.svg");
+    let out = run_bounded(
+        &[
+            "demo",
+            "--servers",
+            "3",
+            "--replicas",
+            "3",
+            "--chaos",
+            "--seed",
+            "7",
+            "--timeline",
+            svg.to_str().unwrap(),
+        ],
+        &dir,
+        DEMO_BOUND,
+    );
+    assert_demo_passed(&out, 3, true, &svg);
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_rolls_five_servers_without_chaos() {
+    let dir = scratch("five");
+    let out = run_bounded(&["demo", "--servers", "5"], &dir, DEMO_BOUND);
+    // The default timeline path is in the working directory.
+    assert_demo_passed(&out, 5, false, &dir.join("rehydrator-demo.svg"));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_refuses_bad_flags_naming_them() {
+    let dir = scratch("bad");
+    for (args, names) in [
+        (vec!["demo", "--servers", "0"], "--servers"),
+        (vec!["demo", "--replicas", "1", "--chaos"], "--chaos"),
+    ] {
+        let out = run_bounded(&args, &dir, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing started: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "no timeline written for a refused run"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
