@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub cloud: Option<RawCloud>,
     pub status: Option<RawStatus>,
     pub rollout: Option<RawRollout>,
+    pub notify: Option<RawNotify>,
     pub watch: Option<Vec<RawWatch>>,
     pub action: Option<BTreeMap<String, RawAction>>,
 }
@@ -73,6 +74,24 @@ pub struct RawRollout {
     pub stable_timeout: Option<String>,
     pub step_timeout: Option<String>,
     pub retire_failed_launch: Option<bool>,
+    pub windows: Option<Vec<RawWindow>>,
+}
+
+/// One maintenance window: `{ days = ["mon"], start = "02:00", end = "05:00", time_zone = "Europe/Berlin" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub days: Option<Vec<String>>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+/// `[notify]`: the rollout's webhook. Its token comes from the environment, never the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +115,7 @@ pub struct RawWatch {
     pub state: Option<String>,
     pub event: Option<String>,
     pub every: Option<String>,
+    pub interval: Option<String>,
     pub action: Option<String>,
     pub actions: Option<Vec<String>>,
     pub debounce: Option<String>,

@@ -56,6 +56,8 @@ pub struct Settings {
     pub cloud: CloudSettings,
     pub status: StatusSettings,
     pub rollout: RolloutSettings,
+    #[serde(skip_serializing_if = "NotifySettings::is_off")]
+    pub notify: NotifySettings,
     #[serde(rename = "watch")]
     pub watches: Vec<WatchSettings>,
     #[serde(rename = "action")]
@@ -162,8 +164,18 @@ pub struct AwsSettings {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusSettings {
-    /// The status endpoint's address. Default 127.0.0.1:9090.
-    pub listen: SocketAddr,
+    /// The status endpoint's address. Default 127.0.0.1:9090; `listen = ""` turns it off
+    /// (`None`); port 0 takes a free port, which `run` logs.
+    #[serde(serialize_with = "listen_or_off")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An endpoint turned off prints as `listen = ""`, the way it is written.
+fn listen_or_off<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str(""),
+    }
 }
 
 /// What a watch watches: the types of `consul watch`.
@@ -199,6 +211,12 @@ pub enum WatchKind {
         #[serde(serialize_with = "human")]
         every: Duration,
     },
+    /// Polls the cloud's newest image every `interval`; fires when it changes. Its trigger is
+    /// named after the image, the same on every replica, so a new image runs once.
+    Image {
+        #[serde(serialize_with = "human")]
+        interval: Duration,
+    },
 }
 
 /// The watch type names, as `consul watch -type` spells them.
@@ -211,6 +229,7 @@ pub const WATCH_TYPES: &[&str] = &[
     "checks",
     "event",
     "schedule",
+    "image",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -266,6 +285,63 @@ pub struct RolloutSettings {
     /// When a rollout stops because a new server never got healthy, retire that server too.
     /// Default false (leave it for inspection).
     pub retire_failed_launch: bool,
+    /// Maintenance windows: steps are taken only inside one of them. Default none: always.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowSettings>,
+}
+
+/// One maintenance window: on each of `days`, from `start` to `end` local time in
+/// `time_zone`; an `end` before `start` runs past midnight into the next day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WindowSettings {
+    #[serde(serialize_with = "weekdays")]
+    pub days: Vec<jiff::civil::Weekday>,
+    #[serde(serialize_with = "clock")]
+    pub start: jiff::civil::Time,
+    #[serde(serialize_with = "clock")]
+    pub end: jiff::civil::Time,
+    /// An IANA time zone name, checked against the embedded tz database.
+    pub time_zone: String,
+}
+
+/// The day names windows are written with, Monday first.
+pub const WEEKDAYS: &[(&str, jiff::civil::Weekday)] = &[
+    ("mon", jiff::civil::Weekday::Monday),
+    ("tue", jiff::civil::Weekday::Tuesday),
+    ("wed", jiff::civil::Weekday::Wednesday),
+    ("thu", jiff::civil::Weekday::Thursday),
+    ("fri", jiff::civil::Weekday::Friday),
+    ("sat", jiff::civil::Weekday::Saturday),
+    ("sun", jiff::civil::Weekday::Sunday),
+];
+
+fn weekdays<S: Serializer>(days: &[jiff::civil::Weekday], s: S) -> Result<S::Ok, S::Error> {
+    let names: Vec<&str> = days
+        .iter()
+        .filter_map(|d| WEEKDAYS.iter().find(|(_, w)| w == d).map(|(n, _)| *n))
+        .collect();
+    names.serialize(s)
+}
+
+fn clock<S: Serializer>(t: &jiff::civil::Time, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{:02}:{:02}", t.hour(), t.minute()))
+}
+
+/// `[notify]`: the rollout's webhook, posted on start, each step, a stop and completion.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NotifySettings {
+    /// Where to POST. Default none: no notifications.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer`; from REHYDRATOR_NOTIFY_TOKEN, never from the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+impl NotifySettings {
+    fn is_off(&self) -> bool {
+        self.url.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

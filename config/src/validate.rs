@@ -17,6 +17,12 @@ const MAX_TTL: Duration = Duration::from_secs(86400);
 /// `cloud.registration_timeout`'s default: an ECS-optimized AMI boots and its agent registers in
 /// a minute or two; ten leaves room for a slow pull without hiding an instance that never will.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// An image watch's default poll interval, and the shortest it may be: the cloud's image
+/// listing (DescribeImages) is rate-limited per account, and every replica polls.
+const IMAGE_INTERVAL: Duration = Duration::from_secs(300);
+const MIN_IMAGE_INTERVAL: Duration = Duration::from_secs(10);
+/// The environment variable the notification webhook's bearer token comes from.
+pub const NOTIFY_TOKEN_ENV: &str = "REHYDRATOR_NOTIFY_TOKEN";
 
 struct Errors(Vec<FieldError>);
 
@@ -141,13 +147,17 @@ pub fn validate(
         .status
         .and_then(|s| s.listen)
         .unwrap_or_else(|| "127.0.0.1:9090".into());
-    let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
-        errs.push(
-            "status.listen",
-            format!("{listen:?} is not an address like \"0.0.0.0:9090\""),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 9090))
-    });
+    // Empty turns the endpoint off.
+    let listen = match listen.trim() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errs.push(
+                "status.listen",
+                format!("{listen:?} is not an address like \"0.0.0.0:9090\" (or \"\" for off)"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 9090))
+        })),
+    };
 
     let mut actions = BTreeMap::new();
     for (name, ra) in raw.action.unwrap_or_default() {
@@ -174,6 +184,8 @@ pub fn validate(
     }
 
     let rollout = rollout_settings(raw.rollout.unwrap_or_default(), &mut errs);
+    windows_need_a_schedule(&watches, &actions, &rollout, &mut errs);
+    let notify = notify_settings(raw.notify.unwrap_or_default(), env, &mut errs);
 
     if errs.0.is_empty() {
         Ok(Settings {
@@ -183,6 +195,7 @@ pub fn validate(
             cloud,
             status: StatusSettings { listen },
             rollout,
+            notify,
             watches,
             actions,
         })
@@ -492,6 +505,7 @@ fn watch_settings(
             ("state", rw.state.is_some()),
             ("event", rw.event.is_some()),
             ("every", rw.every.is_some()),
+            ("interval", rw.interval.is_some()),
         ] {
             if set && !allowed.contains(&field) {
                 let t = rw.kind.as_deref().unwrap_or_default();
@@ -566,6 +580,28 @@ fn watch_settings(
                 );
             }
             Some(WatchKind::Schedule { every })
+        }
+        Some("image") => {
+            only(&["interval"]);
+            let field = format!("{at}.interval");
+            let interval = errs.duration(&field, rw.interval.as_deref(), IMAGE_INTERVAL);
+            if interval < MIN_IMAGE_INTERVAL {
+                errs.push(
+                    field,
+                    "must be at least 10s: every replica polls the cloud's image list",
+                );
+            }
+            // The cloud it polls is built for the rollout's actions.
+            let rollout = actions
+                .values()
+                .any(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown));
+            if !rollout {
+                errs.push(
+                    format!("{at}.type"),
+                    "an \"image\" watch polls the rollout's cloud: it needs a spin-up or spin-down action",
+                );
+            }
+            Some(WatchKind::Image { interval })
         }
         Some("event") => {
             only(&["event"]);
@@ -669,5 +705,136 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
             ten_minutes,
         ),
         retire_failed_launch: rr.retire_failed_launch.unwrap_or(false),
+        windows: rr
+            .windows
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, w)| window_settings(&format!("rollout.windows[{i}]"), w, errs))
+            .collect(),
+    }
+}
+
+fn window_settings(at: &str, rw: RawWindow, errs: &mut Errors) -> Option<WindowSettings> {
+    let before = errs.0.len();
+    let mut days = Vec::new();
+    match rw.days {
+        Some(list) if !list.is_empty() => {
+            for d in list {
+                let known = WEEKDAYS
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(d.trim()));
+                match known {
+                    Some((_, day)) if !days.contains(day) => days.push(*day),
+                    Some(_) => {}
+                    None => errs.push(
+                        format!("{at}.days"),
+                        format!(
+                            "unknown day {d:?} (expected {})",
+                            quoted(&WEEKDAYS.iter().map(|(n, _)| *n).collect::<Vec<_>>())
+                        ),
+                    ),
+                }
+            }
+        }
+        _ => errs.push(
+            format!("{at}.days"),
+            "is required: the days the window opens, e.g. [\"mon\", \"tue\"]",
+        ),
+    }
+    let mut clock = |field: &str, value: Option<&String>| {
+        let field = format!("{at}.{field}");
+        let Some(v) = value else {
+            errs.push(field, "is required: a local time like \"02:00\"");
+            return None;
+        };
+        let parsed = v.trim().split_once(':').and_then(|(h, m)| {
+            let digits = |t: &str, n: std::ops::RangeInclusive<usize>| {
+                n.contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit())
+            };
+            if !digits(h, 1..=2) || !digits(m, 2..=2) {
+                return None;
+            }
+            jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
+        });
+        if parsed.is_none() {
+            errs.push(
+                field,
+                format!("{v:?} is not a time like \"02:00\" (HH:MM, 24-hour)"),
+            );
+        }
+        parsed
+    };
+    let start = clock("start", rw.start.as_ref());
+    let end = clock("end", rw.end.as_ref());
+    if let (Some(s), Some(e)) = (start, end) {
+        if s == e {
+            errs.push(
+                format!("{at}.end"),
+                "equals start: the window would be empty (an end before start runs past midnight)",
+            );
+        }
+    }
+    let time_zone = errs.required(&format!("{at}.time_zone"), rw.time_zone.as_ref());
+    if !time_zone.is_empty() && jiff::tz::TimeZone::get(&time_zone).is_err() {
+        errs.push(
+            format!("{at}.time_zone"),
+            format!("unknown time zone {time_zone:?} (an IANA name like \"Europe/Berlin\")"),
+        );
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(WindowSettings {
+        days,
+        start: start?,
+        end: end?,
+        time_zone,
+    })
+}
+
+/// A rollout waiting for a maintenance window needs a `schedule` watch on its actions to look
+/// again once the window opens: no other trigger comes when the clock passes a time.
+fn windows_need_a_schedule(
+    watches: &[WatchSettings],
+    actions: &BTreeMap<String, ActionSettings>,
+    rollout: &RolloutSettings,
+    errs: &mut Errors,
+) {
+    let is_step = |name: &String| {
+        actions
+            .get(name)
+            .is_some_and(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown))
+    };
+    let ticks = watches
+        .iter()
+        .any(|w| matches!(w.kind, WatchKind::Schedule { .. }) && w.actions.iter().any(is_step));
+    if !rollout.windows.is_empty() && !ticks {
+        errs.push(
+            "rollout.windows",
+            "a rollout waiting for a window resumes only when triggered: add a [[watch]] of type \"schedule\" for the spin-up/spin-down actions",
+        );
+    }
+}
+
+fn notify_settings(
+    rn: RawNotify,
+    env: &HashMap<String, String>,
+    errs: &mut Errors,
+) -> NotifySettings {
+    if let Some(u) = &rn.url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            errs.push(
+                "notify.url",
+                format!("{u:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
+    NotifySettings {
+        url: rn.url,
+        token: env
+            .get(NOTIFY_TOKEN_ENV)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
     }
 }

@@ -62,7 +62,7 @@ fn bad_sample_reports_every_error_with_file_and_field() {
         "watch[1].key: does not apply to a watch of type \"keyprefix\"",
         "watch[1].prefix: is required",
         "watch[1].action: no action named \"missing\"",
-        "watch[2].type: unknown watch type \"servce\" (expected one of \"key\", \"keyprefix\", \"services\", \"nodes\", \"service\", \"checks\", \"event\", \"schedule\")",
+        "watch[2].type: unknown watch type \"servce\" (expected one of \"key\", \"keyprefix\", \"services\", \"nodes\", \"service\", \"checks\", \"event\", \"schedule\", \"image\")",
     ];
     for e in expected {
         let line = format!("{}: {e}", path.display());
@@ -120,7 +120,10 @@ fn defaults_are_documented_values() {
     assert_eq!(s.lock.session_ttl, Duration::from_secs(15));
     assert_eq!(s.lock.lock_delay, Duration::from_secs(15));
     assert_eq!(s.actions["notify"].timeout, Duration::from_secs(300));
-    assert_eq!(s.status.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(
+        s.status.listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
     assert!(matches!(s.cloud, CloudSettings::Sim { url: None }));
 }
 
@@ -316,4 +319,95 @@ fn process_fields_are_checked_for_process_and_refused_elsewhere() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn triggers_sample_types_windows_image_watch_and_notify() {
+    use jiff::civil::{time, Weekday};
+    let env: HashMap<String, String> = [(
+        "REHYDRATOR_NOTIFY_TOKEN".to_owned(),
+        "n0tify-s3cret".to_owned(),
+    )]
+    .into();
+    let s = load_with_env(&sample("triggers.toml"), &env).unwrap();
+    assert_eq!(s.rollout.windows.len(), 2);
+    let w = &s.rollout.windows[0];
+    assert_eq!(w.days.len(), 5);
+    assert_eq!(w.days[0], Weekday::Monday);
+    assert_eq!((w.start, w.end), (time(2, 0, 0, 0), time(5, 0, 0, 0)));
+    assert_eq!(w.time_zone, "Europe/Berlin");
+    assert_eq!(s.rollout.windows[1].days, vec![Weekday::Saturday]);
+    assert!(
+        matches!(s.watches[0].kind, WatchKind::Image { interval } if interval == Duration::from_secs(120))
+    );
+    assert_eq!(
+        s.notify.url.as_deref(),
+        Some("https://hooks.example.com/rehydrator")
+    );
+    assert_eq!(s.notify.token.as_ref().unwrap().expose(), "n0tify-s3cret");
+    // check-config's output masks the token and shows the windows as written.
+    let shown = s.to_toml();
+    assert!(!shown.contains("n0tify-s3cret"), "{shown}");
+    assert!(!format!("{s:?}").contains("n0tify-s3cret"));
+    assert!(shown.contains("token = \"***\""), "{shown}");
+    assert!(shown.contains("start = \"22:00\""), "{shown}");
+    assert!(shown.contains("\"mon\""), "{shown}");
+    // And what it shows loads back the same (less the masked token, which is not a field).
+    let dir =
+        std::env::temp_dir().join(format!("rehydrator-config-trig-rt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let again = dir.join("effective.toml");
+    let text = shown.replace("token = \"***\"\n", "");
+    std::fs::write(&again, &text).unwrap();
+    let back = load_with_env(&again, &env);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let back = back.unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
+    assert_eq!(back.to_toml(), shown);
+    // Without the environment variable there is no token; the interval defaults to 5m.
+    let text = std::fs::read_to_string(sample("triggers.toml"))
+        .unwrap()
+        .replace("interval = \"2m\"\n", "");
+    let dir = std::env::temp_dir().join(format!("rehydrator-config-trig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("triggers-default.toml");
+    std::fs::write(&path, text).unwrap();
+    let s = load_with_env(&path, &no_env());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let s = s.unwrap();
+    assert!(s.notify.token.is_none());
+    assert!(
+        matches!(s.watches[0].kind, WatchKind::Image { interval } if interval == Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn trigger_mistakes_are_each_named() {
+    let path = sample("bad-triggers.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let expected = [
+        "rollout.windows[0].days: unknown day \"funday\"",
+        "rollout.windows[0].start: \"2am\" is not a time like \"02:00\"",
+        "rollout.windows[1].time_zone: unknown time zone \"Europe/Berln\"",
+        "rollout.windows[2].days: is required",
+        "rollout.windows[2].end: equals start",
+        "notify.url: \"hooks.example.com/rehydrator\" is not an http:// or https:// URL",
+        "watch[0].interval: must be at least 10s",
+        "watch[1].interval: does not apply to a watch of type \"schedule\"",
+        "watch[0].type: an \"image\" watch polls the rollout's cloud: it needs a spin-up or spin-down action",
+    ];
+    for e in expected {
+        let line = format!("{}: {e}", path.display());
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(err.errors.len(), expected.len(), "{text}");
+}
+
+#[test]
+fn an_empty_status_listen_turns_the_endpoint_off() {
+    let env: HashMap<String, String> =
+        [("REHYDRATOR_STATUS__LISTEN".to_owned(), String::new())].into();
+    let s = load_with_env(&sample("minimal.toml"), &env).unwrap();
+    assert_eq!(s.status.listen, None);
+    assert!(s.to_toml().contains("listen = \"\""), "{}", s.to_toml());
 }

@@ -306,9 +306,10 @@ async fn read_watch(
             super::segment(state.as_deref().unwrap_or("any"))
         )),
         WatchKind::Event { event } => Call::get("event/list").param("name", event),
-        WatchKind::Schedule { .. } => {
+        // The Watcher polls the cloud for an image watch; neither reads a Consul endpoint.
+        WatchKind::Schedule { .. } | WatchKind::Image { .. } => {
             return Err(ConsulError::Config(
-                "a schedule watch reads no endpoint".into(),
+                "a schedule or image watch reads no Consul endpoint".into(),
             ))
         }
     }
