@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ports::{ClusterHealth, Image, Machine, MachineState, PeerHealth};
+use crate::window::WindowState;
 
 /// Everything a decision looks at, fetched fresh for every run.
 #[derive(Debug, Clone)]
@@ -336,6 +337,21 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
 }
 
+/// `step` held to the maintenance windows: outside them a launch, a leadership transfer or a
+/// retirement waits, saying when the next window opens. What changes no server goes on:
+/// starting the rollout (recording an operator's request, which would otherwise be lost),
+/// completing or stopping it, and settling, the wait for a step already taken to finish (a
+/// half-done step is never abandoned because a window closed).
+pub fn within_window(step: Step, window: &WindowState) -> Step {
+    match (&step, window.reason()) {
+        (
+            Step::Launch { .. } | Step::TransferLeadership { .. } | Step::Retire { .. },
+            Some(why),
+        ) => Step::Wait(why),
+        _ => step,
+    }
+}
+
 /// Steps the cloud shows that the rollout record lacks (a holder died between acting and
 /// recording).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -389,6 +405,7 @@ pub fn missed_steps(r: &Rollout, machines: &[Machine]) -> MissedSteps {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -697,6 +714,52 @@ mod tests {
         s.machines[2].node = Some("s9".into());
         s.machines[2].address = None;
         assert!(servers(&s)[2].peer.is_none());
+    }
+
+    #[test]
+    fn outside_the_window_steps_wait_and_settling_goes_on() {
+        let closed = WindowState::Closed {
+            next_open: Some("2026-11-25T02:00:00+01:00".into()),
+        };
+        let mut s = three_on_a();
+        // A request outside the window still starts the rollout: it is recorded, not lost.
+        let start = spin_up(&s, Mode::Manual, true, TIMEOUT);
+        assert_eq!(within_window(start.clone(), &closed), start);
+        s.rollout = Some(rollout("B"));
+        let launch = spin_up(&s, Mode::Manual, false, TIMEOUT);
+        assert!(matches!(launch, Step::Launch { .. }));
+        assert_eq!(
+            within_window(launch.clone(), &closed),
+            Step::Wait(
+                "outside the maintenance window; the next opens at 2026-11-25T02:00:00+01:00"
+                    .into()
+            )
+        );
+        assert_eq!(within_window(launch.clone(), &WindowState::Open), launch);
+        // A launch taken inside the window settles outside it.
+        add_new(&mut s, "n1", 10, false, true);
+        let settle = spin_down(&s, TIMEOUT);
+        assert!(matches!(settle, Step::Settle(_)));
+        assert_eq!(within_window(settle.clone(), &closed), settle);
+        // Once it votes, the retirement waits for the window.
+        s.health.servers[3].voter = true;
+        assert!(matches!(spin_down(&s, TIMEOUT), Step::Retire { .. }));
+        assert!(matches!(
+            within_window(spin_down(&s, TIMEOUT), &closed),
+            Step::Wait(w) if w.contains("2026-11-25T02:00:00+01:00")
+        ));
+        // So does moving leadership; a safety stop and completion do not.
+        let transfer = Step::TransferLeadership {
+            from: "a".into(),
+            to: None,
+        };
+        assert!(matches!(within_window(transfer, &closed), Step::Wait(_)));
+        assert_eq!(within_window(Step::Complete, &closed), Step::Complete);
+        let stop = Step::Stop {
+            reason: "x".into(),
+            failed_machine: None,
+        };
+        assert_eq!(within_window(stop.clone(), &closed), stop);
     }
 
     #[test]

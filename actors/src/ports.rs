@@ -198,9 +198,28 @@ pub struct WatchRead {
     pub payload: serde_json::Value,
 }
 
-/// The http executor's one need: POST JSON, return the status code.
+/// The http executor's one need: POST JSON, return the status code; and the rollout's
+/// notifications' (`notify.rs`): the same with a bearer token.
 pub trait WebhookPort {
     fn post_json(&self, url: &str, body: serde_json::Value, timeout: Duration) -> PortFuture<u16>;
+
+    /// POSTs JSON with `Authorization: Bearer <token>` when a token is given. The token must
+    /// not appear in errors or logs. A port that cannot send the header refuses rather than
+    /// posting without it.
+    fn post_json_bearer(
+        &self,
+        url: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> PortFuture<u16> {
+        match token {
+            None => self.post_json(url, body, timeout),
+            Some(_) => Box::pin(futures_util::future::ready(Err(unsupported(
+                "a bearer token",
+            )))),
+        }
+    }
 }
 
 /// A machine image the cloud can launch servers from.

@@ -8,13 +8,16 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::executor::{ExecError, Trigger};
 use crate::metrics::Metrics;
+use crate::notify::{Event, Notifier};
 use crate::plan::{self, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{CloudPort, ConsulPort, LeaderTransfer, PortError};
 use crate::receipt::{now_ms, Keys, Outcome};
+use crate::window::Windows;
 
 /// Which of the two steps a run takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,11 @@ pub struct RolloutConfig {
     pub retire_failed_launch: bool,
     /// How often a settling step looks again.
     pub poll: Duration,
+    /// `[rollout] windows`: steps only inside them (none: any time).
+    pub windows: Windows,
+    /// The `image` watches: their triggers ask for a rollout as `consul-rehydrate` does, in
+    /// manual mode too (configuring one is the operator's opt-in).
+    pub image_watches: Vec<String>,
 }
 
 /// What a rollout run talks to.
@@ -42,6 +50,8 @@ pub struct RolloutEnv {
     pub cloud: Rc<dyn CloudPort>,
     pub keys: Keys,
     pub config: RolloutConfig,
+    /// Tells `[notify] url` of the steps this replica takes.
+    pub notifier: Notifier,
 }
 
 /// The event name that asks for a rollout.
@@ -120,9 +130,11 @@ fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step
     }
 }
 
-/// Whether the trigger asks for a rollout: a `consul-rehydrate` event.
-fn requested(trigger: &Trigger) -> bool {
+/// Whether the trigger asks for a rollout: a `consul-rehydrate` event, or a new image seen by
+/// an `image` watch.
+fn requested(config: &RolloutConfig, trigger: &Trigger) -> bool {
     trigger.payload.get("Name").and_then(|n| n.as_str()) == Some(REHYDRATE_EVENT)
+        || config.image_watches.contains(&trigger.watch)
 }
 
 /// One run of SpinUp or SpinDown: decide on a fresh snapshot and take at most one step.
@@ -133,7 +145,7 @@ pub async fn run(
     trigger: Trigger,
     metrics: Metrics,
 ) -> Result<Outcome, ExecError> {
-    let requested = requested(&trigger);
+    let requested = requested(&env.config, &trigger);
     let deadline = tokio::time::Instant::now() + env.config.step_timeout;
     let mut transferred = false;
     loop {
@@ -143,6 +155,12 @@ pub async fn run(
             cas = reconcile(&env, r, &s.machines, cas).await?;
         }
         let step = decide(&env, which, &s, requested);
+        // A retirement whose leadership transfer this run made goes on: the two are one step.
+        let step = if transferred {
+            step
+        } else {
+            plan::within_window(step, &env.config.windows.state_at(s.now_ms))
+        };
         if env.config.dry_run && !matches!(step, Step::Idle(_) | Step::Wait(_) | Step::Settle(_)) {
             info!(?step, "Dry run: the step this run would take.");
             note_waiting(&env, s.rollout, cas, format!("dry run: would {step:?}")).await?;
@@ -179,6 +197,7 @@ pub async fn run(
                 metrics
                     .step("start")
                     .finish(write_record(&env, &r, cas).await)?;
+                env.notifier.send(Event::Started, &r, None, None);
             }
             Step::Launch { image, token } => {
                 let timer = metrics.step("launch");
@@ -192,6 +211,8 @@ pub async fn run(
                     });
                     r.waiting = Some(format!("new server {} is joining", machine.id));
                     write_record(&env, &r, cas).await?;
+                    let step = json!({ "kind": "launch", "machine": machine.id, "image": image });
+                    env.notifier.send(Event::Step, &r, Some(step), None);
                 }
                 return timer.finish(Ok(Outcome::Launched(machine.id)));
             }
@@ -204,6 +225,13 @@ pub async fn run(
                     .await
                     .map_err(port)?;
                 info!(%from, ?to, ?result, "Moving leadership off the server to retire.");
+                if let Some(r) = &s.rollout {
+                    let step = json!({
+                        "kind": "leadership_transfer", "from": from, "to": to,
+                        "transferred": result == LeaderTransfer::Transferred,
+                    });
+                    env.notifier.send(Event::Step, r, Some(step), None);
+                }
                 if result == LeaderTransfer::Transferred {
                     wait_until(&env, deadline, |s| {
                         s.health.servers.iter().any(|p| p.leader && p.id != from)
@@ -239,6 +267,7 @@ pub async fn run(
                 metrics
                     .step("complete")
                     .finish(write_record(&env, &r, cas).await)?;
+                env.notifier.send(Event::Completed, &r, None, None);
                 metrics.rollout_state(Some(&r.state));
                 info!(rollout = %r.id, image = %r.target_image, launches = r.launches.len(), retirements = r.retirements.len(), "Rollout complete.");
                 return Ok(Outcome::Succeeded(format!(
@@ -259,6 +288,8 @@ pub async fn run(
                     };
                     r.waiting = None;
                     write_record(&env, &r, cas).await?;
+                    env.notifier
+                        .send(Event::Stopped, &r, None, Some(reason.clone()));
                 }
                 if let (true, Some(m)) = (env.config.retire_failed_launch, failed_machine) {
                     env.cloud.retire(&m).await.map_err(port)?;
@@ -325,6 +356,8 @@ async fn retire(
     if let Some(mut r) = rollout {
         r.retirements.extend(r.retiring.take());
         write_record(env, &r, cas).await?;
+        let step = json!({ "kind": "retire", "machine": machine, "node": node });
+        env.notifier.send(Event::Step, &r, Some(step), None);
     }
     wait_until(env, deadline, |s| {
         s.health.healthy && !s.health.servers.iter().any(|p| p.name == node)

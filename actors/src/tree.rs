@@ -10,13 +10,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rehydrator_config::{ActionKind, RolloutMode, Settings};
+use rehydrator_config::{ActionKind, RolloutMode, Settings, WatchKind};
 
 use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, ExecutorRef};
 use crate::executor::{exec::Exec, http::Http, step::StepExecutor};
 use crate::fault::Fail;
 use crate::lock_manager::{self, LockManager, Subscribe};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::plan::Mode;
 use crate::ports::{
     CloudPort, ConsulPort, ErrorKind, PortError, PortFuture, SessionSpec, WebhookPort,
@@ -24,6 +25,7 @@ use crate::ports::{
 use crate::receipt::Keys;
 use crate::rollout::{RolloutConfig, RolloutEnv, Which};
 use crate::watcher::{self, WatchSpec, Watcher};
+use crate::window::Windows;
 
 /// How many runs a failing job gets before a Failed receipt ends it.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -49,6 +51,30 @@ pub struct Tree {
     pub executors: BTreeMap<String, Recipient<Fail>>,
     /// What the actors count and time, for the status endpoint's `/metrics`.
     pub metrics: Metrics,
+}
+
+/// The rollout's settings from `[cluster]` and `[rollout]`: what SpinUp and SpinDown run with,
+/// and what `rehydrator plan` decides with.
+pub fn rollout_config(settings: &Settings) -> RolloutConfig {
+    RolloutConfig {
+        desired: settings.cluster.desired_servers.get() as usize,
+        mode: match settings.rollout.mode {
+            RolloutMode::Manual => Mode::Manual,
+            RolloutMode::Auto => Mode::Auto,
+        },
+        dry_run: settings.rollout.dry_run,
+        stable_timeout: settings.rollout.stable_timeout,
+        step_timeout: settings.rollout.step_timeout,
+        retire_failed_launch: settings.rollout.retire_failed_launch,
+        poll: ROLLOUT_POLL,
+        windows: Windows::from_settings(&settings.rollout.windows),
+        image_watches: settings
+            .watches
+            .iter()
+            .filter(|w| matches!(w.kind, WatchKind::Image { .. }))
+            .map(|w| w.name.clone())
+            .collect(),
+    }
 }
 
 /// Starts the tree for `settings` on the current arbiter; `replica` names this replica in
@@ -77,18 +103,8 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         consul: ports.consul.clone(),
         cloud: ports.cloud.clone().unwrap_or_else(|| Rc::new(NoCloud)),
         keys: keys.clone(),
-        config: RolloutConfig {
-            desired: settings.cluster.desired_servers.get() as usize,
-            mode: match settings.rollout.mode {
-                RolloutMode::Manual => Mode::Manual,
-                RolloutMode::Auto => Mode::Auto,
-            },
-            dry_run: settings.rollout.dry_run,
-            stable_timeout: settings.rollout.stable_timeout,
-            step_timeout: settings.rollout.step_timeout,
-            retire_failed_launch: settings.rollout.retire_failed_launch,
-            poll: ROLLOUT_POLL,
-        },
+        config: rollout_config(settings),
+        notifier: notifier(settings, &ports, &metrics),
     });
     let mut executors = BTreeMap::new();
     let actions = settings
@@ -182,7 +198,12 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
                 dispatcher.clone().recipient(),
                 metrics.clone(),
             );
-            Supervisor::start(move |_| Watcher::new(spec, consul, keys, to).with_metrics(m))
+            let cloud = ports.cloud.clone();
+            Supervisor::start(move |_| {
+                Watcher::new(spec, consul, keys, to)
+                    .with_metrics(m)
+                    .with_cloud(cloud)
+            })
         })
         .collect();
     Tree {
@@ -192,6 +213,18 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         executors,
         metrics,
     }
+}
+
+/// The rollout's notifier for `[notify]`; a failed post counts as a `notify` error.
+fn notifier(settings: &Settings, ports: &Ports, metrics: &Metrics) -> Notifier {
+    let m = metrics.clone();
+    Notifier::new(
+        settings.notify.url.clone(),
+        settings.notify.token.clone(),
+        &settings.cluster.name,
+        ports.webhook.clone(),
+    )
+    .with_failure_hook(Rc::new(move |kind| m.error("notify", kind)))
 }
 
 impl Tree {

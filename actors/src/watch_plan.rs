@@ -5,7 +5,9 @@
 //! - A read fires only if its index moved AND its content changed. Content ignores the
 //!   CreateIndex/ModifyIndex bookkeeping, so writing a key's same value again is not a change.
 //! - For event watches each event ID not seen before is its own trigger; other watches have
-//!   one trigger per change, named by its X-Consul-Index, which every replica sees the same.
+//!   one trigger per change, named by its X-Consul-Index, which every replica sees the same;
+//!   image watches name it after the image (`image_watch::trigger_id`), because each replica's
+//!   poll is its own and only the image is common to all.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
@@ -18,6 +20,28 @@ use serde_json::Value;
 pub struct Fire {
     pub trigger_id: String,
     pub payload: Value,
+}
+
+/// How a watch's changes are named as triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// By X-Consul-Index (key, service, ... watches; a schedule's tick number).
+    Index,
+    /// Each new event by its event ID.
+    Event,
+    /// By the image a poll shows.
+    Image,
+}
+
+impl Naming {
+    pub fn of(kind: &rehydrator_config::WatchKind) -> Self {
+        use rehydrator_config::WatchKind;
+        match kind {
+            WatchKind::Event { .. } => Naming::Event,
+            WatchKind::Image { .. } => Naming::Image,
+            _ => Naming::Index,
+        }
+    }
 }
 
 /// What a watch remembers between reads.
@@ -35,8 +59,20 @@ impl Memory {
         self.baseline
     }
 
-    /// Takes in one read of the watch; returns what fires.
+    /// Takes in one read of an event watch (`is_event`) or an index-named one; returns what
+    /// fires.
     pub fn observe(&mut self, is_event: bool, index: u64, payload: &Value) -> Vec<Fire> {
+        let naming = if is_event {
+            Naming::Event
+        } else {
+            Naming::Index
+        };
+        self.observe_as(naming, index, payload)
+    }
+
+    /// Takes in one read of a watch whose triggers are named by `naming`; returns what fires.
+    pub fn observe_as(&mut self, naming: Naming, index: u64, payload: &Value) -> Vec<Fire> {
+        let is_event = naming == Naming::Event;
         let digest = content_digest(payload);
         if !self.baseline {
             self.baseline = true;
@@ -70,6 +106,14 @@ impl Memory {
             }
             self.events = now;
             fires
+        } else if naming == Naming::Image {
+            crate::image_watch::trigger_id(payload)
+                .map(|trigger_id| Fire {
+                    trigger_id,
+                    payload: payload.clone(),
+                })
+                .into_iter()
+                .collect()
         } else {
             vec![Fire {
                 trigger_id: index.to_string(),

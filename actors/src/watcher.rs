@@ -12,10 +12,11 @@ use rehydrator_config::WatchKind;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::dispatcher::WatchFired;
+use crate::image_watch::ImagePoll;
 use crate::metrics::Metrics;
-use crate::ports::{ConsulPort, ErrorKind, PortError, WatchRead, WatchStream};
+use crate::ports::{CloudPort, ConsulPort, ErrorKind, PortError, WatchRead, WatchStream};
 use crate::receipt::Keys;
-use crate::watch_plan::{self, Fire, Memory};
+use crate::watch_plan::{self, Fire, Memory, Naming};
 
 /// Stop watching (SIGTERM); a stopped Watcher is not restarted by its supervisor.
 #[derive(Message)]
@@ -34,6 +35,8 @@ pub struct WatchSpec {
 pub struct Watcher {
     spec: WatchSpec,
     consul: Rc<dyn ConsulPort>,
+    /// What an `image` watch polls.
+    cloud: Option<Rc<dyn CloudPort>>,
     keys: Keys,
     dispatcher: Recipient<WatchFired>,
     stream: Option<Rc<dyn WatchStream>>,
@@ -70,6 +73,7 @@ impl Watcher {
             debounce_timer: None,
             read_handle: None,
             stopped: false,
+            cloud: None,
             metrics: Metrics::default(),
         }
     }
@@ -77,6 +81,12 @@ impl Watcher {
     /// Counts fires and Consul errors in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// The cloud an `image` watch polls (without one, an image watch only logs errors).
+    pub fn with_cloud(mut self, cloud: Option<Rc<dyn CloudPort>>) -> Self {
+        self.cloud = cloud;
         self
     }
 
@@ -92,7 +102,12 @@ impl Watcher {
         let stream = match &self.stream {
             Some(s) => s.clone(),
             None => {
-                let s: Rc<dyn WatchStream> = Rc::from(self.consul.watch(&self.spec.kind));
+                let s: Rc<dyn WatchStream> = match (&self.spec.kind, &self.cloud) {
+                    (WatchKind::Image { interval }, Some(cloud)) => {
+                        Rc::new(ImagePoll::new(cloud.clone(), *interval))
+                    }
+                    (kind, _) => Rc::from(self.consul.watch(kind)),
+                };
                 self.stream = Some(s.clone());
                 s
             }
@@ -133,7 +148,7 @@ impl Watcher {
         let first = !self.memory.has_baseline();
         let fires = self
             .memory
-            .observe(self.is_event(), read.index, &read.payload);
+            .observe_as(Naming::of(&self.spec.kind), read.index, &read.payload);
         if first && self.is_event() {
             debug!(watch = %self.spec.name, index = read.index, "Baseline taken.");
             return self.replay_missed(read);
