@@ -1,0 +1,455 @@
+//! The rollout's triggers end to end on the simulator: an `image` watch starts a rollout when a
+//! new image is registered (no `consul-rehydrate` event), two replicas polling it still run it
+//! once, and each step is posted to the `[notify]` webhook exactly once, with the bearer token;
+//! and a maintenance window that is closed now holds the rollout with the record saying when
+//! the next one opens.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rehydrator::cloud::SimCloud;
+use rehydrator::consul::port::ConsulAdapter;
+use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
+use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::plan::{Rollout, RolloutState};
+use rehydrator_actors::ports::{CloudPort, Image, Machine, PortFuture};
+use rehydrator_actors::tree::{self, Ports, Tree};
+use rehydrator_sim::{RunningSim, SimConfig};
+use serde_json::{json, Value};
+
+/// How long each wait on the rollout may take (an image poll every 10 s, then the rollout).
+const BOUND: Duration = Duration::from_secs(60);
+const TOKEN: &str = "n0tify-t0ken";
+
+/// The simulator's cloud, counting the image polls that came back: the first is the image
+/// watch's baseline (it polls as soon as it starts; a rollout run asks for the image only after
+/// its machines and autopilot's health, and no run happens before the first timer tick).
+struct Counting {
+    inner: SimCloud,
+    images_seen: Rc<Cell<usize>>,
+}
+
+impl CloudPort for Counting {
+    fn newest_image(&self) -> PortFuture<Option<Image>> {
+        let (call, seen) = (self.inner.newest_image(), self.images_seen.clone());
+        Box::pin(async move {
+            let got = call.await;
+            seen.set(seen.get() + 1);
+            got
+        })
+    }
+    fn machines(&self) -> PortFuture<Vec<Machine>> {
+        self.inner.machines()
+    }
+    fn launch(&self, image: &str, token: &str) -> PortFuture<Machine> {
+        self.inner.launch(image, token)
+    }
+    fn retire(&self, machine_id: &str) -> PortFuture<()> {
+        self.inner.retire(machine_id)
+    }
+}
+
+struct Rig {
+    sim: RunningSim,
+    http: awc::Client,
+    dir: PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Rig {
+    fn new(name: &str) -> Self {
+        let sim = common::sim_with(SimConfig {
+            servers: 3,
+            boot_delay: Duration::from_millis(300),
+            stabilization: Duration::from_millis(1000),
+            election: Duration::from_millis(200),
+            failure_detection: Duration::from_millis(200),
+            ..SimConfig::default()
+        });
+        let dir =
+            std::env::temp_dir().join(format!("rehydrator-triggers-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            sim,
+            http: awc::Client::default(),
+            dir,
+        }
+    }
+
+    /// A replica's configuration: spin-up and spin-down, triggered by `consul-rehydrate`, the
+    /// servers' catalog entries, a 1 s timer and `extra` watches; `rollout` and `notify` are
+    /// the bodies of those sections.
+    fn config(&self, rollout: &str, notify: &str, extra: &str) -> String {
+        let timer = r#"
+[[watch]]
+name = "rehydrate"
+type = "event"
+event = "consul-rehydrate"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "servers"
+type = "service"
+service = "consul"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "timer"
+type = "schedule"
+every = "1s"
+actions = ["spin-up", "spin-down"]
+"#;
+        format!(
+            r#"[cluster]
+name = "trig"
+desired_servers = 3
+[consul]
+address = "{consul}"
+[cloud]
+type = "sim"
+[lock]
+session_ttl = "{ttl}s"
+lock_delay = "{delay}s"
+[rollout]
+stable_timeout = "1m"
+step_timeout = "20s"
+{rollout}
+[notify]
+{notify}
+[action.spin-up]
+type = "spin-up"
+[action.spin-down]
+type = "spin-down"
+{timer}{extra}"#,
+            consul = self.sim.url(),
+            ttl = common::rollout::SESSION_TTL_SECS,
+            delay = common::rollout::LOCK_DELAY_SECS,
+        )
+    }
+
+    /// Starts replica `replica` on `config`; returns its tree and its image-poll counter.
+    fn start(&self, replica: &str, config: &str) -> (Tree, Rc<Cell<usize>>) {
+        let path = self.dir.join(format!("{replica}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let env: HashMap<String, String> =
+            [("REHYDRATOR_NOTIFY_TOKEN".to_owned(), TOKEN.to_owned())].into();
+        let settings = rehydrator_config::load_with_env(&path, &env).unwrap();
+        let client = Client::new(ConsulConfig::with_address(&self.sim.url()).unwrap()).unwrap();
+        let policy = WatchPolicy {
+            min_interval: Duration::from_millis(50),
+            ..WatchPolicy::default()
+        };
+        let seen = Rc::new(Cell::new(0));
+        let cloud = Counting {
+            inner: SimCloud::new(&self.sim.url()).unwrap(),
+            images_seen: seen.clone(),
+        };
+        let ports = Ports {
+            consul: Rc::new(ConsulAdapter::new(client, policy)),
+            webhook: Rc::new(AwcWebhook::default()),
+            cloud: Some(Rc::new(cloud)),
+        };
+        (tree::start(&settings, replica, ports), seen)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let mut resp = self
+            .http
+            .get(format!("{}{path}", self.sim.url()))
+            .send()
+            .await
+            .unwrap();
+        let body = resp.body().limit(1 << 22).await.unwrap();
+        (
+            resp.status().as_u16(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.sim.url()))
+            .send_json(&body)
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "POST {path}: {}", resp.status());
+    }
+
+    async fn rollout(&self) -> Option<Rollout> {
+        let (status, body) = self.get("/v1/kv/rehydrator/trig/rollout?raw").await;
+        (status == 200)
+            .then(|| serde_json::from_value(body).ok())
+            .flatten()
+    }
+
+    async fn until(&self, what: &str, done: impl Fn(&Rollout) -> bool) -> Rollout {
+        common::eventually(what, BOUND, || async {
+            self.rollout().await.filter(|r| done(r))
+        })
+        .await
+    }
+
+    /// Waits until `n` of the replicas' watches are parked on the simulator.
+    async fn parked(&self, n: u64) {
+        common::eventually("the watches parking", BOUND, || async {
+            let (_, stats) = self.get("/sim/stats").await;
+            (stats["parked"].as_u64().unwrap_or(0) >= n).then_some(())
+        })
+        .await
+    }
+}
+
+/// What the notification receiver saw: each body with its Authorization header.
+#[derive(Default)]
+struct Received {
+    posts: Mutex<Vec<(Value, Option<String>)>>,
+}
+
+async fn receive(
+    state: actix_web::web::Data<Received>,
+    req: actix_web::HttpRequest,
+    body: actix_web::web::Json<Value>,
+) -> actix_web::HttpResponse {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.posts.lock().unwrap().push((body.into_inner(), auth));
+    actix_web::HttpResponse::NoContent().finish()
+}
+
+/// A webhook receiver on a loopback port: its URL, what it received, and its handle to stop it.
+fn receiver() -> (String, Arc<Received>, actix_web::dev::ServerHandle) {
+    let state = actix_web::web::Data::new(Received::default());
+    let data = state.clone();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .route("/notify", actix_web::web::post().to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let url = format!("http://{}/notify", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (url, state.into_inner(), handle)
+}
+
+/// A window over every day from `from` to `to` minutes after `now`, in UTC (past midnight if
+/// it must), as a `windows = [...]` line.
+fn window_from(now: jiff::Timestamp, from: i64, to: i64) -> String {
+    let hhmm = |minutes: i64| {
+        let t = now + jiff::SignedDuration::from_mins(minutes);
+        let z = t.to_zoned(jiff::tz::TimeZone::UTC);
+        format!("{:02}:{:02}", z.hour(), z.minute())
+    };
+    format!(
+        r#"windows = [{{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "{}", end = "{}", time_zone = "UTC" }}]"#,
+        hhmm(from),
+        hhmm(to)
+    )
+}
+
+#[actix_rt::test]
+async fn a_new_image_rolls_the_cluster_once_across_two_replicas_and_each_step_is_notified_once() {
+    common::bounded_for(Duration::from_secs(120), async {
+        let rig = Rig::new("image");
+        let (url, received, receiver) = receiver();
+        // The window is open now (and long after the test): the timer and the window compose.
+        let config = rig.config(
+            &window_from(jiff::Timestamp::now(), -60, 120),
+            &format!("url = \"{url}\""),
+            r#"
+[[watch]]
+name = "new-image"
+type = "image"
+interval = "10s"
+actions = ["spin-up", "spin-down"]
+"#,
+        );
+        let (one, seen_one) = rig.start("replica-1", &config);
+        let (two, seen_two) = rig.start("replica-2", &config);
+        common::eventually("both image watches' baselines", BOUND, || async {
+            (seen_one.get() >= 1 && seen_two.get() >= 1).then_some(())
+        })
+        .await;
+
+        rig.post("/sim/images", json!({ "id": "image-b" })).await;
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+
+        // Started by the image watch alone: no event was fired.
+        let (_, events) = rig.get("/v1/event/list?name=consul-rehydrate").await;
+        assert_eq!(events, json!([]), "no consul-rehydrate event");
+        assert_eq!(r.target_image, "image-b");
+        // The trigger is named after the image, so both replicas' fires were one job.
+        let (status, receipt) = rig
+            .get("/v1/kv/rehydrator/trig/receipts/spin-up/image-image-b?raw")
+            .await;
+        assert_eq!(status, 200, "the image trigger's receipt");
+        assert_eq!(receipt["watch"], "new-image", "{receipt}");
+
+        let (_, servers) = rig.get("/sim/servers").await;
+        let servers = servers.as_array().unwrap();
+        let live: Vec<&Value> = servers
+            .iter()
+            .filter(|s| s["machine"] != "terminated")
+            .collect();
+        assert_eq!(live.len(), 3, "{servers:#?}");
+        assert!(live.iter().all(|s| s["image"] == "image-b"), "{servers:#?}");
+        let launched = servers.iter().filter(|s| !s["token"].is_null()).count();
+        assert_eq!(launched, 3, "exactly one launch per server: {servers:#?}");
+        assert_eq!((r.launches.len(), r.retirements.len()), (3, 3));
+        let (_, inv) = rig.get("/sim/invariants").await;
+        common::rollout::assert_clean(&inv, 3);
+
+        // The notifications: started, a launch and a retirement per server (and the leader's
+        // leadership transfer), completed; each once, from whichever replica took the step.
+        let posts = common::eventually("the completion notification", BOUND, || async {
+            let posts = received.posts.lock().unwrap().clone();
+            posts
+                .iter()
+                .any(|(b, _)| b["event"] == "rollout.completed")
+                .then_some(posts)
+        })
+        .await;
+        for (body, auth) in &posts {
+            assert_eq!(auth.as_deref(), Some("Bearer n0tify-t0ken"), "{body}");
+            assert_eq!(body["cluster"], "trig", "{body}");
+            assert_eq!(body["rollout_id"], r.id.as_str(), "{body}");
+            assert_eq!(body["target_image"], "image-b", "{body}");
+            assert!(
+                body["at"].as_str().is_some_and(|a| a.ends_with('Z')),
+                "{body}"
+            );
+        }
+        let events: Vec<&str> = posts
+            .iter()
+            .map(|(b, _)| b["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(events.first(), Some(&"rollout.started"), "{events:?}");
+        assert_eq!(events.last(), Some(&"rollout.completed"), "{events:?}");
+        let count = |e: &str| events.iter().filter(|x| **x == e).count();
+        assert_eq!(count("rollout.started"), 1, "{events:?}");
+        assert_eq!(count("rollout.completed"), 1, "{events:?}");
+        assert_eq!(count("rollout.stopped"), 0, "{events:?}");
+        let steps = |kind: &str| -> Vec<String> {
+            posts
+                .iter()
+                .filter(|(b, _)| b["event"] == "rollout.step" && b["step"]["kind"] == kind)
+                .map(|(b, _)| b["step"]["machine"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let (launches, retires) = (steps("launch"), steps("retire"));
+        let recorded = |list: &[rehydrator_actors::plan::StepRecord]| -> BTreeSet<String> {
+            list.iter().map(|s| s.machine.clone()).collect()
+        };
+        assert_eq!(launches.len(), 3, "one post per launch: {events:?}");
+        assert_eq!(retires.len(), 3, "one post per retirement: {events:?}");
+        assert_eq!(
+            launches.into_iter().collect::<BTreeSet<_>>(),
+            recorded(&r.launches)
+        );
+        assert_eq!(
+            retires.into_iter().collect::<BTreeSet<_>>(),
+            recorded(&r.retirements)
+        );
+        assert!(
+            steps("leadership_transfer").len() <= 1,
+            "leadership moves once, off the last old server: {events:?}"
+        );
+
+        one.shutdown().await;
+        two.shutdown().await;
+        receiver.stop(true).await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn outside_the_window_the_rollout_waits_and_says_when_the_next_opens() {
+    common::bounded(async {
+        let rig = Rig::new("window");
+        // Opens in two hours, closes in three.
+        let now = jiff::Timestamp::now();
+        let opens = now + jiff::SignedDuration::from_mins(120);
+        let config = rig.config(&window_from(now, 120, 180), "", "");
+        let (tree, _) = rig.start("replica-1", &config);
+        rig.post("/sim/images", json!({ "id": "image-b" })).await;
+        rig.parked(2).await;
+        let resp = rig
+            .http
+            .put(format!("{}/v1/event/fire/consul-rehydrate", rig.sim.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+
+        // The request is recorded (the rollout starts), but no server is touched.
+        let r = rig
+            .until("the rollout waiting for the window", |r| {
+                r.waiting
+                    .as_deref()
+                    .is_some_and(|w| w.starts_with("outside the maintenance window"))
+            })
+            .await;
+        assert!(r.is_active(), "{r:?}");
+        let expected = opens
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .with()
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .unwrap()
+            .timestamp()
+            .display_with_offset(jiff::tz::Offset::UTC)
+            .to_string();
+        assert_eq!(
+            r.waiting.as_deref(),
+            Some(format!("outside the maintenance window; the next opens at {expected}").as_str())
+        );
+
+        // Three more timer ticks later, still nothing launched.
+        let ticks = |keys: Value| keys.as_array().map_or(0, Vec::len);
+        let (_, before) = rig
+            .get("/v1/kv/rehydrator/trig/receipts/spin-up/?keys")
+            .await;
+        let before = ticks(before);
+        common::eventually("three more timer runs", BOUND, || async {
+            let (_, now) = rig
+                .get("/v1/kv/rehydrator/trig/receipts/spin-up/?keys")
+                .await;
+            (ticks(now) >= before + 3).then_some(())
+        })
+        .await;
+        let r = rig.rollout().await.unwrap();
+        assert!(r.launches.is_empty(), "no launch outside the window: {r:?}");
+        let (_, servers) = rig.get("/sim/servers").await;
+        assert_eq!(servers.as_array().unwrap().len(), 3, "{servers:#?}");
+        assert!(servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["image"] == "image-a"));
+        tree.shutdown().await;
+    })
+    .await;
+}
