@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod process_cluster;
 mod run;
 
 use anyhow::Context;
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long, env = "REHYDRATOR_REPLICA")]
         replica: Option<String>,
     },
+    /// Start the process cloud's first servers and its client agent (or --stop them all): a
+    /// real Consul cluster on this machine for `run` to roll.
+    ProcessCluster(process_cluster::ProcessClusterArgs),
     /// Validate a configuration file and print the effective configuration (secrets masked).
     CheckConfig {
         /// The TOML configuration file.
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => run_sim(args),
         Command::Demo(args) => return run_demo(args),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::ProcessCluster(args) => return process_cluster::run(args),
         Command::Healthcheck { url, timeout } => {
             return match rehydrator::healthcheck::check(&url, timeout) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,364 @@
+//! The process backend against real Consul: `consul agent -server` processes on loopback, from
+//! the binary `CONSUL_BIN` names. Without it every test prints why it is skipped and passes,
+//! since CI machines need not have Consul; with it:
+//! - a launched server joins the cluster with its image in node meta and becomes a voter, and
+//!   retiring it makes it leave Raft and its process exit;
+//! - 3 servers bootstrapped on image `a`, image `b` registered, `consul-rehydrate` fired: the
+//!   actor tree's SpinUp/SpinDown (the same as `run` builds) roll every server onto `b`, with
+//!   a leader at every poll but for short elections and never fewer than 3 voters.
+//!
+//! The replica talks to a client agent, which stays while every server is replaced. Every
+//! agent is killed when a test ends, panics included; a failed test keeps the agents' logs.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};
+use rehydrator::consul::port::ConsulAdapter;
+use rehydrator::consul::{Client, ConsulConfig, EventFilter, QueryOptions, WatchPolicy};
+use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::plan::{Rollout, RolloutState};
+use rehydrator_actors::ports::{CloudPort, MachineState};
+use rehydrator_actors::tree::{self, Ports};
+use rehydrator_config::CloudSettings;
+
+const SKIPPED: &str =
+    "skipped: CONSUL_BIN is not set (point it at a consul binary to run the process-backend tests)";
+
+/// What the agents run with: promotion after 2s instead of 10s, a 1s leave drain instead of 5s
+/// (one block a line).
+const AGENT_HCL: &str =
+    "autopilot { server_stabilization_time = \"2s\" }\nperformance { leave_drain_time = \"1s\" }";
+
+/// A whole test, agents' start included.
+const TEST_BOUND: Duration = Duration::from_secs(240);
+/// Any one wait inside it.
+const WAIT_BOUND: Duration = Duration::from_secs(90);
+/// The longest a poll may see no leader: an election on loopback (raft_multiplier 1) takes
+/// about a second; a lost quorum never ends.
+const LEADERLESS_BOUND: Duration = Duration::from_secs(10);
+
+const CLUSTER: &str = "roll";
+
+fn consul_bin() -> Option<PathBuf> {
+    std::env::var_os("CONSUL_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A data directory with its agents, all killed on drop.
+struct Rig {
+    cloud: ProcessCloud,
+    dir: PathBuf,
+    consul_bin: PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let stopped = self.cloud.stop_all();
+        if std::thread::panicking() {
+            eprintln!(
+                "agents stopped ({stopped:?}); their logs are kept in {}",
+                self.dir.join("machines").display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Rig {
+    fn new(name: &str, consul_bin: PathBuf) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "rehydrator-cloud-process-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cloud = ProcessCloud::new(ProcessOptions {
+            consul_bin: consul_bin.clone(),
+            data_dir: dir.clone(),
+            agent_hcl: vec![AGENT_HCL.to_owned()],
+        })
+        .unwrap();
+        Self {
+            cloud,
+            dir,
+            consul_bin,
+        }
+    }
+
+    /// `n` servers on image `a` and the client agent; returns a client of the client agent
+    /// once the cluster has a leader and `n` voters.
+    async fn bootstrap(&self, n: usize) -> Client {
+        self.cloud.register_image("a", None).unwrap();
+        let servers = self.cloud.bootstrap(n, "a").unwrap();
+        assert_eq!(servers.len(), n);
+        let port = self.cloud.start_client(0).unwrap();
+        let client =
+            Client::new(ConsulConfig::with_address(&format!("http://127.0.0.1:{port}")).unwrap())
+                .unwrap();
+        common::eventually("a leader and every server a voter", WAIT_BOUND, || async {
+            let leader = client.status_leader().await.ok().flatten()?;
+            let raft = client
+                .raft_configuration(&QueryOptions::default())
+                .await
+                .ok()?;
+            (raft.voters() == n).then_some(leader)
+        })
+        .await;
+        client
+    }
+}
+
+/// What the quorum watcher saw while it ran.
+#[derive(Debug, Default)]
+struct Quorum {
+    polls: u64,
+    longest_leaderless: Duration,
+    min_voters: Option<usize>,
+}
+
+/// Polls the leader and the Raft voters through `client` every 200ms until aborted.
+fn watch_quorum(client: Client, seen: Rc<RefCell<Quorum>>) -> tokio::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        let mut leaderless_since: Option<Instant> = None;
+        loop {
+            let leader = client.status_leader().await.ok().flatten();
+            let voters = client
+                .raft_configuration(&QueryOptions::stale())
+                .await
+                .ok()
+                .map(|r| r.voters());
+            {
+                let mut q = seen.borrow_mut();
+                q.polls += 1;
+                match (leader, leaderless_since) {
+                    (Some(_), _) => leaderless_since = None,
+                    (None, None) => leaderless_since = Some(Instant::now()),
+                    (None, Some(since)) => {
+                        q.longest_leaderless = q.longest_leaderless.max(since.elapsed())
+                    }
+                }
+                if let Some(v) = voters {
+                    q.min_voters = Some(q.min_voters.map_or(v, |m| m.min(v)));
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+async fn rollout(client: &Client) -> Option<Rollout> {
+    let key = format!("rehydrator/{CLUSTER}/rollout");
+    let raw = client
+        .kv_get_raw(&key, &QueryOptions::default())
+        .await
+        .ok()?
+        .value?;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// The servers in the catalog: node name and its `image` node meta.
+async fn catalog_images(client: &Client) -> HashMap<String, String> {
+    client
+        .catalog_service("consul", None, &QueryOptions::default())
+        .await
+        .unwrap()
+        .value
+        .into_iter()
+        .map(|s| {
+            let image = s.node_meta.get("image").cloned().unwrap_or_default();
+            (s.node, image)
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
+    let Some(bin) = consul_bin() else {
+        println!("{SKIPPED}");
+        return;
+    };
+    common::bounded_for(TEST_BOUND, async {
+        let rig = Rig::new("launch", bin);
+        let client = rig.bootstrap(3).await;
+        rig.cloud.register_image("b", None).unwrap();
+        assert_eq!(rig.cloud.newest_image().await.unwrap().unwrap().id, "b");
+
+        let m = rig.cloud.launch("b", "test-launch-1").await.unwrap();
+        assert_eq!(m.node.as_deref(), Some(m.id.as_str()));
+        // A retried launch answers the same machine.
+        assert_eq!(
+            rig.cloud.launch("b", "test-launch-1").await.unwrap().id,
+            m.id
+        );
+        common::eventually("the new server a voter", WAIT_BOUND, || async {
+            let raft = client
+                .raft_configuration(&QueryOptions::default())
+                .await
+                .ok()?;
+            raft.servers
+                .iter()
+                .any(|s| s.node == m.id && s.voter)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            catalog_images(&client).await.get(&m.id).map(String::as_str),
+            Some("b")
+        );
+        let machines = rig.cloud.machines().await.unwrap();
+        assert_eq!(machines.len(), 4, "{machines:?}");
+        assert!(machines.iter().all(|m| m.state == MachineState::Running));
+
+        rig.cloud.retire(&m.id).await.unwrap();
+        common::eventually("the retired server out of Raft", WAIT_BOUND, || async {
+            let raft = client
+                .raft_configuration(&QueryOptions::default())
+                .await
+                .ok()?;
+            (!raft.servers.iter().any(|s| s.node == m.id)).then_some(())
+        })
+        .await;
+        let raft = client
+            .raft_configuration(&QueryOptions::default())
+            .await
+            .unwrap();
+        assert!(raft.leader().is_some() && raft.voters() == 3, "{raft:?}");
+        let machines = rig.cloud.machines().await.unwrap();
+        assert_eq!(machines.len(), 3, "{machines:?}");
+        assert!(!machines.iter().any(|x| x.id == m.id));
+        // Retiring again is done already.
+        rig.cloud.retire(&m.id).await.unwrap();
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn three_real_servers_roll_onto_the_new_image_keeping_quorum() {
+    let Some(bin) = consul_bin() else {
+        println!("{SKIPPED}");
+        return;
+    };
+    common::bounded_for(TEST_BOUND, async {
+        let n = 3;
+        let rig = Rig::new("rollout", bin);
+        let client = rig.bootstrap(n).await;
+        let before: Vec<String> = rig
+            .cloud
+            .machines()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+
+        // The replica's configuration, loaded as `run` loads it; its cloud built as `run` does.
+        let cloud = format!(
+            "type = \"process\"\nconsul_bin = \"{}\"\ndata_dir = \"{}\"\nagent_hcl = '''{AGENT_HCL}'''",
+            rig.consul_bin.display(),
+            rig.dir.display()
+        );
+        let text = common::rollout::config(
+            CLUSTER,
+            n,
+            client.address(),
+            &cloud,
+            "stable_timeout = \"1m\"",
+        );
+        let path = rig.dir.join("rehydrator.toml");
+        std::fs::write(&path, text).unwrap();
+        let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
+        let CloudSettings::Process(process) = &settings.cloud else {
+            panic!("the config names the process cloud: {:?}", settings.cloud)
+        };
+        let replica_cloud = ProcessCloud::from_settings(process).unwrap();
+        let tree = tree::start(
+            &settings,
+            "replica-1",
+            Ports {
+                consul: Rc::new(ConsulAdapter::new(
+                    Client::new(ConsulConfig::with_address(client.address()).unwrap()).unwrap(),
+                    WatchPolicy {
+                        min_interval: Duration::from_millis(50),
+                        ..WatchPolicy::default()
+                    },
+                )),
+                webhook: Rc::new(AwcWebhook::default()),
+                cloud: Some(Rc::new(replica_cloud)),
+            },
+        );
+
+        let quorum = Rc::new(RefCell::new(Quorum::default()));
+        let watcher = watch_quorum(client.clone(), quorum.clone());
+        rig.cloud.register_image("b", None).unwrap();
+        let started = Instant::now();
+        // An event fired before the replica's event watch took its baseline is not replayed:
+        // fire until the rollout is recorded.
+        common::eventually("the rollout starting", WAIT_BOUND, || async {
+            if let Some(r) = rollout(&client).await {
+                return Some(r);
+            }
+            let _ = client
+                .event_fire("consul-rehydrate", b"", &EventFilter::default())
+                .await;
+            actix_rt::time::sleep(Duration::from_secs(1)).await;
+            None
+        })
+        .await;
+        let r = common::eventually("the rollout completing", TEST_BOUND, || async {
+            rollout(&client)
+                .await
+                .filter(|r| matches!(r.state, RolloutState::Completed { .. }))
+        })
+        .await;
+        let took = started.elapsed();
+        watcher.abort();
+
+        assert_eq!(r.target_image, "b");
+        assert_eq!((r.launches.len(), r.retirements.len()), (n, n), "{r:?}");
+        let machines = rig.cloud.machines().await.unwrap();
+        assert_eq!(machines.len(), n, "{machines:?}");
+        assert!(machines.iter().all(|m| m.image == "b"), "{machines:?}");
+        assert!(
+            machines.iter().all(|m| !before.contains(&m.id)),
+            "{machines:?}"
+        );
+        // What Consul itself says: n voters, each a new machine whose node meta says b.
+        let raft = client
+            .raft_configuration(&QueryOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(raft.voters(), n, "{raft:?}");
+        assert!(
+            raft.servers
+                .iter()
+                .all(|s| machines.iter().any(|m| m.id == s.node)),
+            "{raft:?}"
+        );
+        let images = catalog_images(&client).await;
+        for m in &machines {
+            assert_eq!(
+                images.get(&m.id).map(String::as_str),
+                Some("b"),
+                "{images:?}"
+            );
+        }
+        let q = quorum.borrow();
+        assert!(q.polls > 10, "{q:?}");
+        assert!(q.longest_leaderless < LEADERLESS_BOUND, "{q:?}");
+        assert!(
+            q.min_voters.unwrap_or(0) >= n,
+            "never fewer voters than desired: {q:?}"
+        );
+        println!("real rollout of {n} servers: {took:.2?}; quorum watch {q:?}");
+        tree.shutdown().await;
+    })
+    .await;
+}
