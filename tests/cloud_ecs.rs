@@ -273,6 +273,43 @@ async fn launch_gives_up_on_an_instance_that_never_registers_and_a_retry_resumes
     .await;
 }
 
+#[actix_rt::test]
+async fn launch_gives_up_at_once_on_an_instance_that_dies_before_registering() {
+    common::bounded(async {
+        // No agent, and a deadline far beyond the test's bound: only the instance's end can
+        // end the wait in time.
+        let rig = rig(Duration::from_secs(600)).await;
+        let cloud = rig.cloud.clone();
+        let ami = rig.ami.clone();
+        let launch = actix_rt::spawn(async move { cloud.launch(&ami, "r1-o3-n3").await });
+        let id = common::eventually("the instance launched", Duration::from_secs(20), || async {
+            rig.cloud
+                .machines()
+                .await
+                .unwrap()
+                .first()
+                .map(|m| m.id.clone())
+        })
+        .await;
+        let died = Instant::now();
+        rig.ec2
+            .terminate_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .unwrap();
+        let e = launch.await.unwrap().unwrap_err();
+        let noticed = died.elapsed();
+        assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+        for part in [id.as_str(), "Terminated", "never registered"] {
+            assert!(e.message.contains(part), "{part:?} in {e}");
+        }
+        assert!(rig.tasks().await.is_empty());
+        println!("a dead instance's launch failed {noticed:.2?} after it died");
+    })
+    .await;
+}
+
 /// The position of the first recorded call to `action` whose body contains every one of
 /// `parts`, if any.
 fn position(calls: &[(String, String)], action: &str, parts: &[&str]) -> Option<usize> {

@@ -337,6 +337,15 @@ impl Ec2Cloud {
         Ok(m)
     }
 
+    /// One instance by ID, in any state, if EC2 still shows it.
+    pub(crate) async fn find(&self, id: &str) -> Result<Option<Machine>, CloudError> {
+        let request = "DescribeInstances (id)";
+        let found = self
+            .instances(vec![filter("instance-id", [id])], request)
+            .await?;
+        found.first().map(|i| machine(i, request)).transpose()
+    }
+
     pub(crate) async fn terminate(&self, id: &str) -> Result<(), CloudError> {
         self.client
             .terminate_instances()

@@ -24,7 +24,8 @@
 //!   64-bit FNV-1a hash of it. A retried launch therefore makes neither a second instance nor a
 //!   second task; a token whose task has stopped on a still ACTIVE instance gets it started
 //!   again (the Consul server is what the step wants). An instance that never registers fails
-//!   with `CloudError::NotReady` naming the instance and the likely causes.
+//!   with `CloudError::NotReady` naming the instance and the likely causes; one that stops or
+//!   terminates meanwhile (each poll also asks DescribeInstances) fails at once.
 //! - **retire(id)**: the container instance (if registered) → UpdateContainerInstancesState
 //!   DRAINING; StopTask for each task of the Consul family on it and a wait (bounded, 90 s) for
 //!   them to stop; TerminateInstances (`Ec2Cloud`); then DeregisterContainerInstance with
@@ -411,7 +412,25 @@ impl EcsCloud {
                     );
                     return Ok(ci);
                 }
-                Ok(_) => {}
+                Ok(_) => match self.ec2.find(id).await {
+                    // An instance that failed to boot or was terminated will never register:
+                    // say so now rather than at the deadline.
+                    Ok(Some(m))
+                        if matches!(m.state, MachineState::Stopping | MachineState::Terminated) =>
+                    {
+                        return Err(CloudError::NotReady {
+                            machine: id.to_owned(),
+                            reason: format!(
+                                "it is {:?} in EC2 and never registered as a container instance \
+                                 in ECS cluster {:?}",
+                                m.state, self.target.cluster
+                            ),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) if PortError::from(e.clone()).is_retryable() => last_error = Some(e),
+                    Err(e) => return Err(e),
+                },
                 Err(e) if PortError::from(e.clone()).is_retryable() => {
                     tracing::debug!(machine = %id, error = %e, "Looking for the container instance failed; trying again.");
                     last_error = Some(e);
