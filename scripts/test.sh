@@ -13,9 +13,10 @@ fi
 # Blocking-query tests hold many connections open at once.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# moto's EC2 server stands in for AWS in tests/cloud_ec2.rs (which fails, not skips, without it).
-# Installed once; a machine that has it pays only for this check.
-if ! command -v moto_server >/dev/null 2>&1 && ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+# moto's server stands in for AWS in tests/cloud_ec2.rs, tests/cloud_ecs.rs and the rollouts
+# through them (which fail, not skip, without it). The ECS tests start it through python3, so
+# python3 must import it. Installed once; a machine that has it pays only for this check.
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
 fi
 
