@@ -76,6 +76,13 @@ pub fn frame(o: &Observation, c: &Context) -> Vec<String> {
         "  servers: {old} on {} (old), {new} on {} (new), {retired} retired",
         c.old_image, c.new_image
     ));
+    // Replaced = an old server retired; the bar fills one cell per server.
+    let total = old + retired;
+    out.push(format!(
+        "  progress: [{}{}] {retired} of {total} replaced",
+        "#".repeat(retired),
+        "-".repeat(total.saturating_sub(retired))
+    ));
     out.push(format!(
         "  leader: {}   failure tolerance: {}",
         o.leader.as_deref().unwrap_or("none"),
@@ -259,6 +266,10 @@ mod tests {
             f.contains(&"  servers: 2 on image-a (old), 2 on image-b (new), 1 retired".to_owned())
         );
         assert!(f.contains(&"  leader: consul-server-2   failure tolerance: 1".to_owned()));
+        assert!(
+            f.contains(&"  progress: [#--] 1 of 3 replaced".to_owned()),
+            "{f:#?}"
+        );
         assert!(f.contains(&"  rollout: active   step: spin-down by demo-2".to_owned()));
         assert!(f.contains(&"  waiting: new server consul-server-5 is joining".to_owned()));
     }
