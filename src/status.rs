@@ -794,6 +794,7 @@ fn describe_pause(p: &PauseInfo) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rehydrator_actors::plan::StepRecord;
