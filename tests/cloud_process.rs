@@ -9,6 +9,10 @@
 //!
 //! The replica talks to a client agent, which stays while every server is replaced. Every
 //! agent is killed when a test ends, panics included; a failed test keeps the agents' logs.
+//!
+//! One test runs always: `rehydrator process-cluster` with a stand-in agent (a script that
+//! sleeps), for what is process management rather than Consul (start, a missing leader named,
+//! a second start refused, `--stop`, bad input).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -361,4 +365,107 @@ async fn three_real_servers_roll_onto_the_new_image_keeping_quorum() {
         tree.shutdown().await;
     })
     .await;
+}
+
+/// `process-cluster` without Consul: a stand-in agent (a script that sleeps) never elects a
+/// leader, so the command starts 3 servers and the client agent, gives up after `--wait` naming
+/// the logs, and `--stop` kills every one of them. Runs always: it is process management.
+#[test]
+fn process_cluster_starts_the_agents_names_a_missing_leader_and_stops_them_all() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::process::Command;
+
+    let dir = std::env::temp_dir().join(format!(
+        "rehydrator-process-cluster-cli-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = dir.join("consul");
+    std::fs::write(&agent, "#!/bin/sh\nsleep 60\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.join("data");
+    // Whatever happens below, no stand-in outlives the test.
+    let cloud = ProcessCloud::new(ProcessOptions {
+        consul_bin: agent.clone(),
+        data_dir: data.clone(),
+        agent_hcl: Vec::new(),
+    })
+    .unwrap();
+    struct StopAll(ProcessCloud);
+    impl Drop for StopAll {
+        fn drop(&mut self) {
+            let _ = self.0.stop_all();
+        }
+    }
+    let _guard = StopAll(cloud.clone());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("process.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"laptop\"\n[consul]\naddress = \"http://127.0.0.1:{port}\"\n[cloud]\ntype = \"process\"\nconsul_bin = \"{}\"\ndata_dir = \"{}\"\n",
+            agent.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+            .arg("process-cluster")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&["--servers", "3", "--wait", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no leader with 3 voters") && stderr.contains("machines"),
+        "{stderr}"
+    );
+    let records = cloud.records().unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|r| cloud.is_alive(r) && r.image == "a"));
+    let client: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("client.json")).unwrap()).unwrap();
+    assert_eq!(
+        client["ports"]["http"], port,
+        "the client agent listens on consul.address"
+    );
+
+    // A second start over the running servers is refused rather than a second cluster.
+    let out = run(&["--wait", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still run"));
+
+    let out = run(&["--stop"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("Stopped 4 agent(s)"), "{stdout}");
+    assert!(records
+        .iter()
+        .all(|r| !rehydrator::cloud::process::pid_runs(r.pid.unwrap(), &r.id)));
+    assert!(cloud.live_machines().unwrap().is_empty());
+
+    // A configuration of another cloud is bad input: exit 2, naming the field.
+    let sim = dir.join("sim.toml");
+    std::fs::write(&sim, "[cluster]\nname = \"x\"\n[cloud]\ntype = \"sim\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+        .args(["process-cluster", "--config"])
+        .arg(&sim)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cloud.type"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

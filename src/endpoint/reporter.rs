@@ -1,0 +1,195 @@
+//! Reporter: the status endpoint's agent on the actor system's thread.
+//!
+//! actix-web serves on worker threads of its own, but the Consul client (awc), the cloud and
+//! the actors' addresses live on the thread `run` started the tree on, and are not `Send`.
+//! So the endpoint's handlers only send this actor a query (an `Addr` crosses threads) and it
+//! does the work here: the status report (`status::gather`, the one status model), the
+//! readiness check, and the metrics with their scrape-time series refreshed.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rehydrator_actors::lock_manager::{GetSession, LockManager};
+use rehydrator_actors::metrics::Metrics;
+use rehydrator_actors::ports::CloudPort;
+use serde::Serialize;
+use tracing::debug;
+
+use crate::consul::{Client, QueryOptions};
+use crate::status::{self, Scope, StatusError, StatusReport};
+
+/// How long a readiness check waits for Consul.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a scrape waits for the status it refreshes the servers' series from; past it the
+/// scrape answers with the series as they were.
+const SCRAPE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Query: answered at once, which shows the actor system's thread is turning.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+/// Query: the cluster's status, as `rehydrator status --json` prints it.
+#[derive(Message)]
+#[rtype(result = "Result<StatusReport, StatusError>")]
+pub struct GetStatus;
+
+/// Query: whether this replica holds a live Consul session and Consul answers.
+#[derive(Message)]
+#[rtype(result = "Readiness")]
+pub struct GetReadiness;
+
+/// Query: the metrics in the OpenMetrics text format.
+#[derive(Message)]
+#[rtype(result = "Result<String, std::fmt::Error>")]
+pub struct GetMetrics;
+
+/// The answer to `GetReadiness`, as `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// The session this replica holds its locks with, when it has one.
+    pub session: Option<String>,
+    /// Why it is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Readiness {
+    fn not_ready(session: Option<String>, reason: String) -> Self {
+        Self {
+            ready: false,
+            session,
+            reason: Some(reason),
+        }
+    }
+}
+
+pub struct Reporter {
+    client: Client,
+    cloud: Option<Rc<dyn CloudPort>>,
+    scope: Scope,
+    lock_manager: Addr<LockManager>,
+    metrics: Metrics,
+}
+
+impl Reporter {
+    /// `client` and `cloud` are the ones the tree runs with; `metrics` is `Tree::metrics`.
+    pub fn new(
+        client: Client,
+        cloud: Option<Rc<dyn CloudPort>>,
+        scope: Scope,
+        lock_manager: Addr<LockManager>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            cloud,
+            scope,
+            lock_manager,
+            metrics,
+        }
+    }
+
+    fn gather(&self) -> impl std::future::Future<Output = Result<StatusReport, StatusError>> {
+        let (client, cloud, scope) = (self.client.clone(), self.cloud.clone(), self.scope.clone());
+        async move { status::gather(&client, cloud.as_deref(), &scope).await }
+    }
+}
+
+impl Actor for Reporter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Ping> for Reporter {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<GetStatus> for Reporter {
+    type Result = ResponseFuture<Result<StatusReport, StatusError>>;
+
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        let metrics = self.metrics.clone();
+        let report = self.gather();
+        Box::pin(async move {
+            let report = report.await;
+            if let Err(e) = &report {
+                metrics.error("status", e.kind());
+            }
+            report
+        })
+    }
+}
+
+impl Handler<GetReadiness> for Reporter {
+    type Result = ResponseFuture<Readiness>;
+
+    fn handle(&mut self, _msg: GetReadiness, _ctx: &mut Context<Self>) -> Self::Result {
+        let (lock_manager, client) = (self.lock_manager.clone(), self.client.clone());
+        Box::pin(async move {
+            let session = match lock_manager.send(GetSession).await {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    return Readiness::not_ready(None, "no Consul session held (yet)".into())
+                }
+                Err(e) => {
+                    return Readiness::not_ready(None, format!("the lock manager is gone: {e}"))
+                }
+            };
+            // One read answers both questions: Consul is reachable, and still knows the
+            // session (a session Consul invalidated is not live, whatever the replica thinks).
+            let opts = QueryOptions::default();
+            let info = client.session_info(&session, &opts);
+            match tokio::time::timeout(READY_TIMEOUT, info).await {
+                Err(_) => Readiness::not_ready(
+                    Some(session),
+                    format!("Consul did not answer within {READY_TIMEOUT:?}"),
+                ),
+                Ok(Err(e)) => {
+                    Readiness::not_ready(Some(session), format!("Consul is unreachable: {e}"))
+                }
+                Ok(Ok(found)) if found.value.is_none() => Readiness::not_ready(
+                    Some(session),
+                    "Consul no longer knows this replica's session".into(),
+                ),
+                Ok(Ok(_)) => Readiness {
+                    ready: true,
+                    session: Some(session),
+                    reason: None,
+                },
+            }
+        })
+    }
+}
+
+impl Handler<GetMetrics> for Reporter {
+    type Result = ResponseFuture<Result<String, std::fmt::Error>>;
+
+    fn handle(&mut self, _msg: GetMetrics, _ctx: &mut Context<Self>) -> Self::Result {
+        let metrics = self.metrics.clone();
+        let report = self.gather();
+        Box::pin(async move {
+            // Only Consul and the cloud know the servers and the rollout's state on every
+            // replica (only the step lock's holder reads them otherwise): refresh them now.
+            match tokio::time::timeout(SCRAPE_STATUS_TIMEOUT, report).await {
+                Ok(Ok(r)) => {
+                    metrics.servers_by_image(r.servers.iter().map(|s| s.image.as_deref()));
+                    metrics.rollout_state(r.rollout.as_ref().map(|ro| &ro.state));
+                    metrics.paused(r.paused);
+                }
+                Ok(Err(e)) => {
+                    metrics.error("status", e.kind());
+                    debug!(error = %e, "No status for this scrape; its series keep their last values.");
+                }
+                Err(_) => {
+                    metrics.error("status", "timeout");
+                    debug!(after = ?SCRAPE_STATUS_TIMEOUT, "No status in time for this scrape; its series keep their last values.");
+                }
+            }
+            metrics.encode()
+        })
+    }
+}

@@ -1,0 +1,352 @@
+//! The status endpoint of a real `rehydrator run` replica on a simulated cluster: health and
+//! readiness as probes see them (ready once the session is held, unready when Consul goes),
+//! `/metrics` as Prometheus reads it (the names, and counters that move with a rollout),
+//! `/v1/status` in the `StatusReport` shape, the server stopping with the process on SIGTERM,
+//! a taken port refused naming `status.listen`, and `listen = ""` turning it off.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::endpoint::{Rig, CLUSTER, NEW_IMAGE, OLD_IMAGE, ROLLOUT_BOUND, SERVERS};
+use common::{bounded_for, eventually};
+use rehydrator::status::StatusReport;
+use serde_json::Value;
+
+const TEST_BOUND: Duration = Duration::from_secs(150);
+
+/// The metric families every scrape must list (series exist from the start).
+const FAMILIES: [&str; 8] = [
+    "rehydrator_rollout_state",
+    "rehydrator_paused",
+    "rehydrator_steps",
+    "rehydrator_step_duration_seconds",
+    "rehydrator_lock_held",
+    "rehydrator_takeovers",
+    "rehydrator_watch_fires",
+    "rehydrator_servers",
+];
+
+/// A scrape, parsed: families by name with their type, and every sample by its series
+/// (`name{labels}` as written).
+struct Scrape {
+    types: BTreeMap<String, String>,
+    samples: BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    fn get(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Parses the OpenMetrics / Prometheus text format strictly enough to fail on anything a
+/// scraper would refuse: comment lines, names, label sets, values, and the closing `# EOF`.
+fn parse_scrape(text: &str) -> Scrape {
+    let mut types = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "no closing # EOF:\n{text}");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap(), parts.next().unwrap_or_default());
+            assert!(
+                matches!(kind, "HELP" | "TYPE" | "UNIT"),
+                "unknown comment {line:?}"
+            );
+            assert!(is_name(name), "bad name in {line:?}");
+            if kind == "TYPE" {
+                let t = parts.next().unwrap_or_default();
+                assert!(
+                    matches!(
+                        t,
+                        "counter" | "gauge" | "histogram" | "summary" | "info" | "unknown"
+                    ),
+                    "bad type in {line:?}"
+                );
+                types.insert(name.to_owned(), t.to_owned());
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(is_name(name), "bad series name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad label set in {line:?}"));
+            for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(is_name(k), "bad label name in {line:?}");
+                assert!(!v.trim_end_matches('"').contains('"'), "{line:?}");
+            }
+        }
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        // Every sample belongs to a declared family (counters as `_total`, histograms as
+        // `_bucket`/`_sum`/`_count`).
+        let family = types.keys().any(|f| {
+            name == f
+                || ["_total", "_bucket", "_sum", "_count", "_created"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(f.as_str()))
+        });
+        assert!(family, "sample {line:?} before its # TYPE");
+        samples.insert(series.to_owned(), v);
+    }
+    Scrape { types, samples }
+}
+
+async fn scrape(rig: &Rig) -> Scrape {
+    let (status, ctype, body) = rig.get("/metrics").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        ctype.starts_with("application/openmetrics-text") || ctype.starts_with("text/plain"),
+        "content type {ctype:?}"
+    );
+    parse_scrape(std::str::from_utf8(&body).unwrap())
+}
+
+/// The body re-serialized from `StatusReport` is the body: no field missing, none extra, none
+/// of another type.
+fn assert_status_shape(body: &Value) -> StatusReport {
+    let report: StatusReport = serde_json::from_value(body.clone())
+        .unwrap_or_else(|e| panic!("/v1/status is not a StatusReport ({e}): {body:#}"));
+    assert_eq!(&serde_json::to_value(&report).unwrap(), body);
+    report
+}
+
+#[actix_rt::test]
+async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
+    bounded_for(TEST_BOUND, async {
+        let mut rig = Rig::start("status-endpoint").await;
+
+        let (status, body) = rig.get_json("/healthz").await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &Value::from("ok")),
+            "{body}"
+        );
+
+        let ready = eventually(
+            "/readyz to answer 200 once the session is held",
+            Duration::from_secs(30),
+            || async {
+                let (status, body) = rig.get_json("/readyz").await;
+                (status == 200).then_some(body)
+            },
+        )
+        .await;
+        assert_eq!(ready["ready"], true, "{ready}");
+        assert!(
+            ready["session"].as_str().is_some_and(|s| !s.is_empty()),
+            "{ready}"
+        );
+
+        let before = scrape(&rig).await;
+        for f in FAMILIES {
+            assert!(
+                before.types.contains_key(f),
+                "{f} missing: {:?}",
+                before.types
+            );
+        }
+        assert_eq!(before.types["rehydrator_steps"], "counter");
+        assert_eq!(
+            before.types["rehydrator_step_duration_seconds"],
+            "histogram"
+        );
+        assert_eq!(
+            before.get(&format!("rehydrator_servers{{image=\"{OLD_IMAGE}\"}}")),
+            Some(SERVERS as f64)
+        );
+        assert_eq!(
+            before.get(r#"rehydrator_lock_held{lock="step"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            before.get(r#"rehydrator_steps_total{kind="launch",outcome="ok"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            before.get(r#"rehydrator_rollout_state{state="none"}"#),
+            Some(1.0)
+        );
+
+        let (status, body) = rig.get_json("/v1/status").await;
+        assert_eq!(status, 200, "{body}");
+        let report = assert_status_shape(&body);
+        assert_eq!(report.cluster, CLUSTER);
+        assert_eq!(report.servers.len(), SERVERS);
+        assert!(report
+            .servers
+            .iter()
+            .all(|s| s.image.as_deref() == Some(OLD_IMAGE)));
+
+        rig.start_rollout().await;
+        let after = eventually(
+            "the metrics to show every server on the new image and the rollout completed",
+            ROLLOUT_BOUND,
+            || async {
+                let s = scrape(&rig).await;
+                let done = s.get(&format!("rehydrator_servers{{image=\"{NEW_IMAGE}\"}}"))
+                    == Some(SERVERS as f64)
+                    && s.get(&format!("rehydrator_servers{{image=\"{OLD_IMAGE}\"}}"))
+                        .is_none()
+                    && s.get(r#"rehydrator_rollout_state{state="completed"}"#) == Some(1.0);
+                done.then_some(s)
+            },
+        )
+        .await;
+        // One replica took every step: N launches, N retirements, one start, one completion.
+        for (series, want) in [
+            (r#"rehydrator_steps_total{kind="start",outcome="ok"}"#, 1.0),
+            (
+                r#"rehydrator_steps_total{kind="launch",outcome="ok"}"#,
+                SERVERS as f64,
+            ),
+            (
+                r#"rehydrator_steps_total{kind="retire",outcome="ok"}"#,
+                SERVERS as f64,
+            ),
+            (
+                r#"rehydrator_steps_total{kind="complete",outcome="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"rehydrator_step_duration_seconds_count{kind="launch"}"#,
+                SERVERS as f64,
+            ),
+            (r#"rehydrator_rollout_state{state="active"}"#, 0.0),
+            (r#"rehydrator_takeovers_total{lock="step"}"#, 0.0),
+        ] {
+            assert_eq!(after.get(series), Some(want), "{series}");
+        }
+        assert!(
+            after
+                .get(r#"rehydrator_watch_fires_total{watch="rehydrate"}"#)
+                .unwrap_or(0.0)
+                >= 1.0
+        );
+        let jobs: f64 = after
+            .samples
+            .iter()
+            .filter(|(k, _)| k.starts_with("rehydrator_jobs_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        assert!(jobs >= 2.0 * SERVERS as f64, "jobs ended: {jobs}");
+        let live = rig.live_servers().await;
+        assert!(live.iter().all(|(_, image)| image == NEW_IMAGE), "{live:?}");
+
+        let (_, body) = rig.get_json("/v1/status").await;
+        let report = assert_status_shape(&body);
+        let progress = report.progress.expect("a rollout is recorded");
+        assert_eq!(progress.state, "completed");
+        assert_eq!(progress.on_target, SERVERS);
+
+        // Consul goes away: the replica is alive but not ready, and says why.
+        rig.stop_sim().await;
+        let unready = eventually(
+            "/readyz to answer 503 once Consul is gone",
+            Duration::from_secs(15),
+            || async {
+                let (status, body) = rig.get_json("/readyz").await;
+                (status == 503).then_some(body)
+            },
+        )
+        .await;
+        assert_eq!(unready["ready"], false, "{unready}");
+        assert!(
+            unready["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Consul")),
+            "{unready}"
+        );
+        let (status, _) = rig.get_json("/healthz").await;
+        assert_eq!(status, 200);
+        let (status, body) = rig.get_json("/v1/status").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body["error"].as_str().is_some(), "{body}");
+
+        // SIGTERM: the process stops in order and the endpoint goes with it.
+        let exit = rig.terminate(Duration::from_secs(30)).await;
+        assert_eq!(exit.code(), Some(0), "{exit}; log:\n{}", rig.log_text());
+        let addr = rig.status_url.trim_start_matches("http://").to_owned();
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "the endpoint still accepts connections after the process exited"
+        );
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_taken_port_is_refused_naming_status_listen_and_empty_turns_it_off() {
+    bounded_for(Duration::from_secs(60), async {
+        let dir = common::endpoint::scratch("status-listen");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        // Consul is never reached: the bind comes first, and "off" is decided at start.
+        let config = |listen: &str| {
+            format!(
+                "[cluster]\nname = \"x\"\n[consul]\naddress = \"http://127.0.0.1:9\"\n\
+                 [status]\nlisten = \"{listen}\"\n"
+            )
+        };
+
+        let path = dir.join("taken.toml");
+        std::fs::write(&path, config(&format!("127.0.0.1:{port}"))).unwrap();
+        let log = dir.join("taken.log");
+        let mut child = common::endpoint::spawn_run(&path, &log);
+        let status = eventually("the replica to exit", Duration::from_secs(20), || {
+            let s = child.0.try_wait().unwrap();
+            async move { s }
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{text}");
+        assert!(
+            text.contains(&format!("status.listen 127.0.0.1:{port}")),
+            "the error names the field and address:\n{text}"
+        );
+        drop(taken);
+
+        let path = dir.join("off.toml");
+        std::fs::write(&path, config("")).unwrap();
+        let log = dir.join("off.log");
+        let child = common::endpoint::spawn_run(&path, &log);
+        eventually(
+            "the replica to log that its endpoint is off",
+            Duration::from_secs(20),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                async move { text.contains("Status endpoint off").then_some(()) }
+            },
+        )
+        .await;
+        drop(child);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains("Status endpoint serving"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
