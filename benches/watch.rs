@@ -556,6 +556,8 @@ fn idle_toml(url: &str, n: usize) -> String {
 name = "{cluster}"
 [consul]
 address = "{url}"
+[status]
+listen = "127.0.0.1:0"
 [action.noop]
 type = "exec"
 command = ["true"]

@@ -9,10 +9,13 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use actix::Actor;
 use anyhow::Context;
 use rehydrator::cloud::{Ec2Cloud, EcsCloud, ProcessCloud, SimCloud};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
+use rehydrator::endpoint::{self, reporter::Reporter};
+use rehydrator::status::Scope;
 use rehydrator::webhook::AwcWebhook;
 use rehydrator_actors::ports::CloudPort;
 use rehydrator_actors::tree::{self, Ports};
@@ -31,23 +34,59 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
     let consul = consul_config(&settings)?;
     let system = actix_rt::System::new();
     system.block_on(async move {
+        // Taken first: a port in use fails the start before the tree takes a session.
+        let listener = settings.status.listen.map(endpoint::bind).transpose()?;
         let client = Client::new(consul).context("building the Consul client")?;
+        let cloud = cloud(&settings).await?;
         let ports = Ports {
-            consul: Rc::new(ConsulAdapter::new(client, WatchPolicy::default())),
+            consul: Rc::new(ConsulAdapter::new(client.clone(), WatchPolicy::default())),
             webhook: Rc::new(AwcWebhook::default()),
-            cloud: cloud(&settings).await?,
+            cloud: cloud.clone(),
         };
         info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
         let tree = tree::start(&settings, &replica, ports);
+        let endpoint = match listener {
+            Some(listener) => Some(serve_status(listener, client, cloud, &settings, &tree)?),
+            None => {
+                info!("Status endpoint off (status.listen is empty).");
+                None
+            }
+        };
         inject_faults();
         wait_for_stop().await?;
         info!("Stopping: watchers, running jobs, then the session.");
         if tokio::time::timeout(STOP_BUDGET, tree.shutdown()).await.is_err() {
             warn!(budget = ?STOP_BUDGET, "Orderly stop took too long; exiting anyway.");
         }
+        // Last, so probes see the replica go unready while it stops.
+        if let Some(endpoint) = endpoint {
+            endpoint.stop().await;
+        }
         info!("Stopped.");
         Ok(())
     })
+}
+
+/// Serves the status endpoint on `listener` for the running `tree`.
+fn serve_status(
+    listener: std::net::TcpListener,
+    client: Client,
+    cloud: Option<Rc<dyn CloudPort>>,
+    settings: &Settings,
+    tree: &tree::Tree,
+) -> anyhow::Result<endpoint::RunningEndpoint> {
+    let reporter = Reporter::new(
+        client,
+        cloud,
+        Scope::from_settings(settings),
+        tree.lock_manager.clone(),
+        tree.metrics.clone(),
+    )
+    .start();
+    let running = endpoint::serve(listener, reporter)?;
+    let addr = running.addr();
+    info!(%addr, "Status endpoint serving on http://{addr}");
+    Ok(running)
 }
 
 /// The cloud the rollout's actions launch and retire through, when any is configured.

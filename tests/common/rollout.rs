@@ -24,6 +24,9 @@ address = "{consul}"
 [lock]
 session_ttl = "{SESSION_TTL_SECS}s"
 lock_delay = "{LOCK_DELAY_SECS}s"
+# Several replicas on one host: each status endpoint on a free port.
+[status]
+listen = "127.0.0.1:0"
 [rollout]
 {rollout}
 step_timeout = "20s"
