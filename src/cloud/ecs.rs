@@ -400,7 +400,7 @@ impl EcsCloud {
         let timeout = self.target.registration_timeout;
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut last_error: Option<CloudError> = None;
+        let mut last_error: Option<CloudError>;
         loop {
             match self.container_instance(id).await {
                 Ok(Some(ci)) if ci.status() != Some(REGISTERING) => {
@@ -427,7 +427,8 @@ impl EcsCloud {
                             ),
                         });
                     }
-                    Ok(_) => {}
+                    // Both lookups answered: an error before is no longer the news.
+                    Ok(_) => last_error = None,
                     Err(e) if PortError::from(e.clone()).is_retryable() => last_error = Some(e),
                     Err(e) => return Err(e),
                 },
