@@ -6,8 +6,13 @@
 //! Every replica polls, so every replica sees a new image: its trigger is named after the image
 //! (`trigger_id`), not after anything local to the replica, which makes the Dispatcher's
 //! receipts run it once cluster-wide.
+//!
+//! The watch only moves forward (`forward`): when the newest image is deregistered and an
+//! older one becomes the newest again, or none matches any more, it keeps showing the newest
+//! it has seen, so withdrawing a bad image never starts a rollout back onto the old one. That
+//! stays an operator's decision (`consul-rehydrate`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -23,6 +28,8 @@ pub struct ImagePoll {
     cloud: Rc<dyn CloudPort>,
     interval: Duration,
     started: Cell<bool>,
+    /// The newest image seen so far.
+    seen: Rc<RefCell<Option<Image>>>,
 }
 
 impl ImagePoll {
@@ -31,6 +38,7 @@ impl ImagePoll {
             cloud,
             interval,
             started: Cell::new(false),
+            seen: Rc::new(RefCell::new(None)),
         }
     }
 }
@@ -40,14 +48,33 @@ impl WatchStream for ImagePoll {
     /// which also paces the retries after a failed poll.
     fn next(&self) -> PortFuture<WatchRead> {
         let first = !self.started.replace(true);
-        let (cloud, interval) = (self.cloud.clone(), self.interval);
+        let (cloud, interval, seen) = (self.cloud.clone(), self.interval, self.seen.clone());
         Box::pin(async move {
             if !first {
                 tokio::time::sleep(interval).await;
             }
-            let newest = cloud.newest_image().await?;
-            Ok(read(newest.as_ref()))
+            let polled = cloud.newest_image().await?;
+            let shown = forward(seen.borrow().as_ref(), polled);
+            seen.replace(shown.clone());
+            Ok(read(shown.as_ref()))
         })
+    }
+}
+
+/// What the watch shows after a poll: the polled image if it is at least as new as the newest
+/// seen (by creation date, then name, then ID: the cloud's own rule), else the newest seen.
+pub fn forward(seen: Option<&Image>, polled: Option<Image>) -> Option<Image> {
+    let key = |i: &Image| {
+        (
+            i.created.parse::<jiff::Timestamp>().ok(),
+            i.name.clone(),
+            i.id.clone(),
+        )
+    };
+    match (seen, polled) {
+        (Some(s), Some(p)) if key(&p) < key(s) => Some(s.clone()),
+        (Some(s), None) => Some(s.clone()),
+        (_, p) => p,
     }
 }
 
@@ -155,6 +182,30 @@ mod tests {
         let back = read(Some(&image("ami-3")));
         let fired = m.observe_as(Naming::Image, back.index, &back.payload);
         assert_eq!(fired[0].trigger_id, "image-ami-3");
+    }
+
+    #[test]
+    fn the_watch_only_moves_forward() {
+        let at = |id: &str, created: &str| Image {
+            id: id.into(),
+            name: "consul".into(),
+            created: created.into(),
+        };
+        let (a, b) = (
+            at("ami-a", "2026-11-01T00:00:00.000Z"),
+            at("ami-b", "2026-11-20T00:00:00.000Z"),
+        );
+        assert_eq!(forward(None, Some(a.clone())), Some(a.clone()));
+        assert_eq!(forward(Some(&a), Some(b.clone())), Some(b.clone()));
+        // b withdrawn: a is the newest again, but the watch keeps showing b (no fire).
+        assert_eq!(forward(Some(&b), Some(a.clone())), Some(b.clone()));
+        // Nothing matches any more: still b.
+        assert_eq!(forward(Some(&b), None), Some(b.clone()));
+        // Nothing ever matched: nothing.
+        assert_eq!(forward(None, None), None);
+        // A newer one still comes through.
+        let c = at("ami-c", "2026-11-24T00:00:00.000Z");
+        assert_eq!(forward(Some(&b), Some(c.clone())), Some(c));
     }
 
     #[test]
