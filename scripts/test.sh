@@ -25,4 +25,14 @@ if ! command -v cfn-lint >/dev/null 2>&1 && ! python3 -c 'import cfnlint' >/dev/
   python3 -m pip install --quiet cfn-lint
 fi
 
+# Headless Chromium renders the status dashboard in tests/dashboard.rs (which fails, not skips,
+# without it). Debian's package; the package lists are refreshed only if the install fails.
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y --no-install-recommends chromium ||
+    { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends chromium; }
+fi
+
 cargo test --workspace --locked "$@"
