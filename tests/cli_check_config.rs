@@ -82,3 +82,31 @@ fn missing_file_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_notify_token_is_masked_and_a_window_error_names_its_field() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    let out = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+        .arg("check-config")
+        .arg(samples.join("triggers.toml"))
+        .env("REHYDRATOR_NOTIFY_TOKEN", "n0tify-s3cret-t0ken")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("n0tify-s3cret-t0ken"), "{stdout}");
+    assert!(!stderr.contains("n0tify-s3cret-t0ken"), "{stderr}");
+    assert!(stdout.contains("[notify]"), "{stdout}");
+    assert!(stdout.contains("token = \"***\""), "{stdout}");
+
+    let out = check(&samples.join("bad-triggers.toml"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rollout.windows[1].time_zone: unknown time zone \"Europe/Berln\""),
+        "{stderr}"
+    );
+}

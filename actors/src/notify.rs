@@ -256,8 +256,19 @@ mod tests {
         }
     }
 
+    /// Every test here is bounded, so a notifier that never posts fails rather than hangs.
+    async fn bounded(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(Duration::from_secs(10), test)
+            .await
+            .expect("the test finished in time");
+    }
+
     #[actix_rt::test]
     async fn posts_in_order_with_the_bearer_token_and_counts_failures() {
+        bounded(posts_in_order()).await;
+    }
+
+    async fn posts_in_order() {
         let rec = Rc::new(Recorder::default());
         rec.status.set(204);
         let counted = Rc::new(Cell::new(0));
@@ -304,6 +315,10 @@ mod tests {
 
     #[actix_rt::test]
     async fn without_a_url_nothing_is_sent() {
+        bounded(nothing_sent()).await;
+    }
+
+    async fn nothing_sent() {
         let rec = Rc::new(Recorder::default());
         let n = Notifier::off(Rc::new(rec.clone()));
         n.send(Event::Started, &rollout(), None, None);
