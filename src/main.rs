@@ -1,11 +1,12 @@
-//! The `rehydrator` command line: `sim`, `check-config`; `run` starts the actor tree. `fire`,
-//! `status` and `demo` come with later issues.
+//! The `rehydrator` command line: `sim`, `check-config`, `demo`; `run` starts the actor tree;
+//! the operator commands `fire`, `status`, `pause`, `resume` and `plan` live in `cli/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli;
 mod process_cluster;
 mod run;
 
@@ -47,6 +48,16 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Fire a Consul user event (default consul-rehydrate: ask for a rollout); prints its ID.
+    Fire(cli::fire::FireArgs),
+    /// Show the servers, the rollout and why it waits, lock holders, receipts, pause state.
+    Status(cli::status::StatusArgs),
+    /// Set the pause key: the rollout takes no new step until `resume`.
+    Pause(cli::pause::PauseArgs),
+    /// Delete the pause key.
+    Resume(cli::pause::ResumeArgs),
+    /// Dry run: what the rollout's next step would be now, and why. Changes nothing.
+    Plan(cli::plan::PlanArgs),
     /// Exit 0 if the status endpoint answers 200 in time, else 1: the container's health check.
     Healthcheck {
         /// The endpoint to GET (plain http).
@@ -116,17 +127,28 @@ fn init_tracing(default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live display owns the terminal: only warnings may interrupt it.
-    // The simulator's own warnings (a lock refused during lock-delay) are the demo working.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) {
-        "warn,rehydrator_sim=error"
-    } else {
-        "info"
+    init_tracing(match cli.command {
+        // The simulator's own warnings (a lock refused during lock-delay) are the demo working.
+        Command::Demo(_) => "warn,rehydrator_sim=error",
+        // The operator commands print their answer and any error themselves; RUST_LOG still
+        // turns logs on.
+        Command::Fire(_)
+        | Command::Status(_)
+        | Command::Pause(_)
+        | Command::Resume(_)
+        | Command::Plan(_) => "off",
+        _ => "info",
     });
     let result = match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Demo(args) => return run_demo(args),
         Command::CheckConfig { file } => return check_config(&file),
         Command::ProcessCluster(args) => return process_cluster::run(args),
+        Command::Fire(args) => return cli::exit(cli::fire::run(args)),
+        Command::Status(args) => return cli::exit(cli::status::run(args)),
+        Command::Pause(args) => return cli::exit(cli::pause::pause(args)),
+        Command::Resume(args) => return cli::exit(cli::pause::resume(args)),
+        Command::Plan(args) => return cli::exit(cli::plan::run(args)),
         Command::Healthcheck { url, timeout } => {
             return match rehydrator::healthcheck::check(&url, timeout) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -90,7 +90,7 @@ fn serve_status(
 }
 
 /// The cloud the rollout's actions launch and retire through, when any is configured.
-async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
+pub(crate) async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
     let rollout = settings
         .actions
         .values()
@@ -130,7 +130,7 @@ async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>>
     }
 }
 
-fn consul_config(settings: &Settings) -> anyhow::Result<ConsulConfig> {
+pub(crate) fn consul_config(settings: &Settings) -> anyhow::Result<ConsulConfig> {
     let c = &settings.consul;
     let mut cfg = ConsulConfig::with_address(&c.address)
         .with_context(|| format!("consul.address {:?}", c.address))?;

@@ -1,0 +1,161 @@
+//! The operator commands: `fire`, `status`, `pause`, `resume`, `plan`. Each reads the same
+//! configuration as `run` (`--config FILE`), or without one the consul CLI's environment
+//! (`CONSUL_HTTP_ADDR`, default `http://127.0.0.1:8500`, `CONSUL_HTTP_TOKEN`, ...) and
+//! `--cluster` (default `default`), and talks to Consul (and for `status`/`plan` the cloud)
+//! once, then exits.
+//!
+//! Exit status: 0 done; 2 bad input (a config file that does not load, a bad flag or
+//! environment variable, `plan` without a rollout configuration), as `check-config` does;
+//! 1 a runtime failure (Consul or the cloud unreachable or refusing).
+
+pub mod fire;
+pub mod pause;
+pub mod plan;
+pub mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use anyhow::Context as _;
+use rehydrator::consul::{Client, ConsulConfig};
+use rehydrator::status::Scope;
+use rehydrator_actors::ports::CloudPort;
+use rehydrator_actors::receipt::Keys;
+use rehydrator_config::Settings;
+
+/// The cluster name without `--config` or `--cluster`.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// Where a command finds Consul and the cluster: flags every command shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The TOML configuration `run` uses: cluster name, [consul], [cloud]. Without it, Consul
+    /// comes from the consul CLI's environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The cluster (the KV prefix rehydrator/<cluster>/). Default: `cluster.name` from
+    /// --config, else "default".
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+/// The input was wrong (exit 2), as opposed to the world failing (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// What a command works with once its target is resolved.
+pub struct Resolved {
+    /// The loaded configuration, when `--config` was given.
+    pub settings: Option<Settings>,
+    pub cluster: String,
+    pub consul: ConsulConfig,
+}
+
+impl Resolved {
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.cluster)
+    }
+
+    /// What `status` reports on.
+    pub fn scope(&self) -> Scope {
+        let mut scope = match &self.settings {
+            Some(s) => Scope::from_settings(s),
+            None => Scope::new(self.cluster.clone()),
+        };
+        scope.cluster = self.cluster.clone();
+        scope
+    }
+
+    /// The Consul client; must run inside an actix System.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.consul.clone())
+            .with_context(|| format!("building the Consul client for {}", self.consul.address))
+    }
+
+    /// The cloud `run` would use for this configuration: only a configuration with a rollout
+    /// (spin-up/spin-down actions) has one.
+    pub async fn cloud(&self) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
+        match &self.settings {
+            Some(s) => crate::run::cloud(s).await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// Loads `--config` (or reads the environment) and settles the cluster name.
+pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
+    let (settings, consul) = match &target.config {
+        Some(path) => {
+            let settings = rehydrator_config::load(path).map_err(|e| {
+                BadInput(format!(
+                    "{e}\n{} error(s); the configuration was not accepted.",
+                    e.errors.len()
+                ))
+            })?;
+            let consul = crate::run::consul_config(&settings)
+                .map_err(|e| BadInput(format!("{}: {e:#}", path.display())))?;
+            (Some(settings), consul)
+        }
+        None => {
+            let consul = ConsulConfig::from_env()
+                .map_err(|e| BadInput(format!("the Consul environment: {e}")))?;
+            (None, consul)
+        }
+    };
+    let cluster = target
+        .cluster
+        .clone()
+        .or_else(|| settings.as_ref().map(|s| s.cluster.name.clone()))
+        .unwrap_or_else(|| DEFAULT_CLUSTER.into());
+    if cluster.is_empty() || cluster.contains('/') {
+        return Err(BadInput(format!(
+            "--cluster: {cluster:?} cannot name a KV prefix (empty or with '/')"
+        )));
+    }
+    Ok(Resolved {
+        settings,
+        cluster,
+        consul,
+    })
+}
+
+/// Runs a command's body on an actix System (awc needs one) and turns its result into the
+/// exit status: 2 for bad input, 1 for anything else.
+pub fn exit<F>(body: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let system = actix_rt::System::new();
+    match system.block_on(body) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<BadInput>() {
+            Some(bad) => {
+                eprintln!("{bad}");
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// `who@host` for the pause key: the user and the machine that paused.
+pub fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
+}
