@@ -453,3 +453,69 @@ async fn outside_the_window_the_rollout_waits_and_says_when_the_next_opens() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn a_waiting_rollout_moves_when_its_window_opens() {
+    common::bounded_for(Duration::from_secs(150), async {
+        let rig = Rig::new("opens");
+        // The window opens at the start of a coming minute, 15 to 75 s from now, so the test
+        // sees the rollout wait first.
+        let now = jiff::Timestamp::now().as_second();
+        let mut opens = (now / 60 + 1) * 60;
+        if opens - now < 15 {
+            opens += 60;
+        }
+        let opens = jiff::Timestamp::from_second(opens).unwrap();
+        let hhmm = |t: jiff::Timestamp| {
+            let z = t.to_zoned(jiff::tz::TimeZone::UTC);
+            format!("{:02}:{:02}", z.hour(), z.minute())
+        };
+        let window = format!(
+            r#"windows = [{{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "{}", end = "{}", time_zone = "UTC" }}]"#,
+            hhmm(opens),
+            hhmm(opens + jiff::SignedDuration::from_mins(30))
+        );
+        let (tree, _) = rig.start("replica-1", &rig.config(&window, "", ""));
+        rig.post("/sim/images", json!({ "id": "image-b" })).await;
+        rig.parked(2).await;
+        let resp = rig
+            .http
+            .put(format!("{}/v1/event/fire/consul-rehydrate", rig.sim.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let expected = format!(
+            "outside the maintenance window; the next opens at {}",
+            opens.display_with_offset(jiff::tz::Offset::UTC)
+        );
+        let waiting = rig
+            .until("the rollout waiting for the window", |r| {
+                r.waiting.as_deref() == Some(expected.as_str())
+            })
+            .await;
+        assert!(waiting.launches.is_empty(), "{waiting:?}");
+
+        // The timer looks again each second; once the window opens the rollout goes through.
+        let done = common::eventually(
+            "the rollout completing after the window opened",
+            Duration::from_secs(140),
+            || async {
+                rig.rollout()
+                    .await
+                    .filter(|r| matches!(r.state, RolloutState::Completed { .. }))
+            },
+        )
+        .await;
+        let opened_ms = opens.as_millisecond() as u64;
+        assert_eq!(done.launches.len(), 3, "{done:?}");
+        assert!(
+            done.launches.iter().all(|l| l.at >= opened_ms),
+            "every launch inside the window (opened at {opened_ms}): {done:?}"
+        );
+        let (_, inv) = rig.get("/sim/invariants").await;
+        common::rollout::assert_clean(&inv, 3);
+        tree.shutdown().await;
+    })
+    .await;
+}

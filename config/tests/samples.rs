@@ -411,3 +411,16 @@ fn an_empty_status_listen_turns_the_endpoint_off() {
     assert_eq!(s.status.listen, None);
     assert!(s.to_toml().contains("listen = \"\""), "{}", s.to_toml());
 }
+
+#[test]
+fn windows_without_a_timer_on_the_rollout_are_refused() {
+    let path = sample("bad-window-without-timer.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let line = format!(
+        "{}: rollout.windows: a rollout waiting for a window resumes only when triggered: add a [[watch]] of type \"schedule\" for the spin-up/spin-down actions",
+        path.display()
+    );
+    assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    assert_eq!(err.errors.len(), 1, "{text}");
+}
