@@ -1,8 +1,8 @@
 //! The rollout's triggers end to end on the simulator: an `image` watch starts a rollout when a
 //! new image is registered (no `consul-rehydrate` event), two replicas polling it still run it
 //! once, and each step is posted to the `[notify]` webhook exactly once, with the bearer token;
-//! and a maintenance window that is closed now holds the rollout with the record saying when
-//! the next one opens.
+//! a maintenance window that is closed now holds the rollout with the record saying when the
+//! next one opens; and the `schedule` watch moves a waiting rollout once its window opens.
 #![allow(clippy::unwrap_used)]
 
 mod common;
