@@ -406,6 +406,15 @@ async fn status_shows_a_recorded_rollout_in_progress() {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+
+        // Without the file, --cluster finds the same record; with no cloud, the servers come
+        // from the catalog and are outdated against the active rollout's target.
+        let report = rig.status(&["--cluster", "roll"]).await;
+        assert_eq!(report.source, ServerSource::Catalog);
+        assert_eq!(report.rollout.map(|r| r.id), Some("r42".to_owned()));
+        assert!(report.servers.iter().all(|s| s.outdated == Some(true)));
+        let other = rig.status(&["--cluster", "elsewhere"]).await;
+        assert!(other.rollout.is_none());
     })
     .await;
 }
