@@ -227,6 +227,7 @@ mod tests {
                 replica: "demo-2".into(),
                 action: "spin-down".into(),
             }),
+            cloud_actions: 3,
         }
     }
 

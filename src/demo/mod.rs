@@ -27,7 +27,7 @@ use awc::http::Method;
 use rehydrator_actors::plan::RolloutState;
 use rehydrator_sim::SimConfig;
 use serde_json::json;
-use tracing::{info, info_span, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 use self::chaos::ChaosPlan;
 use self::display::{Context, Display};
@@ -60,6 +60,9 @@ const READY_BOUND: Duration = Duration::from_secs(30);
 const ROLLOUT_BOUND: Duration = Duration::from_secs(150);
 /// How often the display is refreshed (and the chaos kill looks for a lock holder).
 const TICK: Duration = Duration::from_millis(100);
+/// How long reads may keep failing before the demo gives up: a read in a leaderless moment
+/// (an election takes 0.2 s here) fails as Consul's would, and is simply retried.
+const READ_OUTAGE: Duration = Duration::from_secs(10);
 
 /// What `rehydrator demo` was asked for.
 #[derive(Debug, Clone)]
@@ -272,7 +275,7 @@ async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
     }
     let mut run = Run {
         opts,
-        probe: Probe::new(url, CLUSTER),
+        probe: Probe::new(url, CLUSTER)?,
         replicas,
         display,
         logs,
@@ -451,9 +454,24 @@ impl Run<'_> {
                 .chaos
                 .map_or_else(String::new, |s| format!(", chaos (seed {s})"))
         );
+        let mut failing_since: Option<Instant> = None;
         loop {
             self.check_replicas()?;
-            let o = self.probe.observe().await?;
+            let o = match self.probe.observe().await {
+                Ok(o) => {
+                    failing_since = None;
+                    o
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > READ_OUTAGE {
+                        return Err(e.into());
+                    }
+                    debug!(error = %e, "A read failed; trying again.");
+                    actix_rt::time::sleep(TICK).await;
+                    continue;
+                }
+            };
             let ended = match o.rollout.as_ref().map(|r| &r.state) {
                 Some(RolloutState::Completed { at }) => Some(*at),
                 Some(RolloutState::Stopped { at, .. }) => Some(*at),
@@ -515,15 +533,16 @@ impl Run<'_> {
         match &mut self.chaos {
             Chaos::Off | Chaos::Done => Ok(()),
             Chaos::Armed { plan, reached } => {
-                if reached.is_none() && o.cloud_actions() >= plan.after_actions {
+                if reached.is_none() && o.cloud_actions >= plan.after_actions {
                     *reached = Some(Instant::now());
                 }
                 let due = reached.is_some_and(|r| r.elapsed() >= plan.jitter);
                 if !due {
                     return Ok(());
                 }
-                // A fresh read: the holder must be the one killed, not the one a tick ago.
-                let Some(holder) = self.probe.step_lock().await? else {
+                // A fresh read: the holder must be the one killed, not the one a tick ago. A
+                // failed read (a leaderless moment) just means trying at the next tick.
+                let Some(holder) = self.probe.step_lock().await.ok().flatten() else {
                     return Ok(());
                 };
                 let at = Instant::now();
@@ -542,10 +561,14 @@ impl Run<'_> {
                     self.fired.elapsed().as_secs_f64(),
                     holder.replica,
                     holder.action,
-                    o.cloud_actions()
+                    o.cloud_actions
                 ));
-                let still = self.probe.step_lock().await?;
-                if still.as_ref().is_some_and(|h| h.session == holder.session) {
+                // Unreadable counts as still held: a dead process cannot release it.
+                let released = match self.probe.step_lock().await {
+                    Ok(still) => still.map_or(true, |h| h.session != holder.session),
+                    Err(_) => false,
+                };
+                if !released {
                     self.chaos = Chaos::Killed {
                         victim: holder.replica,
                         session: holder.session,

@@ -1,6 +1,8 @@
-//! What the demo reads while the rollout runs: the simulator's servers, invariants and event
-//! log (its `/sim` control API), and from Consul's KV the rollout record, the `step` lock's
-//! holder and the replicas' sessions — all over HTTP, as any client of the simulator would.
+//! What the demo reads while the rollout runs, over HTTP as any client of the simulator would:
+//! the cluster's status through the same model `rehydrator status` and `/v1/status` use
+//! (`status::gather`: servers, autopilot, the rollout record, the lock holders), and from the
+//! simulator's `/sim` control API what only the simulator knows: retired machines, launch
+//! tokens, the invariants and the event log.
 
 use std::time::Duration;
 
@@ -10,6 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::timeline::Event;
+use crate::cloud::SimCloud;
+use crate::consul::{Client, ConsulConfig};
+use crate::status::{self, Scope, ServerStatus, StatusError, StatusReport};
 
 /// Why a read of the simulator failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +25,10 @@ pub enum ObserveError {
     Status { path: String, status: u16 },
     #[error("{path}: unexpected answer: {reason}")]
     Decode { path: String, reason: String },
+    #[error("the cluster's status: {0}")]
+    Report(#[from] StatusError),
+    #[error("the Consul client or the simulated cloud for {address}: {reason}")]
+    Setup { address: String, reason: String },
 }
 
 /// One server as `/sim/servers` shows it (the fields the demo uses).
@@ -35,6 +44,25 @@ pub struct ServerRow {
 }
 
 impl ServerRow {
+    /// A live server as the status model shows it.
+    pub fn from_status(s: &ServerStatus) -> Self {
+        Self {
+            name: s.node.clone(),
+            image: s.image.clone().unwrap_or_else(|| "?".into()),
+            // The cloud port's words for a machine, in the simulator's.
+            machine: match s.machine_state.as_deref() {
+                Some("pending") => "booting",
+                Some("stopping") => "stopped",
+                _ => "running",
+            }
+            .into(),
+            in_raft: s.in_raft,
+            voter: s.voter,
+            leader: s.leader,
+            token: None,
+        }
+    }
+
     pub fn terminated(&self) -> bool {
         self.machine == "terminated"
     }
@@ -64,18 +92,43 @@ pub struct LockHolder {
 /// One look at everything the progress display shows.
 #[derive(Debug, Clone)]
 pub struct Observation {
+    /// The live servers (from the status model), then the retired ones.
     pub servers: Vec<ServerRow>,
     pub leader: Option<String>,
     pub failure_tolerance: Option<u64>,
     pub rollout: Option<Rollout>,
     pub lock: Option<LockHolder>,
+    /// Launches and retirements the cloud has done so far, by the simulator's record.
+    pub cloud_actions: usize,
 }
 
 impl Observation {
-    /// Launches and retirements the cloud has done so far, by the simulator's record.
-    pub fn cloud_actions(&self) -> usize {
-        self.servers.iter().filter(|s| s.token.is_some()).count()
-            + self.servers.iter().filter(|s| s.terminated()).count()
+    /// The display's view of a status report, completed with the simulator's machines (the
+    /// report lists live ones only, and no launch tokens).
+    pub fn from_report(report: &StatusReport, machines: &[ServerRow]) -> Self {
+        let mut servers: Vec<ServerRow> =
+            report.servers.iter().map(ServerRow::from_status).collect();
+        servers.extend(machines.iter().filter(|m| m.terminated()).cloned());
+        let lock = report
+            .locks
+            .iter()
+            .find(|l| l.name == "step")
+            .and_then(|l| {
+                Some(LockHolder {
+                    session: l.session.clone()?,
+                    replica: l.replica.clone().unwrap_or_else(|| "?".into()),
+                    action: l.action.clone().unwrap_or_else(|| "?".into()),
+                })
+            });
+        Self {
+            servers,
+            leader: report.leader.clone(),
+            failure_tolerance: Some(u64::from(report.failure_tolerance)),
+            rollout: report.rollout.clone(),
+            lock,
+            cloud_actions: machines.iter().filter(|s| s.token.is_some()).count()
+                + machines.iter().filter(|s| s.terminated()).count(),
+        }
     }
 }
 
@@ -84,17 +137,30 @@ pub struct Probe {
     http: awc::Client,
     base: String,
     cluster: String,
+    consul: Client,
+    cloud: SimCloud,
 }
 
 impl Probe {
-    pub fn new(base: String, cluster: &str) -> Self {
-        Self {
+    /// Must run inside an actix System (the clients are awc's).
+    pub fn new(base: String, cluster: &str) -> Result<Self, ObserveError> {
+        let setup = |reason: String| ObserveError::Setup {
+            address: base.clone(),
+            reason,
+        };
+        let consul = ConsulConfig::with_address(&base)
+            .and_then(Client::new)
+            .map_err(|e| setup(e.to_string()))?;
+        let cloud = SimCloud::new(&base).map_err(|e| setup(e.to_string()))?;
+        Ok(Self {
             http: awc::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .finish(),
             base,
             cluster: cluster.to_owned(),
-        }
+            consul,
+            cloud,
+        })
     }
 
     /// GET `path`: Ok(None) on 404, the body otherwise.
@@ -206,22 +272,6 @@ impl Probe {
         Ok(Some((value, entry["Session"].as_str().map(str::to_owned))))
     }
 
-    /// The rollout record, once one is written.
-    pub async fn rollout(&self) -> Result<Option<Rollout>, ObserveError> {
-        let key = format!("rehydrator/{}/rollout", self.cluster);
-        match self.kv(&key).await? {
-            None => Ok(None),
-            Some((value, _)) => {
-                serde_json::from_slice(&value)
-                    .map(Some)
-                    .map_err(|e| ObserveError::Decode {
-                        path: key,
-                        reason: e.to_string(),
-                    })
-            }
-        }
-    }
-
     /// The `step` lock's holder while a session holds it.
     pub async fn step_lock(&self) -> Result<Option<LockHolder>, ObserveError> {
         let key = format!("rehydrator/{}/locks/step", self.cluster);
@@ -255,14 +305,11 @@ impl Probe {
 
     /// Everything the progress display shows, read now.
     pub async fn observe(&self) -> Result<Observation, ObserveError> {
-        let servers = self.servers().await?;
-        let inv = self.invariants().await?;
-        Ok(Observation {
-            servers,
-            leader: inv["leader"].as_str().map(str::to_owned),
-            failure_tolerance: inv["failure_tolerance"].as_u64(),
-            rollout: self.rollout().await?,
-            lock: self.step_lock().await?,
-        })
+        let mut scope = Scope::new(self.cluster.clone());
+        // The display shows no receipts.
+        scope.receipts = 0;
+        let report = status::gather(&self.consul, Some(&self.cloud), &scope).await?;
+        let machines = self.servers().await?;
+        Ok(Observation::from_report(&report, &machines))
     }
 }
