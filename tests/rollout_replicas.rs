@@ -288,6 +288,25 @@ impl Rig {
                 .count()
     }
 
+    /// `rehydrator_takeovers_total{lock="step"}` from `replica`'s status endpoint.
+    async fn takeovers(&self, replica: &Replica) -> f64 {
+        let url = common::endpoint::endpoint_url(&replica.log_text())
+            .unwrap_or_else(|| panic!("{} logged no status endpoint", replica.name));
+        let mut resp = self
+            .http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{url}/metrics");
+        let body = resp.body().limit(16 << 20).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"rehydrator_takeovers_total{lock="step"} "#))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no step takeovers series in:\n{text}"))
+    }
+
     fn logs(&self) -> String {
         self.replicas
             .iter()
@@ -512,6 +531,19 @@ async fn rollout_with_the_holder_killed(seed: u64) {
         let record = rig.await_completed(KILLED_ROLLOUT_BOUND).await;
         let took = fired.elapsed();
         rig.assert_rolled_out(&record).await;
+        // The survivors' /metrics count the takeover: a replica that took the lock for the
+        // very job the dead holder was running found no receipt and ran it itself.
+        let mut takeovers = HashMap::new();
+        for r in rig.replicas.iter().filter(|r| r.name != victim_name) {
+            takeovers.insert(r.name.clone(), rig.takeovers(r).await);
+        }
+        if next["action"] == holder["action"] && next["trigger_id"] == holder["trigger_id"] {
+            assert!(
+                takeovers[&next_name] >= 1.0,
+                "{next_name} took over {}'s job but counts no takeover: {takeovers:?}",
+                victim_name
+            );
+        }
         let servers = rig.servers().await;
         let launched: HashSet<&str> = servers
             .iter()
@@ -556,7 +588,8 @@ async fn rollout_with_the_holder_killed(seed: u64) {
             "seed {seed}: killed {victim_name} after {done_before} cloud actions (aimed at \
              {after} + {jitter:.0?}) while it ran {} for {}; {next_name} took the step lock \
              {takeover:.1?} later (bound 2×TTL + lock-delay = {:?}); rollout completed in \
-             {took:.1?}; the record lists {}/{SERVERS} launches and {}/{SERVERS} retirements",
+             {took:.1?}; the record lists {}/{SERVERS} launches and {}/{SERVERS} retirements; \
+             takeovers counted: {takeovers:?}",
             holder["action"],
             holder["trigger_id"],
             2 * TTL + LOCK_DELAY,

@@ -572,8 +572,9 @@ async fn run_job_inner(
     }))
     .unwrap_or_default();
     let mut waits = 0u32;
-    // Whether another replica held the lock for this very job while we waited: if we then
-    // get the lock and find no receipt, we are taking the job over from it.
+    // Whether another replica held the lock for this very job while we waited (or its dead
+    // session left the lock naming it): if we then get the lock and find no receipt, we are
+    // taking the job over from it.
     let mut holder_had_it = false;
     let session = loop {
         let grant = env
@@ -602,6 +603,12 @@ async fn run_job_inner(
                 .kv_get(&lock_key, current.index, env.settings.receipt_wait)
                 .await?;
         } else {
+            // Free but refused is lock-delay, which follows a session's invalidation: if the
+            // lock still names this job, its holder died with it unfinished.
+            holder_had_it |= current
+                .value
+                .as_ref()
+                .is_some_and(|e| holds_job(&e.value, t));
             waits += 1;
             let pause = backoff::delay(
                 waits.min(6),
