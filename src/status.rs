@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
+use futures_util::future::{join_all, try_join, try_join5};
 use rehydrator_actors::plan::{self, Rollout, RolloutState, Snapshot};
 use rehydrator_actors::ports::{
     CloudPort, ClusterHealth, ConsulPort, Image, Machine, MachineState, PortError,
@@ -211,10 +212,16 @@ pub enum StatusError {
     },
     /// The same, through the actors' port.
     #[error("reading {what}: {error}")]
-    Port { what: &'static str, error: PortError },
+    Port {
+        what: &'static str,
+        error: PortError,
+    },
     /// The cloud did not answer.
     #[error("asking the cloud for {what}: {error}")]
-    Cloud { what: &'static str, error: PortError },
+    Cloud {
+        what: &'static str,
+        error: PortError,
+    },
 }
 
 impl StatusError {
@@ -226,6 +233,13 @@ impl StatusError {
             StatusError::Cloud { .. } => "cloud",
         }
     }
+}
+
+/// The servers as their source lists them, before the join.
+enum Servers {
+    Cloud(Vec<Machine>, Option<Image>),
+    /// Node name and its `image` node meta.
+    Catalog(Vec<(String, Option<String>)>),
 }
 
 fn consul(what: &'static str) -> impl FnOnce(ConsulError) -> StatusError {
@@ -245,19 +259,84 @@ pub async fn gather(
     let opts = QueryOptions::default();
     let mut warnings = Vec::new();
 
-    let health = ConsulAdapter::new(consul_client.clone(), WatchPolicy::default())
-        .autopilot_health()
+    // The reads do not depend on one another: in flight together, a report costs the slowest
+    // of them (a cloud API call, typically) rather than their sum.
+    let adapter = ConsulAdapter::new(consul_client.clone(), WatchPolicy::default());
+    let health = async {
+        adapter
+            .autopilot_health()
+            .await
+            .map_err(|error| StatusError::Port {
+                what: "autopilot health",
+                error,
+            })
+    };
+    let (rollout_key, pause_key) = (keys.rollout(), keys.pause());
+    let rollout_entry = async {
+        let got = consul_client.kv_get(&rollout_key, &opts).await;
+        got.map(|i| i.value).map_err(consul("the rollout record"))
+    };
+    let pause_entry = async {
+        let got = consul_client.kv_get(&pause_key, &opts).await;
+        got.map(|i| i.value).map_err(consul("the pause key"))
+    };
+    let (locks_prefix, receipts_prefix) = (
+        format!("rehydrator/{}/locks/", scope.cluster),
+        format!("rehydrator/{}/receipts/", scope.cluster),
+    );
+    let lists = async {
+        try_join(
+            async {
+                let got = consul_client.kv_list(&locks_prefix, &opts).await;
+                got.map(|i| i.value).map_err(consul("the locks"))
+            },
+            async {
+                let got = consul_client.kv_list(&receipts_prefix, &opts).await;
+                got.map(|i| i.value).map_err(consul("the receipts"))
+            },
+        )
         .await
-        .map_err(|error| StatusError::Port {
-            what: "autopilot health",
-            error,
-        })?;
+    };
+    let servers_read = async {
+        match cloud {
+            Some(cloud) => {
+                let machines = async {
+                    cloud.machines().await.map_err(|error| StatusError::Cloud {
+                        what: "the machines",
+                        error,
+                    })
+                };
+                let newest = async {
+                    cloud
+                        .newest_image()
+                        .await
+                        .map_err(|error| StatusError::Cloud {
+                            what: "the newest image",
+                            error,
+                        })
+                };
+                let (machines, newest) = try_join(machines, newest).await?;
+                Ok(Servers::Cloud(machines, newest))
+            }
+            None => {
+                let got = consul_client
+                    .catalog_service(&scope.service, None, &opts)
+                    .await;
+                let nodes = got
+                    .map(|i| i.value)
+                    .map_err(consul("the servers' catalog service"))?;
+                Ok(Servers::Catalog(
+                    nodes
+                        .into_iter()
+                        .map(|n| (n.node, n.node_meta.get("image").cloned()))
+                        .collect(),
+                ))
+            }
+        }
+    };
+    let (health, rollout_entry, pause_entry, (lock_entries, receipt_entries), servers_read) =
+        try_join5(health, rollout_entry, pause_entry, lists, servers_read).await?;
 
-    let rollout_entry = consul_client
-        .kv_get(&keys.rollout(), &opts)
-        .await
-        .map_err(consul("the rollout record"))?
-        .value;
     let rollout = rollout_entry.and_then(|e| match serde_json::from_slice::<Rollout>(&e.value) {
         Ok(r) => Some(r),
         Err(err) => {
@@ -268,45 +347,16 @@ pub async fn gather(
             None
         }
     });
-
-    let pause_entry = consul_client
-        .kv_get(&keys.pause(), &opts)
-        .await
-        .map_err(consul("the pause key"))?
-        .value;
     let pause = pause_entry.map(|e| parse_pause(&e.value));
 
     let now = now_ms();
-    let (source, servers, newest_image) = match cloud {
-        Some(cloud) => {
-            let machines = cloud
-                .machines()
-                .await
-                .map_err(|error| StatusError::Cloud {
-                    what: "the machines",
-                    error,
-                })?;
-            let newest = cloud
-                .newest_image()
-                .await
-                .map_err(|error| StatusError::Cloud {
-                    what: "the newest image",
-                    error,
-                })?;
+    let (source, servers, newest_image) = match servers_read {
+        Servers::Cloud(machines, newest) => {
             let reference = newest.as_ref().map(|i| i.id.clone());
             let servers = join_cloud(machines, &health, reference.as_deref(), now);
             (ServerSource::Cloud, servers, newest.map(ImageInfo::from))
         }
-        None => {
-            let nodes = consul_client
-                .catalog_service(&scope.service, None, &opts)
-                .await
-                .map_err(consul("the servers' catalog service"))?
-                .value;
-            let images: Vec<(String, Option<String>)> = nodes
-                .into_iter()
-                .map(|n| (n.node, n.node_meta.get("image").cloned()))
-                .collect();
+        Servers::Catalog(images) => {
             let reference = rollout
                 .as_ref()
                 .filter(|r| r.is_active())
@@ -316,35 +366,32 @@ pub async fn gather(
         }
     };
 
-    let lock_entries = consul_client
-        .kv_list(&format!("rehydrator/{}/locks/", scope.cluster), &opts)
-        .await
-        .map_err(consul("the locks"))?
-        .value;
-    let mut locks = Vec::new();
-    for entry in lock_entries {
-        let session = match &entry.session {
-            Some(id) => match consul_client.session_info(id, &opts).await {
-                Ok(found) => found.value,
-                Err(e) => {
-                    warnings.push(format!("session {id} of lock {}: {e}", entry.key));
-                    None
-                }
-            },
-            None => None,
+    // Each held lock's session, for its Name and Node; a session gone since the list is a
+    // warning, not a failure.
+    let sessions = join_all(lock_entries.iter().map(|entry| async {
+        let Some(id) = &entry.session else {
+            return Ok(None);
         };
+        consul_client
+            .session_info(id, &opts)
+            .await
+            .map(|found| found.value)
+            .map_err(|e| format!("session {id} of lock {}: {e}", entry.key))
+    }))
+    .await;
+    let mut locks = Vec::new();
+    for (entry, session) in lock_entries.iter().zip(sessions) {
+        let session = session.unwrap_or_else(|warning| {
+            warnings.push(warning);
+            None
+        });
         locks.push(lock_status(
             &scope.cluster,
-            &entry,
+            entry,
             session.as_ref().map(|s| (s.name.as_str(), s.node.as_str())),
         ));
     }
 
-    let receipt_entries = consul_client
-        .kv_list(&format!("rehydrator/{}/receipts/", scope.cluster), &opts)
-        .await
-        .map_err(consul("the receipts"))?
-        .value;
     let (receipts, undecodable) = latest_receipts(&receipt_entries, scope.receipts);
     if undecodable > 0 {
         warnings.push(format!("{undecodable} receipt(s) do not decode"));
