@@ -388,45 +388,11 @@ impl Rig {
     /// What every finished rollout of the cluster must show, by the simulator's record.
     async fn assert_rolled_out(&self, record: &Value) {
         assert_eq!(record["target_image"], "image-b", "{record:#}");
+        // Every live server on image-b and voting, exactly SERVERS launches (no token used
+        // twice, so no two machines from one launch) and SERVERS retirements: the demo's check.
         let servers = self.servers().await;
-        let live: Vec<&Value> = servers
-            .iter()
-            .filter(|s| s["machine"] != "terminated")
-            .collect();
-        assert_eq!(live.len(), SERVERS, "{servers:#?}");
-        assert!(
-            live.iter()
-                .all(|s| s["image"] == "image-b" && s["voter"] == true),
-            "every live server on image-b and a voter: {servers:#?}"
-        );
-        let tokens: Vec<&str> = servers.iter().filter_map(|s| s["token"].as_str()).collect();
-        assert_eq!(
-            tokens.len(),
-            SERVERS,
-            "exactly {SERVERS} launches: {servers:#?}"
-        );
-        let distinct: HashSet<&str> = tokens.iter().copied().collect();
-        assert_eq!(distinct.len(), tokens.len(), "a launch token used twice");
-        let mut live_by_token: HashMap<&str, usize> = HashMap::new();
-        for s in &live {
-            if let Some(t) = s["token"].as_str() {
-                *live_by_token.entry(t).or_default() += 1;
-            }
-        }
-        assert!(
-            live_by_token.values().all(|&n| n == 1),
-            "two live servers from one launch: {live_by_token:?}"
-        );
-        let terminated = servers
-            .iter()
-            .filter(|s| s["machine"] == "terminated")
-            .count();
-        assert_eq!(terminated, SERVERS, "exactly {SERVERS} retirements");
-        let originals_left = servers
-            .iter()
-            .filter(|s| s["image"] == "image-a" && s["machine"] != "terminated")
-            .count();
-        assert_eq!(originals_left, 0);
+        let broken = rehydrator::demo::verdict::check_servers(&servers, SERVERS, "image-b");
+        assert!(broken.is_empty(), "{broken:?}: {servers:#?}");
 
         common::rollout::assert_clean(&self.send("GET", "/sim/invariants", None).await, SERVERS);
     }
