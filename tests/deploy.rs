@@ -124,7 +124,8 @@ const IMPLIED: &[(&str, &str)] = &[
     ),
     (
         "iam:PassRole",
-        "RunInstances from a launch template with an instance profile passes that role",
+        "RunInstances from a launch template with an instance profile passes that role, and \
+         StartTask passes the Consul task definition's roles",
     ),
 ];
 
@@ -315,6 +316,11 @@ fn task_role_statements(t: &Yaml) -> Vec<Yaml> {
     let mut out = Vec::new();
     for p in policies {
         for s in p["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+            // `!If [condition, statement, !Ref AWS::NoValue]`: the statement when it applies.
+            let s = match s {
+                Yaml::Tagged(t) if t.tag == "If" => &t.value[1],
+                s => s,
+            };
             assert_eq!(s["Effect"], "Allow", "the task role only allows: {s:?}");
             out.push(s.clone());
         }
@@ -416,16 +422,20 @@ fn the_task_role_is_scoped_by_the_cluster_tag() {
             "{s:?}"
         );
     }
-    // Only the Consul servers' role, only to EC2.
-    for s in with("iam:PassRole") {
-        assert!(
-            matches!(&s["Resource"], Yaml::Tagged(t) if t.tag == "Ref" && t.value == "ConsulServerRoleArn"),
-            "{s:?}"
-        );
-        assert_eq!(
-            s["Condition"]["StringEquals"]["iam:PassedToService"],
-            "ec2.amazonaws.com"
-        );
+    // Only the Consul servers' instance role, to EC2, and the Consul task's roles, to ECS.
+    let passes = with("iam:PassRole");
+    assert_eq!(passes.len(), 2, "{passes:?}");
+    for s in passes {
+        let to = match &s["Resource"] {
+            Yaml::Tagged(t) if t.tag == "Ref" && t.value == "ConsulServerRoleArn" => {
+                "ec2.amazonaws.com"
+            }
+            Yaml::Tagged(t) if t.tag == "Ref" && t.value == "ConsulTaskRoleArns" => {
+                "ecs-tasks.amazonaws.com"
+            }
+            other => panic!("iam:PassRole on {other:?}"),
+        };
+        assert_eq!(s["Condition"]["StringEquals"]["iam:PassedToService"], to);
     }
     // `Resource: "*"` only for read-only calls, or under a condition.
     for s in &statements {
