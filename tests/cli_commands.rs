@@ -380,7 +380,7 @@ async fn status_shows_a_recorded_rollout_in_progress() {
         rig.register_image("image-b").await;
         let record = json!({
             "id": "r42", "target_image": "image-b", "started_at": 1_700_000_000_000u64,
-            "baseline_tolerance": 1, "state": {"state": "active"},
+            "baseline_tolerance": 1, "state": "active",
             "launches": [{"machine": "consul-server-9", "at": 1_700_000_001_000u64, "token": "r42-o3-n3"}],
             "retirements": [],
             "waiting": "new server consul-server-9 is not yet a stable voter"

@@ -369,7 +369,7 @@ impl Rig {
         let start = Instant::now();
         loop {
             if let Some(r) = self.rollout().await {
-                match r["state"]["state"].as_str() {
+                match r["state"].as_str() {
                     Some("completed") => return r,
                     Some("stopped") => panic!("the rollout stopped: {r:#}\n{}", self.logs()),
                     _ => {}
@@ -471,7 +471,7 @@ async fn rollout_with_the_holder_killed(seed: u64) {
         assert!(
             rig.rollout()
                 .await
-                .map_or(true, |r| r["state"]["state"] != "completed"),
+                .map_or(true, |r| r["state"] != "completed"),
             "the rollout completed before the kill"
         );
 

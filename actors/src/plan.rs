@@ -34,6 +34,8 @@ pub struct Rollout {
     pub started_at: u64,
     /// Autopilot's failure tolerance when it started: no step may begin below it.
     pub baseline_tolerance: u32,
+    /// Flattened: the record reads `"state": "completed", "at": …` rather than a nested object.
+    #[serde(flatten)]
     pub state: RolloutState,
     pub launches: Vec<StepRecord>,
     pub retirements: Vec<StepRecord>,
@@ -802,5 +804,28 @@ mod tests {
         twice.retirements.push(r.retiring.clone().unwrap());
         missed_steps(&twice, &[]).apply(&mut twice);
         assert_eq!(twice.retirements.len(), 1);
+    }
+
+    #[test]
+    fn the_record_keeps_its_state_at_the_top_level() {
+        let mut r = rollout("B");
+        r.state = RolloutState::Stopped {
+            at: 7,
+            reason: "no".into(),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["state"], "stopped");
+        assert_eq!(
+            (json["at"].as_u64(), json["reason"].as_str()),
+            (Some(7), Some("no"))
+        );
+        assert_eq!(serde_json::from_value::<Rollout>(json).unwrap(), r);
+        let active = serde_json::json!({
+            "id": "r1", "target_image": "B", "started_at": 0, "baseline_tolerance": 1,
+            "state": "active", "launches": [], "retirements": []
+        });
+        assert!(serde_json::from_value::<Rollout>(active)
+            .unwrap()
+            .is_active());
     }
 }

@@ -216,7 +216,7 @@ mod tests {
             rollout: Some(
                 serde_json::from_value::<Rollout>(serde_json::json!({
                     "id": "r1", "target_image": "image-b", "started_at": 0,
-                    "baseline_tolerance": 1, "state": {"state": "active"},
+                    "baseline_tolerance": 1, "state": "active",
                     "launches": [], "retirements": [],
                     "waiting": "new server consul-server-5 is joining"
                 }))
