@@ -35,4 +35,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
     { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends chromium; }
 fi
 
+# The process backend's tests need a real Consul; without CONSUL_BIN they pass without running
+# (cargo hides what a passing test prints), so say it here where CI's log shows it.
+if [ -z "${CONSUL_BIN:-}" ]; then
+  echo "note: CONSUL_BIN is not set: tests/cloud_process.rs' real-Consul tests are skipped" \
+    "(point CONSUL_BIN at a consul binary to run them)."
+fi
+
 cargo test --workspace --locked "$@"
