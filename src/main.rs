@@ -114,13 +114,13 @@ fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let json = std::env::var("REHYDRATOR_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // JSON logs are for a container's log driver, which reads stdout (one document a line);
+    // human logs stay on stderr, off the commands' output.
     if json {
-        builder.json().init();
+        builder.json().with_writer(std::io::stdout).init();
     } else {
-        builder.init();
+        builder.with_writer(std::io::stderr).init();
     }
 }
 

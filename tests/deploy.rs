@@ -795,7 +795,7 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
                 .env_clear()
                 .env("PATH", path)
                 .envs(env)
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
@@ -821,23 +821,29 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
             let stopped = Instant::now();
             let status = wait_bounded(&mut child, Duration::from_secs(30));
             let took = stopped.elapsed();
-            let mut err = String::new();
-            let mut reader = BufReader::new(child.stderr.take().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                err.push_str(&line);
-                line.clear();
-            }
-            (healthy, status, took, err)
+            let read_all = |stream: Box<dyn std::io::Read>| {
+                let mut text = String::new();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    text.push_str(&line);
+                    line.clear();
+                }
+                text
+            };
+            let logs = read_all(Box::new(child.stdout.take().unwrap()));
+            let err = read_all(Box::new(child.stderr.take().unwrap()));
+            let both = format!("{err}{logs}");
+            (healthy, status, took, logs, both)
         })
         .await
         .unwrap();
-        let (healthy, status, took, err) = outcome;
+        let (healthy, status, took, logs, err) = outcome;
         assert!(healthy, "the task never passed its health check:\n{err}");
         assert!(status.success(), "exit after SIGTERM: {status}\n{err}");
         assert!(took < Duration::from_secs(30), "stopped in {took:?}");
-        // JSON lines, as CloudWatch gets them.
-        let first = err
+        // JSON lines on stdout, as the awslogs driver gets them.
+        let first = logs
             .lines()
             .find(|l| !l.trim().is_empty())
             .unwrap_or_default();
