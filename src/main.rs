@@ -108,6 +108,14 @@ struct DemoArgs {
     /// Where to write the timeline picture (SVG).
     #[arg(long, default_value = "rehydrator-demo.svg")]
     timeline: PathBuf,
+    /// Wait this long after the replicas are ready before firing the rollout (time to open a
+    /// dashboard), e.g. `10s`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    fire_after: std::time::Duration,
+    /// After the rollout, keep the simulator and the replicas (and their dashboards) running
+    /// until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    linger: bool,
 }
 
 fn init_tracing(default: &str) {
@@ -229,8 +237,30 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM, whichever comes first. Both are caught from this call on, so
+/// one arriving while the demo starts its replicas still stops them; must run in the runtime.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}
+
 /// `rehydrator demo`: exit 0 only if every invariant held; 1 naming the first broken one (or
-/// the demo's own failure); 2 for bad flags; 130 on Ctrl-C (the replicas are killed first).
+/// the demo's own failure); 2 for bad flags; 130 on Ctrl-C or SIGTERM during the rollout (the
+/// replicas are killed first). While `--linger`ing, either ends the demo with its verdict.
 fn run_demo(args: DemoArgs) -> ExitCode {
     use clap::CommandFactory;
     use std::io::IsTerminal;
@@ -257,13 +287,16 @@ fn run_demo(args: DemoArgs) -> ExitCode {
         timeline: args.timeline,
         exe,
         tty: std::io::stdout().is_terminal(),
+        fire_after: args.fire_after,
+        linger: args.linger,
     };
     let system = actix_rt::System::new();
-    // On Ctrl-C the demo's future is dropped, and with it the replicas (killed and reaped).
+    // On Ctrl-C or SIGTERM the demo kills and reaps its replicas and stops the simulator;
+    // during the rollout that is an interruption, while lingering the verdict stands.
     let result = system.block_on(async move {
-        tokio::select! {
-            r = rehydrator::demo::run(options) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
+        match rehydrator::demo::run(options, stop_signal()).await {
+            Err(rehydrator::demo::DemoError::Interrupted) => None,
+            r => Some(r),
         }
     });
     match result {

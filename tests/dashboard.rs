@@ -1,6 +1,9 @@
-//! The dashboard in headless Chromium against a running rollout: the page a real replica
-//! serves at `/` loads, shows the servers on the old image, and, in the same page session
-//! (no reload), follows the rollout until every server shows the new image.
+//! The dashboard in headless Chromium against a running demo, as a user would look at it: the
+//! real binary's `rehydrator demo --fire-after … --linger` is started, a dashboard URL is read
+//! from the line it prints ("dashboards: http://127.0.0.1:PORT/ (demo-1) …"), and the page
+//! loads, shows the servers on the old image, and, in the same page session (no reload),
+//! follows the rollout until every server shows the new image and the rollout is completed.
+//! Then the lingering demo is stopped with SIGINT, and none of its replicas may survive it.
 //!
 //! Chromium is driven over the DevTools protocol: started with `--remote-debugging-port=0`,
 //! its port read from `DevToolsActivePort` in a fresh profile directory, the page's target
@@ -12,18 +15,32 @@
 
 mod common;
 
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use awc::error::WsProtocolError;
 use awc::ws;
-use common::endpoint::{scratch, Proc, Rig, NEW_IMAGE, OLD_IMAGE, ROLLOUT_BOUND, SERVERS};
+use common::endpoint::{scratch, Proc, NEW_IMAGE, OLD_IMAGE};
 use common::{bounded_for, eventually};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 
 const TEST_BOUND: Duration = Duration::from_secs(150);
+/// The demo's cluster here (`--servers`), and its replicas (`--replicas`).
+const SERVERS: usize = 3;
+const REPLICAS: usize = 3;
+/// Time, once the replicas are ready, for Chromium to start and the page to show the servers
+/// before the rollout is fired (`--fire-after`); the first view must still say "none".
+const FIRE_AFTER: &str = "8s";
+/// From the first view to the dashboard showing the rollout complete: the wait above, then
+/// 3 × (boot 0.5 s + stabilization 1.5 s) and the steps, on a machine busy with other builds.
+const ROLLOUT_BOUND: Duration = Duration::from_secs(90);
+/// How long the demo may take to stop its replicas and itself after SIGINT.
+const STOP_BOUND: Duration = Duration::from_secs(20);
 
 /// Where Chromium is: `$CHROMIUM`, else the Debian package's path, else `chromium` on PATH.
 fn chromium() -> PathBuf {
@@ -258,12 +275,202 @@ impl View {
     }
 }
 
+/// `rehydrator demo`, in its own process group (it and its replicas are SIGKILLed if the test
+/// ends first, pass or panic), its stdout collected line by line as it comes.
+struct Demo {
+    proc: Proc,
+    out: Arc<Mutex<String>>,
+    dir: PathBuf,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // `proc` is killed (with its group) after this body runs.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Self {
+        let dir = scratch("dashboard-demo");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+            .arg("demo")
+            .args(args)
+            .arg("--timeline")
+            .arg(dir.join("timeline.svg"))
+            .current_dir(&dir)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("demo.stderr")).unwrap())
+            .process_group(0)
+            .spawn()
+            .expect("the rehydrator binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&out);
+        // Drained on a thread, so the demo never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self {
+            proc: Proc(child),
+            out,
+            dir,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("demo.stderr")).unwrap_or_default()
+    }
+
+    /// Both outputs, for a failure's message.
+    fn outputs(&self) -> String {
+        format!(
+            "demo stdout:\n{}\ndemo stderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// Until the demo has printed a line containing `text`.
+    async fn printed(&mut self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stdout().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not print {text:?} within {limit:?}\n{}",
+                self.outputs()
+            );
+            if let Some(s) = self.proc.0.try_wait().unwrap() {
+                panic!(
+                    "the demo exited ({s}) before printing {text:?}\n{}",
+                    self.outputs()
+                );
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGINT (Ctrl-C) to the demo alone, and its exit status within `limit`.
+    async fn interrupt(&mut self, limit: Duration) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-INT", &self.proc.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -INT failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.proc.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not exit within {limit:?} of SIGINT\n{}",
+                self.outputs()
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The dashboards' URLs the demo printed ("dashboards: URL (demo-1) URL (demo-2) …").
+fn dashboard_urls(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("dashboards: "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter(|w| w.starts_with("http://"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The replica PIDs the demo announced ("replica demo-1 started (pid 1234), ...").
+fn replica_pids(stdout: &str) -> Vec<u32> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("replica demo-"))
+        .filter_map(|l| l.split("(pid ").nth(1))
+        .filter_map(|rest| rest.split(')').next())
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+/// A process that exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Until `url` answers 200: the replica's endpoint is serving, so Chromium's first load is the
+/// dashboard rather than an error page.
+async fn serving(url: &str) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .finish();
+    eventually(
+        "the dashboard's endpoint to serve",
+        Duration::from_secs(30),
+        || {
+            let req = client.get(url);
+            async move {
+                req.send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+}
+
 #[actix_rt::test]
-async fn the_dashboard_shows_the_servers_and_follows_a_rollout() {
+async fn the_dashboard_follows_the_demo_s_rollout_and_the_demo_stops_its_replicas() {
     bounded_for(TEST_BOUND, async {
         let started = Instant::now();
-        let rig = Rig::start("dashboard").await;
-        let url = format!("{}/", rig.status_url);
+        let servers = SERVERS.to_string();
+        let replicas = REPLICAS.to_string();
+        let mut demo = Demo::start(&[
+            "--servers",
+            &servers,
+            "--replicas",
+            &replicas,
+            "--fire-after",
+            FIRE_AFTER,
+            "--linger",
+        ]);
+        demo.printed("dashboards: ", Duration::from_secs(30)).await;
+        let stdout = demo.stdout();
+        let urls = dashboard_urls(&stdout);
+        assert_eq!(urls.len(), REPLICAS, "{stdout}");
+        let pids = replica_pids(&stdout);
+        assert_eq!(pids.len(), REPLICAS, "{stdout}");
+        let url = urls[0].clone();
+        assert!(url.ends_with('/'), "{url}");
+        serving(&url).await;
         let browser = Browser::open(&url).await;
         let mut page = browser.page(&url).await;
 
@@ -272,36 +479,46 @@ async fn the_dashboard_shows_the_servers_and_follows_a_rollout() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while first.is_none() {
             let v = page.view().await;
-            if v.as_ref().is_some_and(|v| v.polls >= 1 && v.all_on(OLD_IMAGE)) {
+            if v.as_ref()
+                .is_some_and(|v| v.polls >= 1 && v.all_on(OLD_IMAGE))
+            {
                 first = v;
             } else {
                 assert!(
                     Instant::now() < deadline,
-                    "the dashboard never showed {SERVERS} servers on {OLD_IMAGE}: {v:?}"
+                    "the dashboard never showed {SERVERS} servers on {OLD_IMAGE}: {v:?}\n{}",
+                    demo.outputs()
                 );
                 actix_rt::time::sleep(Duration::from_millis(100)).await;
             }
         }
         let first = first.unwrap();
+        let loaded = started.elapsed();
         assert_eq!(first.error, None);
-        assert_eq!(first.rollout, "none");
+        assert_eq!(
+            first.rollout, "none",
+            "the rollout had started before the page showed the servers (raise FIRE_AFTER)"
+        );
         assert!(first.tolerance.parse::<u32>().is_ok(), "{first:?}");
         let leaders: Vec<&Row> = first.rows.iter().filter(|r| r.leader == "true").collect();
         assert_eq!(leaders.len(), 1, "{first:?}");
         assert_eq!(first.leader, leaders[0].node);
         assert!(first.rows.iter().all(|r| r.voter == "true"), "{first:?}");
-        let loaded = started.elapsed();
 
-        rig.start_rollout().await;
-        let rollout_started = Instant::now();
         // Poll the same page until it shows the end; note the states it passed through.
+        let following = Instant::now();
         let mut seen: Vec<String> = Vec::new();
         let last = loop {
             let v = page.view().await.expect("the page stays loaded");
             let state = format!(
-                "{} [{}]",
+                "{} {} [{}]",
+                v.rollout,
                 v.progress,
-                v.rows.iter().map(|r| r.image.as_str()).collect::<Vec<_>>().join(",")
+                v.rows
+                    .iter()
+                    .map(|r| r.image.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
             if seen.last() != Some(&state) {
                 seen.push(state);
@@ -310,36 +527,89 @@ async fn the_dashboard_shows_the_servers_and_follows_a_rollout() {
                 break v;
             }
             assert!(
-                rollout_started.elapsed() < ROLLOUT_BOUND,
-                "the dashboard never showed the rollout complete; last: {v:?}\nseen: {seen:#?}\nreplica log:\n{}",
-                rig.log_text()
+                following.elapsed() < ROLLOUT_BOUND,
+                "the dashboard never showed the rollout complete; last: {v:?}\nseen: {seen:#?}\n{}",
+                demo.outputs()
             );
             actix_rt::time::sleep(Duration::from_millis(100)).await;
         };
+        let shown_complete = following.elapsed();
+        assert!(
+            seen.iter().any(|s| s.starts_with("active")),
+            "the page never showed the rollout under way: {seen:#?}"
+        );
+        assert_eq!(last.error, None);
         assert_eq!(last.target, NEW_IMAGE);
         assert!(last.rows.iter().all(|r| r.outdated == "false"), "{last:?}");
-        assert!(last.rows.iter().all(|r| r.text.contains("(new)")), "{last:?}");
         assert!(
-            last.progress.starts_with(&format!("{SERVERS}/{SERVERS} on target")),
+            last.rows.iter().all(|r| r.text.contains("(new)")),
             "{last:?}"
         );
+        assert!(
+            last.progress
+                .starts_with(&format!("{SERVERS}/{SERVERS} on target")),
+            "{last:?}"
+        );
+        // Every server was replaced: none of the first view's nodes is still shown.
+        for r in &first.rows {
+            assert!(
+                last.rows.iter().all(|l| l.node != r.node),
+                "{} still shown: {last:?}",
+                r.node
+            );
+        }
         // The same page session all along: no reload, and its own polling moved it.
         assert_eq!(last.origin, first.origin, "the page was reloaded");
-        assert!(last.polls > first.polls, "{} -> {}", first.polls, last.polls);
-        let live = rig.live_servers().await;
-        assert!(live.iter().all(|(_, image)| image == NEW_IMAGE), "{live:?}");
-        let nodes: Vec<&str> = last.rows.iter().map(|r| r.node.as_str()).collect();
-        for (name, _) in &live {
-            assert!(nodes.contains(&name.as_str()), "{name} not shown: {nodes:?}");
-        }
-        eprintln!(
-            "dashboard: loaded and showing the servers {loaded:?} after the replica started; \
-             rollout shown complete {:?} after it was fired, through {} distinct views: {seen:#?}",
-            rollout_started.elapsed(),
-            seen.len()
+        assert!(
+            last.polls > first.polls,
+            "{} -> {}",
+            first.polls,
+            last.polls
         );
+
+        // The demo judged the rollout and lingers: the dashboard is still live.
+        demo.printed("Lingering: ", Duration::from_secs(30)).await;
+        let out = demo.stdout();
+        assert!(out.contains("invariants:            all held"), "{out}");
+        let polls = last.polls;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = page.view().await.expect("the page stays loaded");
+            if v.polls > polls && v.error.is_none() {
+                assert!(v.all_on(NEW_IMAGE), "{v:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard stopped updating while the demo lingered: {v:?}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Ctrl-C ends the lingering demo with its verdict, and takes its replicas with it.
+        let stopping = Instant::now();
+        let status = demo.interrupt(STOP_BOUND).await;
+        let stopped = stopping.elapsed();
+        assert!(status.success(), "{status}\n{}", demo.outputs());
+        assert!(
+            demo.stdout()
+                .contains("Stopping the replicas and the simulator."),
+            "{}",
+            demo.outputs()
+        );
+        for pid in &pids {
+            assert!(!alive(*pid), "replica pid {pid} outlived the demo");
+        }
         drop(page);
         drop(browser);
+        eprintln!(
+            "dashboard: showing {SERVERS} servers on {OLD_IMAGE} {loaded:?} after the demo \
+             started; the rollout shown complete {shown_complete:?} later (incl. the \
+             {FIRE_AFTER} --fire-after), through {} distinct views: {seen:#?}; the demo and its \
+             replicas stopped {stopped:?} after SIGINT; {:?} in all",
+            seen.len(),
+            started.elapsed()
+        );
     })
     .await;
 }

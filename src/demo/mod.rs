@@ -4,6 +4,9 @@
 //! binary, registers `image-b`, fires `consul-rehydrate` and shows the rollout live; with
 //! `--chaos` it SIGKILLs the replica holding the `step` lock mid-step and reports the takeover.
 //! It ends with a summary, a timeline picture, and a verdict from the simulator's own record.
+//! Each replica's status endpoint is on a free loopback port chosen here, and the demo prints
+//! their dashboards' URLs; `--fire-after` leaves time to open one before the rollout starts,
+//! and `--linger` keeps everything up after it ends, until Ctrl-C.
 //!
 //! Sessions keep Consul's real rules (TTL 10 s, the minimum; invalidated by 2×TTL) — the
 //! simulator's clock is not scaled, because scaling would shorten the TTLs the replicas renew
@@ -20,6 +23,7 @@ pub mod summary;
 pub mod timeline;
 pub mod verdict;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,11 +80,20 @@ pub struct Options {
     pub exe: PathBuf,
     /// stdout is a terminal: redraw in place.
     pub tty: bool,
+    /// How long to wait, once the replicas are ready, before firing the rollout.
+    pub fire_after: Duration,
+    /// Keep the simulator and the replicas (and so the dashboards) up after the rollout ends,
+    /// until the stop signal.
+    pub linger: bool,
 }
 
 /// Why the demo could not run to its verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    #[error("interrupted: the replicas and the simulator were stopped")]
+    Interrupted,
+    #[error("choosing the replicas' status ports: {0}")]
+    Ports(#[source] std::io::Error),
     #[error("starting the simulator: {0}")]
     Sim(#[source] std::io::Error),
     #[error("scratch directory {path}: {source}")]
@@ -150,7 +163,8 @@ type = "sim"
 [lock]
 session_ttl = "{ttl}s"
 lock_delay = "{delay}s"
-# Three replicas on one host: each status endpoint on a free port (logged at start).
+# Three replicas on one host: each status endpoint on its own free port, which the demo
+# chooses and passes as REHYDRATOR_STATUS__LISTEN (this is the fallback).
 [status]
 listen = "127.0.0.1:0"
 [rollout]
@@ -224,14 +238,32 @@ struct Run<'a> {
     fired: Instant,
 }
 
-/// Runs the demo: its progress and summary go to stdout; the verdict is in the outcome.
-pub async fn run(opts: Options) -> Result<Outcome, DemoError> {
+/// Runs the demo: its progress and summary go to stdout; the verdict is in the outcome. `stop`
+/// (Ctrl-C, SIGTERM) ends it: during the rollout with `Interrupted`, while lingering with the
+/// outcome; either way the replicas are killed and reaped and the simulator stopped first.
+pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Outcome, DemoError> {
     let span =
         info_span!("demo", servers = opts.servers, replicas = opts.replicas, chaos = ?opts.chaos);
-    run_inner(&opts).instrument(span).await
+    run_inner(&opts, stop).instrument(span).await
 }
 
-async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
+/// `n` distinct free ports on 127.0.0.1, held together while chosen so none repeats. A port
+/// could be taken between here and the replica's bind; that replica then fails to start and
+/// the demo says so with its log.
+fn free_ports(n: usize) -> Result<Vec<u16>, DemoError> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DemoError::Ports)?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(DemoError::Ports)
+}
+
+async fn run_inner(opts: &Options, stop: impl Future<Output = ()>) -> Result<Outcome, DemoError> {
+    // Who started the demo: a lingering demo stops once it is gone.
+    let parent = std::os::unix::process::parent_id();
     let logs = scratch_dir()?;
     let sim = rehydrator_sim::start(
         ([127, 0, 0, 1], 0).into(),
@@ -263,7 +295,10 @@ async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
         BOOT.as_secs_f64(),
         STABILIZATION.as_secs_f64()
     ));
-    let names: Vec<String> = (1..=opts.replicas).map(|i| format!("demo-{i}")).collect();
+    let names: Vec<(String, u16)> = (1..=opts.replicas)
+        .map(|i| format!("demo-{i}"))
+        .zip(free_ports(opts.replicas)?)
+        .collect();
     let replicas = Replicas::spawn(&opts.exe, &config, &logs, &names)?;
     for r in &replicas.list {
         display.note(&format!(
@@ -273,6 +308,7 @@ async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
             r.log.display()
         ));
     }
+    display.note(&dashboards_line(&replicas));
     let mut run = Run {
         opts,
         probe: Probe::new(url, CLUSTER)?,
@@ -291,7 +327,14 @@ async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
         markers: Vec::new(),
         fired: Instant::now(),
     };
-    let outcome = run.roll().await;
+    tokio::pin!(stop);
+    let outcome = tokio::select! {
+        o = run.roll() => o,
+        () = &mut stop => Err(DemoError::Interrupted),
+    };
+    if opts.linger && outcome.is_ok() {
+        run.linger(stop, parent).await;
+    }
     run.replicas.stop_all();
     sim.stop().await;
     let outcome = outcome?;
@@ -306,10 +349,47 @@ async fn run_inner(opts: &Options) -> Result<Outcome, DemoError> {
     Ok(outcome)
 }
 
+/// "dashboards: http://127.0.0.1:PORT/ (demo-1) ...": where each replica's dashboard is.
+fn dashboards_line(replicas: &Replicas) -> String {
+    let urls: Vec<String> = replicas
+        .list
+        .iter()
+        .map(|r| format!("http://127.0.0.1:{}/ ({})", r.port, r.name))
+        .collect();
+    format!("dashboards: {}", urls.join(" "))
+}
+
 impl Run<'_> {
+    /// After the rollout (`--linger`): the simulator and the replicas stay up, so their
+    /// dashboards can still be looked at, until `stop` — or until the process that started
+    /// the demo is gone (a killed test harness), so a lingering demo is never orphaned.
+    async fn linger(&mut self, stop: impl Future<Output = ()>, parent: u32) {
+        self.display.note(&dashboards_line(&self.replicas));
+        self.display
+            .note("Lingering: the simulator and the replicas keep running; Ctrl-C stops them.");
+        let orphaned = async {
+            while std::os::unix::process::parent_id() == parent {
+                actix_rt::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = stop => {}
+            () = orphaned => info!("The demo's parent process is gone; stopping."),
+        }
+        self.display
+            .note("Stopping the replicas and the simulator.");
+    }
+
     /// Waits for the replicas, fires the rollout, follows it to its end, then judges it.
     async fn roll(&mut self) -> Result<Outcome, DemoError> {
         self.await_ready().await?;
+        if !self.opts.fire_after.is_zero() {
+            self.display.note(&format!(
+                "Firing the rollout in {:.1} s (--fire-after).",
+                self.opts.fire_after.as_secs_f64()
+            ));
+            actix_rt::time::sleep(self.opts.fire_after).await;
+        }
         self.probe
             .send(
                 Method::POST,

@@ -22,6 +22,8 @@ pub struct SpawnError {
 pub struct Replica {
     pub name: String,
     pub log: PathBuf,
+    /// Its status endpoint's port on 127.0.0.1: the dashboard is `http://127.0.0.1:PORT/`.
+    pub port: u16,
     child: Child,
     /// Killed on purpose (chaos): its exit is expected.
     pub killed: bool,
@@ -62,15 +64,16 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// Starts `exe run --config config --replica NAME` for each name, logging to `dir/NAME.log`.
+    /// Starts `exe run --config config --replica NAME` for each (name, status port), logging
+    /// to `dir/NAME.log`, its status endpoint (the dashboard) on `127.0.0.1:PORT`.
     pub fn spawn(
         exe: &Path,
         config: &Path,
         dir: &Path,
-        names: &[String],
+        names: &[(String, u16)],
     ) -> Result<Self, SpawnError> {
         let mut started = Self { list: Vec::new() };
-        for name in names {
+        for (name, port) in names {
             let log = dir.join(format!("{name}.log"));
             let err = |source| SpawnError {
                 name: name.clone(),
@@ -97,10 +100,13 @@ impl Replicas {
                     cmd.env_remove(&key);
                 }
             }
+            // Each its own known port, so the demo can tell the user where the dashboards are.
+            cmd.env("REHYDRATOR_STATUS__LISTEN", format!("127.0.0.1:{port}"));
             // If this fails, the ones already started are killed as `started` drops.
             let child = cmd.spawn().map_err(err)?;
             started.list.push(Replica {
                 name: name.clone(),
+                port: *port,
                 log,
                 child,
                 killed: false,
