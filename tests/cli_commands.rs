@@ -11,18 +11,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::rc::Rc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use rehydrator::cloud::SimCloud;
-use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
 use rehydrator::status::{ServerSource, StatusReport};
-use rehydrator::webhook::AwcWebhook;
 use rehydrator_actors::plan::RolloutState;
-use rehydrator_actors::tree::{self, Ports};
-use rehydrator_sim::{RunningSim, SimConfig};
+use rehydrator_actors::tree;
 use serde_json::{json, Value};
 
 /// How long one command may take; they talk to a local simulator.
@@ -31,36 +25,20 @@ const COMMAND_BOUND: Duration = Duration::from_secs(20);
 /// A token the commands are given and must never print.
 const TOKEN: &str = "s3cr3t-t0ken-never-printed";
 
-struct Rig {
-    sim: RunningSim,
-    http: awc::Client,
-    dir: PathBuf,
-}
+/// The shared rig (a fast simulator, an HTTP client, a scratch directory) with the commands.
+struct Rig(common::rig::Rig);
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Rig {
+    type Target = common::rig::Rig;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 impl Rig {
     /// A fast simulator (boot, stabilization, election shrunk) and a scratch directory.
     fn new(name: &str) -> Self {
-        let sim = common::sim_with(SimConfig {
-            boot_delay: Duration::from_millis(300),
-            stabilization: Duration::from_millis(1000),
-            election: Duration::from_millis(200),
-            failure_detection: Duration::from_millis(200),
-            ..SimConfig::default()
-        });
-        let dir =
-            std::env::temp_dir().join(format!("rehydrator-cli-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self {
-            sim,
-            http: awc::Client::default(),
-            dir,
-        }
+        Self(common::rig::Rig::new(&format!("cli-{name}"), 3))
     }
 
     /// The rollout configuration (cluster `roll`, 3 servers, the simulator's cloud), written
@@ -83,35 +61,9 @@ impl Rig {
         cli(args, &[("CONSUL_HTTP_ADDR", &self.sim.url())]).await
     }
 
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Vec<u8>) {
-        let url = format!("{}{path}", self.sim.url());
-        let req = match method {
-            "PUT" => self.http.put(url),
-            "POST" => self.http.post(url),
-            _ => self.http.get(url),
-        };
-        let mut resp = match body {
-            Some(b) => req.send_json(&b).await.unwrap(),
-            None => req.send().await.unwrap(),
-        };
-        let bytes = resp.body().await.unwrap();
-        (resp.status().as_u16(), bytes.to_vec())
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        let (status, body) = self.send("GET", path, None).await;
-        assert_eq!(
-            status,
-            200,
-            "GET {path}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        serde_json::from_slice(&body).unwrap()
-    }
-
     async fn register_image(&self, id: &str) {
         let (status, body) = self
-            .send("POST", "/sim/images", Some(json!({ "id": id })))
+            .send_raw("POST", "/sim/images", Some(json!({ "id": id })))
             .await;
         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     }
@@ -283,7 +235,7 @@ async fn pause_shows_in_status_holds_the_plan_and_resume_clears_it() {
             .await);
         assert!(out.contains("Paused cluster roll"), "{out}");
         let (status, body) = rig
-            .send("GET", "/v1/kv/rehydrator/roll/pause?raw", None)
+            .send_raw("GET", "/v1/kv/rehydrator/roll/pause?raw", None)
             .await;
         assert_eq!(status, 200, "the pause key is written");
         let written: Value = serde_json::from_slice(&body).unwrap();
@@ -314,7 +266,7 @@ async fn pause_shows_in_status_holds_the_plan_and_resume_clears_it() {
         let out = ok(rig.cli(&["resume", "--config", config]).await);
         assert!(out.contains("Resumed cluster roll"), "{out}");
         let (status, _) = rig
-            .send("GET", "/v1/kv/rehydrator/roll/pause?raw", None)
+            .send_raw("GET", "/v1/kv/rehydrator/roll/pause?raw", None)
             .await;
         assert_eq!(status, 404, "the pause key is gone");
         let report = rig.status(&["--config", config]).await;
@@ -363,7 +315,7 @@ async fn plan_before_and_after_a_new_image_changes_nothing() {
         }
         // Read-only: no record, no machine.
         let (status, _) = rig
-            .send("GET", "/v1/kv/rehydrator/roll/rollout", None)
+            .send_raw("GET", "/v1/kv/rehydrator/roll/rollout", None)
             .await;
         assert_eq!(status, 404);
         assert_eq!(rig.json("/sim/servers").await.as_array().unwrap().len(), 3);
@@ -386,7 +338,7 @@ async fn status_shows_a_recorded_rollout_in_progress() {
             "waiting": "new server consul-server-9 is not yet a stable voter"
         });
         let (status, _) = rig
-            .send("PUT", "/v1/kv/rehydrator/roll/rollout", Some(record))
+            .send_raw("PUT", "/v1/kv/rehydrator/roll/rollout", Some(record))
             .await;
         assert_eq!(status, 200);
 
@@ -424,16 +376,7 @@ async fn a_rollout_fired_by_the_cli_completes_and_status_shows_it() {
     let rig = Rig::new("rollout");
     let config = rig.config();
     let settings = rehydrator_config::load_with_env(&config, &HashMap::new()).unwrap();
-    let client = Client::new(ConsulConfig::with_address(&rig.sim.url()).unwrap()).unwrap();
-    let policy = WatchPolicy {
-        min_interval: Duration::from_millis(50),
-        ..WatchPolicy::default()
-    };
-    let ports = Ports {
-        consul: Rc::new(ConsulAdapter::new(client, policy)),
-        webhook: Rc::new(AwcWebhook::default()),
-        cloud: Some(Rc::new(SimCloud::new(&rig.sim.url()).unwrap())),
-    };
+    let ports = rig.sim_ports();
     let replica = tree::start(&settings, "replica-1", ports);
     common::bounded(async {
         let config = config.to_str().unwrap();

@@ -12,57 +12,29 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use rehydrator::cloud::SimCloud;
-use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
-use rehydrator::webhook::AwcWebhook;
+use common::rig::{BOOT, STABILIZATION};
 use rehydrator_actors::plan::{Rollout, RolloutState};
-use rehydrator_actors::tree::{self, Ports, Tree};
-use rehydrator_sim::{RunningSim, SimConfig};
+use rehydrator_actors::tree::{self, Tree};
 use serde_json::{json, Value};
 
 /// How long a whole rollout may take here.
 const ROLLOUT_BOUND: Duration = Duration::from_secs(50);
 
-/// The simulator's cluster, fast: what a rollout must wait for per server.
-const BOOT: Duration = Duration::from_millis(300);
-const STABILIZATION: Duration = Duration::from_millis(1000);
-const ELECTION: Duration = Duration::from_millis(200);
+/// The shared rig: a fast simulator, an HTTP client, a scratch directory.
+struct Rig(common::rig::Rig);
 
-struct Rig {
-    sim: RunningSim,
-    http: awc::Client,
-    dir: PathBuf,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Rig {
+    type Target = common::rig::Rig;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 impl Rig {
     fn new(name: &str, servers: usize) -> Self {
-        let sim = common::sim_with(SimConfig {
-            servers,
-            boot_delay: BOOT,
-            stabilization: STABILIZATION,
-            election: ELECTION,
-            failure_detection: Duration::from_millis(200),
-            ..SimConfig::default()
-        });
-        let dir =
-            std::env::temp_dir().join(format!("rehydrator-rollout-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self {
-            sim,
-            http: awc::Client::default(),
-            dir,
-        }
+        Self(common::rig::Rig::new(&format!("rollout-{name}"), servers))
     }
 
     fn start(&self, desired: usize, stable_timeout: &str) -> Tree {
@@ -76,47 +48,8 @@ impl Rig {
         let path = self.dir.join("rehydrator.toml");
         std::fs::write(&path, text).unwrap();
         let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
-        let client = Client::new(ConsulConfig::with_address(&self.sim.url()).unwrap()).unwrap();
-        let policy = WatchPolicy {
-            min_interval: Duration::from_millis(50),
-            ..WatchPolicy::default()
-        };
-        let ports = Ports {
-            consul: Rc::new(ConsulAdapter::new(client, policy)),
-            webhook: Rc::new(AwcWebhook::default()),
-            cloud: Some(Rc::new(SimCloud::new(&self.sim.url()).unwrap())),
-        };
+        let ports = self.sim_ports();
         tree::start(&settings, "replica-1", ports)
-    }
-
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}{path}", self.sim.url());
-        let req = match method {
-            "PUT" => self.http.put(url),
-            "POST" => self.http.post(url),
-            _ => self.http.get(url),
-        };
-        let mut resp = match body {
-            Some(b) => req.send_json(&b).await.unwrap(),
-            None => req.send().await.unwrap(),
-        };
-        let bytes = resp.body().await.unwrap();
-        assert!(
-            resp.status().is_success(),
-            "{method} {path}: {} {}",
-            resp.status(),
-            String::from_utf8_lossy(&bytes)
-        );
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-    }
-
-    async fn register_image(&self, id: &str, broken: bool) {
-        self.send(
-            "POST",
-            "/sim/images",
-            Some(json!({ "id": id, "broken": broken })),
-        )
-        .await;
     }
 
     /// Fires `consul-rehydrate` once the replica's event and catalog watches have taken their
@@ -170,14 +103,6 @@ impl Rig {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    async fn servers(&self) -> Vec<Value> {
-        self.send("GET", "/sim/servers", None)
-            .await
-            .as_array()
-            .cloned()
-            .unwrap()
     }
 
     async fn invariants(&self) -> Value {

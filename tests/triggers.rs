@@ -9,19 +9,14 @@ mod common;
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rehydrator::cloud::SimCloud;
-use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
-use rehydrator::webhook::AwcWebhook;
 use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::ports::{CloudPort, Image, Machine, PortFuture};
-use rehydrator_actors::tree::{self, Ports, Tree};
-use rehydrator_sim::{RunningSim, SimConfig};
+use rehydrator_actors::tree::{self, Tree};
 use serde_json::{json, Value};
 
 /// How long each wait on the rollout may take (an image poll every 10 s, then the rollout).
@@ -56,59 +51,26 @@ impl CloudPort for Counting {
     }
 }
 
-struct Rig {
-    sim: RunningSim,
-    http: awc::Client,
-    dir: PathBuf,
-}
+/// The shared rig (a fast simulator, an HTTP client, a scratch directory) with replicas that
+/// count their image polls.
+struct Rig(common::rig::Rig);
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Rig {
+    type Target = common::rig::Rig;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 impl Rig {
     fn new(name: &str) -> Self {
-        let sim = common::sim_with(SimConfig {
-            servers: 3,
-            boot_delay: Duration::from_millis(300),
-            stabilization: Duration::from_millis(1000),
-            election: Duration::from_millis(200),
-            failure_detection: Duration::from_millis(200),
-            ..SimConfig::default()
-        });
-        let dir =
-            std::env::temp_dir().join(format!("rehydrator-triggers-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self {
-            sim,
-            http: awc::Client::default(),
-            dir,
-        }
+        Self(common::rig::Rig::new(&format!("triggers-{name}"), 3))
     }
 
     /// A replica's configuration: spin-up and spin-down, triggered by `consul-rehydrate`, the
     /// servers' catalog entries, a 1 s timer and `extra` watches; `rollout` and `notify` are
     /// the bodies of those sections.
     fn config(&self, rollout: &str, notify: &str, extra: &str) -> String {
-        let timer = r#"
-[[watch]]
-name = "rehydrate"
-type = "event"
-event = "consul-rehydrate"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "servers"
-type = "service"
-service = "consul"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "timer"
-type = "schedule"
-every = "1s"
-actions = ["spin-up", "spin-down"]
-"#;
         format!(
             r#"[cluster]
 name = "trig"
@@ -130,7 +92,8 @@ step_timeout = "20s"
 type = "spin-up"
 [action.spin-down]
 type = "spin-down"
-{timer}{extra}"#,
+{watches}{extra}"#,
+            watches = common::rollout::WATCHES,
             consul = self.sim.url(),
             ttl = common::rollout::SESSION_TTL_SECS,
             delay = common::rollout::LOCK_DELAY_SECS,
@@ -144,46 +107,18 @@ type = "spin-down"
         let env: HashMap<String, String> =
             [("REHYDRATOR_NOTIFY_TOKEN".to_owned(), TOKEN.to_owned())].into();
         let settings = rehydrator_config::load_with_env(&path, &env).unwrap();
-        let client = Client::new(ConsulConfig::with_address(&self.sim.url()).unwrap()).unwrap();
-        let policy = WatchPolicy {
-            min_interval: Duration::from_millis(50),
-            ..WatchPolicy::default()
-        };
         let seen = Rc::new(Cell::new(0));
         let cloud = Counting {
             inner: SimCloud::new(&self.sim.url()).unwrap(),
             images_seen: seen.clone(),
         };
-        let ports = Ports {
-            consul: Rc::new(ConsulAdapter::new(client, policy)),
-            webhook: Rc::new(AwcWebhook::default()),
-            cloud: Some(Rc::new(cloud)),
-        };
+        let ports = self.ports(Rc::new(cloud));
         (tree::start(&settings, replica, ports), seen)
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let mut resp = self
-            .http
-            .get(format!("{}{path}", self.sim.url()))
-            .send()
-            .await
-            .unwrap();
-        let body = resp.body().limit(1 << 22).await.unwrap();
-        (
-            resp.status().as_u16(),
-            serde_json::from_slice(&body).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn post(&self, path: &str, body: Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.sim.url()))
-            .send_json(&body)
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "POST {path}: {}", resp.status());
+        let (status, body) = self.send_raw("GET", path, None).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
     async fn rollout(&self) -> Option<Rollout> {
@@ -289,7 +224,8 @@ actions = ["spin-up", "spin-down"]
         })
         .await;
 
-        rig.post("/sim/images", json!({ "id": "image-b" })).await;
+        rig.send("POST", "/sim/images", Some(json!({ "id": "image-b" })))
+            .await;
         let r = rig
             .until("the rollout completing", |r| {
                 matches!(r.state, RolloutState::Completed { .. })
@@ -393,7 +329,8 @@ async fn outside_the_window_the_rollout_waits_and_says_when_the_next_opens() {
         let opens = now + jiff::SignedDuration::from_mins(120);
         let config = rig.config(&window_from(now, 120, 180), "", "");
         let (tree, _) = rig.start("replica-1", &config);
-        rig.post("/sim/images", json!({ "id": "image-b" })).await;
+        rig.send("POST", "/sim/images", Some(json!({ "id": "image-b" })))
+            .await;
         rig.parked(2).await;
         let resp = rig
             .http
@@ -476,7 +413,8 @@ async fn a_waiting_rollout_moves_when_its_window_opens() {
             hhmm(opens + jiff::SignedDuration::from_mins(30))
         );
         let (tree, _) = rig.start("replica-1", &rig.config(&window, "", ""));
-        rig.post("/sim/images", json!({ "id": "image-b" })).await;
+        rig.send("POST", "/sim/images", Some(json!({ "id": "image-b" })))
+            .await;
         rig.parked(2).await;
         let resp = rig
             .http

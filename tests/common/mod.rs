@@ -4,6 +4,7 @@
 pub mod endpoint;
 pub mod moto;
 pub mod moto_rollout;
+pub mod rig;
 pub mod rollout;
 pub mod shape;
 

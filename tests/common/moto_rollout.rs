@@ -16,7 +16,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,16 +23,14 @@ use super::moto::{
     client, credentials, ecs_client, ecs_cluster, launch_template, moto, moto_ecs, register,
     registrar, Moto, ECS_CLUSTER, TASK_FAMILY,
 };
+use super::rig::send;
 use rehydrator::cloud::ec2::CLUSTER_TAG;
 use rehydrator::cloud::{Ec2Cloud, EcsCloud};
-use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
-use rehydrator::webhook::AwcWebhook;
 use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::ports::{CloudPort, MachineState};
-use rehydrator_actors::tree::{self, Ports};
+use rehydrator_actors::tree;
 use rehydrator_config::{CloudSettings, Settings};
-use rehydrator_sim::{RunningSim, SimConfig};
+use rehydrator_sim::SimConfig;
 use serde_json::{json, Value};
 
 /// The cloud backend a rollout runs through.
@@ -60,46 +57,27 @@ pub const TEST_BOUND: Duration = Duration::from_secs(120);
 /// Any one wait inside it.
 const WAIT_BOUND: Duration = Duration::from_secs(60);
 
-/// The simulator's cluster, fast, as in `tests/rollout.rs`.
-const BOOT: Duration = Duration::from_millis(300);
-const STABILIZATION: Duration = Duration::from_millis(1000);
-const ELECTION: Duration = Duration::from_millis(200);
-
 /// How often the bridge mirrors moto into the simulator.
 const BRIDGE_TICK: Duration = Duration::from_millis(50);
 
 const CLUSTER: &str = "roll";
 
+/// The shared rig (a fast simulator, an HTTP client, a scratch directory) with moto.
 struct Rig {
+    base: super::rig::Rig,
     backend: Backend,
-    sim: RunningSim,
     moto: Moto,
     ec2: aws_sdk_ec2::Client,
-    http: awc::Client,
-    dir: PathBuf,
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Rig {
+    type Target = super::rig::Rig;
+    fn deref(&self) -> &Self::Target {
+        &self.base
     }
 }
 
 impl Rig {
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        send(&self.http, &self.sim.url(), method, path, body)
-            .await
-            .unwrap()
-    }
-
-    async fn servers(&self) -> Vec<Value> {
-        self.send("GET", "/sim/servers", None)
-            .await
-            .as_array()
-            .cloned()
-            .unwrap()
-    }
-
     async fn until<T, F, Fut>(&self, what: &str, mut f: F) -> T
     where
         F: FnMut() -> Fut,
@@ -174,39 +152,6 @@ impl Rig {
         std::fs::write(&path, text).unwrap();
         rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap()
     }
-}
-
-async fn send(
-    http: &awc::Client,
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let url = format!("{base}{path}");
-    let req = match method {
-        "PUT" => http.put(url),
-        "POST" => http.post(url),
-        _ => http.get(url),
-    };
-    let sent = match body {
-        Some(b) => req.send_json(&b).await,
-        None => req.send().await,
-    };
-    let mut resp = sent.map_err(|e| format!("{method} {path}: {e}"))?;
-    let bytes = resp
-        .body()
-        .limit(1 << 20)
-        .await
-        .map_err(|e| format!("{method} {path}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!(
-            "{method} {path}: {} {}",
-            resp.status(),
-            String::from_utf8_lossy(&bytes)
-        ));
-    }
-    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 /// Mirrors the cloud's running machines into simulated servers until aborted; what went wrong
@@ -287,28 +232,18 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
             Some(registrar(&moto.url, CLUSTER))
         }
     };
-    let sim = super::sim_with(SimConfig {
-        servers: n,
-        image: ami_a.clone(),
-        boot_delay: BOOT,
-        stabilization: STABILIZATION,
-        election: ELECTION,
-        failure_detection: Duration::from_millis(200),
-        ..SimConfig::default()
-    });
-    let dir = std::env::temp_dir().join(format!(
-        "rehydrator-rollout-{}-{n}-{}",
-        backend.name(),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let base = super::rig::Rig::with(
+        &format!("rollout-{}-{n}", backend.name()),
+        SimConfig {
+            image: ami_a.clone(),
+            ..super::rig::fast_sim(n)
+        },
+    );
     let rig = Rig {
+        base,
         backend,
-        sim,
         moto,
         ec2,
-        http: awc::Client::default(),
-        dir,
     };
     let settings = rig.settings(n);
     // The replica's cloud and the bridge's are built as `run` builds it, with test keys.
@@ -371,21 +306,7 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
     rig.send("POST", "/sim/invariants/reset", Some(json!({})))
         .await;
 
-    let tree = tree::start(
-        &settings,
-        "replica-1",
-        Ports {
-            consul: Rc::new(ConsulAdapter::new(
-                Client::new(ConsulConfig::with_address(&rig.sim.url()).unwrap()).unwrap(),
-                WatchPolicy {
-                    min_interval: Duration::from_millis(50),
-                    ..WatchPolicy::default()
-                },
-            )),
-            webhook: Rc::new(AwcWebhook::default()),
-            cloud: Some(cloud.clone()),
-        },
-    );
+    let tree = tree::start(&settings, "replica-1", rig.ports(cloud.clone()));
     // B is newer than A by date or, registered within the same second, by name.
     let ami_b = register(&rig.ec2, "consul-server-b").await;
     assert_eq!(cloud.newest_image().await.unwrap().unwrap().id, ami_b);

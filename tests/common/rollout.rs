@@ -8,6 +8,25 @@ use serde_json::Value;
 pub const SESSION_TTL_SECS: u64 = 10;
 pub const LOCK_DELAY_SECS: u64 = 1;
 
+/// The watches every rollout test's replica runs spin-up and spin-down on: `consul-rehydrate`,
+/// catalog changes of the `consul` service and a 1s timer.
+pub const WATCHES: &str = r#"[[watch]]
+name = "rehydrate"
+type = "event"
+event = "consul-rehydrate"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "servers"
+type = "service"
+service = "consul"
+actions = ["spin-up", "spin-down"]
+[[watch]]
+name = "timer"
+type = "schedule"
+every = "1s"
+actions = ["spin-up", "spin-down"]
+"#;
+
 /// A replica's configuration for cluster `cluster` with `desired` servers, Consul at `consul`:
 /// spin-up and spin-down on the shared `step` lock, triggered by `consul-rehydrate`, by catalog
 /// changes of the `consul` service and by a 1s timer. `cloud` and `rollout` are the bodies
@@ -34,22 +53,7 @@ step_timeout = "20s"
 type = "spin-up"
 [action.spin-down]
 type = "spin-down"
-[[watch]]
-name = "rehydrate"
-type = "event"
-event = "consul-rehydrate"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "servers"
-type = "service"
-service = "consul"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "timer"
-type = "schedule"
-every = "1s"
-actions = ["spin-up", "spin-down"]
-"#
+{WATCHES}"#
     )
 }
 
