@@ -28,9 +28,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use common::rig::{BOOT, STABILIZATION};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rehydrator_sim::{RunningSim, SimConfig};
+use rehydrator_sim::RunningSim;
 use serde_json::{json, Value};
 
 const CLUSTER: &str = "roll";
@@ -40,11 +41,6 @@ const REPLICAS: [&str; 3] = ["r1", "r2", "r3"];
 /// The replicas' session TTL; Consul invalidates a silent session between TTL and 2×TTL.
 const TTL: Duration = Duration::from_secs(10);
 const LOCK_DELAY: Duration = Duration::from_secs(1);
-
-/// The simulator's cluster, fast: what a rollout must wait for per server.
-const BOOT: Duration = Duration::from_millis(300);
-const STABILIZATION: Duration = Duration::from_millis(1000);
-const ELECTION: Duration = Duration::from_millis(200);
 
 /// How long a rollout without failures may take (three processes on two cores).
 const ROLLOUT_BOUND: Duration = Duration::from_secs(60);
@@ -160,14 +156,7 @@ impl Drop for Rig {
 
 impl Rig {
     fn new(tag: &str) -> Self {
-        let sim = common::sim_with(SimConfig {
-            servers: SERVERS,
-            boot_delay: BOOT,
-            stabilization: STABILIZATION,
-            election: ELECTION,
-            failure_detection: Duration::from_millis(200),
-            ..SimConfig::default()
-        });
+        let sim = common::sim_with(common::rig::fast_sim(SERVERS));
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -202,24 +191,9 @@ impl Rig {
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}{path}", self.sim.url());
-        let req = match method {
-            "PUT" => self.http.put(url),
-            "POST" => self.http.post(url),
-            _ => self.http.get(url),
-        };
-        let mut resp = match body {
-            Some(b) => req.send_json(&b).await.unwrap(),
-            None => req.send().await.unwrap(),
-        };
-        let bytes = resp.body().limit(16 << 20).await.unwrap();
-        assert!(
-            resp.status().is_success(),
-            "{method} {path}: {} {}",
-            resp.status(),
-            String::from_utf8_lossy(&bytes)
-        );
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        common::rig::send(&self.http, &self.sim.url(), method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A KV entry as `?raw` JSON; None while it does not exist.

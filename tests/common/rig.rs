@@ -22,7 +22,7 @@ pub const ELECTION: Duration = Duration::from_millis(200);
 pub const FAILURE_DETECTION: Duration = Duration::from_millis(200);
 
 /// The largest simulator response the rig reads.
-const BODY_LIMIT: usize = 1 << 22;
+const BODY_LIMIT: usize = 16 << 20;
 
 /// A fast simulator's configuration with `servers` servers.
 pub fn fast_sim(servers: usize) -> SimConfig {
