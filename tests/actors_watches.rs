@@ -836,20 +836,7 @@ async fn http_action_posts_the_trigger_and_retries_a_failed_answer() {
     common::bounded(async {
         let rig = Rig::new("http");
         let hook_state = actix_web::web::Data::new(Hook::default());
-        let data = hook_state.clone();
-        let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(data.clone())
-                .route("/hook", actix_web::web::post().to(hook))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .unwrap();
-        let url = format!("http://{}/hook", server.addrs()[0]);
-        let server = server.run();
-        let server_handle = server.handle();
-        actix_rt::spawn(server);
+        let (url, server_handle) = common::serve_post("/hook", hook_state.clone(), hook);
 
         let settings = rig.settings("type = \"key\"\nkey = \"app/flag\"", Action::Http(&url), "");
         let mut run = rig.start(&settings).await;

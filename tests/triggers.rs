@@ -168,20 +168,7 @@ async fn receive(
 /// A webhook receiver on a loopback port: its URL, what it received, and its handle to stop it.
 fn receiver() -> (String, Arc<Received>, actix_web::dev::ServerHandle) {
     let state = actix_web::web::Data::new(Received::default());
-    let data = state.clone();
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(data.clone())
-            .route("/notify", actix_web::web::post().to(receive))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let url = format!("http://{}/notify", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
+    let (url, handle) = common::serve_post("/notify", state.clone(), receive);
     (url, state.into_inner(), handle)
 }
 

@@ -59,3 +59,32 @@ pub fn sim_with(config: SimConfig) -> RunningSim {
 pub fn sim() -> RunningSim {
     sim_with(SimConfig::default())
 }
+
+/// An HTTP server on a loopback port answering POST `path` with `handler` (sharing `data`),
+/// one worker, signals left alone: the URL of `path` and the handle to stop it.
+pub fn serve_post<T, F, Args>(
+    path: &'static str,
+    data: actix_web::web::Data<T>,
+    handler: F,
+) -> (String, actix_web::dev::ServerHandle)
+where
+    T: Send + Sync + 'static,
+    F: actix_web::Handler<Args> + Clone + Send + 'static,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .route(path, actix_web::web::post().to(handler.clone()))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .expect("a loopback port");
+    let url = format!("http://{}{path}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (url, handle)
+}
