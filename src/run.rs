@@ -150,16 +150,21 @@ pub(crate) fn consul_config(settings: &Settings) -> anyhow::Result<ConsulConfig>
 }
 
 fn default_replica() -> String {
-    let host = std::env::var("HOSTNAME")
+    let host = hostname().unwrap_or_else(|| "replica".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// This machine's name: `HOSTNAME` (set in containers), else /etc/hostname.
+pub(crate) fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "replica".into());
-    format!("{host}-{}", std::process::id())
 }
 
 async fn wait_for_stop() -> anyhow::Result<()> {

@@ -74,6 +74,21 @@ pub struct StepRecord {
 }
 
 impl Rollout {
+    /// A new active rollout to `image`, with the failure tolerance it must not go below.
+    pub fn start(id: String, image: &str, now_ms: u64, baseline_tolerance: u32) -> Self {
+        Self {
+            id,
+            target_image: image.to_owned(),
+            started_at: now_ms,
+            baseline_tolerance,
+            state: RolloutState::Active,
+            launches: Vec::new(),
+            retirements: Vec::new(),
+            retiring: None,
+            waiting: None,
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         self.state == RolloutState::Active
     }

@@ -182,17 +182,8 @@ pub async fn run(
                 tokio::time::sleep(env.config.poll).await;
             }
             Step::Start { image } => {
-                let r = Rollout {
-                    id: format!("r{}", now_ms()),
-                    target_image: image.clone(),
-                    started_at: now_ms(),
-                    baseline_tolerance: s.health.failure_tolerance,
-                    state: RolloutState::Active,
-                    launches: Vec::new(),
-                    retirements: Vec::new(),
-                    retiring: None,
-                    waiting: None,
-                };
+                let now = now_ms();
+                let r = Rollout::start(format!("r{now}"), &image, now, s.health.failure_tolerance);
                 info!(rollout = %r.id, %image, baseline_tolerance = r.baseline_tolerance, "Rollout started.");
                 metrics
                     .step("start")

@@ -114,17 +114,12 @@ fn spin_up(s: &Snapshot, config: &RolloutConfig, requested: bool, trigger: &str)
     let mut d = decision("spin-up", trigger, &step);
     if let Step::Start { image } = &step {
         let mut next = s.clone();
-        next.rollout = Some(Rollout {
-            id: "(new)".into(),
-            target_image: image.clone(),
-            started_at: s.now_ms,
-            baseline_tolerance: s.health.failure_tolerance,
-            state: RolloutState::Active,
-            launches: Vec::new(),
-            retirements: Vec::new(),
-            retiring: None,
-            waiting: None,
-        });
+        next.rollout = Some(Rollout::start(
+            "(new)".into(),
+            image,
+            s.now_ms,
+            s.health.failure_tolerance,
+        ));
         let then = plan::within_window(
             plan::spin_up(&next, config.mode, requested, timeout),
             &window,
