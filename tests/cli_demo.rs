@@ -5,11 +5,15 @@
 //! Also a bad flag refused with exit 2 and a message naming it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::demo::{alive, replica_pids};
 
 /// The demo with chaos: ~10 s of rollout plus a ~21 s takeover, on a loaded 2-core machine.
 const DEMO_BOUND: Duration = Duration::from_secs(150);
@@ -88,29 +92,6 @@ fn run_bounded(args: &[&str], cwd: &Path, limit: Duration) -> Output {
         status,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
-    }
-}
-
-/// The replica PIDs the demo announced ("replica demo-1 started (pid 1234), ...").
-fn replica_pids(stdout: &str) -> Vec<u32> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("replica demo-"))
-        .filter_map(|l| l.split("(pid ").nth(1))
-        .filter_map(|rest| rest.split(')').next())
-        .map(|pid| pid.parse().unwrap())
-        .collect()
-}
-
-/// A process that exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
     }
 }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use awc::error::WsProtocolError;
 use awc::ws;
+use common::demo::{alive, replica_pids};
 use common::endpoint::{scratch, Proc, NEW_IMAGE, OLD_IMAGE};
 use common::{bounded_for, eventually};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -399,29 +400,6 @@ fn dashboard_urls(stdout: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The replica PIDs the demo announced ("replica demo-1 started (pid 1234), ...").
-fn replica_pids(stdout: &str) -> Vec<u32> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("replica demo-"))
-        .filter_map(|l| l.split("(pid ").nth(1))
-        .filter_map(|rest| rest.split(')').next())
-        .map(|pid| pid.parse().unwrap())
-        .collect()
-}
-
-/// A process that exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
 }
 
 /// Until `url` answers 200: the replica's endpoint is serving, so Chromium's first load is the

@@ -175,7 +175,14 @@ step_timeout = "20s"
 type = "spin-up"
 [action.spin-down]
 type = "spin-down"
-[[watch]]
+{ROLLOUT_WATCHES}"#
+    )
+}
+
+/// The watches a demo replica runs spin-up and spin-down on: `consul-rehydrate`, catalog
+/// changes of the `consul` service, and a 1 s timer so a missed trigger costs a second. The
+/// rollout tests run the same ones.
+pub const ROLLOUT_WATCHES: &str = r#"[[watch]]
 name = "rehydrate"
 type = "event"
 event = "consul-rehydrate"
@@ -190,9 +197,7 @@ name = "timer"
 type = "schedule"
 every = "1s"
 actions = ["spin-up", "spin-down"]
-"#
-    )
-}
+"#;
 
 /// A fresh directory for the configuration and the replicas' logs.
 fn scratch_dir() -> Result<PathBuf, DemoError> {

@@ -10,22 +10,7 @@ pub const LOCK_DELAY_SECS: u64 = 1;
 
 /// The watches every rollout test's replica runs spin-up and spin-down on: `consul-rehydrate`,
 /// catalog changes of the `consul` service and a 1s timer.
-pub const WATCHES: &str = r#"[[watch]]
-name = "rehydrate"
-type = "event"
-event = "consul-rehydrate"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "servers"
-type = "service"
-service = "consul"
-actions = ["spin-up", "spin-down"]
-[[watch]]
-name = "timer"
-type = "schedule"
-every = "1s"
-actions = ["spin-up", "spin-down"]
-"#;
+pub const WATCHES: &str = rehydrator::demo::ROLLOUT_WATCHES;
 
 /// A replica's configuration for cluster `cluster` with `desired` servers, Consul at `consul`:
 /// spin-up and spin-down on the shared `step` lock, triggered by `consul-rehydrate`, by catalog
