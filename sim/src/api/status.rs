@@ -4,8 +4,9 @@
 //! serving" probe. Like Consul, these are answered from the serving server's own Raft view:
 //! no leader is needed, no blocking, no X-Consul-* headers.
 //!
-//! Routes (GET only): /v1/status/leader → `"ip:8300"` or `""`; /v1/status/peers → voters'
-//! addresses.
+//! Routes (GET only): /v1/status/leader → `"ip:8300"` or `""`; /v1/status/peers → the
+//! addresses of every server in the Raft configuration, voters and non-voters alike (Consul's
+//! `Status.Peers` lists the configuration without looking at suffrage).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -32,17 +33,46 @@ async fn leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, A
     Ok(HttpResponse::Ok().json(addr))
 }
 
-/// GET /v1/status/peers — the Raft addresses of the voters.
+/// GET /v1/status/peers — the Raft addresses of every peer in the configuration. A server
+/// autopilot has not yet promoted is listed too: clients that count peers must not read this
+/// as the voter count.
 async fn peers(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     let st = sim.lock();
     opts.check_dc(&st)?;
-    let list: Vec<String> = st
-        .cluster
-        .raft_servers()
-        .filter(|s| s.voter)
-        .map(|s| s.address())
-        .collect();
+    let list: Vec<String> = st.cluster.raft_servers().map(|s| s.address()).collect();
     Ok(HttpResponse::Ok().json(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::kv::testkit::{bounded, Api};
+
+    #[actix_rt::test]
+    async fn peers_lists_non_voters_too() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let demoted = {
+                let mut st = api.sim().lock();
+                let s = st
+                    .cluster
+                    .servers
+                    .last_mut()
+                    .unwrap_or_else(|| panic!("the simulator booted no servers"));
+                s.voter = false;
+                s.address()
+            };
+            let r = api.get("/v1/status/peers").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let peers = r.json();
+            let peers = peers.as_array().cloned().unwrap_or_default();
+            assert_eq!(peers.len(), 3, "{peers:?}");
+            assert!(
+                peers.iter().any(|p| p == demoted.as_str()),
+                "the non-voter {demoted} is missing from {peers:?}"
+            );
+        })
+        .await;
+    }
 }
