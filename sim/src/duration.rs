@@ -41,6 +41,54 @@ pub fn parse(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
+/// Go's `time.ParseDuration`, signed, in nanoseconds, with its error text.
+pub fn parse_signed(s: &str) -> Result<i64, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if body == "0" {
+        return Ok(0);
+    }
+    if body.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = body;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num = &rest[..num_len];
+        if num.is_empty() || num == "." {
+            return Err(invalid());
+        }
+        let value: f64 = num.parse().map_err(|_| invalid())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let scale = match unit {
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    if total > i64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(if neg { -(total as i64) } else { total as i64 })
+}
+
 /// Formats a duration the way Go's `Duration.String()` does for the values Consul shows
 /// ("15s", "1m0s", "200ms", "0s").
 pub fn format(d: Duration) -> String {

@@ -172,11 +172,17 @@ pub struct QueryOptions {
 }
 
 impl QueryOptions {
-    /// Reads `index`, `wait`, `stale`, `consistent` and `dc` with Consul's messages for bad ones.
+    /// Reads the consistency flags (`stale`, `consistent`, `max_stale`, `cached`, `leader`), then
+    /// `wait` and `index`, then `dc`, in the order Consul's `parse` does, with its messages for
+    /// bad ones.
     pub fn parse(params: &Params) -> Result<Self, ApiError> {
+        let consistency = parse_consistency(params)?;
+        // Go's ParseDuration takes a sign; Consul's RPCQueryTimeout makes any wait <= 0 the
+        // default one rather than refusing it.
         let wait = match params.get("wait") {
-            Some(w) if !w.is_empty() => crate::duration::parse(w)
-                .ok_or_else(|| ApiError::bad_request("Invalid wait time"))?,
+            Some(w) if !w.is_empty() => crate::duration::parse_signed(w)
+                .map(|ns| Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
+                .map_err(|_| ApiError::bad_request("Invalid wait time"))?,
             _ => Duration::ZERO,
         };
         let index = match params.get("index") {
@@ -184,20 +190,6 @@ impl QueryOptions {
                 .parse::<u64>()
                 .map_err(|_| ApiError::bad_request("Invalid index"))?,
             _ => 0,
-        };
-        let stale = params.has("stale");
-        let consistent = params.has("consistent");
-        if stale && consistent {
-            return Err(ApiError::bad_request(
-                "Cannot specify ?stale with ?consistent, conflicting semantics.",
-            ));
-        }
-        let consistency = if stale {
-            Consistency::Stale
-        } else if consistent {
-            Consistency::Consistent
-        } else {
-            Consistency::Default
         };
         Ok(Self {
             index,
@@ -241,6 +233,36 @@ impl QueryOptions {
     }
 }
 
+/// Consul's `parseConsistency`: `?stale`, or a positive `?max_stale`, asks for a stale read;
+/// `?consistent` for a consistent one; `?leader` and a zero `?max_stale` keep the default. The
+/// agent's cache (`?cached`) is not simulated, only its conflict with `?consistent`.
+fn parse_consistency(params: &Params) -> Result<Consistency, ApiError> {
+    let mut stale = params.has("stale");
+    let consistent = params.has("consistent");
+    if let Some(max_stale) = params.get("max_stale").filter(|m| !m.is_empty()) {
+        let ns = crate::duration::parse_signed(max_stale)
+            .map_err(|_| ApiError::bad_request(format!("Invalid max_stale value {max_stale:?}")))?;
+        stale |= ns > 0;
+    }
+    if stale && consistent {
+        return Err(ApiError::bad_request(
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        ));
+    }
+    if params.has("cached") && consistent {
+        return Err(ApiError::bad_request(
+            "Cannot specify ?cached with ?consistent, conflicting semantics.",
+        ));
+    }
+    Ok(if stale {
+        Consistency::Stale
+    } else if consistent {
+        Consistency::Consistent
+    } else {
+        Consistency::Default
+    })
+}
+
 /// Response metadata of a read.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {
@@ -248,6 +270,10 @@ pub struct Meta {
     pub known_leader: bool,
     pub last_contact_ms: u64,
     pub consistency: Consistency,
+    /// Whether the response says how it was served (`X-Consul-Effective-Consistency`): only
+    /// the catalog and health handlers fill in `QueryMeta.ConsistencyLevel`; KV and session
+    /// reads leave it empty and Consul then sends no such header.
+    pub report_consistency: bool,
 }
 
 impl Meta {
@@ -269,7 +295,15 @@ impl Meta {
             known_leader,
             last_contact_ms,
             consistency: opts.consistency,
+            report_consistency: false,
         })
+    }
+
+    /// The same metadata, reporting the read's effective consistency as the catalog and health
+    /// endpoints do.
+    pub fn with_consistency(mut self) -> Self {
+        self.report_consistency = true;
+        self
     }
 
     /// A 200 with `body` as JSON and the X-Consul-* headers.
@@ -282,12 +316,16 @@ impl Meta {
         }
     }
 
-    /// Adds the X-Consul-* headers to a response being built.
+    /// Adds the X-Consul-* headers of Consul's `setMeta` to a response being built. The query
+    /// backend is always the blocking one: the simulator has no streaming backend.
     pub fn headers(&self, b: &mut actix_web::HttpResponseBuilder) {
         b.insert_header(("X-Consul-Index", self.index.to_string()));
         b.insert_header(("X-Consul-KnownLeader", self.known_leader.to_string()));
         b.insert_header(("X-Consul-LastContact", self.last_contact_ms.to_string()));
-        b.insert_header(("X-Consul-Effective-Consistency", self.consistency.header()));
+        b.insert_header(("X-Consul-Query-Backend", "blocking-query"));
+        if self.report_consistency {
+            b.insert_header(("X-Consul-Effective-Consistency", self.consistency.header()));
+        }
     }
 }
 
@@ -427,5 +465,69 @@ mod json_error_tests {
             Params::from_request(&req).encode(),
             "acquire=&cas=0&release=a+b"
         );
+    }
+}
+
+#[cfg(test)]
+mod query_option_tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<QueryOptions, (u16, String)> {
+        let req =
+            actix_web::test::TestRequest::with_uri(&format!("/v1/kv/k?{query}")).to_http_request();
+        QueryOptions::from_request(&req).map_err(|e| (e.status.as_u16(), e.message))
+    }
+
+    #[test]
+    fn a_negative_wait_is_the_default_wait_not_an_error() {
+        // Go's ParseDuration takes "-5s"; Consul's RPCQueryTimeout turns any wait <= 0 into
+        // the default.
+        let opts = parse("index=3&wait=-5s").map_err(|e| e.1);
+        let timeout = opts.map(|o| o.timeout());
+        assert!(
+            timeout
+                .as_ref()
+                .is_ok_and(|t| *t >= DEFAULT_WAIT && *t < DEFAULT_WAIT + DEFAULT_WAIT / 16),
+            "{timeout:?}"
+        );
+        assert_eq!(
+            parse("wait=10").err(),
+            Some((400, "Invalid wait time".into()))
+        );
+    }
+
+    #[test]
+    fn consistency_is_checked_before_wait_and_index() {
+        let conflict = "Cannot specify ?stale with ?consistent, conflicting semantics.";
+        assert_eq!(
+            parse("wait=bogus&index=x&stale&consistent").err(),
+            Some((400, conflict.into()))
+        );
+    }
+
+    #[test]
+    fn max_stale_asks_for_a_stale_read() {
+        let c = |q: &str| parse(q).map(|o| o.consistency);
+        assert_eq!(c("max_stale=5s"), Ok(Consistency::Stale));
+        assert_eq!(c("max_stale=0s"), Ok(Consistency::Default));
+        assert_eq!(
+            c("max_stale=soon").err(),
+            Some((400, "Invalid max_stale value \"soon\"".into()))
+        );
+        assert_eq!(
+            c("max_stale=1m&consistent").err(),
+            Some((
+                400,
+                "Cannot specify ?stale with ?consistent, conflicting semantics.".into()
+            ))
+        );
+        assert_eq!(
+            c("cached&consistent").err(),
+            Some((
+                400,
+                "Cannot specify ?cached with ?consistent, conflicting semantics.".into()
+            ))
+        );
+        assert_eq!(c("leader"), Ok(Consistency::Default));
     }
 }

@@ -894,7 +894,7 @@ async fn services(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse,
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 /// GET /v1/catalog/service/{name} — the instances of a service (`?tag` filters); blocking.
@@ -954,7 +954,7 @@ async fn service(
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 /// GET /v1/catalog/nodes — every node; blocking.
@@ -978,7 +978,7 @@ async fn nodes(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, Ap
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 /// GET /v1/catalog/node/{node} — `{Node, Services: {id: service}}`, or `null`; blocking.
@@ -1013,7 +1013,7 @@ async fn node(
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ async fn matching_checks(
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 fn check_index(st: &State) -> u64 {
@@ -133,7 +133,7 @@ async fn service(
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 /// GET /v1/health/checks/{service} — the checks of a service's instances; blocking.
@@ -198,7 +198,7 @@ async fn node(
         })
     })
     .await?;
-    Ok(meta.json(&value))
+    Ok(meta.with_consistency().json(&value))
 }
 
 #[cfg(test)]
@@ -213,5 +213,38 @@ mod tests {
         assert_eq!(parse_bool_flag(Some("true")), Ok(true));
         assert_eq!(parse_bool_flag(Some("0")), Ok(false));
         assert!(parse_bool_flag(Some("yes")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use crate::api::kv::testkit::{bounded, Api};
+
+    #[actix_rt::test]
+    async fn catalog_and_health_reads_report_their_effective_consistency() {
+        bounded(async {
+            let api = Api::start(1.0);
+            for (path, want) in [
+                ("/v1/catalog/nodes", "leader"),
+                ("/v1/catalog/services?stale", "stale"),
+                ("/v1/catalog/service/consul?consistent", "consistent"),
+                ("/v1/health/service/consul", "leader"),
+                ("/v1/health/state/any?max_stale=1m", "stale"),
+            ] {
+                let r = api.get(path).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.text());
+                assert_eq!(
+                    r.header("X-Consul-Effective-Consistency").as_deref(),
+                    Some(want),
+                    "{path}"
+                );
+                assert_eq!(
+                    r.header("X-Consul-Query-Backend").as_deref(),
+                    Some("blocking-query"),
+                    "{path}"
+                );
+            }
+        })
+        .await;
     }
 }

@@ -1062,6 +1062,32 @@ mod http_tests {
     }
 
     #[actix_rt::test]
+    async fn kv_reads_carry_setmeta_headers_but_no_effective_consistency() {
+        bounded(async {
+            let api = Api::start(1.0);
+            api.put("/v1/kv/h", b"v").await;
+            for path in [
+                "/v1/kv/h",
+                "/v1/kv/h?stale",
+                "/v1/kv/missing",
+                "/v1/kv/?keys",
+            ] {
+                let r = api.get(path).await;
+                assert_eq!(
+                    r.header("X-Consul-Query-Backend").as_deref(),
+                    Some("blocking-query"),
+                    "{path}"
+                );
+                assert_eq!(r.header("X-Consul-KnownLeader").as_deref(), Some("true"));
+                // Consul's KV handlers never fill in QueryMeta.ConsistencyLevel, and
+                // setConsistency writes nothing for an empty one.
+                assert_eq!(r.header("X-Consul-Effective-Consistency"), None, "{path}");
+            }
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
     async fn bad_requests_answer_as_consul_does() {
         bounded(async {
             let api = Api::start(1.0);

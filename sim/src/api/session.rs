@@ -384,7 +384,7 @@ fn decode_service_checks(v: &Value, out: &mut Option<Vec<ServiceCheck>>) -> Resu
 fn decode_lock_delay(v: &Value, current: i64) -> Result<i64, String> {
     let ns = match v {
         Value::Null => return Ok(current),
-        Value::String(s) => go_parse_duration(s)?,
+        Value::String(s) => crate::duration::parse_signed(s)?,
         // Go converts the float64 to a Duration, truncating toward zero.
         Value::Number(n) => n.as_f64().map_or(0, |f| f as i64),
         _ => 0,
@@ -394,54 +394,6 @@ fn decode_lock_delay(v: &Value, current: i64) -> Result<i64, String> {
     } else {
         ns
     })
-}
-
-/// Go's `time.ParseDuration`, signed, in nanoseconds, with its error text.
-fn go_parse_duration(s: &str) -> Result<i64, String> {
-    let invalid = || format!("time: invalid duration {s:?}");
-    let (neg, body) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    if body == "0" {
-        return Ok(0);
-    }
-    if body.is_empty() {
-        return Err(invalid());
-    }
-    let mut rest = body;
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num = &rest[..num_len];
-        if num.is_empty() || num == "." {
-            return Err(invalid());
-        }
-        let value: f64 = num.parse().map_err(|_| invalid())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        let scale = match unit {
-            "" => return Err(format!("time: missing unit in duration {s:?}")),
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            other => return Err(format!("time: unknown unit {other:?} in duration {s:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    if total > i64::MAX as f64 {
-        return Err(invalid());
-    }
-    Ok(if neg { -(total as i64) } else { total as i64 })
 }
 
 /// Creates a session on the leader: Consul's endpoint validation (Behavior, TTL), then the
@@ -460,7 +412,7 @@ pub fn create(sim: &Sim, st: &mut State, req: CreateRequest) -> Result<String, A
         }
     };
     if !req.ttl.is_empty() {
-        let ttl = go_parse_duration(&req.ttl)
+        let ttl = crate::duration::parse_signed(&req.ttl)
             .map_err(|e| ApiError::internal(format!("Session TTL '{}' invalid: {e}", req.ttl)))?;
         let min = TTL_MIN.as_nanos() as i64;
         let max = TTL_MAX.as_nanos() as i64;
@@ -831,18 +783,18 @@ mod tests {
 
     #[test]
     fn go_durations_and_their_errors() {
-        assert_eq!(go_parse_duration("1m30s"), Ok(90_000_000_000));
-        assert_eq!(go_parse_duration("-2s"), Ok(-2_000_000_000));
+        assert_eq!(crate::duration::parse_signed("1m30s"), Ok(90_000_000_000));
+        assert_eq!(crate::duration::parse_signed("-2s"), Ok(-2_000_000_000));
         assert_eq!(
-            go_parse_duration("10"),
+            crate::duration::parse_signed("10"),
             Err("time: missing unit in duration \"10\"".to_string())
         );
         assert_eq!(
-            go_parse_duration("10x"),
+            crate::duration::parse_signed("10x"),
             Err("time: unknown unit \"x\" in duration \"10x\"".to_string())
         );
         assert_eq!(
-            go_parse_duration("abc"),
+            crate::duration::parse_signed("abc"),
             Err("time: invalid duration \"abc\"".to_string())
         );
     }
