@@ -169,6 +169,9 @@ pub struct QueryOptions {
     pub wait: Duration,
     pub consistency: Consistency,
     pub dc: Option<String>,
+    /// Whether the wait gets Consul's jitter: the servers' blocking queries add up to wait/16;
+    /// the agent-local event list waits exactly what it was asked.
+    pub jitter: bool,
 }
 
 impl QueryOptions {
@@ -177,6 +180,19 @@ impl QueryOptions {
     /// bad ones.
     pub fn parse(params: &Params) -> Result<Self, ApiError> {
         let consistency = parse_consistency(params)?;
+        Ok(Self {
+            consistency,
+            dc: params
+                .get("dc")
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+            ..Self::parse_wait(params)?
+        })
+    }
+
+    /// Only `wait` and `index` (Consul's `parseWait`), for the endpoints that read nothing else:
+    /// the default consistency, no datacenter.
+    pub fn parse_wait(params: &Params) -> Result<Self, ApiError> {
         // Go's ParseDuration takes a sign; Consul's RPCQueryTimeout makes any wait <= 0 the
         // default one rather than refusing it.
         let wait = match params.get("wait") {
@@ -194,11 +210,9 @@ impl QueryOptions {
         Ok(Self {
             index,
             wait,
-            consistency,
-            dc: params
-                .get("dc")
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned),
+            consistency: Consistency::Default,
+            dc: None,
+            jitter: true,
         })
     }
 
@@ -206,7 +220,8 @@ impl QueryOptions {
         Self::parse(&Params::from_request(req))
     }
 
-    /// Consul's blocking timeout: the wait (default 5m, at most 10m) plus up to wait/16 of jitter.
+    /// Consul's blocking timeout: the wait (default 5m, at most 10m) plus, unless `jitter` is
+    /// off, up to wait/16 of jitter.
     pub fn timeout(&self) -> Duration {
         let wait = if self.wait.is_zero() {
             DEFAULT_WAIT
@@ -214,7 +229,7 @@ impl QueryOptions {
             self.wait.min(MAX_WAIT)
         };
         let jitter_ns = (wait.as_nanos() / 16) as u64;
-        let jitter = if jitter_ns > 0 {
+        let jitter = if self.jitter && jitter_ns > 0 {
             Duration::from_nanos(rand::thread_rng().gen_range(0..jitter_ns))
         } else {
             Duration::ZERO

@@ -230,15 +230,7 @@ async fn fire_endpoint(
 async fn list_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let params = Params::from_request(&req);
-    let mut opts = QueryOptions::parse(&params)?;
-    // The list is the local agent's memory: no leader, no datacenter, no consistency mode.
-    // Stale consistency keeps `blocking` from asking for a leader; only the index is sent.
-    opts.consistency = Consistency::Stale;
-    opts.dc = None;
-    // With an index and no wait, Consul's event list waits its maximum, not the usual 5m.
-    if opts.wait.is_zero() {
-        opts.wait = MAX_WAIT;
-    }
+    let opts = list_options(&params)?;
     let name = params
         .get("name")
         .filter(|n| !n.is_empty())
@@ -255,6 +247,20 @@ async fn list_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResp
     Ok(HttpResponse::Ok()
         .insert_header(("X-Consul-Index", meta.index.to_string()))
         .json(events))
+}
+
+/// How `/v1/event/list` reads its query: Consul's handler parses only `wait` and `index` (so
+/// `?stale&consistent` is no error here), waits its maximum when given an index and no wait,
+/// and adds no jitter. The list is the local agent's memory: no leader, no datacenter. Stale
+/// consistency keeps `blocking` from asking for a leader; only the index header is sent.
+fn list_options(params: &Params) -> Result<QueryOptions, ApiError> {
+    let mut opts = QueryOptions::parse_wait(params)?;
+    opts.consistency = Consistency::Stale;
+    opts.jitter = false;
+    if opts.wait.is_zero() {
+        opts.wait = MAX_WAIT;
+    }
+    Ok(opts)
 }
 
 /// The subset of Go's RE2 syntax node filters use: literals, `.`, classes (`[a-z]`, `[^x]`,
@@ -514,6 +520,28 @@ fn match_repeat(
 mod tests {
     use super::*;
 
+    fn list_opts(query: &str) -> Result<QueryOptions, String> {
+        let req = actix_web::test::TestRequest::with_uri(&format!("/v1/event/list?{query}"))
+            .to_http_request();
+        list_options(&Params::from_request(&req)).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn the_list_reads_only_wait_and_index_and_waits_without_jitter() {
+        let o = list_opts("index=5&stale&consistent&max_stale=bogus");
+        assert_eq!(o.as_ref().map(|o| o.index).ok(), Some(5), "{:?}", o.err());
+        assert_eq!(list_opts("index=5").map(|o| o.timeout()), Ok(MAX_WAIT));
+        assert_eq!(
+            list_opts("index=5&wait=7s").map(|o| o.timeout()),
+            Ok(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(
+            list_opts("index=5&wait=1h").map(|o| o.timeout()),
+            Ok(MAX_WAIT)
+        );
+        assert_eq!(list_opts("index=x").err().as_deref(), Some("Invalid index"));
+    }
+
     fn ev(name: &str) -> UserEvent {
         UserEvent {
             id: uuid::Uuid::new_v4().to_string(),
@@ -621,6 +649,16 @@ mod http_tests {
 
     use super::uuid_to_u64;
     use crate::api::kv::testkit::{bounded, Api};
+
+    #[actix_rt::test]
+    async fn the_list_ignores_consistency_flags() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let r = api.get("/v1/event/list?stale&consistent").await;
+            assert_eq!((r.status, r.index), (200, Some(1)), "{}", r.text());
+        })
+        .await;
+    }
 
     #[actix_rt::test]
     async fn fire_then_list_with_lamport_times_and_the_id_index() {

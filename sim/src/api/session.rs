@@ -616,6 +616,7 @@ fn dc_of(params: &Params) -> QueryOptions {
             .get("dc")
             .filter(|d| !d.is_empty())
             .map(str::to_owned),
+        jitter: true,
     }
 }
 
