@@ -225,6 +225,8 @@ impl From<&AutopilotConfig> for AutopilotConfigJson {
 /// A `ReadableDuration`: a Go duration string, or a number of nanoseconds.
 fn readable_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match Value::deserialize(d)? {
+        // A nil *ReadableDuration reads as zero.
+        Value::Null => Ok(Duration::ZERO),
         Value::String(s) => duration::parse(&s)
             .ok_or_else(|| serde::de::Error::custom(format!("time: invalid duration {s:?}"))),
         Value::Number(n) => n
@@ -238,8 +240,10 @@ fn readable_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
     }
 }
 
-/// The PUT body; absent fields take `api.NewAutopilotConfiguration()`'s defaults.
-#[derive(Deserialize)]
+/// The PUT body. Consul decodes it into a zero `api.AutopilotConfiguration` and writes that
+/// whole: an absent field is false, 0 or "0s", not the default (`consul operator autopilot
+/// set-config` reads the configuration first for this reason).
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct AutopilotConfigBody {
     cleanup_dead_servers: bool,
@@ -252,22 +256,6 @@ struct AutopilotConfigBody {
     redundancy_zone_tag: String,
     disable_upgrade_migration: bool,
     upgrade_version_tag: String,
-}
-
-impl Default for AutopilotConfigBody {
-    fn default() -> Self {
-        let d = AutopilotConfig::default();
-        Self {
-            cleanup_dead_servers: d.cleanup_dead_servers,
-            last_contact_threshold: d.last_contact_threshold,
-            max_trailing_logs: d.max_trailing_logs,
-            min_quorum: d.min_quorum,
-            server_stabilization_time: d.server_stabilization_time,
-            redundancy_zone_tag: d.redundancy_zone_tag,
-            disable_upgrade_migration: d.disable_upgrade_migration,
-            upgrade_version_tag: d.upgrade_version_tag,
-        }
-    }
 }
 
 /// GET|PUT /v1/operator/autopilot/configuration.
@@ -472,4 +460,31 @@ async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRe
             "Voters": voters.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         }),
     ))
+}
+
+#[cfg(test)]
+mod http_tests {
+    use crate::api::kv::testkit::{bounded, Api};
+
+    #[actix_rt::test]
+    async fn an_autopilot_put_zeroes_the_fields_it_leaves_out() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let r = api
+                .put(
+                    "/v1/operator/autopilot/configuration",
+                    br#"{"CleanupDeadServers": true}"#,
+                )
+                .await;
+            assert_eq!((r.status, r.text()), (200, "true".into()));
+            let c = api.get("/v1/operator/autopilot/configuration").await.json();
+            // Consul decodes the body into a zero api.AutopilotConfiguration, not into
+            // NewAutopilotConfiguration()'s defaults: what is absent is written as zero.
+            assert_eq!(c["CleanupDeadServers"], true, "{c}");
+            assert_eq!(c["LastContactThreshold"], "0s", "{c}");
+            assert_eq!(c["MaxTrailingLogs"], 0, "{c}");
+            assert_eq!(c["ServerStabilizationTime"], "0s", "{c}");
+        })
+        .await;
+    }
 }
