@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 
 use actix_web::dev::{ServerHandle, Service as _};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, App, HttpServer};
 
 use crate::config::SimConfig;
@@ -40,10 +41,24 @@ pub fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<RunningSi
             // Counts Consul API requests for `GET /sim/stats` (what a client costs the agent);
             // the control API's own requests are not counted.
             .wrap_fn(move |req, srv| {
-                if req.path().starts_with("/v1/") {
+                let consul = req.path().starts_with("/v1/");
+                if consul {
                     counter.count_request();
                 }
-                srv.call(req)
+                let res = srv.call(req);
+                async move {
+                    let mut res = res.await?;
+                    // Consul's handler wrapper stamps every routed /v1 answer, errors included,
+                    // with the agent's acl.default_policy ("allow" unless configured, ACLs on or
+                    // off); an unrouted path falls to its unwrapped index handler.
+                    if consul && res.request().match_pattern().is_some() {
+                        res.headers_mut().insert(
+                            HeaderName::from_static("x-consul-default-acl-policy"),
+                            HeaderValue::from_static("allow"),
+                        );
+                    }
+                    Ok(res)
+                }
             })
             .app_data(data.clone())
             // Consul takes any body size an agent allows; 512 KiB covers a KV value's cap.

@@ -50,6 +50,29 @@ mod tests {
     use crate::api::kv::testkit::{bounded, Api};
 
     #[actix_rt::test]
+    async fn every_consul_endpoint_answers_with_the_default_acl_policy() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let header =
+                |r: &crate::api::kv::testkit::Resp| r.header("X-Consul-Default-ACL-Policy");
+            for path in ["/v1/status/leader", "/v1/kv/missing", "/v1/session/list"] {
+                let r = api.get(path).await;
+                assert_eq!(header(&r).as_deref(), Some("allow"), "{path}: {}", r.status);
+            }
+            let r = api
+                .call(actix_web::http::Method::POST, "/v1/kv/k", b"")
+                .await;
+            assert_eq!((r.status, header(&r).as_deref()), (405, Some("allow")));
+            let r = api.put("/v1/session/create", b"[").await;
+            assert_eq!((r.status, header(&r).as_deref()), (400, Some("allow")));
+            // Paths Consul does not route fall to its unwrapped index handler.
+            let r = api.get("/v1/no/such/endpoint").await;
+            assert_eq!((r.status, header(&r)), (404, None));
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
     async fn peers_lists_non_voters_too() {
         bounded(async {
             let api = Api::start(1.0);
