@@ -104,13 +104,20 @@ pub struct NodeEntry {
 }
 
 /// The catalog tables. Each table keeps the index of its last write, deletes included, which is
-/// what Consul answers as X-Consul-Index for reads of that table.
+/// what Consul answers as X-Consul-Index for reads of that table. Reads of one service
+/// (`/catalog/service/:name`, `/health/service/:name`) answer at that service's own index
+/// instead (`service_index`), so a write elsewhere in the catalog does not end their wait.
 #[derive(Default)]
 pub struct Catalog {
     nodes: BTreeMap<String, NodeEntry>,
     pub nodes_index: u64,
     pub services_index: u64,
     pub checks_index: u64,
+    /// Consul's `service.<name>` index entries: the last write to an instance of the service,
+    /// to a check of one, or to a node (or node-level check) that hosts one.
+    service_indexes: BTreeMap<String, u64>,
+    /// When the last instance of some service went away (`service_last_extinction`).
+    extinction_index: Option<u64>,
 }
 
 /// What a write changed, so the caller can notify watchers and invalidate sessions.
@@ -165,6 +172,9 @@ impl Catalog {
     /// `skip_node_update`), the service and the checks, bumping ModifyIndex only on change.
     pub fn register(&mut self, idx: u64, reg: Registration) -> Result<Written, String> {
         let mut w = Written::default();
+        // Service names whose index this registration moves, and those it may have emptied.
+        let mut touched: Vec<String> = Vec::new();
+        let mut renamed: Vec<String> = Vec::new();
         if let Some(other) = self
             .nodes
             .values()
@@ -219,6 +229,7 @@ impl Catalog {
                 node.modify_index = idx;
                 self.nodes_index = idx;
                 w.catalog = true;
+                touched.extend(node.services.values().map(|s| s.service.clone()));
             }
         }
         if let Some(mut svc) = reg.service {
@@ -232,6 +243,10 @@ impl Catalog {
             if !same {
                 svc.create_index = existing.map_or(idx, |e| e.create_index);
                 svc.modify_index = idx;
+                if let Some(old) = existing.filter(|e| e.service != svc.service) {
+                    renamed.push(old.service.clone());
+                }
+                touched.push(svc.service.clone());
                 node.services.insert(svc.id.clone(), svc);
                 self.services_index = idx;
                 w.catalog = true;
@@ -265,10 +280,18 @@ impl Catalog {
                 w.critical
                     .push((check.node.clone(), check.check_id.clone()));
             }
+            if check.service_id.is_empty() {
+                touched.extend(node.services.values().map(|s| s.service.clone()));
+            } else {
+                touched.push(check.service_name.clone());
+            }
             node.checks.insert(check.check_id.clone(), check);
             self.checks_index = idx;
             w.checks = true;
         }
+        touched.extend(renamed.iter().cloned());
+        self.touch_services(touched, idx);
+        self.retire_extinct(&renamed, idx);
         Ok(w)
     }
 
@@ -298,8 +321,14 @@ impl Catalog {
         c.status = status.to_owned();
         c.output = output.to_owned();
         c.modify_index = idx;
+        let service = (!c.service_id.is_empty()).then(|| c.service_name.clone());
         self.checks_index = idx;
         w.checks = true;
+        let touched = match service {
+            Some(name) => vec![name],
+            None => self.services_on(node),
+        };
+        self.touch_services(touched, idx);
         w
     }
 
@@ -313,14 +342,25 @@ impl Catalog {
         check_id: Option<&str>,
     ) -> Written {
         let mut w = Written::default();
+        let on_node = self.services_on(node);
+        let service_of_check = |e: &NodeEntry, cid: &str| -> Option<Vec<String>> {
+            let c = e.checks.get(cid)?;
+            Some(if c.service_id.is_empty() {
+                e.services.values().map(|s| s.service.clone()).collect()
+            } else {
+                vec![c.service_name.clone()]
+            })
+        };
         let Some(entry) = self.nodes.get_mut(node) else {
             return w;
         };
+        let mut touched: Vec<String> = Vec::new();
         match (service_id, check_id) {
             (None, None) => {
                 let had_services = !entry.services.is_empty();
                 let had_checks = !entry.checks.is_empty();
                 self.nodes.remove(node);
+                touched.extend(on_node.iter().cloned());
                 self.nodes_index = idx;
                 if had_services {
                     self.services_index = idx;
@@ -333,7 +373,11 @@ impl Catalog {
                 w.deleted_nodes.push(node.to_owned());
             }
             (Some(sid), _) => {
-                if entry.services.remove(sid).is_some() {
+                if let Some(cid) = check_id {
+                    touched.extend(service_of_check(entry, cid).unwrap_or_default());
+                }
+                if let Some(gone) = entry.services.remove(sid) {
+                    touched.push(gone.service);
                     self.services_index = idx;
                     w.catalog = true;
                 }
@@ -358,6 +402,7 @@ impl Catalog {
                 }
             }
             (None, Some(cid)) => {
+                touched.extend(service_of_check(entry, cid).unwrap_or_default());
                 if entry.checks.remove(cid).is_some() {
                     self.checks_index = idx;
                     w.checks = true;
@@ -365,6 +410,8 @@ impl Catalog {
                 }
             }
         }
+        self.touch_services(touched.iter().cloned(), idx);
+        self.retire_extinct(&touched, idx);
         w
     }
 
@@ -405,6 +452,55 @@ impl Catalog {
     /// Every check, nodes in name order, check IDs in order.
     pub fn checks(&self) -> impl Iterator<Item = &CheckEntry> {
         self.nodes.values().flat_map(|n| n.checks.values())
+    }
+
+    /// The index a read of service `name` answers at, as Consul's
+    /// `maxIndexAndWatchChForService`: the service's own index while it has instances, else
+    /// the last extinction of any service, else the highest of the tables such a read touches
+    /// (nodes and services, and checks for health reads).
+    pub fn service_index(&self, name: &str, with_checks: bool) -> u64 {
+        let exists = self
+            .nodes
+            .values()
+            .any(|n| n.services.values().any(|s| s.service == name));
+        match self.service_indexes.get(name) {
+            Some(idx) if exists => *idx,
+            _ => self.extinction_index.unwrap_or_else(|| {
+                let tables = self.nodes_index.max(self.services_index);
+                if with_checks {
+                    tables.max(self.checks_index)
+                } else {
+                    tables
+                }
+            }),
+        }
+    }
+
+    fn touch_services(&mut self, names: impl IntoIterator<Item = String>, idx: u64) {
+        for name in names {
+            self.service_indexes.insert(name, idx);
+        }
+    }
+
+    /// The names of the services on `node`, whose indexes a node-wide change moves.
+    fn services_on(&self, node: &str) -> Vec<String> {
+        self.nodes
+            .get(node)
+            .map(|n| n.services.values().map(|s| s.service.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Drops the index of each of `names` left without instances, recording the extinction.
+    fn retire_extinct(&mut self, names: &[String], idx: u64) {
+        for name in names {
+            let alive = self
+                .nodes
+                .values()
+                .any(|n| n.services.values().any(|s| &s.service == name));
+            if !alive && self.service_indexes.remove(name).is_some() {
+                self.extinction_index = Some(idx);
+            }
+        }
     }
 }
 
@@ -948,7 +1044,7 @@ async fn service(
             })
             .collect();
         Ok(Read {
-            index: st.catalog.services_index.max(st.catalog.nodes_index),
+            index: st.catalog.service_index(&name, false),
             value: list,
             topics: vec![Topic::Catalog],
         })
@@ -1071,6 +1167,74 @@ mod tests {
         let w = c.set_check(7, "n1", "c1", "critical", "down");
         assert!(w.critical.is_empty() && !w.checks);
         assert_eq!(c.check_status("n1", "c1").as_deref(), Some("critical"));
+    }
+
+    fn svc(id: &str, name: &str) -> ServiceEntry {
+        ServiceEntry {
+            kind: String::new(),
+            id: id.into(),
+            service: name.into(),
+            tags: Vec::new(),
+            address: String::new(),
+            tagged_addresses: None,
+            meta: BTreeMap::new(),
+            port: 80,
+            weights: Weights::default(),
+            enable_tag_override: false,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    #[test]
+    fn each_service_answers_at_its_own_index() {
+        let mut c = Catalog::default();
+        let mut r = reg("n1");
+        r.service = Some(svc("web", "web"));
+        r.checks.push(check("n1", "serfHealth", "passing"));
+        c.register(5, r).unwrap();
+        let mut r = reg("n2");
+        r.service = Some(svc("db", "db"));
+        c.register(6, r).unwrap();
+        assert_eq!(c.service_index("web", true), 5);
+        assert_eq!(c.service_index("db", true), 6);
+        // A service-level check moves only its service.
+        let mut r = reg("n2");
+        r.skip_node_update = true;
+        let mut ck = check("n2", "db-alive", "passing");
+        ck.service_id = "db".into();
+        r.checks.push(ck);
+        c.register(7, r).unwrap();
+        assert_eq!(
+            (c.service_index("web", true), c.service_index("db", true)),
+            (5, 7)
+        );
+        // A node-level check moves every service on its node.
+        c.set_check(8, "n1", "serfHealth", "critical", "gone");
+        assert_eq!(
+            (c.service_index("web", true), c.service_index("db", true)),
+            (8, 7)
+        );
+        // So does a change to the node itself.
+        let mut r = reg("n2");
+        r.address = "10.0.0.2".into();
+        c.register(9, r).unwrap();
+        assert_eq!(
+            (c.service_index("web", true), c.service_index("db", true)),
+            (8, 9)
+        );
+        // A name never registered answers the tables' index until some service goes extinct;
+        // then the extinction index.
+        assert_eq!(c.service_index("nothing", true), 9);
+        assert_eq!(c.service_index("nothing", false), 9);
+        c.deregister(10, "n1", Some("web"), None);
+        assert_eq!(c.service_index("web", true), 10);
+        assert_eq!(c.service_index("nothing", true), 10);
+        c.deregister(11, "n2", None, Some("db-alive"));
+        assert_eq!(
+            (c.service_index("db", true), c.service_index("web", true)),
+            (11, 10)
+        );
     }
 
     #[test]

@@ -125,9 +125,8 @@ async fn service(
                 "Checks": checks_json(checks.into_iter()),
             }));
         }
-        let c = &st.catalog;
         Ok(Read {
-            index: c.nodes_index.max(c.services_index).max(c.checks_index),
+            index: st.catalog.service_index(&name, true),
             value: out,
             topics: vec![Topic::Catalog, Topic::Checks],
         })
@@ -219,6 +218,41 @@ mod tests {
 #[cfg(test)]
 mod http_tests {
     use crate::api::kv::testkit::{bounded, Api};
+
+    #[actix_rt::test]
+    async fn a_service_read_ignores_writes_to_other_services() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let before = api.get("/v1/health/service/consul").await;
+            let catalog_before = api.get("/v1/catalog/service/consul").await;
+            let services_before = api.get("/v1/catalog/services").await;
+            let node = api.sim().lock().config.agent_node.clone();
+            let body = serde_json::json!({
+                "Node": node,
+                "Address": "127.0.0.1",
+                "SkipNodeUpdate": true,
+                "Service": {"Service": "web", "Port": 80},
+            });
+            let r = api
+                .put("/v1/catalog/register", body.to_string().as_bytes())
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let services = api.get("/v1/catalog/services").await;
+            assert!(services.index > services_before.index, "the write happened");
+            // Consul answers a service's reads at its own `service.<name>` index.
+            assert_eq!(
+                api.get("/v1/health/service/consul").await.index,
+                before.index
+            );
+            assert_eq!(
+                api.get("/v1/catalog/service/consul").await.index,
+                catalog_before.index
+            );
+            let web = api.get("/v1/health/service/web").await;
+            assert_eq!(web.index, services.index);
+        })
+        .await;
+    }
 
     #[actix_rt::test]
     async fn catalog_and_health_reads_report_their_effective_consistency() {
