@@ -24,6 +24,9 @@ pub struct SimConfig {
     pub boot_delay: Duration,
     /// How long before serf marks a killed server `failed`. Default 1s.
     pub failure_detection: Duration,
+    /// Consul's `rpc_hold_timeout`: how long a request that needs the leader waits for one
+    /// (an election) before failing with "No cluster leader". Default 7s.
+    pub rpc_hold_timeout: Duration,
 }
 
 impl Default for SimConfig {
@@ -38,6 +41,7 @@ impl Default for SimConfig {
             election: Duration::from_secs(2),
             boot_delay: Duration::from_secs(5),
             failure_detection: Duration::from_secs(1),
+            rpc_hold_timeout: Duration::from_secs(7),
         }
     }
 }

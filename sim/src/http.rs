@@ -344,6 +344,30 @@ impl Meta {
     }
 }
 
+/// Holds a request that needs the leader while there is none, as Consul's `forwardRequestToLeader`
+/// does: until an election produces one or `rpc_hold_timeout` (simulated time) runs out. The
+/// caller then goes on either way and fails with "No cluster leader" if there is still none.
+/// A request for another datacenter (`dc`) is not held: it fails at once with no path to it.
+pub async fn hold_for_leader(sim: &Sim, dc: Option<&str>) {
+    let deadline = {
+        let st = sim.lock();
+        if st.cluster.has_leader() || dc.is_some_and(|dc| dc != st.config.datacenter) {
+            return;
+        }
+        tokio::time::Instant::now() + st.config.scaled(st.config.rpc_hold_timeout)
+    };
+    loop {
+        let parked = {
+            let mut st = sim.lock();
+            if st.cluster.has_leader() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            st.waiters.park(vec![Topic::Raft])
+        };
+        let _ = tokio::time::timeout_at(deadline, parked).await;
+    }
+}
+
 /// What one run of a read found: the index it answers at, its value and what it read.
 pub struct Read<T> {
     pub index: u64,
@@ -369,6 +393,11 @@ pub async fn blocking<T>(
     fresh: Fresh,
     mut read: impl FnMut(&State) -> Result<Read<T>, ApiError>,
 ) -> Result<(Meta, T), ApiError> {
+    // Only a stale read is served without a leader; the others wait for one first, and their
+    // blocking wait starts once they are through (Consul forwards, then blocks on the leader).
+    if opts.consistency != Consistency::Stale {
+        hold_for_leader(sim, opts.dc.as_deref()).await;
+    }
     let deadline = tokio::time::Instant::now() + opts.timeout();
     loop {
         let parked = {

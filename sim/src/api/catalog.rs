@@ -16,7 +16,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::http::{blocking, decode_body, only, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{
+    blocking, decode_body, hold_for_leader, only, ApiError, Fresh, Params, QueryOptions, Read,
+};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -940,6 +942,7 @@ async fn register(
         .map(str::to_owned)
         .unwrap_or_else(|| b.datacenter.clone());
     let reg = to_registration(b)?;
+    hold_for_leader(&sim, Some(dc.as_str()).filter(|d| !d.is_empty())).await;
     let mut st = sim.lock();
     write_preconditions(&st, &dc)?;
     apply_register(&sim, &mut st, reg)?;
@@ -961,6 +964,7 @@ async fn deregister(
         .get("dc")
         .map(str::to_owned)
         .unwrap_or_else(|| b.datacenter.clone());
+    hold_for_leader(&sim, Some(dc.as_str()).filter(|d| !d.is_empty())).await;
     let mut st = sim.lock();
     write_preconditions(&st, &dc)?;
     let sid = Some(b.service_id.as_str()).filter(|s| !s.is_empty());

@@ -16,7 +16,7 @@ use base64::Engine;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::http::{blocking, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{blocking, hold_for_leader, ApiError, Fresh, Params, QueryOptions, Read};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -459,7 +459,7 @@ async fn kv_endpoint(
         Method::GET if params.has("keys") => get_keys(&sim, &opts, &params, key).await,
         Method::GET => get(&sim, &opts, &params, key).await,
         Method::PUT => put(&sim, &opts, &params, &req, key, body).await,
-        Method::DELETE => delete(&sim, &opts, &params, key),
+        Method::DELETE => delete(&sim, &opts, &params, key).await,
         ref m => Err(ApiError::method_not_allowed(
             m.as_str(),
             &["GET", "PUT", "DELETE"],
@@ -602,13 +602,14 @@ async fn put(
     } else {
         KvOp::Set { key, value, flags }
     };
+    hold_for_leader(sim, opts.dc.as_deref()).await;
     let mut st = sim.lock();
     opts.check_dc(&st)?;
     let ok = apply(&mut st, op)?;
     Ok(json_bool(ok))
 }
 
-fn delete(
+async fn delete(
     sim: &Sim,
     opts: &QueryOptions,
     params: &Params,
@@ -627,6 +628,7 @@ fn delete(
     } else {
         KvOp::Delete { key }
     };
+    hold_for_leader(sim, opts.dc.as_deref()).await;
     let mut st = sim.lock();
     opts.check_dc(&st)?;
     let ok = apply(&mut st, op)?;
@@ -1132,15 +1134,49 @@ mod http_tests {
     #[actix_rt::test]
     async fn writes_need_a_leader_and_stale_reads_do_not() {
         bounded(async {
-            let api = Api::start(1.0);
+            // 100x: the 7s hold for a leader is 70ms of wall time.
+            let api = Api::start(100.0);
             api.put("/v1/kv/k", b"v").await;
             api.sim().lock().cluster.leader = None;
+            let started = tokio::time::Instant::now();
             let r = api.put("/v1/kv/k", b"w").await;
             assert_eq!((r.status, r.text()), (500, "No cluster leader".into()));
+            assert!(
+                started.elapsed() >= Duration::from_millis(70),
+                "gave up before rpc_hold_timeout: {:?}",
+                started.elapsed()
+            );
             let r = api.get("/v1/kv/k").await;
             assert_eq!(r.status, 500);
+            let started = tokio::time::Instant::now();
             let r = api.get("/v1/kv/k?stale").await;
             assert_eq!(r.status, 200);
+            assert!(
+                started.elapsed() < Duration::from_millis(70),
+                "a stale read waited for a leader"
+            );
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn a_request_during_an_election_waits_for_the_new_leader() {
+        bounded(async {
+            let api = Api::start(1.0);
+            let leader = api.sim().lock().cluster.leader.take();
+            let mut write = Box::pin(api.put("/v1/kv/k", b"v"));
+            let mut read = Box::pin(api.get("/v1/kv/other"));
+            // Consul holds a leader-bound request up to rpc_hold_timeout (7s) for a leader.
+            api.until_parked(&mut write, 1).await;
+            api.until_parked(&mut read, 2).await;
+            {
+                let mut st = api.sim().lock();
+                st.cluster.leader = leader;
+                st.notify(Change::table(Topic::Raft));
+            }
+            let (w, r) = tokio::join!(write, read);
+            assert_eq!((w.status, w.text()), (200, "true".into()));
+            assert_eq!(r.status, 404, "the read ran once the leader was back");
         })
         .await;
     }

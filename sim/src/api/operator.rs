@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::{self, AutopilotConfig, Server, TransferError, CONSUL_VERSION};
 use crate::duration;
-use crate::http::{only, ApiError, Consistency, Params, QueryOptions};
+use crate::http::{hold_for_leader, only, ApiError, Consistency, Params, QueryOptions};
 use crate::state::{Sim, State};
 
 /// Registers the `/v1/operator` routes; each takes every method so a wrong one gets a 405.
@@ -52,6 +52,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/v1/operator/autopilot/state",
         web::route().to(autopilot_state),
     );
+}
+
+/// Holds a read that the leader must answer (not `?stale`, `always` for those Consul forces to
+/// the leader) while an election is under way, as Consul does.
+async fn hold_read(sim: &Sim, opts: &QueryOptions, always: bool) {
+    if always || opts.consistency != Consistency::Stale {
+        hold_for_leader(sim, opts.dc.as_deref()).await;
+    }
+}
+
+/// Holds a write for the leader (`?dc` naming another datacenter is not held).
+async fn hold_write(sim: &Sim, params: &Params) {
+    hold_for_leader(sim, params.get("dc").filter(|d| !d.is_empty())).await;
 }
 
 /// A read the leader answers unless `?stale`; checks the datacenter too.
@@ -103,6 +116,7 @@ async fn raft_configuration(
 ) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
+    hold_read(&sim, &opts, false).await;
     let st = sim.lock();
     read_preconditions(&st, &opts)?;
     let c = &st.cluster;
@@ -134,6 +148,9 @@ async fn raft_peer(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse
     only(&req, "DELETE")?;
     let params = Params::from_request(&req);
     let (id, address) = (params.get("id"), params.get("address"));
+    if id.is_some() != address.is_some() {
+        hold_write(&sim, &params).await;
+    }
     let mut st = sim.lock();
     match (id, address) {
         (None, None) => {
@@ -178,6 +195,7 @@ async fn raft_peer(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse
 async fn transfer_leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "POST")?;
     let params = Params::from_request(&req);
+    hold_write(&sim, &params).await;
     let mut st = sim.lock();
     write_preconditions(&st, &params)?;
     match cluster::transfer_leader(&sim, &mut st, params.get("id")) {
@@ -267,6 +285,7 @@ async fn autopilot_configuration(
     match *req.method() {
         Method::GET => {
             let opts = QueryOptions::from_request(&req)?;
+            hold_read(&sim, &opts, false).await;
             let st = sim.lock();
             read_preconditions(&st, &opts)?;
             Ok(json_response(
@@ -286,6 +305,7 @@ async fn autopilot_configuration(
                         ApiError::bad_request(format!("Error parsing cas value: {e}"))
                     })?),
                 };
+            hold_write(&sim, &params).await;
             let mut st = sim.lock();
             write_preconditions(&st, &params)?;
             if cas.is_some_and(|c| c != st.cluster.autopilot.modify_index) {
@@ -334,6 +354,7 @@ struct ServerHealthJson {
 async fn autopilot_health(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
+    hold_read(&sim, &opts, true).await;
     let st = sim.lock();
     opts.check_dc(&st)?;
     // Consul forces this one to the leader, ?stale or not.
@@ -398,6 +419,7 @@ struct AutopilotServerJson {
 async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
+    hold_read(&sim, &opts, false).await;
     let st = sim.lock();
     opts.check_dc(&st)?;
     if !st.cluster.has_leader() {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::kv;
-use crate::http::{blocking, only, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{blocking, hold_for_leader, only, ApiError, Fresh, Params, QueryOptions, Read};
 use crate::state::{Sim, State};
 use crate::watch::{Change, Topic};
 
@@ -634,8 +634,10 @@ async fn create_endpoint(
         CreateRequest::decode(&agent_node, &body)
             .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?
     };
+    let opts = dc_of(&params);
+    hold_for_leader(&sim, opts.dc.as_deref()).await;
     let mut st = sim.lock();
-    dc_of(&params).check_dc(&st)?;
+    opts.check_dc(&st)?;
     let id = create(&sim, &mut st, create_req)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -649,8 +651,10 @@ async fn destroy_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpR
     if id.is_empty() {
         return Err(ApiError::bad_request("Missing session"));
     }
+    let opts = dc_of(&params);
+    hold_for_leader(&sim, opts.dc.as_deref()).await;
     let mut st = sim.lock();
-    dc_of(&params).check_dc(&st)?;
+    opts.check_dc(&st)?;
     destroy(&mut st, &id)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -664,6 +668,7 @@ async fn renew_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRes
     if id.is_empty() {
         return Err(ApiError::bad_request("Missing session"));
     }
+    hold_for_leader(&sim, opts.dc.as_deref()).await;
     let mut st = sim.lock();
     opts.check_dc(&st)?;
     match renew(&sim, &mut st, &id)? {
@@ -1051,7 +1056,12 @@ mod http_tests {
                 (r.status, r.header("Allow")),
                 (405, Some("OPTIONS,PUT".into()))
             );
-            api.sim().lock().cluster.leader = None;
+            {
+                // A short hold for a leader keeps this test quick; kv's tests time the hold.
+                let mut st = api.sim().lock();
+                st.config.rpc_hold_timeout = Duration::from_millis(10);
+                st.cluster.leader = None;
+            }
             let r = api.put("/v1/session/create", b"").await;
             assert_eq!((r.status, r.text()), (500, "No cluster leader".into()));
         })
