@@ -14,7 +14,8 @@
 //! - GET /v1/operator/autopilot/state (?stale)
 //!
 //! None of these block and, as in Consul, none set X-Consul-* headers. Leader-bound requests
-//! without a leader get 500 "No cluster leader"; `?stale` reads answer from the local view.
+//! without a leader wait up to rpc_hold_timeout for one, then get 500 "No cluster leader";
+//! `?stale` reads answer from the local view.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

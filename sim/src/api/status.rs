@@ -1,4 +1,4 @@
-//! Consul's `/v1/status/...` endpoints: the Raft leader's address and the voters' addresses.
+//! Consul's `/v1/status/...` endpoints: the Raft leader's address and the Raft peers' addresses.
 //!
 //! Who talks to it: clients checking that the cluster has a leader, and the tests' "still
 //! serving" probe. Like Consul, these are answered from the serving server's own Raft view:
