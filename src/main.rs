@@ -39,6 +39,10 @@ enum Command {
         /// This replica's name in sessions, lock values and receipts. Default: host name and PID.
         #[arg(long, env = "REHYDRATOR_REPLICA")]
         replica: Option<String>,
+        /// Stop as on SIGTERM when stdin reaches end of file: the demo holds the other end of
+        /// a pipe, so its replicas stop even when the demo itself is SIGKILLed.
+        #[arg(long, hide = true)]
+        stop_on_stdin_eof: bool,
     },
     /// Start the process cloud's first servers and its client agent (or --stop them all): a
     /// real Consul cluster on this machine for `run` to roll.
@@ -166,7 +170,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, replica } => {
+        Command::Run {
+            config,
+            replica,
+            stop_on_stdin_eof,
+        } => {
             let settings = match rehydrator_config::load(&config) {
                 Ok(s) => s,
                 Err(e) => {
@@ -174,7 +182,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            run::run(settings, replica)
+            run::run(settings, replica, stop_on_stdin_eof)
         }
     };
     match result {

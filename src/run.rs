@@ -28,7 +28,11 @@ pub const PANIC_EXIT: i32 = 70;
 /// What the tree's orderly stop may take before the process exits anyway; under ECS's 30s.
 const STOP_BUDGET: Duration = Duration::from_secs(20);
 
-pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
+pub fn run(
+    settings: Settings,
+    replica: Option<String>,
+    stop_on_stdin_eof: bool,
+) -> anyhow::Result<()> {
     install_panic_policy();
     let replica = replica.unwrap_or_else(default_replica);
     let consul = consul_config(&settings)?;
@@ -53,7 +57,7 @@ pub fn run(settings: Settings, replica: Option<String>) -> anyhow::Result<()> {
             }
         };
         inject_faults();
-        wait_for_stop().await?;
+        wait_for_stop(stop_on_stdin_eof).await?;
         info!("Stopping: watchers, running jobs, then the session.");
         if tokio::time::timeout(STOP_BUDGET, tree.shutdown()).await.is_err() {
             warn!(budget = ?STOP_BUDGET, "Orderly stop took too long; exiting anyway.");
@@ -167,14 +171,35 @@ pub(crate) fn hostname() -> Option<String> {
         })
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
+async fn wait_for_stop(stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let stdin_closed = async {
+        if stop_on_stdin_eof {
+            stdin_eof().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received."),
         r = tokio::signal::ctrl_c() => { r.context("listening for Ctrl-C")?; info!("Interrupt received."); }
+        () = stdin_closed => info!("Stdin closed: the process that started this replica is gone."),
     }
     Ok(())
+}
+
+/// Resolves when stdin reaches end of file (or fails). A plain thread rather than tokio's stdin,
+/// whose blocking read would hold up the runtime's shutdown until the pipe closed.
+async fn stdin_eof() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    // A dropped sender (the thread could not start) also ends the wait: stop rather than run
+    // on without the guard the caller asked for.
+    let _ = rx.await;
 }
 
 fn install_panic_policy() {

@@ -7,10 +7,11 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::demo::{alive, replica_pids};
@@ -47,22 +48,29 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+impl Demo {
+    /// Starts `rehydrator <args>` with its stdout and stderr piped.
+    fn spawn(args: &[&str], cwd: &Path) -> Self {
+        Demo {
+            child: Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+                .args(args)
+                .current_dir(cwd)
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                // Its own group, so that a timeout can end it and every replica it started.
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        }
+    }
+}
+
 /// Runs `rehydrator <args>` to its end within `limit`; the test fails past it (and the drop
 /// kills the demo and its replicas).
 fn run_bounded(args: &[&str], cwd: &Path, limit: Duration) -> Output {
-    let mut demo = Demo {
-        child: Command::new(env!("CARGO_BIN_EXE_rehydrator"))
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so that a timeout can end it and every replica it started.
-            .process_group(0)
-            .spawn()
-            .unwrap(),
-    };
+    let mut demo = Demo::spawn(args, cwd);
     // Drain the pipes on threads so a chatty demo never blocks on a full pipe.
     let mut out = demo.child.stdout.take().unwrap();
     let mut err = demo.child.stderr.take().unwrap();
@@ -256,5 +264,58 @@ fn demo_refuses_bad_flags_naming_them() {
         std::fs::read_dir(&dir).unwrap().next().is_none(),
         "no timeline written for a refused run"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A demo killed outright gets no chance to stop its replicas: they stop themselves when the
+/// pipe the demo holds on their stdin closes, rather than retrying a dead simulator forever.
+#[test]
+fn replicas_stop_when_the_demo_is_sigkilled() {
+    const REPLICAS: usize = 3;
+    let dir = scratch("sigkill");
+    // Fired late, so the kill lands while the replicas idle on their watches.
+    let mut demo = Demo::spawn(
+        &[
+            "demo",
+            "--replicas",
+            &REPLICAS.to_string(),
+            "--fire-after",
+            "120s",
+        ],
+        &dir,
+    );
+    let stdout = BufReader::new(demo.child.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica_pids(&printed).len() < REPLICAS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => printed.push_str(&(line + "\n")),
+            Err(e) => panic!("the demo did not announce {REPLICAS} replicas ({e}):\n{printed}"),
+        }
+    }
+    let pids = replica_pids(&printed);
+    assert!(pids.iter().all(|pid| alive(*pid)), "{printed}");
+
+    // SIGKILL to the demo alone, not its group.
+    demo.child.kill().unwrap();
+    demo.child.wait().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while let Some(pid) = pids.iter().find(|pid| alive(**pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "replica pid {pid} outlived the SIGKILLed demo by 40 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

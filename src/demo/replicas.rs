@@ -3,7 +3,9 @@
 //!
 //! Each writes its log to a file in the demo's scratch directory. `Replicas` kills and reaps
 //! every process it started when it is dropped — at the demo's end, on an error, on a panic's
-//! unwind, and when Ctrl-C drops the demo's future — so no replica outlives the demo.
+//! unwind, and when Ctrl-C drops the demo's future. A demo killed outright runs no drop, so
+//! each replica also stops when its stdin, a pipe whose write end only the demo holds, closes
+//! (`run --stop-on-stdin-eof`). Either way no replica outlives the demo.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -86,10 +88,13 @@ impl Replicas {
                 .arg("--config")
                 .arg(config)
                 .args(["--replica", name])
+                // The demo keeps the pipe's write end; when the demo dies, even by SIGKILL, the
+                // kernel closes it and the replica stops.
+                .arg("--stop-on-stdin-eof")
                 // Debug for the actors: the demo waits for their watches' baselines in the log.
                 .env("RUST_LOG", "info,rehydrator_actors=debug")
                 .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(file);
             // The user's overrides are for their own replicas: the demo's configuration file
