@@ -299,6 +299,44 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
     .await;
 }
 
+/// Dashboards polling at once share one report: ten concurrent `/v1/status` requests cost the
+/// Consul reads of at most one report more, not ten reports' worth.
+#[actix_rt::test]
+async fn concurrent_status_requests_share_one_report() {
+    bounded_for(Duration::from_secs(60), async {
+        let rig = Rig::start("status-shared").await;
+        // Once the session is held, the replica's own traffic is its idle watches.
+        eventually("/readyz to answer 200", Duration::from_secs(30), || async {
+            let (status, _) = rig.get_json("/readyz").await;
+            (status == 200).then_some(())
+        })
+        .await;
+
+        let before = rig.consul_requests().await;
+        let (status, body) = rig.get_json("/v1/status").await;
+        assert_eq!(status, 200, "{body}");
+        let one = rig.consul_requests().await - before;
+        assert!(
+            one >= 3,
+            "a report reads Consul several times, measured {one}"
+        );
+
+        let before = rig.consul_requests().await;
+        let answers =
+            futures_util::future::join_all((0..10).map(|_| rig.get_json("/v1/status"))).await;
+        let ten = rig.consul_requests().await - before;
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "{body}");
+            assert_status_shape(body);
+        }
+        assert!(
+            ten <= 2 * one,
+            "ten concurrent requests made {ten} Consul requests; one report makes {one}"
+        );
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn a_taken_port_is_refused_naming_status_listen_and_empty_turns_it_off() {
     bounded_for(Duration::from_secs(60), async {

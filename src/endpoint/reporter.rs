@@ -5,11 +5,17 @@
 //! So the endpoint's handlers only send this actor a query (an `Addr` crosses threads) and it
 //! does the work here: the status report (`status::gather`, the one status model), the
 //! readiness check, and the metrics with their scrape-time series refreshed.
+//!
+//! A report costs several Consul reads and, on AWS, a describe call that counts against the
+//! account's API rate limit. Every open dashboard polls once a second and Prometheus scrapes
+//! too, so one report answers every request for a second, and requests that arrive while one
+//! is being taken wait for it rather than start another.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use rehydrator_actors::lock_manager::{GetSession, LockManager};
 use rehydrator_actors::metrics::Metrics;
 use rehydrator_actors::ports::CloudPort;
@@ -24,6 +30,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a scrape waits for the status it refreshes the servers' series from; past it the
 /// scrape answers with the series as they were.
 const SCRAPE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one status report answers every request: the dashboard's poll period.
+const STATUS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A status report being taken or taken, shared by every request it answers.
+type SharedReport = Shared<LocalBoxFuture<'static, Result<StatusReport, StatusError>>>;
 
 /// Query: answered at once, which shows the actor system's thread is turning.
 #[derive(Message)]
@@ -72,6 +83,8 @@ pub struct Reporter {
     scope: Scope,
     lock_manager: Addr<LockManager>,
     metrics: Metrics,
+    /// The latest report and when it was started.
+    latest: Option<(Instant, SharedReport)>,
 }
 
 impl Reporter {
@@ -89,12 +102,31 @@ impl Reporter {
             scope,
             lock_manager,
             metrics,
+            latest: None,
         }
     }
 
-    fn gather(&self) -> impl std::future::Future<Output = Result<StatusReport, StatusError>> {
+    /// The latest report if it is still being taken or younger than `STATUS_MAX_AGE`, else a
+    /// new one. A failed report counts once in the errors metric, however many it answers.
+    fn gather(&mut self) -> SharedReport {
+        if let Some((started, report)) = &self.latest {
+            if report.peek().is_none() || started.elapsed() < STATUS_MAX_AGE {
+                return report.clone();
+            }
+        }
         let (client, cloud, scope) = (self.client.clone(), self.cloud.clone(), self.scope.clone());
-        async move { status::gather(&client, cloud.as_deref(), &scope).await }
+        let metrics = self.metrics.clone();
+        let report = async move {
+            let report = status::gather(&client, cloud.as_deref(), &scope).await;
+            if let Err(e) = &report {
+                metrics.error("status", e.kind());
+            }
+            report
+        }
+        .boxed_local()
+        .shared();
+        self.latest = Some((Instant::now(), report.clone()));
+        report
     }
 }
 
@@ -112,15 +144,7 @@ impl Handler<GetStatus> for Reporter {
     type Result = ResponseFuture<Result<StatusReport, StatusError>>;
 
     fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
-        let metrics = self.metrics.clone();
-        let report = self.gather();
-        Box::pin(async move {
-            let report = report.await;
-            if let Err(e) = &report {
-                metrics.error("status", e.kind());
-            }
-            report
-        })
+        Box::pin(self.gather())
     }
 }
 
@@ -181,7 +205,6 @@ impl Handler<GetMetrics> for Reporter {
                     metrics.paused(r.paused);
                 }
                 Ok(Err(e)) => {
-                    metrics.error("status", e.kind());
                     debug!(error = %e, "No status for this scrape; its series keep their last values.");
                 }
                 Err(_) => {

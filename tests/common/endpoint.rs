@@ -191,6 +191,12 @@ impl Rig {
         (status, v)
     }
 
+    /// The Consul API requests the simulator has received (`GET /sim/stats`).
+    pub async fn consul_requests(&self) -> u64 {
+        let stats = self.sim_call("GET", "/sim/stats", None).await;
+        stats["requests"].as_u64().unwrap()
+    }
+
     async fn sim_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}{path}", self.sim_url());
         let req = match method {
