@@ -102,7 +102,8 @@ impl Client {
         Ok(Some(leader).filter(|l| !l.is_empty()))
     }
 
-    /// The Raft addresses of the voting peers.
+    /// The Raft addresses of every peer in the Raft configuration, voters and non-voters alike
+    /// (Consul's `Status.Peers` does not filter by suffrage).
     pub async fn status_peers(&self) -> Result<Vec<String>, ConsulError> {
         let peers: Option<Vec<String>> = self.read(Call::get("status/peers")).await?.value;
         Ok(peers.unwrap_or_default())
