@@ -283,8 +283,17 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
         );
         let (status, _) = rig.get_json("/healthz").await;
         assert_eq!(status, 200);
-        let (status, body) = rig.get_json("/v1/status").await;
-        assert_eq!(status, 503, "{body}");
+        // A report answers for up to a second, so the last one taken with Consul up may still
+        // be served at first.
+        let body = eventually(
+            "/v1/status to answer 503 once Consul is gone",
+            Duration::from_secs(15),
+            || async {
+                let (status, body) = rig.get_json("/v1/status").await;
+                (status == 503).then_some(body)
+            },
+        )
+        .await;
         assert!(body["error"].as_str().is_some(), "{body}");
 
         // SIGTERM: the process stops in order and the endpoint goes with it.
