@@ -2,43 +2,16 @@
 
 use std::time::Duration;
 
-/// Parses a Go duration string as `time.ParseDuration` does (no negative values).
+/// Parses a Go duration string as `time.ParseDuration` does, refusing negative values.
 pub fn parse(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let s = s.strip_prefix('+').unwrap_or(s);
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    if s.is_empty() || s.starts_with('-') {
+    if s.starts_with('-') {
         return None;
     }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += value * unit;
-    }
-    Duration::try_from_secs_f64(total).ok()
+    parse_signed(s)
+        .ok()
+        .and_then(|ns| u64::try_from(ns).ok())
+        .map(Duration::from_nanos)
 }
 
 /// Go's `time.ParseDuration`, signed, in nanoseconds, with its error text.
