@@ -344,6 +344,14 @@ impl Meta {
     }
 }
 
+/// Holds a read while an election is under way unless it is `?stale`: only a stale read is
+/// served without a leader.
+pub async fn hold_read(sim: &Sim, opts: &QueryOptions) {
+    if opts.consistency != Consistency::Stale {
+        hold_for_leader(sim, opts.dc.as_deref()).await;
+    }
+}
+
 /// Holds a request that needs the leader while there is none, as Consul's `forwardRequestToLeader`
 /// does: until an election produces one or `rpc_hold_timeout` (simulated time) runs out. The
 /// caller then goes on either way and fails with "No cluster leader" if there is still none.
@@ -393,11 +401,9 @@ pub async fn blocking<T>(
     fresh: Fresh,
     mut read: impl FnMut(&State) -> Result<Read<T>, ApiError>,
 ) -> Result<(Meta, T), ApiError> {
-    // Only a stale read is served without a leader; the others wait for one first, and their
-    // blocking wait starts once they are through (Consul forwards, then blocks on the leader).
-    if opts.consistency != Consistency::Stale {
-        hold_for_leader(sim, opts.dc.as_deref()).await;
-    }
+    // Their blocking wait starts once they are through: Consul forwards, then blocks on the
+    // leader.
+    hold_read(sim, opts).await;
     let deadline = tokio::time::Instant::now() + opts.timeout();
     loop {
         let parked = {

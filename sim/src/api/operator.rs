@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::{self, AutopilotConfig, Server, TransferError, CONSUL_VERSION};
 use crate::duration;
-use crate::http::{hold_for_leader, only, ApiError, Consistency, Params, QueryOptions};
+use crate::http::{hold_for_leader, hold_read, only, ApiError, Consistency, Params, QueryOptions};
 use crate::state::{Sim, State};
 
 /// Registers the `/v1/operator` routes; each takes every method so a wrong one gets a 405.
@@ -53,14 +53,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/v1/operator/autopilot/state",
         web::route().to(autopilot_state),
     );
-}
-
-/// Holds a read that the leader must answer (not `?stale`, `always` for those Consul forces to
-/// the leader) while an election is under way, as Consul does.
-async fn hold_read(sim: &Sim, opts: &QueryOptions, always: bool) {
-    if always || opts.consistency != Consistency::Stale {
-        hold_for_leader(sim, opts.dc.as_deref()).await;
-    }
 }
 
 /// Holds a write for the leader (`?dc` naming another datacenter is not held).
@@ -117,7 +109,7 @@ async fn raft_configuration(
 ) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
-    hold_read(&sim, &opts, false).await;
+    hold_read(&sim, &opts).await;
     let st = sim.lock();
     read_preconditions(&st, &opts)?;
     let c = &st.cluster;
@@ -286,7 +278,7 @@ async fn autopilot_configuration(
     match *req.method() {
         Method::GET => {
             let opts = QueryOptions::from_request(&req)?;
-            hold_read(&sim, &opts, false).await;
+            hold_read(&sim, &opts).await;
             let st = sim.lock();
             read_preconditions(&st, &opts)?;
             Ok(json_response(
@@ -355,10 +347,10 @@ struct ServerHealthJson {
 async fn autopilot_health(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
-    hold_read(&sim, &opts, true).await;
+    // Consul forces this one to the leader, ?stale or not: it is held and answered there.
+    hold_for_leader(&sim, opts.dc.as_deref()).await;
     let st = sim.lock();
     opts.check_dc(&st)?;
-    // Consul forces this one to the leader, ?stale or not.
     if !st.cluster.has_leader() {
         return Err(ApiError::no_leader());
     }
@@ -420,7 +412,7 @@ struct AutopilotServerJson {
 async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
-    hold_read(&sim, &opts, false).await;
+    hold_read(&sim, &opts).await;
     let st = sim.lock();
     opts.check_dc(&st)?;
     if !st.cluster.has_leader() {
