@@ -147,15 +147,10 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
             "{body}"
         );
 
-        let ready = eventually(
-            "/readyz to answer 200 once the session is held",
-            Duration::from_secs(30),
-            || async {
-                let (status, body) = rig.get_json("/readyz").await;
-                (status == 200).then_some(body)
-            },
-        )
-        .await;
+        // 200 once the session is held.
+        let ready = rig
+            .until_status("/readyz", 200, Duration::from_secs(30))
+            .await;
         assert_eq!(ready["ready"], true, "{ready}");
         assert!(
             ready["session"].as_str().is_some_and(|s| !s.is_empty()),
@@ -265,15 +260,9 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
 
         // Consul goes away: the replica is alive but not ready, and says why.
         rig.stop_sim().await;
-        let unready = eventually(
-            "/readyz to answer 503 once Consul is gone",
-            Duration::from_secs(15),
-            || async {
-                let (status, body) = rig.get_json("/readyz").await;
-                (status == 503).then_some(body)
-            },
-        )
-        .await;
+        let unready = rig
+            .until_status("/readyz", 503, Duration::from_secs(15))
+            .await;
         assert_eq!(unready["ready"], false, "{unready}");
         assert!(
             unready["reason"]
@@ -285,15 +274,9 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
         assert_eq!(status, 200);
         // A report answers for up to a second, so the last one taken with Consul up may still
         // be served at first.
-        let body = eventually(
-            "/v1/status to answer 503 once Consul is gone",
-            Duration::from_secs(15),
-            || async {
-                let (status, body) = rig.get_json("/v1/status").await;
-                (status == 503).then_some(body)
-            },
-        )
-        .await;
+        let body = rig
+            .until_status("/v1/status", 503, Duration::from_secs(15))
+            .await;
         assert!(body["error"].as_str().is_some(), "{body}");
 
         // SIGTERM: the process stops in order and the endpoint goes with it.
@@ -315,11 +298,8 @@ async fn concurrent_status_requests_share_one_report() {
     bounded_for(Duration::from_secs(60), async {
         let rig = Rig::start("status-shared").await;
         // Once the session is held, the replica's own traffic is its idle watches.
-        eventually("/readyz to answer 200", Duration::from_secs(30), || async {
-            let (status, _) = rig.get_json("/readyz").await;
-            (status == 200).then_some(())
-        })
-        .await;
+        rig.until_status("/readyz", 200, Duration::from_secs(30))
+            .await;
 
         let before = rig.consul_requests().await;
         let (status, body) = rig.get_json("/v1/status").await;

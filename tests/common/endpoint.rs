@@ -191,6 +191,15 @@ impl Rig {
         (status, v)
     }
 
+    /// GETs `path` until it answers `status`, for up to `within`: its JSON body then.
+    pub async fn until_status(&self, path: &str, status: u16, within: Duration) -> Value {
+        eventually(&format!("{path} to answer {status}"), within, || async {
+            let (got, body) = self.get_json(path).await;
+            (got == status).then_some(body)
+        })
+        .await
+    }
+
     /// The Consul API requests the simulator has received (`GET /sim/stats`).
     pub async fn consul_requests(&self) -> u64 {
         let stats = self.sim_call("GET", "/sim/stats", None).await;
