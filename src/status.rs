@@ -133,7 +133,11 @@ pub struct Progress {
     pub on_target: usize,
     /// Servers in all.
     pub total: usize,
+    /// Launched machines that have not failed.
     pub launches: usize,
+    /// Launched machines that died, were terminated or never started before they joined.
+    #[serde(default)]
+    pub failed_launches: usize,
     pub retirements: usize,
     /// Why the rollout waits (from the record), or why it stopped.
     pub waiting: Option<String>,
@@ -437,6 +441,7 @@ pub fn join_cloud(
         rollout: None,
         paused: false,
         desired: 0,
+        launch_attempts: 0,
         now_ms: now,
     };
     let paired = plan::servers(&snapshot);
@@ -543,6 +548,7 @@ pub fn progress(r: &Rollout, servers: &[ServerStatus]) -> Progress {
             .count(),
         total: servers.len(),
         launches: r.launches.len(),
+        failed_launches: r.failed_launches.len(),
         retirements: r.retirements.len(),
         waiting,
     }
@@ -744,11 +750,27 @@ pub fn render(r: &StatusReport) -> String {
                 p.state,
                 format_time(ro.started_at)
             );
+            let failed = match p.failed_launches {
+                0 => String::new(),
+                n => format!(" ({n} failed)"),
+            };
             let _ = writeln!(
                 out,
-                "  {}/{} servers on the target; {} launched, {} retired; baseline tolerance {}",
-                p.on_target, p.total, p.launches, p.retirements, ro.baseline_tolerance
+                "  {}/{} servers on the target; {} launched{failed}, {} retired; baseline tolerance {}",
+                p.on_target,
+                p.total,
+                p.launches + p.failed_launches,
+                p.retirements,
+                ro.baseline_tolerance
             );
+            if let Some(f) = ro.failed_launches.last() {
+                let _ = writeln!(
+                    out,
+                    "  last failed launch: {}: {}",
+                    f.machine,
+                    f.reason.as_deref().unwrap_or("no reason given")
+                );
+            }
             if let Some(w) = &p.waiting {
                 let label = if p.state == "stopped" {
                     "stopped because"
@@ -857,6 +879,7 @@ mod tests {
             address: Some(format!("10.0.0.{launched_at}")),
             node: Some(id.into()),
             token: None,
+            reason: None,
         }
     }
 
@@ -932,21 +955,16 @@ mod tests {
     }
 
     fn rollout(state: RolloutState) -> Rollout {
-        Rollout {
-            id: "r1".into(),
-            target_image: "B".into(),
-            started_at: 1_700_000_000_000,
-            baseline_tolerance: 1,
-            state,
-            launches: vec![StepRecord {
-                machine: "i-n1".into(),
-                at: 5,
-                token: None,
-            }],
-            retirements: Vec::new(),
-            retiring: None,
-            waiting: Some("new server n1 is not yet a stable voter".into()),
-        }
+        let mut r = Rollout::start("r1".into(), "B", 1_700_000_000_000, 1);
+        r.state = state;
+        r.launches.push(StepRecord {
+            machine: "i-n1".into(),
+            at: 5,
+            token: None,
+            reason: None,
+        });
+        r.waiting = Some("new server n1 is not yet a stable voter".into());
+        r
     }
 
     #[test]

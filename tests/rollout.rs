@@ -341,3 +341,194 @@ async fn a_dry_run_records_the_step_it_would_take_and_takes_none() {
     })
     .await;
 }
+
+/// When, in its launch, the tests make a new server fail.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// The machine is booting: Consul has not started.
+    Booting,
+    /// Its agent has joined Raft as a non-voter; autopilot has not promoted it yet.
+    Joined,
+}
+
+impl Moment {
+    fn reached(self, server: &Value) -> bool {
+        match self {
+            Moment::Booting => server["machine"] == "booting",
+            Moment::Joined => server["in_raft"] == true && server["voter"] == false,
+        }
+    }
+}
+
+/// The first new server of a rollout fails (its machine dies, as an EC2 instance can) at
+/// `moment`: the failure is recorded once with the cloud's reason, the next launch has a token
+/// of its own, and the rollout completes with one machine more than it replaced.
+async fn a_new_server_failing(moment: Moment) {
+    let rig = Rig::new(&format!("fail-{moment:?}"), 3);
+    // Long enough for the test to see the new server in each moment of its launch.
+    rig.send(
+        "PUT",
+        "/sim/config",
+        Some(json!({"boot_delay_ms": 1500, "stabilization_ms": 2500})),
+    )
+    .await;
+    let tree = rig.start(3, "1m");
+    rig.register_image("image-b", false).await;
+    rig.fire_rehydrate().await;
+    let first = rig
+        .until("the first launch", |r| !r.launches.is_empty())
+        .await;
+    let victim = first.launches[0].machine.clone();
+    let start = Instant::now();
+    loop {
+        let s = rig.json(&format!("/sim/servers/{victim}")).await;
+        if moment.reached(&s) {
+            break;
+        }
+        assert!(
+            start.elapsed() < ROLLOUT_BOUND,
+            "{victim} never reached {moment:?}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rig.send("POST", &format!("/sim/servers/{victim}/fail"), None)
+        .await;
+
+    let r = rig
+        .until("the rollout completing", |r| {
+            matches!(r.state, RolloutState::Completed { .. })
+        })
+        .await;
+    assert_eq!(r.failed_launches.len(), 1, "{r:#?}");
+    let failed = &r.failed_launches[0];
+    assert_eq!(failed.machine, victim);
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("Server.InternalError: Internal error on launch")
+    );
+    assert_eq!((r.launches.len(), r.retirements.len()), (3, 3), "{r:#?}");
+    let mut recorded: Vec<&str> = r
+        .launches
+        .iter()
+        .chain(&r.failed_launches)
+        .map(|l| l.machine.as_str())
+        .collect();
+    recorded.sort_unstable();
+    recorded.dedup();
+    assert_eq!(recorded.len(), 4, "each machine recorded once: {r:#?}");
+
+    let servers = rig.servers().await;
+    let mut tokens: Vec<&str> = servers.iter().filter_map(|s| s["token"].as_str()).collect();
+    assert_eq!(tokens.len(), 4, "three replacements and the failed one");
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(
+        tokens.len(),
+        4,
+        "every launch had its own token: {servers:#?}"
+    );
+    let live: Vec<&Value> = servers
+        .iter()
+        .filter(|s| s["machine"] != "terminated")
+        .collect();
+    assert_eq!(live.len(), 3, "{servers:#?}");
+    assert!(
+        live.iter()
+            .all(|s| s["image"] == "image-b" && s["voter"] == true),
+        "{servers:#?}"
+    );
+    common::rollout::assert_clean(&rig.invariants().await, 3);
+    println!(
+        "a new server failed while {moment:?}: rollout completed in {:.2?} after the failure",
+        start.elapsed()
+    );
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_new_server_that_fails_while_booting_is_launched_again_with_a_new_token() {
+    common::bounded(a_new_server_failing(Moment::Booting)).await;
+}
+
+#[actix_rt::test]
+async fn a_new_server_that_fails_after_joining_is_launched_again_with_a_new_token() {
+    common::bounded(a_new_server_failing(Moment::Joined)).await;
+}
+
+#[actix_rt::test]
+async fn an_image_that_never_boots_stops_the_rollout_after_its_launch_attempts() {
+    common::bounded(async {
+        let rig = Rig::new("noboot", 3);
+        let tree = rig.start_with(3, "stable_timeout = \"1m\"\nlaunch_attempts = 2");
+        let why = "Client.InvalidKernelId.Malformed: the image does not boot";
+        rig.send(
+            "POST",
+            "/sim/images",
+            Some(json!({"id": "image-bad", "boot_failure": why})),
+        )
+        .await;
+        rig.fire_rehydrate().await;
+        let r = rig
+            .until("the rollout stopping", |r| {
+                matches!(r.state, RolloutState::Stopped { .. })
+            })
+            .await;
+        let RolloutState::Stopped { reason, .. } = &r.state else {
+            unreachable!()
+        };
+        assert!(
+            reason.starts_with("2 launches failed (rollout.launch_attempts = 2)")
+                && reason.ends_with(why),
+            "{reason}"
+        );
+        assert!(r.launches.is_empty() && r.retirements.is_empty(), "{r:#?}");
+        assert_eq!(r.failed_launches.len(), 2, "{r:#?}");
+        assert_ne!(r.failed_launches[0].machine, r.failed_launches[1].machine);
+
+        // Two spin-up runs after the stop (the 1s timer): neither launches nor records more.
+        let receipts = |rig: &Rig| {
+            let url = format!(
+                "{}/v1/kv/rehydrator/roll/receipts/spin-up/?keys",
+                rig.sim.url()
+            );
+            let http = rig.http.clone();
+            async move {
+                let mut resp = http.get(url).send().await.unwrap();
+                serde_json::from_slice::<Vec<String>>(&resp.body().await.unwrap())
+                    .unwrap()
+                    .len()
+            }
+        };
+        let before = receipts(&rig).await;
+        let start = Instant::now();
+        while receipts(&rig).await < before + 2 {
+            assert!(
+                start.elapsed() < ROLLOUT_BOUND,
+                "no spin-up run after the stop"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            rig.rollout().await.as_ref(),
+            Some(&r),
+            "the record is unchanged"
+        );
+        let servers = rig.servers().await;
+        let launched: Vec<&Value> = servers.iter().filter(|s| !s["token"].is_null()).collect();
+        assert_eq!(launched.len(), 2, "{servers:#?}");
+        assert!(
+            launched
+                .iter()
+                .all(|s| s["machine"] == "terminated" && s["reason"] == why),
+            "{launched:#?}"
+        );
+        let old_voters = servers
+            .iter()
+            .filter(|s| s["image"] == "image-a" && s["voter"] == true && s["machine"] == "running")
+            .count();
+        assert_eq!(old_voters, 3, "the old servers stay: {servers:#?}");
+        assert_eq!(rig.invariants().await["quorum_lost_count"], 0);
+        tree.shutdown().await;
+    })
+    .await;
+}

@@ -49,6 +49,9 @@ impl CloudPort for Counting {
     fn retire(&self, machine_id: &str) -> PortFuture<()> {
         self.inner.retire(machine_id)
     }
+    fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>> {
+        self.inner.machine(machine_id)
+    }
 }
 
 /// The shared rig (a fast simulator, an HTTP client, a scratch directory) with replicas that

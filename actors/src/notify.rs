@@ -197,7 +197,6 @@ impl Notifier {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::plan::RolloutState;
     use crate::ports::{ErrorKind, PortError, PortFuture};
     use serde_json::json;
 
@@ -234,17 +233,7 @@ mod tests {
     }
 
     fn rollout() -> Rollout {
-        Rollout {
-            id: "r1".into(),
-            target_image: "ami-2".into(),
-            started_at: 0,
-            baseline_tolerance: 1,
-            state: RolloutState::Active,
-            launches: Vec::new(),
-            retirements: Vec::new(),
-            retiring: None,
-            waiting: None,
-        }
+        Rollout::start("r1".into(), "ami-2", 0, 1)
     }
 
     async fn settle(rec: &Recorder, n: usize) {

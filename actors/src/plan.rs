@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub rollout: Option<Rollout>,
     pub paused: bool,
     pub desired: usize,
+    /// `rollout.launch_attempts`: failed launches a rollout survives; at this many it stops.
+    pub launch_attempts: u32,
     pub now_ms: u64,
 }
 
@@ -37,7 +39,13 @@ pub struct Rollout {
     /// Flattened: the record reads `"state": "completed", "at": …` rather than a nested object.
     #[serde(flatten)]
     pub state: RolloutState,
+    /// Launched machines, each once, that have not failed.
     pub launches: Vec<StepRecord>,
+    /// Launched machines that died, were terminated or never started before the rollout was
+    /// done with them, each once, with the cloud's reason. Each failure moves the next launch
+    /// to a new token; `Snapshot::launch_attempts` of them stop the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_launches: Vec<StepRecord>,
     pub retirements: Vec<StepRecord>,
     /// The retirement under way, written before the cloud is asked: a holder that dies between
     /// the cloud's retire and the record write leaves it here, and the next run moves it to
@@ -71,6 +79,9 @@ pub struct StepRecord {
     pub at: u64,
     #[serde(default)]
     pub token: Option<String>,
+    /// Why the step failed (failed launches only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Rollout {
@@ -83,6 +94,7 @@ impl Rollout {
             baseline_tolerance,
             state: RolloutState::Active,
             launches: Vec::new(),
+            failed_launches: Vec::new(),
             retirements: Vec::new(),
             retiring: None,
             waiting: None,
@@ -91,6 +103,27 @@ impl Rollout {
 
     pub fn is_active(&self) -> bool {
         self.state == RolloutState::Active
+    }
+
+    /// Records a launch; a machine already recorded (a retried step answered by its token,
+    /// or one already failed) is not added again.
+    pub fn record_launch(&mut self, launch: StepRecord) {
+        let known = |l: &StepRecord| l.machine == launch.machine;
+        if !self.launches.iter().any(known) && !self.failed_launches.iter().any(known) {
+            self.launches.push(launch);
+        }
+    }
+
+    /// Records a failed launch: out of `launches`, into `failed_launches`, once.
+    pub fn record_failure(&mut self, failed: StepRecord) {
+        self.launches.retain(|l| l.machine != failed.machine);
+        if !self
+            .failed_launches
+            .iter()
+            .any(|f| f.machine == failed.machine)
+        {
+            self.failed_launches.push(failed);
+        }
     }
 }
 
@@ -179,10 +212,39 @@ pub fn servers(s: &Snapshot) -> Vec<Server<'_>> {
         .collect()
 }
 
-/// The launch token for the step that replaces one of `outdated` servers while `count` exist:
-/// the same for a retry of that step, different for every other step of the rollout.
-pub fn launch_token(rollout_id: &str, outdated: usize, count: usize) -> String {
-    format!("{rollout_id}-o{outdated}-n{count}")
+/// The launch token for the step that replaces one of `outdated` servers while `count` exist,
+/// after `failed` failed launches: the same for a retry of that step, different for every other
+/// step of the rollout and for every attempt after a failure (a cloud answers a used token with
+/// the machine it launched, even a terminated one, as EC2's ClientToken does).
+pub fn launch_token(rollout_id: &str, outdated: usize, count: usize, failed: usize) -> String {
+    match failed {
+        0 => format!("{rollout_id}-o{outdated}-n{count}"),
+        n => format!("{rollout_id}-o{outdated}-n{count}-a{n}"),
+    }
+}
+
+/// The stop for a rollout whose launches failed `launch_attempts` times.
+fn out_of_attempts(rollout: &Rollout, launch_attempts: u32) -> Option<Step> {
+    let failed = rollout.failed_launches.len();
+    if failed < launch_attempts as usize {
+        return None;
+    }
+    let last = rollout
+        .failed_launches
+        .last()
+        .map_or_else(String::new, |f| {
+            format!(
+                "; the last, {}: {}",
+                f.machine,
+                f.reason.as_deref().unwrap_or("no reason given")
+            )
+        });
+    Some(Step::Stop {
+        reason: format!(
+            "{failed} launches failed (rollout.launch_attempts = {launch_attempts}){last}"
+        ),
+        failed_machine: None,
+    })
 }
 
 /// Checks every step shares: the brake, autopilot's health and the baseline tolerance.
@@ -273,6 +335,9 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
     if complete(&servers, target, s.desired) {
         return Step::Complete;
     }
+    if let Some(stop) = out_of_attempts(rollout, s.launch_attempts) {
+        return stop;
+    }
     match in_flight(&servers, target, s.now_ms, stable_timeout_ms) {
         Some(Err(stop)) => return stop,
         Some(Ok(why)) => return Step::Wait(why),
@@ -293,7 +358,12 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
     }
     Step::Launch {
         image: target.to_owned(),
-        token: launch_token(&rollout.id, outdated, servers.len()),
+        token: launch_token(
+            &rollout.id,
+            outdated,
+            servers.len(),
+            rollout.failed_launches.len(),
+        ),
     }
 }
 
@@ -307,6 +377,9 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     let target = rollout.target_image.as_str();
     if complete(&servers, target, s.desired) {
         return Step::Complete;
+    }
+    if let Some(stop) = out_of_attempts(rollout, s.launch_attempts) {
+        return stop;
     }
     if servers.len() <= s.desired {
         return Step::Idle("nothing to retire: no replacement is up yet".into());
@@ -402,11 +475,17 @@ pub fn missed_steps(r: &Rollout, machines: &[Machine]) -> MissedSteps {
     let launches = machines
         .iter()
         .filter(|m| m.token.as_deref().is_some_and(|t| t.starts_with(&prefix)))
-        .filter(|m| !r.launches.iter().any(|l| l.machine == m.id))
+        .filter(|m| {
+            !r.launches
+                .iter()
+                .chain(&r.failed_launches)
+                .any(|l| l.machine == m.id)
+        })
         .map(|m| StepRecord {
             machine: m.id.clone(),
             at: m.launched_at,
             token: m.token.clone(),
+            reason: None,
         })
         .collect();
     let retired = r
@@ -419,6 +498,56 @@ pub fn missed_steps(r: &Rollout, machines: &[Machine]) -> MissedSteps {
         })
         .cloned();
     MissedSteps { launches, retired }
+}
+
+/// How long a launched machine may be missing from the cloud's listing, with the cloud unable
+/// to say what became of it, before it counts as a failed launch: a listing can lag a launch
+/// (EC2's DescribeInstances is eventually consistent).
+pub const LISTING_GRACE_MS: u64 = 60_000;
+
+/// The recorded launches `machines` (the cloud's live machines) no longer lists, and that this
+/// rollout did not retire: each may have failed; `failed_launch` judges it once the cloud has
+/// been asked about it.
+pub fn lost_launches(r: &Rollout, machines: &[Machine]) -> Vec<StepRecord> {
+    let retired = |id: &str| {
+        r.retirements
+            .iter()
+            .chain(&r.retiring)
+            .any(|x| x.machine == id)
+    };
+    r.launches
+        .iter()
+        .filter(|l| {
+            !machines
+                .iter()
+                .any(|m| m.id == l.machine && m.state != MachineState::Terminated)
+        })
+        .filter(|l| !retired(&l.machine))
+        .cloned()
+        .collect()
+}
+
+/// Whether `launch` failed, given what the cloud says of its machine now (`found`, any state):
+/// terminated is a failure with the cloud's reason; alive is a listing that lagged; unknown is
+/// a failure once `LISTING_GRACE_MS` has passed since the launch.
+pub fn failed_launch(
+    launch: &StepRecord,
+    found: Option<&Machine>,
+    now_ms: u64,
+) -> Option<StepRecord> {
+    let reason = match found {
+        Some(m) if m.state == MachineState::Terminated => m
+            .reason
+            .clone()
+            .unwrap_or_else(|| "the machine was terminated".into()),
+        Some(_) => return None,
+        None if now_ms.saturating_sub(launch.at) < LISTING_GRACE_MS => return None,
+        None => "the cloud no longer knows the machine".into(),
+    };
+    Some(StepRecord {
+        reason: Some(reason),
+        ..launch.clone()
+    })
 }
 
 #[cfg(test)]
@@ -435,6 +564,7 @@ mod tests {
             address: Some(format!("10.0.0.{}", launched_at)),
             node: Some(id.into()),
             token: None,
+            reason: None,
         }
     }
 
@@ -458,6 +588,7 @@ mod tests {
             baseline_tolerance: 1,
             state: RolloutState::Active,
             launches: Vec::new(),
+            failed_launches: Vec::new(),
             retirements: Vec::new(),
             retiring: None,
             waiting: None,
@@ -489,6 +620,7 @@ mod tests {
             rollout: None,
             paused: false,
             desired: 3,
+            launch_attempts: 3,
             now_ms: 1000,
         }
     }
@@ -790,6 +922,7 @@ mod tests {
             machine: "s1".into(),
             at: 12,
             token: None,
+            reason: None,
         });
         // s1 is still there: its retirement may not have happened; nothing to add for it.
         let machines = vec![machine("s1", "A", 1), launched.clone(), other.clone()];
@@ -819,6 +952,106 @@ mod tests {
         twice.retirements.push(r.retiring.clone().unwrap());
         missed_steps(&twice, &[]).apply(&mut twice);
         assert_eq!(twice.retirements.len(), 1);
+    }
+
+    fn launch(machine: &str, at: u64) -> StepRecord {
+        StepRecord {
+            machine: machine.into(),
+            at,
+            token: Some(format!("t-{machine}")),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_launch_that_died_is_retried_with_a_new_token_until_attempts_run_out() {
+        let mut s = three_on_a();
+        let mut r = rollout("B");
+        r.launches.push(launch("n1", 10));
+        s.rollout = Some(r.clone());
+        // n1 died before it joined: the cloud lists only the old servers.
+        let lost = lost_launches(&r, &s.machines);
+        assert_eq!(lost, vec![launch("n1", 10)]);
+        let mut dead = machine("n1", "B", 10);
+        dead.state = MachineState::Terminated;
+        dead.reason = Some("Server.InternalError: Internal error on launch".into());
+        let failed = failed_launch(&lost[0], Some(&dead), 20).unwrap();
+        assert_eq!(
+            failed.reason.as_deref(),
+            Some("Server.InternalError: Internal error on launch")
+        );
+        r.record_failure(failed.clone());
+        r.record_failure(failed.clone());
+        assert!(r.launches.is_empty());
+        assert_eq!(r.failed_launches.len(), 1, "recorded once");
+        // The token answered with the dead machine is not recorded as a launch again.
+        r.record_launch(launch("n1", 10));
+        assert!(r.launches.is_empty());
+        s.rollout = Some(r.clone());
+        assert_eq!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Launch {
+                image: "B".into(),
+                token: "r1-o3-n3-a1".into()
+            }
+        );
+        for (i, id) in ["n2", "n3"].iter().enumerate() {
+            r.record_failure(StepRecord {
+                reason: Some(format!("boot {i} failed")),
+                ..launch(id, 30)
+            });
+        }
+        s.rollout = Some(r);
+        for step in [
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            spin_down(&s, TIMEOUT),
+        ] {
+            let Step::Stop {
+                reason,
+                failed_machine,
+            } = step
+            else {
+                panic!("{step:?}")
+            };
+            assert_eq!(
+                reason,
+                "3 launches failed (rollout.launch_attempts = 3); the last, n3: boot 1 failed"
+            );
+            assert_eq!(failed_machine, None);
+        }
+    }
+
+    #[test]
+    fn a_missing_launch_is_judged_by_what_the_cloud_says_of_it() {
+        let l = launch("n1", 1_000);
+        let mut alive = machine("n1", "B", 1_000);
+        alive.state = MachineState::Pending;
+        // The listing lagged: the machine is there when asked by ID.
+        assert_eq!(failed_launch(&l, Some(&alive), 500_000), None);
+        // Unknown to the cloud: a failure only once the listing's grace has passed.
+        assert_eq!(failed_launch(&l, None, 1_000 + LISTING_GRACE_MS - 1), None);
+        let gone = failed_launch(&l, None, 1_000 + LISTING_GRACE_MS).unwrap();
+        assert_eq!(
+            gone.reason.as_deref(),
+            Some("the cloud no longer knows the machine")
+        );
+        // A launch this rollout retired (one too many) is not lost.
+        let mut r = rollout("B");
+        r.launches.push(l.clone());
+        r.retirements.push(l.clone());
+        assert!(lost_launches(&r, &[]).is_empty());
+        // Nor is a failed machine found again by its token a missed launch.
+        r.retirements.clear();
+        r.record_failure(gone);
+        let mut found = machine("n1", "B", 1_000);
+        found.token = Some("r1-o3-n3".into());
+        assert!(missed_steps(&r, &[found]).is_empty());
+    }
+
+    #[test]
+    fn launch_tokens_differ_per_attempt_and_keep_their_old_form_for_the_first() {
+        assert_eq!(launch_token("r1", 3, 3, 0), "r1-o3-n3");
+        assert_eq!(launch_token("r1", 3, 3, 2), "r1-o3-n3-a2");
     }
 
     #[test]

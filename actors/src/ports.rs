@@ -255,6 +255,26 @@ pub struct Machine {
     pub node: Option<String>,
     /// The idempotency token it was launched with.
     pub token: Option<String>,
+    /// Why it stopped or never started, in the cloud's words (EC2's StateReason, the agent's
+    /// exit status and the tail of its log); None while it lives or where the cloud says
+    /// nothing. Bounded by the backend ([`MAX_REASON`]).
+    pub reason: Option<String>,
+}
+
+/// The longest `Machine::reason` a backend passes on: it is written into the rollout record,
+/// whose size is bounded.
+pub const MAX_REASON: usize = 512;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` where it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Where the Consul servers' machines come from: EC2, ECS container instances, the simulator's
@@ -269,4 +289,9 @@ pub trait CloudPort {
     fn launch(&self, image: &str, token: &str) -> PortFuture<Machine>;
     /// Retires a machine: the Consul agent on it leaves gracefully, then the machine goes.
     fn retire(&self, machine_id: &str) -> PortFuture<()>;
+    /// One machine in any state, terminated included, with why it stopped; None when the
+    /// cloud does not know it (never launched, or forgotten since). Asked only about a
+    /// launched machine that `machines` no longer lists, to tell a failed launch from a
+    /// listing that lags.
+    fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>>;
 }

@@ -15,7 +15,7 @@ use crate::executor::{ExecError, Trigger};
 use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::plan::{self, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
-use crate::ports::{CloudPort, ConsulPort, LeaderTransfer, PortError};
+use crate::ports::{CloudPort, ConsulPort, LeaderTransfer, MachineState, PortError};
 use crate::receipt::{now_ms, Keys, Outcome};
 use crate::window::Windows;
 
@@ -35,6 +35,8 @@ pub struct RolloutConfig {
     pub stable_timeout: Duration,
     pub step_timeout: Duration,
     pub retire_failed_launch: bool,
+    /// `rollout.launch_attempts`: failed launches before the rollout stops.
+    pub launch_attempts: u32,
     /// How often a settling step looks again.
     pub poll: Duration,
     /// `[rollout] windows`: steps only inside them (none: any time).
@@ -112,6 +114,7 @@ pub async fn snapshot(env: &RolloutEnv) -> Result<(Snapshot, u64), ExecError> {
             rollout,
             paused,
             desired: env.config.desired,
+            launch_attempts: env.config.launch_attempts,
             now_ms: now_ms(),
         },
         cas,
@@ -193,13 +196,35 @@ pub async fn run(
             Step::Launch { image, token } => {
                 let timer = metrics.step("launch");
                 let machine = env.cloud.launch(&image, &token).await.map_err(port)?;
+                let launched = StepRecord {
+                    machine: machine.id.clone(),
+                    at: now_ms(),
+                    token: Some(token.clone()),
+                    reason: None,
+                };
+                if machine.state == MachineState::Terminated {
+                    // The token answered a machine that is already dead (a holder launched it
+                    // and died before recording, and it failed since): a failed launch, and the
+                    // next attempt gets a new token.
+                    let failed = StepRecord {
+                        reason: Some(
+                            machine
+                                .reason
+                                .clone()
+                                .unwrap_or_else(|| "the machine was terminated".into()),
+                        ),
+                        ..launched
+                    };
+                    if let Some(r) = s.rollout.as_mut() {
+                        record_failures(&env, r, vec![failed], cas).await?;
+                    }
+                    // Dropped unfinished: the step counts as an error.
+                    drop(timer);
+                    continue;
+                }
                 info!(machine = %machine.id, %image, %token, "Launched a server.");
                 if let Some(mut r) = s.rollout {
-                    r.launches.push(StepRecord {
-                        machine: machine.id.clone(),
-                        at: now_ms(),
-                        token: Some(token),
-                    });
+                    r.record_launch(launched);
                     r.waiting = Some(format!("new server {} is joining", machine.id));
                     write_record(&env, &r, cas).await?;
                     let step = json!({ "kind": "launch", "machine": machine.id, "image": image });
@@ -306,17 +331,62 @@ async fn reconcile(
     if !r.is_active() {
         return Ok(cas);
     }
+    let mut cas = cas;
     let missed = plan::missed_steps(r, machines);
-    if missed.is_empty() {
+    if !missed.is_empty() {
+        warn!(
+            launches = missed.launches.len(),
+            retirement = ?missed.retired.as_ref().map(|s| &s.machine),
+            "The record missed steps (a holder died mid-step); adding them."
+        );
+        missed.apply(r);
+        write_record(env, r, cas).await?;
+        cas = read_record(env).await?.1;
+    }
+    // Launches the cloud no longer lists: asked about one by one (rare: a launch failed, or
+    // the listing lags), so a failure is recorded with the cloud's reason.
+    let mut failed = Vec::new();
+    for lost in plan::lost_launches(r, machines) {
+        let found = env.cloud.machine(&lost.machine).await.map_err(port)?;
+        failed.extend(plan::failed_launch(&lost, found.as_ref(), now_ms()));
+    }
+    if failed.is_empty() {
         return Ok(cas);
     }
-    warn!(
-        launches = missed.launches.len(),
-        retirement = ?missed.retired.as_ref().map(|s| &s.machine),
-        "The record missed steps (a holder died mid-step); adding them."
-    );
-    missed.apply(r);
+    record_failures(env, r, failed, cas).await
+}
+
+/// Moves `failed` launches out of the record's launches into its failed launches, each once,
+/// and says so (log, notification); returns the index to CAS against next.
+async fn record_failures(
+    env: &RolloutEnv,
+    r: &mut Rollout,
+    failed: Vec<StepRecord>,
+    cas: u64,
+) -> Result<u64, ExecError> {
+    for f in &failed {
+        error!(
+            machine = %f.machine,
+            reason = f.reason.as_deref().unwrap_or(""),
+            attempt = r.failed_launches.len() + 1,
+            attempts = env.config.launch_attempts,
+            "A new server died before it joined; the next launch uses a new token."
+        );
+    }
+    for f in failed.iter().cloned() {
+        r.record_failure(f);
+    }
+    r.waiting = Some(format!(
+        "launch {} failed; launching again",
+        failed.last().map_or("", |f| f.machine.as_str())
+    ));
     write_record(env, r, cas).await?;
+    for f in failed {
+        let step = json!({
+            "kind": "launch_failed", "machine": f.machine, "reason": f.reason,
+        });
+        env.notifier.send(Event::Step, r, Some(step), None);
+    }
     Ok(read_record(env).await?.1)
 }
 
@@ -338,6 +408,7 @@ async fn retire(
             machine: machine.to_owned(),
             at: now_ms(),
             token: None,
+            reason: None,
         });
         r.waiting = Some(format!("server {node} is leaving"));
         write_record(env, r, cas).await?;

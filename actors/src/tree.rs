@@ -66,6 +66,7 @@ pub fn rollout_config(settings: &Settings) -> RolloutConfig {
         stable_timeout: settings.rollout.stable_timeout,
         step_timeout: settings.rollout.step_timeout,
         retire_failed_launch: settings.rollout.retire_failed_launch,
+        launch_attempts: settings.rollout.launch_attempts.get(),
         poll: ROLLOUT_POLL,
         windows: Windows::from_settings(&settings.rollout.windows),
         image_watches: settings
@@ -262,6 +263,9 @@ impl CloudPort for NoCloud {
         Self::err()
     }
     fn retire(&self, _machine_id: &str) -> PortFuture<()> {
+        Self::err()
+    }
+    fn machine(&self, _machine_id: &str) -> PortFuture<Option<crate::ports::Machine>> {
         Self::err()
     }
 }

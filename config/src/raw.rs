@@ -74,6 +74,7 @@ pub struct RawRollout {
     pub stable_timeout: Option<String>,
     pub step_timeout: Option<String>,
     pub retire_failed_launch: Option<bool>,
+    pub launch_attempts: Option<i64>,
     pub windows: Option<Vec<RawWindow>>,
 }
 

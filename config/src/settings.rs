@@ -285,6 +285,10 @@ pub struct RolloutSettings {
     /// When a rollout stops because a new server never got healthy, retire that server too.
     /// Default false (leave it for inspection).
     pub retire_failed_launch: bool,
+    /// How many launches of a rollout may fail (the machine died, was terminated or never
+    /// started before it became a voter) before the rollout stops with the last reason; each
+    /// attempt after a failure uses a new launch token. Default 3, at most 10.
+    pub launch_attempts: NonZeroU32,
     /// Maintenance windows: steps are taken only inside one of them. Default none: always.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowSettings>,

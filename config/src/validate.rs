@@ -67,6 +67,20 @@ impl Errors {
         }
     }
 
+    /// `positive`, and at most `max`: a count that bounds what the cluster goes through.
+    fn at_most(&mut self, field: &str, value: Option<i64>, default: u32, max: u32) -> NonZeroU32 {
+        match value {
+            Some(v) if v > i64::from(max) => {
+                self.push(
+                    field,
+                    format!("must be a whole number from 1 to {max}, got {v}"),
+                );
+                NonZeroU32::new(default).unwrap_or(NonZeroU32::MIN)
+            }
+            _ => self.positive(field, value, default),
+        }
+    }
+
     fn required(&mut self, field: &str, value: Option<&String>) -> String {
         match value.map(|v| v.trim()) {
             Some(v) if !v.is_empty() => v.to_owned(),
@@ -678,6 +692,11 @@ fn quoted(items: &[&str]) -> String {
         .join(", ")
 }
 
+/// `rollout.launch_attempts`: a bad image fails three launches before the rollout stops.
+const DEFAULT_LAUNCH_ATTEMPTS: u32 = 3;
+/// Each failed attempt leaves a dead machine behind (and an entry in the rollout record).
+const MAX_LAUNCH_ATTEMPTS: u32 = 10;
+
 fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
     let mode = match rr.mode.as_deref() {
         None | Some("manual") => RolloutMode::Manual,
@@ -705,6 +724,12 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
             ten_minutes,
         ),
         retire_failed_launch: rr.retire_failed_launch.unwrap_or(false),
+        launch_attempts: errs.at_most(
+            "rollout.launch_attempts",
+            rr.launch_attempts,
+            DEFAULT_LAUNCH_ATTEMPTS,
+            MAX_LAUNCH_ATTEMPTS,
+        ),
         windows: rr
             .windows
             .unwrap_or_default()

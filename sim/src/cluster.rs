@@ -119,6 +119,11 @@ pub struct Server {
     pub token: Option<String>,
     /// Launched from a broken image: it joins, but never gets healthy.
     pub broken: bool,
+    /// Launched from an image that does not boot: the machine is terminated, with this
+    /// reason, when its boot would end.
+    pub boot_failure: Option<String>,
+    /// Why the machine was terminated, in EC2's StateReason words.
+    pub reason: Option<String>,
 }
 
 impl Server {
@@ -145,6 +150,8 @@ impl Server {
             launched_at: SystemTime::now(),
             token: None,
             broken: false,
+            boot_failure: None,
+            reason: None,
         }
     }
 
@@ -378,6 +385,7 @@ impl Cluster {
         self.next_ip += 1;
         let mut s = Server::new(name, ip, image, Instant::now());
         s.broken = self.images.is_broken(&s.image);
+        s.boot_failure = self.images.boot_failure(&s.image);
         s.token = token;
         self.servers.push(s);
         self.servers.len() - 1
@@ -489,6 +497,7 @@ pub fn bootstrap(sim: &Sim) {
             .checked_sub(day)
             .unwrap_or(SystemTime::UNIX_EPOCH),
         broken: false,
+        boot_failure: None,
     };
     if let Err(e) = st.cluster.images.register(image) {
         tracing::warn!(error = %e, "The configured image was registered already.");
@@ -530,7 +539,15 @@ pub fn add_server(
     let i = st.cluster.launch(name.clone(), image, token);
     let delay = st.config.boot_delay;
     schedule(sim, st, delay, &name, |_, _, s| {
-        if s.machine == Machine::Booting {
+        if s.machine != Machine::Booting {
+            return;
+        }
+        if let Some(reason) = s.boot_failure.clone() {
+            s.epoch += 1;
+            s.machine = Machine::Terminated;
+            s.reason = Some(reason);
+            s.unreachable_since.get_or_insert_with(Instant::now);
+        } else {
             s.machine = Machine::Running;
             s.serf = SerfStatus::Alive;
         }
@@ -592,10 +609,31 @@ pub fn terminate(sim: &Sim, st: &mut State, name: &str) -> bool {
             s.epoch += 1;
         }
         s.machine = Machine::Terminated;
+        s.reason.get_or_insert_with(|| USER_TERMINATED.to_owned());
         s.unreachable_since.get_or_insert_with(Instant::now);
     }
     reconcile(sim, st);
     true
+}
+
+/// EC2's StateReason for a machine terminated through the API.
+pub const USER_TERMINATED: &str = "Client.UserInitiatedShutdown: User initiated shutdown";
+/// EC2's StateReason for an instance that failed on its own.
+pub const MACHINE_FAILED: &str = "Server.InternalError: Internal error on launch";
+
+/// The machine fails on its own, as an EC2 instance can at boot or at any time: its agent dies
+/// without leaving (the others see it failed after `failure_detection`) and the machine is
+/// terminated with `MACHINE_FAILED`. Returns false for an unknown or already terminated one.
+pub fn fail(sim: &Sim, st: &mut State, name: &str) -> bool {
+    let Some(s) = st.cluster.server_mut(name) else {
+        return false;
+    };
+    if s.machine == Machine::Terminated {
+        return false;
+    }
+    s.reason = Some(MACHINE_FAILED.to_owned());
+    kill(sim, st, name);
+    terminate(sim, st, name)
 }
 
 /// The process dies: the others notice after `failure_detection` (serf failed).

@@ -6,17 +6,20 @@
 //! or a launch token already used differently).
 //!
 //! - `GET  /sim/images` → `[Image]`, registration order. `Image` is `{"id", "name", "created"
-//!   (RFC 3339 UTC with milliseconds, EC2's CreationDate format), "broken"}`. The configured
+//!   (RFC 3339 UTC with milliseconds, EC2's CreationDate format), "broken", "boot_failure"}`. The configured
 //!   image is registered at start, created one day before it.
 //! - `POST /sim/images` `{"id": "...", "name"?: "...", "created"?: "<RFC 3339 UTC>", "broken"?:
 //!   bool}` → 201 `Image` (name defaults to the id, created to now, broken to false); 409 if the
 //!   id exists. A server launched from a broken image boots, joins serf and enters Raft as a
 //!   non-voter, but autopilot never sees it healthy (its log never catches up), so it is never
-//!   promoted and the cluster stays unhealthy while it is a peer.
+//!   promoted and the cluster stays unhealthy while it is a peer. `"boot_failure": "<reason>"`
+//!   makes an image that does not boot (a bad AMI): each server launched from it is terminated
+//!   with that reason when its boot would end, before it joins anything.
 //! - `GET  /sim/servers` → `[Server]`, launch order, terminated machines included. `Server` is
 //!   `{"name", "id", "address", "image", "machine": booting|running|stopped|killed|terminated,
 //!   "serf": none|alive|left|failed, "cut", "in_raft", "voter", "leader", "healthy",
-//!   "token": string|null, "launched_at": unix ms}`.
+//!   "token": string|null, "launched_at": unix ms, "reason": string|null}`; `reason` says why a
+//!   terminated machine was terminated, in EC2's StateReason words.
 //! - `GET  /sim/servers/{name}` → `Server`.
 //! - `POST /sim/servers` `{"image": "...", "name"?: "...", "token"?: "..."}` → 201 `Server`: a new
 //!   machine that boots for `boot_delay`, then joins serf; the leader adds it to Raft as a
@@ -30,6 +33,9 @@
 //!   The server stays listed with machine `terminated` (so its token still finds it) and counts
 //!   nowhere else. Terminating it again answers 200 and changes nothing, as EC2 does. A
 //!   terminated server accepts no other action (409).
+//! - `POST /sim/servers/{name}/fail` → `Server`: the machine fails on its own (an instance dying
+//!   at boot or later): its agent dies without leaving (a failed peer if it had joined) and the
+//!   machine is terminated with reason `Server.InternalError: Internal error on launch`.
 //! - `POST /sim/servers/{name}/leave` → `Server`: graceful leave (serf left, out of Raft; a leader
 //!   steps down first and an election follows). No tolerance is lost beyond the server itself.
 //! - `POST /sim/servers/{name}/kill` → `Server`: the process dies; the others see it serf-failed
@@ -139,6 +145,8 @@ pub struct ServerView {
     pub token: Option<String>,
     /// Unix milliseconds.
     pub launched_at: u64,
+    /// Why a terminated machine was terminated (EC2's StateReason); null otherwise.
+    pub reason: Option<String>,
 }
 
 fn view(st: &State, s: &Server) -> ServerView {
@@ -159,6 +167,10 @@ fn view(st: &State, s: &Server) -> ServerView {
             .launched_at
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        reason: s
+            .reason
+            .clone()
+            .filter(|_| s.machine == Machine::Terminated),
     }
 }
 
@@ -188,9 +200,11 @@ struct NewImage {
     created: Option<String>,
     #[serde(default)]
     broken: bool,
+    boot_failure: Option<String>,
 }
 
-/// POST /sim/images `{"id", "name"?, "created"?, "broken"?}` — registers an image.
+/// POST /sim/images `{"id", "name"?, "created"?, "broken"?, "boot_failure"?}` — registers an
+/// image.
 async fn add_image(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse, ControlError> {
     let b: NewImage = decode(&body)?;
     if b.id.trim().is_empty() {
@@ -205,6 +219,7 @@ async fn add_image(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse
         id: b.id,
         created,
         broken: b.broken,
+        boot_failure: b.boot_failure.filter(|r| !r.trim().is_empty()),
     };
     let mut st = sim.lock();
     let added = st
@@ -286,7 +301,7 @@ async fn add_server(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpRespons
     Ok(HttpResponse::Created().json(view_of(&st, &name)?))
 }
 
-/// POST /sim/servers/{name}/{terminate|leave|kill|restart|cut|heal}.
+/// POST /sim/servers/{name}/{terminate|fail|leave|kill|restart|cut|heal}.
 async fn server_action(
     sim: web::Data<Sim>,
     path: web::Path<(String, String)>,
@@ -302,7 +317,12 @@ async fn server_action(
     let done = match action.as_str() {
         // A terminated machine is gone: only terminating it again makes sense (and is a no-op).
         "terminate" => cluster::terminate(&sim, &mut st, &name),
-        "leave" | "kill" | "restart" | "cut" | "heal" if machine == Machine::Terminated => false,
+        "fail" | "leave" | "kill" | "restart" | "cut" | "heal"
+            if machine == Machine::Terminated =>
+        {
+            false
+        }
+        "fail" => cluster::fail(&sim, &mut st, &name),
         "leave" => cluster::leave(&sim, &mut st, &name),
         "kill" => cluster::kill(&sim, &mut st, &name),
         "restart" => cluster::restart(&sim, &mut st, &name),
@@ -311,7 +331,9 @@ async fn server_action(
         other => {
             return Err(ControlError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}: terminate, leave, kill, restart, cut or heal"),
+                format!(
+                    "unknown action {other:?}: terminate, fail, leave, kill, restart, cut or heal"
+                ),
             ))
         }
     };
@@ -325,7 +347,7 @@ async fn server_action(
             ),
         ));
     }
-    if was_leader && matches!(action.as_str(), "terminate" | "leave" | "kill") {
+    if was_leader && matches!(action.as_str(), "terminate" | "fail" | "leave" | "kill") {
         st.cluster.invariants.leader_retired += 1;
     }
     Ok(HttpResponse::Ok().json(view_of(&st, &name)?))

@@ -19,6 +19,9 @@ pub struct Image {
     pub created: SystemTime,
     /// Servers launched from it never become healthy.
     pub broken: bool,
+    /// Servers launched from it never boot: each machine is terminated, with this reason (an
+    /// EC2 StateReason), when its boot would end.
+    pub boot_failure: Option<String>,
 }
 
 /// An image as the control API shows it; `created` in EC2's `CreationDate` format
@@ -29,6 +32,8 @@ pub struct ImageView {
     pub name: String,
     pub created: String,
     pub broken: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_failure: Option<String>,
 }
 
 impl From<&Image> for ImageView {
@@ -38,6 +43,7 @@ impl From<&Image> for ImageView {
             name: i.name.clone(),
             created: format_created(i.created),
             broken: i.broken,
+            boot_failure: i.boot_failure.clone(),
         }
     }
 }
@@ -76,6 +82,11 @@ impl Images {
     pub fn is_broken(&self, id: &str) -> bool {
         self.get(id).is_some_and(|i| i.broken)
     }
+
+    /// Why servers launched from `id` fail at boot, if they do.
+    pub fn boot_failure(&self, id: &str) -> Option<String> {
+        self.get(id).and_then(|i| i.boot_failure.clone())
+    }
 }
 
 /// `created` as the control API writes it: `2024-05-01T12:00:00.000Z`.
@@ -103,6 +114,7 @@ mod tests {
             name: id.into(),
             created: SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_564_800),
             broken: false,
+            boot_failure: None,
         }
     }
 

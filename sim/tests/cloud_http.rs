@@ -1,5 +1,6 @@
 //! The simulated cloud over real HTTP: the image registry, idempotent launches by token, a broken
-//! image whose server never gets promoted, terminating the leader and a follower, and the
+//! image whose server never gets promoted, an image that never boots and a machine that fails
+//! (each terminated with EC2's reason), terminating the leader and a follower, and the
 //! invariants a rollout is judged by (`leader_retired`, `max_servers`, `min_voters`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -187,6 +188,91 @@ async fn an_unknown_image_is_refused() {
         assert!(msg.contains("ami-nope"), "{msg}");
         let (_, servers) = api.get("/sim/servers").await;
         assert_eq!(servers.as_array().unwrap().len(), 3, "nothing launched");
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn machines_that_fail_are_terminated_with_the_clouds_reason() {
+    bounded(async {
+        let sim = start();
+        let api = Api::new(&sim);
+        let why = "Client.InvalidKernelId.Malformed: no kernel";
+        let (_, img) = api
+            .post(
+                "/sim/images",
+                Some(json!({"id": "noboot", "boot_failure": why})),
+            )
+            .await;
+        assert_eq!(img["boot_failure"], why, "{img}");
+        api.post("/sim/images", Some(json!({"id": "good"}))).await;
+
+        // An image that does not boot: terminated, with its reason, when the boot would end.
+        let (_, s) = api
+            .post(
+                "/sim/servers",
+                Some(json!({"image": "noboot", "token": "t1"})),
+            )
+            .await;
+        assert_eq!(
+            (&s["machine"], &s["reason"]),
+            (&json!("booting"), &Value::Null)
+        );
+        let name = s["name"].as_str().unwrap().to_owned();
+        let s = api
+            .until(
+                &format!("/sim/servers/{name}"),
+                "the machine that does not boot is terminated",
+                |_, v| v["machine"] == "terminated",
+            )
+            .await;
+        assert_eq!(
+            (&s["reason"], &s["in_raft"]),
+            (&json!(why), &json!(false)),
+            "{s}"
+        );
+        // Its token still answers the dead machine, as EC2's ClientToken does.
+        let (status, again) = api
+            .post(
+                "/sim/servers",
+                Some(json!({"image": "noboot", "token": "t1"})),
+            )
+            .await;
+        assert_eq!((status, &again["name"]), (200, &json!(name)));
+
+        // A machine that fails after it joined: its agent dies without leaving, and the
+        // machine is terminated with EC2's reason for an instance that failed.
+        let (_, s) = api
+            .post("/sim/servers", Some(json!({"image": "good"})))
+            .await;
+        let name = s["name"].as_str().unwrap().to_owned();
+        api.until(
+            &format!("/sim/servers/{name}"),
+            "the new server joins Raft",
+            |_, v| v["in_raft"] == true,
+        )
+        .await;
+        let (status, s) = api.post(&format!("/sim/servers/{name}/fail"), None).await;
+        assert_eq!(status, 200, "{s}");
+        assert_eq!(
+            (&s["machine"], &s["reason"]),
+            (
+                &json!("terminated"),
+                &json!("Server.InternalError: Internal error on launch")
+            ),
+            "{s}"
+        );
+        let (status, _) = api.post(&format!("/sim/servers/{name}/fail"), None).await;
+        assert_eq!(status, 409, "a terminated machine cannot fail again");
+        // A terminate through the API says so; a live machine has no reason.
+        let (_, s) = api
+            .post("/sim/servers/consul-server-3/terminate", None)
+            .await;
+        assert_eq!(
+            s["reason"],
+            "Client.UserInitiatedShutdown: User initiated shutdown"
+        );
+        assert_eq!(api.server("consul-server-1").await["reason"], Value::Null);
     })
     .await;
 }

@@ -293,6 +293,7 @@ mod tests {
             stable_timeout: Duration::from_secs(600),
             step_timeout: Duration::from_secs(60),
             retire_failed_launch: false,
+            launch_attempts: 3,
             poll: Duration::from_millis(500),
             windows: Default::default(),
             image_watches: Vec::new(),
@@ -313,6 +314,7 @@ mod tests {
                     address: None,
                     node: Some((*n).into()),
                     token: None,
+                    reason: None,
                 })
                 .collect(),
             health: ClusterHealth {
@@ -339,6 +341,7 @@ mod tests {
             rollout: None,
             paused,
             desired: 3,
+            launch_attempts: 3,
             now_ms: 1_000,
         }
     }

@@ -39,7 +39,9 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-use rehydrator_actors::ports::{CloudPort, Image, Machine, MachineState, PortFuture};
+use rehydrator_actors::ports::{
+    clip, CloudPort, Image, Machine, MachineState, PortFuture, MAX_REASON,
+};
 use rehydrator_config::AwsSettings;
 use tracing::Instrument as _;
 
@@ -388,6 +390,13 @@ impl CloudPort for Ec2Cloud {
         let span = tracing::debug_span!("ec2_cloud", op = "retire", machine = %id);
         Box::pin(async move { Ok(this.terminate(&id).await?) }.instrument(span))
     }
+
+    fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>> {
+        let this = self.clone();
+        let id = machine_id.to_owned();
+        let span = tracing::debug_span!("ec2_cloud", op = "machine", machine = %id);
+        Box::pin(async move { Ok(this.find(&id).await?) }.instrument(span))
+    }
 }
 
 fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
@@ -443,7 +452,16 @@ fn machine(i: &Instance, request: &str) -> Result<Machine, CloudError> {
         .find(|t| t.key() == Some(TOKEN_TAG))
         .and_then(|t| t.value())
         .map(str::to_owned);
+    // EC2 says why an instance stopped or was terminated ("Server.InternalError: Internal
+    // error on launch", "Client.UserInitiatedShutdown: …"); a live one's reason is not news.
+    let reason = i
+        .state_reason()
+        .filter(|_| matches!(state, MachineState::Stopping | MachineState::Terminated))
+        .and_then(|r| r.message().or(r.code()))
+        .filter(|r| !r.is_empty())
+        .map(|r| clip(r, MAX_REASON));
     Ok(Machine {
+        reason,
         node: Some(id.clone()),
         image: i.image_id().unwrap_or_default().to_owned(),
         launched_at,
@@ -533,6 +551,23 @@ mod tests {
     }
 
     #[test]
+    fn a_terminated_instance_says_why_and_a_running_one_does_not() {
+        let reason = aws_sdk_ec2::types::StateReason::builder()
+            .code("Server.InternalError")
+            .message("Server.InternalError: Internal error on launch")
+            .build();
+        let mut dead = instance(InstanceStateName::Terminated);
+        dead.state_reason = Some(reason.clone());
+        assert_eq!(
+            machine(&dead, "GET").unwrap().reason.as_deref(),
+            Some("Server.InternalError: Internal error on launch")
+        );
+        let mut live = instance(InstanceStateName::Running);
+        live.state_reason = Some(reason);
+        assert_eq!(machine(&live, "GET").unwrap().reason, None);
+    }
+
+    #[test]
     fn an_instance_is_a_machine_named_after_its_id() {
         let m = machine(&instance(InstanceStateName::Running), "GET").unwrap();
         assert_eq!(
@@ -545,6 +580,7 @@ mod tests {
                 address: Some("10.0.1.7".into()),
                 node: Some("i-0abc".into()),
                 token: Some("r1-o3-n3".into()),
+                reason: None,
             }
         );
         for (ec2, port) in [

@@ -621,6 +621,15 @@ impl CloudPort for EcsCloud {
         let span = tracing::debug_span!("ecs_cloud", op = "retire", machine = %id);
         Box::pin(async move { Ok(this.retire_once(&id).await?) }.instrument(span))
     }
+
+    /// The instance as EC2 sees it: asked only about a launch that `machines` no longer lists,
+    /// which is gone from EC2's listing, not merely waiting for its task.
+    fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>> {
+        let this = self.clone();
+        let id = machine_id.to_owned();
+        let span = tracing::debug_span!("ecs_cloud", op = "machine", machine = %id);
+        Box::pin(async move { Ok(this.ec2.find(&id).await?) }.instrument(span))
+    }
 }
 
 /// Where an instance stands in ECS.

@@ -10,6 +10,7 @@
 //! images/<label>          the image registry; content: a consul binary, empty = the default
 //! machines/<id>.json      one record per launched server (written atomically)
 //! machines/<id>.log       the agent's stdout and stderr
+//! machines/<id>.exit      how the agent exited, written by the replica that reaped it
 //! machines/<id>/data      the agent's -data-dir
 //! client.json, client/    the client agent replicas talk to
 //! ```
@@ -29,7 +30,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rehydrator_actors::ports::{CloudPort, Image, Machine, MachineState, PortFuture};
+use rehydrator_actors::ports::{
+    clip, CloudPort, Image, Machine, MachineState, PortFuture, MAX_REASON,
+};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -246,8 +249,12 @@ impl ProcessCloud {
             if child.id() == pid {
                 return match child.try_wait() {
                     Ok(None) => true,
-                    _ => {
+                    exited => {
                         children.remove(&record.id);
+                        drop(children);
+                        if let Ok(Some(status)) = exited {
+                            self.note_exit(&record.id, status);
+                        }
                         false
                     }
                 };
@@ -255,6 +262,31 @@ impl ProcessCloud {
         }
         drop(children);
         pid_runs(pid, &record.id)
+    }
+
+    /// Keeps how a child agent exited where every replica can read it: only its parent can
+    /// reap it and learn its status.
+    fn note_exit(&self, id: &str, status: std::process::ExitStatus) {
+        let path = self.record_path(id).with_extension("exit");
+        if let Err(e) = write_atomic(&path, status.to_string().as_bytes()) {
+            tracing::debug!(machine = %id, error = %e, "Could not keep the agent's exit status.");
+        }
+    }
+
+    /// Why a record's agent is not running: how it exited (if its parent saw) and the tail of
+    /// its log. Read only when asked about one machine, not on every listing.
+    fn reason(&self, record: &Record) -> String {
+        if record.pid.is_none() {
+            return "the launcher died before it started the agent".into();
+        }
+        let path = self.record_path(&record.id);
+        let exit = fs::read_to_string(path.with_extension("exit"))
+            .map(|s| format!("the agent {}", s.trim()))
+            .unwrap_or_else(|_| "the agent's process is gone".into());
+        match log_tail(&path.with_extension("log"), 3) {
+            Some(tail) => clip(&format!("{exit}; its log ends: {tail}"), MAX_REASON),
+            None => exit,
+        }
     }
 
     fn state(&self, record: &Record, now: u64) -> MachineState {
@@ -284,14 +316,25 @@ impl ProcessCloud {
             address: None,
             node: Some(record.id.clone()),
             token: Some(record.token.clone()),
+            reason: None,
         }
     }
 
     /// Reaps every child of this instance that exited, whoever stopped it: one another
     /// replica retired is no longer looked at through `is_alive`, and must not stay a zombie.
     fn reap(&self) {
-        self.children()
-            .retain(|_, child| matches!(child.try_wait(), Ok(None)));
+        let mut exited = Vec::new();
+        self.children().retain(|id, child| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                exited.push((id.clone(), status));
+                false
+            }
+            Err(_) => false,
+        });
+        for (id, status) in exited {
+            self.note_exit(&id, status);
+        }
     }
 
     /// The server machines that run or are being started.
@@ -303,6 +346,22 @@ impl ProcessCloud {
             .map(|r| self.machine(r))
             .filter(|m| m.state != MachineState::Terminated)
             .collect())
+    }
+
+    /// One machine in any state, with why its agent is not running if it is not.
+    pub fn find(&self, id: &str) -> Result<Option<Machine>, CloudError> {
+        self.reap();
+        if check_label(id, "find a machine").is_err() {
+            return Ok(None);
+        }
+        let Some(record) = read_record(&self.record_path(id), "find a machine")? else {
+            return Ok(None);
+        };
+        let mut m = self.machine(&record);
+        if m.state == MachineState::Terminated && !record.retired {
+            m.reason = Some(self.reason(&record));
+        }
+        Ok(Some(m))
     }
 
     /// Ports no other agent of this data directory holds: two agents must never share one.
@@ -388,7 +447,11 @@ impl ProcessCloud {
             });
         }
         tracing::debug!(machine = %existing.id, "The token already launched a machine; answering it.");
-        Ok(self.machine(&existing))
+        let mut m = self.machine(&existing);
+        if m.state == MachineState::Terminated && !existing.retired {
+            m.reason = Some(self.reason(&existing));
+        }
+        Ok(m)
     }
 
     fn agent_data_dir(&self, id: &str) -> PathBuf {
@@ -727,6 +790,14 @@ impl CloudPort for ProcessCloud {
         let span = tracing::debug_span!("process_cloud", op = "retire", machine = %machine_id);
         Box::pin(async move { cloud.retire_now(&id).await.map_err(Into::into) }.instrument(span))
     }
+
+    fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>> {
+        let _span =
+            tracing::debug_span!("process_cloud", op = "machine", machine = %machine_id).entered();
+        Box::pin(futures_util::future::ready(
+            self.find(machine_id).map_err(Into::into),
+        ))
+    }
 }
 
 /// The machine ID (and Consul node name) a launch token names: stable across replicas and
@@ -814,6 +885,26 @@ fn spawn_agent(binary: &Path, args: &[String], log: &Path, data_dir: &Path) -> i
         // Its own group: a replica's Ctrl-C (sent to the terminal's group) must not reach it.
         .process_group(0)
         .spawn()
+}
+
+/// The last `lines` non-empty lines of a log, read from its last 4 KiB, control characters
+/// dropped (an agent's log is colourless, but it is still the outside world's text).
+fn log_tail(path: &Path, lines: usize) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.take(4096).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let tail: Vec<String> = text
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let start = tail.len().saturating_sub(lines);
+    Some(tail[start..].join(" | ")).filter(|t| !t.is_empty())
 }
 
 fn open_log(path: &Path) -> io::Result<fs::File> {

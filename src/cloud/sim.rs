@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use awc::http::{Method, Uri};
-use rehydrator_actors::ports::{CloudPort, Image, Machine, MachineState, PortFuture};
+use rehydrator_actors::ports::{
+    clip, CloudPort, Image, Machine, MachineState, PortFuture, MAX_REASON,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -157,6 +159,9 @@ struct ServerJson {
     #[serde(default)]
     token: Option<String>,
     launched_at: u64,
+    /// Why a terminated machine was terminated.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// A simulated server as a machine; `None` for a terminated one (the port lists the living).
@@ -188,6 +193,7 @@ fn machine(s: ServerJson, request: &str) -> Result<Option<Machine>, CloudError> 
         state,
         address: Some(address).filter(|a| !a.is_empty()),
         token: s.token,
+        reason: s.reason.map(|r| clip(&r, MAX_REASON)),
     }))
 }
 
@@ -247,6 +253,22 @@ impl CloudPort for SimCloud {
         )
     }
 
+    fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>> {
+        let path = format!("/sim/servers/{}", crate::consul::segment(machine_id));
+        let call = self.call::<ServerJson>(Method::GET, path.clone(), None);
+        let span = tracing::debug_span!("sim_cloud", op = "machine", machine = %machine_id);
+        Box::pin(
+            async move {
+                match call.await {
+                    Ok(s) => Ok(machine(s, &format!("GET {path}"))?),
+                    Err(CloudError::Status { status: 404, .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            .instrument(span),
+        )
+    }
+
     fn retire(&self, machine_id: &str) -> PortFuture<()> {
         let path = format!(
             "/sim/servers/{}/terminate",
@@ -278,6 +300,7 @@ mod tests {
             machine: machine_state.into(),
             token: Some("t-1".into()),
             launched_at: 1_714_564_800_000,
+            reason: None,
         }
     }
 
@@ -294,6 +317,7 @@ mod tests {
                 address: Some("127.0.1.4".into()),
                 node: Some("consul-server-4".into()),
                 token: Some("t-1".into()),
+                reason: None,
             }
         );
         for (sim, port) in [
