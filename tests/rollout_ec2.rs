@@ -6,9 +6,18 @@
 
 mod common;
 
-use common::moto_rollout::{moto_rollout, Backend, TEST_BOUND};
+use common::moto_rollout::{moto_rollout, moto_rollout_with, Backend, Fault, TEST_BOUND};
 
 #[actix_rt::test]
 async fn three_servers_roll_onto_the_new_ami_through_ec2() {
     common::bounded_for(TEST_BOUND, moto_rollout(Backend::Ec2, 3)).await;
+}
+
+#[actix_rt::test]
+async fn a_new_instance_terminated_right_after_launch_is_launched_again_through_ec2() {
+    common::bounded_for(
+        TEST_BOUND,
+        moto_rollout_with(Backend::Ec2, 3, Fault::TerminateFirstLaunch),
+    )
+    .await;
 }

@@ -13,6 +13,10 @@
 //! N launches and N retirements, quorum never lost, at most one voter missing, at most N+1
 //! machines, the leader never retired while leading. moto also shows no machine launched twice
 //! (and, for `ecs`, one Consul task per machine, the retired ones stopped and deregistered).
+//!
+//! With `Fault::TerminateFirstLaunch` the test terminates the rollout's first new instance in
+//! EC2 right after the record shows its launch: the rollout records it once as a failed launch
+//! with EC2's reason, launches again with a new token, and completes with one instance more.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -47,6 +51,14 @@ impl Backend {
             Backend::Ecs => "ecs",
         }
     }
+}
+
+/// What the test does to the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// TerminateInstances on the first new instance as soon as the record lists it.
+    TerminateFirstLaunch,
 }
 
 /// How often the ECS cloud polls for a registration (5 s in production).
@@ -216,6 +228,11 @@ fn bridge(
 
 /// A rollout of `n` servers from AMI A to AMI B through `backend` on moto.
 pub async fn moto_rollout(backend: Backend, n: usize) {
+    moto_rollout_with(backend, n, Fault::None).await;
+}
+
+/// A rollout of `n` servers from AMI A to AMI B through `backend` on moto, with `fault`.
+pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     let moto = match backend {
         Backend::Ec2 => moto(),
         Backend::Ecs => moto_ecs(),
@@ -321,6 +338,24 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
     .await;
     rig.send("PUT", "/v1/event/fire/consul-rehydrate", None)
         .await;
+    let victim = match fault {
+        Fault::None => None,
+        Fault::TerminateFirstLaunch => {
+            let first = rig
+                .until("the first launch", || async {
+                    rig.rollout().await.filter(|r| !r.launches.is_empty())
+                })
+                .await;
+            let id = first.launches[0].machine.clone();
+            rig.ec2
+                .terminate_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .unwrap();
+            Some(id)
+        }
+    };
     let r = rig
         .until("the rollout completing", || async {
             rig.rollout()
@@ -332,6 +367,21 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
 
     assert_eq!(r.target_image, ami_b);
     assert_eq!((r.launches.len(), r.retirements.len()), (n, n));
+    let failed = usize::from(victim.is_some());
+    assert_eq!(r.failed_launches.len(), failed, "{r:#?}");
+    if let Some(victim) = &victim {
+        let f = &r.failed_launches[0];
+        assert_eq!(&f.machine, victim);
+        assert!(
+            f.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "EC2's reason is recorded: {f:?}"
+        );
+        assert!(!r.launches.iter().any(|l| &l.machine == victim), "{r:#?}");
+        println!(
+            "failed launch {victim} recorded with EC2's reason: {:?}",
+            f.reason
+        );
+    }
     // What moto saw: N seeds and N launches tagged with the cluster, the seeds all gone.
     let described = rig
         .ec2
@@ -350,7 +400,11 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
         .iter()
         .flat_map(|r| r.instances())
         .collect();
-    assert_eq!(instances.len(), 2 * n, "N seeds and N launches, no more");
+    assert_eq!(
+        instances.len(),
+        2 * n + failed,
+        "N seeds, N launches and the failed one, no more"
+    );
     let live = cloud.machines().await.unwrap();
     assert_eq!(live.len(), n, "{live:?}");
     assert!(live.iter().all(|m| m.image == ami_b), "{live:?}");
@@ -377,7 +431,8 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
         errors.borrow()
     );
     if backend == Backend::Ecs {
-        assert_ecs(&ecs, &live.iter().map(|m| m.id.clone()).collect(), n).await;
+        let live = live.iter().map(|m| m.id.clone()).collect();
+        assert_ecs(&ecs, &live, n, victim.as_deref()).await;
         let agent = agent.as_ref().unwrap();
         assert!(
             agent.errors.borrow().is_empty(),
@@ -386,7 +441,7 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
         );
     }
     println!(
-        "rollout of {n} servers through {} (moto): {took:.2?}",
+        "rollout of {n} servers through {} (moto), fault {fault:?}: {took:.2?}",
         backend.name()
     );
 
@@ -396,8 +451,16 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
 
 /// What ECS shows after a rollout of `n`: one Consul task per machine ever launched, the live
 /// machines' running on their container instances, the retired ones' stopped, and only the live
-/// machines still registered.
-async fn assert_ecs(ecs: &aws_sdk_ecs::Client, live: &BTreeSet<String>, n: usize) {
+/// machines still registered. A `failed` instance (terminated in EC2 by the test) keeps its
+/// task and registration in moto, which does not tie ECS to EC2's instance states; real ECS
+/// deregisters a terminated instance and stops its tasks.
+async fn assert_ecs(
+    ecs: &aws_sdk_ecs::Client,
+    live: &BTreeSet<String>,
+    n: usize,
+    failed: Option<&str>,
+) {
+    let failed_count = usize::from(failed.is_some());
     let arns = ecs
         .list_tasks()
         .cluster(ECS_CLUSTER)
@@ -417,14 +480,14 @@ async fn assert_ecs(ecs: &aws_sdk_ecs::Client, live: &BTreeSet<String>, n: usize
         .to_vec();
     assert_eq!(
         tasks.len(),
-        2 * n,
+        2 * n + failed_count,
         "one task per machine launched: {tasks:#?}"
     );
     let running = tasks
         .iter()
         .filter(|t| t.last_status() == Some("RUNNING"))
         .count();
-    assert_eq!(running, n, "{tasks:#?}");
+    assert_eq!(running, n + failed_count, "{tasks:#?}");
     let cis = ecs
         .list_container_instances()
         .cluster(ECS_CLUSTER)
@@ -444,5 +507,10 @@ async fn assert_ecs(ecs: &aws_sdk_ecs::Client, live: &BTreeSet<String>, n: usize
         .iter()
         .filter_map(|ci| ci.ec2_instance_id().map(str::to_owned))
         .collect();
-    assert_eq!(&registered, live, "only the live machines stay registered");
+    let mut expected = live.clone();
+    expected.extend(failed.map(str::to_owned));
+    assert_eq!(
+        registered, expected,
+        "only the live machines (and, in moto, the failed one) stay registered"
+    );
 }
