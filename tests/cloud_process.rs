@@ -382,7 +382,12 @@ fn process_cluster_starts_the_agents_names_a_missing_leader_and_stops_them_all()
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let agent = dir.join("consul");
-    std::fs::write(&agent, "#!/bin/sh\nsleep 60\n").unwrap();
+    // Answers `version` as Consul 1.8.7 does (the backend asks before it starts an agent).
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\n[ \"$1\" = version ] && { echo '{\"Version\": \"1.8.7\"}'; exit 0; }\nsleep 60\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.join("data");
     // Whatever happens below, no stand-in outlives the test.

@@ -36,6 +36,7 @@ use rehydrator_actors::ports::{
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
+use super::consul_version::{self, Version};
 use super::CloudError;
 
 /// How long `consul leave` and the agent's exit after it may take before the process is
@@ -97,6 +98,8 @@ struct Inner {
     options: ProcessOptions,
     /// The agents this instance spawned: `try_wait` reaps them, so none stays a zombie.
     children: Mutex<HashMap<String, Child>>,
+    /// Each binary's Consul version, asked once: the flags an agent gets depend on it.
+    versions: Mutex<HashMap<PathBuf, Version>>,
 }
 
 impl std::fmt::Debug for ProcessCloud {
@@ -121,6 +124,7 @@ impl ProcessCloud {
             inner: Arc::new(Inner {
                 options,
                 children: Mutex::new(HashMap::new()),
+                versions: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -146,6 +150,32 @@ impl ProcessCloud {
             .children
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The Consul version of `binary`, asked once and remembered.
+    pub fn version_of(&self, binary: &Path) -> Result<Version, CloudError> {
+        let cached = self
+            .inner
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(binary)
+            .copied();
+        if let Some(v) = cached {
+            return Ok(v);
+        }
+        // Retryable, as a failed spawn is: the binary may be in the middle of being installed.
+        let v = consul_version::ask(binary).map_err(|e| CloudError::Local {
+            request: format!("ask {} its version", binary.display()),
+            reason: format!("{e}; is it a consul binary?"),
+        })?;
+        tracing::info!(binary = %binary.display(), version = %v, "Consul binary version.");
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(binary.to_owned(), v);
+        Ok(v)
     }
 
     fn machines_dir(&self) -> PathBuf {
@@ -464,9 +494,17 @@ impl ProcessCloud {
         &self,
         mut record: Record,
         path: &Path,
-        args: Vec<String>,
+        mut args: Vec<String>,
         request: &str,
     ) -> Result<Record, CloudError> {
+        let version = match self.version_of(&record.binary) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        args.extend(version.agent_flags());
         let log = path.with_extension("log");
         let child = match spawn_agent(&record.binary, &args, &log, &self.agent_data_dir_of(path)) {
             Ok(child) => child,
@@ -861,7 +899,6 @@ fn common_args(record: &Record, data_dir: &Path, join: &[u16], hcl: &[String]) -
         // Every agent shares 127.0.0.1: the fixed default ports would collide.
         "-dns-port=-1".to_owned(),
         "-grpc-port=-1".to_owned(),
-        "-grpc-tls-port=-1".to_owned(),
         // Consul's default of 30s between join attempts would stall a bootstrap whose peers
         // start a moment later.
         "-retry-interval=1s".to_owned(),
@@ -1092,6 +1129,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
     use std::sync::Barrier;
 
+    /// A stand-in agent: answers `version` as Consul 1.8.7 does, and otherwise sleeps.
+    const STAND_IN: &str =
+        "#!/bin/sh\n[ \"$1\" = version ] && { echo '{\"Version\": \"1.8.7\"}'; exit 0; }\nsleep 60\n";
+
     use rehydrator_actors::ports::{ErrorKind, PortError};
 
     use super::*;
@@ -1118,7 +1159,7 @@ mod tests {
             ));
             fs::create_dir_all(&dir).unwrap();
             let agent = dir.join("agent.sh");
-            fs::write(&agent, "#!/bin/sh\nsleep 60\n").unwrap();
+            fs::write(&agent, STAND_IN).unwrap();
             fs::set_permissions(&agent, fs::Permissions::from_mode(0o755)).unwrap();
             let cloud = ProcessCloud::new(ProcessOptions {
                 consul_bin: PathBuf::from(consul_bin),
@@ -1203,7 +1244,6 @@ mod tests {
             "-serf-wan-port=-1",
             "-dns-port=-1",
             "-grpc-port=-1",
-            "-grpc-tls-port=-1",
             "-bootstrap-expect=3",
             "-retry-join=127.0.0.1:18401",
             "-retry-join=127.0.0.1:18402",
