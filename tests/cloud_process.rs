@@ -1,11 +1,14 @@
 //! The process backend against real Consul: `consul agent -server` processes on loopback, from
-//! the binary `CONSUL_BIN` names. Without it every test prints why it is skipped and passes,
-//! since CI machines need not have Consul; with it:
+//! the binary `CONSUL_BIN` names (`scripts/test.sh` installs Debian's 1.8.7 and sets it).
+//! Without it a test prints why it is skipped and passes, except under `CI=true`, where it
+//! fails; with it:
 //! - a launched server joins the cluster with its image in node meta and becomes a voter, and
 //!   retiring it makes it leave Raft and its process exit;
 //! - 3 servers bootstrapped on image `a`, image `b` registered, `consul-rehydrate` fired: the
 //!   actor tree's SpinUp/SpinDown (the same as `run` builds) roll every server onto `b`, with
-//!   a leader at every poll but for short elections and never fewer than 3 voters.
+//!   a leader at every poll but for short elections and never fewer than 3 voters;
+//! - the same with the first new agent SIGKILLed while it starts, and once it is in Raft as a
+//!   non-voter: one failed launch recorded with the agent's exit, a new token for the next.
 //!
 //! The replica talks to a client agent, which stays while every server is replaced. Every
 //! agent is killed when a test ends, panics included; a failed test keeps the agents' logs.
@@ -32,9 +35,6 @@ use rehydrator_actors::ports::{CloudPort, MachineState};
 use rehydrator_actors::tree::{self, Ports};
 use rehydrator_config::CloudSettings;
 
-const SKIPPED: &str =
-    "skipped: CONSUL_BIN is not set (point it at a consul binary to run the process-backend tests)";
-
 /// What the agents run with: promotion after 2s instead of 10s, a 1s leave drain instead of 5s
 /// (one block a line).
 const AGENT_HCL: &str =
@@ -49,12 +49,6 @@ const WAIT_BOUND: Duration = Duration::from_secs(90);
 const LEADERLESS_BOUND: Duration = Duration::from_secs(10);
 
 const CLUSTER: &str = "roll";
-
-fn consul_bin() -> Option<PathBuf> {
-    std::env::var_os("CONSUL_BIN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-}
 
 /// A data directory with its agents, all killed on drop.
 struct Rig {
@@ -185,8 +179,7 @@ async fn catalog_images(client: &Client) -> HashMap<String, String> {
 
 #[actix_rt::test]
 async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
-    let Some(bin) = consul_bin() else {
-        println!("{SKIPPED}");
+    let Some(bin) = common::consul_bin() else {
         return;
     };
     common::bounded_for(TEST_BOUND, async {
@@ -244,15 +237,80 @@ async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
     .await;
 }
 
+/// When the test SIGKILLs the rollout's first new agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    Never,
+    /// As soon as the rollout record lists the launch: the agent is starting.
+    Starting,
+    /// Once the new server is in Raft as a non-voter, before autopilot promotes it.
+    Joined,
+}
+
+/// Waits for the rollout's first launch, waits for `kill`'s moment and SIGKILLs its agent;
+/// returns the machine and whether it was in Raft when killed.
+async fn kill_first_launch(rig: &Rig, client: &Client, kill: Kill) -> (String, bool) {
+    let first = common::eventually("the first launch", WAIT_BOUND, || async {
+        rollout(client)
+            .await
+            .and_then(|r| r.launches.first().cloned())
+    })
+    .await;
+    let id = first.machine;
+    let in_raft = || async {
+        client
+            .raft_configuration(&QueryOptions::default())
+            .await
+            .ok()
+            .and_then(|raft| raft.servers.iter().find(|s| s.node == id).map(|s| s.voter))
+    };
+    if kill == Kill::Joined {
+        common::eventually("the new server joining Raft", WAIT_BOUND, || async {
+            (in_raft().await == Some(false)).then_some(())
+        })
+        .await;
+    }
+    let was_in_raft = in_raft().await.is_some();
+    let pid = rig
+        .cloud
+        .records()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == id)
+        .and_then(|r| r.pid)
+        .expect("the launched agent has a PID");
+    let killed = std::process::Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -KILL -{pid}");
+    (id, was_in_raft)
+}
+
 #[actix_rt::test]
 async fn three_real_servers_roll_onto_the_new_image_keeping_quorum() {
-    let Some(bin) = consul_bin() else {
-        println!("{SKIPPED}");
+    real_rollout(3, Kill::Never).await;
+}
+
+#[actix_rt::test]
+async fn a_new_real_server_killed_while_starting_is_launched_again() {
+    real_rollout(3, Kill::Starting).await;
+}
+
+#[actix_rt::test]
+async fn a_new_real_server_killed_after_joining_is_launched_again() {
+    real_rollout(3, Kill::Joined).await;
+}
+
+/// `n` real servers on image `a` roll onto `b` through the actor tree, the first new agent
+/// SIGKILLed at `kill`'s moment: every server ends on `b`, never fewer than `n` voters, and a
+/// killed agent is one failed launch with its exit in the record, replaced under a new token.
+async fn real_rollout(n: usize, kill: Kill) {
+    let Some(bin) = common::consul_bin() else {
         return;
     };
     common::bounded_for(TEST_BOUND, async {
-        let n = 3;
-        let rig = Rig::new("rollout", bin);
+        let rig = Rig::new(&format!("rollout-{kill:?}"), bin);
         let client = rig.bootstrap(n).await;
         let before: Vec<String> = rig
             .cloud
@@ -316,6 +374,10 @@ async fn three_real_servers_roll_onto_the_new_image_keeping_quorum() {
             None
         })
         .await;
+        let killed = match kill {
+            Kill::Never => None,
+            _ => Some(kill_first_launch(&rig, &client, kill).await),
+        };
         let r = common::eventually("the rollout completing", TEST_BOUND, || async {
             rollout(&client)
                 .await
@@ -327,6 +389,21 @@ async fn three_real_servers_roll_onto_the_new_image_keeping_quorum() {
 
         assert_eq!(r.target_image, "b");
         assert_eq!((r.launches.len(), r.retirements.len()), (n, n), "{r:?}");
+        if let Some((victim, was_in_raft)) = &killed {
+            assert_eq!(r.failed_launches.len(), 1, "{r:#?}");
+            let f = &r.failed_launches[0];
+            assert_eq!(&f.machine, victim);
+            let reason = f.reason.as_deref().unwrap_or_default();
+            assert!(reason.contains("SIGKILL"), "the agent's exit: {reason}");
+            let tokens: std::collections::BTreeSet<_> = r
+                .launches
+                .iter()
+                .chain(&r.failed_launches)
+                .map(|l| l.token.clone())
+                .collect();
+            assert_eq!(tokens.len(), n + 1, "a token per launch: {r:#?}");
+            println!("killed {victim} (in Raft: {was_in_raft}); recorded: {reason}");
+        }
         let machines = rig.cloud.machines().await.unwrap();
         assert_eq!(machines.len(), n, "{machines:?}");
         assert!(machines.iter().all(|m| m.image == "b"), "{machines:?}");
@@ -361,7 +438,9 @@ async fn three_real_servers_roll_onto_the_new_image_keeping_quorum() {
             q.min_voters.unwrap_or(0) >= n,
             "never fewer voters than desired: {q:?}"
         );
-        println!("real rollout of {n} servers: {took:.2?}; quorum watch {q:?}");
+        println!(
+            "real rollout of {n} servers, kill {kill:?}: {took:.2?}; quorum watch {q:?}"
+        );
         tree.shutdown().await;
     })
     .await;

@@ -311,7 +311,7 @@ impl ProcessCloud {
         }
         let path = self.record_path(&record.id);
         let exit = fs::read_to_string(path.with_extension("exit"))
-            .map(|s| format!("the agent {}", s.trim()))
+            .map(|s| format!("the agent ended with {}", s.trim()))
             .unwrap_or_else(|_| "the agent's process is gone".into());
         match log_tail(&path.with_extension("log"), 3) {
             Some(tail) => clip(&format!("{exit}; its log ends: {tail}"), MAX_REASON),

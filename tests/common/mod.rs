@@ -14,6 +14,27 @@ use std::time::Duration;
 
 use rehydrator_sim::{RunningSim, SimConfig};
 
+/// The real consul binary the real-Consul tests run: `CONSUL_BIN`, which `scripts/test.sh`
+/// sets (installing Debian's 1.8.7 into the project's cache). Without it a test skips, saying
+/// so, except under `CI=true`, where a missing Consul fails it: CI must run them.
+pub fn consul_bin() -> Option<std::path::PathBuf> {
+    let bin = std::env::var_os("CONSUL_BIN")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    if bin.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but CONSUL_BIN is not set: the real-Consul tests must run in CI \
+             (scripts/test.sh installs Consul with scripts/consul.sh)"
+        );
+        println!(
+            "skipped: CONSUL_BIN is not set (scripts/test.sh sets it; or point it at a consul \
+             binary)"
+        );
+    }
+    bin
+}
+
 /// How long any one end-to-end test may run.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
