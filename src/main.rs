@@ -156,11 +156,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => return run_demo(args),
         Command::CheckConfig { file } => return check_config(&file),
         Command::ProcessCluster(args) => return process_cluster::run(args),
-        Command::Fire(args) => return cli::exit(cli::fire::run(args)),
-        Command::Status(args) => return cli::exit(cli::status::run(args)),
-        Command::Pause(args) => return cli::exit(cli::pause::pause(args)),
-        Command::Resume(args) => return cli::exit(cli::pause::resume(args)),
-        Command::Plan(args) => return cli::exit(cli::plan::run(args)),
+        Command::Fire(args) => return cli::exit(&args.target.clone(), cli::fire::run(args)),
+        Command::Status(args) => return cli::exit(&args.target.clone(), cli::status::run(args)),
+        Command::Pause(args) => return cli::exit(&args.target.clone(), cli::pause::pause(args)),
+        Command::Resume(args) => return cli::exit(&args.target.clone(), cli::pause::resume(args)),
+        Command::Plan(args) => return cli::exit(&args.target.clone(), cli::plan::run(args)),
         Command::Healthcheck { url, timeout } => {
             return match rehydrator::healthcheck::check(&url, timeout) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -93,13 +93,17 @@ fn serve_status(
     Ok(running)
 }
 
-/// The cloud the rollout's actions launch and retire through, when any is configured.
-pub(crate) async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
-    let rollout = settings
+/// Whether the configuration runs a rollout (a spin-up or spin-down action), and so a cloud.
+pub(crate) fn has_rollout(settings: &Settings) -> bool {
+    settings
         .actions
         .values()
-        .any(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown));
-    if !rollout {
+        .any(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown))
+}
+
+/// The cloud the rollout's actions launch and retire through, when any is configured.
+pub(crate) async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
+    if !has_rollout(settings) {
         return Ok(None);
     }
     match &settings.cloud {

@@ -506,3 +506,65 @@ async fn errors_name_what_is_wrong_and_exit_non_zero() {
     })
     .await;
 }
+
+/// A stopped agent (SIGSTOP) accepts connections and never answers: a listener nobody accepts
+/// from behaves the same. Every command gives up within `--timeout`, naming Consul's address,
+/// with exit status 1; a configuration with a rollout names the cloud too.
+#[actix_rt::test]
+async fn a_consul_that_never_answers_ends_every_command_within_its_timeout() {
+    let rig = Rig::new("silent");
+    common::bounded(async {
+        // The kernel completes the handshake for the backlog; nothing ever reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", silent.local_addr().unwrap());
+        for args in [&["status"][..], &["fire"], &["pause"], &["resume"]] {
+            let mut with_timeout = args.to_vec();
+            with_timeout.extend(["--timeout", "1s"]);
+            let started = std::time::Instant::now();
+            let out = cli(&with_timeout, &[("CONSUL_HTTP_ADDR", &addr)]).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            // The command's deadline or the request's, whichever ends first: both say so.
+            assert!(
+                stderr.contains(&format!("Consul at {addr} is not answering")),
+                "{args:?}: {stderr}"
+            );
+            println!(
+                "{args:?} against a silent Consul: exit 1 after {:.2?}",
+                started.elapsed()
+            );
+        }
+        // With a rollout configuration, the cloud may be the silent one: both are named.
+        let text = common::rollout::config("roll", 3, &addr, "type = \"sim\"", "");
+        let path = rig.dir.join("silent.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = cli(
+            &[
+                "status",
+                "--config",
+                path.to_str().unwrap(),
+                "--timeout",
+                "1s",
+            ],
+            &[],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("Consul at {addr} or the cloud is not answering")),
+            "{stderr}"
+        );
+        // A timeout out of range is bad input.
+        let out = cli(
+            &["status", "--timeout", "0s"],
+            &[("CONSUL_HTTP_ADDR", &addr)],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--timeout"), "{stderr}");
+        drop(silent);
+    })
+    .await;
+}

@@ -6,7 +6,8 @@
 //!
 //! Exit status: 0 done; 2 bad input (a config file that does not load, a bad flag or
 //! environment variable, `plan` without a rollout configuration), as `check-config` does;
-//! 1 a runtime failure (Consul or the cloud unreachable or refusing).
+//! 1 a runtime failure (Consul or the cloud unreachable, refusing, or not answering within
+//! `--timeout`, default 5s: a stopped agent accepts connections and never answers).
 
 pub mod fire;
 pub mod pause;
@@ -16,6 +17,7 @@ pub mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rehydrator::consul::{Client, ConsulConfig};
@@ -38,6 +40,21 @@ pub struct Target {
     /// --config, else "default".
     #[arg(long)]
     pub cluster: Option<String>,
+    /// How long the whole command may wait for Consul (and the cloud) before it gives up with
+    /// exit status 1, from 1s to 10m.
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+/// The longest `--timeout`: a command is a question, not a wait.
+const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d < Duration::from_secs(1) || d > MAX_TIMEOUT {
+        return Err(format!("{text:?}: must be from 1s to 10m"));
+    }
+    Ok(d)
 }
 
 /// The input was wrong (exit 2), as opposed to the world failing (exit 1).
@@ -104,6 +121,10 @@ pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
             (None, consul)
         }
     };
+    let mut consul = consul;
+    // No single request may outlast the whole command.
+    consul.timeout = consul.timeout.min(target.timeout);
+    consul.connect_timeout = consul.connect_timeout.min(target.timeout);
     let cluster = target
         .cluster
         .clone()
@@ -121,14 +142,25 @@ pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
     })
 }
 
-/// Runs a command's body on an actix System (awc needs one) and turns its result into the
-/// exit status: 2 for bad input, 1 for anything else.
-pub fn exit<F>(body: F) -> ExitCode
+/// Runs a command's body on an actix System (awc needs one), bounded by `target`'s
+/// `--timeout`, and turns its result into the exit status: 2 for bad input, 1 for anything else.
+pub fn exit<F>(target: &Target, body: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    let limit = target.timeout;
+    let bounded = async move {
+        match tokio::time::timeout(limit, body).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "{} not answering: no answer within {} (--timeout)",
+                who_answers(target),
+                humantime::format_duration(limit)
+            )),
+        }
+    };
     let system = actix_rt::System::new();
-    match system.block_on(body) {
+    match system.block_on(bounded) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<BadInput>() {
             Some(bad) => {
@@ -140,6 +172,18 @@ where
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// "Consul at <address> is" (and the cloud, when the command has one), for a command that ran
+/// out of time. The address never carries credentials: `ConsulConfig` keeps the token apart.
+fn who_answers(target: &Target) -> String {
+    match resolve(target) {
+        Ok(r) if r.settings.as_ref().is_some_and(crate::run::has_rollout) => {
+            format!("Consul at {} or the cloud is", r.consul.address)
+        }
+        Ok(r) => format!("Consul at {} is", r.consul.address),
+        Err(_) => "Consul is".into(),
     }
 }
 

@@ -21,9 +21,14 @@ pub enum ConsulError {
         request: String,
         reason: String,
     },
-    /// Connected, but no answer within the request's timeout.
-    #[error("Consul did not answer {request} within {after:?}")]
-    Timeout { request: String, after: Duration },
+    /// Connected, but no answer within the request's timeout (a stopped agent accepts
+    /// connections and never answers).
+    #[error("Consul at {address} is not answering: no answer to {request} within {after:?}")]
+    Timeout {
+        address: String,
+        request: String,
+        after: Duration,
+    },
     /// The connection broke while sending or reading.
     #[error("connection to Consul failed during {request}: {reason}")]
     Transport { request: String, reason: String },
@@ -114,6 +119,7 @@ mod tests {
         assert_eq!(status(403, "Permission denied").kind(), "status_4xx");
         assert_eq!(ConsulError::Config("x".into()).kind(), "config");
         let t = ConsulError::Timeout {
+            address: "http://127.0.0.1:8500".into(),
             request: "GET /v1/kv/a".into(),
             after: Duration::from_secs(1),
         };

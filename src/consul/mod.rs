@@ -337,6 +337,7 @@ impl Client {
         use awc::error::{ConnectError, SendRequestError};
         match e {
             SendRequestError::Timeout => ConsulError::Timeout {
+                address: self.address.clone(),
                 request: request.to_owned(),
                 after: timeout,
             },
