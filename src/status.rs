@@ -1045,6 +1045,7 @@ mod tests {
             finished_at,
             lock_index: 1,
             attempts: 1,
+            position: None,
         }
     }
 

@@ -78,6 +78,11 @@ impl Scratch {
     /// Writes a configuration whose one action runs `prelude` and then records its trigger,
     /// with when the run began and ended (ns), in `run.XXXXXX.<begin>.<end>.<replica>.json`.
     fn config(&self, consul: &str, prelude: &str) -> PathBuf {
+        self.config_keeping(consul, prelude, 1000)
+    }
+
+    /// As `config`, keeping `receipts_kept` receipts.
+    fn config_keeping(&self, consul: &str, prelude: &str, receipts_kept: usize) -> PathBuf {
         let records = self.records_dir();
         let script = format!(
             "b=$(date +%s%N); {prelude} t=$(mktemp \"{dir}/run.XXXXXX\") && cat > \"$t\" && \
@@ -95,7 +100,7 @@ address = "{consul}"
 session_ttl = "{ttl}s"
 lock_delay = "{delay}s"
 receipt_timeout = "1m"
-receipts_kept = 1000
+receipts_kept = {receipts_kept}
 
 [status]
 listen = "127.0.0.1:0"
@@ -263,19 +268,32 @@ impl Replica {
         }
     }
 
-    /// Whether this replica logged the end of the job for `trigger` (ran it or found it done).
+    /// Whether this replica logged the end of the job for `trigger` (ran it, found it done,
+    /// or found it expired).
     fn ended(&self, trigger: &str) -> bool {
-        self.log_text().lines().any(|l| {
-            (l.contains("Job done.") || l.contains("Job already done.")) && l.contains(trigger)
-        })
+        self.log_text()
+            .lines()
+            .any(|l| job_ended(l) && l.contains(trigger))
     }
 
     fn jobs_ended(&self) -> usize {
+        self.log_text().lines().filter(|l| job_ended(l)).count()
+    }
+
+    /// Jobs this replica found expired (their receipts pruned).
+    fn jobs_expired(&self) -> usize {
         self.log_text()
             .lines()
-            .filter(|l| l.contains("Job done.") || l.contains("Job already done."))
+            .filter(|l| l.contains("skipped as expired"))
             .count()
     }
+}
+
+/// Whether a log line is the end of a job: ran, found done, or found expired.
+fn job_ended(line: &str) -> bool {
+    line.contains("Job done.")
+        || line.contains("Job already done.")
+        || line.contains("skipped as expired")
 }
 
 impl Drop for Replica {
@@ -948,6 +966,117 @@ async fn a_panic_exits_70_and_the_job_it_held_is_handled_by_another_replica() {
             "doomed panicked mid-job and exited 70; its session was invalidated {invalidated:.1?} \
              later and the survivor handled the job {handled:.1?} after the exit"
         );
+    })
+    .await;
+}
+
+/// One replica frozen (SIGSTOP, its whole process group) while more events than
+/// `receipts_kept` arrive and the others run them; its session is invalidated meanwhile. Woken,
+/// it sees every event as new: the receipts still there say done, the pruned ones' watermark
+/// says expired, and no event runs a second time.
+async fn frozen_replica_runs_nothing_twice(consul_url: &str, tag: &str) {
+    const EVENTS: usize = 60;
+    const KEPT: usize = 20;
+    let scratch = Scratch::new(tag);
+    let config = scratch.config_keeping(consul_url, "", KEPT);
+    let replicas: Vec<Replica> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| spawn_replica(&scratch, &config, n, &[]))
+        .collect();
+    let refs: Vec<&Replica> = replicas.iter().collect();
+    let consul = Consul::new(consul_url.to_owned());
+    await_ready(&consul, &refs).await;
+    let frozen = &replicas[2];
+    let group = format!("-{}", frozen.pid());
+    let stop = |signal: &str| {
+        let ok = Command::new("kill")
+            .args([signal, "--", &group])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} {group}");
+    };
+    stop("-STOP");
+    let frozen_at = Instant::now();
+    // 20 a second, as the issue's probe fired them.
+    let mut fired = Vec::new();
+    for i in 0..EVENTS {
+        fired.push(consul.fire(&format!("f{i}")).await);
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(
+        "the awake replicas to run every event",
+        Duration::from_secs(60),
+        || async { (scratch.records().len() >= EVENTS).then_some(()) },
+    )
+    .await;
+    // Its session goes while it sleeps (TTL 10s): woken, it must look again before acting.
+    eventually(
+        "the frozen replica's session to be invalidated",
+        Duration::from_secs(40),
+        || async { consul.session_of("r3").await.is_none().then_some(()) },
+    )
+    .await;
+    let receipts_left = consul.receipts().await.len();
+    stop("-CONT");
+    let frozen_for = frozen_at.elapsed();
+    eventually(
+        "the woken replica to end every job",
+        Duration::from_secs(60),
+        || async { (frozen.jobs_ended() >= EVENTS).then_some(()) },
+    )
+    .await;
+    await_settled(&refs, &fired).await;
+
+    let records = scratch.records();
+    let mut runs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &records {
+        runs.entry(&r.trigger_id).or_default().push(&r.replica);
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "events run twice: {twice:?}");
+    assert_eq!(runs.len(), EVENTS, "every event ran once");
+    assert!(
+        !runs.values().flatten().any(|r| *r == "r3"),
+        "the frozen replica ran nothing"
+    );
+    assert!(
+        receipts_left <= KEPT + 1,
+        "pruning kept {receipts_left} receipts"
+    );
+    let expired = frozen.jobs_expired();
+    assert!(
+        expired >= EVENTS - receipts_left,
+        "the woken replica found {expired} of the pruned events expired ({receipts_left} receipts left)"
+    );
+    println!(
+        "{tag}: {EVENTS} events, receipts_kept {KEPT}, one replica frozen {frozen_for:.1?}: {} runs \
+         ({:.2} per event); the woken replica found {expired} expired and {} done",
+        records.len(),
+        records.len() as f64 / EVENTS as f64,
+        frozen.jobs_ended() - expired
+    );
+}
+
+#[actix_rt::test]
+async fn a_frozen_replica_runs_no_event_twice_with_more_events_than_receipts_kept() {
+    let sim = common::sim();
+    bounded_for(
+        LONG_TEST,
+        frozen_replica_runs_nothing_twice(&sim.url(), "frozen-sim"),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_frozen_replica_runs_no_event_twice_on_real_consul() {
+    let Some(bin) = common::consul_bin() else {
+        return;
+    };
+    bounded_for(LONG_TEST, async {
+        let agent = common::consul_agent::DevAgent::start(&bin).await;
+        println!("real Consul {} dev agent at {}", agent.version, agent.url);
+        frozen_replica_runs_nothing_twice(&agent.url, "frozen-real").await;
     })
     .await;
 }

@@ -7,7 +7,9 @@
 //! then releases, so a waiter that sees the lock change finds the receipt. Not holding it, it
 //! blocks on the lock key; when the lock changes without a receipt (the holder died and its
 //! session went), it tries again. Failures requeue with backoff; after `max_attempts` a Failed
-//! receipt ends the job.
+//! receipt ends the job. Pruning old receipts first raises the watch's watermark
+//! (`crate::watermark`), and every look for a receipt also looks at it: a trigger whose
+//! receipt was pruned is expired, never run again, however far behind this replica is.
 //!
 //! One job per lock at a time on this replica: Consul lets a session re-acquire a lock it holds,
 //! so two actions sharing a lock (the rollout's `step`) must be serialized here.
@@ -25,6 +27,7 @@ use crate::lock_manager::{AcquireLock, LockGrant, LocksLost, ReleaseLock};
 use crate::metrics::Metrics;
 use crate::ports::{ConsulPort, PortError};
 use crate::receipt::{self, Keys, Outcome, Receipt};
+use crate::watermark;
 
 /// Report from a Watcher: `watch` saw a change that triggers `action`.
 #[derive(Message, Debug, Clone)]
@@ -34,6 +37,8 @@ pub struct WatchFired {
     pub action: String,
     /// What every replica sees the same for this change: an event ID, or the X-Consul-Index.
     pub trigger_id: String,
+    /// Where the trigger stands among its watch's triggers (see `watch_plan::Fire`).
+    pub position: Option<u64>,
     pub index: u64,
     pub payload: serde_json::Value,
 }
@@ -79,6 +84,9 @@ pub enum JobResult {
     Ran(Outcome),
     /// A receipt was already there (written by `by`).
     AlreadyDone { by: String },
+    /// No receipt, but the trigger is at or below its watch's watermark: its receipt, if it
+    /// ran, was pruned; it is not run (again).
+    Expired { watermark: u64 },
 }
 
 /// An executor as the Dispatcher holds it: where to send runs and aborts.
@@ -338,6 +346,7 @@ impl Dispatcher {
         let label = match &result {
             JobResult::Ran(outcome) => outcome.label(),
             JobResult::AlreadyDone { .. } => "already_done",
+            JobResult::Expired { .. } => "expired",
         };
         self.env.metrics.job_ended(&action, label);
         match &result {
@@ -347,6 +356,14 @@ impl Dispatcher {
             JobResult::AlreadyDone { by } => {
                 debug!(%action, trigger = %trigger_id, %by, "Job already done.")
             }
+            JobResult::Expired { watermark } => warn!(
+                %action,
+                trigger = %trigger_id,
+                position = ?job.trigger.position,
+                watermark,
+                "Trigger at or below what pruning removed; skipped as expired (it ran long ago, \
+                 or waited while lock.receipts_kept newer ones ran)."
+            ),
         }
         self.observers.retain(|o| o.connected());
         for o in &self.observers {
@@ -430,6 +447,7 @@ impl Handler<WatchFired> for Dispatcher {
                 watch: msg.watch,
                 action: msg.action,
                 trigger_id: msg.trigger_id,
+                position: msg.position,
                 index: msg.index,
                 payload: msg.payload,
             },
@@ -519,6 +537,24 @@ impl From<PortError> for JobEnd {
     }
 }
 
+/// Whether the job is finished without running: its receipt exists, or its watch's watermark
+/// covers its trigger (a watermark that does not decode counts as none, and is reported when
+/// pruning next meets it).
+async fn finished(env: &Env, key: &str, t: &Trigger) -> Result<Option<JobResult>, PortError> {
+    if let Some(r) = existing_receipt(env, key).await? {
+        return Ok(Some(JobResult::AlreadyDone { by: r.by }));
+    }
+    if t.position.is_none() {
+        return Ok(None);
+    }
+    let marks = watermark::read(env.consul.as_ref(), &env.keys.watermarks(&t.action))
+        .await?
+        .map(|(m, _)| m)
+        .unwrap_or_default();
+    Ok(watermark::covering(&marks, &t.watch, t.position)
+        .map(|watermark| JobResult::Expired { watermark }))
+}
+
 async fn existing_receipt(env: &Env, key: &str) -> Result<Option<Receipt>, PortError> {
     let got = env.consul.kv_get(key, 0, Duration::ZERO).await?;
     // An unreadable receipt still marks the job done: someone wrote it.
@@ -533,6 +569,7 @@ async fn existing_receipt(env: &Env, key: &str) -> Result<Option<Receipt>, PortE
             finished_at: 0,
             lock_index: 0,
             attempts: 0,
+            position: None,
         })
     }))
 }
@@ -561,10 +598,8 @@ async fn run_job_inner(
     let t = &job.trigger;
     let receipt_key = env.keys.receipt(&t.action, &t.trigger_id);
     let lock_key = env.keys.lock(lock);
-    let done = |r: Receipt| JobEnd::Done(JobResult::AlreadyDone { by: r.by });
-
-    if let Some(r) = existing_receipt(env, &receipt_key).await? {
-        return Ok(done(r));
+    if let Some(r) = finished(env, &receipt_key, t).await? {
+        return Ok(JobEnd::Done(r));
     }
 
     let holder = serde_json::to_vec(&serde_json::json!({
@@ -618,8 +653,8 @@ async fn run_job_inner(
             debug!(lock = %lock_key, ?pause, "Lock free but refused (lock-delay); trying again shortly.");
             tokio::time::sleep(pause).await;
         }
-        if let Some(r) = existing_receipt(env, &receipt_key).await? {
-            return Ok(done(r));
+        if let Some(r) = finished(env, &receipt_key, t).await? {
+            return Ok(JobEnd::Done(r));
         }
     };
 
@@ -628,8 +663,10 @@ async fn run_job_inner(
     // a lock it holds, so a release still in flight could otherwise free the lock under the
     // next job's feet and let another replica run that job too.
     let result = async {
-        if let Some(r) = existing_receipt(env, &receipt_key).await? {
-            return Ok(done(r));
+        // The look that decides: under the lock, after any wait (this replica may have slept
+        // through another's run, its session invalidated meanwhile).
+        if let Some(r) = finished(env, &receipt_key, t).await? {
+            return Ok(JobEnd::Done(r));
         }
         // The lock entry must carry our session: it is the fencing token the receipt records,
         // and a mismatch means the grant is already stale.
@@ -687,6 +724,7 @@ async fn run_job_inner(
             finished_at: receipt::now_ms(),
             lock_index,
             attempts,
+            position: t.position,
         };
         // Retried until it lands: the work is done and a missing receipt would repeat it.
         let mut tries = 0u32;
@@ -738,19 +776,43 @@ fn holds_job(value: &[u8], t: &Trigger) -> bool {
     })
 }
 
-/// Deletes the oldest receipts of `action` beyond the configured count. Best effort: a
-/// failure leaves a few extra receipts, never fewer.
+/// Deletes the oldest receipts of `action` beyond the configured count, after raising the
+/// action's watermarks over them (`crate::watermark`): never a delete the watermark does not
+/// cover. Best effort: a failure leaves a few extra receipts, never fewer.
 async fn prune(env: &Env, action: &str) {
     let prefix = env.keys.receipts(action);
     let Ok(list) = env.consul.kv_list(&prefix).await else {
         return;
     };
+    let mut receipts = HashMap::new();
     let entries = list
         .value
         .into_iter()
-        .map(|e| (e.key, e.modify_index))
+        .map(|e| {
+            if let Some(r) = Receipt::from_bytes(&e.value) {
+                receipts.insert(e.key.clone(), r);
+            }
+            (e.key, e.modify_index)
+        })
         .collect();
-    for key in receipt::to_prune(entries, env.settings.receipts_kept) {
+    let doomed = receipt::to_prune(entries, env.settings.receipts_kept);
+    if doomed.is_empty() {
+        return;
+    }
+    let pruned: Vec<Receipt> = doomed.iter().filter_map(|k| receipts.remove(k)).collect();
+    let marks = env.keys.watermarks(action);
+    match watermark::raise(env.consul.as_ref(), &marks, &pruned).await {
+        Ok(true) => {}
+        Ok(false) => {
+            warn!(key = %marks, "Could not raise the watermark (a bad value, or lost races); no receipt pruned.");
+            return;
+        }
+        Err(e) => {
+            debug!(key = %marks, error = %e, "Could not raise the watermark; no receipt pruned.");
+            return;
+        }
+    }
+    for key in doomed {
         if let Err(e) = env.consul.kv_delete(&key).await {
             debug!(%key, error = %e, "Could not prune a receipt.");
             return;

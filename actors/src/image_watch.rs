@@ -93,6 +93,14 @@ pub fn read(image: Option<&Image>) -> WatchRead {
     }
 }
 
+/// A poll's image's position among the watch's triggers: its creation time in Unix ms (the
+/// watch only moves forward, to newer images).
+pub fn position(payload: &Value) -> Option<u64> {
+    let created = payload.get("Created")?.as_str()?;
+    let ms = created.parse::<jiff::Timestamp>().ok()?.as_millisecond();
+    u64::try_from(ms).ok()
+}
+
 /// The trigger a poll showing this image fires: the same on every replica, and usable as the
 /// last segment of a receipt's KV key (an image ID with other characters than letters, digits,
 /// '-', '_' and '.' keeps them out, with a hash of the whole ID so two IDs never share it).

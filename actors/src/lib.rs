@@ -20,4 +20,5 @@ pub mod rollout;
 pub mod tree;
 pub mod watch_plan;
 pub mod watcher;
+pub mod watermark;
 pub mod window;

@@ -39,6 +39,12 @@ impl Keys {
         format!("{}/receipts/{action}/", self.root)
     }
 
+    /// `rehydrator/<cluster>/watermarks/<action>` — how far pruning went, per watch
+    /// (`crate::watermark`).
+    pub fn watermarks(&self, action: &str) -> String {
+        format!("{}/watermarks/{action}", self.root)
+    }
+
     /// `rehydrator/<cluster>/receipts/<action>/<trigger_id>`
     pub fn receipt(&self, action: &str, trigger_id: &str) -> String {
         format!("{}{}", self.receipts(action), sanitize(trigger_id))
@@ -103,6 +109,10 @@ pub struct Receipt {
     pub lock_index: u64,
     /// Runs it took, counting failures retried.
     pub attempts: u32,
+    /// The trigger's position (see `watch_plan::Fire`): pruning raises the watch's watermark
+    /// to it before deleting the receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
 }
 
 impl Receipt {
@@ -176,6 +186,7 @@ mod tests {
             finished_at: 2,
             lock_index: 3,
             attempts: 1,
+            position: Some(4),
         };
         assert_eq!(Receipt::from_bytes(&r.to_bytes()), Some(r));
         assert_eq!(Receipt::from_bytes(b"not a receipt"), None);

@@ -19,7 +19,16 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fire {
     pub trigger_id: String,
+    /// Where the trigger stands among its watch's triggers, the same on every replica: an
+    /// event's LTime, the X-Consul-Index of a change (a schedule's tick), an image's creation
+    /// time in ms. Pruning's watermark compares it (`crate::watermark`); None: unknown.
+    pub position: Option<u64>,
     pub payload: Value,
+}
+
+/// An event's position: its LTime, Serf's Lamport clock, which every agent reports the same.
+fn ltime(event: &Value) -> Option<u64> {
+    event.get("LTime").and_then(Value::as_u64)
 }
 
 /// How a watch's changes are named as triggers.
@@ -100,6 +109,7 @@ impl Memory {
                 if !self.events.contains(&id) {
                     fires.push(Fire {
                         trigger_id: id,
+                        position: ltime(&e),
                         payload: e,
                     });
                 }
@@ -110,6 +120,7 @@ impl Memory {
             crate::image_watch::trigger_id(payload)
                 .map(|trigger_id| Fire {
                     trigger_id,
+                    position: crate::image_watch::position(payload),
                     payload: payload.clone(),
                 })
                 .into_iter()
@@ -117,6 +128,7 @@ impl Memory {
         } else {
             vec![Fire {
                 trigger_id: index.to_string(),
+                position: Some(index),
                 payload: payload.clone(),
             }]
         }
@@ -158,6 +170,7 @@ pub fn events_to_replay(events: &Value, receipted: &HashSet<String>) -> Vec<Fire
             let id = id?;
             (!receipted.contains(&id)).then_some(Fire {
                 trigger_id: id,
+                position: ltime(&e),
                 payload: e,
             })
         })

@@ -222,6 +222,7 @@ impl Watcher {
                         watch: watch.clone(),
                         action: action.clone(),
                         trigger_id: fire.trigger_id.clone(),
+                        position: fire.position,
                         index,
                         payload: fire.payload.clone(),
                     };

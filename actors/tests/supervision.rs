@@ -430,6 +430,7 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
                 watch: "w".into(),
                 action: "a".into(),
                 trigger_id: "t1".into(),
+                position: None,
                 index: 7,
                 payload: Value::Null,
             })
@@ -590,6 +591,7 @@ async fn the_next_job_under_a_lock_waits_for_the_previous_release_to_land() {
                     watch: "w".into(),
                     action: "a".into(),
                     trigger_id: t.into(),
+                    position: None,
                     index: 7,
                     payload: Value::Null,
                 })

@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests: a simulator on an ephemeral loopback port, and a bound on
 //! every async test so a hang fails fast instead of stalling CI.
 #![allow(dead_code)]
+pub mod consul_agent;
 pub mod demo;
 pub mod endpoint;
 pub mod moto;

@@ -19,6 +19,9 @@ pub struct Trigger {
     pub watch: String,
     pub action: String,
     pub trigger_id: String,
+    /// Where the trigger stands among its watch's triggers (see `watch_plan::Fire`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
     pub index: u64,
     pub payload: serde_json::Value,
 }

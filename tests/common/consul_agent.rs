@@ -1,0 +1,83 @@
+//! A real Consul dev agent on loopback for the tests that run against real Consul: the binary
+//! `CONSUL_BIN` names (`common::consul_bin`), every port its own (free ports, DNS and gRPC off),
+//! its data in memory. Killed when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::moto::free_port;
+
+/// How long an agent may take to elect itself.
+const START_BOUND: Duration = Duration::from_secs(30);
+
+pub struct DevAgent {
+    pub url: String,
+    pub version: rehydrator::cloud::consul_version::Version,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl DevAgent {
+    /// Starts `consul agent -dev` from `bin` and waits until it leads itself.
+    pub async fn start(bin: &Path) -> Self {
+        let version = rehydrator::cloud::consul_version::ask(bin).expect("a consul binary");
+        let http = free_port();
+        let log = std::env::temp_dir().join(format!("rehydrator-dev-agent-{http}.log"));
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "agent",
+            "-dev",
+            "-bind=127.0.0.1",
+            "-client=127.0.0.1",
+            "-dns-port=-1",
+            "-grpc-port=-1",
+        ])
+        .arg(format!("-http-port={http}"))
+        .arg(format!("-serf-lan-port={}", free_port()))
+        .arg(format!("-serf-wan-port={}", free_port()))
+        .arg(format!("-server-port={}", free_port()))
+        .args(version.agent_flags())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("the agent's log"))
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("consul agent -dev starts");
+        let agent = Self {
+            url: format!("http://127.0.0.1:{http}"),
+            version,
+            child,
+            log,
+        };
+        let http = awc::Client::default();
+        let started = Instant::now();
+        loop {
+            let leader = async {
+                let mut resp = http
+                    .get(format!("{}/v1/status/leader", agent.url))
+                    .send()
+                    .await
+                    .ok()?;
+                let body = resp.body().await.ok()?;
+                let leader: String = serde_json::from_slice(&body).ok()?;
+                (!leader.is_empty()).then_some(())
+            };
+            if leader.await.is_some() {
+                return agent;
+            }
+            assert!(
+                started.elapsed() < START_BOUND,
+                "the dev agent ({version}) did not elect itself within {START_BOUND:?}; its log: {}",
+                std::fs::read_to_string(&agent.log).unwrap_or_default()
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
