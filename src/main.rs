@@ -62,6 +62,9 @@ enum Command {
     Resume(cli::pause::ResumeArgs),
     /// Dry run: what the rollout's next step would be now, and why. Changes nothing.
     Plan(cli::plan::PlanArgs),
+    /// Rebuild the rollout record from the cluster when it does not decode, or is gone while
+    /// the cluster is over its size; the replicas carry on from it.
+    Repair(cli::repair::RepairArgs),
     /// Exit 0 if the status endpoint answers 200 in time, else 1: the container's health check.
     Healthcheck {
         /// The endpoint to GET (plain http).
@@ -148,7 +151,8 @@ fn main() -> ExitCode {
         | Command::Status(_)
         | Command::Pause(_)
         | Command::Resume(_)
-        | Command::Plan(_) => "off",
+        | Command::Plan(_)
+        | Command::Repair(_) => "off",
         _ => "info",
     });
     let result = match cli.command {
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => return cli::exit(&args.target.clone(), cli::pause::pause(args)),
         Command::Resume(args) => return cli::exit(&args.target.clone(), cli::pause::resume(args)),
         Command::Plan(args) => return cli::exit(&args.target.clone(), cli::plan::run(args)),
+        Command::Repair(args) => return cli::exit(&args.target.clone(), cli::repair::run(args)),
         Command::Healthcheck { url, timeout } => {
             return match rehydrator::healthcheck::check(&url, timeout) {
                 Ok(()) => ExitCode::SUCCESS,

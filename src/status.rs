@@ -51,6 +51,10 @@ pub struct StatusReport {
     pub servers: Vec<ServerStatus>,
     /// The rollout record at `rehydrator/<cluster>/rollout` (in progress, or the last one).
     pub rollout: Option<Rollout>,
+    /// Why the record that is there does not decode: the replicas take no step until
+    /// `rehydrator repair` rebuilds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_error: Option<String>,
     /// How far the rollout in the record has come.
     pub progress: Option<Progress>,
     /// Every lock key under `rehydrator/<cluster>/locks/`, held or not.
@@ -341,13 +345,13 @@ pub async fn gather(
     let (health, rollout_entry, pause_entry, (lock_entries, receipt_entries), servers_read) =
         try_join5(health, rollout_entry, pause_entry, lists, servers_read).await?;
 
+    let mut rollout_error = None;
     let rollout = rollout_entry.and_then(|e| match serde_json::from_slice::<Rollout>(&e.value) {
         Ok(r) => Some(r),
         Err(err) => {
-            warnings.push(format!(
-                "the rollout record at {} does not decode: {err}",
-                e.key
-            ));
+            let why = format!("the rollout record at {} does not decode: {err}", e.key);
+            warnings.push(why.clone());
+            rollout_error = Some(why);
             None
         }
     });
@@ -417,6 +421,7 @@ pub async fn gather(
         source,
         servers,
         rollout,
+        rollout_error,
         progress,
         locks,
         receipts,
@@ -549,7 +554,7 @@ pub fn progress(r: &Rollout, servers: &[ServerStatus]) -> Progress {
         total: servers.len(),
         launches: r.launches.len(),
         failed_launches: r.failed_launches.len(),
-        retirements: r.retirements.len(),
+        retirements: r.retired(),
         waiting,
     }
 }
@@ -677,8 +682,27 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The human view `rehydrator status` prints.
+/// `text` with every control character but the line break written as an escape (`\u{1b}`):
+/// what the table shows comes from Consul and the cloud (a pause reason, a receipt's error, a
+/// lock's holder), and an operator's terminal must not obey escape sequences hidden in it.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The human view `rehydrator status` prints; see [`printable`] for what is escaped.
 pub fn render(r: &StatusReport) -> String {
+    printable(&render_raw(r))
+}
+
+fn render_raw(r: &StatusReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "cluster {}  (Consul {})", r.cluster, r.consul);
     let _ = writeln!(
@@ -783,9 +807,17 @@ pub fn render(r: &StatusReport) -> String {
                 let _ = writeln!(out, "  retiring: {}", s.machine);
             }
         }
-        _ => {
-            let _ = writeln!(out, "rollout: none recorded");
-        }
+        _ => match &r.rollout_error {
+            Some(e) => {
+                let _ = writeln!(
+                    out,
+                    "rollout: INVALID, no step is taken: {e}; `rehydrator repair` rebuilds it"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "rollout: none recorded");
+            }
+        },
     }
 
     let held: Vec<&LockStatus> = r.locks.iter().filter(|l| l.session.is_some()).collect();
@@ -1095,6 +1127,7 @@ mod tests {
             progress: Some(progress(&ro, &servers)),
             servers,
             rollout: Some(ro),
+            rollout_error: None,
             locks: vec![lock_status(
                 "prod",
                 &kv(
@@ -1108,12 +1141,21 @@ mod tests {
             paused: true,
             pause: Some(PauseInfo {
                 by: Some("ops".into()),
-                reason: Some("freeze".into()),
+                // Text from Consul may carry terminal escapes: they are shown, not obeyed.
+                reason: Some("freeze\u{1b}[2J\u{7}".into()),
                 at: None,
             }),
             warnings: Vec::new(),
         };
         let text = render(&report);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "control characters reach the terminal: {text:?}"
+        );
+        assert!(
+            text.contains("paused: YES by ops: freeze\\u{1b}[2J\\u{7}"),
+            "{text}"
+        );
         for want in [
             "leader: s2",
             "newest image: B",

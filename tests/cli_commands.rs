@@ -568,3 +568,103 @@ async fn a_consul_that_never_answers_ends_every_command_within_its_timeout() {
     })
     .await;
 }
+
+/// A rollout record that does not decode, with the cluster one server over its size (the lost
+/// record's launch): the replica takes no step, says so in its receipt, metric and `status`,
+/// and `rehydrator repair` rebuilds a record from the cluster, adopting the extra server, from
+/// which the rollout completes.
+#[actix_rt::test]
+async fn a_record_that_does_not_decode_stops_every_step_until_repair_rebuilds_it() {
+    let rig = Rig::new("repair");
+    let config = rig.config();
+    let settings = rehydrator_config::load_with_env(&config, &HashMap::new()).unwrap();
+    let replica = tree::start(&settings, "replica-1", rig.sim_ports());
+    common::bounded(async {
+        let config = config.to_str().unwrap();
+        rig.register_image("image-b").await;
+        // The lost record's launch: a server on image-b, 4 of 3.
+        rig.send(
+            "POST",
+            "/sim/servers",
+            Some(json!({"image": "image-b", "token": "lost-launch"})),
+        )
+        .await;
+        let (status, _) = rig
+            .send_raw(
+                "PUT",
+                "/v1/kv/rehydrator/roll/rollout",
+                Some(json!({"launches": "many"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        common::eventually(
+            "the replica's watches to park",
+            Duration::from_secs(10),
+            || async {
+                (rig.json("/sim/stats").await["parked"].as_u64().unwrap_or(0) >= 2).then_some(())
+            },
+        )
+        .await;
+        let id = ok(rig.cli(&["fire", "--config", config]).await);
+        let key = format!("/v1/kv/rehydrator/roll/receipts/spin-up/{}?raw", id.trim());
+        let receipt =
+            common::eventually("the event's receipt", Duration::from_secs(20), || async {
+                let (status, body) = rig.send_raw("GET", &key, None).await;
+                (status == 200).then(|| serde_json::from_slice::<Value>(&body).unwrap())
+            })
+            .await;
+        assert_eq!(receipt["outcome"]["kind"], "failed", "{receipt}");
+        assert!(
+            receipt["outcome"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("does not decode"),
+            "{receipt}"
+        );
+        let metrics = replica.metrics.encode().unwrap();
+        assert!(
+            metrics.contains("rehydrator_rollout_state{state=\"invalid\"} 1"),
+            "{metrics}"
+        );
+        let launched = |servers: &[Value]| servers.iter().filter(|s| !s["token"].is_null()).count();
+        assert_eq!(launched(&rig.servers().await), 1, "no step was taken");
+        let text = ok(rig.cli(&["status", "--config", config]).await);
+        assert!(
+            text.contains("rollout: INVALID, no step is taken"),
+            "{text}"
+        );
+
+        let out = ok(rig.cli(&["repair", "--config", config]).await);
+        assert!(
+            out.contains("Rebuilt the rollout record (the record does not decode")
+                && out.contains("to image-b: active, 1 server(s) on it adopted"),
+            "{out}"
+        );
+        let again = ok(rig.cli(&["repair", "--config", config]).await);
+        assert!(again.contains("nothing to repair"), "{again}");
+
+        let args = ["status", "--json", "--config", config];
+        let report = common::eventually(
+            "the rollout to complete",
+            Duration::from_secs(45),
+            || async {
+                let out = rig.cli(&args).await;
+                let r: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
+                r.rollout
+                    .as_ref()
+                    .is_some_and(|ro| matches!(ro.state, RolloutState::Completed { .. }))
+                    .then_some(r)
+            },
+        )
+        .await;
+        let p = report.progress.as_ref().unwrap();
+        assert_eq!((p.on_target, p.total, p.retirements), (3, 3, 3), "{p:?}");
+        assert_eq!(p.launches, 3, "the adopted server and two launches: {p:?}");
+        let servers = rig.servers().await;
+        assert_eq!(launched(&servers), 3, "{servers:#?}");
+        let inv = rig.json("/sim/invariants").await;
+        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+    })
+    .await;
+    common::bounded(replica.shutdown()).await;
+}

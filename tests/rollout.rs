@@ -532,3 +532,43 @@ async fn an_image_that_never_boots_stops_the_rollout_after_its_launch_attempts()
     })
     .await;
 }
+
+/// A rollout whose target image does not exist (deregistered after the rollout started): the
+/// cloud refuses each launch, each refusal is a failed attempt, and the rollout stops with the
+/// cloud's reason instead of staying active forever.
+#[actix_rt::test]
+async fn a_target_image_that_does_not_exist_stops_the_rollout_after_its_attempts() {
+    common::bounded(async {
+        let rig = Rig::new("ghost", 3);
+        let record = Rollout::start("r1".into(), "image-ghost", 1, 1);
+        let (status, _) = rig
+            .send_raw(
+                "PUT",
+                "/v1/kv/rehydrator/roll/rollout",
+                Some(serde_json::to_value(&record).unwrap()),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let tree = rig.start(3, "1m");
+        let r = rig
+            .until("the rollout stopping", |r| {
+                matches!(r.state, RolloutState::Stopped { .. })
+            })
+            .await;
+        let RolloutState::Stopped { reason, .. } = &r.state else {
+            unreachable!()
+        };
+        assert!(
+            reason.starts_with("3 launches failed (rollout.launch_attempts = 3)")
+                && reason.contains("the cloud refused the launch")
+                && reason.contains("image-ghost"),
+            "{reason}"
+        );
+        assert_eq!(r.failed_launches.len(), 3, "{r:#?}");
+        assert!(r.launches.is_empty() && r.retirements.is_empty());
+        let servers = rig.servers().await;
+        assert_eq!(servers.len(), 3, "nothing launched: {servers:#?}");
+        tree.shutdown().await;
+    })
+    .await;
+}

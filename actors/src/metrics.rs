@@ -24,7 +24,7 @@ use crate::plan::RolloutState;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The states `rehydrator_rollout_state` has a series for; `none`: no rollout recorded.
-pub const ROLLOUT_STATES: [&str; 4] = ["none", "active", "completed", "stopped"];
+pub const ROLLOUT_STATES: [&str; 5] = ["none", "active", "completed", "stopped", "invalid"];
 
 /// The kinds of rollout step `rehydrator_steps_total` counts.
 pub const STEP_KINDS: [&str; 6] = ["start", "launch", "transfer", "retire", "complete", "stop"];
@@ -219,12 +219,20 @@ impl Metrics {
 
     /// The rollout record's state (`None`: no record).
     pub fn rollout_state(&self, state: Option<&RolloutState>) {
-        let current = match state {
+        self.rollout_state_named(match state {
             None => "none",
             Some(RolloutState::Active) => "active",
             Some(RolloutState::Completed { .. }) => "completed",
             Some(RolloutState::Stopped { .. }) => "stopped",
-        };
+        });
+    }
+
+    /// The rollout record is there but does not decode.
+    pub fn rollout_invalid(&self) {
+        self.rollout_state_named("invalid");
+    }
+
+    fn rollout_state_named(&self, current: &str) {
         for s in ROLLOUT_STATES {
             let value = i64::from(s == current);
             self.inner

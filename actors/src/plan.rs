@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ports::{ClusterHealth, Image, Machine, MachineState, PeerHealth};
+use crate::ports::{clip, ClusterHealth, Image, Machine, MachineState, PeerHealth, MAX_REASON};
 use crate::window::WindowState;
 
 /// Everything a decision looks at, fetched fresh for every run.
@@ -47,6 +47,9 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_launches: Vec<StepRecord>,
     pub retirements: Vec<StepRecord>,
+    /// Retirements folded into a count to keep the record within `RECORD_BUDGET`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compacted_retirements: usize,
     /// The retirement under way, written before the cloud is asked: a holder that dies between
     /// the cloud's retire and the record write leaves it here, and the next run moves it to
     /// `retirements` once the machine is gone.
@@ -55,6 +58,18 @@ pub struct Rollout {
     /// Why the last run did not take a step, for status.
     #[serde(default)]
     pub waiting: Option<String>,
+}
+
+/// The most bytes the rollout record may take: far under Consul's 512 KiB value limit, so a
+/// write never fails for size in the middle of a step.
+pub const RECORD_BUDGET: usize = 64 * 1024;
+/// The longest text (why it waits, why it stopped) the record keeps.
+const MAX_TEXT: usize = 1024;
+/// Retirements kept by name once the record is folded; the rest are counted.
+const KEPT_RETIREMENTS: usize = 16;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Where a rollout is.
@@ -96,9 +111,47 @@ impl Rollout {
             launches: Vec::new(),
             failed_launches: Vec::new(),
             retirements: Vec::new(),
+            compacted_retirements: 0,
             retiring: None,
             waiting: None,
         }
+    }
+
+    /// Retirements, those folded into the count included.
+    pub fn retired(&self) -> usize {
+        self.retirements.len() + self.compacted_retirements
+    }
+
+    /// The record as the JSON written to KV, within `RECORD_BUDGET`: text from outside (why it
+    /// waits, why a launch failed, why it stopped) clipped, and if it is still too large, all
+    /// but the newest retirements folded into a count. Launches and failed launches are not
+    /// folded: the plan bounds them (a launch only when the server count allows one, each
+    /// machine recorded once, at most `launch_attempts` failures), and the plan reads them.
+    /// Err names the size when even that does not fit: the write is refused, no step follows.
+    pub fn bounded_json(&self) -> Result<Vec<u8>, String> {
+        let mut r = self.clone();
+        r.waiting = r.waiting.map(|w| clip(&w, MAX_TEXT));
+        if let RolloutState::Stopped { reason, .. } = &mut r.state {
+            *reason = clip(reason, MAX_TEXT);
+        }
+        for s in r.launches.iter_mut().chain(&mut r.failed_launches) {
+            s.reason = s.reason.take().map(|x| clip(&x, MAX_REASON));
+        }
+        let mut body = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+        if body.len() > RECORD_BUDGET && r.retirements.len() > KEPT_RETIREMENTS {
+            let fold = r.retirements.len() - KEPT_RETIREMENTS;
+            r.retirements.drain(..fold);
+            r.compacted_retirements += fold;
+            body = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
+        }
+        if body.len() > RECORD_BUDGET {
+            return Err(format!(
+                "the rollout record would take {} bytes, over its budget of {RECORD_BUDGET} \
+                 (Consul refuses values over 512 KiB)",
+                body.len()
+            ));
+        }
+        Ok(body)
     }
 
     pub fn is_active(&self) -> bool {
@@ -299,6 +352,50 @@ fn in_flight(
         "new server {} is not yet a stable voter",
         new.node()
     )))
+}
+
+/// More servers than desired with no rollout recorded: a record deleted mid-rollout (or a
+/// server added by hand). Nothing retires the extra one until a rollout is recorded again.
+pub fn unrecorded_extra(s: &Snapshot) -> Option<String> {
+    let n = servers(s).len();
+    (s.rollout.is_none() && n > s.desired).then(|| {
+        format!(
+            "{n} servers where {} are desired and no rollout is recorded (was the record \
+             deleted?): `rehydrator repair` records the cluster as it is, and the rollout then \
+             retires the extra server",
+            s.desired
+        )
+    })
+}
+
+/// A rollout record rebuilt from what the cluster is (`rehydrator repair`), for a record that
+/// does not decode or is gone mid-rollout: a new rollout `id` to the newest image, with the
+/// servers already on it adopted as its launches. It is active while any server is outdated or
+/// the count is not the desired one (the usual rules then retire the extra, oldest outdated
+/// first), else completed. Its baseline is the failure tolerance the desired count gives, not
+/// today's, which a broken cluster may have lowered.
+pub fn rebuild(s: &Snapshot, id: String) -> Result<Rollout, String> {
+    let newest = s
+        .newest_image
+        .as_ref()
+        .ok_or("no image matches the cloud's filter: there is no target to rebuild towards")?;
+    let baseline = u32::try_from(s.desired.saturating_sub(1) / 2).unwrap_or(u32::MAX);
+    let mut r = Rollout::start(id, &newest.id, s.now_ms, baseline);
+    let servers = servers(s);
+    for sv in servers.iter().filter(|sv| sv.machine.image == newest.id) {
+        r.record_launch(StepRecord {
+            machine: sv.machine.id.clone(),
+            at: sv.machine.launched_at,
+            token: sv.machine.token.clone(),
+            reason: None,
+        });
+    }
+    if servers.len() == s.desired && servers.iter().all(|sv| sv.machine.image == newest.id) {
+        r.state = RolloutState::Completed { at: s.now_ms };
+    } else {
+        r.waiting = Some("rebuilt by `rehydrator repair` from the cluster".into());
+    }
+    Ok(r)
 }
 
 /// SpinUp's decision. `requested` says the trigger was a `consul-rehydrate` event.
@@ -590,6 +687,7 @@ mod tests {
             launches: Vec::new(),
             failed_launches: Vec::new(),
             retirements: Vec::new(),
+            compacted_retirements: 0,
             retiring: None,
             waiting: None,
         }
@@ -1052,6 +1150,78 @@ mod tests {
     fn launch_tokens_differ_per_attempt_and_keep_their_old_form_for_the_first() {
         assert_eq!(launch_token("r1", 3, 3, 0), "r1-o3-n3");
         assert_eq!(launch_token("r1", 3, 3, 2), "r1-o3-n3-a2");
+    }
+
+    #[test]
+    fn a_rebuilt_record_adopts_the_servers_on_the_newest_image_and_carries_on() {
+        // A record lost mid-rollout: s1..s3 on A, n1 on B already launched (4 of 3).
+        let mut s = three_on_a();
+        add_new(&mut s, "n1", 10, true, true);
+        let r = rebuild(&s, "r9".into()).unwrap();
+        assert!(r.is_active());
+        assert_eq!(r.target_image, "B");
+        assert_eq!(r.baseline_tolerance, 1);
+        assert_eq!(
+            r.launches
+                .iter()
+                .map(|l| l.machine.as_str())
+                .collect::<Vec<_>>(),
+            ["n1"]
+        );
+        // The usual rules take it from there: the oldest outdated follower goes first.
+        s.rollout = Some(r);
+        assert_eq!(
+            spin_down(&s, TIMEOUT),
+            Step::Retire {
+                machine: "s2".into(),
+                node: "s2".into()
+            }
+        );
+        // A cluster all on the newest image at its size is a completed rollout.
+        let mut done = three_on_a();
+        done.machines.clear();
+        done.health.servers.clear();
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            add_new(&mut done, n, i as u64, true, true);
+        }
+        let r = rebuild(&done, "r9".into()).unwrap();
+        assert!(matches!(r.state, RolloutState::Completed { .. }));
+        assert_eq!(r.launches.len(), 3);
+        done.newest_image = None;
+        assert!(rebuild(&done, "r9".into()).is_err());
+    }
+
+    #[test]
+    fn the_record_stays_within_its_budget_or_is_refused() {
+        let mut r = rollout("B");
+        r.waiting = Some("w".repeat(100_000));
+        r.state = RolloutState::Stopped {
+            at: 1,
+            reason: "x".repeat(100_000),
+        };
+        for i in 0..5_000 {
+            r.retirements.push(launch(&format!("i-{i:05}"), i));
+        }
+        r.failed_launches.push(StepRecord {
+            reason: Some("y".repeat(100_000)),
+            ..launch("n1", 1)
+        });
+        let body = r.bounded_json().unwrap();
+        assert!(body.len() <= RECORD_BUDGET, "{} bytes", body.len());
+        let back: Rollout = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.retired(), 5_000, "folded retirements are counted");
+        assert_eq!(back.retirements.len(), 16);
+        assert_eq!(back.retirements[15].machine, "i-04999", "the newest kept");
+        assert!(back.waiting.unwrap().len() <= 1024);
+        // A small record is written as it is.
+        let small = rollout("B");
+        assert_eq!(
+            small.bounded_json().unwrap(),
+            serde_json::to_vec(&small).unwrap()
+        );
+        // What cannot be folded is refused, never written past the budget.
+        let huge = rollout(&"B".repeat(RECORD_BUDGET));
+        assert!(huge.bounded_json().unwrap_err().contains("over its budget"));
     }
 
     #[test]

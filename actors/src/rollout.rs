@@ -15,7 +15,9 @@ use crate::executor::{ExecError, Trigger};
 use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::plan::{self, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
-use crate::ports::{CloudPort, ConsulPort, LeaderTransfer, MachineState, PortError};
+use crate::ports::{
+    clip, CloudPort, ConsulPort, LeaderTransfer, MachineState, PortError, MAX_REASON,
+};
 use crate::receipt::{now_ms, Keys, Outcome};
 use crate::window::Windows;
 
@@ -63,22 +65,31 @@ fn port(e: PortError) -> ExecError {
     ExecError::Port(e.to_string())
 }
 
-/// The rollout record and the ModifyIndex to CAS against (0: absent).
+/// The rollout record and the ModifyIndex to CAS against (0: absent). A record that is there
+/// but does not decode is an error, never "no rollout": acting on it as none would lose the
+/// steps it records (a launched server, the retirement under way).
 async fn read_record(env: &RolloutEnv) -> Result<(Option<Rollout>, u64), ExecError> {
+    let key = env.keys.rollout();
     let got = env
         .consul
-        .kv_get(&env.keys.rollout(), 0, Duration::ZERO)
+        .kv_get(&key, 0, Duration::ZERO)
         .await
         .map_err(port)?;
-    Ok(match got.value {
-        Some(e) => (serde_json::from_slice(&e.value).ok(), e.modify_index),
-        None => (None, 0),
-    })
+    match got.value {
+        Some(e) => match serde_json::from_slice(&e.value) {
+            Ok(r) => Ok((Some(r), e.modify_index)),
+            Err(err) => Err(ExecError::Record(format!(
+                "the rollout record at {key} does not decode ({err}); no step is taken until \
+                 `rehydrator repair` rebuilds it from the cluster"
+            ))),
+        },
+        None => Ok((None, 0)),
+    }
 }
 
 /// Writes the record if it still is at `cas`; returns the new state of the world's record.
 async fn write_record(env: &RolloutEnv, r: &Rollout, cas: u64) -> Result<(), ExecError> {
-    let body = serde_json::to_vec(r).map_err(|e| ExecError::Port(e.to_string()))?;
+    let body = r.bounded_json().map_err(ExecError::Record)?;
     if env
         .consul
         .kv_put(&env.keys.rollout(), body, Some(cas))
@@ -93,12 +104,21 @@ async fn write_record(env: &RolloutEnv, r: &Rollout, cas: u64) -> Result<(), Exe
     }
 }
 
-/// Everything the plan looks at, fetched now.
+/// Everything the plan looks at, fetched now, with the ModifyIndex of the record to CAS
+/// against.
 pub async fn snapshot(env: &RolloutEnv) -> Result<(Snapshot, u64), ExecError> {
+    let mut s = cluster(env).await?;
+    let (rollout, cas) = read_record(env).await?;
+    s.rollout = rollout;
+    Ok((s, cas))
+}
+
+/// What the plan looks at but the rollout record, fetched now: what `rehydrator repair`
+/// rebuilds a record from.
+pub async fn cluster(env: &RolloutEnv) -> Result<Snapshot, ExecError> {
     let machines = env.cloud.machines().await.map_err(port)?;
     let health = env.consul.autopilot_health().await.map_err(port)?;
     let newest_image = env.cloud.newest_image().await.map_err(port)?;
-    let (rollout, cas) = read_record(env).await?;
     let paused = env
         .consul
         .kv_get(&env.keys.pause(), 0, Duration::ZERO)
@@ -106,19 +126,16 @@ pub async fn snapshot(env: &RolloutEnv) -> Result<(Snapshot, u64), ExecError> {
         .map_err(port)?
         .value
         .is_some();
-    Ok((
-        Snapshot {
-            machines,
-            health,
-            newest_image,
-            rollout,
-            paused,
-            desired: env.config.desired,
-            launch_attempts: env.config.launch_attempts,
-            now_ms: now_ms(),
-        },
-        cas,
-    ))
+    Ok(Snapshot {
+        machines,
+        health,
+        newest_image,
+        rollout: None,
+        paused,
+        desired: env.config.desired,
+        launch_attempts: env.config.launch_attempts,
+        now_ms: now_ms(),
+    })
 }
 
 fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step {
@@ -152,10 +169,22 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + env.config.step_timeout;
     let mut transferred = false;
     loop {
-        let (mut s, mut cas) = snapshot(&env).await?;
+        let (mut s, mut cas) = match snapshot(&env).await {
+            Err(e @ ExecError::Record(_)) => {
+                metrics.rollout_invalid();
+                error!(error = %e, "The rollout record does not decode; no step is taken.");
+                return Err(e);
+            }
+            got => got?,
+        };
         metrics.rollout_state(s.rollout.as_ref().map(|r| &r.state));
         if let Some(r) = s.rollout.as_mut() {
             cas = reconcile(&env, r, &s.machines, cas).await?;
+        }
+        if which == Which::SpinUp {
+            if let Some(why) = plan::unrecorded_extra(&s) {
+                warn!(reason = %why, "The cluster is over its size with no rollout recorded.");
+            }
         }
         let step = decide(&env, which, &s, requested);
         // A retirement whose leadership transfer this run made goes on: the two are one step.
@@ -195,7 +224,29 @@ pub async fn run(
             }
             Step::Launch { image, token } => {
                 let timer = metrics.step("launch");
-                let machine = env.cloud.launch(&image, &token).await.map_err(port)?;
+                let machine = match env.cloud.launch(&image, &token).await {
+                    Ok(m) => m,
+                    // Refused as made (an image that no longer exists, a launch template the
+                    // role may not use): retrying the same launch cannot help, so it is a failed
+                    // attempt, and `launch_attempts` of them stop the rollout with the reason.
+                    Err(e) if e.kind == crate::ports::ErrorKind::Rejected => {
+                        let refused = StepRecord {
+                            machine: format!("(none: token {token})"),
+                            at: now_ms(),
+                            token: Some(token.clone()),
+                            reason: Some(clip(
+                                &format!("the cloud refused the launch: {e}"),
+                                MAX_REASON,
+                            )),
+                        };
+                        if let Some(r) = s.rollout.as_mut() {
+                            record_failures(&env, r, vec![refused], cas).await?;
+                        }
+                        drop(timer);
+                        continue;
+                    }
+                    Err(e) => return Err(port(e)),
+                };
                 let launched = StepRecord {
                     machine: machine.id.clone(),
                     at: now_ms(),
@@ -370,7 +421,8 @@ async fn record_failures(
             reason = f.reason.as_deref().unwrap_or(""),
             attempt = r.failed_launches.len() + 1,
             attempts = env.config.launch_attempts,
-            "A new server died before it joined; the next launch uses a new token."
+            "A launch failed (its server died before it joined, or the cloud refused it); the \
+             next launch uses a new token."
         );
     }
     for f in failed.iter().cloned() {

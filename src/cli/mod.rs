@@ -1,4 +1,4 @@
-//! The operator commands: `fire`, `status`, `pause`, `resume`, `plan`. Each reads the same
+//! The operator commands: `fire`, `status`, `pause`, `resume`, `plan`, `repair`. Each reads the same
 //! configuration as `run` (`--config FILE`), or without one the consul CLI's environment
 //! (`CONSUL_HTTP_ADDR`, default `http://127.0.0.1:8500`, `CONSUL_HTTP_TOKEN`, ...) and
 //! `--cluster` (default `default`), and talks to Consul (and for `status`/`plan` the cloud)
@@ -12,6 +12,7 @@
 pub mod fire;
 pub mod pause;
 pub mod plan;
+pub mod repair;
 pub mod status;
 
 use std::path::PathBuf;
@@ -20,10 +21,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rehydrator::consul::{Client, ConsulConfig};
-use rehydrator::status::Scope;
+use rehydrator::consul::port::ConsulAdapter;
+use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
+use rehydrator::status::{printable, Scope};
+use rehydrator::webhook::AwcWebhook;
+use rehydrator_actors::notify::Notifier;
 use rehydrator_actors::ports::CloudPort;
 use rehydrator_actors::receipt::Keys;
+use rehydrator_actors::rollout::RolloutEnv;
 use rehydrator_config::Settings;
 
 /// The cluster name without `--config` or `--cluster`.
@@ -66,6 +71,8 @@ pub struct BadInput(pub String);
 pub struct Resolved {
     /// The loaded configuration, when `--config` was given.
     pub settings: Option<Settings>,
+    /// `--config`'s path, `-` without one (for messages).
+    pub config_path: PathBuf,
     pub cluster: String,
     pub consul: ConsulConfig,
 }
@@ -89,6 +96,34 @@ impl Resolved {
     pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(self.consul.clone())
             .with_context(|| format!("building the Consul client for {}", self.consul.address))
+    }
+
+    /// What a SpinUp/SpinDown run works with, for `command` (`plan`, `repair`), which needs
+    /// `--config` with a rollout: bad input otherwise. Notifications are off: the commands
+    /// send none.
+    pub async fn rollout_env(&self, command: &str) -> anyhow::Result<RolloutEnv> {
+        let Some(settings) = self.settings.as_ref() else {
+            return Err(BadInput(format!(
+                "{command}: needs --config FILE: the rollout's [cloud], [cluster] \
+                 desired_servers and [rollout] settings"
+            ))
+            .into());
+        };
+        let Some(cloud) = self.cloud().await? else {
+            return Err(BadInput(format!(
+                "{}: action: no spin-up or spin-down action is configured, so there is no \
+                 rollout (and no [cloud]) to {command}",
+                self.config_path.display()
+            ))
+            .into());
+        };
+        Ok(RolloutEnv {
+            consul: Rc::new(ConsulAdapter::new(self.client()?, WatchPolicy::default())),
+            cloud,
+            keys: self.keys(),
+            config: rehydrator_actors::tree::rollout_config(settings),
+            notifier: Notifier::off(Rc::new(AwcWebhook::default())),
+        })
     }
 
     /// The cloud `run` would use for this configuration: only a configuration with a rollout
@@ -136,6 +171,7 @@ pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
         )));
     }
     Ok(Resolved {
+        config_path: target.config.clone().unwrap_or_else(|| PathBuf::from("-")),
         settings,
         cluster,
         consul,
@@ -164,11 +200,12 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<BadInput>() {
             Some(bad) => {
-                eprintln!("{bad}");
+                eprintln!("{}", printable(&bad.to_string()));
                 ExitCode::from(2)
             }
             None => {
-                eprintln!("error: {e:#}");
+                // Errors quote Consul's and the cloud's answers: shown, never obeyed.
+                eprintln!("error: {}", printable(&format!("{e:#}")));
                 ExitCode::FAILURE
             }
         },

@@ -8,18 +8,12 @@
 //! event starts a rollout in manual mode. A start is followed through to the step the same
 //! run would take next (a run records the start, then decides again on the new record).
 
-use std::rc::Rc;
-
 use anyhow::Context as _;
-use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::WatchPolicy;
-use rehydrator::webhook::AwcWebhook;
-use rehydrator_actors::notify::Notifier;
 use rehydrator_actors::plan::{self, Rollout, RolloutState, Snapshot, Step};
-use rehydrator_actors::rollout::{snapshot, RolloutConfig, RolloutEnv, REHYDRATE_EVENT};
+use rehydrator_actors::rollout::{snapshot, RolloutConfig, REHYDRATE_EVENT};
 use serde::{Deserialize, Serialize};
 
-use super::{resolve, BadInput, Target};
+use super::{resolve, Target};
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -232,39 +226,13 @@ pub fn render(p: &Plan) -> String {
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     let resolved = resolve(&args.target)?;
-    let Some(settings) = resolved.settings.as_ref() else {
-        return Err(BadInput(
-            "plan: needs --config FILE: the rollout's [cloud], [cluster] desired_servers and \
-             [rollout] settings decide the step"
-                .into(),
+    let env = resolved.rollout_env("plan").await?;
+    let (s, _) = snapshot(&env).await.with_context(|| {
+        format!(
+            "reading the rollout's snapshot from {}",
+            resolved.consul.address
         )
-        .into());
-    };
-    let Some(cloud) = resolved.cloud().await? else {
-        let file = args
-            .target
-            .config
-            .as_deref()
-            .unwrap_or(std::path::Path::new("-"));
-        return Err(BadInput(format!(
-            "{}: action: no spin-up or spin-down action is configured, so there is no rollout \
-             (and no [cloud]) to plan",
-            file.display()
-        ))
-        .into());
-    };
-    let client = resolved.client()?;
-    let env = RolloutEnv {
-        consul: Rc::new(ConsulAdapter::new(client.clone(), WatchPolicy::default())),
-        cloud,
-        keys: resolved.keys(),
-        config: rehydrator_actors::tree::rollout_config(settings),
-        // Read-only: nothing to notify.
-        notifier: Notifier::off(Rc::new(AwcWebhook::default())),
-    };
-    let (s, _) = snapshot(&env)
-        .await
-        .with_context(|| format!("reading the rollout's snapshot from {}", client.address()))?;
+    })?;
     let p = plan(&resolved.cluster, &s, &env.config);
     if args.json {
         println!(
@@ -272,7 +240,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&p).context("encoding the plan")?
         );
     } else {
-        print!("{}", render(&p));
+        print!("{}", rehydrator::status::printable(&render(&p)));
     }
     Ok(())
 }

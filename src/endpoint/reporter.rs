@@ -201,7 +201,11 @@ impl Handler<GetMetrics> for Reporter {
             match tokio::time::timeout(SCRAPE_STATUS_TIMEOUT, report).await {
                 Ok(Ok(r)) => {
                     metrics.servers_by_image(r.servers.iter().map(|s| s.image.as_deref()));
-                    metrics.rollout_state(r.rollout.as_ref().map(|ro| &ro.state));
+                    if r.rollout_error.is_some() {
+                        metrics.rollout_invalid();
+                    } else {
+                        metrics.rollout_state(r.rollout.as_ref().map(|ro| &ro.state));
+                    }
                     metrics.paused(r.paused);
                 }
                 Ok(Err(e)) => {

@@ -59,6 +59,10 @@ pub enum ExecError {
     Http(u16),
     #[error("{0}")]
     Port(String),
+    /// The rollout record is there but does not decode (invalid JSON, wrong types): no step
+    /// is taken until it is repaired.
+    #[error("{0}")]
+    Record(String),
     #[error("aborted")]
     Aborted,
 }
@@ -77,6 +81,8 @@ impl ExecError {
             ExecError::Http(status) => {
                 (400..500).contains(status) && *status != 408 && *status != 429
             }
+            // Retrying reads the same bytes; the job ends with a failed receipt saying so.
+            ExecError::Record(_) => true,
             _ => false,
         }
     }
@@ -88,6 +94,7 @@ impl ExecError {
             ExecError::Exit { .. } => "exit",
             ExecError::Http(_) => "http_status",
             ExecError::Port(_) => "port",
+            ExecError::Record(_) => "record",
             ExecError::Aborted => "aborted",
         }
     }
