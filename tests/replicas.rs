@@ -1080,3 +1080,76 @@ async fn a_frozen_replica_runs_no_event_twice_on_real_consul() {
     })
     .await;
 }
+
+/// Consul keeps its last 256 user events: a replica frozen while 400 arrive finds the first
+/// 144 gone when it wakes. It runs the 256 it can see, each once, and says what it missed: a
+/// warning with the count and `rehydrator_events_missed_total`.
+#[actix_rt::test]
+async fn events_dropped_before_the_watch_read_them_are_reported_with_their_count() {
+    const EVENTS: usize = 400;
+    const BUFFER: usize = 256;
+    let scratch = Scratch::new("gap");
+    let sim = common::sim();
+    let config = scratch.config(&sim.url(), "");
+    let replica = spawn_replica(&scratch, &config, "r1", &[]);
+    bounded_for(LONG_TEST, async {
+        let consul = Consul::new(sim.url());
+        await_ready(&consul, &[&replica]).await;
+        // One event seen and run first: the watch knows where it stands.
+        let first = consul.fire("first").await;
+        consul.await_receipt(&first, Duration::from_secs(20)).await;
+        let group = format!("-{}", replica.pid());
+        let signal = |s: &str| {
+            assert!(Command::new("kill")
+                .args([s, "--", &group])
+                .status()
+                .unwrap()
+                .success());
+        };
+        signal("-STOP");
+        let mut fired = Vec::new();
+        for i in 0..EVENTS {
+            fired.push(consul.fire(&format!("g{i}")).await);
+        }
+        signal("-CONT");
+        let kept = &fired[EVENTS - BUFFER..];
+        await_settled(&[&replica], kept).await;
+        let warning = eventually("the gap's warning", Duration::from_secs(20), || async {
+            replica
+                .log_text()
+                .lines()
+                .find(|l| l.contains("Consul dropped user events"))
+                .map(str::to_owned)
+        })
+        .await;
+        let missed = EVENTS - BUFFER;
+        assert!(warning.contains(&format!("missed={missed}")), "{warning}");
+        let records = scratch.records();
+        assert_eq!(records.len(), 1 + BUFFER, "the first and the 256 kept ran");
+        let ran: HashSet<&str> = records.iter().map(|r| r.trigger_id.as_str()).collect();
+        assert_eq!(ran.len(), records.len(), "each once");
+        assert!(kept.iter().all(|id| ran.contains(id.as_str())));
+        // The replica's own /metrics counts them.
+        let log = replica.log_text();
+        let addr = log
+            .split("Status endpoint serving on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the status endpoint's address in the log");
+        let mut resp = awc::Client::default()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        let metrics =
+            String::from_utf8(resp.body().limit(1 << 20).await.unwrap().to_vec()).unwrap();
+        let series =
+            format!("rehydrator_events_missed_total{{watch=\"rehydrate-events\"}} {missed}");
+        assert!(metrics.contains(&series), "{series} not in:\n{metrics}");
+        println!(
+            "{EVENTS} events while frozen: {} ran, {missed} reported missed",
+            BUFFER
+        );
+    })
+    .await;
+}

@@ -90,6 +90,7 @@ struct Inner {
     lock_held: Family<LockLabel, Gauge>,
     takeovers: Family<LockLabel, Counter>,
     watch_fires: Family<WatchLabel, Counter>,
+    events_missed: Family<WatchLabel, Counter>,
     errors: Family<ErrorLabels, Counter>,
     jobs: Family<JobLabels, Counter>,
     servers: Family<ImageLabel, Gauge>,
@@ -117,12 +118,13 @@ impl Metrics {
         let lock_held = Family::<LockLabel, Gauge>::default();
         let takeovers = Family::<LockLabel, Counter>::default();
         let watch_fires = Family::<WatchLabel, Counter>::default();
+        let events_missed = Family::<WatchLabel, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let jobs = Family::<JobLabels, Counter>::default();
         let servers = Family::<ImageLabel, Gauge>::default();
         registry.register(
             "rollout_state",
-            "The rollout record's state: 1 for the current one (none, active, completed, stopped)",
+            "The rollout record's state: 1 for the current one (none, active, completed, stopped, invalid: it does not decode)",
             rollout_state.clone(),
         );
         registry.register("paused", "1 while the pause key is set", paused.clone());
@@ -150,6 +152,11 @@ impl Metrics {
             "watch_fires",
             "Changes a watch fired on",
             watch_fires.clone(),
+        );
+        registry.register(
+            "events_missed",
+            "User events an event watch never saw: Consul's agent dropped them (it keeps its last 256) before the watch read them",
+            events_missed.clone(),
         );
         registry.register(
             "errors",
@@ -190,6 +197,7 @@ impl Metrics {
                 lock_held,
                 takeovers,
                 watch_fires,
+                events_missed,
                 errors,
                 jobs,
                 servers,
@@ -291,6 +299,16 @@ impl Metrics {
                 lock: lock_name(key).into(),
             })
             .inc();
+    }
+
+    /// `missed` user events `watch` never saw (Consul's buffer dropped them first).
+    pub fn events_missed(&self, watch: &str, missed: u64) {
+        self.inner
+            .events_missed
+            .get_or_create(&WatchLabel {
+                watch: watch.into(),
+            })
+            .inc_by(missed);
     }
 
     pub fn watch_fired(&self, watch: &str) {

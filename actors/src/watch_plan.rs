@@ -60,12 +60,51 @@ pub struct Memory {
     index: u64,
     digest: u64,
     events: HashSet<String>,
+    /// The highest event LTime seen (baseline included).
+    ltime: Option<u64>,
+    /// The gap the last read showed, until taken.
+    gap: Option<Gap>,
+}
+
+/// Events an event watch never saw: Consul's agent keeps only its last 256 user events, so a
+/// watch that reads too late (a burst, a frozen replica) finds the events after the last it
+/// saw gone. Seen when no event the watch saw before is still listed and the oldest listed
+/// LTime is more than one past the last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The last LTime the watch saw, and the oldest it sees now.
+    pub after: u64,
+    pub next: u64,
+}
+
+impl Gap {
+    /// How many events were dropped at most: exact when only this watch's event name is
+    /// fired (the LTime clock is shared by every event name).
+    pub fn missed(&self) -> u64 {
+        self.next.saturating_sub(self.after).saturating_sub(1)
+    }
+}
+
+/// The gap between what was seen up to LTime `seen` and the events listed now, if any.
+fn gap(seen: Option<u64>, events: &[Value]) -> Option<Gap> {
+    let seen = seen?;
+    let times: Vec<u64> = events.iter().filter_map(ltime).collect();
+    let oldest = *times.iter().min()?;
+    (oldest > seen.saturating_add(1) && !times.iter().any(|t| *t <= seen)).then_some(Gap {
+        after: seen,
+        next: oldest,
+    })
 }
 
 impl Memory {
     /// Whether the baseline read has been seen.
     pub fn has_baseline(&self) -> bool {
         self.baseline
+    }
+
+    /// The events the last read showed were dropped before this watch saw them.
+    pub fn take_gap(&mut self) -> Option<Gap> {
+        self.gap.take()
     }
 
     /// Takes in one read of an event watch (`is_event`) or an index-named one; returns what
@@ -83,6 +122,14 @@ impl Memory {
     pub fn observe_as(&mut self, naming: Naming, index: u64, payload: &Value) -> Vec<Fire> {
         let is_event = naming == Naming::Event;
         let digest = content_digest(payload);
+        if is_event {
+            let events = payload.as_array().map(Vec::as_slice).unwrap_or_default();
+            if self.baseline {
+                self.gap = gap(self.ltime, events);
+            }
+            let newest = events.iter().filter_map(ltime).max();
+            self.ltime = self.ltime.max(newest);
+        }
         if !self.baseline {
             self.baseline = true;
             self.index = index;
@@ -214,6 +261,31 @@ mod tests {
 
     fn kv(value: &str, modify: u64) -> Value {
         json!([{ "Key": "k", "Value": value, "CreateIndex": 1, "ModifyIndex": modify, "LockIndex": 0, "Flags": 0 }])
+    }
+
+    #[test]
+    fn events_dropped_before_the_watch_read_them_are_a_gap() {
+        let e = |n: u64| json!({ "ID": format!("e{n}"), "Name": "consul-rehydrate", "LTime": n });
+        let list = |range: std::ops::RangeInclusive<u64>| Value::Array(range.map(e).collect());
+        let mut m = Memory::default();
+        m.observe(true, 1, &list(1..=3));
+        // The buffer still holds what was seen: no gap, whatever came after it.
+        m.observe(true, 2, &list(2..=300));
+        assert_eq!(m.take_gap(), None);
+        // Nothing seen is left and the oldest listed is far past it: 400..=655 kept, 301..=399
+        // dropped unseen.
+        let fired = m.observe(true, 3, &list(400..=655));
+        assert_eq!(fired.len(), 256);
+        let gap = m.take_gap().expect("a gap");
+        assert_eq!((gap.after, gap.next, gap.missed()), (300, 400, 99));
+        assert_eq!(m.take_gap(), None, "taken once");
+        // Right after the last seen: nothing dropped.
+        m.observe(true, 4, &list(656..=700));
+        assert_eq!(m.take_gap(), None);
+        // A baseline tells nothing of what came before it.
+        let mut fresh = Memory::default();
+        fresh.observe(true, 1, &list(500..=600));
+        assert_eq!(fresh.take_gap(), None);
     }
 
     #[test]

@@ -149,6 +149,19 @@ impl Watcher {
         let fires = self
             .memory
             .observe_as(Naming::of(&self.spec.kind), read.index, &read.payload);
+        if let Some(gap) = self.memory.take_gap() {
+            let missed = gap.missed();
+            warn!(
+                watch = %self.spec.name,
+                missed,
+                last_seen_ltime = gap.after,
+                oldest_listed_ltime = gap.next,
+                "Consul dropped user events before this watch read them (its agent keeps the \
+                 last 256); they will not run. User events are best effort: use a key watch for \
+                 triggers that must not be missed."
+            );
+            self.metrics.events_missed(&self.spec.name, missed);
+        }
         if first && self.is_event() {
             debug!(watch = %self.spec.name, index = read.index, "Baseline taken.");
             return self.replay_missed(read);
