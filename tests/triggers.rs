@@ -439,3 +439,44 @@ async fn a_waiting_rollout_moves_when_its_window_opens() {
     })
     .await;
 }
+
+/// A key watch marked `request = true` asks for a rollout as `consul-rehydrate` does, in manual
+/// mode: writing the key starts one, which completes. Unlike a user event, a key is never
+/// dropped by Consul's 256-event buffer.
+#[actix_rt::test]
+async fn a_request_key_starts_a_rollout_in_manual_mode() {
+    common::bounded_for(Duration::from_secs(90), async {
+        let rig = Rig::new("request-key");
+        let extra = r#"
+[[watch]]
+name = "request"
+type = "key"
+key = "rehydrator/trig/rehydrate"
+actions = ["spin-up", "spin-down"]
+request = true
+"#;
+        let (tree, _) = rig.start("replica-1", &rig.config("", "", extra));
+        rig.register_image("image-b", false).await;
+        // Three watches park: the event, the catalog and the key.
+        rig.parked(3).await;
+        assert!(
+            rig.rollout().await.is_none(),
+            "manual mode: nothing starts by itself"
+        );
+        rig.send(
+            "PUT",
+            "/v1/kv/rehydrator/trig/rehydrate",
+            Some(json!({"image": "image-b"})),
+        )
+        .await;
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        assert_eq!(r.target_image, "image-b");
+        assert_eq!((r.launches.len(), r.retirements.len()), (3, 3));
+        tree.shutdown().await;
+    })
+    .await;
+}

@@ -43,9 +43,11 @@ pub struct RolloutConfig {
     pub poll: Duration,
     /// `[rollout] windows`: steps only inside them (none: any time).
     pub windows: Windows,
-    /// The `image` watches: their triggers ask for a rollout as `consul-rehydrate` does, in
-    /// manual mode too (configuring one is the operator's opt-in).
-    pub image_watches: Vec<String>,
+    /// The watches whose triggers ask for a rollout as `consul-rehydrate` does, in manual
+    /// mode too (configuring one is the operator's opt-in): every `image` watch, and those
+    /// marked `request = true` (a key an operator writes, which unlike a user event is never
+    /// dropped).
+    pub request_watches: Vec<String>,
 }
 
 /// What a rollout run talks to.
@@ -150,11 +152,11 @@ fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step
     }
 }
 
-/// Whether the trigger asks for a rollout: a `consul-rehydrate` event, or a new image seen by
-/// an `image` watch.
+/// Whether the trigger asks for a rollout: a `consul-rehydrate` event, or a change seen by a
+/// requesting watch (a new image, a write to a `request = true` key).
 fn requested(config: &RolloutConfig, trigger: &Trigger) -> bool {
     trigger.payload.get("Name").and_then(|n| n.as_str()) == Some(REHYDRATE_EVENT)
-        || config.image_watches.contains(&trigger.watch)
+        || config.request_watches.contains(&trigger.watch)
 }
 
 /// One run of SpinUp or SpinDown: decide on a fresh snapshot and take at most one step.

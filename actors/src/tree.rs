@@ -69,10 +69,10 @@ pub fn rollout_config(settings: &Settings) -> RolloutConfig {
         launch_attempts: settings.rollout.launch_attempts.get(),
         poll: ROLLOUT_POLL,
         windows: Windows::from_settings(&settings.rollout.windows),
-        image_watches: settings
+        request_watches: settings
             .watches
             .iter()
-            .filter(|w| matches!(w.kind, WatchKind::Image { .. }))
+            .filter(|w| w.request || matches!(w.kind, WatchKind::Image { .. }))
             .map(|w| w.name.clone())
             .collect(),
     }

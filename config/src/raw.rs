@@ -120,6 +120,7 @@ pub struct RawWatch {
     pub action: Option<String>,
     pub actions: Option<Vec<String>>,
     pub debounce: Option<String>,
+    pub request: Option<bool>,
 }
 
 /// One `[action.<name>]`.

@@ -242,6 +242,11 @@ pub struct WatchSettings {
     /// Quiet time after a change before firing; changes within it fire once. Default none.
     #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
     pub debounce: Option<Duration>,
+    /// Its changes ask for a rollout, as a `consul-rehydrate` event does (in `manual` mode
+    /// too): a key an operator writes is never dropped, unlike a user event. Default false;
+    /// `image` watches always ask.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub request: bool,
 }
 
 /// What an action does.

@@ -670,6 +670,18 @@ fn watch_settings(
         .debounce
         .as_deref()
         .map(|d| errs.duration(&format!("{at}.debounce"), Some(d), Duration::ZERO));
+    let request = rw.request.unwrap_or(false);
+    let rollout_action = names.iter().any(|a| {
+        actions
+            .get(a)
+            .is_some_and(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown))
+    });
+    if request && !rollout_action {
+        errs.push(
+            format!("{at}.request"),
+            "asks for a rollout, so the watch needs a spin-up or spin-down action",
+        );
+    }
     if errs.0.len() > before {
         return None;
     }
@@ -678,6 +690,7 @@ fn watch_settings(
         kind,
         actions: names,
         debounce,
+        request,
     })
 }
 

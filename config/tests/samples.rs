@@ -340,6 +340,12 @@ fn triggers_sample_types_windows_image_watch_and_notify() {
     assert!(
         matches!(s.watches[0].kind, WatchKind::Image { interval } if interval == Duration::from_secs(120))
     );
+    let request = s.watches.iter().find(|w| w.name == "request").unwrap();
+    assert!(request.request, "the request key asks for a rollout");
+    assert!(
+        !s.watches[0].request,
+        "an image watch asks without the flag"
+    );
     assert_eq!(
         s.notify.url.as_deref(),
         Some("https://hooks.example.com/rehydrator")
@@ -395,6 +401,7 @@ fn trigger_mistakes_are_each_named() {
         "watch[0].interval: must be at least 10s",
         "watch[1].interval: does not apply to a watch of type \"schedule\"",
         "watch[0].type: an \"image\" watch polls the rollout's cloud: it needs a spin-up or spin-down action",
+        "watch[2].request: asks for a rollout, so the watch needs a spin-up or spin-down action",
     ];
     for e in expected {
         let line = format!("{}: {e}", path.display());

@@ -131,14 +131,10 @@ fn spin_up(s: &Snapshot, config: &RolloutConfig, requested: bool, trigger: &str)
 /// The plan over one snapshot: pure, so it is tested without a cluster.
 pub fn plan(cluster: &str, s: &Snapshot, config: &RolloutConfig) -> Plan {
     let timeout = config.stable_timeout.as_millis() as u64;
-    // An `image` watch's trigger asks for a rollout as the event does.
+    // A requesting watch's trigger (a new image, a request key) asks for a rollout as the
+    // event does.
     let requesting = std::iter::once(REHYDRATE_EVENT.to_owned())
-        .chain(
-            config
-                .image_watches
-                .iter()
-                .map(|w| format!("image watch {w}")),
-        )
+        .chain(config.request_watches.iter().map(|w| format!("watch {w}")))
         .collect::<Vec<_>>()
         .join(" or ");
     let on_event = spin_up(s, config, true, &requesting);
@@ -264,7 +260,7 @@ mod tests {
             launch_attempts: 3,
             poll: Duration::from_millis(500),
             windows: Default::default(),
-            image_watches: Vec::new(),
+            request_watches: Vec::new(),
         }
     }
 
@@ -353,12 +349,9 @@ mod tests {
     #[test]
     fn an_image_watch_asks_for_a_rollout_as_the_event_does() {
         let mut c = config();
-        c.image_watches = vec!["new-ami".into()];
+        c.request_watches = vec!["new-ami".into()];
         let p = plan("prod", &snapshot("B", false), &c);
-        assert_eq!(
-            p.decisions[0].trigger,
-            "consul-rehydrate or image watch new-ami"
-        );
+        assert_eq!(p.decisions[0].trigger, "consul-rehydrate or watch new-ami");
         assert_eq!(p.decisions[0].step, "start");
     }
 
