@@ -151,7 +151,8 @@ async fn full_rollout(n: usize) {
     let unavoidable = (BOOT + STABILIZATION) * n as u32;
     let overhead = took.saturating_sub(unavoidable) / n as u32;
     println!(
-        "rollout of {n} servers: {took:.2?}; unavoidable waits {unavoidable:.2?}; overhead {overhead:.2?} per server"
+        "rollout of {n} servers: {took:.2?}; unavoidable waits {unavoidable:.2?}; overhead {overhead:.2?} per server; record {} bytes",
+        r.bounded_json().unwrap().len()
     );
     tree.shutdown().await;
 }
