@@ -109,6 +109,10 @@ struct DemoArgs {
     /// SIGKILL the replica holding the step lock at a random point of a step.
     #[arg(long)]
     chaos: bool,
+    /// Fail the first new server's machine while it boots (a bad instance): the rollout
+    /// records the failed launch and launches again with a new token.
+    #[arg(long)]
+    fail_launch: bool,
     /// Seed for the chaos kill's moment (default: drawn at random and printed).
     #[arg(long)]
     seed: Option<u64>,
@@ -297,6 +301,7 @@ fn run_demo(args: DemoArgs) -> ExitCode {
         servers: usize::from(args.servers),
         replicas: usize::from(args.replicas),
         chaos,
+        fail_launch: args.fail_launch,
         timeline: args.timeline,
         exe,
         tty: std::io::stdout().is_terminal(),

@@ -2,7 +2,8 @@
 //! its own replica processes. Checked: it exits 0, its summary's figures (servers replaced,
 //! quorum never lost, the takeover after the chaos kill), the timeline picture (a lane per
 //! server, old and new, with launch, voter and leave marks), and that no replica outlives it.
-//! Also a bad flag refused with exit 2 and a message naming it.
+//! Also `--fail-launch` (a new machine failing at boot, launched again), and a bad flag refused
+//! with exit 2 and a message naming it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -240,6 +241,51 @@ fn demo_rolls_five_servers_without_chaos() {
     // The default timeline path is in the working directory.
     assert_demo_passed(&out, 5, false, &dir.join("rehydrator-demo.svg"));
     println!("{}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--fail-launch`: the first new server's machine fails while it boots. The demo still exits
+/// 0 with every invariant held, its summary counts one failed launch, and the picture has one
+/// new lane more than servers, which never became a voter.
+#[test]
+fn demo_with_a_failed_launch_launches_again_and_completes() {
+    let dir = scratch("fail-launch");
+    let svg = dir.join("timeline.svg");
+    let out = run_bounded(
+        &["demo", "--fail-launch", "--timeline", svg.to_str().unwrap()],
+        &dir,
+        DEMO_BOUND,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}
+{stdout}",
+        out.status
+    );
+    assert!(stdout.contains("failed while booting"), "{stdout}");
+    assert!(
+        figure(&stdout, "failed launches").starts_with("1 (recorded once each"),
+        "{stdout}"
+    );
+    assert_eq!(figure(&stdout, "quorum"), "never lost", "{stdout}");
+    assert_eq!(figure(&stdout, "invariants"), "all held", "{stdout}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let new: Vec<_> = lanes(&svg)
+        .into_iter()
+        .filter(|l| l.1 == "image-b")
+        .collect();
+    assert_eq!(
+        new.len(),
+        4,
+        "three replacements and the failed one: {new:?}"
+    );
+    let never_voted = new
+        .iter()
+        .filter(|l| !l.2.contains("class=\"mark voter\""))
+        .count();
+    assert_eq!(never_voted, 1, "{new:?}");
+    println!("{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

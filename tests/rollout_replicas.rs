@@ -365,7 +365,7 @@ impl Rig {
         // Every live server on image-b and voting, exactly SERVERS launches (no token used
         // twice, so no two machines from one launch) and SERVERS retirements: the demo's check.
         let servers = self.servers().await;
-        let broken = rehydrator::demo::verdict::check_servers(&servers, SERVERS, "image-b");
+        let broken = rehydrator::demo::verdict::check_servers(&servers, SERVERS, "image-b", 0);
         assert!(broken.is_empty(), "{broken:?}: {servers:#?}");
 
         common::rollout::assert_clean(&self.send("GET", "/sim/invariants", None).await, SERVERS);

@@ -75,6 +75,8 @@ pub struct Options {
     pub replicas: usize,
     /// The chaos kill's seed; None: no kill.
     pub chaos: Option<u64>,
+    /// The first new server's machine fails while it boots (`POST /sim/servers/{name}/fail`).
+    pub fail_launch: bool,
     pub timeline: PathBuf,
     /// The binary to start the replicas from (this one).
     pub exe: PathBuf,
@@ -237,6 +239,8 @@ struct Run<'a> {
     display: Display,
     logs: PathBuf,
     chaos: Chaos,
+    /// `--fail-launch`: true until the first new machine has been failed.
+    fail_armed: bool,
     takeovers: Vec<Takeover>,
     chaos_missed: Option<String>,
     markers: Vec<Marker>,
@@ -320,6 +324,7 @@ async fn run_inner(opts: &Options, stop: impl Future<Output = ()>) -> Result<Out
         replicas,
         display,
         logs,
+        fail_armed: opts.fail_launch,
         chaos: match opts.chaos {
             Some(seed) => Chaos::Armed {
                 plan: ChaosPlan::draw(seed, opts.servers),
@@ -432,10 +437,15 @@ impl Run<'_> {
             violations.push(Violation::Stopped(reason.clone()));
         }
         violations.extend(verdict::check_invariants(&inv, self.opts.servers));
+        let failed_launches = last.rollout.as_ref().map_or(0, |r| r.failed_launches.len());
+        if self.opts.fail_launch && !self.fail_armed && failed_launches == 0 {
+            violations.push(Violation::FailedLaunchUnrecorded);
+        }
         violations.extend(verdict::check_servers(
             &servers,
             self.opts.servers,
             NEW_IMAGE,
+            failed_launches,
         ));
         let summary = Summary {
             servers: self.opts.servers,
@@ -450,6 +460,7 @@ impl Run<'_> {
             max_voters_missing: inv["max_voters_missing"].as_u64().unwrap_or(u64::MAX),
             leader_changes: inv["leader_changes"].as_u64().unwrap_or(0),
             min_failure_tolerance: inv["min_failure_tolerance"].as_u64(),
+            failed_launches,
             violations,
         };
 
@@ -564,6 +575,7 @@ impl Run<'_> {
             };
             if ended.is_none() {
                 self.chaos_tick(&o).await?;
+                self.fail_tick(&o).await?;
             }
             let ctx = Context {
                 header: header.clone(),
@@ -592,6 +604,40 @@ impl Run<'_> {
             }
             actix_rt::time::sleep(TICK).await;
         }
+    }
+
+    /// `--fail-launch`: fails the first new server's machine while it boots, as an EC2
+    /// instance can fail at boot (the simulator terminates it with EC2's reason).
+    async fn fail_tick(&mut self, o: &Observation) -> Result<(), DemoError> {
+        if !self.fail_armed {
+            return Ok(());
+        }
+        let Some(new) = o
+            .servers
+            .iter()
+            .find(|s| s.image == NEW_IMAGE && s.machine == "booting")
+        else {
+            return Ok(());
+        };
+        let path = format!("/sim/servers/{}/fail", new.name);
+        // It may have booted since the read: then it fails later in its launch, which the
+        // rollout handles the same way.
+        if self.probe.send(Method::POST, &path, None).await.is_err() {
+            return Ok(());
+        }
+        self.fail_armed = false;
+        info!(machine = %new.name, "Fault: the new server's machine failed while booting.");
+        self.markers.push(Marker {
+            at: unix_ms(),
+            kind: MarkerKind::Kill,
+            label: format!("{} failed at boot", new.name),
+        });
+        self.display.note(&format!(
+            "[{:>6.1} s] fault: {}'s machine failed while booting (Server.InternalError); the rollout records a failed launch and launches again",
+            self.fired.elapsed().as_secs_f64(),
+            new.name
+        ));
+        Ok(())
     }
 
     /// What the display says about the chaos kill.

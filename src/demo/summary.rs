@@ -37,6 +37,8 @@ pub struct Summary {
     pub max_voters_missing: u64,
     pub leader_changes: u64,
     pub min_failure_tolerance: Option<u64>,
+    /// Launches whose machine died before it joined (`--fail-launch`), each launched again.
+    pub failed_launches: usize,
     pub violations: Vec<Violation>,
 }
 
@@ -118,6 +120,15 @@ impl Summary {
                 )
             },
         ));
+        if self.failed_launches > 0 {
+            out.push(row(
+                "failed launches",
+                format!(
+                    "{} (recorded once each; launched again with a new token)",
+                    self.failed_launches
+                ),
+            ));
+        }
         out.push(row(
             "quorum",
             if self.quorum_lost_count == 0 {
@@ -193,6 +204,7 @@ mod tests {
             max_voters_missing: 1,
             leader_changes: 3,
             min_failure_tolerance: Some(0),
+            failed_launches: 0,
             violations: Vec::new(),
         }
     }

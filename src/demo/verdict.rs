@@ -44,6 +44,8 @@ pub enum Violation {
     Unreadable(&'static str),
     #[error("the rollout stopped: {0}")]
     Stopped(String),
+    #[error("a new machine was failed, but the rollout record shows no failed launch")]
+    FailedLaunchUnrecorded,
 }
 
 impl Violation {
@@ -63,6 +65,7 @@ impl Violation {
             Violation::TokenReused(_) => "token_reused",
             Violation::Unreadable(_) => "unreadable",
             Violation::Stopped(_) => "stopped",
+            Violation::FailedLaunchUnrecorded => "failed_launch_unrecorded",
         }
     }
 }
@@ -110,10 +113,11 @@ pub fn check_invariants(inv: &Value, n: usize) -> Vec<Violation> {
     out
 }
 
-/// What `/sim/servers` must show after a rollout of `n` servers onto `target`: `n` live
-/// servers, all on `target` and voting; exactly `n` launches (each token made one machine)
-/// and `n` machines terminated.
-pub fn check_servers(servers: &[Value], n: usize, target: &str) -> Vec<Violation> {
+/// What `/sim/servers` must show after a rollout of `n` servers onto `target` in which
+/// `failed` launches failed (their machines died before they joined): `n` live servers, all
+/// on `target` and voting; exactly `n + failed` launches (each token made one machine) and
+/// `n + failed` machines terminated.
+pub fn check_servers(servers: &[Value], n: usize, target: &str, failed: usize) -> Vec<Violation> {
     let mut out = Vec::new();
     let live: Vec<&Value> = servers
         .iter()
@@ -140,10 +144,10 @@ pub fn check_servers(servers: &[Value], n: usize, target: &str) -> Vec<Violation
         }
     }
     let mut tokens: Vec<&str> = servers.iter().filter_map(|s| s["token"].as_str()).collect();
-    if tokens.len() != n {
+    if tokens.len() != n + failed {
         out.push(Violation::Launches {
             found: tokens.len(),
-            want: n,
+            want: n + failed,
         });
     }
     tokens.sort_unstable();
@@ -156,10 +160,10 @@ pub fn check_servers(servers: &[Value], n: usize, target: &str) -> Vec<Violation
         .iter()
         .filter(|s| s["machine"] == "terminated")
         .count();
-    if terminated != n {
+    if terminated != n + failed {
         out.push(Violation::Retirements {
             found: terminated,
-            want: n,
+            want: n + failed,
         });
     }
     out
@@ -196,7 +200,16 @@ mod tests {
     #[test]
     fn a_clean_rollout_breaks_nothing() {
         assert_eq!(check_invariants(&clean_invariants(), 3), []);
-        assert_eq!(check_servers(&rolled(), 3, "b"), []);
+        assert_eq!(check_servers(&rolled(), 3, "b", 0), []);
+        // One failed launch: a fourth token, a fourth machine terminated.
+        let mut with_failure = rolled();
+        with_failure.push(server("s7", "b", "terminated", false, Some("t4")));
+        assert_eq!(check_servers(&with_failure, 3, "b", 1), []);
+        let kinds: Vec<&str> = check_servers(&with_failure, 3, "b", 0)
+            .iter()
+            .map(|v| v.kind())
+            .collect();
+        assert_eq!(kinds, ["launches", "retirements"]);
     }
 
     #[test]
@@ -246,7 +259,10 @@ mod tests {
         let mut s = rolled();
         s[2] = server("s3", "a", "running", true, None);
         s.push(server("s7", "b", "booting", false, Some("t3")));
-        let kinds: Vec<&str> = check_servers(&s, 3, "b").iter().map(|v| v.kind()).collect();
+        let kinds: Vec<&str> = check_servers(&s, 3, "b", 0)
+            .iter()
+            .map(|v| v.kind())
+            .collect();
         assert_eq!(
             kinds,
             [
