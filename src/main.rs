@@ -96,6 +96,10 @@ struct SimArgs {
     /// Autopilot server stabilization time, in seconds.
     #[arg(long, default_value_t = 10.0)]
     stabilization: f64,
+    /// Answer as this Consul version where the project branches on it (e.g. 1.8.7: no
+    /// transfer-leader, no autopilot/state).
+    #[arg(long, default_value = rehydrator_sim::CONSUL_VERSION)]
+    consul_version: String,
 }
 
 #[derive(clap::Args)]
@@ -233,7 +237,14 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     }
     let stabilization = Duration::try_from_secs_f64(args.stabilization)
         .map_err(|e| anyhow::anyhow!("--stabilization: {e}"))?;
+    if rehydrator_sim::version_parts(&args.consul_version).is_none() {
+        anyhow::bail!(
+            "--consul-version: {:?} is not a version like 1.8.7",
+            args.consul_version
+        );
+    }
     let config = rehydrator_sim::SimConfig {
+        consul_version: args.consul_version,
         datacenter: args.datacenter,
         servers: args.servers,
         image: args.image,

@@ -806,6 +806,16 @@ fn render_raw(r: &StatusReport) -> String {
             if let Some(s) = &ro.retiring {
                 let _ = writeln!(out, "  retiring: {}", s.machine);
             }
+            for m in &ro.leader_moves {
+                let _ = writeln!(
+                    out,
+                    "  leadership: off {} by {} to {} ({} ms until the new leader)",
+                    m.from,
+                    m.path,
+                    m.to.as_deref().unwrap_or("?"),
+                    m.until_new_leader_ms
+                );
+            }
         }
         _ => match &r.rollout_error {
             Some(e) => {

@@ -389,6 +389,17 @@ async fn real_rollout(n: usize, kill: Kill) {
 
         assert_eq!(r.target_image, "b");
         assert_eq!((r.launches.len(), r.retirements.len()), (n, n), "{r:?}");
+        // The leader went by the path its version allows: transfer-leader from 1.15, else a
+        // graceful leave and an election.
+        let version = rehydrator::cloud::consul_version::ask(&rig.consul_bin).unwrap();
+        let path = if version >= rehydrator::cloud::consul_version::Version::new(1, 15, 0) {
+            "transfer"
+        } else {
+            "leave"
+        };
+        assert_eq!(r.leader_moves.len(), 1, "{r:#?}");
+        let lead = &r.leader_moves[0];
+        assert_eq!(lead.path, path, "{lead:?}");
         if let Some((victim, was_in_raft)) = &killed {
             assert_eq!(r.failed_launches.len(), 1, "{r:#?}");
             let f = &r.failed_launches[0];
@@ -439,7 +450,9 @@ async fn real_rollout(n: usize, kill: Kill) {
             "never fewer voters than desired: {q:?}"
         );
         println!(
-            "real rollout of {n} servers, kill {kill:?}: {took:.2?}; quorum watch {q:?}"
+            "real rollout of {n} servers on Consul {version}, kill {kill:?}: {took:.2?}; leader \
+             moved by {} with a new leader {} ms after; quorum watch {q:?}",
+            lead.path, lead.until_new_leader_ms
         );
         tree.shutdown().await;
     })

@@ -573,3 +573,61 @@ async fn a_target_image_that_does_not_exist_stops_the_rollout_after_its_attempts
     })
     .await;
 }
+
+/// The leader's retirement takes the path the servers allow, and the record says which:
+/// transfer-leader where it exists and works; a graceful leave and an election on Consul before
+/// 1.15 (404); and after two transfers that report success and move nothing (Consul's bug), a
+/// leave too. Quorum is never lost on any path.
+async fn leadership_path(version: &str, fault: &str, path: &str, transfers: u32) {
+    let rig = Rig::new(&format!("lead-{version}-{fault}"), 3);
+    rig.send(
+        "PUT",
+        "/sim/config",
+        Some(json!({"consul_version": version, "transfer_fault": fault})),
+    )
+    .await;
+    let tree = rig.start(3, "1m");
+    rig.register_image("image-b", false).await;
+    rig.fire_rehydrate().await;
+    let r = rig
+        .until("the rollout completing", |r| {
+            matches!(r.state, RolloutState::Completed { .. })
+        })
+        .await;
+    assert_eq!(r.leader_moves.len(), 1, "one leader retired: {r:#?}");
+    let m = &r.leader_moves[0];
+    assert_eq!((m.path.as_str(), m.transfers), (path, transfers), "{m:?}");
+    assert!(m.to.as_deref().is_some_and(|to| to != m.from), "{m:?}");
+    let inv = rig.invariants().await;
+    assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+    assert!(inv["max_voters_missing"].as_u64().unwrap() <= 1, "{inv}");
+    // Only the leave path retires a server while it leads.
+    let left_leading = u64::from(path == "leave");
+    assert_eq!(inv["leader_retired"], left_leading, "{inv}");
+    println!(
+        "Consul {version}, transfer fault {fault}: path {path} after {transfers} transfer call(s), new leader seen after {} ms; leaderless {} ms in all",
+        m.until_new_leader_ms, inv["leaderless_ms"]
+    );
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn the_leader_moves_by_transfer_where_consul_has_it() {
+    common::bounded(leadership_path("1.17.3", "none", "transfer", 1)).await;
+}
+
+#[actix_rt::test]
+async fn the_leader_leaves_and_the_others_elect_on_consul_before_1_15() {
+    common::bounded(leadership_path("1.8.7", "none", "leave", 0)).await;
+}
+
+#[actix_rt::test]
+async fn a_transfer_that_reports_success_and_moves_nothing_is_retried_once_then_the_leader_leaves()
+{
+    common::bounded(leadership_path("1.17.3", "noop", "leave", 2)).await;
+}
+
+#[actix_rt::test]
+async fn a_transfer_that_goes_elsewhere_still_moves_leadership_off_the_leader() {
+    common::bounded(leadership_path("1.17.3", "elsewhere", "transfer", 1)).await;
+}

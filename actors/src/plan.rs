@@ -58,6 +58,30 @@ pub struct Rollout {
     /// Why the last run did not take a step, for status.
     #[serde(default)]
     pub waiting: Option<String>,
+    /// How leadership moved off each leader this rollout retired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leader_moves: Vec<LeaderMove>,
+}
+
+/// How leadership moved off a leader about to be retired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderMove {
+    /// The old leader's node.
+    pub from: String,
+    /// `transfer` (transfer-leader, the leader seen to move), `transfer_retried` (the first
+    /// call reported success and nothing moved; the second did), or `leave` (no transfer-leader
+    /// before Consul 1.15, or two that did not move it: the leader left and the others elected).
+    pub path: String,
+    /// The node that leads after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// transfer-leader calls made (0 where the servers have none).
+    #[serde(default)]
+    pub transfers: u32,
+    /// From the move's start until a new leader was seen: on the `leave` path, an upper bound
+    /// of the time the cluster had no leader (the leave's own drain included).
+    pub until_new_leader_ms: u64,
+    pub at: u64,
 }
 
 /// The most bytes the rollout record may take: far under Consul's 512 KiB value limit, so a
@@ -114,6 +138,7 @@ impl Rollout {
             compacted_retirements: 0,
             retiring: None,
             waiting: None,
+            leader_moves: Vec::new(),
         }
     }
 
@@ -690,6 +715,7 @@ mod tests {
             compacted_retirements: 0,
             retiring: None,
             waiting: None,
+            leader_moves: Vec::new(),
         }
     }
 

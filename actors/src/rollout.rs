@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::executor::{ExecError, Trigger};
 use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
-use crate::plan::{self, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
+use crate::plan::{self, LeaderMove, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{
     clip, CloudPort, ConsulPort, LeaderTransfer, MachineState, PortError, MAX_REASON,
 };
@@ -169,7 +169,12 @@ pub async fn run(
 ) -> Result<Outcome, ExecError> {
     let requested = requested(&env.config, &trigger);
     let deadline = tokio::time::Instant::now() + env.config.step_timeout;
-    let mut transferred = false;
+    // Leadership moves within this run: transfer-leader calls made, and whether the leader
+    // is to leave instead (no transfer-leader, or calls that reported success and moved
+    // nothing). A retirement whose leadership move this run began goes on: the two are one
+    // step, whatever the maintenance window does meanwhile.
+    let mut transfers = 0u32;
+    let mut leave_instead = false;
     loop {
         let (mut s, mut cas) = match snapshot(&env).await {
             Err(e @ ExecError::Record(_)) => {
@@ -190,7 +195,7 @@ pub async fn run(
         }
         let step = decide(&env, which, &s, requested);
         // A retirement whose leadership transfer this run made goes on: the two are one step.
-        let step = if transferred {
+        let step = if transfers > 0 || leave_instead {
             step
         } else {
             plan::within_window(step, &env.config.windows.state_at(s.now_ms))
@@ -285,29 +290,63 @@ pub async fn run(
                 }
                 return timer.finish(Ok(Outcome::Launched(machine.id)));
             }
-            Step::TransferLeadership { from, to } if !transferred => {
-                transferred = true;
+            Step::TransferLeadership { from, to } if !leave_instead => {
                 let timer = metrics.step("transfer");
+                let started = tokio::time::Instant::now();
                 let result = env
                     .consul
                     .transfer_leader(to.as_deref())
                     .await
                     .map_err(port)?;
-                info!(%from, ?to, ?result, "Moving leadership off the server to retire.");
-                if let Some(r) = &s.rollout {
-                    let step = json!({
-                        "kind": "leadership_transfer", "from": from, "to": to,
-                        "transferred": result == LeaderTransfer::Transferred,
-                    });
-                    env.notifier.send(Event::Step, r, Some(step), None);
+                // A call the servers do not know (404 before 1.15) is no transfer.
+                if result != LeaderTransfer::Unsupported {
+                    transfers += 1;
                 }
-                if result == LeaderTransfer::Transferred {
-                    wait_until(&env, deadline, |s| {
-                        s.health.servers.iter().any(|p| p.leader && p.id != from)
-                    })
-                    .await?;
+                info!(%from, ?to, ?result, attempt = transfers, "Moving leadership off the server to retire.");
+                if result != LeaderTransfer::Transferred {
+                    // Too old for transfer-leader (before 1.15), or it said it did not move:
+                    // the leader leaves gracefully and the others elect.
+                    leave_instead = true;
+                    drop(timer);
+                    continue;
                 }
-                timer.ok();
+                // Consul has answered success and moved nothing: believe the cluster, not the
+                // answer.
+                let check = env.config.poll * 10;
+                let until = started + check.min(deadline.saturating_duration_since(started));
+                match leader_moved(&env, &from, until).await? {
+                    Some(new_leader) => {
+                        let path = if transfers == 1 {
+                            "transfer"
+                        } else {
+                            "transfer_retried"
+                        };
+                        if let Some(named) = to.as_deref() {
+                            if new_leader.id != named {
+                                warn!(%named, to = %new_leader.name, "Leadership went to another server than the one named.");
+                            }
+                        }
+                        let moved = LeaderMove {
+                            from: peer_name(&s, &from),
+                            path: path.into(),
+                            to: Some(new_leader.name),
+                            transfers,
+                            until_new_leader_ms: millis(started.elapsed()),
+                            at: now_ms(),
+                        };
+                        record_move(&env, s.rollout, cas, moved).await?;
+                        timer.ok();
+                    }
+                    None if transfers < 2 => {
+                        warn!(%from, "transfer-leader reported success but the leader did not move; trying once more.");
+                        drop(timer);
+                    }
+                    None => {
+                        warn!(%from, "transfer-leader twice reported success without moving the leader; it leaves instead.");
+                        leave_instead = true;
+                        drop(timer);
+                    }
+                }
             }
             Step::TransferLeadership { from, .. } => {
                 // The servers could not hand over leadership (too old for transfer-leader, or
@@ -321,11 +360,22 @@ pub async fn run(
                 };
                 warn!(%node, "Retiring the leader without a transfer; an election follows.");
                 let timer = metrics.step("retire");
-                return timer.finish(retire(&env, s.rollout, cas, &machine, &node, deadline).await);
+                let done = retire(
+                    &env,
+                    s.rollout,
+                    cas,
+                    &machine,
+                    &node,
+                    Some(transfers),
+                    deadline,
+                )
+                .await;
+                return timer.finish(done);
             }
             Step::Retire { machine, node } => {
                 let timer = metrics.step("retire");
-                return timer.finish(retire(&env, s.rollout, cas, &machine, &node, deadline).await);
+                let done = retire(&env, s.rollout, cas, &machine, &node, None, deadline).await;
+                return timer.finish(done);
             }
             Step::Complete => {
                 let Some(mut r) = s.rollout else {
@@ -445,12 +495,15 @@ async fn record_failures(
 }
 
 /// Retires `machine` and waits until its server is gone from Raft and autopilot is healthy.
+/// A leader leaving (`leader`: the transfer-leader calls made before) is recorded as a
+/// leadership move by `leave`, with the time until the others elected.
 async fn retire(
     env: &RolloutEnv,
     rollout: Option<Rollout>,
     cas: u64,
     machine: &str,
     node: &str,
+    leader: Option<u32>,
     deadline: tokio::time::Instant,
 ) -> Result<Outcome, ExecError> {
     info!(%machine, %node, "Retiring a server.");
@@ -468,12 +521,33 @@ async fn retire(
         write_record(env, r, cas).await?;
         cas = read_record(env).await?.1;
     }
+    let left_at = tokio::time::Instant::now();
     env.cloud.retire(machine).await.map_err(port)?;
+    let moved = if let Some(transfers) = leader {
+        let new_leader = leader_elected(env, node, deadline).await?;
+        let m = LeaderMove {
+            from: node.to_owned(),
+            path: "leave".into(),
+            to: Some(new_leader),
+            transfers,
+            until_new_leader_ms: millis(left_at.elapsed()),
+            at: now_ms(),
+        };
+        info!(from = %m.from, to = ?m.to, until_new_leader_ms = m.until_new_leader_ms, "The leader left; the others elected a new one.");
+        Some(m)
+    } else {
+        None
+    };
     if let Some(mut r) = rollout {
         r.retirements.extend(r.retiring.take());
+        r.leader_moves.extend(moved.clone());
         write_record(env, &r, cas).await?;
         let step = json!({ "kind": "retire", "machine": machine, "node": node });
         env.notifier.send(Event::Step, &r, Some(step), None);
+        if let Some(m) = moved {
+            env.notifier
+                .send(Event::Step, &r, Some(move_step(&m)), None);
+        }
     }
     wait_until(env, deadline, |s| {
         s.health.healthy && !s.health.servers.iter().any(|p| p.name == node)
@@ -481,6 +555,81 @@ async fn retire(
     .await?;
     info!(%machine, %node, "Server retired; the cluster is healthy.");
     Ok(Outcome::Retired(machine.to_owned()))
+}
+
+/// The leader other than `from` (by Raft ID), once one is seen; None if none is by `until`.
+async fn leader_moved(
+    env: &RolloutEnv,
+    from: &str,
+    until: tokio::time::Instant,
+) -> Result<Option<crate::ports::PeerHealth>, ExecError> {
+    loop {
+        let (s, _) = snapshot(env).await?;
+        if let Some(p) = s.health.servers.iter().find(|p| p.leader && p.id != from) {
+            return Ok(Some(p.clone()));
+        }
+        if tokio::time::Instant::now() + env.config.poll > until {
+            return Ok(None);
+        }
+        tokio::time::sleep(env.config.poll).await;
+    }
+}
+
+/// Waits until a server other than node `gone` leads; its node name.
+async fn leader_elected(
+    env: &RolloutEnv,
+    gone: &str,
+    deadline: tokio::time::Instant,
+) -> Result<String, ExecError> {
+    loop {
+        let (s, _) = snapshot(env).await?;
+        if let Some(p) = s.health.servers.iter().find(|p| p.leader && p.name != gone) {
+            return Ok(p.name.clone());
+        }
+        if tokio::time::Instant::now() + env.config.poll > deadline {
+            return Err(ExecError::Timeout(env.config.step_timeout));
+        }
+        tokio::time::sleep(env.config.poll).await;
+    }
+}
+
+/// The node name of the peer with Raft ID `id` (the ID itself if none is listed).
+fn peer_name(s: &Snapshot, id: &str) -> String {
+    s.health
+        .servers
+        .iter()
+        .find(|p| p.id == id)
+        .map_or_else(|| id.to_owned(), |p| p.name.clone())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A leadership move as a notification's step.
+fn move_step(m: &LeaderMove) -> serde_json::Value {
+    json!({
+        "kind": "leadership_transfer", "from": m.from, "to": m.to, "path": m.path,
+        "transfers": m.transfers, "until_new_leader_ms": m.until_new_leader_ms,
+    })
+}
+
+/// Records a leadership move in the active rollout and tells `[notify]`.
+async fn record_move(
+    env: &RolloutEnv,
+    rollout: Option<Rollout>,
+    cas: u64,
+    m: LeaderMove,
+) -> Result<(), ExecError> {
+    info!(from = %m.from, to = ?m.to, path = %m.path, until_new_leader_ms = m.until_new_leader_ms, "Leadership moved.");
+    let Some(mut r) = rollout.filter(|r| r.is_active()) else {
+        return Ok(());
+    };
+    let step = move_step(&m);
+    r.leader_moves.push(m);
+    write_record(env, &r, cas).await?;
+    env.notifier.send(Event::Step, &r, Some(step), None);
+    Ok(())
 }
 
 /// Polls the snapshot until `done` holds, or fails at `deadline` (the job is retried).

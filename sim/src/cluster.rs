@@ -793,6 +793,17 @@ pub fn transfer_leader(sim: &Sim, st: &mut State, id: Option<&str>) -> Result<()
     Ok(())
 }
 
+/// A healthy voter other than the leader and `named`, by Raft ID: where a transfer that
+/// misbehaves (`TransferFault::Elsewhere`) sends leadership instead.
+pub fn another_voter(st: &State, named: &str) -> Option<String> {
+    let leader = st.cluster.leader.as_deref();
+    st.cluster
+        .servers
+        .iter()
+        .find(|s| s.voter && s.healthy() && s.id != named && Some(s.name.as_str()) != leader)
+        .map(|s| s.id.clone())
+}
+
 /// Applies `/sim/config` changes to autopilot's stabilization time too, so the two agree.
 pub fn set_stabilization(st: &mut State, d: Duration) {
     st.config.stabilization = d;
@@ -1022,7 +1033,7 @@ fn sync_catalog(sim: &Sim, st: &mut State) {
         serf: SerfStatus,
         image: Option<String>,
     }
-    let dc_meta_version = CONSUL_VERSION;
+    let dc_meta_version = st.config.consul_version.clone();
     let mut members: Vec<Member> = st
         .cluster
         .servers
@@ -1075,7 +1086,7 @@ fn sync_catalog(sim: &Sim, st: &mut State) {
                     &id,
                     &ip,
                     image.as_deref(),
-                    dc_meta_version,
+                    &dc_meta_version,
                     status,
                     output,
                 );

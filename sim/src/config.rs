@@ -27,6 +27,41 @@ pub struct SimConfig {
     /// Consul's `rpc_hold_timeout`: how long a request that needs the leader waits for one
     /// (an election) before failing with "No cluster leader". Default 7s.
     pub rpc_hold_timeout: Duration,
+    /// The Consul version the simulated agents are (`agent/self`, members, autopilot). An
+    /// older one answers what it lacks as that version does: before 1.15 transfer-leader, before
+    /// 1.9 autopilot/state, are a bare 404. Default `cluster::CONSUL_VERSION`.
+    pub consul_version: String,
+    /// A known Consul bug to play: transfer-leader answering success but leaving leadership
+    /// where it was, or moving it to another server than the one named. Default none.
+    pub transfer_fault: TransferFault,
+}
+
+/// How transfer-leader misbehaves (`SimConfig::transfer_fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferFault {
+    #[default]
+    None,
+    /// Answers `{"Success": true}` and moves nothing.
+    Noop,
+    /// Moves leadership to another voter than the one named.
+    Elsewhere,
+}
+
+/// `major.minor.patch` of a version string (`1.8.7`, `v1.15.2`, `1.17.0-rc1`); None if it is
+/// not one.
+pub fn version_parts(v: &str) -> Option<(u32, u32, u32)> {
+    let core = v.trim().trim_start_matches('v').split(['-', '+']).next()?;
+    let mut p = core.split('.').map(|x| x.parse::<u32>().ok());
+    let v = (p.next()??, p.next()??, p.next().unwrap_or(Some(0))?);
+    p.next().is_none().then_some(v)
+}
+
+impl SimConfig {
+    /// Whether the simulated Consul is at least `major.minor`.
+    pub fn consul_at_least(&self, major: u32, minor: u32) -> bool {
+        version_parts(&self.consul_version).is_none_or(|(a, b, _)| (a, b) >= (major, minor))
+    }
 }
 
 impl Default for SimConfig {
@@ -42,6 +77,8 @@ impl Default for SimConfig {
             boot_delay: Duration::from_secs(5),
             failure_detection: Duration::from_secs(1),
             rpc_hold_timeout: Duration::from_secs(7),
+            consul_version: crate::cluster::CONSUL_VERSION.to_owned(),
+            transfer_fault: TransferFault::None,
         }
     }
 }

@@ -45,8 +45,13 @@
 //!   again and rejoins (still a peer: keeps its vote; pruned: back as a non-voter).
 //! - `POST /sim/servers/{name}/cut` / `heal` → `Server`: partition it from the others / end that.
 //! - `GET  /sim/config` and `PUT /sim/config` `{"boot_delay_ms"?, "stabilization_ms"?,
-//!   "election_ms"?, "failure_detection_ms"?, "time_scale"?}` → the current values. Timers
-//!   already running keep their old delay.
+//!   "election_ms"?, "failure_detection_ms"?, "time_scale"?, "consul_version"?,
+//!   "transfer_fault"?}` → the current values. Timers already running keep their old delay.
+//!   `consul_version` ("1.8.7") makes the agents that version where the project branches on
+//!   it: before 1.15 `operator/raft/transfer-leader`, before 1.9 `operator/autopilot/state`,
+//!   answer a bare 404 as Go's mux does. `transfer_fault` plays Consul's transfer-leader bugs:
+//!   `"noop"` answers success and moves nothing, `"elsewhere"` moves leadership to another
+//!   voter than the one named, `"none"` (the default) behaves.
 //! - `GET  /sim/invariants` → `{"quorum_lost_count", "quorum_lost", "max_voters_missing",
 //!   "voters_missing", "leader_changes", "leaderless_periods", "leaderless_ms",
 //!   "min_failure_tolerance", "leader_retired", "max_servers", "min_voters", "checks", "leader",
@@ -361,6 +366,8 @@ struct ConfigBody {
     election_ms: Option<u64>,
     failure_detection_ms: Option<u64>,
     time_scale: Option<f64>,
+    consul_version: Option<String>,
+    transfer_fault: Option<crate::config::TransferFault>,
 }
 
 fn config_view(st: &State) -> ConfigBody {
@@ -371,6 +378,8 @@ fn config_view(st: &State) -> ConfigBody {
         election_ms: ms(st.config.election),
         failure_detection_ms: ms(st.config.failure_detection),
         time_scale: Some(st.config.time_scale),
+        consul_version: Some(st.config.consul_version.clone()),
+        transfer_fault: Some(st.config.transfer_fault),
     }
 }
 
@@ -387,7 +396,20 @@ async fn put_config(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpRespons
             return Err(ControlError::bad("time_scale must be a positive number"));
         }
     }
+    if let Some(v) = &b.consul_version {
+        if crate::config::version_parts(v).is_none() {
+            return Err(ControlError::bad(format!(
+                "consul_version {v:?} is not a version like \"1.8.7\""
+            )));
+        }
+    }
     let mut st = sim.lock();
+    if let Some(v) = b.consul_version {
+        st.config.consul_version = v;
+    }
+    if let Some(f) = b.transfer_fault {
+        st.config.transfer_fault = f;
+    }
     if let Some(v) = b.boot_delay_ms {
         st.config.boot_delay = Duration::from_millis(v);
     }

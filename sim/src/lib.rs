@@ -16,6 +16,7 @@ pub mod state;
 pub mod timeline;
 pub mod watch;
 
-pub use config::SimConfig;
+pub use cluster::CONSUL_VERSION;
+pub use config::{version_parts, SimConfig, TransferFault};
 pub use server::{start, RunningSim};
 pub use state::Sim;

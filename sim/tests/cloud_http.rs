@@ -467,3 +467,55 @@ async fn a_rollout_step_keeps_the_invariants() {
     })
     .await;
 }
+
+/// `/sim/config`'s `consul_version` makes the agents an older Consul where the project branches
+/// on it, answering what that version lacks as Go's mux does (a bare 404, as a real 1.8.7 agent
+/// answers both routes); a string that is no version is refused.
+#[actix_rt::test]
+async fn an_older_consul_version_answers_the_routes_it_lacks_with_a_bare_404() {
+    bounded(async {
+        let sim = start();
+        let api = Api::new(&sim);
+        let (status, _) = api.get("/v1/operator/autopilot/state").await;
+        assert_eq!(status, 200);
+        let (status, cfg) = api
+            .call(
+                "PUT",
+                "/sim/config",
+                Some(json!({"consul_version": "1.8.7"})),
+            )
+            .await;
+        assert_eq!((status, &cfg["consul_version"]), (200, &json!("1.8.7")));
+        let (_, me) = api.get("/v1/agent/self").await;
+        assert_eq!(me["Config"]["Version"], "1.8.7");
+        let http = awc::Client::default();
+        for (method, path) in [
+            ("POST", "/v1/operator/raft/transfer-leader"),
+            ("GET", "/v1/operator/autopilot/state"),
+        ] {
+            let req = http.request(method.parse().unwrap(), format!("{}{path}", sim.url()));
+            let mut resp = req.send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 404, "{method} {path}");
+            assert!(
+                resp.body().await.unwrap().is_empty(),
+                "{method} {path}: a bare 404"
+            );
+        }
+        // What 1.8 has still answers.
+        let (status, _) = api.get("/v1/operator/autopilot/health").await;
+        assert_eq!(status, 200);
+        let (status, err) = api
+            .call(
+                "PUT",
+                "/sim/config",
+                Some(json!({"consul_version": "one.eight"})),
+            )
+            .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(
+            err["error"].as_str().unwrap().contains("one.eight"),
+            "{err}"
+        );
+    })
+    .await;
+}

@@ -1557,7 +1557,22 @@ mod tests {
             .all(|m| m.state == MachineState::Running && m.image == "a"));
         let records = rig.cloud.records().unwrap();
         assert_eq!(records.len(), 3);
-        if let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", records[0].pid.unwrap())) {
+        let pid = records[0].pid.unwrap();
+        let proc_cmdline = format!("/proc/{pid}/cmdline");
+        // Read until it has content: CI once read it empty under load (a process being set up
+        // or gone reads as empty); a process that stays so is reported, not skipped.
+        let mut cmdline = fs::read(&proc_cmdline);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while cmdline.as_ref().is_ok_and(|c| c.is_empty()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            cmdline = fs::read(&proc_cmdline);
+        }
+        if let Ok(cmdline) = cmdline {
+            assert!(
+                !cmdline.is_empty(),
+                "process {pid} has an empty command line (alive: {})",
+                rig.cloud.is_alive(&records[0])
+            );
             let args: Vec<String> = cmdline
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())

@@ -21,7 +21,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::{self, SerfStatus, Server, CONSUL_VERSION, RAFT_PORT, SERF_LAN_PORT};
+use crate::cluster::{self, SerfStatus, Server, RAFT_PORT, SERF_LAN_PORT};
 use crate::http::{only, ApiError, Params};
 use crate::state::{Sim, State};
 
@@ -76,9 +76,9 @@ fn member(
 }
 
 /// The serf tags a Consul agent gossips.
-fn common_tags(dc: &str, id: &str, role: &str) -> BTreeMap<&'static str, String> {
+fn common_tags(dc: &str, id: &str, role: &str, version: &str) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
-        ("build", format!("{CONSUL_VERSION}:sim")),
+        ("build", format!("{version}:sim")),
         ("dc", dc.to_owned()),
         ("ft_fs", "1".to_owned()),
         ("ft_si", "1".to_owned()),
@@ -91,8 +91,8 @@ fn common_tags(dc: &str, id: &str, role: &str) -> BTreeMap<&'static str, String>
     ])
 }
 
-fn server_member(s: &Server, dc: &str, wan: bool) -> MemberJson {
-    let mut tags = common_tags(dc, &s.id, "consul");
+fn server_member(s: &Server, dc: &str, wan: bool, version: &str) -> MemberJson {
+    let mut tags = common_tags(dc, &s.id, "consul", version);
     tags.insert("port", RAFT_PORT.to_string());
     tags.insert("raft_vsn", "3".to_owned());
     tags.insert("wan_join_port", "8302".to_owned());
@@ -107,7 +107,12 @@ fn server_member(s: &Server, dc: &str, wan: bool) -> MemberJson {
 
 fn agent_member(st: &State) -> MemberJson {
     let a = &st.cluster.agent;
-    let tags = common_tags(&st.config.datacenter, &a.id, "node");
+    let tags = common_tags(
+        &st.config.datacenter,
+        &a.id,
+        "node",
+        &st.config.consul_version,
+    );
     member(&a.name, &a.ip, SERF_LAN_PORT, tags, a.serf)
 }
 
@@ -124,12 +129,12 @@ async fn agent_self(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRespons
             "NodeID": a.id,
             "Revision": "sim",
             "Server": false,
-            "Version": CONSUL_VERSION,
+            "Version": st.config.consul_version,
             "BuildDate": "2024-01-01T00:00:00Z",
         },
         "Coord": {"Vec": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
         "Member": agent_member(&st),
-        "Meta": {"consul-network-segment": "", "consul-version": CONSUL_VERSION},
+        "Meta": {"consul-network-segment": "", "consul-version": st.config.consul_version},
         "Stats": {
             "agent": {"check_monitors": "0", "check_ttls": "0", "checks": "0", "services": "0"},
             "consul": {"known_servers": st.cluster.servers.iter().filter(|s| s.serf == SerfStatus::Alive).count().to_string(), "server": "false"},
@@ -152,7 +157,7 @@ async fn members(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, 
         .servers
         .iter()
         .filter(|s| s.is_member())
-        .map(|s| server_member(s, dc, false))
+        .map(|s| server_member(s, dc, false, &st.config.consul_version))
         .collect();
     list.push(agent_member(&st));
     Ok(HttpResponse::Ok().json(list))

@@ -25,7 +25,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use crate::cluster::{self, AutopilotConfig, Server, TransferError, CONSUL_VERSION};
+use crate::cluster::{self, AutopilotConfig, Server, TransferError};
+use crate::config::TransferFault;
 use crate::duration;
 use crate::http::{hold_for_leader, hold_read, only, ApiError, Consistency, Params, QueryOptions};
 use crate::state::{Sim, State};
@@ -186,12 +187,26 @@ async fn raft_peer(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse
 
 /// POST /v1/operator/raft/transfer-leader(?id=) — moves leadership (Consul 1.15+).
 async fn transfer_leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if !sim.lock().config.consul_at_least(1, 15) {
+        // Before 1.15 the route does not exist: Go's mux answers a bare 404.
+        return Ok(HttpResponse::NotFound().finish());
+    }
     only(&req, "POST")?;
     let params = Params::from_request(&req);
     hold_write(&sim, &params).await;
     let mut st = sim.lock();
     write_preconditions(&st, &params)?;
-    match cluster::transfer_leader(&sim, &mut st, params.get("id")) {
+    let id = params.get("id");
+    let moved = match st.config.transfer_fault {
+        // Consul's bug: success reported, nothing moved.
+        TransferFault::Noop if st.cluster.has_leader() => Ok(()),
+        TransferFault::Elsewhere => {
+            let other = id.and_then(|named| cluster::another_voter(&st, named));
+            cluster::transfer_leader(&sim, &mut st, other.as_deref().or(id))
+        }
+        _ => cluster::transfer_leader(&sim, &mut st, id),
+    };
+    match moved {
         Ok(()) => Ok(json_response(StatusCode::OK, &json!({"Success": true}))),
         Err(TransferError::NoLeader) => Err(ApiError::no_leader()),
         Err(e) => Err(ApiError::internal(e.to_string())),
@@ -333,7 +348,7 @@ struct ServerHealthJson {
     name: String,
     address: String,
     serf_status: &'static str,
-    version: &'static str,
+    version: String,
     leader: bool,
     last_contact: String,
     last_term: u64,
@@ -362,7 +377,7 @@ async fn autopilot_health(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpR
             name: s.name.clone(),
             address: s.address(),
             serf_status: s.serf.as_str(),
-            version: CONSUL_VERSION,
+            version: st.config.consul_version.clone(),
             leader: c.leader.as_deref() == Some(s.name.as_str()),
             last_contact: duration::format(c.server_last_contact(s)),
             last_term: s.last_term,
@@ -396,7 +411,7 @@ struct AutopilotServerJson {
     name: String,
     address: String,
     node_status: &'static str,
-    version: &'static str,
+    version: String,
     last_contact: String,
     last_term: u64,
     last_index: u64,
@@ -410,6 +425,9 @@ struct AutopilotServerJson {
 
 /// GET /v1/operator/autopilot/state — autopilot's full view (Consul 1.9+).
 async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if !sim.lock().config.consul_at_least(1, 9) {
+        return Ok(HttpResponse::NotFound().finish());
+    }
     only(&req, "GET")?;
     let opts = QueryOptions::from_request(&req)?;
     hold_read(&sim, &opts).await;
@@ -440,7 +458,7 @@ async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRe
                 name: s.name.clone(),
                 address: s.address(),
                 node_status: s.serf.as_str(),
-                version: CONSUL_VERSION,
+                version: st.config.consul_version.clone(),
                 last_contact: duration::format(c.server_last_contact(s)),
                 last_term: s.last_term,
                 last_index: c.server_last_index(s, st.index),
