@@ -397,9 +397,24 @@ async fn real_rollout(n: usize, kill: Kill) {
         } else {
             "leave"
         };
-        assert_eq!(r.leader_moves.len(), 1, "{r:#?}");
-        let lead = &r.leader_moves[0];
-        assert_eq!(lead.path, path, "{lead:?}");
+        // Without a kill the first leader is an old server, retired last; a killed new agent
+        // can set off an election that hands leadership to a new server on its own, and then
+        // no old leader is retired.
+        if kill == Kill::Never {
+            assert_eq!(r.leader_moves.len(), 1, "{r:#?}");
+        }
+        assert!(r.leader_moves.len() <= 1, "{r:#?}");
+        assert!(
+            r.leader_moves.iter().all(|m| m.path == path),
+            "{:?}",
+            r.leader_moves
+        );
+        let lead = r
+            .leader_moves
+            .first()
+            .map_or_else(|| "none needed".to_owned(), |m| {
+                format!("{} with a new leader {} ms after", m.path, m.until_new_leader_ms)
+            });
         if let Some((victim, was_in_raft)) = &killed {
             assert_eq!(r.failed_launches.len(), 1, "{r:#?}");
             let f = &r.failed_launches[0];
@@ -450,9 +465,8 @@ async fn real_rollout(n: usize, kill: Kill) {
             "never fewer voters than desired: {q:?}"
         );
         println!(
-            "real rollout of {n} servers on Consul {version}, kill {kill:?}: {took:.2?}; leader \
-             moved by {} with a new leader {} ms after; quorum watch {q:?}",
-            lead.path, lead.until_new_leader_ms
+            "real rollout of {n} servers on Consul {version}, kill {kill:?}: {took:.2?}; \
+             leadership move: {lead}; quorum watch {q:?}"
         );
         tree.shutdown().await;
     })
