@@ -68,6 +68,26 @@ impl Rig {
         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     }
 
+    /// `status --json` with `extra`, polled until the report shows the rollout completed.
+    async fn until_completed(&self, extra: &[&str]) -> StatusReport {
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(extra);
+        common::eventually(
+            "the rollout to complete",
+            Duration::from_secs(45),
+            || async {
+                // A leadership transfer mid-rollout can fail one read ("No cluster leader").
+                let out = self.cli(&args).await;
+                let r: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
+                r.rollout
+                    .as_ref()
+                    .is_some_and(|ro| matches!(ro.state, RolloutState::Completed { .. }))
+                    .then_some(r)
+            },
+        )
+        .await
+    }
+
     async fn status(&self, extra: &[&str]) -> StatusReport {
         let mut args = vec!["status", "--json"];
         args.extend_from_slice(extra);
@@ -393,21 +413,9 @@ async fn a_rollout_fired_by_the_cli_completes_and_status_shows_it() {
         let id = ok(rig.cli(&["fire", "--config", config]).await);
 
         // Every receipt: the 1s timer adds two a second, and the event's must be among them.
-        let args = ["status", "--json", "--receipts", "1000", "--config", config];
-        let report = common::eventually(
-            "the rollout to complete",
-            Duration::from_secs(45),
-            || async {
-                // A leadership transfer mid-rollout can fail one read ("No cluster leader").
-                let out = rig.cli(&args).await;
-                let r: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
-                r.rollout
-                    .as_ref()
-                    .is_some_and(|ro| matches!(ro.state, RolloutState::Completed { .. }))
-                    .then_some(r)
-            },
-        )
-        .await;
+        let report = rig
+            .until_completed(&["--receipts", "1000", "--config", config])
+            .await;
         let p = report.progress.as_ref().unwrap();
         assert_eq!(p.state, "completed");
         assert_eq!(
@@ -643,20 +651,7 @@ async fn a_record_that_does_not_decode_stops_every_step_until_repair_rebuilds_it
         let again = ok(rig.cli(&["repair", "--config", config]).await);
         assert!(again.contains("nothing to repair"), "{again}");
 
-        let args = ["status", "--json", "--config", config];
-        let report = common::eventually(
-            "the rollout to complete",
-            Duration::from_secs(45),
-            || async {
-                let out = rig.cli(&args).await;
-                let r: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
-                r.rollout
-                    .as_ref()
-                    .is_some_and(|ro| matches!(ro.state, RolloutState::Completed { .. }))
-                    .then_some(r)
-            },
-        )
-        .await;
+        let report = rig.until_completed(&["--config", config]).await;
         let p = report.progress.as_ref().unwrap();
         assert_eq!((p.on_target, p.total, p.retirements), (3, 3, 3), "{p:?}");
         assert_eq!(p.launches, 3, "the adopted server and two launches: {p:?}");

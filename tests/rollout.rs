@@ -105,6 +105,33 @@ impl Rig {
         }
     }
 
+    /// Waits until the rollout is stopped: the record and why it stopped.
+    async fn until_stopped(&self) -> (Rollout, String) {
+        let r = self
+            .until("the rollout stopping", |r| {
+                matches!(r.state, RolloutState::Stopped { .. })
+            })
+            .await;
+        let RolloutState::Stopped { reason, .. } = &r.state else {
+            unreachable!()
+        };
+        let reason = reason.clone();
+        (r, reason)
+    }
+
+    /// A stopped rollout kept the old servers: the three on image-a still running voters, and
+    /// quorum never lost.
+    async fn assert_old_servers_kept(&self) {
+        let servers = self.servers().await;
+        let old_voters = servers
+            .iter()
+            .filter(|s| s["image"] == "image-a" && s["voter"] == true && s["machine"] == "running")
+            .count();
+        assert_eq!(old_voters, 3, "the old servers stay: {servers:#?}");
+        let inv = self.invariants().await;
+        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+    }
+
     async fn invariants(&self) -> Value {
         self.send("GET", "/sim/invariants", None).await
     }
@@ -174,28 +201,15 @@ async fn a_new_server_that_never_gets_healthy_stops_the_rollout_and_keeps_the_ol
         let tree = rig.start(3, "3s");
         rig.register_image("image-broken", true).await;
         rig.fire_rehydrate().await;
-        let r = rig
-            .until("the rollout stopping", |r| {
-                matches!(r.state, RolloutState::Stopped { .. })
-            })
-            .await;
-        let RolloutState::Stopped { reason, .. } = &r.state else {
-            unreachable!()
-        };
+        let (r, reason) = rig.until_stopped().await;
+        let reason = reason.as_str();
         assert!(
             reason.contains("did not become a healthy voter"),
             "{reason}"
         );
         assert_eq!(r.launches.len(), 1, "one launch, no second try");
         assert!(r.retirements.is_empty(), "no old server retired");
-        let servers = rig.servers().await;
-        let old_voters = servers
-            .iter()
-            .filter(|s| s["image"] == "image-a" && s["voter"] == true && s["machine"] == "running")
-            .count();
-        assert_eq!(old_voters, 3, "the old servers stay: {servers:#?}");
-        let inv = rig.invariants().await;
-        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+        rig.assert_old_servers_kept().await;
         tree.shutdown().await;
     })
     .await;
@@ -469,14 +483,8 @@ async fn an_image_that_never_boots_stops_the_rollout_after_its_launch_attempts()
         )
         .await;
         rig.fire_rehydrate().await;
-        let r = rig
-            .until("the rollout stopping", |r| {
-                matches!(r.state, RolloutState::Stopped { .. })
-            })
-            .await;
-        let RolloutState::Stopped { reason, .. } = &r.state else {
-            unreachable!()
-        };
+        let (r, reason) = rig.until_stopped().await;
+        let reason = reason.as_str();
         assert!(
             reason.starts_with("2 launches failed (rollout.launch_attempts = 2)")
                 && reason.ends_with(why),
@@ -523,12 +531,7 @@ async fn an_image_that_never_boots_stops_the_rollout_after_its_launch_attempts()
                 .all(|s| s["machine"] == "terminated" && s["reason"] == why),
             "{launched:#?}"
         );
-        let old_voters = servers
-            .iter()
-            .filter(|s| s["image"] == "image-a" && s["voter"] == true && s["machine"] == "running")
-            .count();
-        assert_eq!(old_voters, 3, "the old servers stay: {servers:#?}");
-        assert_eq!(rig.invariants().await["quorum_lost_count"], 0);
+        rig.assert_old_servers_kept().await;
         tree.shutdown().await;
     })
     .await;
@@ -551,14 +554,8 @@ async fn a_target_image_that_does_not_exist_stops_the_rollout_after_its_attempts
             .await;
         assert_eq!(status, 200);
         let tree = rig.start(3, "1m");
-        let r = rig
-            .until("the rollout stopping", |r| {
-                matches!(r.state, RolloutState::Stopped { .. })
-            })
-            .await;
-        let RolloutState::Stopped { reason, .. } = &r.state else {
-            unreachable!()
-        };
+        let (r, reason) = rig.until_stopped().await;
+        let reason = reason.as_str();
         assert!(
             reason.starts_with("3 launches failed (rollout.launch_attempts = 3)")
                 && reason.contains("the cloud refused the launch")
