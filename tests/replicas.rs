@@ -1086,14 +1086,34 @@ async fn a_frozen_replica_runs_no_event_twice_on_real_consul() {
 /// warning with the count and `rehydrator_events_missed_total`.
 #[actix_rt::test]
 async fn events_dropped_before_the_watch_read_them_are_reported_with_their_count() {
+    let sim = common::sim();
+    bounded_for(
+        LONG_TEST,
+        dropped_events_are_reported(&sim.url(), "gap-sim"),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn events_real_consul_dropped_are_reported_with_their_count() {
+    let Some(bin) = common::consul_bin() else {
+        return;
+    };
+    bounded_for(LONG_TEST, async {
+        let agent = common::consul_agent::DevAgent::start(&bin).await;
+        dropped_events_are_reported(&agent.url, "gap-real").await;
+    })
+    .await;
+}
+
+async fn dropped_events_are_reported(consul_url: &str, tag: &str) {
     const EVENTS: usize = 400;
     const BUFFER: usize = 256;
-    let scratch = Scratch::new("gap");
-    let sim = common::sim();
-    let config = scratch.config(&sim.url(), "");
+    let scratch = Scratch::new(tag);
+    let config = scratch.config(consul_url, "");
     let replica = spawn_replica(&scratch, &config, "r1", &[]);
-    bounded_for(LONG_TEST, async {
-        let consul = Consul::new(sim.url());
+    {
+        let consul = Consul::new(consul_url.to_owned());
         await_ready(&consul, &[&replica]).await;
         // One event seen and run first: the watch knows where it stands.
         let first = consul.fire("first").await;
@@ -1146,10 +1166,6 @@ async fn events_dropped_before_the_watch_read_them_are_reported_with_their_count
         let series =
             format!("rehydrator_events_missed_total{{watch=\"rehydrate-events\"}} {missed}");
         assert!(metrics.contains(&series), "{series} not in:\n{metrics}");
-        println!(
-            "{EVENTS} events while frozen: {} ran, {missed} reported missed",
-            BUFFER
-        );
-    })
-    .await;
+        println!("{tag}: {EVENTS} events while frozen: {BUFFER} ran, {missed} reported missed");
+    }
 }
