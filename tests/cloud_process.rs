@@ -245,6 +245,39 @@ enum Kill {
     Starting,
     /// Once the new server is in Raft as a non-voter, before autopilot promotes it.
     Joined,
+    /// An old server that is neither the leader nor the next to be retired, once the first
+    /// launch is recorded: the cluster loses a voter mid-rollout.
+    OldServer,
+}
+
+/// Once the first launch is recorded, SIGKILLs an old server that neither leads nor is next
+/// to go (the plan retires the oldest outdated non-leader first, ties by machine ID); returns
+/// its machine ID.
+async fn kill_old_server(rig: &Rig, client: &Client, before: &[String]) -> String {
+    common::eventually("the first launch", WAIT_BOUND, || async {
+        rollout(client).await.filter(|r| !r.launches.is_empty())
+    })
+    .await;
+    let raft = client
+        .raft_configuration(&QueryOptions::default())
+        .await
+        .unwrap();
+    let leader = raft.leader().map(|l| l.node.clone());
+    let record = rig
+        .cloud
+        .records()
+        .unwrap()
+        .into_iter()
+        .filter(|r| before.contains(&r.id) && Some(&r.id) != leader.as_ref())
+        .max_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)))
+        .expect("an old follower");
+    let pid = record.pid.expect("its PID");
+    let killed = std::process::Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -KILL -{pid}");
+    record.id
 }
 
 /// Waits for the rollout's first launch, waits for `kill`'s moment and SIGKILLs its agent;
@@ -300,6 +333,11 @@ async fn a_new_real_server_killed_while_starting_is_launched_again() {
 #[actix_rt::test]
 async fn a_new_real_server_killed_after_joining_is_launched_again() {
     real_rollout(3, Kill::Joined).await;
+}
+
+#[actix_rt::test]
+async fn an_old_real_server_killed_mid_rollout_holds_the_steps_until_health_returns() {
+    real_rollout(3, Kill::OldServer).await;
 }
 
 /// `n` real servers on image `a` roll onto `b` through the actor tree, the first new agent
@@ -374,9 +412,10 @@ async fn real_rollout(n: usize, kill: Kill) {
             None
         })
         .await;
-        let killed = match kill {
-            Kill::Never => None,
-            _ => Some(kill_first_launch(&rig, &client, kill).await),
+        let (killed, old_killed) = match kill {
+            Kill::Never => (None, None),
+            Kill::OldServer => (None, Some(kill_old_server(&rig, &client, &before).await)),
+            _ => (Some(kill_first_launch(&rig, &client, kill).await), None),
         };
         let r = common::eventually("the rollout completing", TEST_BOUND, || async {
             rollout(&client)
@@ -388,7 +427,15 @@ async fn real_rollout(n: usize, kill: Kill) {
         watcher.abort();
 
         assert_eq!(r.target_image, "b");
-        assert_eq!((r.launches.len(), r.retirements.len()), (n, n), "{r:?}");
+        // A killed old server is gone without a retirement: the rollout replaced it anyway.
+        let retired = n - usize::from(old_killed.is_some());
+        assert_eq!((r.launches.len(), r.retirements.len()), (n, retired), "{r:?}");
+        assert!(
+            !r.retirements
+                .iter()
+                .any(|x| old_killed.as_ref() == Some(&x.machine)),
+            "{r:?}"
+        );
         // The leader went by the path its version allows: transfer-leader from 1.15, else a
         // graceful leave and an election.
         let version = rehydrator::cloud::consul_version::ask(&rig.consul_bin).unwrap();
@@ -460,9 +507,11 @@ async fn real_rollout(n: usize, kill: Kill) {
         let q = std::mem::take(&mut *quorum.borrow_mut());
         assert!(q.polls > 10, "{q:?}");
         assert!(q.longest_leaderless < LEADERLESS_BOUND, "{q:?}");
+        // A killed old server is the one voter the fault may take; the rollout takes none.
+        let floor = n - usize::from(old_killed.is_some());
         assert!(
-            q.min_voters.unwrap_or(0) >= n,
-            "never fewer voters than desired: {q:?}"
+            q.min_voters.unwrap_or(0) >= floor,
+            "never fewer than {floor} voters: {q:?}"
         );
         println!(
             "real rollout of {n} servers on Consul {version}, kill {kill:?}: {took:.2?}; \
