@@ -120,19 +120,28 @@ struct Quorum {
     polls: u64,
     longest_leaderless: Duration,
     min_voters: Option<usize>,
+    /// A new server led while an old one was still in Raft: an election moved leadership
+    /// on its own, so no old leader needed moving.
+    new_leader_beside_old: bool,
 }
 
-/// Polls the leader and the Raft voters through `client` every 200ms until aborted.
-fn watch_quorum(client: Client, seen: Rc<RefCell<Quorum>>) -> tokio::task::JoinHandle<()> {
+/// Polls the leader and the Raft voters through `client` every 200ms until aborted; `old`
+/// names the servers the rollout replaces.
+fn watch_quorum(
+    client: Client,
+    old: Vec<String>,
+    seen: Rc<RefCell<Quorum>>,
+) -> tokio::task::JoinHandle<()> {
     actix_rt::spawn(async move {
         let mut leaderless_since: Option<Instant> = None;
         loop {
             let leader = client.status_leader().await.ok().flatten();
-            let voters = client
-                .raft_configuration(&QueryOptions::stale())
-                .await
-                .ok()
-                .map(|r| r.voters());
+            let raft = client.raft_configuration(&QueryOptions::stale()).await.ok();
+            let voters = raft.as_ref().map(|r| r.voters());
+            let new_beside_old = raft.is_some_and(|r| {
+                r.servers.iter().any(|s| s.leader && !old.contains(&s.node))
+                    && r.servers.iter().any(|s| old.contains(&s.node))
+            });
             {
                 let mut q = seen.borrow_mut();
                 q.polls += 1;
@@ -143,6 +152,7 @@ fn watch_quorum(client: Client, seen: Rc<RefCell<Quorum>>) -> tokio::task::JoinH
                         q.longest_leaderless = q.longest_leaderless.max(since.elapsed())
                     }
                 }
+                q.new_leader_beside_old |= new_beside_old;
                 if let Some(v) = voters {
                     q.min_voters = Some(q.min_voters.map_or(v, |m| m.min(v)));
                 }
@@ -396,7 +406,7 @@ async fn real_rollout(n: usize, kill: Kill) {
         );
 
         let quorum = Rc::new(RefCell::new(Quorum::default()));
-        let watcher = watch_quorum(client.clone(), quorum.clone());
+        let watcher = watch_quorum(client.clone(), before.clone(), quorum.clone());
         rig.cloud.register_image("b", None).unwrap();
         let started = Instant::now();
         // An event fired before the replica's event watch took its baseline is not replayed:
@@ -444,13 +454,16 @@ async fn real_rollout(n: usize, kill: Kill) {
         } else {
             "leave"
         };
-        // Without a kill the first leader is an old server, retired last; a killed new agent
-        // can set off an election that hands leadership to a new server on its own, and then
-        // no old leader is retired.
-        if kill == Kill::Never {
-            assert_eq!(r.leader_moves.len(), 1, "{r:#?}");
-        }
+        // The first leader is an old server, retired last, so it is moved once. An election
+        // (a killed new agent, or heartbeats missed under load) may hand leadership to a new
+        // server on its own first; then no old leader is retired and nothing is moved, and
+        // the quorum watch must have seen that new leader while old servers remained.
         assert!(r.leader_moves.len() <= 1, "{r:#?}");
+        let q = std::mem::take(&mut *quorum.borrow_mut());
+        assert!(
+            r.leader_moves.len() == 1 || q.new_leader_beside_old,
+            "an old leader was retired unmoved: {r:#?} {q:?}"
+        );
         assert!(
             r.leader_moves.iter().all(|m| m.path == path),
             "{:?}",
@@ -504,7 +517,6 @@ async fn real_rollout(n: usize, kill: Kill) {
                 "{images:?}"
             );
         }
-        let q = std::mem::take(&mut *quorum.borrow_mut());
         assert!(q.polls > 10, "{q:?}");
         assert!(q.longest_leaderless < LEADERLESS_BOUND, "{q:?}");
         // A killed old server is the one voter the fault may take; the rollout takes none.

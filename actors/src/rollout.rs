@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::plan::{self, LeaderMove, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{
-    clip, CloudPort, ConsulPort, LeaderTransfer, MachineState, PortError, MAX_REASON,
+    clip, CloudPort, ConsulPort, LeaderTransfer, MachineState, PeerHealth, PortError, MAX_REASON,
 };
 use crate::receipt::{now_ms, Keys, Outcome};
 use crate::window::Windows;
@@ -264,16 +264,8 @@ pub async fn run(
                     // The token answered a machine that is already dead (a holder launched it
                     // and died before recording, and it failed since): a failed launch, and the
                     // next attempt gets a new token.
-                    let failed = StepRecord {
-                        reason: Some(
-                            machine
-                                .reason
-                                .clone()
-                                .unwrap_or_else(|| "the machine was terminated".into()),
-                        ),
-                        ..launched
-                    };
-                    if let Some(r) = s.rollout.as_mut() {
+                    let failed = plan::failed_launch(&launched, Some(&machine), now_ms());
+                    if let Some((r, failed)) = s.rollout.as_mut().zip(failed) {
                         record_failures(&env, r, vec![failed], cas).await?;
                     }
                     // Dropped unfinished: the step counts as an error.
@@ -557,21 +549,22 @@ async fn retire(
     Ok(Outcome::Retired(machine.to_owned()))
 }
 
+/// The leader in `s` that `other` accepts, if one leads.
+fn leader_in(s: &Snapshot, other: impl Fn(&PeerHealth) -> bool) -> Option<&PeerHealth> {
+    s.health.servers.iter().find(|p| p.leader && other(p))
+}
+
 /// The leader other than `from` (by Raft ID), once one is seen; None if none is by `until`.
 async fn leader_moved(
     env: &RolloutEnv,
     from: &str,
     until: tokio::time::Instant,
-) -> Result<Option<crate::ports::PeerHealth>, ExecError> {
-    loop {
-        let (s, _) = snapshot(env).await?;
-        if let Some(p) = s.health.servers.iter().find(|p| p.leader && p.id != from) {
-            return Ok(Some(p.clone()));
-        }
-        if tokio::time::Instant::now() + env.config.poll > until {
-            return Ok(None);
-        }
-        tokio::time::sleep(env.config.poll).await;
+) -> Result<Option<PeerHealth>, ExecError> {
+    let other = |p: &PeerHealth| p.id != from;
+    match wait_until(env, until, |s| leader_in(s, other).is_some()).await {
+        Ok(s) => Ok(leader_in(&s, other).cloned()),
+        Err(ExecError::Timeout(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -581,16 +574,9 @@ async fn leader_elected(
     gone: &str,
     deadline: tokio::time::Instant,
 ) -> Result<String, ExecError> {
-    loop {
-        let (s, _) = snapshot(env).await?;
-        if let Some(p) = s.health.servers.iter().find(|p| p.leader && p.name != gone) {
-            return Ok(p.name.clone());
-        }
-        if tokio::time::Instant::now() + env.config.poll > deadline {
-            return Err(ExecError::Timeout(env.config.step_timeout));
-        }
-        tokio::time::sleep(env.config.poll).await;
-    }
+    let other = |p: &PeerHealth| p.name != gone;
+    let s = wait_until(env, deadline, |s| leader_in(s, other).is_some()).await?;
+    Ok(leader_in(&s, other).map_or_else(String::new, |p| p.name.clone()))
 }
 
 /// The node name of the peer with Raft ID `id` (the ID itself if none is listed).
@@ -632,16 +618,17 @@ async fn record_move(
     Ok(())
 }
 
-/// Polls the snapshot until `done` holds, or fails at `deadline` (the job is retried).
+/// Polls the snapshot until `done` holds, answering that snapshot, or fails at `deadline`
+/// (the job is retried).
 async fn wait_until(
     env: &RolloutEnv,
     deadline: tokio::time::Instant,
     done: impl Fn(&Snapshot) -> bool,
-) -> Result<(), ExecError> {
+) -> Result<Snapshot, ExecError> {
     loop {
         let (s, _) = snapshot(env).await?;
         if done(&s) {
-            return Ok(());
+            return Ok(s);
         }
         if tokio::time::Instant::now() + env.config.poll > deadline {
             return Err(ExecError::Timeout(env.config.step_timeout));

@@ -303,6 +303,16 @@ impl ProcessCloud {
         }
     }
 
+    /// The record's machine with, if its agent died (rather than being retired), why: read
+    /// only when one machine is asked about, not on every listing.
+    fn described(&self, record: &Record) -> Machine {
+        let mut m = self.machine(record);
+        if m.state == MachineState::Terminated && !record.retired {
+            m.reason = Some(self.reason(record));
+        }
+        m
+    }
+
     /// Why a record's agent is not running: how it exited (if its parent saw) and the tail of
     /// its log. Read only when asked about one machine, not on every listing.
     fn reason(&self, record: &Record) -> String {
@@ -387,11 +397,7 @@ impl ProcessCloud {
         let Some(record) = read_record(&self.record_path(id), "find a machine")? else {
             return Ok(None);
         };
-        let mut m = self.machine(&record);
-        if m.state == MachineState::Terminated && !record.retired {
-            m.reason = Some(self.reason(&record));
-        }
-        Ok(Some(m))
+        Ok(Some(self.described(&record)))
     }
 
     /// Ports no other agent of this data directory holds: two agents must never share one.
@@ -477,11 +483,7 @@ impl ProcessCloud {
             });
         }
         tracing::debug!(machine = %existing.id, "The token already launched a machine; answering it.");
-        let mut m = self.machine(&existing);
-        if m.state == MachineState::Terminated && !existing.retired {
-            m.reason = Some(self.reason(&existing));
-        }
-        Ok(m)
+        Ok(self.described(&existing))
     }
 
     fn agent_data_dir(&self, id: &str) -> PathBuf {
