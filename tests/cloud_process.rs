@@ -22,10 +22,10 @@ mod common;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::process_rig::{ProcessRig, AGENT_HCL};
 use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, EventFilter, QueryOptions, WatchPolicy};
@@ -34,11 +34,6 @@ use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::ports::{CloudPort, MachineState};
 use rehydrator_actors::tree::{self, Ports};
 use rehydrator_config::CloudSettings;
-
-/// What the agents run with: promotion after 2s instead of 10s, a 1s leave drain instead of 5s
-/// (one block a line).
-const AGENT_HCL: &str =
-    "autopilot { server_stabilization_time = \"2s\" }\nperformance { leave_drain_time = \"1s\" }";
 
 /// A whole test, agents' start included.
 const TEST_BOUND: Duration = Duration::from_secs(240);
@@ -49,70 +44,6 @@ const WAIT_BOUND: Duration = Duration::from_secs(90);
 const LEADERLESS_BOUND: Duration = Duration::from_secs(10);
 
 const CLUSTER: &str = "roll";
-
-/// A data directory with its agents, all killed on drop.
-struct Rig {
-    cloud: ProcessCloud,
-    dir: PathBuf,
-    consul_bin: PathBuf,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let stopped = self.cloud.stop_all();
-        if std::thread::panicking() {
-            eprintln!(
-                "agents stopped ({stopped:?}); their logs are kept in {}",
-                self.dir.join("machines").display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-impl Rig {
-    fn new(name: &str, consul_bin: PathBuf) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "rehydrator-cloud-process-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let cloud = ProcessCloud::new(ProcessOptions {
-            consul_bin: consul_bin.clone(),
-            data_dir: dir.clone(),
-            agent_hcl: vec![AGENT_HCL.to_owned()],
-        })
-        .unwrap();
-        Self {
-            cloud,
-            dir,
-            consul_bin,
-        }
-    }
-
-    /// `n` servers on image `a` and the client agent; returns a client of the client agent
-    /// once the cluster has a leader and `n` voters.
-    async fn bootstrap(&self, n: usize) -> Client {
-        self.cloud.register_image("a", None).unwrap();
-        let servers = self.cloud.bootstrap(n, "a").unwrap();
-        assert_eq!(servers.len(), n);
-        let port = self.cloud.start_client(0).unwrap();
-        let client =
-            Client::new(ConsulConfig::with_address(&format!("http://127.0.0.1:{port}")).unwrap())
-                .unwrap();
-        common::eventually("a leader and every server a voter", WAIT_BOUND, || async {
-            let leader = client.status_leader().await.ok().flatten()?;
-            let raft = client
-                .raft_configuration(&QueryOptions::default())
-                .await
-                .ok()?;
-            (raft.voters() == n).then_some(leader)
-        })
-        .await;
-        client
-    }
-}
 
 /// What the quorum watcher saw while it ran.
 #[derive(Debug, Default)]
@@ -193,7 +124,7 @@ async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
         return;
     };
     common::bounded_for(TEST_BOUND, async {
-        let rig = Rig::new("launch", bin);
+        let rig = ProcessRig::new("launch", bin);
         let client = rig.bootstrap(3).await;
         rig.cloud.register_image("b", None).unwrap();
         assert_eq!(rig.cloud.newest_image().await.unwrap().unwrap().id, "b");
@@ -263,7 +194,7 @@ enum Kill {
 /// Once the first launch is recorded, SIGKILLs an old server that neither leads nor is next
 /// to go (the plan retires the oldest outdated non-leader first, ties by machine ID); returns
 /// its machine ID.
-async fn kill_old_server(rig: &Rig, client: &Client, before: &[String]) -> String {
+async fn kill_old_server(rig: &ProcessRig, client: &Client, before: &[String]) -> String {
     common::eventually("the first launch", WAIT_BOUND, || async {
         rollout(client).await.filter(|r| !r.launches.is_empty())
     })
@@ -292,7 +223,7 @@ async fn kill_old_server(rig: &Rig, client: &Client, before: &[String]) -> Strin
 
 /// Waits for the rollout's first launch, waits for `kill`'s moment and SIGKILLs its agent;
 /// returns the machine and whether it was in Raft when killed.
-async fn kill_first_launch(rig: &Rig, client: &Client, kill: Kill) -> (String, bool) {
+async fn kill_first_launch(rig: &ProcessRig, client: &Client, kill: Kill) -> (String, bool) {
     let first = common::eventually("the first launch", WAIT_BOUND, || async {
         rollout(client)
             .await
@@ -358,7 +289,7 @@ async fn real_rollout(n: usize, kill: Kill) {
         return;
     };
     common::bounded_for(TEST_BOUND, async {
-        let rig = Rig::new(&format!("rollout-{kill:?}"), bin);
+        let rig = ProcessRig::new(&format!("rollout-{kill:?}"), bin);
         let client = rig.bootstrap(n).await;
         let before: Vec<String> = rig
             .cloud

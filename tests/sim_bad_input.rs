@@ -9,6 +9,10 @@ mod common;
 use awc::http::Method;
 use rand::Rng;
 
+use common::target::Target;
+
+crate::contract_suite!("bad-input": session_create_with_malformed_json_is_400, catalog_register_with_malformed_json_is_400, autopilot_config_with_malformed_json_is_400, session_ttl_that_is_not_a_duration_is_500, session_ttl_out_of_range_is_500, bad_wait_is_400, bad_index_is_400, renewing_an_unknown_session_is_404, info_of_an_unknown_session_is_an_empty_list, destroying_an_unknown_session_is_200_true, acquiring_with_an_unknown_session_is_500, wrong_methods_are_405_with_allow);
+
 struct Reply {
     what: String,
     status: u16,
@@ -29,6 +33,22 @@ impl Reply {
             (status, message),
             "{}: status and body",
             self.what
+        );
+    }
+
+    /// An error a server's RPC returned, as it reaches us through a client agent: Consul's
+    /// pool prefixes it once per hop, once when the agent's server leads and twice when a
+    /// follower forwards to the leader (real Consul picks a server at random).
+    fn assert_rpc_error(&self, status: u16, message: &str) {
+        let prefix = rehydrator_sim::http::RPC_PREFIX;
+        let once = format!("{prefix}{message}");
+        let twice = format!("{prefix}{once}");
+        assert!(
+            self.status == status && (self.body == once || self.body == twice),
+            "{}: expected {status} {once:?} (the prefix once or twice), got {} {:?}",
+            self.what,
+            self.status,
+            self.body
         );
     }
 
@@ -61,10 +81,10 @@ struct Api {
 }
 
 impl Api {
-    fn new(sim: &rehydrator_sim::RunningSim) -> Self {
+    fn new(target: &Target) -> Self {
         Self {
             client: awc::Client::default(),
-            base: sim.url(),
+            base: target.url.clone(),
         }
     }
 
@@ -120,216 +140,167 @@ fn random_uuid() -> String {
 // agent/session_endpoint.go SessionCreate: decodeBody fails ->
 // 400 "Request decode failed: <decoder error>". The decoder's own text is Go's, so only the
 // prefix is compared.
-#[actix_rt::test]
-async fn session_create_with_malformed_json_is_400() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(
-                Method::PUT,
-                "/v1/session/create",
-                br#"{"Name": "x", "TTL": "#,
-            )
-            .await;
-        r.assert_error_prefix(400, "Request decode failed: ");
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn session_create_with_malformed_json_is_400(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(
+            Method::PUT,
+            "/v1/session/create",
+            br#"{"Name": "x", "TTL": "#,
+        )
+        .await;
+    r.assert_error_prefix(400, "Request decode failed: ");
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/catalog_endpoint.go CatalogRegister: decodeBody fails ->
 // 400 "Request decode failed: <decoder error>".
-#[actix_rt::test]
-async fn catalog_register_with_malformed_json_is_400() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(Method::PUT, "/v1/catalog/register", b"{not json")
-            .await;
-        r.assert_error_prefix(400, "Request decode failed: ");
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn catalog_register_with_malformed_json_is_400(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(Method::PUT, "/v1/catalog/register", b"{not json")
+        .await;
+    r.assert_error_prefix(400, "Request decode failed: ");
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/operator_endpoint.go OperatorAutopilotConfiguration (PUT): decodeBody fails ->
 // 400 "Error parsing autopilot config: <decoder error>".
-#[actix_rt::test]
-async fn autopilot_config_with_malformed_json_is_400() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(
-                Method::PUT,
-                "/v1/operator/autopilot/configuration",
-                br#"{"CleanupDeadServers": tru"#,
-            )
-            .await;
-        r.assert_error_prefix(400, "Error parsing autopilot config: ");
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn autopilot_config_with_malformed_json_is_400(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(
+            Method::PUT,
+            "/v1/operator/autopilot/configuration",
+            br#"{"CleanupDeadServers": tru"#,
+        )
+        .await;
+    // Before 1.11 a BadRequestError, its text prefixed "Bad request: " (real 1.8.7 says so).
+    let prefix = if t.at_least(1, 11) {
+        "Error parsing autopilot config: "
+    } else {
+        "Bad request: Error parsing autopilot config: "
+    };
+    r.assert_error_prefix(400, prefix);
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/consul/session_endpoint.go Session.Apply:
 //   fmt.Errorf("Session TTL '%s' invalid: %v", TTL, err) with Go's time.ParseDuration error
 //   `time: invalid duration "abc"`; an RPC error of no special type is a 500 (agent/http.go
 //   handleErr default case).
-#[actix_rt::test]
-async fn session_ttl_that_is_not_a_duration_is_500() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(Method::PUT, "/v1/session/create", br#"{"TTL": "abc"}"#)
-            .await;
-        r.assert_error(
-            500,
-            r#"Session TTL 'abc' invalid: time: invalid duration "abc""#,
-        );
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn session_ttl_that_is_not_a_duration_is_500(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(Method::PUT, "/v1/session/create", br#"{"TTL": "abc"}"#)
+        .await;
+    r.assert_rpc_error(
+        500,
+        r#"Session TTL 'abc' invalid: time: invalid duration "abc""#,
+    );
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/consul/session_endpoint.go Session.Apply:
 //   fmt.Errorf("Invalid Session TTL '%d', must be between [%v=%v]", ttl, SessionTTLMin,
 //   SessionTTLMax): the TTL in nanoseconds, the default minimum 10s and structs.SessionTTLMax
 //   24h printed by Go as "24h0m0s". 500 as above.
-#[actix_rt::test]
-async fn session_ttl_out_of_range_is_500() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(Method::PUT, "/v1/session/create", br#"{"TTL": "5s"}"#)
-            .await;
-        r.assert_error(
-            500,
-            "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]",
-        );
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn session_ttl_out_of_range_is_500(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(Method::PUT, "/v1/session/create", br#"{"TTL": "5s"}"#)
+        .await;
+    r.assert_rpc_error(
+        500,
+        "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]",
+    );
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/http.go parseWait: a `wait` time.ParseDuration rejects -> 400 "Invalid wait time".
-#[actix_rt::test]
-async fn bad_wait_is_400() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(Method::GET, "/v1/kv/x?index=1&wait=abc", b"")
-            .await;
-        r.assert_error(400, "Invalid wait time");
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn bad_wait_is_400(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(Method::GET, "/v1/kv/x?index=1&wait=abc", b"")
+        .await;
+    r.assert_error(400, "Invalid wait time");
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/http.go parseWait: an `index` strconv.ParseUint rejects -> 400 "Invalid index".
-#[actix_rt::test]
-async fn bad_index_is_400() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        for path in ["/v1/kv/x?index=abc", "/v1/catalog/nodes?index=abc"] {
-            let r = api.call(Method::GET, path, b"").await;
-            r.assert_error(400, "Invalid index");
-            api.assert_still_serving(&r.what).await;
-        }
-    })
-    .await;
+async fn bad_index_is_400(t: &Target) {
+    let api = Api::new(t);
+    for path in ["/v1/kv/x?index=abc", "/v1/catalog/nodes?index=abc"] {
+        let r = api.call(Method::GET, path, b"").await;
+        r.assert_error(400, "Invalid index");
+        api.assert_still_serving(&r.what).await;
+    }
 }
 
 // agent/session_endpoint.go SessionRenew: no such session ->
 // 404 "Session id '<id>' not found".
-#[actix_rt::test]
-async fn renewing_an_unknown_session_is_404() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let id = random_uuid();
-        let r = api
-            .call(Method::PUT, &format!("/v1/session/renew/{id}"), b"")
-            .await;
-        r.assert_error(404, &format!("Session id '{id}' not found"));
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn renewing_an_unknown_session_is_404(t: &Target) {
+    let api = Api::new(t);
+    let id = random_uuid();
+    let r = api
+        .call(Method::PUT, &format!("/v1/session/renew/{id}"), b"")
+        .await;
+    r.assert_error(404, &format!("Session id '{id}' not found"));
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/session_endpoint.go SessionGet: no such session -> 200 with an empty JSON list
 // ("Use empty list instead of nil"); the docs: "If the session does not exist, an empty JSON
 // list [] is returned."
-#[actix_rt::test]
-async fn info_of_an_unknown_session_is_an_empty_list() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(
-                Method::GET,
-                &format!("/v1/session/info/{}", random_uuid()),
-                b"",
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}: {}", r.what, r.body);
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        assert_eq!(v, serde_json::json!([]), "{}", r.what);
-        assert!(
-            r.header("x-consul-index").is_some(),
-            "{}: X-Consul-Index",
-            r.what
-        );
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn info_of_an_unknown_session_is_an_empty_list(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v1/session/info/{}", random_uuid()),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}: {}", r.what, r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v, serde_json::json!([]), "{}", r.what);
+    assert!(
+        r.header("x-consul-index").is_some(),
+        "{}: X-Consul-Index",
+        r.what
+    );
+    api.assert_still_serving(&r.what).await;
 }
 
 // api-docs/session "Delete Session": "If the session UUID does not exist or already expired, a
 // 200 is still returned (the operation is idempotent)"; agent/session_endpoint.go
 // SessionDestroy returns `true`.
-#[actix_rt::test]
-async fn destroying_an_unknown_session_is_200_true() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let r = api
-            .call(
-                Method::PUT,
-                &format!("/v1/session/destroy/{}", random_uuid()),
-                b"",
-            )
-            .await;
-        assert_eq!((r.status, r.body.trim()), (200, "true"), "{}", r.what);
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn destroying_an_unknown_session_is_200_true(t: &Target) {
+    let api = Api::new(t);
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("/v1/session/destroy/{}", random_uuid()),
+            b"",
+        )
+        .await;
+    assert_eq!((r.status, r.body.trim()), (200, "true"), "{}", r.what);
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/consul/state/kvs.go kvsLockTxn: fmt.Errorf("invalid session %#v", entry.Session) — Go
 // quotes the ID; the RPC error is a 500 (agent/http.go handleErr default case).
-#[actix_rt::test]
-async fn acquiring_with_an_unknown_session_is_500() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
-        let id = random_uuid();
-        let r = api
-            .call(Method::PUT, &format!("/v1/kv/lock?acquire={id}"), b"x")
-            .await;
-        r.assert_error(500, &format!("invalid session \"{id}\""));
-        // Nothing was written.
-        let r2 = api.call(Method::GET, "/v1/kv/lock", b"").await;
-        assert_eq!(r2.status, 404, "{}: {}", r2.what, r2.body);
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+async fn acquiring_with_an_unknown_session_is_500(t: &Target) {
+    let api = Api::new(t);
+    let id = random_uuid();
+    let r = api
+        .call(Method::PUT, &format!("/v1/kv/lock?acquire={id}"), b"x")
+        .await;
+    r.assert_rpc_error(500, &format!("invalid session \"{id}\""));
+    // Nothing was written.
+    let r2 = api.call(Method::GET, "/v1/kv/lock", b"").await;
+    assert_eq!(r2.status, 404, "{}: {}", r2.what, r2.body);
+    api.assert_still_serving(&r.what).await;
 }
 
 // agent/http.go wrap: a method the endpoint was not registered with ->
@@ -337,23 +308,18 @@ async fn acquiring_with_an_unknown_session_is_500() {
 // "method <M> not allowed", header Allow with the methods joined by ",".
 // Registered methods (agent/http_register.go): /v1/session/create PUT; /v1/status/leader GET;
 // /v1/kv/ GET, PUT, DELETE.
-#[actix_rt::test]
-async fn wrong_methods_are_405_with_allow() {
-    common::bounded(async {
-        let sim = common::sim();
-        let api = Api::new(&sim);
+async fn wrong_methods_are_405_with_allow(t: &Target) {
+    let api = Api::new(t);
 
-        let r = api.call(Method::GET, "/v1/session/create", b"").await;
-        r.assert_method_not_allowed("GET", &["PUT"]);
-        api.assert_still_serving(&r.what).await;
+    let r = api.call(Method::GET, "/v1/session/create", b"").await;
+    r.assert_method_not_allowed("GET", &["PUT"]);
+    api.assert_still_serving(&r.what).await;
 
-        let r = api.call(Method::DELETE, "/v1/status/leader", b"").await;
-        r.assert_method_not_allowed("DELETE", &["GET"]);
-        api.assert_still_serving(&r.what).await;
+    let r = api.call(Method::DELETE, "/v1/status/leader", b"").await;
+    r.assert_method_not_allowed("DELETE", &["GET"]);
+    api.assert_still_serving(&r.what).await;
 
-        let r = api.call(Method::POST, "/v1/kv/x", b"v").await;
-        r.assert_method_not_allowed("POST", &["GET", "PUT", "DELETE"]);
-        api.assert_still_serving(&r.what).await;
-    })
-    .await;
+    let r = api.call(Method::POST, "/v1/kv/x", b"v").await;
+    r.assert_method_not_allowed("POST", &["GET", "PUT", "DELETE"]);
+    api.assert_still_serving(&r.what).await;
 }

@@ -17,6 +17,9 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// An error as Consul answers it: a status code and a plain-text body.
+/// What Consul's connection pool puts before an error a remote RPC returned.
+pub const RPC_PREFIX: &str = "rpc error making call: ";
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status}: {message}")]
 pub struct ApiError {
@@ -42,6 +45,13 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    /// An error a server's RPC handler returned: the simulated client agent forwards the
+    /// call to a server, and Consul's connection pool prefixes what comes back. Real Consul
+    /// adds one prefix per hop (client → server, then a follower → the leader); the
+    /// simulator's agent talks to the leader, so one.
+    pub fn rpc(message: impl std::fmt::Display) -> Self {
+        Self::internal(format!("{RPC_PREFIX}{message}"))
     }
     /// What every leader-bound request gets while the cluster has no leader.
     pub fn no_leader() -> Self {

@@ -6,9 +6,11 @@ pub mod demo;
 pub mod endpoint;
 pub mod moto;
 pub mod moto_rollout;
+pub mod process_rig;
 pub mod rig;
 pub mod rollout;
 pub mod shape;
+pub mod target;
 
 use std::future::Future;
 use std::time::Duration;

@@ -753,15 +753,15 @@ struct DeregisterBody {
 /// Validates and defaults a registration as Consul's Catalog.Register RPC does.
 fn to_registration(b: RegisterBody) -> Result<Registration, ApiError> {
     if b.node.is_empty() {
-        return Err(ApiError::internal("Must provide node"));
+        return Err(ApiError::rpc("Must provide node"));
     }
     if b.address.is_empty() && !b.skip_node_update {
-        return Err(ApiError::internal(
+        return Err(ApiError::rpc(
             "Must provide address if SkipNodeUpdate is not set",
         ));
     }
     if !b.id.is_empty() && uuid::Uuid::parse_str(&b.id).is_err() {
-        return Err(ApiError::internal(format!(
+        return Err(ApiError::rpc(format!(
             "Bad node ID: uuid string is wrong length ({:?})",
             b.id
         )));
@@ -770,7 +770,7 @@ fn to_registration(b: RegisterBody) -> Result<Registration, ApiError> {
         None => None,
         Some(s) => {
             if s.service.is_empty() {
-                return Err(ApiError::internal("Must provide service name"));
+                return Err(ApiError::rpc("Must provide service name"));
             }
             let id = if s.id.is_empty() {
                 s.service.clone()
@@ -796,7 +796,7 @@ fn to_registration(b: RegisterBody) -> Result<Registration, ApiError> {
     let mut checks = Vec::new();
     for c in b.check.into_iter().chain(b.checks.unwrap_or_default()) {
         if !c.node.is_empty() && c.node != b.node {
-            return Err(ApiError::internal(format!(
+            return Err(ApiError::rpc(format!(
                 "Node mismatch: check node \"{}\" does not match registered node \"{}\"",
                 c.node, b.node
             )));
@@ -807,7 +807,7 @@ fn to_registration(b: RegisterBody) -> Result<Registration, ApiError> {
             c.check_id
         };
         if check_id.is_empty() {
-            return Err(ApiError::internal("Missing check ID"));
+            return Err(ApiError::rpc("Missing check ID"));
         }
         let status = if c.status.is_empty() {
             "critical".to_owned()
@@ -818,9 +818,7 @@ fn to_registration(b: RegisterBody) -> Result<Registration, ApiError> {
             status.as_str(),
             "passing" | "warning" | "critical" | "maintenance"
         ) {
-            return Err(ApiError::internal(format!(
-                "Invalid check status: {status:?}"
-            )));
+            return Err(ApiError::rpc(format!("Invalid check status: {status:?}")));
         }
         checks.push(CheckEntry {
             node: b.node.clone(),

@@ -384,10 +384,10 @@ pub fn apply(st: &mut State, op: KvOp) -> Result<bool, ApiError> {
     }
     match &op {
         KvOp::Lock { session, .. } | KvOp::Unlock { session, .. } if session.is_empty() => {
-            return Err(ApiError::internal("missing session"));
+            return Err(ApiError::rpc("missing session"));
         }
         KvOp::Lock { session, .. } if !st.sessions.contains(session) => {
-            return Err(ApiError::internal(format!("invalid session {session:?}")));
+            return Err(ApiError::rpc(format!("invalid session {session:?}")));
         }
         _ => {}
     }

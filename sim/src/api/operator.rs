@@ -303,16 +303,23 @@ async fn autopilot_configuration(
         }
         Method::PUT => {
             let params = Params::from_request(&req);
+            // Consul before 1.11 returned these as BadRequestError, whose text is prefixed
+            // "Bad request: " (real 1.8.7 answers so; 1.10 still did); later ones as
+            // HTTPError with the bare reason. 1.11 as the switch is an estimate.
+            let prefix = if sim.lock().config.consul_at_least(1, 11) {
+                ""
+            } else {
+                "Bad request: "
+            };
             let b: AutopilotConfigBody = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::bad_request(format!("Error parsing autopilot config: {e}"))
+                ApiError::bad_request(format!("{prefix}Error parsing autopilot config: {e}"))
             })?;
-            let cas =
-                match params.get("cas") {
-                    None => None,
-                    Some(v) => Some(v.parse::<u64>().map_err(|e| {
-                        ApiError::bad_request(format!("Error parsing cas value: {e}"))
-                    })?),
-                };
+            let cas = match params.get("cas") {
+                None => None,
+                Some(v) => Some(v.parse::<u64>().map_err(|e| {
+                    ApiError::bad_request(format!("{prefix}Error parsing cas value: {e}"))
+                })?),
+            };
             hold_write(&sim, &params).await;
             let mut st = sim.lock();
             write_preconditions(&st, &params)?;

@@ -405,19 +405,15 @@ pub fn create(sim: &Sim, st: &mut State, req: CreateRequest) -> Result<String, A
     let behavior = match req.behavior.as_str() {
         "" | "release" => Behavior::Release,
         "delete" => Behavior::Delete,
-        other => {
-            return Err(ApiError::internal(format!(
-                "Invalid Behavior setting '{other}'"
-            )))
-        }
+        other => return Err(ApiError::rpc(format!("Invalid Behavior setting '{other}'"))),
     };
     if !req.ttl.is_empty() {
         let ttl = crate::duration::parse_signed(&req.ttl)
-            .map_err(|e| ApiError::internal(format!("Session TTL '{}' invalid: {e}", req.ttl)))?;
+            .map_err(|e| ApiError::rpc(format!("Session TTL '{}' invalid: {e}", req.ttl)))?;
         let min = TTL_MIN.as_nanos() as i64;
         let max = TTL_MAX.as_nanos() as i64;
         if ttl != 0 && (ttl < min || ttl > max) {
-            return Err(ApiError::internal(format!(
+            return Err(ApiError::rpc(format!(
                 "Invalid Session TTL '{ttl}', must be between [{}={}]",
                 crate::duration::format(TTL_MIN),
                 crate::duration::format(TTL_MAX)
@@ -425,7 +421,7 @@ pub fn create(sim: &Sim, st: &mut State, req: CreateRequest) -> Result<String, A
         }
     }
     if !st.catalog.node_exists(&req.node) {
-        return Err(ApiError::internal("Missing node registration"));
+        return Err(ApiError::rpc("Missing node registration"));
     }
     let session = Session {
         id: uuid::Uuid::new_v4().to_string(),
@@ -443,12 +439,12 @@ pub fn create(sim: &Sim, st: &mut State, req: CreateRequest) -> Result<String, A
     for check in session.check_ids() {
         match st.catalog.check_status(&session.node, check).as_deref() {
             None => {
-                return Err(ApiError::internal(format!(
+                return Err(ApiError::rpc(format!(
                     "Missing check '{check}' registration"
                 )))
             }
             Some("critical") => {
-                return Err(ApiError::internal(format!(
+                return Err(ApiError::rpc(format!(
                     "Check '{check}' is in critical state"
                 )))
             }
@@ -874,7 +870,13 @@ mod http_tests {
                 (Some(2), Some(s2.as_str()))
             );
             let r = api.put("/v1/kv/lock?acquire=", b"").await;
-            assert_eq!((r.status, r.text()), (500, "missing session".into()));
+            assert_eq!(
+                (r.status, r.text()),
+                (
+                    500,
+                    format!("{}{}", crate::http::RPC_PREFIX, "missing session")
+                )
+            );
         })
         .await;
     }
@@ -929,7 +931,14 @@ mod http_tests {
                 .await;
             assert_eq!(
                 (r.status, r.text()),
-                (500, "Invalid Behavior setting 'keep'".into())
+                (
+                    500,
+                    format!(
+                        "{}{}",
+                        crate::http::RPC_PREFIX,
+                        "Invalid Behavior setting 'keep'"
+                    )
+                )
             );
         })
         .await;
@@ -1036,14 +1045,23 @@ mod http_tests {
             let r = api.put("/v1/session/create", br#"{"Node":"nobody"}"#).await;
             assert_eq!(
                 (r.status, r.text()),
-                (500, "Missing node registration".into())
+                (
+                    500,
+                    format!("{}Missing node registration", crate::http::RPC_PREFIX)
+                )
             );
             let r = api
                 .put("/v1/session/create", br#"{"NodeChecks":["nope"]}"#)
                 .await;
             assert_eq!(
                 (r.status, r.text()),
-                (500, "Missing check 'nope' registration".into())
+                (
+                    500,
+                    format!(
+                        "{}Missing check 'nope' registration",
+                        crate::http::RPC_PREFIX
+                    )
+                )
             );
             let r = api.put("/v1/session/create", b"[1]").await;
             assert_eq!(r.status, 400);
