@@ -13,7 +13,9 @@ impl Client {
 
     /// The members of the LAN gossip pool (the WAN pool of servers with `wan`).
     pub async fn agent_members(&self, wan: bool) -> Result<Vec<Member>, ConsulError> {
-        let call = Call::get("agent/members").flag("wan", wan);
+        // `wan=1`, not a bare `wan`: Consul 1.8 reads the parameter's value, and a bare `?wan`
+        // answers the LAN pool.
+        let call = Call::get("agent/members").param_opt("wan", wan.then_some(1));
         let found: Option<Vec<Member>> = self.read(call).await?.value;
         Ok(found.unwrap_or_default())
     }

@@ -13,6 +13,9 @@ use rehydrator::consul::{Client, ConsulConfig, QueryOptions};
 pub const AGENT_HCL: &str =
     "autopilot { server_stabilization_time = \"2s\" }\nperformance { leave_drain_time = \"1s\" }";
 
+/// The `server_stabilization_time` in `AGENT_HCL`.
+pub const STABILIZATION: Duration = Duration::from_secs(2);
+
 /// How long a cluster may take to elect a leader with every server a voter.
 pub const BOOT_BOUND: Duration = Duration::from_secs(90);
 

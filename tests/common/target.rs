@@ -27,6 +27,8 @@ pub struct Target {
     pub url: String,
     pub version: Version,
     pub real: bool,
+    /// Autopilot's `ServerStabilizationTime` as the target was started with.
+    pub stabilization: std::time::Duration,
     held: Held,
 }
 
@@ -46,6 +48,7 @@ impl Target {
 
     fn sim_with(config: SimConfig) -> Self {
         let version = Version::parse(&config.consul_version).expect("the simulator's version");
+        let stabilization = config.stabilization;
         let sim = super::sim_with(SimConfig {
             servers: SERVERS,
             ..config
@@ -55,6 +58,7 @@ impl Target {
             url: sim.url(),
             version,
             real: false,
+            stabilization,
             held: Held::Sim(sim),
         }
     }
@@ -71,6 +75,7 @@ impl Target {
             url: client.address().trim_end_matches('/').to_owned(),
             version,
             real: true,
+            stabilization: super::process_rig::STABILIZATION,
             held: Held::Real(rig),
         }
     }
