@@ -25,12 +25,14 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::process_rig::{ProcessRig, AGENT_HCL};
+use common::process_rig::{
+    catalog_images, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL,
+};
 use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, EventFilter, QueryOptions, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
-use rehydrator_actors::plan::{Rollout, RolloutState};
+use rehydrator_actors::plan::RolloutState;
 use rehydrator_actors::ports::{CloudPort, MachineState};
 use rehydrator_actors::tree::{self, Ports};
 use rehydrator_config::CloudSettings;
@@ -44,79 +46,6 @@ const WAIT_BOUND: Duration = Duration::from_secs(90);
 const LEADERLESS_BOUND: Duration = Duration::from_secs(10);
 
 const CLUSTER: &str = "roll";
-
-/// What the quorum watcher saw while it ran.
-#[derive(Debug, Default)]
-struct Quorum {
-    polls: u64,
-    longest_leaderless: Duration,
-    min_voters: Option<usize>,
-    /// A new server led while an old one was still in Raft: an election moved leadership
-    /// on its own, so no old leader needed moving.
-    new_leader_beside_old: bool,
-}
-
-/// Polls the leader and the Raft voters through `client` every 200ms until aborted; `old`
-/// names the servers the rollout replaces.
-fn watch_quorum(
-    client: Client,
-    old: Vec<String>,
-    seen: Rc<RefCell<Quorum>>,
-) -> tokio::task::JoinHandle<()> {
-    actix_rt::spawn(async move {
-        let mut leaderless_since: Option<Instant> = None;
-        loop {
-            let leader = client.status_leader().await.ok().flatten();
-            let raft = client.raft_configuration(&QueryOptions::stale()).await.ok();
-            let voters = raft.as_ref().map(|r| r.voters());
-            let new_beside_old = raft.is_some_and(|r| {
-                r.servers.iter().any(|s| s.leader && !old.contains(&s.node))
-                    && r.servers.iter().any(|s| old.contains(&s.node))
-            });
-            {
-                let mut q = seen.borrow_mut();
-                q.polls += 1;
-                match (leader, leaderless_since) {
-                    (Some(_), _) => leaderless_since = None,
-                    (None, None) => leaderless_since = Some(Instant::now()),
-                    (None, Some(since)) => {
-                        q.longest_leaderless = q.longest_leaderless.max(since.elapsed())
-                    }
-                }
-                q.new_leader_beside_old |= new_beside_old;
-                if let Some(v) = voters {
-                    q.min_voters = Some(q.min_voters.map_or(v, |m| m.min(v)));
-                }
-            }
-            actix_rt::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
-async fn rollout(client: &Client) -> Option<Rollout> {
-    let key = format!("rehydrator/{CLUSTER}/rollout");
-    let raw = client
-        .kv_get_raw(&key, &QueryOptions::default())
-        .await
-        .ok()?
-        .value?;
-    serde_json::from_slice(&raw).ok()
-}
-
-/// The servers in the catalog: node name and its `image` node meta.
-async fn catalog_images(client: &Client) -> HashMap<String, String> {
-    client
-        .catalog_service("consul", None, &QueryOptions::default())
-        .await
-        .unwrap()
-        .value
-        .into_iter()
-        .map(|s| {
-            let image = s.node_meta.get("image").cloned().unwrap_or_default();
-            (s.node, image)
-        })
-        .collect()
-}
 
 #[actix_rt::test]
 async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
@@ -196,7 +125,9 @@ enum Kill {
 /// its machine ID.
 async fn kill_old_server(rig: &ProcessRig, client: &Client, before: &[String]) -> String {
     common::eventually("the first launch", WAIT_BOUND, || async {
-        rollout(client).await.filter(|r| !r.launches.is_empty())
+        rollout_record(client, CLUSTER)
+            .await
+            .filter(|r| !r.launches.is_empty())
     })
     .await;
     let raft = client
@@ -225,7 +156,7 @@ async fn kill_old_server(rig: &ProcessRig, client: &Client, before: &[String]) -
 /// returns the machine and whether it was in Raft when killed.
 async fn kill_first_launch(rig: &ProcessRig, client: &Client, kill: Kill) -> (String, bool) {
     let first = common::eventually("the first launch", WAIT_BOUND, || async {
-        rollout(client)
+        rollout_record(client, CLUSTER)
             .await
             .and_then(|r| r.launches.first().cloned())
     })
@@ -343,7 +274,7 @@ async fn real_rollout(n: usize, kill: Kill) {
         // An event fired before the replica's event watch took its baseline is not replayed:
         // fire until the rollout is recorded.
         common::eventually("the rollout starting", WAIT_BOUND, || async {
-            if let Some(r) = rollout(&client).await {
+            if let Some(r) = rollout_record(&client, CLUSTER).await {
                 return Some(r);
             }
             let _ = client
@@ -359,7 +290,7 @@ async fn real_rollout(n: usize, kill: Kill) {
             _ => (Some(kill_first_launch(&rig, &client, kill).await), None),
         };
         let r = common::eventually("the rollout completing", TEST_BOUND, || async {
-            rollout(&client)
+            rollout_record(&client, CLUSTER)
                 .await
                 .filter(|r| matches!(r.state, RolloutState::Completed { .. }))
         })

@@ -20,11 +20,11 @@
 
 mod common;
 
+use common::replica::Replica;
 use common::{bounded_for, eventually};
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -50,86 +50,6 @@ const KILLED_ROLLOUT_BOUND: Duration = Duration::from_secs(100);
 const SLACK: Duration = Duration::from_secs(10);
 /// The bound on each test here.
 const TEST_BOUND: Duration = Duration::from_secs(150);
-
-/// One `rehydrator run` process; its process group is killed when this is dropped.
-struct Replica {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn spawn(dir: &Path, config: &Path, name: &str) -> Self {
-        use std::os::unix::process::CommandExt;
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .args(["--replica", name])
-            .env("RUST_LOG", "info,rehydrator_actors=debug")
-            .env("NO_COLOR", "1")
-            .env_remove("REHYDRATOR_REPLICA")
-            .env_remove("REHYDRATOR_FAULT")
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env_remove("CONSUL_HTTP_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            // Its own group, so that killing it ends everything it started, as a container's
-            // end would.
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        Self {
-            name: name.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    /// SIGKILL to the replica and everything it started.
-    fn kill_group(&self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "replica {} did not exit within {limit:?}",
-                self.name
-            );
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill_group();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One simulator, three replicas on it, and a scratch directory for their config and logs.
 /// Field order is drop order: the replicas go before the simulator and the directory.

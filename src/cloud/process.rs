@@ -431,6 +431,10 @@ impl ProcessCloud {
             return self.answer_existing(existing, token, &request);
         }
         let binary = self.image_binary(image, &request)?;
+        // Asked before the record is claimed, not between the claim and the spawn: a replica
+        // killed in that window leaves a machine that never ran (a failed launch), and the
+        // first `consul version` of a binary is the slowest part of a launch.
+        self.version_of(&binary)?;
         let join = self.join_ports()?;
         let mut taken = self.taken_ports()?;
         let ports = allocate_ports(&mut taken).map_err(|e| CloudError::Local {

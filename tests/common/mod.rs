@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod moto;
 pub mod moto_rollout;
 pub mod process_rig;
+pub mod replica;
 pub mod rig;
 pub mod rollout;
 pub mod shape;

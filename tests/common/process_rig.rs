@@ -2,8 +2,10 @@
 //! client agent in a data directory of the test's, every agent killed on drop (panics
 //! included); a failed test keeps the agents' logs.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};
 use rehydrator::consul::{Client, ConsulConfig, QueryOptions};
@@ -86,4 +88,81 @@ impl ProcessRig {
         .await;
         client
     }
+}
+
+/// What the quorum watcher saw while it ran.
+#[derive(Debug, Default)]
+pub struct Quorum {
+    pub polls: u64,
+    pub longest_leaderless: Duration,
+    pub min_voters: Option<usize>,
+    /// A new server led while an old one was still in Raft: an election moved leadership
+    /// on its own, so no old leader needed moving.
+    pub new_leader_beside_old: bool,
+}
+
+/// Polls the leader and the Raft voters through `client` every 200ms until aborted; `old`
+/// names the servers the rollout replaces.
+pub fn watch_quorum(
+    client: Client,
+    old: Vec<String>,
+    seen: Rc<RefCell<Quorum>>,
+) -> tokio::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        let mut leaderless_since: Option<Instant> = None;
+        loop {
+            let leader = client.status_leader().await.ok().flatten();
+            let raft = client.raft_configuration(&QueryOptions::stale()).await.ok();
+            let voters = raft.as_ref().map(|r| r.voters());
+            let new_beside_old = raft.is_some_and(|r| {
+                r.servers.iter().any(|s| s.leader && !old.contains(&s.node))
+                    && r.servers.iter().any(|s| old.contains(&s.node))
+            });
+            {
+                let mut q = seen.borrow_mut();
+                q.polls += 1;
+                match (leader, leaderless_since) {
+                    (Some(_), _) => leaderless_since = None,
+                    (None, None) => leaderless_since = Some(Instant::now()),
+                    (None, Some(since)) => {
+                        q.longest_leaderless = q.longest_leaderless.max(since.elapsed())
+                    }
+                }
+                q.new_leader_beside_old |= new_beside_old;
+                if let Some(v) = voters {
+                    q.min_voters = Some(q.min_voters.map_or(v, |m| m.min(v)));
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// The rollout record of `cluster`, once one is written and while it decodes.
+pub async fn rollout_record(
+    client: &Client,
+    cluster: &str,
+) -> Option<rehydrator_actors::plan::Rollout> {
+    let key = format!("rehydrator/{cluster}/rollout");
+    let raw = client
+        .kv_get_raw(&key, &QueryOptions::default())
+        .await
+        .ok()?
+        .value?;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// The servers in the catalog: node name and its `image` node meta.
+pub async fn catalog_images(client: &Client) -> std::collections::HashMap<String, String> {
+    client
+        .catalog_service("consul", None, &QueryOptions::default())
+        .await
+        .expect("the catalog's consul service")
+        .value
+        .into_iter()
+        .map(|s| {
+            let image = s.node_meta.get("image").cloned().unwrap_or_default();
+            (s.node, image)
+        })
+        .collect()
 }
