@@ -131,6 +131,11 @@ struct DemoArgs {
     /// until Ctrl-C or SIGTERM.
     #[arg(long)]
     linger: bool,
+    /// Run on real Consul agents from this consul binary instead of the simulator (the
+    /// process backend: servers and a client agent on loopback); without a path, the one
+    /// CONSUL_BIN names.
+    #[arg(long, value_name = "PATH", conflicts_with = "fail_launch")]
+    consul_bin: Option<Option<PathBuf>>,
 }
 
 fn init_tracing(default: &str) {
@@ -307,6 +312,19 @@ fn run_demo(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let consul_bin = match args.consul_bin {
+        Some(None) => match std::env::var_os("CONSUL_BIN") {
+            Some(bin) if !bin.is_empty() => Some(PathBuf::from(bin)),
+            _ => Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--consul-bin without a path needs CONSUL_BIN set to a consul binary",
+                )
+                .exit(),
+        },
+        Some(Some(path)) => Some(path),
+        None => None,
+    };
     let chaos = args.chaos.then(|| args.seed.unwrap_or_else(rand::random));
     let options = rehydrator::demo::Options {
         servers: usize::from(args.servers),
@@ -318,6 +336,7 @@ fn run_demo(args: DemoArgs) -> ExitCode {
         tty: std::io::stdout().is_terminal(),
         fire_after: args.fire_after,
         linger: args.linger,
+        consul_bin,
     };
     let system = actix_rt::System::new();
     // On Ctrl-C or SIGTERM the demo kills and reaps its replicas and stops the simulator;

@@ -144,6 +144,17 @@ impl ProcessCloud {
         &self.inner.options.data_dir
     }
 
+    /// The consul binary of images that name none.
+    pub fn binary(&self) -> &Path {
+        &self.inner.options.consul_bin
+    }
+
+    /// A record's machine state now (retired, never started, starting, running, exited).
+    pub fn state_of(&self, record: &Record) -> MachineState {
+        self.reap();
+        self.state(record, now_ms())
+    }
+
     fn children(&self) -> MutexGuard<'_, HashMap<String, Child>> {
         // A panic while holding the map leaves it consistent: every entry is a live handle.
         self.inner

@@ -18,6 +18,7 @@
 pub mod chaos;
 pub mod display;
 pub mod observe;
+pub mod real;
 pub mod replicas;
 pub mod summary;
 pub mod timeline;
@@ -36,6 +37,7 @@ use tracing::{debug, info, info_span, Instrument};
 use self::chaos::ChaosPlan;
 use self::display::{Context, Display};
 use self::observe::{Observation, ObserveError, Probe};
+use self::real::{RealCluster, Recorder};
 use self::replicas::{Replicas, SpawnError};
 use self::summary::{Summary, Takeover};
 use self::timeline::{Marker, MarkerKind, Picture};
@@ -62,6 +64,10 @@ const READY_BOUND: Duration = Duration::from_secs(30);
 /// How long a rollout may take: generous for 9 servers on a loaded 2-core machine, plus a
 /// takeover.
 const ROLLOUT_BOUND: Duration = Duration::from_secs(150);
+/// How long a rollout of real servers may take: each server joins, waits out its promotion and
+/// an old one leaves (about 20 s a server on 1.8.7, two cores), plus a takeover.
+const REAL_ROLLOUT_BASE: Duration = Duration::from_secs(90);
+const REAL_ROLLOUT_PER_SERVER: Duration = Duration::from_secs(45);
 /// How often the display is refreshed (and the chaos kill looks for a lock holder).
 const TICK: Duration = Duration::from_millis(100);
 /// How long reads may keep failing before the demo gives up: a read in a leaderless moment
@@ -87,6 +93,9 @@ pub struct Options {
     /// Keep the simulator and the replicas (and so the dashboards) up after the rollout ends,
     /// until the stop signal.
     pub linger: bool,
+    /// Real Consul instead of the simulator: this binary's agents, started through the process
+    /// backend (`real`). `fail_launch` is the simulator's alone.
+    pub consul_bin: Option<PathBuf>,
 }
 
 /// Why the demo could not run to its verdict.
@@ -121,6 +130,8 @@ pub enum DemoError {
         limit: Duration,
         logs: PathBuf,
     },
+    #[error("real Consul: {what}: {reason}")]
+    Real { what: String, reason: String },
     #[error("writing the timeline to {path}: {source}")]
     Timeline {
         path: PathBuf,
@@ -150,7 +161,7 @@ fn unix_ms() -> u64 {
 
 /// The replicas' configuration: `config/samples/rollout.toml` with the demo's cluster and
 /// timings (a 1 s timer instead of 30 s, so a missed trigger costs a second, not half a minute).
-fn replica_config(consul: &str, servers: usize) -> String {
+fn replica_config(consul: &str, servers: usize, cloud: &str) -> String {
     let ttl = SESSION_TTL.as_secs();
     let delay = LOCK_DELAY.as_secs();
     format!(
@@ -161,7 +172,7 @@ desired_servers = {servers}
 [consul]
 address = "{consul}"
 [cloud]
-type = "sim"
+{cloud}
 [lock]
 session_ttl = "{ttl}s"
 lock_delay = "{delay}s"
@@ -245,6 +256,17 @@ struct Run<'a> {
     chaos_missed: Option<String>,
     markers: Vec<Marker>,
     fired: Instant,
+    /// Real Consul (`--consul-bin`): its agents, and what the demo rebuilds of the simulator's
+    /// record from its looks.
+    real: Option<(&'a RealCluster, Recorder)>,
+    /// When the rollout was fired (Unix ms): the machines launched since are the rollout's.
+    fired_ms: u64,
+}
+
+/// What the demo's cluster runs on.
+enum Backend {
+    Sim(rehydrator_sim::RunningSim),
+    Real(RealCluster),
 }
 
 /// Runs the demo: its progress and summary go to stdout; the verdict is in the outcome. `stop`
@@ -274,41 +296,74 @@ async fn run_inner(opts: &Options, stop: impl Future<Output = ()>) -> Result<Out
     // Who started the demo: a lingering demo stops once it is gone.
     let parent = std::os::unix::process::parent_id();
     let logs = scratch_dir()?;
-    let sim = rehydrator_sim::start(
-        ([127, 0, 0, 1], 0).into(),
-        SimConfig {
-            servers: opts.servers,
-            image: OLD_IMAGE.into(),
-            boot_delay: BOOT,
-            stabilization: STABILIZATION,
-            election: ELECTION,
-            failure_detection: FAILURE_DETECTION,
-            ..SimConfig::default()
-        },
-    )
-    .map_err(DemoError::Sim)?;
-    let url = sim.url();
-    info!(%url, "Simulator started.");
+    let mut display = Display::new(opts.tty);
+    let backend = match &opts.consul_bin {
+        None => {
+            let sim = rehydrator_sim::start(
+                ([127, 0, 0, 1], 0).into(),
+                SimConfig {
+                    servers: opts.servers,
+                    image: OLD_IMAGE.into(),
+                    boot_delay: BOOT,
+                    stabilization: STABILIZATION,
+                    election: ELECTION,
+                    failure_detection: FAILURE_DETECTION,
+                    ..SimConfig::default()
+                },
+            )
+            .map_err(DemoError::Sim)?;
+            info!(url = %sim.url(), "Simulator started.");
+            display.note(&format!(
+                "Simulated Consul datacenter on {}: {} servers on {OLD_IMAGE} (boot {:.1} s, stabilization {:.1} s).",
+                sim.url(),
+                opts.servers,
+                BOOT.as_secs_f64(),
+                STABILIZATION.as_secs_f64()
+            ));
+            Backend::Sim(sim)
+        }
+        Some(bin) => {
+            display.note(&format!(
+                "Starting {} real Consul servers from {} and a client agent...",
+                opts.servers,
+                bin.display()
+            ));
+            let cluster = RealCluster::start(bin, &real::data_dir(&logs), opts.servers).await?;
+            info!(url = %cluster.url, version = %cluster.version, "Real Consul started.");
+            display.note(&format!(
+                "Real Consul {} on {}: {} servers on {OLD_IMAGE} (server_stabilization_time {:.0} s, leave_drain_time 1 s), agents' logs in {}.",
+                cluster.version,
+                cluster.url,
+                opts.servers,
+                real::STABILIZATION.as_secs_f64(),
+                cluster.cloud.data_dir().join("machines").display()
+            ));
+            Backend::Real(cluster)
+        }
+    };
+    let (url, cloud) = match &backend {
+        Backend::Sim(sim) => (sim.url(), "type = \"sim\"".to_owned()),
+        Backend::Real(c) => (c.url.clone(), c.cloud_toml()),
+    };
     let config = logs.join("rehydrator.toml");
-    std::fs::write(&config, replica_config(&url, opts.servers)).map_err(|source| {
+    std::fs::write(&config, replica_config(&url, opts.servers, &cloud)).map_err(|source| {
         DemoError::Scratch {
             path: config.clone(),
             source,
         }
     })?;
 
-    let mut display = Display::new(opts.tty);
-    display.note(&format!(
-        "Simulated Consul datacenter on {url}: {} servers on {OLD_IMAGE} (boot {:.1} s, stabilization {:.1} s).",
-        opts.servers,
-        BOOT.as_secs_f64(),
-        STABILIZATION.as_secs_f64()
-    ));
     let names: Vec<(String, u16)> = (1..=opts.replicas)
         .map(|i| format!("demo-{i}"))
         .zip(free_ports(opts.replicas)?)
         .collect();
-    let replicas = Replicas::spawn(&opts.exe, &config, &logs, &names)?;
+    let replicas = match Replicas::spawn(&opts.exe, &config, &logs, &names) {
+        Ok(r) => r,
+        Err(e) => {
+            stop_backend(backend).await;
+            return Err(e.into());
+        }
+    };
     for r in &replicas.list {
         display.note(&format!(
             "replica {} started (pid {}), log {}",
@@ -318,9 +373,13 @@ async fn run_inner(opts: &Options, stop: impl Future<Output = ()>) -> Result<Out
         ));
     }
     display.note(&dashboards_line(&replicas));
+    let probe = match &backend {
+        Backend::Sim(_) => Probe::new(url, CLUSTER),
+        Backend::Real(c) => Probe::real(url, CLUSTER, c.cloud.clone()),
+    };
     let mut run = Run {
         opts,
-        probe: Probe::new(url, CLUSTER)?,
+        probe: probe?,
         replicas,
         display,
         logs,
@@ -336,6 +395,11 @@ async fn run_inner(opts: &Options, stop: impl Future<Output = ()>) -> Result<Out
         chaos_missed: None,
         markers: Vec::new(),
         fired: Instant::now(),
+        real: match &backend {
+            Backend::Real(c) => Some((c, Recorder::new(opts.servers))),
+            Backend::Sim(_) => None,
+        },
+        fired_ms: unix_ms(),
     };
     tokio::pin!(stop);
     let outcome = tokio::select! {
@@ -346,17 +410,27 @@ async fn run_inner(opts: &Options, stop: impl Future<Output = ()>) -> Result<Out
         run.linger(stop, parent).await;
     }
     run.replicas.stop_all();
-    sim.stop().await;
+    drop(run.real.take());
+    let logs = run.logs.clone();
+    let mut display = run.display;
+    stop_backend(backend).await;
     let outcome = outcome?;
     if outcome.passed() {
-        let _ = std::fs::remove_dir_all(&run.logs);
+        let _ = std::fs::remove_dir_all(&logs);
     } else {
-        run.display.note(&format!(
+        display.note(&format!(
             "The replicas' logs are kept in {}",
-            run.logs.display()
+            logs.display()
         ));
     }
     Ok(outcome)
+}
+
+async fn stop_backend(backend: Backend) {
+    match backend {
+        Backend::Sim(sim) => sim.stop().await,
+        Backend::Real(cluster) => cluster.stop(),
+    }
 }
 
 /// "dashboards: http://127.0.0.1:PORT/ (demo-1) ...": where each replica's dashboard is.
@@ -400,17 +474,23 @@ impl Run<'_> {
             ));
             actix_rt::time::sleep(self.opts.fire_after).await;
         }
-        self.probe
-            .send(
-                Method::POST,
-                "/sim/images",
-                Some(json!({ "id": NEW_IMAGE })),
-            )
-            .await?;
+        let fired_ms = unix_ms();
+        self.fired_ms = fired_ms;
+        match &self.real {
+            Some((cluster, _)) => cluster.register_new_image()?,
+            None => {
+                self.probe
+                    .send(
+                        Method::POST,
+                        "/sim/images",
+                        Some(json!({ "id": NEW_IMAGE })),
+                    )
+                    .await?
+            }
+        }
         self.display
             .note(&format!("Registered {NEW_IMAGE}; firing consul-rehydrate."));
         self.fired = Instant::now();
-        let fired_ms = unix_ms();
         self.markers.push(Marker {
             at: fired_ms,
             kind: MarkerKind::Fired,
@@ -429,8 +509,16 @@ impl Run<'_> {
             label: "completed".into(),
         });
 
-        let inv = self.probe.invariants().await?;
-        let servers = self.probe.servers_json().await?;
+        let (inv, servers) = match &self.real {
+            Some((cluster, recorder)) => {
+                let machines = cluster.rows(fired_ms)?;
+                (recorder.invariants(), real::servers_json(&machines, &last))
+            }
+            None => (
+                self.probe.invariants().await?,
+                self.probe.servers_json().await?,
+            ),
+        };
         let mut violations = Vec::new();
         if let Some(RolloutState::Stopped { reason, .. }) = last.rollout.as_ref().map(|r| &r.state)
         {
@@ -452,8 +540,17 @@ impl Run<'_> {
             from_image: OLD_IMAGE.into(),
             to_image: NEW_IMAGE.into(),
             total,
-            boot: BOOT,
-            stabilization: STABILIZATION,
+            // Real agents' boot is theirs to take; what the summary counts is the promotion.
+            boot: if self.real.is_some() {
+                Duration::ZERO
+            } else {
+                BOOT
+            },
+            stabilization: if self.real.is_some() {
+                real::STABILIZATION
+            } else {
+                STABILIZATION
+            },
             takeovers: self.takeovers.clone(),
             chaos_missed: self.chaos_missed.clone(),
             quorum_lost_count: inv["quorum_lost_count"].as_u64().unwrap_or(u64::MAX),
@@ -464,7 +561,10 @@ impl Run<'_> {
             violations,
         };
 
-        let events = self.probe.timeline().await?;
+        let events = match &self.real {
+            Some((_, recorder)) => recorder.events(),
+            None => self.probe.timeline().await?,
+        };
         let svg = timeline::render_svg(&Picture {
             title: format!(
                 "rehydrator demo: {} servers {OLD_IMAGE} -> {NEW_IMAGE}, {} replicas{}",
@@ -520,7 +620,9 @@ impl Run<'_> {
                 .list
                 .iter()
                 .all(|r| r.log_text().matches("Baseline taken.").count() >= 2);
-            if sessions && baselines && self.probe.parked().await? >= want_parked {
+            // The simulator counts its parked queries; a real agent does not say.
+            let parked = self.real.is_some() || self.probe.parked().await? >= want_parked;
+            if sessions && baselines && parked {
                 self.display.note(&format!(
                     "{} replicas ready in {:.1} s: each holds a session and watches the event, the catalog and a 1 s timer.",
                     self.replicas.list.len(),
@@ -553,9 +655,22 @@ impl Run<'_> {
         let mut failing_since: Option<Instant> = None;
         loop {
             self.check_replicas()?;
-            let o = match self.probe.observe().await {
-                Ok(o) => {
+            let looked = match &self.real {
+                Some((cluster, _)) => {
+                    let machines = cluster.rows(self.fired_ms)?;
+                    self.probe
+                        .observe_with(&machines)
+                        .await
+                        .map(|o| (o, Some(machines)))
+                }
+                None => self.probe.observe().await.map(|o| (o, None)),
+            };
+            let o = match looked {
+                Ok((o, machines)) => {
                     failing_since = None;
+                    if let (Some((_, recorder)), Some(machines)) = (&mut self.real, machines) {
+                        recorder.look(unix_ms(), &o, &machines);
+                    }
                     o
                 }
                 Err(e) => {
@@ -595,10 +710,15 @@ impl Run<'_> {
                 }
                 return Ok((o, at));
             }
-            if self.fired.elapsed() > ROLLOUT_BOUND {
+            let limit = if self.real.is_some() {
+                REAL_ROLLOUT_BASE + REAL_ROLLOUT_PER_SERVER * self.opts.servers as u32
+            } else {
+                ROLLOUT_BOUND
+            };
+            if self.fired.elapsed() > limit {
                 return Err(DemoError::Timeout {
                     what: "the rollout's completion".into(),
-                    limit: ROLLOUT_BOUND,
+                    limit,
                     logs: self.logs.clone(),
                 });
             }
@@ -767,7 +887,11 @@ mod tests {
             std::env::temp_dir().join(format!("rehydrator-demo-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         let file = dir.join("demo.toml");
-        std::fs::write(&file, replica_config("http://127.0.0.1:1", 5)).unwrap_or_default();
+        std::fs::write(
+            &file,
+            replica_config("http://127.0.0.1:1", 5, "type = \"sim\""),
+        )
+        .unwrap_or_default();
         let settings = rehydrator_config::load_with_env(&file, &Default::default());
         let _ = std::fs::remove_dir_all(&dir);
         let settings = match settings {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::timeline::Event;
-use crate::cloud::SimCloud;
+use crate::cloud::{ProcessCloud, SimCloud};
 use crate::consul::{Client, ConsulConfig};
 use crate::status::{self, Scope, ServerStatus, StatusError, StatusReport};
 
@@ -132,26 +132,42 @@ impl Observation {
     }
 }
 
-/// Reads the simulator at `base` for cluster `cluster`'s keys.
+/// Reads the simulator (or a real cluster's client agent) at `base` for cluster `cluster`'s
+/// keys.
 pub struct Probe {
     http: awc::Client,
     base: String,
     cluster: String,
     consul: Client,
-    cloud: SimCloud,
+    cloud: Box<dyn rehydrator_actors::ports::CloudPort>,
 }
 
 impl Probe {
     /// Must run inside an actix System (the clients are awc's).
     pub fn new(base: String, cluster: &str) -> Result<Self, ObserveError> {
-        let setup = |reason: String| ObserveError::Setup {
+        let cloud = SimCloud::new(&base).map_err(|e| ObserveError::Setup {
             address: base.clone(),
-            reason,
-        };
+            reason: e.to_string(),
+        })?;
+        Self::with_cloud(base, cluster, Box::new(cloud))
+    }
+
+    /// Reads real Consul's client agent at `base`, with the process cloud its servers run in.
+    pub fn real(base: String, cluster: &str, cloud: ProcessCloud) -> Result<Self, ObserveError> {
+        Self::with_cloud(base, cluster, Box::new(cloud))
+    }
+
+    fn with_cloud(
+        base: String,
+        cluster: &str,
+        cloud: Box<dyn rehydrator_actors::ports::CloudPort>,
+    ) -> Result<Self, ObserveError> {
         let consul = ConsulConfig::with_address(&base)
             .and_then(Client::new)
-            .map_err(|e| setup(e.to_string()))?;
-        let cloud = SimCloud::new(&base).map_err(|e| setup(e.to_string()))?;
+            .map_err(|e| ObserveError::Setup {
+                address: base.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             http: awc::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -303,13 +319,18 @@ impl Probe {
         Ok(stats["parked"].as_u64().unwrap_or(0))
     }
 
-    /// Everything the progress display shows, read now.
+    /// Everything the progress display shows, read now (the machines from `/sim/servers`).
     pub async fn observe(&self) -> Result<Observation, ObserveError> {
+        let machines = self.servers().await?;
+        self.observe_with(&machines).await
+    }
+
+    /// Everything the progress display shows, read now, with `machines` as the cloud has them.
+    pub async fn observe_with(&self, machines: &[ServerRow]) -> Result<Observation, ObserveError> {
         let mut scope = Scope::new(self.cluster.clone());
         // The display shows no receipts.
         scope.receipts = 0;
-        let report = status::gather(&self.consul, Some(&self.cloud), &scope).await?;
-        let machines = self.servers().await?;
-        Ok(Observation::from_report(&report, &machines))
+        let report = status::gather(&self.consul, Some(self.cloud.as_ref()), &scope).await?;
+        Ok(Observation::from_report(&report, machines))
     }
 }
