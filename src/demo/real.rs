@@ -429,7 +429,11 @@ mod tests {
     fn a_clean_replacement_keeps_every_invariant_and_draws_each_lane() {
         let mut r = Recorder::new(1);
         let a = row("a1", "a", "running", true, true);
-        r.look(0, &look(vec![a.clone()], Some("a1")), &[a.clone()]);
+        r.look(
+            0,
+            &look(vec![a.clone()], Some("a1")),
+            std::slice::from_ref(&a),
+        );
         let b = row("b1", "b", "running", true, false);
         r.look(
             100,
@@ -481,7 +485,7 @@ mod tests {
         let a = row("a1", "a", "running", true, true);
         r.look(0, &look(vec![a.clone()], Some("a1")), &[a]);
         let gone = row("a1", "a", "terminated", false, false);
-        r.look(100, &look(vec![], None), &[gone.clone()]);
+        r.look(100, &look(vec![], None), std::slice::from_ref(&gone));
         let b = row("b1", "b", "running", true, true);
         r.look(20_000, &look(vec![b.clone()], Some("b1")), &[gone, b]);
         let inv = r.invariants();
