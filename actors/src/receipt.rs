@@ -51,11 +51,14 @@ impl Keys {
     }
 }
 
-/// Trigger IDs are event UUIDs or indexes; anything else is made safe for a KV path segment.
+/// Trigger IDs are event UUIDs or indexes; anything else is made safe for a KV path segment,
+/// dots alone included (Consul 1.21.5 and later refuse a `..` segment, and an HTTP client may
+/// fold `.` and `..` away).
 fn sanitize(id: &str) -> String {
+    let dots = id.chars().all(|c| c == '.');
     id.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || (c == '.' && !dots) {
                 c
             } else {
                 '_'
@@ -157,6 +160,15 @@ mod tests {
         assert_eq!(
             k.receipt("notify", "a/b c"),
             "rehydrator/prod/receipts/notify/a_b_c"
+        );
+        // No `.` or `..` segment: Consul 1.21.5+ refuses it, clients fold it away.
+        assert_eq!(
+            k.receipt("notify", ".."),
+            "rehydrator/prod/receipts/notify/__"
+        );
+        assert_eq!(
+            k.receipt("notify", "v1.2"),
+            "rehydrator/prod/receipts/notify/v1.2"
         );
     }
 

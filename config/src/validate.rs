@@ -420,9 +420,29 @@ fn process_settings(
     })
 }
 
+/// Why `name` cannot be one segment of a KV key (`rehydrator/<cluster>/locks/<name>`, ...), if
+/// it cannot: letters, digits, '-' and '_' only, as `cluster.name`. No dots: Consul 1.21.5 and
+/// later refuse a `..` segment, an HTTP client may fold `.` and `..` away, and the layered
+/// loader reads a dot in a table name as nesting.
+pub fn kv_segment_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        Some("may hold only letters, digits, '-' and '_' (it names KV keys)")
+    } else {
+        None
+    }
+}
+
 fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<ActionSettings> {
     let at = format!("action.{name}");
     let before = errs.0.len();
+    if let Some(problem) = kv_segment_problem(name) {
+        errs.push(at.clone(), format!("the name {name:?} {problem}"));
+    }
     let kind = match ra.kind.as_deref() {
         None => {
             errs.push(
@@ -479,6 +499,8 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
     if timeout.is_zero() {
         errs.push(format!("{at}.timeout"), "must be longer than zero");
     }
+    // A lock left to default is the action's name, refused above if it must be.
+    let explicit = ra.lock.is_some();
     let lock = ra.lock.unwrap_or_else(|| {
         if rollout_step {
             STEP_LOCK.to_owned()
@@ -486,8 +508,8 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
             name.to_owned()
         }
     });
-    if lock.is_empty() || lock.contains('/') {
-        errs.push(format!("{at}.lock"), "must be a non-empty name without '/'");
+    if let Some(problem) = kv_segment_problem(&lock).filter(|_| explicit) {
+        errs.push(format!("{at}.lock"), format!("{lock:?} {problem}"));
     }
     if errs.0.len() > before {
         return None;

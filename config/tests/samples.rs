@@ -431,3 +431,47 @@ fn windows_without_a_timer_on_the_rollout_are_refused() {
     assert!(text.contains(&line), "missing {line:?} in:\n{text}");
     assert_eq!(err.errors.len(), 1, "{text}");
 }
+
+/// Action and lock names become KV key segments: what Consul 1.21.5+ refuses (a `..` segment,
+/// an encoded one), what an HTTP client folds away, and what needs escaping, is refused by name.
+#[test]
+fn action_and_lock_names_must_be_kv_key_segments() {
+    let dir = std::env::temp_dir().join(format!("rehydrator-config-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("names.toml");
+    std::fs::write(
+        &path,
+        r#"[cluster]
+name = "prod"
+[action."a b"]
+type = "exec"
+command = ["true"]
+[action."a%2F.."]
+type = "exec"
+command = ["true"]
+[action.fine]
+type = "exec"
+command = ["true"]
+lock = "x/y"
+[action.other]
+type = "exec"
+command = ["true"]
+lock = ".."
+"#,
+    )
+    .unwrap();
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = err.to_string();
+    let expected = [
+        "action.a b: the name \"a b\" may hold only letters, digits, '-' and '_' (it names KV keys)",
+        "action.a%2F..: the name \"a%2F..\" may hold only letters, digits, '-' and '_' (it names KV keys)",
+        "action.fine.lock: \"x/y\" may hold only letters, digits, '-' and '_' (it names KV keys)",
+        "action.other.lock: \"..\" may hold only letters, digits, '-' and '_' (it names KV keys)",
+    ];
+    for e in expected {
+        let line = format!("{}: {e}", path.display());
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(err.errors.len(), expected.len(), "{text}");
+}
