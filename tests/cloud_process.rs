@@ -269,7 +269,25 @@ async fn real_rollout(n: usize, kill: Kill) {
 
         let quorum = Rc::new(RefCell::new(Quorum::default()));
         let watcher = watch_quorum(client.clone(), before.clone(), quorum.clone());
-        rig.cloud.register_image("b", None).unwrap();
+        // Without a kill, image b names its own consul binary, as an image that also upgrades
+        // Consul does: a wrapper that notes each run and execs the real one (only one Consul
+        // version is installable here, so the binaries differ but the version does not).
+        let wrapper = (kill == Kill::Never).then(|| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = rig.dir.join("consul-b");
+            std::fs::write(
+                &path,
+                format!(
+                    "#!/bin/sh\necho \"$1\" >> '{}'\nexec '{}' \"$@\"\n",
+                    rig.dir.join("consul-b.runs").display(),
+                    rig.consul_bin.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        });
+        rig.cloud.register_image("b", wrapper.as_deref()).unwrap();
         let started = Instant::now();
         // An event fired before the replica's event watch took its baseline is not replayed:
         // fire until the rollout is recorded.
@@ -355,6 +373,19 @@ async fn real_rollout(n: usize, kill: Kill) {
         let machines = rig.cloud.machines().await.unwrap();
         assert_eq!(machines.len(), n, "{machines:?}");
         assert!(machines.iter().all(|m| m.image == "b"), "{machines:?}");
+        if let Some(wrapper) = &wrapper {
+            // Every new server's agent ran from image b's binary.
+            let runs = std::fs::read_to_string(rig.dir.join("consul-b.runs")).unwrap_or_default();
+            assert_eq!(runs.lines().filter(|l| *l == "agent").count(), n, "{runs}");
+            let records = rig.cloud.records().unwrap();
+            assert!(
+                records
+                    .iter()
+                    .filter(|r| r.image == "b")
+                    .all(|r| &r.binary == wrapper),
+                "{records:?}"
+            );
+        }
         assert!(
             machines.iter().all(|m| !before.contains(&m.id)),
             "{machines:?}"
