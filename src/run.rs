@@ -13,7 +13,7 @@ use actix::Actor;
 use anyhow::Context;
 use rehydrator::cloud::{Ec2Cloud, EcsCloud, ProcessCloud, SimCloud};
 use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::{Client, ConsulConfig, Token, WatchPolicy};
+use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
 use rehydrator::endpoint::{self, reporter::Reporter};
 use rehydrator::status::Scope;
 use rehydrator::webhook::AwcWebhook;
@@ -139,22 +139,7 @@ pub(crate) async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn C
 }
 
 pub(crate) fn consul_config(settings: &Settings) -> anyhow::Result<ConsulConfig> {
-    let c = &settings.consul;
-    let mut cfg = ConsulConfig::with_address(&c.address)
-        .with_context(|| format!("consul.address {:?}", c.address))?;
-    cfg.token = match (&c.token, &c.token_file) {
-        (Some(t), _) => Some(Token::new(t.expose())),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("consul.token_file {}", file.display()))?;
-            Some(Token::new(text.trim()))
-        }
-        (None, None) => None,
-    };
-    cfg.datacenter = c.datacenter.clone();
-    cfg.tls.ca_file = c.ca_file.clone();
-    cfg.tls.verify = c.tls_verify;
-    Ok(cfg)
+    ConsulConfig::from_settings(&settings.consul).context("[consul]")
 }
 
 fn default_replica() -> String {

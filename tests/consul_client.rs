@@ -1060,6 +1060,38 @@ async fn token_goes_in_the_header_and_old_consul_has_no_transfer_leader() {
     .await
 }
 
+/// Consul's API never redirects: a 302 is refused with an error naming only where it pointed
+/// (scheme and host), and the token never goes there.
+#[actix_rt::test]
+async fn a_redirect_is_refused_and_the_token_stays_home() {
+    common::bounded(async {
+        let (elsewhere, stolen) = canned(vec![(Duration::ZERO, http("200 OK", &[], "\"x\""))]);
+        let location = format!("{elsewhere}/v1/status/leader?sig=s3cr3t-sig");
+        let (url, requests) = canned(vec![(
+            Duration::ZERO,
+            http("302 Found", &[("Location", &location)], ""),
+        )]);
+        let mut config = ConsulConfig::with_address(&url).unwrap();
+        config.token = Some(Token::new("very-secret"));
+        let c = Client::new(config).unwrap();
+        let err = c.status_leader().await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ConsulError::Status { status: 302, .. }),
+            "{err:?}"
+        );
+        assert!(
+            text.contains("redirect") && text.contains(&elsewhere),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t-sig"), "{text}");
+        assert!(requests.recv_timeout(Duration::from_secs(5)).is_ok());
+        // The call has returned: had it followed the redirect, the request would be there.
+        assert!(stolen.try_recv().is_err(), "the redirect was followed");
+    })
+    .await
+}
+
 #[actix_rt::test]
 async fn unhealthy_autopilot_429_is_an_answer_and_gone_session_renews_to_none() {
     common::bounded(async {

@@ -491,6 +491,14 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
 
 /// SpinDown's decision: retire the oldest outdated server once its replacement is a stable
 /// voter, the leader last and only after leadership moved off it.
+/// Marks the peer at `leader` (Raft's leader address) as the leader and no other; with no
+/// leader, none. Autopilot's own flags can be stale.
+pub fn mark_leader(health: &mut ClusterHealth, leader: Option<&str>) {
+    for p in &mut health.servers {
+        p.leader = leader.is_some_and(|l| p.address == l);
+    }
+}
+
 pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     let Some(rollout) = s.rollout.as_ref().filter(|r| r.is_active()) else {
         return Step::Idle("no rollout".into());
@@ -513,6 +521,11 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
     if let Some(why) = gate(s, rollout) {
         return Step::Wait(why);
+    }
+    // Without a known leader no server can be told apart from it: the one retired might be
+    // the leader, retired without its move.
+    if !servers.iter().any(Server::is_leader) {
+        return Step::Wait("the cluster has no leader (an election)".into());
     }
     // Oldest outdated first, the leader last; if none is outdated (a launch too many), the
     // newest non-leader goes.
@@ -856,6 +869,35 @@ mod tests {
                 machine: "s1".into(),
                 node: "s1".into()
             }
+        );
+    }
+
+    #[test]
+    fn raft_names_the_leader_when_autopilot_s_flags_are_stale_and_none_means_wait() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        s.machines.retain(|m| m.id == "s1");
+        s.health.servers.retain(|p| p.name == "s1");
+        add_new(&mut s, "n1", 10, true, true);
+        add_new(&mut s, "n2", 11, true, true);
+        add_new(&mut s, "n3", 12, true, true);
+        // Autopilot names no leader (or the wrong one); Raft says s1 leads.
+        s.health.servers[0].leader = false;
+        s.health.servers[1].leader = true;
+        mark_leader(&mut s.health, Some("s1:8300"));
+        assert_eq!(
+            spin_down(&s, TIMEOUT),
+            Step::TransferLeadership {
+                from: "raft-s1".into(),
+                to: Some("raft-n3".into())
+            }
+        );
+        // In an election nobody leads: no server is retired, it might be the leader.
+        mark_leader(&mut s.health, None);
+        assert!(
+            matches!(spin_down(&s, TIMEOUT), Step::Wait(w) if w.contains("no leader")),
+            "{:?}",
+            spin_down(&s, TIMEOUT)
         );
     }
 

@@ -121,6 +121,14 @@ pub trait ConsulPort {
         ))))
     }
 
+    /// The Raft leader's address (`/v1/status/leader`), None while there is none: Raft's own
+    /// answer, fresher than autopilot's health, which a server computes every few seconds.
+    fn raft_leader(&self) -> PortFuture<Option<String>> {
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "status/leader",
+        ))))
+    }
+
     /// Moves leadership to the voter `to` (any other voter if None).
     fn transfer_leader(&self, to: Option<&str>) -> PortFuture<LeaderTransfer> {
         let _ = to;

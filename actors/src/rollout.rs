@@ -119,7 +119,12 @@ pub async fn snapshot(env: &RolloutEnv) -> Result<(Snapshot, u64), ExecError> {
 /// rebuilds a record from.
 pub async fn cluster(env: &RolloutEnv) -> Result<Snapshot, ExecError> {
     let machines = env.cloud.machines().await.map_err(port)?;
-    let health = env.consul.autopilot_health().await.map_err(port)?;
+    let mut health = env.consul.autopilot_health().await.map_err(port)?;
+    // Who leads is Raft's answer, asked after autopilot's: its health is computed every few
+    // seconds and can name no leader, or the last one. Retiring a leader it does not name
+    // would skip the leadership move.
+    let leader = env.consul.raft_leader().await.map_err(port)?;
+    plan::mark_leader(&mut health, leader.as_deref());
     let newest_image = env.cloud.newest_image().await.map_err(port)?;
     let paused = env
         .consul

@@ -10,3 +10,4 @@ pub mod validate;
 
 pub use load::{load, load_with_env, ConfigError, FieldError};
 pub use settings::*;
+pub use validate::{consul_from_env, normalize_address};

@@ -31,10 +31,15 @@ pub struct RawCluster {
 #[serde(deny_unknown_fields)]
 pub struct RawConsul {
     pub address: Option<String>,
+    pub ssl: Option<bool>,
     pub token: Option<String>,
     pub token_file: Option<String>,
     pub datacenter: Option<String>,
     pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub tls_server_name: Option<String>,
     pub tls_verify: Option<bool>,
 }
 

@@ -90,6 +90,19 @@ pub struct ConsulSettings {
     /// CA certificate for https. Default: CONSUL_CACERT, else the system's roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// A directory of CA certificates. Default: CONSUL_CAPATH.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate and key for an agent that verifies incoming HTTPS; both or neither.
+    /// Default: CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// The name the agent's certificate must carry, when it is not the address's host.
+    /// Default: CONSUL_TLS_SERVER_NAME.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// Verify the agent's certificate. Default true (CONSUL_HTTP_SSL_VERIFY=false turns it off).
     pub tls_verify: bool,
 }

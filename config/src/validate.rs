@@ -218,61 +218,150 @@ pub fn validate(
     }
 }
 
+/// `[consul]` resolved as the consul CLI resolves its variables, the file's fields first:
+/// address (CONSUL_HTTP_ADDR; a bare `host:port` is https when `ssl` or CONSUL_HTTP_SSL says
+/// so), token (the file's token or token_file, else CONSUL_HTTP_TOKEN, else
+/// CONSUL_HTTP_TOKEN_FILE: the CLI prefers the token), TLS (CONSUL_CACERT, CONSUL_CAPATH,
+/// CONSUL_CLIENT_CERT/KEY, CONSUL_TLS_SERVER_NAME, CONSUL_HTTP_SSL_VERIFY). Every command
+/// reaches Consul through this, with a configuration file or without one.
 fn consul_settings(
     rc: RawConsul,
     env: &HashMap<String, String>,
     errs: &mut Errors,
 ) -> ConsulSettings {
-    let env_get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-    let address = rc
-        .address
-        .or_else(|| env_get("CONSUL_HTTP_ADDR"))
-        .unwrap_or_else(|| "http://127.0.0.1:8500".into());
-    if address.trim().is_empty() {
-        errs.push("consul.address", "is empty");
-    }
-    let token_file = rc
-        .token_file
-        .or_else(|| env_get("CONSUL_HTTP_TOKEN_FILE"))
-        .map(PathBuf::from);
-    let token = rc
-        .token
-        .or_else(|| env_get("CONSUL_HTTP_TOKEN"))
-        .map(Secret::new);
-    if token.is_some() && token_file.is_some() {
+    let env_get = |k: &str| env.get(k).filter(|v| !v.trim().is_empty()).cloned();
+    let mut env_bool = |field: &str, var: &str, default: bool| match env_get(var) {
+        None => default,
+        Some(v) => parse_bool(&v).unwrap_or_else(|| {
+            errs.push(field, format!("{var}={v:?} is not a boolean"));
+            default
+        }),
+    };
+    let ssl = match rc.ssl {
+        Some(v) => v,
+        None => env_bool("consul.ssl", "CONSUL_HTTP_SSL", false),
+    };
+    let tls_verify = match rc.tls_verify {
+        Some(v) => v,
+        None => env_bool("consul.tls_verify", "CONSUL_HTTP_SSL_VERIFY", true),
+    };
+    let address = rc.address.or_else(|| env_get("CONSUL_HTTP_ADDR"));
+    let address = match address {
+        None if ssl => "https://127.0.0.1:8500".to_owned(),
+        None => "http://127.0.0.1:8500".to_owned(),
+        Some(a) => normalize_address(&a, ssl).unwrap_or_else(|why| {
+            errs.push("consul.address", why);
+            a
+        }),
+    };
+    if rc.token.is_some() && rc.token_file.is_some() {
         errs.push(
             "consul.token_file",
             "give either a token or a token file, not both",
         );
     }
-    let tls_verify = match rc.tls_verify {
-        Some(v) => v,
-        None => match env_get("CONSUL_HTTP_SSL_VERIFY").as_deref() {
-            None => true,
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "t" => true,
-                "0" | "false" | "f" => false,
-                _ => {
-                    errs.push(
-                        "consul.tls_verify",
-                        format!("CONSUL_HTTP_SSL_VERIFY={v:?} is not a boolean"),
-                    );
-                    true
-                }
-            },
+    let (token, token_file) = match (rc.token, rc.token_file) {
+        (Some(t), _) => (Some(t), None),
+        (None, Some(f)) => (None, Some(f)),
+        (None, None) => match env_get("CONSUL_HTTP_TOKEN") {
+            Some(t) => (Some(t), None),
+            None => (None, env_get("CONSUL_HTTP_TOKEN_FILE")),
         },
     };
+    let path = |field: Option<String>, var: &str| field.or_else(|| env_get(var)).map(PathBuf::from);
+    let client_cert = path(rc.client_cert, "CONSUL_CLIENT_CERT");
+    let client_key = path(rc.client_key, "CONSUL_CLIENT_KEY");
+    if client_cert.is_some() != client_key.is_some() {
+        errs.push(
+            "consul.client_key",
+            "a client certificate and its key go together (client_cert and client_key, or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)",
+        );
+    }
     ConsulSettings {
         address,
-        token,
-        token_file,
+        token: token.map(|t| Secret::new(t.trim())),
+        token_file: token_file.map(PathBuf::from),
         datacenter: rc.datacenter,
-        ca_file: rc
-            .ca_file
-            .or_else(|| env_get("CONSUL_CACERT"))
-            .map(PathBuf::from),
+        ca_file: path(rc.ca_file, "CONSUL_CACERT"),
+        ca_path: path(rc.ca_path, "CONSUL_CAPATH"),
+        client_cert,
+        client_key,
+        tls_server_name: rc
+            .tls_server_name
+            .or_else(|| env_get("CONSUL_TLS_SERVER_NAME")),
         tls_verify,
     }
+}
+
+/// `[consul]` from the environment alone, as the commands run without `--config` take it.
+pub fn consul_from_env(env: &HashMap<String, String>) -> Result<ConsulSettings, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+    let settings = consul_settings(RawConsul::default(), env, &mut errs);
+    if errs.0.is_empty() {
+        Ok(settings)
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// Go's `strconv.ParseBool`, which is how the CLI reads its boolean variables. Unlike the CLI,
+/// anything else is an error: the CLI reads a bad CONSUL_HTTP_SSL_VERIFY as "do not verify",
+/// which is the unsafe way to be wrong.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `http://h:p`, `https://h:p` or `h:p` (https when `ssl`) as a base URL without a trailing
+/// slash; why not, naming what is wrong. No path, credentials or query: the token goes in a
+/// header, never in a URL. Unix sockets, which the CLI also takes, are not supported.
+pub fn normalize_address(addr: &str, ssl: bool) -> Result<String, String> {
+    let addr = addr.trim().trim_end_matches('/');
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None if ssl => ("https".to_owned(), addr),
+        None => ("http".to_owned(), addr),
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "unsupported scheme {scheme:?} (http and https only, or host:port)"
+        ));
+    }
+    if rest.contains('@') {
+        return Err(
+            "must not hold credentials (give the token as consul.token or consul.token_file)"
+                .into(),
+        );
+    }
+    if rest.is_empty() || rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        return Err("must be host:port or a URL with no path".into());
+    }
+    // `[v6]:port`, `host:port` or a bare host.
+    let (host, port) = match rest.strip_prefix('[').and_then(|r| r.find(']')) {
+        Some(end) => (&rest[..end + 2], rest[end + 2..].strip_prefix(':')),
+        None => match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let host_ok = bracketed
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{p:?} is not a port"));
+        }
+    }
+    Ok(format!("{scheme}://{rest}"))
 }
 
 fn cloud_settings(rc: RawCloud, env: &HashMap<String, String>, errs: &mut Errors) -> CloudSettings {

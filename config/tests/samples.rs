@@ -475,3 +475,64 @@ lock = ".."
     }
     assert_eq!(err.errors.len(), expected.len(), "{text}");
 }
+
+/// `[consul]` resolves as the consul CLI resolves its variables, the file's fields first, for
+/// every command: CONSUL_HTTP_SSL makes a bare address https; with both CONSUL_HTTP_TOKEN and
+/// CONSUL_HTTP_TOKEN_FILE the token wins (as in the CLI); the TLS variables fill what the file
+/// leaves out; a bad address is refused naming the field.
+#[test]
+fn consul_settings_resolve_as_the_cli_does() {
+    let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let c = rehydrator_config::consul_from_env(&env(&[
+        ("CONSUL_HTTP_ADDR", "10.0.0.1:8501"),
+        ("CONSUL_HTTP_SSL", "true"),
+        ("CONSUL_HTTP_TOKEN", "tok"),
+        ("CONSUL_HTTP_TOKEN_FILE", "/etc/token"),
+        ("CONSUL_CAPATH", "/etc/cas"),
+        ("CONSUL_CLIENT_CERT", "/c.pem"),
+        ("CONSUL_CLIENT_KEY", "/k.pem"),
+        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
+    ]))
+    .unwrap();
+    assert_eq!(c.address, "https://10.0.0.1:8501");
+    assert_eq!(c.token.as_ref().map(|t| t.expose()), Some("tok"));
+    assert_eq!(c.token_file, None);
+    assert_eq!(c.ca_path, Some(PathBuf::from("/etc/cas")));
+    assert_eq!(c.client_cert, Some(PathBuf::from("/c.pem")));
+    assert_eq!(c.tls_server_name.as_deref(), Some("server.dc1.consul"));
+
+    let errs =
+        rehydrator_config::consul_from_env(&env(&[("CONSUL_CLIENT_CERT", "/c.pem")])).unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.field == "consul.client_key"),
+        "{errs:?}"
+    );
+    let errs =
+        rehydrator_config::consul_from_env(&env(&[("CONSUL_HTTP_SSL", "yes please")])).unwrap_err();
+    assert!(errs.iter().any(|e| e.field == "consul.ssl"), "{errs:?}");
+
+    for (address, why) in [
+        ("not a url at all", "is not a host name or address"),
+        ("ftp://consul:8500", "unsupported scheme"),
+        ("http://user:pass@consul:8500", "must not hold credentials"),
+        ("http://consul:8500/v1", "no path"),
+        ("consul:99999", "is not a port"),
+    ] {
+        let errs =
+            rehydrator_config::consul_from_env(&env(&[("CONSUL_HTTP_ADDR", address)])).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "consul.address" && e.reason.contains(why)),
+            "{address}: {errs:?}"
+        );
+        assert!(
+            !errs.iter().any(|e| e.reason.contains("pass")),
+            "{address}: the credentials are not echoed: {errs:?}"
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! Where the Consul agent is and how to talk to it: address, ACL token, datacenter, TLS.
 //!
-//! `ConsulConfig::from_env` reads the same environment variables as the `consul` CLI, so an
-//! operator's shell that works with `consul members` works with rehydrator. The settings crate
-//! builds a `ConsulConfig` from `[consul]` on top of that; `Client::new` turns it into a client.
+//! One resolution for every command: the settings crate reads `[consul]` and the `consul`
+//! CLI's environment variables (so an operator's shell that works with `consul members` works
+//! with rehydrator, with a configuration file or without one); `ConsulConfig::from_settings`
+//! turns the result into this, and `Client::new` into a client.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ pub struct TlsConfig {
     /// `CONSUL_CLIENT_KEY`); both or neither.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// The name the agent's certificate must carry when it is not the address's host
+    /// (`CONSUL_TLS_SERVER_NAME`), e.g. `server.dc1.consul` for an agent reached by IP.
+    pub server_name: Option<String>,
     /// Check the agent's certificate. Only an explicit `CONSUL_HTTP_SSL_VERIFY=false` turns
     /// this off.
     pub verify: bool,
@@ -59,6 +63,7 @@ impl Default for TlsConfig {
             ca_path: None,
             client_cert: None,
             client_key: None,
+            server_name: None,
             verify: true,
         }
     }
@@ -112,48 +117,34 @@ impl ConsulConfig {
         })
     }
 
-    /// Reads the consul CLI's variables from the process environment.
-    pub fn from_env() -> Result<Self, ConsulError> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// Reads the consul CLI's variables through `var` (the environment, or a map in tests):
-    /// `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`,
-    /// `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`,
-    /// `CONSUL_HTTP_SSL_VERIFY`. Empty values count as unset, as in the CLI.
-    ///
-    /// Unlike the CLI, an unparseable boolean is an error: the CLI reads a bad
-    /// `CONSUL_HTTP_SSL_VERIFY` as "do not verify", which is the unsafe way to be wrong.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConsulError> {
-        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let mut config = Self::default();
-
-        let ssl = match get("CONSUL_HTTP_SSL") {
-            Some(v) => parse_bool("CONSUL_HTTP_SSL", &v)?,
-            None => false,
-        };
-        if let Some(addr) = get("CONSUL_HTTP_ADDR") {
-            config.address = normalize_address(&addr, ssl)?;
-        } else if ssl {
-            config.address = "https://127.0.0.1:8500".into();
-        }
-
-        // The CLI prefers the token itself over the file that holds one.
-        config.token = match (get("CONSUL_HTTP_TOKEN"), get("CONSUL_HTTP_TOKEN_FILE")) {
-            (Some(token), _) => Some(Token::new(token.trim())),
-            (None, Some(path)) => Some(read_token_file(&path)?),
+    /// The client settings `[consul]` resolved to (`rehydrator_config`, which applies the
+    /// consul CLI's variables): reads the token file, if one is named.
+    pub fn from_settings(c: &rehydrator_config::ConsulSettings) -> Result<Self, ConsulError> {
+        let mut config = Self::with_address(&c.address)?;
+        config.token = match (&c.token, &c.token_file) {
+            (Some(t), _) => Some(Token::new(t.expose())),
+            (None, Some(file)) => Some(read_token_file(file)?),
             (None, None) => None,
         };
-
-        config.tls.ca_file = get("CONSUL_CACERT").map(PathBuf::from);
-        config.tls.ca_path = get("CONSUL_CAPATH").map(PathBuf::from);
-        config.tls.client_cert = get("CONSUL_CLIENT_CERT").map(PathBuf::from);
-        config.tls.client_key = get("CONSUL_CLIENT_KEY").map(PathBuf::from);
-        if let Some(v) = get("CONSUL_HTTP_SSL_VERIFY") {
-            config.tls.verify = parse_bool("CONSUL_HTTP_SSL_VERIFY", &v)?;
-        }
+        config.datacenter = c.datacenter.clone();
+        config.tls = TlsConfig {
+            ca_file: c.ca_file.clone(),
+            ca_path: c.ca_path.clone(),
+            client_cert: c.client_cert.clone(),
+            client_key: c.client_key.clone(),
+            server_name: c.tls_server_name.clone(),
+            verify: c.tls_verify,
+        };
         config.validate()?;
         Ok(config)
+    }
+
+    /// From the consul CLI's variables in the process environment alone.
+    pub fn from_env() -> Result<Self, ConsulError> {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let settings = rehydrator_config::consul_from_env(&env)
+            .map_err(|errs| ConsulError::Config(field_errors(&errs)))?;
+        Self::from_settings(&settings)
     }
 
     /// Checks what `Client::new` relies on.
@@ -177,47 +168,45 @@ impl ConsulConfig {
 }
 
 /// `http://h:p`, `https://h:p` or `h:p` (https when `ssl`) into a base URL without a trailing
-/// slash. Unix sockets, which the CLI also takes, are not supported by this client.
+/// slash (the settings crate's rule, which `check-config` applies too).
 pub fn normalize_address(addr: &str, ssl: bool) -> Result<String, ConsulError> {
-    let addr = addr.trim().trim_end_matches('/');
-    let (scheme, rest) = match addr.split_once("://") {
-        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
-        None if ssl => ("https".to_owned(), addr),
-        None => ("http".to_owned(), addr),
-    };
-    if scheme != "http" && scheme != "https" {
-        return Err(ConsulError::Config(format!(
-            "unsupported scheme {scheme:?} in Consul address {addr:?} (http and https only)"
-        )));
-    }
-    if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
-        return Err(ConsulError::Config(format!(
-            "Consul address {addr:?} must be host:port or a URL with no path"
-        )));
-    }
-    Ok(format!("{scheme}://{rest}"))
+    rehydrator_config::normalize_address(addr, ssl)
+        .map_err(|why| ConsulError::Config(format!("Consul address {:?}: {why}", redacted(addr))))
 }
 
-/// Go's `strconv.ParseBool`, which is how the CLI reads its boolean variables.
-fn parse_bool(name: &str, value: &str) -> Result<bool, ConsulError> {
-    match value.trim() {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        other => Err(ConsulError::Config(format!(
-            "{name}={other:?} is not a boolean"
-        ))),
+/// The settings' errors in one line: `consul.address: …; consul.client_key: …`.
+pub fn field_errors(errs: &[rehydrator_config::FieldError]) -> String {
+    errs.iter()
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `addr` with any credentials before an `@` shown as `***`.
+fn redacted(addr: &str) -> String {
+    let addr = addr.trim();
+    match addr.rsplit_once('@') {
+        None => addr.to_owned(),
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***@{after}"),
+            None => format!("***@{after}"),
+        },
     }
 }
 
-fn read_token_file(path: &str) -> Result<Token, ConsulError> {
+fn read_token_file(path: &std::path::Path) -> Result<Token, ConsulError> {
     // The error names the file, never its contents.
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConsulError::Config(format!("cannot read CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))
+        ConsulError::Config(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
     })?;
     let token = text.trim();
     if token.is_empty() {
         return Err(ConsulError::Config(format!(
-            "CONSUL_HTTP_TOKEN_FILE {path:?} is empty"
+            "the token file {} is empty",
+            path.display()
         )));
     }
     Ok(Token::new(token))
@@ -234,7 +223,9 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        ConsulConfig::from_vars(|k| map.get(k).cloned())
+        let settings = rehydrator_config::consul_from_env(&map)
+            .map_err(|errs| ConsulError::Config(field_errors(&errs)))?;
+        ConsulConfig::from_settings(&settings)
     }
 
     #[test]

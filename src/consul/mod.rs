@@ -209,6 +209,9 @@ impl Client {
         }
         let http = awc::Client::builder()
             .connector(connector)
+            // Consul's API never redirects: a redirect is a proxy or an impostor, and following
+            // it would hand the token to whatever it names.
+            .disable_redirects()
             // Each request sets its own timeout (blocking ones need more); this is a backstop.
             .timeout(config.timeout)
             .finish();
@@ -293,6 +296,33 @@ impl Client {
             })?
             .to_vec();
         let status = resp.status();
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(awc::http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "nowhere".to_owned(), redirect_target);
+            return Err(ConsulError::Status {
+                status: status.as_u16(),
+                message: format!(
+                    "a redirect to {to}, refused: Consul's API never redirects, and the token would go with it"
+                ),
+                request,
+            });
+        }
+        if status == awc::http::StatusCode::BAD_REQUEST
+            && !self.address.starts_with("https://")
+            && body.starts_with(b"Client sent an HTTP request to an HTTPS server")
+        {
+            return Err(ConsulError::Status {
+                status: 400,
+                message: format!(
+                    "the agent at {} speaks TLS: use https:// (or CONSUL_HTTP_SSL=true, consul.ssl = true)",
+                    self.address
+                ),
+                request,
+            });
+        }
         let meta = QueryMeta::from_headers(resp.headers());
         tracing::debug!(
             request = %request,
@@ -352,11 +382,36 @@ impl Client {
                 reason: e.to_string(),
             },
             SendRequestError::Url(e) => ConsulError::Config(format!("invalid URL: {e}")),
-            other => ConsulError::Transport {
-                request: request.to_owned(),
-                reason: other.to_string(),
-            },
+            other => {
+                let mut reason = other.to_string();
+                // Plain HTTP to a TLS port: the agent's TLS stack drops the connection.
+                if !self.address.starts_with("https://")
+                    && (reason.contains("reset by peer") || reason.contains("closed"))
+                {
+                    reason.push_str(
+                        " (if the agent speaks TLS on this port, use https:// or CONSUL_HTTP_SSL=true)",
+                    );
+                }
+                ConsulError::Transport {
+                    request: request.to_owned(),
+                    reason,
+                }
+            }
         }
+    }
+}
+
+/// Where a redirect points, as far as it is safe to say: scheme and host, never a path,
+/// credentials or query (which may carry secrets).
+fn redirect_target(location: &str) -> String {
+    let (scheme, rest) = location.split_once("://").unwrap_or(("", location));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host: String = host.chars().filter(|c| !c.is_control()).take(253).collect();
+    if scheme.is_empty() {
+        "a path on the same agent".to_owned()
+    } else {
+        format!("{scheme}://{host}")
     }
 }
 

@@ -171,6 +171,11 @@ impl ConsulPort for ConsulAdapter {
         })
     }
 
+    fn raft_leader(&self) -> PortFuture<Option<String>> {
+        let c = self.client.clone();
+        Box::pin(async move { Ok(c.status_leader().await?.filter(|l| !l.is_empty())) })
+    }
+
     fn transfer_leader(&self, to: Option<&str>) -> PortFuture<PortTransfer> {
         let (c, to) = (self.client.clone(), to.map(str::to_owned));
         Box::pin(async move {

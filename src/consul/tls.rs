@@ -29,7 +29,21 @@ pub(crate) fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, Consul
         .map_err(|e| config_error(format!("TLS setup: {e}")))?;
 
     let builder = if tls.verify {
-        builder.with_root_certificates(root_store(tls)?)
+        let roots = Arc::new(root_store(tls)?);
+        match &tls.server_name {
+            None => builder.with_root_certificates(roots),
+            Some(name) => {
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| config_error(format!("TLS server name {name:?}: {e}")))?;
+                let inner =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                        .build()
+                        .map_err(|e| config_error(format!("TLS setup: {e}")))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NamedServer { inner, name }))
+            }
+        }
     } else {
         tracing::warn!(
             "TLS verification of the Consul agent is off (CONSUL_HTTP_SSL_VERIFY=false)."
@@ -102,6 +116,51 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConsulError> 
         )));
     }
     Ok(certs)
+}
+
+/// Verifies the agent's certificate fully, against `name` instead of the address's host: an
+/// agent reached by IP or through a load balancer whose certificate names
+/// `server.<dc>.consul` (`CONSUL_TLS_SERVER_NAME`).
+#[derive(Debug)]
+struct NamedServer {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Accepts any server certificate; used only when verification was explicitly turned off.
