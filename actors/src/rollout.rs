@@ -521,11 +521,22 @@ async fn retire(
     let left_at = tokio::time::Instant::now();
     env.cloud.retire(machine).await.map_err(port)?;
     let moved = if let Some(transfers) = leader {
-        let new_leader = leader_elected(env, node, deadline).await?;
+        // The leader has left: that is done, and its move is recorded whatever the wait for
+        // the next leader gives. The wait gets a bound of its own, since the leave itself may
+        // have used up the step's (a loaded host's agent can take seconds to exit); failing
+        // the step here would leave the retirement to be reconciled without its move.
+        let until = tokio::time::Instant::now() + env.config.step_timeout;
+        let to = match leader_elected(env, node, until).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                warn!(error = %e, %node, "No new leader seen after the leader left; recording the move without one.");
+                None
+            }
+        };
         let m = LeaderMove {
             from: node.to_owned(),
             path: "leave".into(),
-            to: Some(new_leader),
+            to,
             transfers,
             until_new_leader_ms: millis(left_at.elapsed()),
             at: now_ms(),
