@@ -157,7 +157,18 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
             "{ready}"
         );
 
-        let before = scrape(&rig).await;
+        // The rollout config's `timer` watch re-checks the rollout every second, on the
+        // wall clock's second boundary, and holds the step lock for the few milliseconds each
+        // check takes; the baseline is a scrape between two checks.
+        let before = eventually(
+            "a scrape with the step lock free between the timer's checks",
+            Duration::from_secs(10),
+            || async {
+                let s = scrape(&rig).await;
+                (s.get(r#"rehydrator_lock_held{lock="step"}"#) == Some(0.0)).then_some(s)
+            },
+        )
+        .await;
         for f in FAMILIES {
             assert!(
                 before.types.contains_key(f),
@@ -173,10 +184,6 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
         assert_eq!(
             before.get(&format!("rehydrator_servers{{image=\"{OLD_IMAGE}\"}}")),
             Some(SERVERS as f64)
-        );
-        assert_eq!(
-            before.get(r#"rehydrator_lock_held{lock="step"}"#),
-            Some(0.0)
         );
         assert_eq!(
             before.get(r#"rehydrator_steps_total{kind="launch",outcome="ok"}"#),
