@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use rehydrator_config::Secret;
+use rehydrator_config::{Secret, SecretUrl};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -65,7 +65,7 @@ pub type FailureHook = Rc<dyn Fn(&'static str)>;
 
 /// Sends the rollout's notifications, or nothing when `[notify] url` is not set.
 pub struct Notifier {
-    target: Option<(String, Option<Secret>)>,
+    target: Option<(SecretUrl, Option<Secret>)>,
     cluster: String,
     port: Rc<dyn WebhookPort>,
     timeout: Duration,
@@ -77,7 +77,7 @@ pub struct Notifier {
 impl Notifier {
     /// A notifier posting to `url` (none: a notifier that sends nothing).
     pub fn new(
-        url: Option<String>,
+        url: Option<SecretUrl>,
         token: Option<Secret>,
         cluster: &str,
         port: Rc<dyn WebhookPort>,
@@ -158,8 +158,12 @@ impl Notifier {
             while let Some(n) = rx.recv().await {
                 let event = n.event;
                 let body = serde_json::to_value(&n).unwrap_or(Value::Null);
-                let post =
-                    port.post_json_bearer(&url, body, token.as_ref().map(Secret::expose), timeout);
+                let post = port.post_json_bearer(
+                    url.expose(),
+                    body,
+                    token.as_ref().map(Secret::expose),
+                    timeout,
+                );
                 // The port bounds the request; this bounds a port that does not.
                 let kind = match tokio::time::timeout(timeout + Duration::from_secs(1), post).await
                 {
@@ -263,7 +267,7 @@ mod tests {
         let counted = Rc::new(Cell::new(0));
         let c = counted.clone();
         let n = Notifier::new(
-            Some("http://hook".into()),
+            Some(SecretUrl::new("http://hook")),
             Some(Secret::new("t0ken")),
             "prod",
             Rc::new(rec.clone()),

@@ -37,6 +37,99 @@ impl Serialize for Secret {
     }
 }
 
+/// A URL that may carry secrets: `user:pass@` (sent as Basic auth, never in the URL) or query
+/// values such as `?sig=…`, `?apikey=…`. Every way of showing it (`Debug`, `Display`, the
+/// serialized settings) masks them ([`redact_url`]); [`SecretUrl::expose`] is for the request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself, for the one place that sends the request.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_url(&self.0))
+    }
+}
+
+/// Query keys whose values are taken for secrets (matched anywhere in the key, any case).
+const SECRET_KEYS: &[&str] = &[
+    "token",
+    "key",
+    "secret",
+    "pass",
+    "pwd",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+];
+
+/// `url` as it may be shown: credentials before an `@` as `***`, the values of query keys
+/// that look like secrets ([`SECRET_KEYS`]) as `***`, a fragment as `***`. Text that is not
+/// `scheme://…` is shown as a placeholder: it may be a secret mistyped into the field.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, _)) => (r, "#***"),
+        None => (rest, ""),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let query = query.map(|q| {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _))
+                    if SECRET_KEYS
+                        .iter()
+                        .any(|s| k.to_ascii_lowercase().contains(s)) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        format!("?{}", pairs.join("&"))
+    });
+    format!(
+        "{scheme}://{authority}{path}{}{fragment}",
+        query.unwrap_or_default()
+    )
+}
+
 fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
@@ -269,7 +362,7 @@ pub enum ActionKind {
     /// Runs a command with the trigger as JSON on stdin; exit status 0 is success.
     Exec { command: Vec<String> },
     /// POSTs the trigger as JSON to a URL; a 2xx answer is success.
-    Http { url: String },
+    Http { url: SecretUrl },
     /// The rollout's launch step: one server on the newest image, if safe.
     #[serde(rename = "spin-up")]
     SpinUp,
@@ -354,7 +447,7 @@ fn clock<S: Serializer>(t: &jiff::civil::Time, s: S) -> Result<S::Ok, S::Error> 
 pub struct NotifySettings {
     /// Where to POST. Default none: no notifications.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
     /// Sent as `Authorization: Bearer`; from REHYDRATOR_NOTIFY_TOKEN, never from the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
@@ -388,5 +481,46 @@ impl Settings {
     /// The effective configuration as TOML, secrets masked: what `check-config` prints.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_secrets() {
+        assert_eq!(
+            redact_url("https://user:p%40ss@hooks.example.com:8443/a/b?sig=abc&x=1&apiKey=k#tok"),
+            "https://***@hooks.example.com:8443/a/b?sig=***&x=1&apiKey=***#***"
+        );
+        assert_eq!(
+            redact_url("http://hooks.example.com/plain?page=2"),
+            "http://hooks.example.com/plain?page=2"
+        );
+        for secret in [
+            "token",
+            "access_token",
+            "Password",
+            "X-Amz-Signature",
+            "auth",
+            "session_id",
+        ] {
+            let shown = redact_url(&format!("https://h/p?{secret}=s3cr3t"));
+            assert!(!shown.contains("s3cr3t"), "{secret}: {shown}");
+        }
+        // A value with no scheme may be a secret pasted into the wrong field.
+        assert_eq!(redact_url("s3cr3t-token"), "(not a URL)");
+        #[derive(Serialize)]
+        struct Field {
+            url: SecretUrl,
+        }
+        let u = SecretUrl::new("https://u:pw@h/x?sig=1");
+        let toml = toml::to_string(&Field { url: u.clone() }).unwrap_or_default();
+        assert!(toml.starts_with("url = "), "{toml}");
+        for shown in [format!("{u}"), format!("{u:?}"), toml] {
+            assert!(!shown.contains("pw") && !shown.contains("sig=1"), "{shown}");
+        }
+        assert_eq!(u.expose(), "https://u:pw@h/x?sig=1");
     }
 }

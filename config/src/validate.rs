@@ -551,13 +551,13 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
         Some("spin-down") => Some(ActionKind::SpinDown),
         Some("http") => match ra.url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
-                Some(ActionKind::Http { url: u })
+                Some(ActionKind::Http {
+                    url: SecretUrl::new(u),
+                })
             }
-            Some(u) => {
-                errs.push(
-                    format!("{at}.url"),
-                    format!("{u:?} is not an http:// or https:// URL"),
-                );
+            Some(_) => {
+                // Not echoed: a mistyped value may be a secret.
+                errs.push(format!("{at}.url"), "is not an http:// or https:// URL");
                 None
             }
             None => {
@@ -973,14 +973,12 @@ fn notify_settings(
 ) -> NotifySettings {
     if let Some(u) = &rn.url {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            errs.push(
-                "notify.url",
-                format!("{u:?} is not an http:// or https:// URL"),
-            );
+            // Not echoed: a mistyped value may be a secret.
+            errs.push("notify.url", "is not an http:// or https:// URL");
         }
     }
     NotifySettings {
-        url: rn.url,
+        url: rn.url.map(SecretUrl::new),
         token: env
             .get(NOTIFY_TOKEN_ENV)
             .filter(|t| !t.is_empty())

@@ -11,15 +11,16 @@ use tracing::Instrument;
 use super::{Abort, ExecError, Run};
 use crate::ports::WebhookPort;
 use crate::receipt::Outcome;
+use rehydrator_config::SecretUrl;
 
 pub struct Http {
-    url: String,
+    url: SecretUrl,
     port: Rc<dyn WebhookPort>,
     running: HashMap<String, AbortHandle>,
 }
 
 impl Http {
-    pub fn new(url: String, port: Rc<dyn WebhookPort>) -> Self {
+    pub fn new(url: SecretUrl, port: Rc<dyn WebhookPort>) -> Self {
         Self {
             url,
             port,
@@ -50,7 +51,7 @@ impl Handler<Run> for Http {
         let span = tracing::info_span!("http", actor = "http", action = %msg.trigger.action, trigger = %trigger_id);
         let post = self
             .port
-            .post_json(&self.url, body, msg.timeout)
+            .post_json(self.url.expose(), body, msg.timeout)
             .instrument(span);
         Box::pin(
             Abortable::new(post, registration)
