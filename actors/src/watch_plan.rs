@@ -152,7 +152,11 @@ impl Memory {
                 let Some(id) = e.get("ID").and_then(Value::as_str).map(str::to_owned) else {
                     continue;
                 };
-                now.insert(id.clone());
+                // An ID listed twice is one event: a hostile or broken answer must not make
+                // it fire once per copy.
+                if !now.insert(id.clone()) {
+                    continue;
+                }
                 if !self.events.contains(&id) {
                     fires.push(Fire {
                         trigger_id: id,
@@ -210,12 +214,13 @@ pub fn events_to_replay(events: &Value, receipted: &HashSet<String>) -> Vec<Fire
     else {
         return Vec::new();
     };
+    let mut seen = HashSet::new();
     list.into_iter()
         .zip(ids)
         .skip(last + 1)
         .filter_map(|(e, id)| {
             let id = id?;
-            (!receipted.contains(&id)).then_some(Fire {
+            (!receipted.contains(&id) && seen.insert(id.clone())).then_some(Fire {
                 trigger_id: id,
                 position: ltime(&e),
                 payload: e,
@@ -325,6 +330,15 @@ mod tests {
         assert!(m
             .observe(true, 11, &json!([e("a"), e("b"), e("c")]))
             .is_empty());
+        // An ID listed many times is one event.
+        let mut list = vec![e("a"), e("b"), e("c")];
+        list.extend(std::iter::repeat(e("d")).take(1000));
+        let fired = m.observe(true, 12, &Value::Array(list));
+        let ids: Vec<_> = fired.iter().map(|f| f.trigger_id.as_str()).collect();
+        assert_eq!(ids, ["d"]);
+        let twice = json!([e("2"), e("5"), e("5")]);
+        let receipted: HashSet<String> = ["2".to_string()].into();
+        assert_eq!(events_to_replay(&twice, &receipted).len(), 1);
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub struct Watcher {
     dispatcher: Recipient<WatchFired>,
     stream: Option<Rc<dyn WatchStream>>,
     memory: Memory,
-    /// When Consul stopped answering, so an outage is logged once, not once per retry.
-    outage: Option<tokio::time::Instant>,
+    /// Since when and how reads fail, so a failure is logged once when it starts and once
+    /// when it changes kind, not once per retry.
+    outage: Option<Outage>,
     /// Debounced fires waiting for quiet, and the timer that sends them.
     pending: Vec<(Fire, u64)>,
     debounce_timer: Option<SpawnHandle>,
@@ -51,6 +52,14 @@ pub struct Watcher {
     metrics: Metrics,
     /// Every log line of this actor carries `actor` and `watch`.
     span: tracing::Span,
+}
+
+/// A run of failed reads.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: tokio::time::Instant,
+    kind: ErrorKind,
+    failures: u64,
 }
 
 impl Watcher {
@@ -127,23 +136,22 @@ impl Watcher {
         let _span = self.span.clone().entered();
         let read = match res {
             Ok(read) => read,
-            // An answer that does not decode means this stream's idea of the endpoint broke
-            // (a proxy in the way, an upgrade): stop, and the supervisor restarts the Watcher
-            // with a fresh stream and baseline.
-            Err(e) if e.kind == ErrorKind::Decode => {
-                self.metrics.error("consul", e.kind());
-                error!(watch = %self.spec.name, error = %e, "Consul's answer did not decode; restarting the watch.");
-                ctx.stop();
-                return Box::pin(fut::ready(()));
-            }
+            // Every failure, an answer that does not decode included, keeps the stream: it
+            // keeps the index and backs off (`WatchState`), where a restart with a fresh stream
+            // would retry at once, as often as a broken answer comes.
             Err(e) => {
                 self.on_error(&e);
                 self.read(ctx);
                 return Box::pin(fut::ready(()));
             }
         };
-        if let Some(since) = self.outage.take() {
-            info!(watch = %self.spec.name, down_for = ?since.elapsed(), "Consul answers again; watching resumes.");
+        if let Some(o) = self.outage.take() {
+            info!(
+                watch = %self.spec.name,
+                down_for = ?o.since.elapsed(),
+                failures = o.failures,
+                "Consul answers again; watching resumes."
+            );
         }
         let first = !self.memory.has_baseline();
         let fires = self
@@ -174,15 +182,34 @@ impl Watcher {
 
     fn on_error(&mut self, e: &PortError) {
         self.metrics.error("consul", e.kind());
-        if self.outage.is_none() {
-            self.outage = Some(tokio::time::Instant::now());
-            if e.kind == ErrorKind::Rejected {
-                error!(watch = %self.spec.name, error = %e, "Consul refuses this watch's query; check the ACL token and the watch.");
-            } else {
-                warn!(watch = %self.spec.name, error = %e, kind = e.kind(), "Lost Consul; retrying with backoff.");
+        let watch = &self.spec.name;
+        match &mut self.outage {
+            Some(o) if o.kind == e.kind => {
+                o.failures += 1;
+                debug!(%watch, error = %e, failures = o.failures, "Still failing.");
+                return;
             }
-        } else {
-            debug!(watch = %self.spec.name, error = %e, "Still no answer from Consul.");
+            Some(o) => {
+                o.failures += 1;
+                warn!(%watch, error = %e, kind = e.kind(), failures = o.failures, since = ?o.since.elapsed(), "Consul's failure changed; retrying with backoff.");
+                o.kind = e.kind;
+                return;
+            }
+            None => {}
+        }
+        self.outage = Some(Outage {
+            since: tokio::time::Instant::now(),
+            kind: e.kind,
+            failures: 1,
+        });
+        match e.kind {
+            ErrorKind::Rejected => {
+                error!(%watch, error = %e, "Consul refuses this watch's query; check the ACL token and the watch. Retrying with backoff.")
+            }
+            ErrorKind::Decode => {
+                error!(%watch, error = %e, "Consul's answer is not what this watch reads (a proxy in the way?); retrying with backoff.")
+            }
+            _ => warn!(%watch, error = %e, kind = e.kind(), "Lost Consul; retrying with backoff."),
         }
     }
 

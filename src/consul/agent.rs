@@ -3,7 +3,7 @@
 
 use awc::http::Method;
 
-use super::{segment, AgentSelf, Call, Client, ConsulError, Member};
+use super::{segment, AgentSelf, Call, Client, ConsulError, Member, MAX_LIST_BODY};
 
 impl Client {
     /// The agent's configuration and its own membership.
@@ -15,7 +15,9 @@ impl Client {
     pub async fn agent_members(&self, wan: bool) -> Result<Vec<Member>, ConsulError> {
         // `wan=1`, not a bare `wan`: Consul 1.8 reads the parameter's value, and a bare `?wan`
         // answers the LAN pool.
-        let call = Call::get("agent/members").param_opt("wan", wan.then_some(1));
+        let call = Call::get("agent/members")
+            .param_opt("wan", wan.then_some(1))
+            .limit(MAX_LIST_BODY);
         let found: Option<Vec<Member>> = self.read(call).await?.value;
         Ok(found.unwrap_or_default())
     }

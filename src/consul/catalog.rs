@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     segment, Call, CatalogDeregistration, CatalogNode, CatalogRegistration, CatalogService, Client,
-    ConsulError, Indexed, Node, QueryOptions,
+    ConsulError, Indexed, Node, QueryOptions, MAX_LIST_BODY,
 };
 
 impl Client {
@@ -14,7 +14,9 @@ impl Client {
         &self,
         opts: &QueryOptions,
     ) -> Result<Indexed<BTreeMap<String, Vec<String>>>, ConsulError> {
-        let call = Call::get("catalog/services").options(opts);
+        let call = Call::get("catalog/services")
+            .limit(MAX_LIST_BODY)
+            .options(opts);
         let found: Indexed<Option<BTreeMap<String, Option<Vec<String>>>>> = self.read(call).await?;
         Ok(found.map(|m| {
             m.unwrap_or_default()
@@ -33,6 +35,7 @@ impl Client {
     ) -> Result<Indexed<Vec<CatalogService>>, ConsulError> {
         let call = Call::get(format!("catalog/service/{}", segment(name)))
             .param_opt("tag", tag)
+            .limit(MAX_LIST_BODY)
             .options(opts);
         let found: Indexed<Option<Vec<CatalogService>>> = self.read(call).await?;
         Ok(found.map(Option::unwrap_or_default))
@@ -43,7 +46,9 @@ impl Client {
         &self,
         opts: &QueryOptions,
     ) -> Result<Indexed<Vec<Node>>, ConsulError> {
-        let call = Call::get("catalog/nodes").options(opts);
+        let call = Call::get("catalog/nodes")
+            .limit(MAX_LIST_BODY)
+            .options(opts);
         let found: Indexed<Option<Vec<Node>>> = self.read(call).await?;
         Ok(found.map(Option::unwrap_or_default))
     }

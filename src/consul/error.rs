@@ -23,7 +23,9 @@ pub enum ConsulError {
     },
     /// Connected, but no answer within the request's timeout (a stopped agent accepts
     /// connections and never answers).
-    #[error("Consul at {address} is not answering: no answer to {request} within {after:?}")]
+    #[error(
+        "Consul at {address} is not answering: no complete answer to {request} within {after:?}"
+    )]
     Timeout {
         address: String,
         request: String,
@@ -43,6 +45,8 @@ pub enum ConsulError {
     /// The answer was not what the endpoint documents.
     #[error("could not decode Consul's answer to {request}: {reason}")]
     Decode { request: String, reason: String },
+    #[error("Consul's answer to {request} is larger than {limit} bytes, the most read for it")]
+    TooLarge { request: String, limit: usize },
     /// The client cannot be built or the request cannot be formed.
     #[error("Consul client configuration: {0}")]
     Config(String),
@@ -58,6 +62,7 @@ impl ConsulError {
             ConsulError::Status { status, .. } if *status >= 500 => "status_5xx",
             ConsulError::Status { .. } => "status_4xx",
             ConsulError::Decode { .. } => "decode",
+            ConsulError::TooLarge { .. } => "too_large",
             ConsulError::Config(_) => "config",
         }
     }
@@ -71,7 +76,9 @@ impl ConsulError {
             | ConsulError::Timeout { .. }
             | ConsulError::Transport { .. } => true,
             ConsulError::Status { status, .. } => *status >= 500 || *status == 429,
-            ConsulError::Decode { .. } | ConsulError::Config(_) => false,
+            ConsulError::Decode { .. } | ConsulError::TooLarge { .. } | ConsulError::Config(_) => {
+                false
+            }
         }
     }
 

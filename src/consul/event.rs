@@ -4,7 +4,9 @@
 //! The event list's `X-Consul-Index` is a hash of the newest event's ID, not a Raft index: a
 //! watch on it uses `IndexOrder::Hashed`, and dedupes by event ID.
 
-use super::{segment, Body, Call, Client, ConsulError, Indexed, QueryOptions, UserEvent};
+use super::{
+    segment, Body, Call, Client, ConsulError, Indexed, QueryOptions, UserEvent, MAX_EVENT_LIST_BODY,
+};
 
 /// Which agents an event is meant for (`node`, `service`, `tag` regular expressions); the
 /// same filters narrow `event_list`.
@@ -47,6 +49,7 @@ impl Client {
     ) -> Result<Indexed<Vec<UserEvent>>, ConsulError> {
         let call = Call::get("event/list")
             .param_opt("name", name)
+            .limit(MAX_EVENT_LIST_BODY)
             .options(opts);
         let found: Indexed<Option<Vec<UserEvent>>> = self.read(call).await?;
         Ok(found.map(Option::unwrap_or_default))

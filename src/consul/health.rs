@@ -3,7 +3,7 @@
 
 use super::{
     segment, Call, CheckState, Client, ConsulError, HealthCheck, Indexed, QueryOptions,
-    ServiceEntry,
+    ServiceEntry, MAX_LIST_BODY,
 };
 
 impl Client {
@@ -19,6 +19,7 @@ impl Client {
         let call = Call::get(format!("health/service/{}", segment(name)))
             .param_opt("tag", tag)
             .flag("passing", passing)
+            .limit(MAX_LIST_BODY)
             .options(opts);
         let found: Indexed<Option<Vec<ServiceEntry>>> = self.read(call).await?;
         Ok(found.map(Option::unwrap_or_default))
@@ -41,7 +42,9 @@ impl Client {
         state: CheckState,
         opts: &QueryOptions,
     ) -> Result<Indexed<Vec<HealthCheck>>, ConsulError> {
-        let call = Call::get(format!("health/state/{}", state.as_str())).options(opts);
+        let call = Call::get(format!("health/state/{}", state.as_str()))
+            .limit(MAX_LIST_BODY)
+            .options(opts);
         let found: Indexed<Option<Vec<HealthCheck>>> = self.read(call).await?;
         Ok(found.map(Option::unwrap_or_default))
     }

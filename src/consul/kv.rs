@@ -5,7 +5,9 @@
 
 use awc::http::{Method, StatusCode};
 
-use super::{key_path, Body, Call, Client, ConsulError, Indexed, KvPair, QueryOptions};
+use super::{
+    key_path, Body, Call, Client, ConsulError, Indexed, KvPair, QueryOptions, MAX_LIST_BODY,
+};
 
 /// Options of `kv_put`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +60,7 @@ impl Client {
     ) -> Result<Indexed<Vec<KvPair>>, ConsulError> {
         let call = Call::get(format!("kv/{}", key_path(prefix)))
             .flag("recurse", true)
+            .limit(MAX_LIST_BODY)
             .options(opts);
         let answer = self.send(call, None).await?;
         if answer.status == StatusCode::NOT_FOUND {
@@ -80,6 +83,7 @@ impl Client {
         let call = Call::get(format!("kv/{}", key_path(prefix)))
             .flag("keys", true)
             .param_opt("separator", separator)
+            .limit(MAX_LIST_BODY)
             .options(opts);
         let answer = self.send(call, None).await?;
         if answer.status == StatusCode::NOT_FOUND {

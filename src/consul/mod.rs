@@ -40,8 +40,14 @@ pub use query::{
 };
 pub use types::*;
 
-/// Largest answer body read; a recursive KV read or a big catalog can pass awc's 2 MiB default.
-const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Largest answer body read by default: sessions, status, autopilot, a single key's entry
+/// (Consul's own `kv_max_value_size` default is 512 KiB, base64 in the answer).
+pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest answer of a list that grows with the cluster: a recursive KV read, the catalog, a
+/// service's health, the member list.
+pub(crate) const MAX_LIST_BODY: usize = 32 * 1024 * 1024;
+/// Largest event list: the agent keeps 256 events of at most 512 bytes of payload each.
+pub(crate) const MAX_EVENT_LIST_BODY: usize = 1024 * 1024;
 
 /// Characters left as they are in a path segment or query value: RFC 3986's unreserved set.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -85,6 +91,8 @@ pub(crate) struct Call {
     datacenter: Option<String>,
     timeout_slack: Option<Duration>,
     query: Option<QueryOptions>,
+    /// The largest answer body read, in bytes.
+    max_body: usize,
 }
 
 impl Call {
@@ -96,7 +104,14 @@ impl Call {
             datacenter: None,
             timeout_slack: None,
             query: None,
+            max_body: MAX_BODY,
         }
+    }
+
+    /// Reads an answer of up to `bytes` (default [`MAX_BODY`]).
+    pub(crate) fn limit(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     pub(crate) fn get(path: impl Into<String>) -> Self {
@@ -157,6 +172,8 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
     /// `METHOD /v1/path?query`, for errors.
     pub request: String,
+    /// Whether `X-Consul-Index` came, as a number: a blocking query cannot go on without it.
+    pub has_index: bool,
 }
 
 impl Answer {
@@ -276,25 +293,32 @@ impl Client {
             req = req.insert_header(("X-Consul-Token", token.expose()));
         }
         let started = std::time::Instant::now();
-        let sent = match body {
-            None => req.send().await,
-            Some(Body::Json(bytes)) => req.content_type("application/json").send_body(bytes).await,
-            Some(Body::Raw(bytes)) => {
-                req.content_type("application/octet-stream")
-                    .send_body(bytes)
-                    .await
-            }
+        // The timeout bounds the whole exchange, body included: awc's own covers only the
+        // wait for the headers, and an agent (or a proxy) trickling a byte a second would hold
+        // the read for as long as it likes.
+        let exchange = async {
+            let sent = match body {
+                None => req.send().await,
+                Some(Body::Json(bytes)) => {
+                    req.content_type("application/json").send_body(bytes).await
+                }
+                Some(Body::Raw(bytes)) => {
+                    req.content_type("application/octet-stream")
+                        .send_body(bytes)
+                        .await
+                }
+            };
+            let mut resp = sent.map_err(|e| self.send_error(e, &request, timeout))?;
+            let body = read_body(&mut resp, call.max_body, &request).await?;
+            Ok::<_, ConsulError>((resp, body))
         };
-        let mut resp = sent.map_err(|e| self.send_error(e, &request, timeout))?;
-        let body = resp
-            .body()
-            .limit(MAX_BODY)
+        let (resp, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|e| ConsulError::Transport {
+            .map_err(|_| ConsulError::Timeout {
+                address: self.address.clone(),
                 request: request.clone(),
-                reason: e.to_string(),
-            })?
-            .to_vec();
+                after: timeout,
+            })??;
         let status = resp.status();
         if status.is_redirection() {
             let to = resp
@@ -324,6 +348,11 @@ impl Client {
             });
         }
         let meta = QueryMeta::from_headers(resp.headers());
+        let has_index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().parse::<u64>().is_ok());
         tracing::debug!(
             request = %request,
             status = status.as_u16(),
@@ -336,6 +365,7 @@ impl Client {
             meta,
             body,
             request,
+            has_index,
         })
     }
 
@@ -399,6 +429,46 @@ impl Client {
             }
         }
     }
+}
+
+/// The answer's body, at most `limit` bytes, and all of it: a body that ends before its
+/// `Content-Length` (the connection closed early) is an error, never a shorter answer.
+async fn read_body<S>(
+    resp: &mut awc::ClientResponse<S>,
+    limit: usize,
+    request: &str,
+) -> Result<Vec<u8>, ConsulError>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let declared = resp
+        .headers()
+        .get(awc::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ConsulError::TooLarge {
+            request: request.to_owned(),
+            limit,
+        });
+    }
+    let body = resp.body().limit(limit).await.map_err(|e| match e {
+        awc::error::PayloadError::Overflow => ConsulError::TooLarge {
+            request: request.to_owned(),
+            limit,
+        },
+        e => ConsulError::Transport {
+            request: request.to_owned(),
+            reason: format!("the answer's body broke off: {e}"),
+        },
+    })?;
+    if let Some(n) = declared.filter(|n| *n != body.len() as u64) {
+        return Err(ConsulError::Transport {
+            request: request.to_owned(),
+            reason: format!("the answer was cut short: {} of {n} bytes", body.len()),
+        });
+    }
+    Ok(body.to_vec())
 }
 
 /// Where a redirect points, as far as it is safe to say: scheme and host, never a path,

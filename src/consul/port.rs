@@ -46,7 +46,7 @@ impl From<ConsulError> for PortError {
                 ErrorKind::Server
             }
             ConsulError::Status { .. } | ConsulError::Config(_) => ErrorKind::Rejected,
-            ConsulError::Decode { .. } => ErrorKind::Decode,
+            ConsulError::Decode { .. } | ConsulError::TooLarge { .. } => ErrorKind::Decode,
         };
         PortError::new(kind, e.to_string())
     }
@@ -280,13 +280,14 @@ async fn read_watch(
     kind: &WatchKind,
     opts: &QueryOptions,
 ) -> Result<(u64, Value), ConsulError> {
+    use super::{MAX_EVENT_LIST_BODY, MAX_LIST_BODY};
     let call = match kind {
         WatchKind::Key { key } => Call::get(format!("kv/{}", super::key_path(key))),
-        WatchKind::Keyprefix { prefix } => {
-            Call::get(format!("kv/{}", super::key_path(prefix))).flag("recurse", true)
-        }
-        WatchKind::Services => Call::get("catalog/services"),
-        WatchKind::Nodes => Call::get("catalog/nodes"),
+        WatchKind::Keyprefix { prefix } => Call::get(format!("kv/{}", super::key_path(prefix)))
+            .flag("recurse", true)
+            .limit(MAX_LIST_BODY),
+        WatchKind::Services => Call::get("catalog/services").limit(MAX_LIST_BODY),
+        WatchKind::Nodes => Call::get("catalog/nodes").limit(MAX_LIST_BODY),
         WatchKind::Service {
             service,
             tag,
@@ -297,20 +298,23 @@ async fn read_watch(
             for t in tag {
                 call = call.param("tag", t);
             }
-            call
+            call.limit(MAX_LIST_BODY)
         }
         WatchKind::Checks {
             service: Some(service),
             ..
-        } => Call::get(format!("health/checks/{}", super::segment(service))),
+        } => Call::get(format!("health/checks/{}", super::segment(service))).limit(MAX_LIST_BODY),
         WatchKind::Checks {
             service: None,
             state,
         } => Call::get(format!(
             "health/state/{}",
             super::segment(state.as_deref().unwrap_or("any"))
-        )),
-        WatchKind::Event { event } => Call::get("event/list").param("name", event),
+        ))
+        .limit(MAX_LIST_BODY),
+        WatchKind::Event { event } => Call::get("event/list")
+            .param("name", event)
+            .limit(MAX_EVENT_LIST_BODY),
         // The Watcher polls the cloud for an image watch; neither reads a Consul endpoint.
         WatchKind::Schedule { .. } | WatchKind::Image { .. } => {
             return Err(ConsulError::Config(
@@ -332,7 +336,46 @@ async fn read_watch(
         };
         return Ok((answer.meta.index, empty));
     }
-    let got = answer.ok()?.indexed::<Value>()?;
+    let answer = answer.ok()?;
+    // Every endpoint a watch reads sends its index; without one a blocking query cannot block,
+    // and going on would poll as fast as the rate limit allows.
+    if !answer.has_index {
+        return Err(ConsulError::Decode {
+            request: answer.request,
+            reason: "no numeric X-Consul-Index in the answer (is this a Consul agent?)".into(),
+        });
+    }
+    let request = answer.request.clone();
+    let mut got = answer.indexed::<Value>()?;
+    // `catalog/services` answers a map of service to tags; every other endpoint a list (or
+    // null for none, as some versions answer an empty event list).
+    let want_object = matches!(kind, WatchKind::Services);
+    if got.value.is_null() && !want_object {
+        got.value = Value::Array(Vec::new());
+    }
+    let shape_ok = match &got.value {
+        Value::Object(_) => want_object,
+        Value::Array(_) => !want_object,
+        _ => false,
+    };
+    if !shape_ok {
+        let what = |v: &Value| match v {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        };
+        return Err(ConsulError::Decode {
+            request,
+            reason: format!(
+                "expected {}, got {}",
+                if want_object { "an object" } else { "a list" },
+                what(&got.value)
+            ),
+        });
+    }
     let payload = match (kind, got.value) {
         // consul watch hands a key watch the entry itself, not a list of one.
         (WatchKind::Key { .. }, Value::Array(mut items)) if !items.is_empty() => {

@@ -9,6 +9,7 @@ use awc::http::StatusCode;
 use super::types::SessionCreated;
 use super::{
     segment, Call, Client, ConsulError, Indexed, QueryOptions, SessionEntry, SessionRequest,
+    MAX_LIST_BODY,
 };
 
 impl Client {
@@ -55,7 +56,7 @@ impl Client {
         &self,
         opts: &QueryOptions,
     ) -> Result<Indexed<Vec<SessionEntry>>, ConsulError> {
-        let call = Call::get("session/list").options(opts);
+        let call = Call::get("session/list").limit(MAX_LIST_BODY).options(opts);
         let found: Indexed<Option<Vec<SessionEntry>>> = self.read(call).await?;
         Ok(found.map(Option::unwrap_or_default))
     }

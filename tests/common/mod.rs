@@ -4,6 +4,7 @@
 pub mod consul_agent;
 pub mod demo;
 pub mod endpoint;
+pub mod hostile;
 pub mod moto;
 pub mod moto_rollout;
 pub mod process_rig;
