@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, default_value = rehydrator::healthcheck::DEFAULT_URL)]
         url: String,
         /// The longest the whole check may take (under the 5 s Docker and ECS allow a check).
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "3s", value_parser = cli::parse_bounded_duration)]
         timeout: Duration,
     },
 }
@@ -91,10 +91,10 @@ struct SimArgs {
     #[arg(long, default_value = "image-a")]
     image: String,
     /// Divide every simulated duration by this (1 = Consul's real timing).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     time_scale: f64,
     /// Autopilot server stabilization time, in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     stabilization: f64,
     /// Answer as this Consul version where the project branches on it (e.g. 1.8.7: no
     /// transfer-leader, no autopilot/state).
@@ -125,7 +125,7 @@ struct DemoArgs {
     timeline: PathBuf,
     /// Wait this long after the replicas are ready before firing the rollout (time to open a
     /// dashboard), e.g. `10s`.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = cli::parse_bounded_duration)]
     fire_after: std::time::Duration,
     /// After the rollout, keep the simulator and the replicas (and their dashboards) running
     /// until Ctrl-C or SIGTERM.
@@ -240,8 +240,15 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
             args.time_scale
         );
     }
-    let stabilization = Duration::try_from_secs_f64(args.stabilization)
-        .map_err(|e| anyhow::anyhow!("--stabilization: {e}"))?;
+    // A negative or absurd number is refused by what it means, not by how clap reads a
+    // leading '-'.
+    if !(0.0..=86_400.0).contains(&args.stabilization) {
+        anyhow::bail!(
+            "--stabilization: must be a number of seconds from 0 to 86400, got {}",
+            args.stabilization
+        );
+    }
+    let stabilization = Duration::from_secs_f64(args.stabilization);
     if rehydrator_sim::version_parts(&args.consul_version).is_none() {
         anyhow::bail!(
             "--consul-version: {:?} is not a version like 1.8.7",

@@ -79,6 +79,19 @@ fn sim_binary_refuses_bad_flags_naming_them() {
         (vec!["sim", "--servers", "0"], "--servers"),
         (vec!["sim", "--time-scale=-2"], "--time-scale"),
         (vec!["sim", "--listen", "not-an-address"], "--listen"),
+        // A negative number after a space is a value, refused for what it means.
+        (
+            vec!["sim", "--stabilization", "-1"],
+            "--stabilization: must be a number of seconds from 0 to 86400, got -1",
+        ),
+        (
+            vec!["sim", "--time-scale", "-2"],
+            "--time-scale: must be a positive number, got -2",
+        ),
+        (
+            vec!["healthcheck", "--timeout", "1000d"],
+            "must be at most 24h",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
             .args(&args)

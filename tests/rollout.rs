@@ -14,6 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::rig::{BOOT, STABILIZATION};
 use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::tree::{self, Tree};
@@ -210,6 +211,46 @@ async fn a_new_server_that_never_gets_healthy_stops_the_rollout_and_keeps_the_ol
         assert_eq!(r.launches.len(), 1, "one launch, no second try");
         assert!(r.retirements.is_empty(), "no old server retired");
         rig.assert_old_servers_kept().await;
+        tree.shutdown().await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_stable_timeout_no_longer_than_autopilots_stabilization_keeps_the_rollout_from_starting()
+{
+    common::bounded(async {
+        let rig = Rig::new("short-stable", 3);
+        // The simulator's ServerStabilizationTime is STABILIZATION (1s): a new server could
+        // not become a voter within a 1s stable_timeout.
+        let tree = rig.start(3, &format!("{}ms", STABILIZATION.as_millis()));
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let receipt = common::eventually(
+            "the spin-up job's receipt",
+            ROLLOUT_BOUND,
+            || async {
+                let (status, body) = rig
+                    .send_raw("GET", "/v1/kv/rehydrator/roll/receipts/spin-up/?recurse", None)
+                    .await;
+                let list: Value = (status == 200).then(|| serde_json::from_slice(&body).ok())??;
+                // The event's job, not the timer's (which only waits for the event).
+                list.as_array()?.iter().find_map(|e| {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(e.get("Value")?.as_str()?)
+                        .ok()?;
+                    let receipt: Value = serde_json::from_slice(&raw).ok()?;
+                    (receipt["watch"] == "rehydrate").then(|| receipt.to_string())
+                })
+            },
+        )
+        .await;
+        assert!(
+            receipt.contains("rollout.stable_timeout (1s) is not longer than the cluster's autopilot ServerStabilizationTime (1s)"),
+            "{receipt}"
+        );
+        assert!(rig.rollout().await.is_none(), "no rollout was recorded");
+        assert_eq!(rig.servers().await.len(), 3, "nothing was launched");
         tree.shutdown().await;
     })
     .await;

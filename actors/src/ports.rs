@@ -121,6 +121,14 @@ pub trait ConsulPort {
         ))))
     }
 
+    /// Autopilot's `ServerStabilizationTime`: how long a new server must be healthy before it
+    /// becomes a voter.
+    fn server_stabilization(&self) -> PortFuture<Duration> {
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "autopilot configuration",
+        ))))
+    }
+
     /// The Raft leader's address (`/v1/status/leader`), None while there is none: Raft's own
     /// answer, fresher than autopilot's health, which a server computes every few seconds.
     fn raft_leader(&self) -> PortFuture<Option<String>> {

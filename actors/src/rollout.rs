@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::json;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::executor::{ExecError, Trigger};
 use crate::metrics::Metrics;
@@ -164,6 +164,27 @@ fn requested(config: &RolloutConfig, trigger: &Trigger) -> bool {
         || config.request_watches.contains(&trigger.watch)
 }
 
+/// Why a rollout must not start with this `stable_timeout`: autopilot keeps a new server
+/// from voting for its `ServerStabilizationTime`, so a shorter wait would stop the rollout at
+/// its first launch with the extra server left. A port that cannot tell (an agent refusing
+/// the read) does not block the rollout: the settle step still bounds each launch.
+async fn stable_timeout_too_short(env: &RolloutEnv) -> Option<String> {
+    let stabilization = match env.consul.server_stabilization().await {
+        Ok(d) => d,
+        Err(e) => {
+            debug!(error = %e, "Could not read autopilot's ServerStabilizationTime.");
+            return None;
+        }
+    };
+    (env.config.stable_timeout <= stabilization).then(|| {
+        format!(
+            "rollout.stable_timeout ({:?}) is not longer than the cluster's autopilot \
+             ServerStabilizationTime ({:?}): no new server could become a voter in time",
+            env.config.stable_timeout, stabilization
+        )
+    })
+}
+
 /// One run of SpinUp or SpinDown: decide on a fresh snapshot and take at most one step.
 /// `metrics` counts and times the step taken.
 pub async fn run(
@@ -226,6 +247,11 @@ pub async fn run(
                 tokio::time::sleep(env.config.poll).await;
             }
             Step::Start { image } => {
+                if let Some(why) = stable_timeout_too_short(&env).await {
+                    error!(reason = %why, "The rollout does not start.");
+                    note_waiting(&env, s.rollout, cas, why.clone()).await?;
+                    return Ok(Outcome::NoOp(why));
+                }
                 let now = now_ms();
                 let r = Rollout::start(format!("r{now}"), &image, now, s.health.failure_tolerance);
                 info!(rollout = %r.id, %image, baseline_tolerance = r.baseline_tolerance, "Rollout started.");

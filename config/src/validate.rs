@@ -21,6 +21,11 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// listing (DescribeImages) is rate-limited per account, and every replica polls.
 const IMAGE_INTERVAL: Duration = Duration::from_secs(300);
 const MIN_IMAGE_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest any duration in the file may be: far past any sane timeout or interval, and
+/// short enough that no instant computed from one overflows.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+/// The shortest schedule: every replica ticks, and each tick is a job with a lock round trip.
+const MIN_SCHEDULE: Duration = Duration::from_secs(1);
 /// The environment variable the notification webhook's bearer token comes from.
 pub const NOTIFY_TOKEN_ENV: &str = "REHYDRATOR_NOTIFY_TOKEN";
 
@@ -34,10 +39,19 @@ impl Errors {
         });
     }
 
+    /// A duration field; longer than [`MAX_DURATION`] is refused, so no instant computed from
+    /// one can overflow.
     fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
         match value {
             None => default,
             Some(v) => match humantime::parse_duration(v) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.push(
+                        field,
+                        format!("{v:?} is longer than the most any duration here may be, 30 days"),
+                    );
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.push(
@@ -48,6 +62,21 @@ impl Errors {
                 }
             },
         }
+    }
+
+    /// A duration that must be longer than zero.
+    fn nonzero_duration(
+        &mut self,
+        field: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(field, value, default);
+        if d.is_zero() {
+            self.push(field, "must be longer than zero");
+            return default;
+        }
+        d
     }
 
     fn positive(&mut self, field: &str, value: Option<i64>, default: u32) -> NonZeroU32 {
@@ -147,7 +176,7 @@ pub fn validate(
     let lock = LockSettings {
         session_ttl,
         lock_delay,
-        receipt_timeout: errs.duration(
+        receipt_timeout: errs.nonzero_duration(
             "lock.receipt_timeout",
             rl.receipt_timeout.as_deref(),
             Duration::from_secs(600),
@@ -698,10 +727,15 @@ fn watch_settings(
         Some("schedule") => {
             only(&["every"]);
             let every = errs.duration(&format!("{at}.every"), rw.every.as_deref(), Duration::ZERO);
-            if every.is_zero() {
+            if rw.every.is_none() {
                 errs.push(
                     format!("{at}.every"),
                     "is required for type \"schedule\": e.g. \"1m\"",
+                );
+            } else if every < MIN_SCHEDULE {
+                errs.push(
+                    format!("{at}.every"),
+                    "must be at least 1s: every replica runs each tick as a job",
                 );
             }
             Some(WatchKind::Schedule { every })
@@ -837,12 +871,12 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
     RolloutSettings {
         mode,
         dry_run: rr.dry_run.unwrap_or(false),
-        stable_timeout: errs.duration(
+        stable_timeout: errs.nonzero_duration(
             "rollout.stable_timeout",
             rr.stable_timeout.as_deref(),
             ten_minutes,
         ),
-        step_timeout: errs.duration(
+        step_timeout: errs.nonzero_duration(
             "rollout.step_timeout",
             rr.step_timeout.as_deref(),
             ten_minutes,

@@ -411,6 +411,25 @@ fn trigger_mistakes_are_each_named() {
 }
 
 #[test]
+fn durations_that_would_hurt_at_run_time_are_each_named() {
+    let path = sample("bad-bounds.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let expected = [
+        "lock.receipt_timeout: must be longer than zero",
+        "rollout.stable_timeout: must be longer than zero",
+        "rollout.step_timeout: \"18446744073709551615s\" is longer than the most any duration here may be, 30 days",
+        "watch[0].every: must be at least 1s",
+        "watch[1].debounce: \"1000000d\" is longer than the most any duration here may be, 30 days",
+    ];
+    for e in expected {
+        let line = format!("{}: {e}", path.display());
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(err.errors.len(), expected.len(), "{text}");
+}
+
+#[test]
 fn an_empty_status_listen_turns_the_endpoint_off() {
     let env: HashMap<String, String> =
         [("REHYDRATOR_STATUS__LISTEN".to_owned(), String::new())].into();

@@ -62,6 +62,16 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration flag of at most a day: longer is a typo, and would overflow the deadline
+/// computed from it.
+pub fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{text:?}: must be at most 24h"));
+    }
+    Ok(d)
+}
+
 /// The input was wrong (exit 2), as opposed to the world failing (exit 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

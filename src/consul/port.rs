@@ -171,6 +171,15 @@ impl ConsulPort for ConsulAdapter {
         })
     }
 
+    fn server_stabilization(&self) -> PortFuture<Duration> {
+        let c = self.client.clone();
+        Box::pin(async move {
+            Ok(c.autopilot_configuration(&QueryOptions::default())
+                .await?
+                .server_stabilization_time)
+        })
+    }
+
     fn raft_leader(&self) -> PortFuture<Option<String>> {
         let c = self.client.clone();
         Box::pin(async move { Ok(c.status_leader().await?.filter(|l| !l.is_empty())) })
