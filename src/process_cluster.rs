@@ -54,8 +54,18 @@ pub fn run(args: ProcessClusterArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    // The token `run` will use: asking for the leader (and the agents' leave) needs it once
+    // the agents enforce ACLs.
+    let consul = match ConsulConfig::from_settings(&settings.consul) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: [consul]: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
     let result = ProcessCloud::from_settings(process)
         .context("cloud (process)")
+        .map(|cloud| cloud.with_acl_token(consul.token.clone()))
         .and_then(|cloud| {
             if args.stop {
                 let stopped = cloud.stop_all().context("stopping the agents")?;
@@ -65,7 +75,7 @@ pub fn run(args: ProcessClusterArgs) -> ExitCode {
                 );
                 Ok(())
             } else {
-                start(&cloud, &args, port)
+                start(&cloud, &args, port, consul)
             }
         });
     match result {
@@ -77,7 +87,12 @@ pub fn run(args: ProcessClusterArgs) -> ExitCode {
     }
 }
 
-fn start(cloud: &ProcessCloud, args: &ProcessClusterArgs, port: u16) -> anyhow::Result<()> {
+fn start(
+    cloud: &ProcessCloud,
+    args: &ProcessClusterArgs,
+    port: u16,
+    consul: ConsulConfig,
+) -> anyhow::Result<()> {
     let images = cloud.data_dir().join("images");
     // Registering again would make an old image the newest.
     if !images.join(&args.image).exists() {
@@ -92,7 +107,10 @@ fn start(cloud: &ProcessCloud, args: &ProcessClusterArgs, port: u16) -> anyhow::
         .start_client(port)
         .context("starting the client agent")?;
     let address = format!("http://127.0.0.1:{port}");
-    let client = Client::new(ConsulConfig::with_address(&address)?)?;
+    let client = Client::new(ConsulConfig {
+        address: address.clone(),
+        ..consul
+    })?;
     let deadline = Instant::now() + args.wait;
     let leader = actix_rt::System::new().block_on(async {
         loop {

@@ -131,7 +131,11 @@ pub(crate) async fn cloud(settings: &Settings) -> anyhow::Result<Option<Rc<dyn C
             Ok(Some(Rc::new(cloud)))
         }
         CloudSettings::Process(p) => {
-            let cloud = ProcessCloud::from_settings(p).context("cloud (process)")?;
+            // `consul leave` of a retired agent needs the replica's token once ACLs are on.
+            let token = consul_config(settings)?.token;
+            let cloud = ProcessCloud::from_settings(p)
+                .context("cloud (process)")?
+                .with_acl_token(token);
             info!(cloud = ?cloud, "Process cloud ready.");
             Ok(Some(Rc::new(cloud)))
         }

@@ -216,11 +216,33 @@ async fn an_old_real_server_killed_mid_rollout_holds_the_steps_until_health_retu
 /// SIGKILLed at `kill`'s moment: every server ends on `b`, never fewer than `n` voters, and a
 /// killed agent is one failed launch with its exit in the record, replaced under a new token.
 async fn real_rollout(n: usize, kill: Kill) {
+    real_rollout_with(n, kill, None).await;
+}
+
+/// The management token of the ACL rollout (a UUID, as Consul's tokens are).
+const ACL_TOKEN: &str = "3f6c2a7e-8d41-4b59-9c0e-5a1b7d2e4f60";
+
+#[actix_rt::test]
+async fn three_real_servers_roll_with_acls_on_denying_by_default() {
+    real_rollout_with(3, Kill::Never, Some(ACL_TOKEN)).await;
+}
+
+/// `real_rollout`; with `acl`, the agents enforce ACLs (default deny) with that management
+/// token, which the replica gets as `run` would from `CONSUL_HTTP_TOKEN`, and which no agent's
+/// (or `consul leave`'s) arguments may show.
+async fn real_rollout_with(n: usize, kill: Kill, acl: Option<&str>) {
     let Some(bin) = common::consul_bin() else {
         return;
     };
     common::bounded_for(TEST_BOUND, async {
-        let rig = ProcessRig::new(&format!("rollout-{kill:?}"), bin);
+        let name = format!(
+            "rollout-{kill:?}{}",
+            if acl.is_some() { "-acl" } else { "" }
+        );
+        let rig = match acl {
+            Some(token) => ProcessRig::with_acl(&name, bin, token),
+            None => ProcessRig::new(&name, bin),
+        };
         let client = rig.bootstrap(n).await;
         let before: Vec<String> = rig
             .cloud
@@ -232,8 +254,13 @@ async fn real_rollout(n: usize, kill: Kill) {
             .collect();
 
         // The replica's configuration, loaded as `run` loads it; its cloud built as `run` does.
+        let acl_hcl = acl.map(common::process_rig::acl_hcl);
+        let agent_hcl = match &acl_hcl {
+            Some(a) => format!("'''{AGENT_HCL}\n{a}'''"),
+            None => format!("'''{AGENT_HCL}'''"),
+        };
         let cloud = format!(
-            "type = \"process\"\nconsul_bin = \"{}\"\ndata_dir = \"{}\"\nagent_hcl = '''{AGENT_HCL}'''",
+            "type = \"process\"\nconsul_bin = \"{}\"\ndata_dir = \"{}\"\nagent_hcl = {agent_hcl}",
             rig.consul_bin.display(),
             rig.dir.display()
         );
@@ -246,17 +273,26 @@ async fn real_rollout(n: usize, kill: Kill) {
         );
         let path = rig.dir.join("rehydrator.toml");
         std::fs::write(&path, text).unwrap();
-        let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
+        let env: HashMap<String, String> = acl
+            .map(|t| ("CONSUL_HTTP_TOKEN".to_owned(), t.to_owned()))
+            .into_iter()
+            .collect();
+        let settings = rehydrator_config::load_with_env(&path, &env).unwrap();
         let CloudSettings::Process(process) = &settings.cloud else {
             panic!("the config names the process cloud: {:?}", settings.cloud)
         };
-        let replica_cloud = ProcessCloud::from_settings(process).unwrap();
+        // As `run` builds them: the Consul client from [consul] and its token, which the
+        // process cloud also gets for `consul leave`.
+        let consul_config = ConsulConfig::from_settings(&settings.consul).unwrap();
+        let replica_cloud = ProcessCloud::from_settings(process)
+            .unwrap()
+            .with_acl_token(consul_config.token.clone());
         let tree = tree::start(
             &settings,
             "replica-1",
             Ports {
                 consul: Rc::new(ConsulAdapter::new(
-                    Client::new(ConsulConfig::with_address(client.address()).unwrap()).unwrap(),
+                    Client::new(consul_config).unwrap(),
                     WatchPolicy {
                         min_interval: Duration::from_millis(50),
                         ..WatchPolicy::default()
@@ -319,7 +355,11 @@ async fn real_rollout(n: usize, kill: Kill) {
         assert_eq!(r.target_image, "b");
         // A killed old server is gone without a retirement: the rollout replaced it anyway.
         let retired = n - usize::from(old_killed.is_some());
-        assert_eq!((r.launches.len(), r.retirements.len()), (n, retired), "{r:?}");
+        assert_eq!(
+            (r.launches.len(), r.retirements.len()),
+            (n, retired),
+            "{r:?}"
+        );
         assert!(
             !r.retirements
                 .iter()
@@ -349,12 +389,15 @@ async fn real_rollout(n: usize, kill: Kill) {
             "{:?}",
             r.leader_moves
         );
-        let lead = r
-            .leader_moves
-            .first()
-            .map_or_else(|| "none needed".to_owned(), |m| {
-                format!("{} with a new leader {} ms after", m.path, m.until_new_leader_ms)
-            });
+        let lead = r.leader_moves.first().map_or_else(
+            || "none needed".to_owned(),
+            |m| {
+                format!(
+                    "{} with a new leader {} ms after",
+                    m.path, m.until_new_leader_ms
+                )
+            },
+        );
         if let Some((victim, was_in_raft)) = &killed {
             assert_eq!(r.failed_launches.len(), 1, "{r:#?}");
             let f = &r.failed_launches[0];
@@ -418,13 +461,66 @@ async fn real_rollout(n: usize, kill: Kill) {
             q.min_voters.unwrap_or(0) >= floor,
             "never fewer than {floor} voters: {q:?}"
         );
+        if let Some(token) = acl {
+            acl_checks(&rig, &client, token).await;
+        }
         println!(
-            "real rollout of {n} servers on Consul {version}, kill {kill:?}: {took:.2?}; \
-             leadership move: {lead}; quorum watch {q:?}"
+            "real rollout of {n} servers on Consul {version}, kill {kill:?}, ACLs {}: {took:.2?}; \
+             leadership move: {lead}; quorum watch {q:?}",
+            if acl.is_some() { "on" } else { "off" }
         );
         tree.shutdown().await;
     })
     .await;
+}
+
+/// After an ACL rollout: the agents really denied an anonymous read, every retired server
+/// left gracefully (a `consul leave` without the token is refused, and the backend then
+/// SIGTERMs: the leave log would say so), and the token is in no live agent's arguments, only
+/// in owner-only config files.
+async fn acl_checks(rig: &ProcessRig, client: &Client, token: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let anonymous = Client::new(ConsulConfig::with_address(client.address()).unwrap()).unwrap();
+    let denied = anonymous
+        .raft_configuration(&QueryOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status(), Some(403), "{denied}");
+    let records = rig.cloud.records().unwrap();
+    for r in records.iter().filter(|r| r.retired) {
+        let log = rig.dir.join("machines").join(format!("{}.log", r.id));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.contains("Graceful leave complete"),
+            "{} did not leave gracefully: {}",
+            r.id,
+            &text[text.len().saturating_sub(2000)..]
+        );
+        assert!(!text.contains("Permission denied"), "{text}");
+    }
+    let mut checked = 0;
+    for r in records.iter().filter(|r| !r.retired) {
+        let Some(pid) = r.pid else { continue };
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!argv.is_empty(), "agent {} (pid {pid}) is running", r.id);
+        assert!(
+            !String::from_utf8_lossy(&argv).contains(token),
+            "the token is in {}'s arguments",
+            r.id
+        );
+        let config = rig.dir.join("machines").join(&r.id).join("config");
+        let mut holds_token = false;
+        for f in std::fs::read_dir(&config).unwrap() {
+            let f = f.unwrap();
+            let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.path().display());
+            holds_token |= std::fs::read_to_string(f.path()).unwrap().contains(token);
+        }
+        assert!(holds_token, "{} has its ACL config", config.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "{records:?}");
+    println!("ACLs: anonymous read refused ({denied}); token in no argv of {checked} agents");
 }
 
 /// `process-cluster` without Consul: a stand-in agent (a script that sleeps) never elects a
@@ -455,6 +551,7 @@ fn process_cluster_starts_the_agents_names_a_missing_leader_and_stops_them_all()
         consul_bin: agent.clone(),
         data_dir: data.clone(),
         agent_hcl: Vec::new(),
+        acl_token: None,
     })
     .unwrap();
     struct StopAll(ProcessCloud);

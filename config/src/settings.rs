@@ -239,9 +239,73 @@ pub struct ProcessSettings {
     pub consul_bin: PathBuf,
     /// The cloud's state: images, machine records, agent data and logs. Required, absolute.
     pub data_dir: PathBuf,
-    /// An HCL fragment every agent gets (`-hcl`), e.g. a shorter autopilot stabilization.
+    /// HCL every agent gets (an owner-only file in its config folder), e.g. a shorter
+    /// autopilot stabilization, or ACLs with their tokens (masked when shown).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_hcl: Option<String>,
+    pub agent_hcl: Option<SecretHcl>,
+}
+
+/// Agent HCL, which may hold ACL tokens or a gossip key: shown ([`redact_hcl`]) with the
+/// values of such keys as `***`; [`SecretHcl::expose`] is for the agent's config file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHcl(String);
+
+impl SecretHcl {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretHcl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_hcl(&self.0))
+    }
+}
+
+impl Serialize for SecretHcl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_hcl(&self.0))
+    }
+}
+
+/// HCL keys whose values are secrets: the `acl.tokens` names across Consul's versions, any
+/// key naming a token, and the gossip `encrypt` key.
+const SECRET_HCL_KEYS: &[&str] = &[
+    "token",
+    "master",
+    "initial_management",
+    "agent_recovery",
+    "agent",
+    "default",
+    "replication",
+    "config_file_service_registration",
+    "dns",
+    "encrypt",
+    "secret",
+    "password",
+];
+
+/// `hcl` with the value of every `key = value` whose key is in [`SECRET_HCL_KEYS`] (or
+/// contains `token`) shown as `"***"`; blocks, other keys and layout as written.
+pub fn redact_hcl(hcl: &str) -> String {
+    hcl.lines()
+        .map(|line| {
+            let Some((key, _)) = line.split_once('=') else {
+                return line.to_owned();
+            };
+            let k = key.trim().trim_matches('"').to_ascii_lowercase();
+            if SECRET_HCL_KEYS.iter().any(|s| k == *s) || k.contains("token") {
+                format!("{key}= \"***\"")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -487,6 +551,27 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_hcl_is_shown_without_its_tokens() {
+        let hcl = "autopilot { server_stabilization_time = \"2s\" }\nacl {\n  enabled = true\n  tokens {\n    master = \"m-1\"\n    agent = \"a-2\"\n    initial_management = \"i-3\"\n  }\n}\nencrypt = \"k-4\"\nacl_token = \"t-5\"";
+        let shown = redact_hcl(hcl);
+        for secret in ["m-1", "a-2", "i-3", "k-4", "t-5"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("server_stabilization_time = \"2s\""),
+            "{shown}"
+        );
+        assert!(shown.contains("enabled = true"), "{shown}");
+        let h = SecretHcl::new(hcl);
+        assert!(!format!("{h:?}").contains("m-1"));
+        assert!(!toml::Value::try_from(&h)
+            .unwrap()
+            .to_string()
+            .contains("m-1"));
+        assert_eq!(h.expose(), hcl);
+    }
 
     #[test]
     fn urls_are_shown_without_their_secrets() {

@@ -534,7 +534,10 @@ fn process_settings(
     CloudSettings::Process(ProcessSettings {
         consul_bin: PathBuf::from(consul_bin),
         data_dir,
-        agent_hcl: rc.agent_hcl.filter(|h| !h.trim().is_empty()),
+        agent_hcl: rc
+            .agent_hcl
+            .filter(|h| !h.trim().is_empty())
+            .map(SecretHcl::new),
     })
 }
 

@@ -251,8 +251,9 @@ fn process_sample_names_the_binary_and_the_shared_data_dir() {
     assert_eq!(p.data_dir, PathBuf::from("/tmp/rehydrator-laptop"));
     assert!(p
         .agent_hcl
-        .as_deref()
+        .as_ref()
         .unwrap()
+        .expose()
         .contains("server_stabilization_time"));
     // The effective configuration says which cloud it is.
     assert!(

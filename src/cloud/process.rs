@@ -38,6 +38,7 @@ use tracing::Instrument as _;
 
 use super::consul_version::{self, Version};
 use super::CloudError;
+use crate::consul::Token;
 
 /// How long `consul leave` and the agent's exit after it may take before the process is
 /// signalled: a server's leave drains for 5s (`leave_drain_time`) and then shuts down.
@@ -84,8 +85,12 @@ pub struct ProcessOptions {
     pub consul_bin: PathBuf,
     /// Shared by every replica on the machine.
     pub data_dir: PathBuf,
-    /// `-hcl` fragments every agent gets after [`DEFAULT_HCL`].
+    /// HCL fragments every agent gets after [`DEFAULT_HCL`], as owner-only files in its
+    /// configuration folder (they may hold ACL tokens).
     pub agent_hcl: Vec<String>,
+    /// The ACL token for what the backend asks the agents itself (`consul leave`): passed in
+    /// the child's environment, never its arguments.
+    pub acl_token: Option<Token>,
 }
 
 /// Consul agents as local processes.
@@ -136,8 +141,26 @@ impl ProcessCloud {
         Self::new(ProcessOptions {
             consul_bin: settings.consul_bin.clone(),
             data_dir: settings.data_dir.clone(),
-            agent_hcl: settings.agent_hcl.iter().cloned().collect(),
+            agent_hcl: settings
+                .agent_hcl
+                .iter()
+                .map(|h| h.expose().to_owned())
+                .collect(),
+            acl_token: None,
         })
+    }
+
+    /// The same cloud, asking the agents with `token` (the replica's own Consul token).
+    pub fn with_acl_token(self, token: Option<Token>) -> Self {
+        let mut options = self.inner.options.clone();
+        options.acl_token = token;
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                children: Mutex::new(HashMap::new()),
+                versions: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -470,13 +493,7 @@ impl ProcessCloud {
             })?;
             return self.answer_existing(existing, token, &request);
         }
-        let args = server_args(
-            &record,
-            &self.agent_data_dir(&record.id),
-            &join,
-            None,
-            &self.inner.options.agent_hcl,
-        );
+        let args = server_args(&record, &self.agent_data_dir(&record.id), &join, None);
         let record = self.spawn_recorded(record, &path, args, &request)?;
         tracing::info!(machine = %record.id, image, pid = ?record.pid, http = record.ports.http, "Started a Consul server process.");
         Ok(self.machine(&record))
@@ -523,7 +540,10 @@ impl ProcessCloud {
         };
         args.extend(version.agent_flags());
         let log = path.with_extension("log");
-        let child = match spawn_agent(&record.binary, &args, &log, &self.agent_data_dir_of(path)) {
+        let data_dir = self.agent_data_dir_of(path);
+        let spawned = write_agent_config(&data_dir, &self.inner.options.agent_hcl)
+            .and_then(|()| spawn_agent(&record.binary, &args, &log, &data_dir));
+        let child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 let _ = fs::remove_file(path);
@@ -606,13 +626,7 @@ impl ProcessCloud {
                 .filter(|r| r.id != record.id)
                 .map(|r| r.ports.serf_lan)
                 .collect();
-            let args = server_args(
-                record,
-                &self.agent_data_dir(&record.id),
-                &join,
-                Some(n),
-                &self.inner.options.agent_hcl,
-            );
+            let args = server_args(record, &self.agent_data_dir(&record.id), &join, Some(n));
             let started = self.spawn_recorded(record.clone(), &path, args, &request)?;
             tracing::info!(machine = %started.id, image, pid = ?started.pid, http = started.ports.http, "Started a bootstrap server process.");
             machines.push(self.machine(&started));
@@ -656,12 +670,7 @@ impl ProcessCloud {
                 reason: format!("{} is being started by another process", path.display()),
             });
         }
-        let args = client_args(
-            &record,
-            &self.agent_data_dir_of(&path),
-            &join,
-            &self.inner.options.agent_hcl,
-        );
+        let args = client_args(&record, &self.agent_data_dir_of(&path), &join);
         let record = self.spawn_recorded(record, &path, args, &request)?;
         tracing::info!(pid = ?record.pid, http = record.ports.http, "Started the client agent.");
         Ok(record.ports.http)
@@ -725,9 +734,16 @@ impl ProcessCloud {
         let log = self.record_path(&record.id).with_extension("log");
         let out = open_log(&log).map_err(|e| local(&request, &log, e))?;
         let err = out.try_clone().map_err(|e| local(&request, &log, e))?;
-        let mut child = Command::new(&self.inner.options.consul_bin)
+        let mut command = Command::new(&self.inner.options.consul_bin);
+        command
             .arg("leave")
-            .arg(format!("-http-addr=http://127.0.0.1:{}", record.ports.http))
+            .arg(format!("-http-addr=http://127.0.0.1:{}", record.ports.http));
+        if let Some(token) = &self.inner.options.acl_token {
+            command
+                .env("CONSUL_HTTP_TOKEN", token.expose())
+                .env_remove("CONSUL_HTTP_TOKEN_FILE");
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -880,7 +896,6 @@ pub fn server_args(
     data_dir: &Path,
     join: &[u16],
     bootstrap_expect: Option<usize>,
-    hcl: &[String],
 ) -> Vec<String> {
     let mut args = vec![
         "agent".to_owned(),
@@ -894,18 +909,18 @@ pub fn server_args(
     if let Some(n) = bootstrap_expect {
         args.push(format!("-bootstrap-expect={n}"));
     }
-    args.extend(common_args(record, data_dir, join, hcl));
+    args.extend(common_args(record, data_dir, join));
     args
 }
 
 /// The client agent's arguments.
-pub fn client_args(record: &Record, data_dir: &Path, join: &[u16], hcl: &[String]) -> Vec<String> {
+pub fn client_args(record: &Record, data_dir: &Path, join: &[u16]) -> Vec<String> {
     let mut args = vec!["agent".to_owned(), format!("-node={}", record.id)];
-    args.extend(common_args(record, data_dir, join, hcl));
+    args.extend(common_args(record, data_dir, join));
     args
 }
 
-fn common_args(record: &Record, data_dir: &Path, join: &[u16], hcl: &[String]) -> Vec<String> {
+fn common_args(record: &Record, data_dir: &Path, join: &[u16]) -> Vec<String> {
     let mut args = vec![
         "-bind=127.0.0.1".to_owned(),
         "-advertise=127.0.0.1".to_owned(),
@@ -919,11 +934,45 @@ fn common_args(record: &Record, data_dir: &Path, join: &[u16], hcl: &[String]) -
         // Consul's default of 30s between join attempts would stall a bootstrap whose peers
         // start a moment later.
         "-retry-interval=1s".to_owned(),
-        format!("-hcl={DEFAULT_HCL}"),
+        // The HCL (which may hold ACL tokens) is in files only this user reads, never in the
+        // arguments every user on the machine sees: see `write_agent_config`.
+        format!("-config-dir={}", config_dir(data_dir).display()),
     ];
-    args.extend(hcl.iter().map(|h| format!("-hcl={h}")));
     args.extend(join.iter().map(|p| format!("-retry-join=127.0.0.1:{p}")));
     args
+}
+
+/// An agent's configuration folder, beside its data folder.
+fn config_dir(data_dir: &Path) -> PathBuf {
+    data_dir.with_file_name("config")
+}
+
+/// Writes [`DEFAULT_HCL`] and each `agent_hcl` fragment as a file of its own (Consul reads
+/// them in name order and merges them as it would `-hcl` flags), owner-only.
+fn write_agent_config(data_dir: &Path, hcl: &[String]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = config_dir(data_dir);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    for (i, text) in std::iter::once(DEFAULT_HCL)
+        .chain(hcl.iter().map(String::as_str))
+        .enumerate()
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(format!("{i:02}.hcl")))?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// Starts `binary args` in its own process group, output appended to `log`.
@@ -1182,6 +1231,7 @@ mod tests {
                 consul_bin: PathBuf::from(consul_bin),
                 data_dir: dir.join("cloud"),
                 agent_hcl: Vec::new(),
+                acl_token: None,
             })
             .unwrap();
             cloud.register_image("a", Some(&agent)).unwrap();
@@ -1244,7 +1294,6 @@ mod tests {
             Path::new("/d/machines/consul-0123/data"),
             &[18401, 18402],
             Some(3),
-            &["autopilot { server_stabilization_time = \"2s\" }".to_owned()],
         );
         for want in [
             "agent",
@@ -1264,8 +1313,7 @@ mod tests {
             "-bootstrap-expect=3",
             "-retry-join=127.0.0.1:18401",
             "-retry-join=127.0.0.1:18402",
-            "-hcl=performance { raft_multiplier = 1 }",
-            "-hcl=autopilot { server_stabilization_time = \"2s\" }",
+            "-config-dir=/d/machines/consul-0123/config",
         ] {
             assert!(
                 args.iter().any(|a| a == want),
@@ -1274,13 +1322,13 @@ mod tests {
         }
         assert_eq!(args[0], "agent", "the subcommand comes first: {args:?}");
         // Later servers join the cluster; only the first ones bootstrap it.
-        let later = server_args(&r, Path::new("/d"), &[18401], None, &[]);
+        let later = server_args(&r, Path::new("/d"), &[18401], None);
         assert!(
             !later.iter().any(|a| a.starts_with("-bootstrap")),
             "{later:?}"
         );
         // The client agent is no server and holds no server port.
-        let client = client_args(&r, Path::new("/d"), &[18401], &[]);
+        let client = client_args(&r, Path::new("/d"), &[18401]);
         assert!(
             !client
                 .iter()

@@ -56,6 +56,7 @@ impl RealCluster {
             consul_bin: bin.to_owned(),
             data_dir: dir.to_owned(),
             agent_hcl: vec![AGENT_HCL.to_owned()],
+            acl_token: None,
         })
         .map_err(|e| failed("the process cloud", e))?;
         let cluster = Self {

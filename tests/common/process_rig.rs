@@ -15,6 +15,15 @@ use rehydrator::consul::{Client, ConsulConfig, QueryOptions};
 pub const AGENT_HCL: &str =
     "autopilot { server_stabilization_time = \"2s\" }\nperformance { leave_drain_time = \"1s\" }";
 
+/// ACLs on, denying by default, with `token` as the management token and the agents' own:
+/// what `ProcessRig::with_acl` adds to `AGENT_HCL` (Consul 1.8's `master`, an alias of
+/// `initial_management` in later versions).
+pub fn acl_hcl(token: &str) -> String {
+    format!(
+        "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  down_policy = \"extend-cache\"\n  tokens {{\n    master = \"{token}\"\n    agent = \"{token}\"\n  }}\n}}"
+    )
+}
+
 /// The `server_stabilization_time` in `AGENT_HCL`.
 pub const STABILIZATION: Duration = Duration::from_secs(2);
 
@@ -26,6 +35,8 @@ pub struct ProcessRig {
     pub cloud: ProcessCloud,
     pub dir: PathBuf,
     pub consul_bin: PathBuf,
+    /// The management token when the agents enforce ACLs.
+    pub token: Option<String>,
 }
 
 impl Drop for ProcessRig {
@@ -45,21 +56,34 @@ impl Drop for ProcessRig {
 impl ProcessRig {
     /// A rig in a scratch directory named after `name` and this process.
     pub fn new(name: &str, consul_bin: PathBuf) -> Self {
+        Self::build(name, consul_bin, None)
+    }
+
+    /// As `new`, with ACLs on and denying by default (`acl_hcl(token)`).
+    pub fn with_acl(name: &str, consul_bin: PathBuf, token: &str) -> Self {
+        Self::build(name, consul_bin, Some(token))
+    }
+
+    fn build(name: &str, consul_bin: PathBuf, token: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "rehydrator-cloud-process-{name}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        let mut agent_hcl = vec![AGENT_HCL.to_owned()];
+        agent_hcl.extend(token.map(acl_hcl));
         let cloud = ProcessCloud::new(ProcessOptions {
             consul_bin: consul_bin.clone(),
             data_dir: dir.clone(),
-            agent_hcl: vec![AGENT_HCL.to_owned()],
+            agent_hcl,
+            acl_token: token.map(rehydrator::consul::Token::new),
         })
         .expect("a process cloud in a scratch directory");
         Self {
             cloud,
             dir,
             consul_bin,
+            token: token.map(str::to_owned),
         }
     }
 
@@ -72,10 +96,11 @@ impl ProcessRig {
         let servers = self.cloud.bootstrap(n, "a").expect("the servers start");
         assert_eq!(servers.len(), n);
         let port = self.cloud.start_client(0).expect("the client agent starts");
-        let client = Client::new(
-            ConsulConfig::with_address(&format!("http://127.0.0.1:{port}"))
-                .expect("a loopback address"),
-        )
+        let client = Client::new(ConsulConfig {
+            token: self.token.as_deref().map(rehydrator::consul::Token::new),
+            ..ConsulConfig::with_address(&format!("http://127.0.0.1:{port}"))
+                .expect("a loopback address")
+        })
         .expect("a client");
         super::eventually("a leader and every server a voter", BOOT_BOUND, || async {
             let leader = client.status_leader().await.ok().flatten()?;
