@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
-use common::endpoint::{endpoint_url, scratch, Proc};
+use common::endpoint::{endpoint_url, scratch, spawn_run_at};
 use common::{bounded, eventually};
 
 /// What the test plants; none may appear anywhere.
@@ -106,26 +106,7 @@ actions = ["hook", "dead"]
         )
         .unwrap();
         let log = dir.join("run.log");
-        let run = {
-            use std::os::unix::process::CommandExt;
-            Proc(
-                Command::new(env!("CARGO_BIN_EXE_rehydrator"))
-                    .args(["run", "--replica", "r1", "--config"])
-                    .arg(&config)
-                    .env("RUST_LOG", "trace")
-                    .env("NO_COLOR", "1")
-                    .env_remove("REHYDRATOR_STATUS__LISTEN")
-                    .env_remove("CONSUL_HTTP_ADDR")
-                    .env_remove("CONSUL_HTTP_TOKEN")
-                    .env_remove("CONSUL_HTTP_TOKEN_FILE")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log).unwrap())
-                    .process_group(0)
-                    .spawn()
-                    .unwrap(),
-            )
-        };
+        let run = spawn_run_at(&config, &log, "trace");
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
         let status = eventually("the status endpoint", Duration::from_secs(30), || {
             let text = log_text();

@@ -125,13 +125,17 @@ impl ProcessCloud {
                 reason: format!("cloud.data_dir: cannot create {}: {e}", path.display()),
             })?;
         }
-        Ok(Self {
+        Ok(Self::with_options(options))
+    }
+
+    fn with_options(options: ProcessOptions) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 options,
                 children: Mutex::new(HashMap::new()),
                 versions: Mutex::new(HashMap::new()),
             }),
-        })
+        }
     }
 
     /// The cloud `[cloud] type = "process"` describes.
@@ -154,13 +158,7 @@ impl ProcessCloud {
     pub fn with_acl_token(self, token: Option<Token>) -> Self {
         let mut options = self.inner.options.clone();
         options.acl_token = token;
-        Self {
-            inner: Arc::new(Inner {
-                options,
-                children: Mutex::new(HashMap::new()),
-                versions: Mutex::new(HashMap::new()),
-            }),
-        }
+        Self::with_options(options)
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -78,13 +78,18 @@ pub fn scratch(tag: &str) -> PathBuf {
 
 /// Starts `rehydrator run --config config` in its own process group, logging to `log`.
 pub fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Proc {
+    spawn_run_at(config, log, "info,rehydrator_actors=debug")
+}
+
+/// As `spawn_run`, logging at `rust_log`.
+pub fn spawn_run_at(config: &std::path::Path, log: &std::path::Path, rust_log: &str) -> Proc {
     use std::os::unix::process::CommandExt;
     let child = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
         .arg("run")
         .arg("--config")
         .arg(config)
         .args(["--replica", "r1"])
-        .env("RUST_LOG", "info,rehydrator_actors=debug")
+        .env("RUST_LOG", rust_log)
         .env("NO_COLOR", "1")
         .env_remove("REHYDRATOR_REPLICA")
         .env_remove("REHYDRATOR_FAULT")
