@@ -365,7 +365,7 @@ async fn rollout_with_the_holder_killed(seed: u64) {
         assert!(
             rig.rollout()
                 .await
-                .map_or(true, |r| r["state"] != "completed"),
+                .is_none_or(|r| r["state"] != "completed"),
             "the rollout completed before the kill"
         );
 

@@ -332,7 +332,7 @@ mod tests {
             .is_empty());
         // An ID listed many times is one event.
         let mut list = vec![e("a"), e("b"), e("c")];
-        list.extend(std::iter::repeat(e("d")).take(1000));
+        list.extend((0..1000).map(|_| e("d")));
         let fired = m.observe(true, 12, &Value::Array(list));
         let ids: Vec<_> = fired.iter().map(|f| f.trigger_id.as_str()).collect();
         assert_eq!(ids, ["d"]);

@@ -816,7 +816,7 @@ impl Run<'_> {
                 ));
                 // Unreadable counts as still held: a dead process cannot release it.
                 let released = match self.probe.step_lock().await {
-                    Ok(still) => still.map_or(true, |h| h.session != holder.session),
+                    Ok(still) => still.is_none_or(|h| h.session != holder.session),
                     Err(_) => false,
                 };
                 if !released {

@@ -279,14 +279,14 @@ async fn answer(conn: &mut TcpStream, case: Case, target: &str) -> bool {
                 }
                 Some(101) => {
                     let mut list = vec![event("e-1", 1)];
-                    list.extend(std::iter::repeat(event("e-2", 2)).take(1000));
+                    list.extend((0..1000).map(|_| event("e-2", 2)));
                     let body = format!("[{}]", list.join(","));
                     respond(conn, 200, &index(202), body.as_bytes()).await
                 }
                 Some(i) => {
                     tokio::time::sleep(query_wait(target)).await;
                     let mut list = vec![event("e-1", 1)];
-                    list.extend(std::iter::repeat(event("e-2", 2)).take(1000));
+                    list.extend((0..1000).map(|_| event("e-2", 2)));
                     let body = format!("[{}]", list.join(","));
                     respond(conn, 200, &index(i), body.as_bytes()).await
                 }
