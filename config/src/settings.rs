@@ -338,6 +338,13 @@ pub struct StatusSettings {
     /// (`None`); port 0 takes a free port, which `run` logs.
     #[serde(serialize_with = "listen_or_off")]
     pub listen: Option<SocketAddr>,
+    /// The bearer token `/v1/status` and the dashboard ask for (`REHYDRATOR_STATUS_TOKEN`);
+    /// none leaves them open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A file holding that token, read when `run` starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// An endpoint turned off prints as `listen = ""`, the way it is written.
@@ -549,6 +556,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
