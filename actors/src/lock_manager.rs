@@ -50,6 +50,12 @@ pub struct Subscribe(pub Recipient<LocksLost>);
 #[rtype(result = "Option<String>")]
 pub struct GetSession;
 
+/// Query: why the last try to create a session failed, while this replica has none (a refused
+/// ACL token shows here, for `/readyz`).
+#[derive(Message)]
+#[rtype(result = "Option<PortError>")]
+pub struct GetSessionError;
+
 /// Destroy the session (releasing every lock) and stop: the SIGTERM path.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -90,6 +96,8 @@ pub struct LockManager {
     listeners: Vec<Recipient<LocksLost>>,
     /// Consecutive failures of create or renew, for backoff.
     failures: u32,
+    /// Why the last create failed, until one succeeds.
+    create_error: Option<PortError>,
     /// When the last renew succeeded; a session not renewed for a TTL may be gone.
     renewed_at: Option<tokio::time::Instant>,
     timer: Option<SpawnHandle>,
@@ -113,6 +121,7 @@ impl LockManager {
             held: BTreeMap::new(),
             listeners: Vec::new(),
             failures: 0,
+            create_error: None,
             renewed_at: None,
             timer: None,
             shutting_down: false,
@@ -207,6 +216,7 @@ impl LockManager {
                 info!(session = %id, "Created the replica's Consul session.");
                 self.session = Some(id);
                 self.failures = 0;
+                self.create_error = None;
                 self.renewed_at = Some(tokio::time::Instant::now());
                 self.schedule(ctx, self.spec.ttl / 2);
             }
@@ -214,6 +224,7 @@ impl LockManager {
                 let after = self.retry_after();
                 self.metrics.error("consul", e.kind());
                 warn!(error = %e, kind = e.kind(), retry_in = ?after, "Could not create a Consul session.");
+                self.create_error = Some(e);
                 self.schedule(ctx, after);
             }
         }
@@ -346,6 +357,17 @@ impl Handler<GetSession> for LockManager {
 
     fn handle(&mut self, _msg: GetSession, _ctx: &mut Context<Self>) -> Option<String> {
         self.session.clone()
+    }
+}
+
+impl Handler<GetSessionError> for LockManager {
+    type Result = Option<PortError>;
+
+    fn handle(&mut self, _msg: GetSessionError, _ctx: &mut Context<Self>) -> Option<PortError> {
+        self.session
+            .is_none()
+            .then(|| self.create_error.clone())
+            .flatten()
     }
 }
 

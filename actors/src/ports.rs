@@ -21,8 +21,11 @@ pub enum ErrorKind {
     Timeout,
     /// The cluster has no leader: try again later.
     NoLeader,
-    /// Consul refused the request as such (4xx other than 404/429): retrying will not help.
+    /// Consul refused the request as such (4xx other than 403/404/429): retrying will not help.
     Rejected,
+    /// Consul refused the ACL token (403): nothing works until the token or its policy is
+    /// fixed, so every place that reports errors names it.
+    Denied,
     /// Consul failed it (5xx): try again later.
     Server,
     /// The answer did not decode.
@@ -47,7 +50,10 @@ impl PortError {
 
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self.kind, ErrorKind::Rejected | ErrorKind::Decode)
+        !matches!(
+            self.kind,
+            ErrorKind::Rejected | ErrorKind::Denied | ErrorKind::Decode
+        )
     }
 
     /// A short label for metrics and structured logs.
@@ -57,6 +63,7 @@ impl PortError {
             ErrorKind::Timeout => "timeout",
             ErrorKind::NoLeader => "no_leader",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::Denied => "acl_denied",
             ErrorKind::Server => "server",
             ErrorKind::Decode => "decode",
         }

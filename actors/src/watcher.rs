@@ -203,8 +203,11 @@ impl Watcher {
             failures: 1,
         });
         match e.kind {
+            ErrorKind::Denied => {
+                error!(%watch, error = %e, "Consul refuses the ACL token for this watch's query; check the token and its policy. Retrying with backoff.")
+            }
             ErrorKind::Rejected => {
-                error!(%watch, error = %e, "Consul refuses this watch's query; check the ACL token and the watch. Retrying with backoff.")
+                error!(%watch, error = %e, "Consul refuses this watch's query; check the watch's parameters. Retrying with backoff.")
             }
             ErrorKind::Decode => {
                 error!(%watch, error = %e, "Consul's answer is not what this watch reads (a proxy in the way?); retrying with backoff.")

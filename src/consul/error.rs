@@ -60,6 +60,7 @@ impl ConsulError {
             ConsulError::Timeout { .. } => "timeout",
             ConsulError::Transport { .. } => "transport",
             ConsulError::Status { status, .. } if *status >= 500 => "status_5xx",
+            ConsulError::Status { status: 403, .. } => "acl_denied",
             ConsulError::Status { .. } => "status_4xx",
             ConsulError::Decode { .. } => "decode",
             ConsulError::TooLarge { .. } => "too_large",
@@ -99,10 +100,15 @@ impl ConsulError {
     pub(crate) fn status_from(status: u16, body: &[u8], request: &str) -> Self {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
-        let message = match text.char_indices().nth(MAX_MESSAGE) {
+        let mut message = match text.char_indices().nth(MAX_MESSAGE) {
             Some((cut, _)) => format!("{}…", &text[..cut]),
             None => text.to_owned(),
         };
+        // Consul answers 403 for a token it does not know ("ACL not found") and for one without
+        // the rights ("Permission denied"): say which setting to look at, in every log and page.
+        if status == 403 {
+            message = format!("ACL token refused: {message}");
+        }
         ConsulError::Status {
             status,
             message,
@@ -123,7 +129,12 @@ mod tests {
     #[test]
     fn kinds_are_stable_labels() {
         assert_eq!(status(500, "No cluster leader").kind(), "status_5xx");
-        assert_eq!(status(403, "Permission denied").kind(), "status_4xx");
+        assert_eq!(status(403, "Permission denied").kind(), "acl_denied");
+        assert_eq!(status(404, "").kind(), "status_4xx");
+        assert_eq!(
+            status(403, "ACL not found").to_string(),
+            "Consul answered 403 to GET /v1/kv/a: ACL token refused: ACL not found"
+        );
         assert_eq!(ConsulError::Config("x".into()).kind(), "config");
         let t = ConsulError::Timeout {
             address: "http://127.0.0.1:8500".into(),

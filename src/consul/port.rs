@@ -45,6 +45,7 @@ impl From<ConsulError> for PortError {
             ConsulError::Status { status, .. } if *status >= 500 || *status == 429 => {
                 ErrorKind::Server
             }
+            ConsulError::Status { status: 403, .. } => ErrorKind::Denied,
             ConsulError::Status { .. } | ConsulError::Config(_) => ErrorKind::Rejected,
             ConsulError::Decode { .. } | ConsulError::TooLarge { .. } => ErrorKind::Decode,
         };

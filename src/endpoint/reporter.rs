@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
-use rehydrator_actors::lock_manager::{GetSession, LockManager};
+use rehydrator_actors::lock_manager::{GetSession, GetSessionError, LockManager};
 use rehydrator_actors::metrics::Metrics;
 use rehydrator_actors::ports::CloudPort;
 use serde::Serialize;
@@ -157,7 +157,11 @@ impl Handler<GetReadiness> for Reporter {
             let session = match lock_manager.send(GetSession).await {
                 Ok(Some(id)) => id,
                 Ok(None) => {
-                    return Readiness::not_ready(None, "no Consul session held (yet)".into())
+                    let reason = match lock_manager.send(GetSessionError).await {
+                        Ok(Some(e)) => format!("no Consul session: {e}"),
+                        _ => "no Consul session held (yet)".into(),
+                    };
+                    return Readiness::not_ready(None, reason);
                 }
                 Err(e) => {
                     return Readiness::not_ready(None, format!("the lock manager is gone: {e}"))

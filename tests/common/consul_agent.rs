@@ -16,14 +16,26 @@ pub struct DevAgent {
     pub version: rehydrator::cloud::consul_version::Version,
     child: Child,
     log: std::path::PathBuf,
+    /// The agent's extra configuration file, if it has one.
+    config: Option<std::path::PathBuf>,
 }
 
 impl DevAgent {
     /// Starts `consul agent -dev` from `bin` and waits until it leads itself.
     pub async fn start(bin: &Path) -> Self {
+        Self::start_with(bin, None).await
+    }
+
+    /// Like `start`, with `hcl` (e.g. an `acl` block and its tokens) in a configuration file.
+    pub async fn start_with(bin: &Path, hcl: Option<&str>) -> Self {
         let version = rehydrator::cloud::consul_version::ask(bin).expect("a consul binary");
         let http = free_port();
         let log = std::env::temp_dir().join(format!("rehydrator-dev-agent-{http}.log"));
+        let config = hcl.map(|hcl| {
+            let path = std::env::temp_dir().join(format!("rehydrator-dev-agent-{http}.hcl"));
+            std::fs::write(&path, hcl).expect("the agent's configuration file");
+            path
+        });
         let mut cmd = Command::new(bin);
         cmd.args([
             "agent",
@@ -38,15 +50,23 @@ impl DevAgent {
         .arg(format!("-serf-wan-port={}", free_port()))
         .arg(format!("-server-port={}", free_port()))
         .args(version.agent_flags())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("the agent's log"))
-        .stderr(Stdio::null());
+        .args(
+            config
+                .iter()
+                .map(|c| format!("-config-file={}", c.display())),
+        )
+        .stdin(Stdio::null());
+        // Errors (a configuration it refuses) go to stderr: keep them with the log.
+        let out = std::fs::File::create(&log).expect("the agent's log");
+        cmd.stderr(out.try_clone().expect("the agent's log"))
+            .stdout(out);
         let child = cmd.spawn().expect("consul agent -dev starts");
         let agent = Self {
             url: format!("http://127.0.0.1:{http}"),
             version,
             child,
             log,
+            config,
         };
         let http = awc::Client::default();
         let started = Instant::now();
@@ -79,5 +99,8 @@ impl Drop for DevAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
     }
 }
