@@ -40,6 +40,10 @@ pub fn run(
     system.block_on(async move {
         // Taken first: a port in use fails the start before the tree takes a session.
         let listener = settings.status.listen.map(endpoint::bind).transpose()?;
+        let access = match listener {
+            Some(_) => endpoint::access::Access::from_settings(&settings.status)?,
+            None => endpoint::access::Access::open(),
+        };
         let client = Client::new(consul).context("building the Consul client")?;
         let cloud = cloud(&settings).await?;
         let ports = Ports {
@@ -50,7 +54,7 @@ pub fn run(
         info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
         let tree = tree::start(&settings, &replica, ports);
         let endpoint = match listener {
-            Some(listener) => Some(serve_status(listener, client, cloud, &settings, &tree)?),
+            Some(listener) => Some(serve_status(listener, access, client, cloud, &settings, &tree)?),
             None => {
                 info!("Status endpoint off (status.listen is empty).");
                 None
@@ -74,6 +78,7 @@ pub fn run(
 /// Serves the status endpoint on `listener` for the running `tree`.
 fn serve_status(
     listener: std::net::TcpListener,
+    access: endpoint::access::Access,
     client: Client,
     cloud: Option<Rc<dyn CloudPort>>,
     settings: &Settings,
@@ -87,9 +92,10 @@ fn serve_status(
         tree.metrics.clone(),
     )
     .start();
-    let running = endpoint::serve(listener, reporter)?;
+    let protected = access.is_protected();
+    let running = endpoint::serve(listener, reporter, access)?;
     let addr = running.addr();
-    info!(%addr, "Status endpoint serving on http://{addr}");
+    info!(%addr, token = protected, "Status endpoint serving on http://{addr}");
     Ok(running)
 }
 

@@ -384,3 +384,178 @@ async fn a_taken_port_is_refused_naming_status_listen_and_empty_turns_it_off() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn a_status_token_guards_status_and_dashboard_and_wrong_methods_get_405() {
+    bounded_for(TEST_BOUND, async {
+        let token = "st-9f2c7e1d";
+        let file =
+            std::env::temp_dir().join(format!("rehydrator-status-token-{}", std::process::id()));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let rig = Rig::start_with(
+            "status-token",
+            &format!("token_file = \"{}\"", file.display()),
+        )
+        .await;
+        // The probes and the scrape stay open: orchestrators and Prometheus call them.
+        rig.until_status("/readyz", 200, Duration::from_secs(30))
+            .await;
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let (status, _, _) = rig.request("GET", path, None).await;
+            assert_eq!(status, 200, "{path} without a token");
+        }
+
+        let session = rig.get_json("/readyz").await.1["session"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let basic = |user_and_token: &str| {
+            use base64::Engine as _;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_and_token)
+            )
+        };
+        let bearer = format!("Bearer {token}");
+        for path in ["/v1/status", "/"] {
+            for wrong in [
+                None,
+                Some("Bearer st-9f2c7e1e".to_owned()),
+                Some(format!("Bearer {token}x")),
+                Some(basic("ops:nope")),
+                Some(token.to_owned()),
+            ] {
+                let (status, headers, body) = rig.request("GET", path, wrong.as_deref()).await;
+                assert_eq!(status, 401, "{path} with {wrong:?}");
+                assert!(
+                    headers.iter().any(|h| h.starts_with("Bearer realm="))
+                        && headers.iter().any(|h| h.starts_with("Basic realm=")),
+                    "{path}: challenges {headers:?}"
+                );
+                let body = String::from_utf8_lossy(&body);
+                assert!(!body.contains(&session), "{path} leaks the session: {body}");
+            }
+            for right in [bearer.clone(), basic(&format!("ops:{token}"))] {
+                let (status, _, _) = rig.request("GET", path, Some(&right)).await;
+                assert_eq!(status, 200, "{path} with the token");
+            }
+        }
+        let (_, _, body) = rig.request("GET", "/v1/status", Some(&bearer)).await;
+        let report: Value = serde_json::from_slice(&body).unwrap();
+        assert_status_shape(&report);
+
+        // Every path answers other methods with 405 and says what it allows.
+        for (method, path) in [
+            ("POST", "/v1/status"),
+            ("DELETE", "/v1/status"),
+            ("PUT", "/"),
+            ("POST", "/healthz"),
+            ("PATCH", "/readyz"),
+            ("POST", "/metrics"),
+        ] {
+            let (status, headers, _) = rig.request(method, path, Some(&bearer)).await;
+            assert_eq!(status, 405, "{method} {path}");
+            assert!(
+                headers.iter().any(|h| h == "GET"),
+                "{method} {path}: Allow {headers:?}"
+            );
+        }
+        assert_eq!(rig.request("GET", "/v2/status", None).await.0, 404);
+        assert!(!rig.log_text().contains(token), "the token reached the log");
+        let _ = std::fs::remove_file(&file);
+    })
+    .await;
+}
+
+/// A replica whose ACL token Consul refuses stays alive (`/healthz` 200) but says why it does
+/// nothing, in the words an operator can act on, wherever they look: its log, `/readyz`,
+/// `/v1/status` and `rehydrator status`. Against a real Consul enforcing ACLs.
+#[actix_rt::test]
+async fn a_refused_acl_token_is_named_by_the_log_readyz_and_status() {
+    let Some(bin) = common::consul_bin() else {
+        return;
+    };
+    bounded_for(TEST_BOUND, async {
+        let agent = common::consul_agent::DevAgent::start_with(
+            &bin,
+            Some(&common::process_rig::acl_hcl("root-7c1f")),
+        )
+        .await;
+        let dir = common::endpoint::scratch("acl-refused");
+        let config = dir.join("rehydrator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"x\"\n[consul]\naddress = \"{}\"\ntoken = \"not-the-token\"\n\
+                 [status]\nlisten = \"127.0.0.1:0\"\n",
+                agent.url
+            ),
+        )
+        .unwrap();
+        let log = dir.join("run.log");
+        let _replica = common::endpoint::spawn_run(&config, &log);
+        let url = eventually("the endpoint's address", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { common::endpoint::endpoint_url(&text) }
+        })
+        .await;
+        eventually(
+            "the log to say the token is refused",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                async move {
+                    text.lines()
+                        .any(|l| {
+                            l.contains("Could not create a Consul session")
+                                && l.contains("ACL token refused")
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .finish();
+        let get = |path: &'static str| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let mut resp = http.get(format!("{url}{path}")).send().await.unwrap();
+                let body: Value = resp.json().limit(1 << 20).await.unwrap();
+                (resp.status().as_u16(), body)
+            }
+        };
+        assert_eq!(get("/healthz").await.0, 200, "alive, though useless");
+        let (status, ready) = get("/readyz").await;
+        assert_eq!(status, 503);
+        let reason = ready["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("ACL token refused"), "{ready}");
+        let (status, report) = get("/v1/status").await;
+        assert_eq!(status, 503);
+        assert!(
+            report["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ACL token refused"),
+            "{report}"
+        );
+        assert_eq!(report["kind"], "acl_denied", "{report}");
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+            .args(["status", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("ACL token refused"), "{stderr}");
+        assert!(!stderr.contains("not-the-token"), "{stderr}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains("not-the-token"), "the token reached the log");
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

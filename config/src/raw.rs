@@ -104,6 +104,8 @@ pub struct RawNotify {
 #[serde(deny_unknown_fields)]
 pub struct RawStatus {
     pub listen: Option<String>,
+    /// A file holding the bearer token `/v1/status` and the dashboard ask for.
+    pub token_file: Option<String>,
 }
 
 /// One `[[watch]]`: the parameters are those of `consul watch` for its type.

@@ -28,6 +28,8 @@ const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 const MIN_SCHEDULE: Duration = Duration::from_secs(1);
 /// The environment variable the notification webhook's bearer token comes from.
 pub const NOTIFY_TOKEN_ENV: &str = "REHYDRATOR_NOTIFY_TOKEN";
+/// The environment variable the status endpoint's bearer token comes from.
+pub const STATUS_TOKEN_ENV: &str = "REHYDRATOR_STATUS_TOKEN";
 
 struct Errors(Vec<FieldError>);
 
@@ -186,10 +188,23 @@ pub fn validate(
 
     let cloud = cloud_settings(raw.cloud.unwrap_or_default(), env, &mut errs);
 
-    let listen = raw
-        .status
-        .and_then(|s| s.listen)
-        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let raw_status = raw.status.unwrap_or_default();
+    let status_token = env
+        .get(STATUS_TOKEN_ENV)
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
+    let status_token_file = raw_status
+        .token_file
+        .filter(|f| !f.trim().is_empty())
+        .map(PathBuf::from);
+    if status_token.is_some() && status_token_file.is_some() {
+        errs.push(
+            "status.token_file",
+            format!("give either {STATUS_TOKEN_ENV} or a token file, not both"),
+        );
+    }
+    let listen = raw_status.listen.unwrap_or_else(|| "127.0.0.1:9090".into());
     // Empty turns the endpoint off.
     let listen = match listen.trim() {
         "" => None,
@@ -236,7 +251,11 @@ pub fn validate(
             consul,
             lock,
             cloud,
-            status: StatusSettings { listen },
+            status: StatusSettings {
+                listen,
+                token: status_token,
+                token_file: status_token_file,
+            },
             rollout,
             notify,
             watches,

@@ -7,10 +7,14 @@
 //! - `GET /v1/status`: the cluster's status, exactly what `rehydrator status --json` prints;
 //! - `GET /`: the dashboard, one self-contained page polling `/v1/status`.
 //!
+//! Any other method on these paths gets 405 with `Allow: GET`. With a status token set
+//! (`access.rs`), `/v1/status` and the dashboard answer 401 without it.
+//!
 //! Handlers run on actix-web's worker thread and ask the `Reporter` (on the tree's thread)
 //! for everything; see `reporter.rs`. `run` binds first (so a bad address fails before the
 //! tree starts), serves once the tree is up, and stops the server after the tree.
 
+pub mod access;
 pub mod reporter;
 
 use std::net::{SocketAddr, TcpListener};
@@ -19,11 +23,12 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::dev::ServerHandle;
 use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use rehydrator_actors::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use serde_json::json;
 use tracing::warn;
 
+use access::Access;
 use reporter::{GetMetrics, GetReadiness, GetStatus, Ping, Reporter};
 
 /// The dashboard page, built into the binary: no files to ship, nothing fetched from outside.
@@ -81,6 +86,7 @@ impl RunningEndpoint {
 pub fn serve(
     listener: TcpListener,
     reporter: Addr<Reporter>,
+    access: Access,
 ) -> Result<RunningEndpoint, EndpointError> {
     let listen = listener
         .local_addr()
@@ -91,11 +97,13 @@ pub fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(reporter.clone()))
-            .route("/", web::get().to(dashboard))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
-            .route("/v1/status", web::get().to(status))
+            .app_data(web::Data::new(access.clone()))
+            // A resource answers a method it has no route for with 405 and `Allow`.
+            .service(web::resource("/").route(web::get().to(dashboard)))
+            .service(web::resource("/healthz").route(web::get().to(healthz)))
+            .service(web::resource("/readyz").route(web::get().to(readyz)))
+            .service(web::resource("/metrics").route(web::get().to(metrics)))
+            .service(web::resource("/v1/status").route(web::get().to(status)))
     })
     // One worker is plenty for probes, scrapes and a few dashboards; the work is the
     // Reporter's, on the tree's thread, anyway.
@@ -128,7 +136,10 @@ fn json_response(ok: bool, body: serde_json::Value) -> HttpResponse {
         .json(body)
 }
 
-async fn dashboard() -> HttpResponse {
+async fn dashboard(req: HttpRequest, access: web::Data<Access>) -> HttpResponse {
+    if let Some(refused) = access.refusal(&req) {
+        return refused;
+    }
     HttpResponse::Ok()
         .insert_header(ContentType::html())
         .body(DASHBOARD)
@@ -176,7 +187,14 @@ async fn metrics(reporter: web::Data<Addr<Reporter>>) -> HttpResponse {
     }
 }
 
-async fn status(reporter: web::Data<Addr<Reporter>>) -> HttpResponse {
+async fn status(
+    req: HttpRequest,
+    reporter: web::Data<Addr<Reporter>>,
+    access: web::Data<Access>,
+) -> HttpResponse {
+    if let Some(refused) = access.refusal(&req) {
+        return refused;
+    }
     match tokio::time::timeout(QUERY_TIMEOUT, reporter.send(GetStatus)).await {
         Ok(Ok(Ok(report))) => json_response(true, serde_json::to_value(report).unwrap_or_default()),
         Ok(Ok(Err(e))) => json_response(false, json!({"error": e.to_string(), "kind": e.kind()})),

@@ -109,6 +109,11 @@ pub fn spawn_run_at(config: &std::path::Path, log: &std::path::Path, rust_log: &
 impl Rig {
     /// A 3-server simulator on the old image, and a replica whose endpoint is serving.
     pub async fn start(tag: &str) -> Self {
+        Self::start_with(tag, "").await
+    }
+
+    /// Like `start`, with `status_extra` (lines of the `[status]` table) in the configuration.
+    pub async fn start_with(tag: &str, status_extra: &str) -> Self {
         let sim = super::sim_with(SimConfig {
             servers: SERVERS,
             image: OLD_IMAGE.into(),
@@ -129,6 +134,10 @@ impl Rig {
                 &sim.url(),
                 "type = \"sim\"",
                 "stable_timeout = \"1m\"",
+            )
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:0\"\n{status_extra}"),
             ),
         )
         .unwrap();
@@ -181,6 +190,34 @@ impl Rig {
             .to_owned();
         let body = resp.body().limit(16 << 20).await.unwrap().to_vec();
         (resp.status().as_u16(), ctype, body)
+    }
+
+    /// `method` on `path` with `authorization` as that header, if any: (status, the values of
+    /// `Allow` and `WWW-Authenticate`, body).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (u16, Vec<String>, Vec<u8>) {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.status_url));
+        if let Some(a) = authorization {
+            req = req.insert_header(("authorization", a));
+        }
+        let mut resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let headers = ["allow", "www-authenticate"]
+            .iter()
+            .flat_map(|name| resp.headers().get_all(*name))
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect();
+        let body = resp.body().limit(16 << 20).await.unwrap().to_vec();
+        (resp.status().as_u16(), headers, body)
     }
 
     /// GET `path`, expecting JSON: (status, body).
