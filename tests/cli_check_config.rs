@@ -110,3 +110,38 @@ fn the_notify_token_is_masked_and_a_window_error_names_its_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_status_token_is_masked_and_one_source_only() {
+    let dir = std::env::temp_dir().join(format!("rehydrator-cc-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |config: &str, env: Option<&str>| {
+        let path = dir.join("r.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehydrator"));
+        cmd.arg("check-config").arg(&path);
+        if let Some(token) = env {
+            cmd.env("REHYDRATOR_STATUS_TOKEN", token);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let base = "[cluster]\nname = \"x\"\n[status]\nlisten = \"127.0.0.1:9090\"\n";
+    let (code, stdout, stderr) = run(base, Some("st4tus-s3cret"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("token = \"***\""), "{stdout}");
+    assert!(!stdout.contains("st4tus-s3cret") && !stderr.contains("st4tus-s3cret"));
+
+    let both = format!("{base}token_file = \"/run/secrets/status\"\n");
+    let (code, _, stderr) = run(&both, Some("st4tus-s3cret"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("status.token_file: give either REHYDRATOR_STATUS_TOKEN or a token file"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,10 @@
 //! readiness as probes see them (ready once the session is held, unready when Consul goes),
 //! `/metrics` as Prometheus reads it (the names, and counters that move with a rollout),
 //! `/v1/status` in the `StatusReport` shape, the server stopping with the process on SIGTERM,
-//! a taken port refused naming `status.listen`, and `listen = ""` turning it off.
+//! a taken port refused naming `status.listen`, an unreadable `status.token_file` refused
+//! naming it, `listen = ""` turning it off, the status token guarding `/v1/status` and the
+//! dashboard (and 405 for other methods), and, on real Consul enforcing ACLs, a refused token
+//! named by the log, `/readyz`, `/v1/status` and `rehydrator status`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -363,6 +366,39 @@ async fn a_taken_port_is_refused_naming_status_listen_and_empty_turns_it_off() {
             "the error names the field and address:\n{text}"
         );
         drop(taken);
+
+        // A token file that cannot be read stops the start, named, before any session.
+        let path = dir.join("token.toml");
+        let missing = dir.join("no-such-token");
+        std::fs::write(
+            &path,
+            format!(
+                "{}token_file = \"{}\"\n",
+                config("127.0.0.1:0"),
+                missing.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("token.log");
+        let mut child = common::endpoint::spawn_run(&path, &log);
+        let status = eventually("the replica to exit", Duration::from_secs(20), || {
+            let s = child.0.try_wait().unwrap();
+            async move { s }
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{text}");
+        assert!(
+            text.contains(&format!(
+                "status.token_file {}: cannot read it",
+                missing.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("Starting."),
+            "no tree before the token: {text}"
+        );
 
         let path = dir.join("off.toml");
         std::fs::write(&path, config("")).unwrap();
