@@ -149,8 +149,11 @@ impl<T> Indexed<T> {
 pub struct WatchPolicy {
     /// The `?wait` of each blocking call.
     pub wait: Duration,
-    /// Least time between the starts of two calls, so that an endpoint that answers at once
-    /// (an index stuck at a value that never blocks, a flapping key) cannot become a busy loop.
+    /// Least time between the starts of two calls after an answer with nothing new, so that an
+    /// endpoint that answers at once with the same index cannot become a busy loop. After a real
+    /// change the next call starts at once, for a burst of `CHANGE_BURST` calls that refills at
+    /// one per `min_interval`: a stream of writes is followed without delay, and an index that
+    /// moves on every answer (a hostile or broken agent) costs no more than that rate.
     pub min_interval: Duration,
     /// First delay after an error; doubles with each further consecutive error.
     pub backoff_base: Duration,
@@ -168,6 +171,10 @@ impl Default for WatchPolicy {
         }
     }
 }
+
+/// Calls a watch may start at once after real changes before `min_interval` spaces them
+/// (a token bucket: every call spends one, one accrues per `min_interval`).
+const CHANGE_BURST: f64 = 10.0;
 
 /// How an endpoint's index moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +222,11 @@ pub struct WatchState {
     index: Option<u64>,
     last_start: Option<Instant>,
     failures: u32,
+    /// The last answer was news (a change, a first read, a reset): the next call may start
+    /// at once if a credit is left.
+    news: bool,
+    /// Calls that may still start sooner than `min_interval` after the last, as of `last_start`.
+    credits: f64,
 }
 
 impl WatchState {
@@ -230,6 +242,8 @@ impl WatchState {
             index: None,
             last_start: None,
             failures: 0,
+            news: false,
+            credits: CHANGE_BURST,
         }
     }
 
@@ -257,17 +271,42 @@ impl WatchState {
     }
 
     /// How long to wait before the next call, at `now`: the error backoff if the last call
-    /// failed, and never less than what is left of `min_interval` since the last start.
+    /// failed; after an answer with news, nothing while burst credits last; otherwise what is
+    /// left of `min_interval` since the last start.
     pub fn delay(&self, now: Instant) -> Duration {
         self.delay_with_jitter(now, rand::thread_rng().gen::<f64>())
     }
 
     fn delay_with_jitter(&self, now: Instant, jitter: f64) -> Duration {
         let rate_limit = match self.last_start {
-            Some(start) => (start + self.policy.min_interval).saturating_duration_since(now),
             None => Duration::ZERO,
+            // News: go when a credit is there (one accrues per min_interval).
+            Some(_) if self.news => {
+                let missing = 1.0 - self.credits_at(now);
+                if missing <= 1e-9 {
+                    Duration::ZERO
+                } else {
+                    self.policy.min_interval.mul_f64(missing)
+                }
+            }
+            Some(start) => (start + self.policy.min_interval).saturating_duration_since(now),
         };
         rate_limit.max(self.backoff(jitter))
+    }
+
+    /// The burst credits at `now`: one more per `min_interval` since the last start, up to
+    /// `CHANGE_BURST`.
+    fn credits_at(&self, now: Instant) -> f64 {
+        let Some(start) = self.last_start else {
+            return CHANGE_BURST;
+        };
+        let interval = self.policy.min_interval.as_secs_f64();
+        let earned = if interval > 0.0 {
+            now.saturating_duration_since(start).as_secs_f64() / interval
+        } else {
+            CHANGE_BURST
+        };
+        (self.credits + earned).min(CHANGE_BURST)
     }
 
     /// The delay after `failures` consecutive errors: exponential, capped, and with half of it
@@ -286,8 +325,10 @@ impl WatchState {
         half + half.mul_f64(jitter.clamp(0.0, 1.0))
     }
 
-    /// Notes that a call starts at `now` (the rate limit counts from call starts).
+    /// Notes that a call starts at `now` (the rate limit counts from call starts); every call
+    /// spends a credit.
     pub fn started(&mut self, now: Instant) {
+        self.credits = (self.credits_at(now) - 1.0).max(0.0);
         self.last_start = Some(now);
     }
 
@@ -308,12 +349,14 @@ impl WatchState {
             IndexUpdate::Reset => None,
             _ => Some(returned),
         };
+        self.news = update.is_news();
         update
     }
 
     /// Notes a failed call; the index is kept, so the watch resumes where it was.
     pub fn failed(&mut self) {
         self.failures = self.failures.saturating_add(1);
+        self.news = false;
     }
 }
 
@@ -460,11 +503,12 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_spaces_call_starts() {
+    fn unchanged_answers_space_call_starts() {
         let mut w = WatchState::new(policy());
         let t0 = Instant::now();
         assert_eq!(w.delay_with_jitter(t0, 0.5), Duration::ZERO);
         w.started(t0);
+        w.observe(3);
         w.observe(3);
         assert_eq!(
             w.delay_with_jitter(t0 + Duration::from_millis(30), 0.5),
@@ -474,6 +518,45 @@ mod tests {
             w.delay_with_jitter(t0 + Duration::from_secs(1), 0.5),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn changes_are_followed_at_once_for_a_burst_then_at_the_rate() {
+        let mut w = WatchState::new(policy());
+        let t0 = Instant::now();
+        let mut now = t0;
+        w.started(now);
+        w.observe(1);
+        // An index that moves on every answer, each answer at once: CHANGE_BURST calls go
+        // without delay, then one per min_interval (100 ms).
+        let mut immediate = 0;
+        for i in 2..40u64 {
+            let d = w.delay_with_jitter(now, 0.5);
+            if d.is_zero() {
+                immediate += 1;
+            } else {
+                assert!(d <= Duration::from_millis(100), "{d:?}");
+            }
+            now += d;
+            w.started(now);
+            assert_eq!(w.observe(i), IndexUpdate::Changed);
+        }
+        // The first call spent one of the burst.
+        assert_eq!(immediate, CHANGE_BURST as usize - 1);
+        let elapsed = now - t0;
+        assert!(
+            elapsed >= Duration::from_millis(2890) && elapsed <= Duration::from_millis(2910),
+            "38 calls, 9 at once, the rest 100 ms apart: {elapsed:?}"
+        );
+        // Quiet for a while: the burst is back.
+        now += Duration::from_secs(5);
+        w.started(now);
+        w.observe(100);
+        for i in 101..105u64 {
+            assert_eq!(w.delay_with_jitter(now, 0.5), Duration::ZERO);
+            w.started(now);
+            w.observe(i);
+        }
     }
 
     #[test]
