@@ -18,7 +18,7 @@ use rehydrator::consul::*;
 use common::target::Target;
 
 // The destructive checks go last: on real Consul they share one cluster.
-crate::contract_suite!("client": kv_round_trips, blocking_kv_read_wakes_on_write_and_returns_at_wait, watch_state_drives_a_blocking_loop_against_the_simulator, sessions_round_trip, locks_contend_and_destroying_the_holder_releases, events_fire_list_and_wake_a_blocking_list, catalog_and_health_round_trip, agent_self_and_members, raft_status_and_autopilot, leadership_transfers_to_the_chosen_server, unknown_datacenter_is_a_status_error_naming_the_request, raft_peer_removal_by_address);
+crate::contract_suite!("client": kv_round_trips, blocking_kv_read_wakes_on_write_and_returns_at_wait, watch_state_drives_a_blocking_loop_against_the_simulator, sessions_round_trip, locks_contend_and_destroying_the_holder_releases, txn_acquires_checks_and_reads_in_one_round_trip, txn_answers_and_refusals, events_fire_list_and_wake_a_blocking_list, catalog_and_health_round_trip, agent_self_and_members, raft_status_and_autopilot, leadership_transfers_to_the_chosen_server, unknown_datacenter_is_a_status_error_naming_the_request, raft_peer_removal_by_address);
 
 /// How long gossip (a fired event reaching the agent) or autopilot's first health pass may take.
 const GOSSIP_BOUND: Duration = Duration::from_secs(10);
@@ -529,6 +529,288 @@ async fn locks_contend_and_destroying_the_holder_releases(t: &Target) {
     let after = c.kv_get(key, &plain()).await.unwrap().value.unwrap();
     assert_eq!(after.session, None);
     assert_eq!(after.lock_index, 2);
+}
+
+// -------------------------------------------------------------------------------------------
+// Transactions: how a job takes its lock (`/v1/txn`)
+
+/// The ops a job's acquire sends (see `port::ConsulAdapter::kv_acquire`).
+fn acquire_ops(receipt: &str, lock: &str, session: &str, marks: &str) -> Vec<KvTxnOp> {
+    vec![
+        KvTxnOp::CheckNotExists {
+            key: receipt.into(),
+        },
+        KvTxnOp::Lock {
+            key: lock.into(),
+            value: session.as_bytes().to_vec(),
+            session: session.into(),
+        },
+        KvTxnOp::GetTree {
+            prefix: marks.into(),
+        },
+    ]
+}
+
+fn failures(outcome: &TxnOutcome) -> Vec<(usize, String)> {
+    match outcome {
+        TxnOutcome::RolledBack(errors) => errors
+            .iter()
+            .map(|e| (e.op_index, e.what.clone()))
+            .collect(),
+        TxnOutcome::Committed(r) => panic!("expected a roll-back, got {r:?}"),
+    }
+}
+
+async fn txn_acquires_checks_and_reads_in_one_round_trip(t: &Target) {
+    let c = client_for(&t.url);
+    let (receipt, lock, marks) = ("txn/receipts/a/1", "txn/locks/a", "txn/watermarks/a");
+    let a = c
+        .session_create(&session("txn-a", Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let b = c
+        .session_create(&session("txn-b", Duration::ZERO))
+        .await
+        .unwrap();
+    // Another key sharing the watermarks' prefix: get-tree lists it too.
+    assert!(c
+        .kv_put("txn/watermarks/a-2", b"{}", &KvPutOptions::default())
+        .await
+        .unwrap());
+
+    // Free lock, no receipt: held, with LockIndex and Session in the lock's result (its value
+    // blanked, as for every write), then what get-tree read.
+    let TxnOutcome::Committed(results) =
+        c.txn(&acquire_ops(receipt, lock, &a, marks)).await.unwrap()
+    else {
+        panic!("the first acquire commits ({})", t.name)
+    };
+    assert_eq!(results[0].key, lock, "{}", t.name);
+    assert_eq!(results[0].lock_index, 1, "{}", t.name);
+    assert_eq!(results[0].session.as_deref(), Some(a.as_str()));
+    assert!(results[0].value.is_empty(), "{}: {:?}", t.name, results[0]);
+    let read: Vec<&str> = results[1..].iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(read, ["txn/watermarks/a-2"], "{}", t.name);
+    let stored = c.kv_get(lock, &plain()).await.unwrap().value.unwrap();
+    assert_eq!(stored.value, a.as_bytes(), "the lock's value is written");
+
+    // Held by A: B is refused at the lock, and nothing is written.
+    let refused = c.txn(&acquire_ops(receipt, lock, &b, marks)).await.unwrap();
+    assert_eq!(
+        failures(&refused),
+        [(
+            1,
+            format!("failed to lock key {lock:?}, lock is already held")
+        )],
+        "{}",
+        t.name
+    );
+    // A re-acquiring its own lock: still held, LockIndex unchanged.
+    let TxnOutcome::Committed(again) = c.txn(&acquire_ops(receipt, lock, &a, marks)).await.unwrap()
+    else {
+        panic!("the holder re-acquires ({})", t.name)
+    };
+    assert_eq!(again[0].lock_index, 1);
+
+    // A receipt: the check fails (and B's lock too, reported alongside); nothing changes.
+    assert!(c
+        .kv_put(receipt, b"done", &KvPutOptions::default())
+        .await
+        .unwrap());
+    let done = c.txn(&acquire_ops(receipt, lock, &b, marks)).await.unwrap();
+    assert_eq!(
+        failures(&done),
+        [
+            (0, format!("key {receipt:?} exists")),
+            (
+                1,
+                format!("failed to lock key {lock:?}, lock is already held")
+            ),
+        ],
+        "{}",
+        t.name
+    );
+    assert!(c
+        .kv_delete(receipt, &KvDeleteOptions::default())
+        .await
+        .unwrap());
+
+    // A's session goes while it holds the lock: its 2 s lock-delay refuses B at the pre-check,
+    // then B gets it, the lock's second holder.
+    assert!(c.session_destroy(&a).await.unwrap());
+    let delayed = c.txn(&acquire_ops(receipt, lock, &b, marks)).await.unwrap();
+    assert_eq!(
+        failures(&delayed),
+        [(1, format!("failed to lock key {lock:?} due to lock delay"))],
+        "{}",
+        t.name
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let results = loop {
+        match c.txn(&acquire_ops(receipt, lock, &b, marks)).await.unwrap() {
+            TxnOutcome::Committed(r) => break r,
+            TxnOutcome::RolledBack(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: still refused: {e:?}",
+                    t.name
+                );
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(results[0].lock_index, 2, "{}", t.name);
+    assert_eq!(results[0].session.as_deref(), Some(b.as_str()));
+
+    // An unknown session is refused by name.
+    let ghost = "00000000-0000-0000-0000-000000000000";
+    let gone = c
+        .txn(&[KvTxnOp::Lock {
+            key: "txn/locks/other".into(),
+            value: Vec::new(),
+            session: ghost.into(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        failures(&gone),
+        [(0, format!("invalid session {ghost:?}"))],
+        "{}",
+        t.name
+    );
+    assert!(c.session_destroy(&b).await.unwrap());
+}
+
+async fn txn_answers_and_refusals(t: &Target) {
+    let c = client_for(&t.url);
+    // Writes and reads in order, each seeing the ones before; a get of a missing key fails
+    // the whole transaction, and every failure is listed.
+    let TxnOutcome::Committed(r) = c
+        .txn(&[
+            KvTxnOp::Set {
+                key: "txn2/a".into(),
+                value: b"1".to_vec(),
+            },
+            KvTxnOp::Get {
+                key: "txn2/a".into(),
+            },
+            KvTxnOp::Delete {
+                key: "txn2/none".into(),
+            },
+        ])
+        .await
+        .unwrap()
+    else {
+        panic!("{}: set and get commit", t.name)
+    };
+    assert_eq!(r.len(), 2, "{}: the delete adds no result", t.name);
+    assert!(r[0].value.is_empty(), "a write's result has no value");
+    assert_eq!(r[1].value, b"1");
+    assert_eq!(r[0].modify_index, r[1].modify_index);
+    let index = r[1].modify_index;
+    let failed = c
+        .txn(&[
+            KvTxnOp::Set {
+                key: "txn2/b".into(),
+                value: b"2".to_vec(),
+            },
+            KvTxnOp::CheckIndex {
+                key: "txn2/a".into(),
+                index: index + 1000,
+            },
+            KvTxnOp::Get {
+                key: "txn2/missing".into(),
+            },
+            KvTxnOp::Cas {
+                key: "txn2/a".into(),
+                value: Vec::new(),
+                index: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        failures(&failed),
+        [
+            (
+                1,
+                format!(
+                    "failed index check for key \"txn2/a\", current modify index {index} != {}",
+                    index + 1000
+                )
+            ),
+            (2, "key \"txn2/missing\" doesn't exist".to_owned()),
+            (3, "failed to set key \"txn2/a\", index is stale".to_owned()),
+        ],
+        "{}",
+        t.name
+    );
+    assert_eq!(
+        c.kv_get("txn2/b", &plain()).await.unwrap().value,
+        None,
+        "{}: nothing of a failed transaction is written",
+        t.name
+    );
+
+    // What the client does not send, straight to the endpoint.
+    let http = awc::Client::default();
+    let raw = |method: &str, body: String| {
+        let req = http.request(
+            awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}/v1/txn", t.url),
+        );
+        async move {
+            let mut resp = req.send_body(body).await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let text = String::from_utf8_lossy(&resp.body().await.unwrap()).into_owned();
+            (status, headers, text)
+        }
+    };
+    let (status, _, _) = raw("GET", String::new()).await;
+    assert_eq!(status, 405, "{}", t.name);
+    let too_many: Vec<_> = (0..65)
+        .map(|i| serde_json::json!({"KV": {"Verb": "get-tree", "Key": format!("x{i}")}}))
+        .collect();
+    let (status, _, text) = raw("PUT", serde_json::to_string(&too_many).unwrap()).await;
+    assert_eq!(
+        (status, text.trim()),
+        (413, "Transaction contains too many operations (65 > 64)"),
+        "{}",
+        t.name
+    );
+    for (body, says) in [
+        ("[{", "Failed to parse body: unexpected EOF"),
+        (
+            "{}",
+            "Failed to parse body: json: cannot unmarshal object into Go value of type api.TxnOps",
+        ),
+        (
+            r#"[{"KV":{"Verb":"get","Key":"a","Frob":1}}]"#,
+            "Failed to parse body: json: unknown field \"Frob\"",
+        ),
+    ] {
+        let (status, _, text) = raw("PUT", body.into()).await;
+        assert_eq!((status, text.trim()), (400, says), "{}: {body}", t.name);
+    }
+    // A read-only transaction is answered as a read: its meta in the body, no index.
+    let (status, headers, text) =
+        raw("PUT", r#"[{"kv":{"verb":"get","key":"txn2/a"}}]"#.into()).await;
+    assert_eq!(status, 200, "{}: {text}", t.name);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["Results"][0]["KV"]["Value"], "MQ==", "{}", t.name);
+    assert_eq!(body["Index"], 0, "{}", t.name);
+    assert_eq!(body["KnownLeader"], true, "{}", t.name);
+    assert_eq!(body["ConsistencyLevel"], "", "{}", t.name);
+    assert!(headers.get("x-consul-index").is_none(), "{}", t.name);
+    assert_eq!(
+        headers
+            .get("x-consul-knownleader")
+            .map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "{}",
+        t.name
+    );
 }
 
 // -------------------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
 //! Dispatcher: turns watch fires into jobs and runs each job once across all replicas.
 //!
 //! Every replica's Watchers see the same triggers, so every replica queues the same jobs. For
-//! each job the Dispatcher looks for its receipt; if there is none it asks the LockManager for
-//! the action's lock. Holding it, it looks again (the holder before it may just have finished),
-//! runs the executor, writes the receipt (CAS 0: one receipt per job, whoever races) and only
-//! then releases, so a waiter that sees the lock change finds the receipt. Not holding it, it
-//! blocks on the lock key; when the lock changes without a receipt (the holder died and its
-//! session went), it tries again. Failures requeue with backoff; after `max_attempts` a Failed
-//! receipt ends the job. Pruning old receipts first raises the watch's watermark
-//! (`crate::watermark`), and every look for a receipt also looks at it: a trigger whose
-//! receipt was pruned is expired, never run again, however far behind this replica is.
+//! each job the Dispatcher asks the LockManager for the action's lock in one Consul
+//! transaction that fails if the job's receipt exists and brings back the lock's LockIndex
+//! (the fencing token the receipt records) and the action's watermarks. Holding it, it runs
+//! the executor, writes the receipt (CAS 0: one receipt per job, whoever races) and only then
+//! releases, so a waiter that sees the lock change finds the receipt. Not holding it, it blocks
+//! on the lock key; when the lock changes it tries again, and a lock that changed without a
+//! receipt (the holder died and its session went) is a takeover. Failures requeue with backoff;
+//! after `max_attempts` a Failed receipt ends the job. Pruning old receipts first raises the
+//! watch's watermark (`crate::watermark`), read with every grant: a trigger whose receipt was
+//! pruned is expired, never run again, however far behind this replica is.
 //!
 //! One job per lock at a time on this replica: Consul lets a session re-acquire a lock it holds,
 //! so two actions sharing a lock (the rollout's `step`) must be serialized here.
@@ -25,7 +26,7 @@ use crate::backoff;
 use crate::executor::{Abort, ExecError, Run, Trigger};
 use crate::lock_manager::{AcquireLock, LockGrant, LocksLost, ReleaseLock};
 use crate::metrics::Metrics;
-use crate::ports::{ConsulPort, PortError};
+use crate::ports::{ConsulPort, KvEntry, PortError};
 use crate::receipt::{self, Keys, Outcome, Receipt};
 use crate::watermark;
 
@@ -537,22 +538,18 @@ impl From<PortError> for JobEnd {
     }
 }
 
-/// Whether the job is finished without running: its receipt exists, or its watch's watermark
-/// covers its trigger (a watermark that does not decode counts as none, and is reported when
-/// pruning next meets it).
-async fn finished(env: &Env, key: &str, t: &Trigger) -> Result<Option<JobResult>, PortError> {
-    if let Some(r) = existing_receipt(env, key).await? {
-        return Ok(Some(JobResult::AlreadyDone { by: r.by }));
-    }
-    if t.position.is_none() {
-        return Ok(None);
-    }
-    let marks = watermark::read(env.consul.as_ref(), &env.keys.watermarks(&t.action))
-        .await?
-        .map(|(m, _)| m)
+/// Whether the watermarks read under the lock (`read`, the entries under `key`) cover `t`: its
+/// receipt was pruned, so it is never run again. Watermarks that do not decode count as none,
+/// and are reported when pruning next meets them.
+fn expired_by(key: &str, read: &[KvEntry], t: &Trigger) -> Option<JobResult> {
+    // get-tree reads a prefix: `watermarks/notify` also lists `watermarks/notify-2`.
+    let marks = read
+        .iter()
+        .find(|e| e.key == key)
+        .and_then(|e| serde_json::from_slice::<watermark::Marks>(&e.value).ok())
         .unwrap_or_default();
-    Ok(watermark::covering(&marks, &t.watch, t.position)
-        .map(|watermark| JobResult::Expired { watermark }))
+    watermark::covering(&marks, &t.watch, t.position)
+        .map(|watermark| JobResult::Expired { watermark })
 }
 
 async fn existing_receipt(env: &Env, key: &str) -> Result<Option<Receipt>, PortError> {
@@ -598,9 +595,8 @@ async fn run_job_inner(
     let t = &job.trigger;
     let receipt_key = env.keys.receipt(&t.action, &t.trigger_id);
     let lock_key = env.keys.lock(lock);
-    if let Some(r) = finished(env, &receipt_key, t).await? {
-        return Ok(JobEnd::Done(r));
-    }
+    // A positioned trigger may have expired: its watermarks are read with the lock.
+    let marks_key = t.position.is_some().then(|| env.keys.watermarks(&t.action));
 
     let holder = serde_json::to_vec(&serde_json::json!({
         "replica": env.replica, "action": t.action, "trigger_id": t.trigger_id,
@@ -611,28 +607,44 @@ async fn run_job_inner(
     // session left the lock naming it): if we then get the lock and find no receipt, we are
     // taking the job over from it.
     let mut holder_had_it = false;
-    let session = loop {
+    // One round trip decides: the receipt must not exist, the lock is taken, and its
+    // LockIndex and the watermarks come back with it, all at one Raft index. So the job runs
+    // only if no receipt existed at the moment this replica's hold began, however long it
+    // waited or slept before.
+    let (lock_index, read) = loop {
         let grant = env
             .acquire
             .send(AcquireLock {
                 key: lock_key.clone(),
                 holder: holder.clone(),
+                unless: Some(receipt_key.clone()),
+                read: marks_key.clone(),
             })
             .await
             .map_err(|e| JobEnd::Retry(format!("lock manager: {e}"), ("lock", "mailbox")))?
             .map_err(|e| JobEnd::Retry(format!("lock: {e}"), ("lock", e.kind())))?;
-        if let LockGrant::Held { session } = grant {
-            break session;
+        match grant {
+            LockGrant::Held {
+                lock_index, read, ..
+            } => break (lock_index, read),
+            LockGrant::Present => {
+                let by = existing_receipt(env, &receipt_key)
+                    .await?
+                    .map_or_else(|| "unknown".to_owned(), |r| r.by);
+                return Ok(JobEnd::Done(JobResult::AlreadyDone { by }));
+            }
+            LockGrant::Busy => {}
         }
         // Another replica holds it (or lock-delay keeps it free for a while). The holder
-        // writes the receipt before releasing, so the lock key changing is the moment to look.
+        // writes the receipt before releasing, so the lock key changing is the moment to try
+        // again.
         let current = env.consul.kv_get(&lock_key, 0, Duration::ZERO).await?;
         let held = current.value.as_ref().is_some_and(|e| e.session.is_some());
+        holder_had_it |= current
+            .value
+            .as_ref()
+            .is_some_and(|e| holds_job(&e.value, t));
         if held {
-            holder_had_it |= current
-                .value
-                .as_ref()
-                .is_some_and(|e| holds_job(&e.value, t));
             debug!(lock = %lock_key, "Lock held by another replica; waiting for it to change.");
             env.consul
                 .kv_get(&lock_key, current.index, env.settings.receipt_wait)
@@ -640,10 +652,6 @@ async fn run_job_inner(
         } else {
             // Free but refused is lock-delay, which follows a session's invalidation: if the
             // lock still names this job, its holder died with it unfinished.
-            holder_had_it |= current
-                .value
-                .as_ref()
-                .is_some_and(|e| holds_job(&e.value, t));
             waits += 1;
             let pause = backoff::delay(
                 waits.min(6),
@@ -653,9 +661,6 @@ async fn run_job_inner(
             debug!(lock = %lock_key, ?pause, "Lock free but refused (lock-delay); trying again shortly.");
             tokio::time::sleep(pause).await;
         }
-        if let Some(r) = finished(env, &receipt_key, t).await? {
-            return Ok(JobEnd::Done(r));
-        }
     };
 
     // Holding the lock from here: every exit releases it, and waits for the release to land
@@ -663,23 +668,11 @@ async fn run_job_inner(
     // a lock it holds, so a release still in flight could otherwise free the lock under the
     // next job's feet and let another replica run that job too.
     let result = async {
-        // The look that decides: under the lock, after any wait (this replica may have slept
-        // through another's run, its session invalidated meanwhile).
-        if let Some(r) = finished(env, &receipt_key, t).await? {
-            return Ok(JobEnd::Done(r));
-        }
-        // The lock entry must carry our session: it is the fencing token the receipt records,
-        // and a mismatch means the grant is already stale.
-        let entry = env.consul.kv_get(&lock_key, 0, Duration::ZERO).await?.value;
-        let lock_index = match entry {
-            Some(e) if e.session.as_deref() == Some(session.as_str()) => e.lock_index,
-            _ => {
-                return Err(JobEnd::Retry(
-                    "the lock changed hands right after it was granted".into(),
-                    ("lock", "lost"),
-                ))
+        if let Some(key) = &marks_key {
+            if let Some(expired) = expired_by(key, &read, t) {
+                return Ok(JobEnd::Done(expired));
             }
-        };
+        }
         if holder_had_it {
             warn!(lock_index, "Taking over a job whose holder let the lock go without a receipt.");
             env.metrics.takeover(&lock_key);

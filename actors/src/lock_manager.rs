@@ -16,14 +16,19 @@ use tracing::{debug, info, warn};
 
 use crate::backoff;
 use crate::metrics::Metrics;
-use crate::ports::{ConsulPort, PortError, SessionSpec};
+use crate::ports::{Acquire, Acquired, ConsulPort, KvEntry, PortError, SessionSpec};
 
-/// Take the lock on `key`, writing `holder` as its value.
+/// Take the lock on `key`, writing `holder` as its value, unless `unless` exists; read the
+/// keys under `read` with it. One Consul round trip.
 #[derive(Message)]
 #[rtype(result = "Result<LockGrant, LockError>")]
 pub struct AcquireLock {
     pub key: String,
     pub holder: Vec<u8>,
+    /// Take nothing if this key exists (the job's receipt).
+    pub unless: Option<String>,
+    /// Read the keys under this prefix in the same round trip (the job's watermarks).
+    pub read: Option<String>,
 }
 
 /// Let go of the lock on `key` (no-op if not held).
@@ -64,8 +69,15 @@ pub struct Shutdown;
 /// The answer to `AcquireLock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockGrant {
-    /// This replica holds it.
-    Held { session: String },
+    /// This replica holds it, for the `lock_index`-th acquisition (the fencing token a
+    /// receipt records); `read` is what the prefix asked for held at that moment.
+    Held {
+        session: String,
+        lock_index: u64,
+        read: Vec<KvEntry>,
+    },
+    /// `unless` exists: nothing was taken.
+    Present,
     /// Another session holds it, or lock-delay is in force.
     Busy,
 }
@@ -305,18 +317,32 @@ impl Handler<AcquireLock> for LockManager {
             return Box::pin(fut::ready(Err(LockError::NoSession)));
         };
         let key = msg.key;
-        let fut = self.consul.kv_acquire(&key, msg.holder, &session);
+        let fut = self.consul.kv_acquire(&Acquire {
+            key: key.clone(),
+            value: msg.holder,
+            session: session.clone(),
+            unless: msg.unless,
+            read: msg.read,
+        });
         Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
             let _span = act.span.clone().entered();
-            let got = res?;
+            let (lock_index, read) = match res? {
+                Acquired::Held { lock_index, read } => (lock_index, read),
+                Acquired::Present => return Ok(LockGrant::Present),
+                Acquired::Busy => return Ok(LockGrant::Busy),
+            };
             // A session lost while the call was in flight must not be recorded as holding.
-            if !got || act.session.as_deref() != Some(session.as_str()) {
+            if act.session.as_deref() != Some(session.as_str()) {
                 return Ok(LockGrant::Busy);
             }
-            debug!(lock = %key, session = %session, "Acquired lock.");
+            debug!(lock = %key, session = %session, lock_index, "Acquired lock.");
             act.metrics.lock_held(&key, true);
             act.held.insert(key, session.clone());
-            Ok(LockGrant::Held { session })
+            Ok(LockGrant::Held {
+                session,
+                lock_index,
+                read,
+            })
         }))
     }
 }

@@ -88,6 +88,30 @@ pub struct Indexed<T> {
     pub value: T,
 }
 
+/// What `ConsulPort::kv_acquire` is asked: the lock, and what decides under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquire {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub session: String,
+    /// Take nothing if this key exists (a job's receipt: the job is done).
+    pub unless: Option<String>,
+    /// Read the keys under this prefix in the same round trip (a job's watermarks).
+    pub read: Option<String>,
+}
+
+/// What `ConsulPort::kv_acquire` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The session holds the lock, acquired for the `lock_index`-th time; `read` holds the
+    /// entries under the prefix asked for, as of that moment.
+    Held { lock_index: u64, read: Vec<KvEntry> },
+    /// `unless` exists; nothing was written.
+    Present,
+    /// Another session holds the lock, or lock-delay keeps it free for now.
+    Busy,
+}
+
 /// The session a replica holds its locks with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSpec {
@@ -107,9 +131,9 @@ pub trait ConsulPort {
     fn kv_put(&self, key: &str, value: Vec<u8>, cas: Option<u64>) -> PortFuture<bool>;
     /// Deletes one key.
     fn kv_delete(&self, key: &str) -> PortFuture<bool>;
-    /// Takes the lock on `key` for `session`, writing `value`; false if another holds it or
-    /// lock-delay is in force.
-    fn kv_acquire(&self, key: &str, value: Vec<u8>, session: &str) -> PortFuture<bool>;
+    /// Takes the lock on `key` for `session`, writing `value`, in one round trip that also
+    /// fails if `unless` exists and reads the keys under `read` (Consul's `/v1/txn`).
+    fn kv_acquire(&self, req: &Acquire) -> PortFuture<Acquired>;
     /// Lets go of the lock on `key` if `session` holds it.
     fn kv_release(&self, key: &str, session: &str) -> PortFuture<bool>;
     /// Creates a session (Behavior=release) and returns its ID.

@@ -18,8 +18,8 @@ use rehydrator_actors::dispatcher::{
 use rehydrator_actors::executor::{Abort, ExecError, Run};
 use rehydrator_actors::lock_manager::{AcquireLock, LockError, LockGrant, LocksLost, ReleaseLock};
 use rehydrator_actors::ports::{
-    ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec, WatchRead,
-    WatchStream,
+    Acquire, Acquired, ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec,
+    WatchRead, WatchStream,
 };
 use rehydrator_actors::receipt::{Keys, Outcome, Receipt};
 use rehydrator_actors::watcher::{WatchSpec, Watcher};
@@ -129,7 +129,7 @@ impl ConsulPort for Stub {
         Box::pin(ready(Ok(true)))
     }
 
-    fn kv_acquire(&self, _key: &str, _value: Vec<u8>, _session: &str) -> PortFuture<bool> {
+    fn kv_acquire(&self, _req: &Acquire) -> PortFuture<Acquired> {
         unreachable!("locks go through the LockManager, stood in for by LockStub")
     }
 
@@ -243,8 +243,41 @@ struct LockStub {
     kv: Rc<Stub>,
 }
 
-/// Records `session` as the holder of `key` in the stub's KV, bumping LockIndex.
-fn hold(stub: &Stub, key: &str, session: Option<&str>) {
+/// A grant as the script writes it; the stand-in fills in LockIndex and the read.
+fn held() -> LockGrant {
+    LockGrant::Held {
+        session: "s".into(),
+        lock_index: 0,
+        read: Vec::new(),
+    }
+}
+
+/// What a real grant answers for `msg`, with the stub's KV as Consul: `Present` if `unless`
+/// exists, else held by `session` with its LockIndex and the keys under `read`.
+fn grant(stub: &Stub, msg: &AcquireLock, session: &str) -> LockGrant {
+    if let Some(unless) = &msg.unless {
+        if stub.kv.borrow().contains_key(unless) {
+            return LockGrant::Present;
+        }
+    }
+    let lock_index = hold(stub, &msg.key, Some(session));
+    let read = msg.read.as_deref().map_or_else(Vec::new, |prefix| {
+        stub.kv
+            .borrow()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.clone())
+            .collect()
+    });
+    LockGrant::Held {
+        session: session.to_owned(),
+        lock_index,
+        read,
+    }
+}
+
+/// Records `session` as the holder of `key` in the stub's KV, bumping LockIndex; returns it.
+fn hold(stub: &Stub, key: &str, session: Option<&str>) -> u64 {
     let mut kv = stub.kv.borrow_mut();
     let e = kv.entry(key.to_owned()).or_insert_with(|| KvEntry {
         key: key.to_owned(),
@@ -258,6 +291,7 @@ fn hold(stub: &Stub, key: &str, session: Option<&str>) {
         e.lock_index += 1;
     }
     e.session = session.map(str::to_owned);
+    e.lock_index
 }
 
 impl Actor for LockStub {
@@ -269,13 +303,10 @@ impl Handler<AcquireLock> for LockStub {
 
     fn handle(&mut self, msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
         self.acquires.set(self.acquires.get() + 1);
-        let grant = self.grants.pop_front().unwrap_or(LockGrant::Held {
-            session: "s".into(),
-        });
-        if let LockGrant::Held { session } = &grant {
-            hold(&self.kv, &msg.key, Some(session));
+        match self.grants.pop_front().unwrap_or_else(held) {
+            LockGrant::Held { session, .. } => Ok(grant(&self.kv, &msg, &session)),
+            other => Ok(other),
         }
-        Ok(grant)
     }
 }
 
@@ -363,13 +394,7 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
         let acquires = Rc::new(Cell::new(0));
         let locks = LockStub {
             // Held for the first run; after the loss, refused once (lock-delay), then Held.
-            grants: [
-                LockGrant::Held {
-                    session: "s".into(),
-                },
-                LockGrant::Busy,
-            ]
-            .into(),
+            grants: [held(), LockGrant::Busy].into(),
             acquires: acquires.clone(),
             releases: Rc::new(Cell::new(0)),
             kv: stub.clone(),
@@ -490,10 +515,7 @@ impl Handler<AcquireLock> for SlowLocks {
 
     fn handle(&mut self, msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
         self.log.borrow_mut().push("acquire");
-        hold(&self.kv, &msg.key, Some("s"));
-        Ok(LockGrant::Held {
-            session: "s".into(),
-        })
+        Ok(grant(&self.kv, &msg, "s"))
     }
 }
 

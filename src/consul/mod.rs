@@ -22,6 +22,7 @@ pub mod port;
 pub mod query;
 mod session;
 mod tls;
+pub mod txn;
 pub mod types;
 
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub use kv::{KvDeleteOptions, KvPutOptions};
 pub use query::{
     Consistency, IndexOrder, IndexUpdate, Indexed, QueryMeta, QueryOptions, WatchPolicy, WatchState,
 };
+pub use txn::{KvTxnOp, TxnError, TxnOutcome, MAX_TXN_OPS};
 pub use types::*;
 
 /// Largest answer body read by default: sessions, status, autopilot, a single key's entry

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rehydrator_actors::ports::{
-    ClusterHealth, ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry,
+    Acquire, Acquired, ClusterHealth, ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry,
     LeaderTransfer as PortTransfer, PeerHealth, PortError, PortFuture, SessionSpec, WatchRead,
     WatchStream,
 };
@@ -17,8 +17,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Call, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair, KvPutOptions, LeaderTransfer,
-    QueryOptions, SessionBehavior, SessionRequest, WatchPolicy, WatchState,
+    Call, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair, KvPutOptions, KvTxnOp,
+    LeaderTransfer, QueryOptions, SessionBehavior, SessionRequest, TxnError, TxnOutcome,
+    WatchPolicy, WatchState,
 };
 
 /// The client as the actors' port.
@@ -51,6 +52,95 @@ impl From<ConsulError> for PortError {
         };
         PortError::new(kind, e.to_string())
     }
+}
+
+/// The transaction `kv_acquire` sends: the `unless` check, the lock, the `read`.
+fn acquire_ops(req: &Acquire) -> Vec<KvTxnOp> {
+    let mut ops = Vec::with_capacity(3);
+    if let Some(key) = &req.unless {
+        ops.push(KvTxnOp::CheckNotExists { key: key.clone() });
+    }
+    ops.push(KvTxnOp::Lock {
+        key: req.key.clone(),
+        value: req.value.clone(),
+        session: req.session.clone(),
+    });
+    if let Some(prefix) = &req.read {
+        // get-tree, not get: a missing key would fail the whole transaction.
+        ops.push(KvTxnOp::GetTree {
+            prefix: prefix.clone(),
+        });
+    }
+    ops
+}
+
+/// A committed acquire: the lock's result (first, as check-not-exists yields none) carries
+/// its LockIndex; the rest is what `read` found.
+fn held(req: &Acquire, results: Vec<KvPair>) -> Result<Acquired, PortError> {
+    let mut results = results.into_iter();
+    let lock = results.next().filter(|p| p.key == req.key).ok_or_else(|| {
+        PortError::new(
+            ErrorKind::Decode,
+            format!(
+                "Consul's txn answer for lock {} lacks the lock's entry",
+                req.key
+            ),
+        )
+    })?;
+    if lock.session.as_deref() != Some(req.session.as_str()) {
+        return Err(PortError::new(
+            ErrorKind::Decode,
+            format!(
+                "Consul's txn answer shows lock {} not held by our session",
+                req.key
+            ),
+        ));
+    }
+    Ok(Acquired::Held {
+        lock_index: lock.lock_index,
+        read: results.map(entry).collect(),
+    })
+}
+
+/// A rolled-back acquire: the receipt exists (whatever else failed), the lock is busy, or
+/// something the job cannot get past (an invalid session, a refused token).
+fn refused(req: &Acquire, errors: &[TxnError]) -> Result<Acquired, PortError> {
+    let lock_op = usize::from(req.unless.is_some());
+    if req.unless.is_some()
+        && errors
+            .iter()
+            .any(|e| e.op_index == 0 && e.what.ends_with("exists"))
+    {
+        return Ok(Acquired::Present);
+    }
+    let busy = |e: &TxnError| {
+        e.op_index == lock_op && (e.what.contains("already held") || e.what.contains("lock delay"))
+    };
+    if !errors.is_empty() && errors.iter().all(busy) {
+        return Ok(Acquired::Busy);
+    }
+    let what: Vec<String> = errors
+        .iter()
+        .map(|e| format!("op {}: {}", e.op_index, e.what))
+        .collect();
+    let denied = errors
+        .iter()
+        .any(|e| e.what.contains("Permission denied") || e.what.contains("ACL not found"));
+    Err(if denied {
+        PortError::new(
+            ErrorKind::Denied,
+            format!(
+                "ACL token refused: acquiring {}: {}",
+                req.key,
+                what.join("; ")
+            ),
+        )
+    } else {
+        PortError::new(
+            ErrorKind::Rejected,
+            format!("Consul refused acquiring {}: {}", req.key, what.join("; ")),
+        )
+    })
 }
 
 fn entry(p: KvPair) -> KvEntry {
@@ -113,9 +203,15 @@ impl ConsulPort for ConsulAdapter {
         Box::pin(async move { Ok(c.kv_delete(&key, &KvDeleteOptions::default()).await?) })
     }
 
-    fn kv_acquire(&self, key: &str, value: Vec<u8>, session: &str) -> PortFuture<bool> {
-        let (c, key, session) = (self.client.clone(), key.to_owned(), session.to_owned());
-        Box::pin(async move { Ok(c.kv_acquire(&key, &value, &session).await?) })
+    fn kv_acquire(&self, req: &Acquire) -> PortFuture<Acquired> {
+        let (c, req) = (self.client.clone(), req.clone());
+        Box::pin(async move {
+            let ops = acquire_ops(&req);
+            match c.txn(&ops).await? {
+                TxnOutcome::Committed(results) => held(&req, results),
+                TxnOutcome::RolledBack(errors) => refused(&req, &errors),
+            }
+        })
     }
 
     fn kv_release(&self, key: &str, session: &str) -> PortFuture<bool> {

@@ -90,8 +90,9 @@ fn guarded(
     (ok, if changed { vec![key] } else { vec![] })
 }
 
-/// The KV table, its graveyard and the leader's lock-delay map.
-#[derive(Debug, Default)]
+/// The KV table, its graveyard and the leader's lock-delay map. `Clone` so a transaction can
+/// run on a copy and be dropped whole when one of its operations fails.
+#[derive(Debug, Default, Clone)]
 pub struct KvStore {
     entries: BTreeMap<String, DirEntry>,
     /// Deleted keys (or deleted prefixes, for a tree delete) and the index that deleted them,

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod operator;
 pub mod session;
 pub mod status;
+pub mod txn;
 
 /// Registers every `/v1` route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -21,4 +22,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     agent::configure(cfg);
     status::configure(cfg);
     operator::configure(cfg);
+    txn::configure(cfg);
 }
