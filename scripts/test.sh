@@ -51,4 +51,6 @@ if [ -n "${CONSUL_BIN:-}" ]; then
   echo "Consul for the real-Consul tests: $CONSUL_BIN ($("$CONSUL_BIN" version | head -n 1))"
 fi
 
-cargo test --workspace --locked "$@"
+# fault-injection: the panic-policy test makes `run` panic on cue; release builds have no such
+# switch.
+cargo test --workspace --locked --features rehydrator/fault-injection "$@"

@@ -60,6 +60,7 @@ pub fn run(
                 None
             }
         };
+        #[cfg(feature = "fault-injection")]
         inject_faults();
         wait_for_stop(stop_on_stdin_eof).await?;
         info!("Stopping: watchers, running jobs, then the session.");
@@ -210,8 +211,10 @@ fn install_panic_policy() {
     }));
 }
 
-/// Test-only fault injection: `REHYDRATOR_FAULT=panic-after:<seconds>` panics on the actor
-/// system's thread, as a panicking handler would. Used by the panic-policy test.
+/// Test-only fault injection (the `fault-injection` feature):
+/// `REHYDRATOR_FAULT=panic-after:<seconds>` panics on the actor system's thread, as a panicking
+/// handler would. Used by the panic-policy test.
+#[cfg(feature = "fault-injection")]
 fn inject_faults() {
     let Ok(fault) = std::env::var("REHYDRATOR_FAULT") else {
         return;

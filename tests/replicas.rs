@@ -899,6 +899,12 @@ async fn sigterm_stops_mid_action_with_status_0_and_frees_the_lock_at_once() {
 #[actix_rt::test]
 async fn a_panic_exits_70_and_the_job_it_held_is_handled_by_another_replica() {
     const PANIC_AFTER: Duration = Duration::from_secs(5);
+    if !cfg!(feature = "fault-injection") {
+        panic!(
+            "this test makes the replica panic with REHYDRATOR_FAULT, which only a build with \
+             --features fault-injection obeys (scripts/test.sh enables it)"
+        );
+    }
     let scratch = Scratch::new("panic");
     let sim = common::sim();
     // The doomed replica's run never ends on its own: it is mid-job when it panics.
