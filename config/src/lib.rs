@@ -3,6 +3,7 @@
 //! `Settings`, collecting every error with the field at fault; `load` layers the file and the
 //! `REHYDRATOR_*` environment. The binary's `run` and `check-config` are its callers.
 
+pub mod go_duration;
 pub mod load;
 pub mod raw;
 pub mod settings;

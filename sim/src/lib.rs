@@ -8,7 +8,6 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod duration;
 pub mod http;
 pub mod images;
 pub mod server;
@@ -18,5 +17,7 @@ pub mod watch;
 
 pub use cluster::CONSUL_VERSION;
 pub use config::{version_parts, SimConfig, TransferFault};
+/// Go's duration syntax, shared with the Consul client.
+pub use rehydrator_config::go_duration as duration;
 pub use server::{start, RunningSim};
 pub use state::Sim;
