@@ -3,12 +3,14 @@
 //! `Settings`, collecting every error with the field at fault; `load` layers the file and the
 //! `REHYDRATOR_*` environment. The binary's `run` and `check-config` are its callers.
 
+pub mod error;
 pub mod go_duration;
 pub mod load;
 pub mod raw;
 pub mod settings;
 pub mod validate;
 
-pub use load::{load, load_with_env, ConfigError, FieldError};
+pub use error::{ConfigError, FieldError};
+pub use load::{load, load_with_env};
 pub use settings::*;
 pub use validate::{consul_from_env, normalize_address};

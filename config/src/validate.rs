@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::load::FieldError;
+use crate::error::FieldError;
 use crate::raw::*;
 use crate::settings::*;
 
