@@ -785,7 +785,7 @@ pub fn transfer_leader(sim: &Sim, st: &mut State, id: Option<&str>) -> Result<()
     let term = st.cluster.term;
     st.cluster.set_leader(Some(target), now);
     st.next_index();
-    crate::api::session::reset_timers(sim, st);
+    crate::fsm::session::reset_timers(sim, st);
     for s in st.cluster.servers.iter_mut().filter(|s| s.reachable()) {
         s.last_term = term;
     }
@@ -886,7 +886,7 @@ fn schedule_election(sim: &Sim, st: &mut State) {
                 }
                 tracing::info!(leader = %name, term, "Simulated cluster elected a leader.");
                 // A new Consul leader restarts every session's TTL timer in full.
-                crate::api::session::reset_timers(sim, st);
+                crate::fsm::session::reset_timers(sim, st);
             }
         }
         reconcile(sim, st);

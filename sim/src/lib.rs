@@ -8,10 +8,12 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod fsm;
 pub mod http;
 pub mod images;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod timeline;
 pub mod watch;
 

@@ -863,10 +863,10 @@ pub fn after_write(sim: &Sim, st: &mut State, w: Written) {
         st.notify(change);
     }
     for node in &w.deleted_nodes {
-        crate::api::session::invalidate_for_node(sim, st, node, None);
+        crate::fsm::session::invalidate_for_node(sim, st, node, None);
     }
     for (node, check) in w.deleted_checks.iter().chain(w.critical.iter()) {
-        crate::api::session::invalidate_for_node(sim, st, node, Some(check));
+        crate::fsm::session::invalidate_for_node(sim, st, node, Some(check));
     }
 }
 

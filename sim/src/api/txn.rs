@@ -23,9 +23,9 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::api::kv::{DirEntry, KvStore};
 use crate::http::{hold_for_leader, only, ApiError, Consistency, QueryOptions};
 use crate::state::Sim;
+use crate::store::kv::{DirEntry, KvStore};
 use crate::watch::Change;
 
 /// Consul's `txn_max_ops`... in 1.8 a constant: `maxTxnOps`.
