@@ -21,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::api::catalog::{self, CheckEntry, Registration, ServiceEntry, Weights};
+use crate::fsm::catalog::{apply_check, apply_deregister, apply_register};
 use crate::images::{Image, Images};
 use crate::state::{Sim, State};
+use crate::store::catalog::{self, CheckEntry, Registration, ServiceEntry, Weights};
 use crate::timeline::Timeline;
 use crate::watch::{Change, Topic};
 
@@ -1078,7 +1079,7 @@ fn sync_catalog(sim: &Sim, st: &mut State) {
                         .check_status(&name, catalog::SERF_CHECK_ID)
                         .is_some()
                 {
-                    catalog::apply_check(sim, st, &name, catalog::SERF_CHECK_ID, status, output);
+                    apply_check(sim, st, &name, catalog::SERF_CHECK_ID, status, output);
                     continue;
                 }
                 let reg = member_registration(
@@ -1090,13 +1091,13 @@ fn sync_catalog(sim: &Sim, st: &mut State) {
                     status,
                     output,
                 );
-                if let Err(e) = catalog::apply_register(sim, st, reg) {
+                if let Err(e) = apply_register(sim, st, reg) {
                     tracing::warn!(node = %name, error = %e, "Could not register a member.");
                 }
             }
             SerfStatus::Left => {
                 if st.catalog.node_exists(&name) {
-                    catalog::apply_deregister(sim, st, &name, None, None);
+                    apply_deregister(sim, st, &name, None, None);
                 }
             }
             SerfStatus::None => {}

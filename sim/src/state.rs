@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::api::{catalog::Catalog, event::Events};
 use crate::cluster::Cluster;
 use crate::config::SimConfig;
-use crate::store::{kv::KvStore, session::Sessions};
+use crate::store::{catalog::Catalog, event::Events, kv::KvStore, session::Sessions};
 use crate::watch::{Change, Waiters};
 
 /// Everything the simulated datacenter knows.

@@ -11,9 +11,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use crate::api::catalog::{CheckEntry, CheckJson, NodeJson, NodeMetaFilter, NodeServiceJson};
+use crate::api::shapes::{CheckJson, NodeJson, NodeServiceJson};
 use crate::http::{blocking, only, ApiError, Fresh, Params, QueryOptions, Read};
 use crate::state::{Sim, State};
+use crate::store::catalog::{CheckEntry, NodeMetaFilter};
 use crate::watch::Topic;
 
 /// Registers the `/v1/health` routes; each takes every method so a wrong one gets a 405.
@@ -67,7 +68,7 @@ async fn matching_checks(
     params: &Params,
     keep: impl Fn(&CheckEntry) -> bool,
 ) -> Result<HttpResponse, ApiError> {
-    let filter = NodeMetaFilter::parse(params);
+    let filter = NodeMetaFilter::parse(params.get("node-meta"));
     let (meta, value) = blocking(sim, opts, Fresh::Greater, |st| {
         let list = checks_json(
             st.catalog
@@ -104,7 +105,7 @@ async fn service(
         return Err(ApiError::bad_request("Missing service name"));
     }
     let tags = all_values(&req, "tag");
-    let filter = NodeMetaFilter::parse(&params);
+    let filter = NodeMetaFilter::parse(params.get("node-meta"));
     let passing = parse_bool_flag(params.get("passing"))
         .map_err(|_| ApiError::bad_request("Invalid value for ?passing"))?;
     let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {

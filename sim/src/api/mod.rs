@@ -9,6 +9,7 @@ pub mod health;
 pub mod kv;
 pub mod operator;
 pub mod session;
+pub mod shapes;
 pub mod status;
 pub mod txn;
 

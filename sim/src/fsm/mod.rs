@@ -4,5 +4,7 @@
 //! the blocking queries woken for what changed. The HTTP handlers and the cluster's lifecycle
 //! call these; they call nothing above them.
 
+pub mod catalog;
+pub mod event;
 pub mod kv;
 pub mod session;

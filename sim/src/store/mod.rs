@@ -3,5 +3,7 @@
 //! take their Raft index from the caller (`fsm`), and the HTTP handlers (`api`) read through
 //! `State`.
 
+pub mod catalog;
+pub mod event;
 pub mod kv;
 pub mod session;
