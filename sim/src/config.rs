@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The Consul version the simulated agents report.
+pub const CONSUL_VERSION: &str = "1.17.3";
+
 /// How the simulated datacenter starts and how fast its clocks run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -29,7 +32,7 @@ pub struct SimConfig {
     pub rpc_hold_timeout: Duration,
     /// The Consul version the simulated agents are (`agent/self`, members, autopilot). An
     /// older one answers what it lacks as that version does: before 1.15 transfer-leader, before
-    /// 1.9 autopilot/state, are a bare 404. Default `cluster::CONSUL_VERSION`.
+    /// 1.9 autopilot/state, are a bare 404. Default `CONSUL_VERSION`.
     pub consul_version: String,
     /// A known Consul bug to play: transfer-leader answering success but leaving leadership
     /// where it was, or moving it to another server than the one named. Default none.
@@ -77,7 +80,7 @@ impl Default for SimConfig {
             boot_delay: Duration::from_secs(5),
             failure_detection: Duration::from_secs(1),
             rpc_hold_timeout: Duration::from_secs(7),
-            consul_version: crate::cluster::CONSUL_VERSION.to_owned(),
+            consul_version: CONSUL_VERSION.to_owned(),
             transfer_fault: TransferFault::None,
         }
     }

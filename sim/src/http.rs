@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use rand::Rng;
 use serde::Serialize;
 
+use crate::go_json::go_json_error;
 use crate::state::{Sim, State};
 use crate::watch::Topic;
 
@@ -444,90 +445,6 @@ pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Api
     })
 }
 
-/// A serde_json error in the words of Go's `encoding/json`, for the syntax errors clients
-/// actually hit: a truncated body is "unexpected EOF", a stray byte "invalid character 'x' ...".
-/// Type errors keep serde's wording (Go's names Go types the simulator does not have).
-pub fn go_json_error(e: &serde_json::Error, body: &[u8]) -> String {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Eof => "unexpected EOF".into(),
-        Category::Syntax => {
-            // serde reports 1-based line and column of the offending byte.
-            let offset = body
-                .split(|b| *b == b'\n')
-                .take(e.line().saturating_sub(1))
-                .map(|l| l.len() + 1)
-                .sum::<usize>()
-                + e.column().saturating_sub(1);
-            let context = if e.to_string().starts_with("trailing characters") {
-                "after top-level value"
-            } else {
-                "looking for beginning of value"
-            };
-            match body.get(offset) {
-                Some(b) => format!("invalid character {} {context}", go_char(*b)),
-                None => "unexpected EOF".into(),
-            }
-        }
-        Category::Data | Category::Io => e.to_string(),
-    }
-}
-
-/// A byte quoted as Go's JSON scanner quotes it in errors.
-fn go_char(b: u8) -> String {
-    match b {
-        b'\'' => "'\\''".into(),
-        b'"' => "'\"'".into(),
-        0x20..=0x7e => format!("'{}'", b as char),
-        _ => format!("'\\x{b:02x}'"),
-    }
-}
-
-#[cfg(test)]
-mod json_error_tests {
-    use super::*;
-
-    fn err_of(body: &[u8]) -> String {
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(v) => panic!("{v} parsed"),
-            Err(e) => go_json_error(&e, body),
-        }
-    }
-
-    #[test]
-    fn syntax_errors_read_like_go() {
-        assert_eq!(err_of(br#"{"Name": "x", "TTL": "#), "unexpected EOF");
-        assert_eq!(
-            err_of(b"xyz"),
-            "invalid character 'x' looking for beginning of value"
-        );
-        assert_eq!(
-            err_of(b"{} x"),
-            "invalid character 'x' after top-level value"
-        );
-        let e = decode_body::<serde_json::Value>(b"{")
-            .err()
-            .map(|e| (e.status, e.message));
-        assert_eq!(
-            e,
-            Some((
-                StatusCode::BAD_REQUEST,
-                "Request decode failed: unexpected EOF".into()
-            ))
-        );
-    }
-
-    #[test]
-    fn params_encode_like_go_url_values() {
-        let req = actix_web::test::TestRequest::with_uri("/v1/kv/k?release=a%20b&cas=0&acquire")
-            .to_http_request();
-        assert_eq!(
-            Params::from_request(&req).encode(),
-            "acquire=&cas=0&release=a+b"
-        );
-    }
-}
-
 #[cfg(test)]
 mod query_option_tests {
     use super::*;
@@ -589,5 +506,51 @@ mod query_option_tests {
             ))
         );
         assert_eq!(c("leader"), Ok(Consistency::Default));
+    }
+}
+
+#[cfg(test)]
+mod json_error_tests {
+    use super::*;
+    use crate::go_json::go_json_error;
+
+    fn err_of(body: &[u8]) -> String {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(v) => panic!("{v} parsed"),
+            Err(e) => go_json_error(&e, body),
+        }
+    }
+
+    #[test]
+    fn syntax_errors_read_like_go() {
+        assert_eq!(err_of(br#"{"Name": "x", "TTL": "#), "unexpected EOF");
+        assert_eq!(
+            err_of(b"xyz"),
+            "invalid character 'x' looking for beginning of value"
+        );
+        assert_eq!(
+            err_of(b"{} x"),
+            "invalid character 'x' after top-level value"
+        );
+        let e = decode_body::<serde_json::Value>(b"{")
+            .err()
+            .map(|e| (e.status, e.message));
+        assert_eq!(
+            e,
+            Some((
+                StatusCode::BAD_REQUEST,
+                "Request decode failed: unexpected EOF".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn params_encode_like_go_url_values() {
+        let req = actix_web::test::TestRequest::with_uri("/v1/kv/k?release=a%20b&cas=0&acquire")
+            .to_http_request();
+        assert_eq!(
+            Params::from_request(&req).encode(),
+            "acquire=&cas=0&release=a+b"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod fsm;
+pub mod go_json;
 pub mod http;
 pub mod images;
 pub mod server;
@@ -17,7 +18,7 @@ pub mod store;
 pub mod timeline;
 pub mod watch;
 
-pub use cluster::CONSUL_VERSION;
+pub use config::CONSUL_VERSION;
 pub use config::{version_parts, SimConfig, TransferFault};
 /// Go's duration syntax, shared with the Consul client.
 pub use rehydrator_config::go_duration as duration;

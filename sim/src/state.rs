@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::cluster::Cluster;
+use crate::cluster::model::Cluster;
 use crate::config::SimConfig;
 use crate::store::{catalog::Catalog, event::Events, kv::KvStore, session::Sessions};
 use crate::watch::{Change, Waiters};
@@ -49,8 +49,9 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// A datacenter as `config` describes it: its servers up, the first one leading.
-    pub fn new(config: SimConfig) -> Self {
+    /// A datacenter as `config` describes it, before anything runs in it: no servers yet.
+    /// `Sim::new` (in `cluster::lifecycle`) bootstraps it.
+    pub(crate) fn empty(config: SimConfig) -> Self {
         let state = State {
             config,
             index: 1,
@@ -61,12 +62,10 @@ impl Sim {
             cluster: Cluster::default(),
             waiters: Waiters::default(),
         };
-        let sim = Self {
+        Self {
             state: Arc::new(Mutex::new(state)),
             requests: Arc::new(AtomicU64::new(0)),
-        };
-        crate::cluster::bootstrap(&sim);
-        sim
+        }
     }
 
     /// The state, locked. A handler that panicked mid-write cannot leave the lock poisoned

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::cluster::{Machine, Server};
+use crate::cluster::server::{Machine, Server};
 
 /// The most events kept; past it the oldest go, so a long-lived simulator's log stays bounded.
 pub const MAX_EVENTS: usize = 10_000;

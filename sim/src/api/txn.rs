@@ -23,6 +23,7 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::go_json::go_kind;
 use crate::http::{hold_for_leader, only, ApiError, Consistency, QueryOptions};
 use crate::state::Sim;
 use crate::store::kv::{DirEntry, KvStore};
@@ -366,7 +367,7 @@ fn decode(body: &[u8]) -> Result<Vec<Option<TxnKv>>, String> {
     }
     let doc: Value = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Eof => "unexpected EOF".to_owned(),
-        _ => crate::http::go_json_error(&e, body),
+        _ => crate::go_json::go_json_error(&e, body),
     })?;
     let Value::Array(items) = doc else {
         return Err(format!(
@@ -469,18 +470,6 @@ fn pascal(field: &str) -> &'static str {
         "flags" => "Flags",
         "index" => "Index",
         _ => "Value",
-    }
-}
-
-/// The JSON kind as Go's `UnmarshalTypeError` names it.
-fn go_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::go_json::go_kind;
+
 /// Default lock-delay of a new session.
 pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 /// Consul caps any session's lock-delay at this when it applies it.
@@ -219,7 +221,7 @@ impl CreateRequest {
     pub fn decode(agent_node: &str, body: &[u8]) -> Result<Self, String> {
         let mut req = Self::defaults(agent_node);
         let value: Value =
-            serde_json::from_slice(body).map_err(|e| crate::http::go_json_error(&e, body))?;
+            serde_json::from_slice(body).map_err(|e| crate::go_json::go_json_error(&e, body))?;
         let obj = match value {
             Value::Object(obj) => obj,
             Value::Null => return Ok(req.fixup_checks()),
@@ -306,17 +308,6 @@ fn canonical_field(obj: &serde_json::Map<String, Value>, key: &str) -> Option<&'
         return None;
     }
     Some(field)
-}
-
-fn go_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 fn type_error(v: &Value, field: &str, go_type: &str) -> String {
