@@ -350,16 +350,25 @@ async fn a_taken_port_is_refused_naming_status_listen_and_empty_turns_it_off() {
             )
         };
 
-        let path = dir.join("taken.toml");
-        std::fs::write(&path, config(&format!("127.0.0.1:{port}"))).unwrap();
-        let log = dir.join("taken.log");
-        let mut child = common::endpoint::spawn_run(&path, &log);
-        let status = eventually("the replica to exit", Duration::from_secs(20), || {
-            let s = child.0.try_wait().unwrap();
-            async move { s }
-        })
-        .await;
-        let text = std::fs::read_to_string(&log).unwrap();
+        // `run` with `text` as its configuration, to its exit: (status, log).
+        let run_to_exit = |name: &str, text: String| {
+            let (path, log) = (
+                dir.join(format!("{name}.toml")),
+                dir.join(format!("{name}.log")),
+            );
+            std::fs::write(&path, text).unwrap();
+            let mut child = common::endpoint::spawn_run(&path, &log);
+            async move {
+                let status = eventually("the replica to exit", Duration::from_secs(20), || {
+                    let s = child.0.try_wait().unwrap();
+                    async move { s }
+                })
+                .await;
+                (status, std::fs::read_to_string(&log).unwrap())
+            }
+        };
+
+        let (status, text) = run_to_exit("taken", config(&format!("127.0.0.1:{port}"))).await;
         assert_eq!(status.code(), Some(1), "{text}");
         assert!(
             text.contains(&format!("status.listen 127.0.0.1:{port}")),
@@ -368,25 +377,13 @@ async fn a_taken_port_is_refused_naming_status_listen_and_empty_turns_it_off() {
         drop(taken);
 
         // A token file that cannot be read stops the start, named, before any session.
-        let path = dir.join("token.toml");
         let missing = dir.join("no-such-token");
-        std::fs::write(
-            &path,
-            format!(
-                "{}token_file = \"{}\"\n",
-                config("127.0.0.1:0"),
-                missing.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("token.log");
-        let mut child = common::endpoint::spawn_run(&path, &log);
-        let status = eventually("the replica to exit", Duration::from_secs(20), || {
-            let s = child.0.try_wait().unwrap();
-            async move { s }
-        })
-        .await;
-        let text = std::fs::read_to_string(&log).unwrap();
+        let with_token = format!(
+            "{}token_file = \"{}\"\n",
+            config("127.0.0.1:0"),
+            missing.display()
+        );
+        let (status, text) = run_to_exit("token", with_token).await;
         assert_eq!(status.code(), Some(1), "{text}");
         assert!(
             text.contains(&format!(

@@ -55,16 +55,9 @@ impl Rules {
     }
 }
 
-/// The JSON type of a value, as messages name it.
+/// The JSON type of a value, as messages name it (Go's words, as the simulator uses them).
 fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
+    rehydrator_sim::go_json::go_kind(v)
 }
 
 /// Every shape difference between `fixture` and `actual`, one message each, naming `label`
