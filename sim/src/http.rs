@@ -289,6 +289,36 @@ fn parse_consistency(params: &Params) -> Result<Consistency, ApiError> {
     })
 }
 
+/// The preamble every read endpoint starts with, in Consul's order: GET only, then the query's
+/// parameters and options (a bad `?wait` or `?index` fails here).
+pub struct ReadRequest {
+    pub params: Params,
+    pub opts: QueryOptions,
+}
+
+impl ReadRequest {
+    pub fn get(req: &HttpRequest) -> Result<Self, ApiError> {
+        only(req, "GET")?;
+        let params = Params::from_request(req);
+        let opts = QueryOptions::parse(&params)?;
+        Ok(Self { params, opts })
+    }
+
+    /// A read of one named thing (the path's last segment), which Consul refuses empty with
+    /// `missing` ("Missing service name") after parsing the query.
+    pub fn named(
+        req: &HttpRequest,
+        name: String,
+        missing: &str,
+    ) -> Result<(Self, String), ApiError> {
+        let read = Self::get(req)?;
+        if name.is_empty() {
+            return Err(ApiError::bad_request(missing));
+        }
+        Ok((read, name))
+    }
+}
+
 /// Response metadata of a read.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {

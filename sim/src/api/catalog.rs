@@ -19,7 +19,7 @@ use crate::fsm::catalog::{apply_deregister, apply_register};
 use crate::store::catalog::{CheckEntry, NodeMetaFilter, Registration, ServiceEntry, Weights};
 
 use crate::http::{
-    blocking, decode_body, hold_for_leader, only, ApiError, Fresh, Params, QueryOptions, Read,
+    blocking, decode_body, hold_for_leader, only, ApiError, Fresh, Params, Read, ReadRequest,
 };
 use crate::state::{Sim, State};
 use crate::watch::Topic;
@@ -261,9 +261,7 @@ async fn datacenters(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRespon
 
 /// GET /v1/catalog/services — `{name: [tags]}`; blocking.
 async fn services(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let params = Params::from_request(&req);
-    let opts = QueryOptions::parse(&params)?;
+    let ReadRequest { params, opts } = ReadRequest::get(&req)?;
     let filter = NodeMetaFilter::parse(params.get("node-meta"));
     let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
         Ok(Read {
@@ -282,13 +280,8 @@ async fn service(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let name = path.into_inner();
-    let params = Params::from_request(&req);
-    let opts = QueryOptions::parse(&params)?;
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing service name"));
-    }
+    let (ReadRequest { params, opts }, name) =
+        ReadRequest::named(&req, path.into_inner(), "Missing service name")?;
     let filter = NodeMetaFilter::parse(params.get("node-meta"));
     let tags: Vec<String> = params
         .get("tag")
@@ -338,9 +331,7 @@ async fn service(
 
 /// GET /v1/catalog/nodes — every node; blocking.
 async fn nodes(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let params = Params::from_request(&req);
-    let opts = QueryOptions::parse(&params)?;
+    let ReadRequest { params, opts } = ReadRequest::get(&req)?;
     let filter = NodeMetaFilter::parse(params.get("node-meta"));
     let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
         let dc = st.config.datacenter.as_str();
@@ -366,12 +357,8 @@ async fn node(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let name = path.into_inner();
-    let opts = QueryOptions::from_request(&req)?;
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing node name"));
-    }
+    let (ReadRequest { opts, .. }, name) =
+        ReadRequest::named(&req, path.into_inner(), "Missing node name")?;
     let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
         let dc = st.config.datacenter.as_str();
         let value = match st.catalog.node(&name) {

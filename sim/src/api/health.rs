@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use crate::api::shapes::{CheckJson, NodeJson, NodeServiceJson};
-use crate::http::{blocking, only, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{blocking, ApiError, Fresh, Params, QueryOptions, Read, ReadRequest};
 use crate::state::{Sim, State};
 use crate::store::catalog::{CheckEntry, NodeMetaFilter};
 use crate::watch::Topic;
@@ -97,13 +97,8 @@ async fn service(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let name = path.into_inner();
-    let params = Params::from_request(&req);
-    let opts = QueryOptions::parse(&params)?;
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing service name"));
-    }
+    let (ReadRequest { params, opts }, name) =
+        ReadRequest::named(&req, path.into_inner(), "Missing service name")?;
     let tags = all_values(&req, "tag");
     let filter = NodeMetaFilter::parse(params.get("node-meta"));
     let passing = parse_bool_flag(params.get("passing"))
@@ -142,13 +137,8 @@ async fn service_checks(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let name = path.into_inner();
-    let params = Params::from_request(&req);
-    let opts = QueryOptions::parse(&params)?;
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing service name"));
-    }
+    let (ReadRequest { params, opts }, name) =
+        ReadRequest::named(&req, path.into_inner(), "Missing service name")?;
     matching_checks(&sim, &opts, &params, |c| c.service_name == name).await
 }
 
@@ -158,13 +148,8 @@ async fn state(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let wanted = path.into_inner();
-    let params = Params::from_request(&req);
-    let opts = QueryOptions::parse(&params)?;
-    if wanted.is_empty() {
-        return Err(ApiError::bad_request("Missing check state"));
-    }
+    let (ReadRequest { params, opts }, wanted) =
+        ReadRequest::named(&req, path.into_inner(), "Missing check state")?;
     // Consul does not validate the state: an unknown one simply matches no check.
     matching_checks(&sim, &opts, &params, |c| {
         wanted == "any" || c.status == wanted
@@ -178,12 +163,8 @@ async fn node(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let name = path.into_inner();
-    let opts = QueryOptions::from_request(&req)?;
-    if name.is_empty() {
-        return Err(ApiError::bad_request("Missing node name"));
-    }
+    let (ReadRequest { opts, .. }, name) =
+        ReadRequest::named(&req, path.into_inner(), "Missing node name")?;
     let (meta, value) = blocking(&sim, &opts, Fresh::Greater, |st| {
         let list = checks_json(
             st.catalog

@@ -28,7 +28,9 @@ use serde_json::{json, Value};
 use crate::cluster::{self, AutopilotConfig, Server, TransferError};
 use crate::config::TransferFault;
 use crate::duration;
-use crate::http::{hold_for_leader, hold_read, only, ApiError, Consistency, Params, QueryOptions};
+use crate::http::{
+    hold_for_leader, hold_read, only, ApiError, Consistency, Params, QueryOptions, ReadRequest,
+};
 use crate::state::{Sim, State};
 
 /// Registers the `/v1/operator` routes; each takes every method so a wrong one gets a 405.
@@ -108,8 +110,7 @@ async fn raft_configuration(
     sim: web::Data<Sim>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
+    let ReadRequest { opts, .. } = ReadRequest::get(&req)?;
     hold_read(&sim, &opts).await;
     let st = sim.lock();
     read_preconditions(&st, &opts)?;
@@ -367,8 +368,7 @@ struct ServerHealthJson {
 
 /// GET /v1/operator/autopilot/health — 429 with the same body when anything is unhealthy.
 async fn autopilot_health(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
+    let ReadRequest { opts, .. } = ReadRequest::get(&req)?;
     // Consul forces this one to the leader, ?stale or not: it is held and answered there.
     hold_for_leader(&sim, opts.dc.as_deref()).await;
     let st = sim.lock();
@@ -435,8 +435,7 @@ async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRe
     if !sim.lock().config.consul_at_least(1, 9) {
         return Ok(HttpResponse::NotFound().finish());
     }
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
+    let ReadRequest { opts, .. } = ReadRequest::get(&req)?;
     hold_read(&sim, &opts).await;
     let st = sim.lock();
     opts.check_dc(&st)?;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::fsm::session::{create, destroy, renew};
-use crate::http::{blocking, hold_for_leader, only, ApiError, Fresh, Params, QueryOptions, Read};
+use crate::http::{
+    blocking, hold_for_leader, only, ApiError, Fresh, Params, QueryOptions, Read, ReadRequest,
+};
 use crate::state::Sim;
 use crate::store::session::{CreateRequest, Session, Sessions};
 use crate::watch::Topic;
@@ -104,28 +106,19 @@ async fn renew_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRes
 }
 
 async fn info_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
-    let id = tail(&req, "/v1/session/info/");
-    if id.is_empty() {
-        return Err(ApiError::bad_request("Missing session"));
-    }
+    let (ReadRequest { opts, .. }, id) =
+        ReadRequest::named(&req, tail(&req, "/v1/session/info/"), "Missing session")?;
     read_sessions(&sim, &opts, |s| s.get(&id).cloned().into_iter().collect()).await
 }
 
 async fn node_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
-    let node = tail(&req, "/v1/session/node/");
-    if node.is_empty() {
-        return Err(ApiError::bad_request("Missing node name"));
-    }
+    let (ReadRequest { opts, .. }, node) =
+        ReadRequest::named(&req, tail(&req, "/v1/session/node/"), "Missing node name")?;
     read_sessions(&sim, &opts, |s| s.for_node(&node)).await
 }
 
 async fn list_endpoint(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
+    let ReadRequest { opts, .. } = ReadRequest::get(&req)?;
     read_sessions(&sim, &opts, Sessions::list).await
 }
 

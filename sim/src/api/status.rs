@@ -10,7 +10,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::http::{only, ApiError, QueryOptions};
+use crate::http::{ApiError, ReadRequest};
 use crate::state::Sim;
 
 /// Registers the `/v1/status` routes.
@@ -21,8 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// GET /v1/status/leader — the leader's Raft address as a JSON string, `""` without one.
 async fn leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
+    let ReadRequest { opts, .. } = ReadRequest::get(&req)?;
     let st = sim.lock();
     opts.check_dc(&st)?;
     let addr = st
@@ -37,8 +36,7 @@ async fn leader(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, A
 /// autopilot has not yet promoted is listed too: clients that count peers must not read this
 /// as the voter count.
 async fn peers(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    only(&req, "GET")?;
-    let opts = QueryOptions::from_request(&req)?;
+    let ReadRequest { opts, .. } = ReadRequest::get(&req)?;
     let st = sim.lock();
     opts.check_dc(&st)?;
     let list: Vec<String> = st.cluster.raft_servers().map(|s| s.address()).collect();
