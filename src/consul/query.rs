@@ -152,7 +152,8 @@ pub struct WatchPolicy {
     /// Least time between the starts of two calls after an answer with nothing new, so that an
     /// endpoint that answers at once with the same index cannot become a busy loop. After a real
     /// change the next call starts at once, for a burst of `CHANGE_BURST` calls that refills at
-    /// one per `min_interval`: a stream of writes is followed without delay, and an index that
+    /// `CHANGE_RATE` per `min_interval`: a stream of writes is followed without delay, and an
+    /// index that
     /// moves on every answer (a hostile or broken agent) costs no more than that rate.
     pub min_interval: Duration,
     /// First delay after an error; doubles with each further consecutive error.
@@ -172,9 +173,12 @@ impl Default for WatchPolicy {
     }
 }
 
-/// Calls a watch may start at once after real changes before `min_interval` spaces them
-/// (a token bucket: every call spends one, one accrues per `min_interval`).
+/// Calls a watch may start at once after real changes (a token bucket: every call spends one).
 const CHANGE_BURST: f64 = 10.0;
+/// Credits accrued per `min_interval`: real changes are followed at up to 5 calls per
+/// `min_interval` (20 a second by default) once the burst is spent, which still bounds an agent
+/// whose index moves on every answer.
+const CHANGE_RATE: f64 = 5.0;
 
 /// How an endpoint's index moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,13 +284,13 @@ impl WatchState {
     fn delay_with_jitter(&self, now: Instant, jitter: f64) -> Duration {
         let rate_limit = match self.last_start {
             None => Duration::ZERO,
-            // News: go when a credit is there (one accrues per min_interval).
+            // News: go when a credit is there (CHANGE_RATE accrue per min_interval).
             Some(_) if self.news => {
                 let missing = 1.0 - self.credits_at(now);
                 if missing <= 1e-9 {
                     Duration::ZERO
                 } else {
-                    self.policy.min_interval.mul_f64(missing)
+                    self.policy.min_interval.mul_f64(missing / CHANGE_RATE)
                 }
             }
             Some(start) => (start + self.policy.min_interval).saturating_duration_since(now),
@@ -294,15 +298,15 @@ impl WatchState {
         rate_limit.max(self.backoff(jitter))
     }
 
-    /// The burst credits at `now`: one more per `min_interval` since the last start, up to
-    /// `CHANGE_BURST`.
+    /// The burst credits at `now`: `CHANGE_RATE` more per `min_interval` since the last start,
+    /// up to `CHANGE_BURST`.
     fn credits_at(&self, now: Instant) -> f64 {
         let Some(start) = self.last_start else {
             return CHANGE_BURST;
         };
         let interval = self.policy.min_interval.as_secs_f64();
         let earned = if interval > 0.0 {
-            now.saturating_duration_since(start).as_secs_f64() / interval
+            CHANGE_RATE * now.saturating_duration_since(start).as_secs_f64() / interval
         } else {
             CHANGE_BURST
         };
@@ -528,14 +532,14 @@ mod tests {
         w.started(now);
         w.observe(1);
         // An index that moves on every answer, each answer at once: CHANGE_BURST calls go
-        // without delay, then one per min_interval (100 ms).
+        // without delay, then CHANGE_RATE per min_interval (one per 20 ms here).
         let mut immediate = 0;
         for i in 2..40u64 {
             let d = w.delay_with_jitter(now, 0.5);
             if d.is_zero() {
                 immediate += 1;
             } else {
-                assert!(d <= Duration::from_millis(100), "{d:?}");
+                assert!(d <= Duration::from_millis(20), "{d:?}");
             }
             now += d;
             w.started(now);
@@ -545,8 +549,8 @@ mod tests {
         assert_eq!(immediate, CHANGE_BURST as usize - 1);
         let elapsed = now - t0;
         assert!(
-            elapsed >= Duration::from_millis(2890) && elapsed <= Duration::from_millis(2910),
-            "38 calls, 9 at once, the rest 100 ms apart: {elapsed:?}"
+            elapsed >= Duration::from_millis(575) && elapsed <= Duration::from_millis(585),
+            "38 calls, 9 at once, the rest 20 ms apart: {elapsed:?}"
         );
         // Quiet for a while: the burst is back.
         now += Duration::from_secs(5);
