@@ -4,7 +4,8 @@
 //! is logged and receipted). Every surface is grepped for every planted secret: the log, the
 //! status endpoint (`/v1/status`, the dashboard, `/metrics`), `status` and `status --json`,
 //! `check-config`, every value under `rehydrator/` in KV, and the process's arguments. The
-//! receiver gets the credentials as Basic auth, and the URL without them.
+//! receiver gets the credentials as Basic auth, and the URL without them. The status endpoint's
+//! own token (`status.token_file`) is planted too, and the endpoint read with it and without.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,13 +19,15 @@ use common::endpoint::{endpoint_url, scratch, spawn_run_at};
 use common::{bounded, eventually};
 
 /// What the test plants; none may appear anywhere.
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 7] = [
     "pa55word-1",
     "SIG-SECRET-2",
     "DEADPASS-3",
     "APIKEY-SECRET-4",
     "NOTIFYPASS-5",
     "NOTIFY-SECRET-6",
+    // The status endpoint's token, from status.token_file.
+    "STATUS-TOKEN-7",
 ];
 
 /// What the receiver saw: each request's path and query, and its Authorization header.
@@ -72,6 +75,8 @@ async fn no_secret_in_a_url_reaches_any_surface() {
             1,
         ) + &format!("?sig={}&x=1", SECRETS[1]);
         let dir = scratch("secrets");
+        let token_file = dir.join("status-token");
+        std::fs::write(&token_file, SECRETS[6]).unwrap();
         let config = dir.join("rehydrator.toml");
         std::fs::write(
             &config,
@@ -82,6 +87,7 @@ name = "sec"
 address = "{consul}"
 [status]
 listen = "127.0.0.1:0"
+token_file = "{token_file}"
 [notify]
 url = "http://n:{np}@127.0.0.1:{closed}/n?token={nt}"
 [action.hook]
@@ -98,6 +104,7 @@ event = "go"
 actions = ["hook", "dead"]
 "#,
                 consul = sim.url(),
+                token_file = token_file.display(),
                 np = SECRETS[4],
                 nt = SECRETS[5],
                 dp = SECRETS[2],
@@ -145,9 +152,25 @@ actions = ["hook", "dead"]
 
         let mut leaks = Vec::new();
         for path in ["/v1/status", "/", "/metrics"] {
-            let mut resp = http.get(format!("{status}{path}")).send().await.unwrap();
-            let body = resp.body().limit(8 << 20).await.unwrap();
-            leaks.extend(found(path, &String::from_utf8_lossy(&body)));
+            // With the token, and without it (a 401 for the first two).
+            for bearer in [Some(format!("Bearer {}", SECRETS[6])), None] {
+                let mut req = http.get(format!("{status}{path}"));
+                if let Some(b) = &bearer {
+                    req = req.insert_header(("authorization", b.as_str()));
+                }
+                let mut resp = req.send().await.unwrap();
+                assert_eq!(
+                    resp.status().as_u16(),
+                    if bearer.is_none() && path != "/metrics" { 401 } else { 200 },
+                    "{path}"
+                );
+                let body = resp.body().limit(8 << 20).await.unwrap();
+                let mut text = String::from_utf8_lossy(&body).into_owned();
+                for (name, value) in resp.headers() {
+                    text.push_str(&format!("\n{name}: {}", value.to_str().unwrap_or("")));
+                }
+                leaks.extend(found(path, &text));
+            }
         }
         for args in [
             vec!["status", "--config"],
