@@ -237,7 +237,7 @@ impl StatusError {
     pub fn kind(&self) -> &'static str {
         match self {
             StatusError::Consul { error, .. } => error.kind(),
-            StatusError::Port { error, .. } => error.kind(),
+            StatusError::Port { error, .. } => error.label(),
             StatusError::Cloud { .. } => "cloud",
         }
     }

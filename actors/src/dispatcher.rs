@@ -167,6 +167,7 @@ struct Running {
 }
 
 /// What a job future needs, shared by every job of this Dispatcher.
+#[derive(Clone)]
 struct Env {
     consul: Rc<dyn ConsulPort>,
     keys: Keys,
@@ -236,10 +237,9 @@ impl Dispatcher {
 
     /// Counts jobs, errors and takeovers in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        // Only jobs share `env`, and none has started before the actor does.
-        if let Some(env) = Rc::get_mut(&mut self.env) {
-            env.metrics = metrics;
-        }
+        // Jobs share `env`; were one running, it would keep the old metrics and new jobs
+        // would get these (make_mut copies rather than silently dropping them).
+        Rc::make_mut(&mut self.env).metrics = metrics;
         self
     }
 
@@ -534,7 +534,7 @@ enum JobEnd {
 
 impl From<PortError> for JobEnd {
     fn from(e: PortError) -> Self {
-        JobEnd::Retry(format!("consul: {e}"), ("consul", e.kind()))
+        JobEnd::Retry(format!("consul: {e}"), ("consul", e.label()))
     }
 }
 
@@ -742,7 +742,7 @@ async fn run_job_inner(
                 Err(e) => {
                     return Err(JobEnd::Retry(
                         format!("writing the receipt: {e}"),
-                        ("consul", e.kind()),
+                        ("consul", e.label()),
                     ))
                 }
             }

@@ -94,7 +94,7 @@ impl LockError {
     pub fn kind(&self) -> &'static str {
         match self {
             LockError::NoSession => "no_session",
-            LockError::Consul(e) => e.kind(),
+            LockError::Consul(e) => e.label(),
         }
     }
 }
@@ -208,8 +208,8 @@ impl LockManager {
                             .renewed_at
                             .is_none_or(|t| t.elapsed() >= act.spec.ttl);
                         let after = act.retry_after().min(act.spec.ttl / 4);
-                        act.metrics.error("consul", e.kind());
-                        warn!(session = %id, error = %e, kind = e.kind(), retry_in = ?after, "Could not renew the session.");
+                        act.metrics.error("consul", e.label());
+                        warn!(session = %id, error = %e, kind = e.label(), retry_in = ?after, "Could not renew the session.");
                         if stale && !act.held.is_empty() {
                             warn!(session = %id, "Session not renewed for a whole TTL; treating its locks as lost.");
                             act.notify_lost();
@@ -234,8 +234,8 @@ impl LockManager {
             }
             Err(e) => {
                 let after = self.retry_after();
-                self.metrics.error("consul", e.kind());
-                warn!(error = %e, kind = e.kind(), retry_in = ?after, "Could not create a Consul session.");
+                self.metrics.error("consul", e.label());
+                warn!(error = %e, kind = e.label(), retry_in = ?after, "Could not create a Consul session.");
                 self.create_error = Some(e);
                 self.schedule(ctx, after);
             }

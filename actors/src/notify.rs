@@ -179,8 +179,8 @@ impl Notifier {
                         "http_status"
                     }
                     Ok(Err(e)) => {
-                        warn!(event, error = %e, kind = e.kind(), "Could not post a notification.");
-                        e.kind()
+                        warn!(event, error = %e, kind = e.label(), "Could not post a notification.");
+                        e.label()
                     }
                     Err(_) => {
                         warn!(event, ?timeout, "A notification post timed out.");

@@ -56,8 +56,8 @@ impl PortError {
         )
     }
 
-    /// A short label for metrics and structured logs.
-    pub fn kind(&self) -> &'static str {
+    /// The kind as a short label, for metrics and structured logs.
+    pub fn label(&self) -> &'static str {
         match self.kind {
             ErrorKind::Unreachable => "unreachable",
             ErrorKind::Timeout => "timeout",

@@ -181,7 +181,7 @@ impl Watcher {
     }
 
     fn on_error(&mut self, e: &PortError) {
-        self.metrics.error("consul", e.kind());
+        self.metrics.error("consul", e.label());
         let watch = &self.spec.name;
         match &mut self.outage {
             Some(o) if o.kind == e.kind => {
@@ -191,7 +191,7 @@ impl Watcher {
             }
             Some(o) => {
                 o.failures += 1;
-                warn!(%watch, error = %e, kind = e.kind(), failures = o.failures, since = ?o.since.elapsed(), "Consul's failure changed; retrying with backoff.");
+                warn!(%watch, error = %e, kind = e.label(), failures = o.failures, since = ?o.since.elapsed(), "Consul's failure changed; retrying with backoff.");
                 o.kind = e.kind;
                 return;
             }
@@ -212,7 +212,7 @@ impl Watcher {
             ErrorKind::Decode => {
                 error!(%watch, error = %e, "Consul's answer is not what this watch reads (a proxy in the way?); retrying with backoff.")
             }
-            _ => warn!(%watch, error = %e, kind = e.kind(), "Lost Consul; retrying with backoff."),
+            _ => warn!(%watch, error = %e, kind = e.label(), "Lost Consul; retrying with backoff."),
         }
     }
 
