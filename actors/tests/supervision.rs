@@ -1,7 +1,8 @@
 //! Supervision and the lock protocol with scripted ports, where the simulator cannot make the
-//! failure happen on cue: a Watcher whose stream answers something undecodable is restarted
-//! by its Supervisor from a fresh baseline; a Dispatcher that loses its lock mid-job aborts the
-//! executor, requeues the job, and runs it once more when the lock is granted again.
+//! failure happen on cue: a Watcher whose stream answers something undecodable backs off on
+//! the same stream and fires once for the change after it; a Dispatcher that loses its lock
+//! mid-job aborts the executor, requeues the job, and runs it once more when the lock is
+//! granted again.
 #![allow(clippy::unwrap_used)]
 
 use std::cell::{Cell, RefCell};

@@ -1,0 +1,203 @@
+//! The LockManager's timing on tokio's paused clock, which jumps straight to each timer: a
+//! session is renewed every TTL/2 for as long as Consul renews it; a failed create is retried
+//! with jittered exponential backoff (250 ms doubling, each wait between half and all of it,
+//! capped at TTL/2); and when renewals fail for a whole TTL the locks held are reported lost,
+//! because Consul may have invalidated the session meanwhile.
+#![allow(clippy::unwrap_used)]
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::ready;
+use rehydrator_actors::lock_manager::{AcquireLock, LockGrant, LockManager, LocksLost, Subscribe};
+use rehydrator_actors::ports::{
+    Acquire, Acquired, ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec,
+    WatchStream,
+};
+use rehydrator_config::WatchKind;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// Consul's session calls, answered from a script and timed on the paused clock.
+#[derive(Default)]
+struct Clocked {
+    creates: RefCell<Vec<Instant>>,
+    renews: RefCell<Vec<Instant>>,
+    /// Creates that fail before one succeeds.
+    failing_creates: Cell<u32>,
+    /// Renewals fail from this one on (0-based), when set.
+    renew_fails_from: Cell<Option<usize>>,
+}
+
+fn unreachable_consul() -> PortError {
+    PortError::new(ErrorKind::Unreachable, "connection refused")
+}
+
+impl ConsulPort for Clocked {
+    fn kv_get(&self, _: &str, _: u64, _: Duration) -> PortFuture<Indexed<Option<KvEntry>>> {
+        unreachable!("the LockManager reads no keys")
+    }
+    fn kv_list(&self, _: &str) -> PortFuture<Indexed<Vec<KvEntry>>> {
+        unreachable!("the LockManager lists no keys")
+    }
+    fn kv_put(&self, _: &str, _: Vec<u8>, _: Option<u64>) -> PortFuture<bool> {
+        unreachable!("the LockManager writes no keys")
+    }
+    fn kv_delete(&self, _: &str) -> PortFuture<bool> {
+        unreachable!("the LockManager deletes no keys")
+    }
+    fn kv_acquire(&self, _: &Acquire) -> PortFuture<Acquired> {
+        Box::pin(ready(Ok(Acquired::Held {
+            lock_index: 1,
+            read: Vec::new(),
+        })))
+    }
+    fn kv_release(&self, _: &str, _: &str) -> PortFuture<bool> {
+        Box::pin(ready(Ok(true)))
+    }
+    fn session_create(&self, _: &SessionSpec) -> PortFuture<String> {
+        self.creates.borrow_mut().push(Instant::now());
+        let fails = self.failing_creates.get();
+        if fails > 0 {
+            self.failing_creates.set(fails - 1);
+            return Box::pin(ready(Err(unreachable_consul())));
+        }
+        Box::pin(ready(Ok("s-1".to_owned())))
+    }
+    fn session_renew(&self, _: &str) -> PortFuture<bool> {
+        let n = {
+            let mut renews = self.renews.borrow_mut();
+            renews.push(Instant::now());
+            renews.len() - 1
+        };
+        match self.renew_fails_from.get() {
+            Some(from) if n >= from => Box::pin(ready(Err(unreachable_consul()))),
+            _ => Box::pin(ready(Ok(true))),
+        }
+    }
+    fn session_destroy(&self, _: &str) -> PortFuture<()> {
+        Box::pin(ready(Ok(())))
+    }
+    fn watch(&self, _: &WatchKind) -> Box<dyn WatchStream> {
+        unreachable!("the LockManager watches nothing")
+    }
+}
+
+fn spec() -> SessionSpec {
+    SessionSpec {
+        name: "r1".into(),
+        ttl: TTL,
+        lock_delay: Duration::from_secs(1),
+    }
+}
+
+fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[actix_rt::test]
+async fn a_held_session_is_renewed_every_half_ttl() {
+    tokio::time::pause();
+    let consul = Rc::new(Clocked::default());
+    let port: Rc<dyn ConsulPort> = consul.clone();
+    let _lm = LockManager::new(port, spec()).start();
+    // The paused clock runs every timer due in the next 102 s, in order.
+    tokio::time::sleep(Duration::from_secs(102)).await;
+    let created = consul.creates.borrow()[0];
+    let renews = consul.renews.borrow().clone();
+    assert_eq!(
+        consul.creates.borrow().len(),
+        1,
+        "one create, then renewals"
+    );
+    assert_eq!(renews.len(), 20, "one renewal per 5 s, 5 s to 100 s");
+    // tokio's timers tick in whole milliseconds, rounding a deadline up.
+    let half = |d: Duration| d >= TTL / 2 && d <= TTL / 2 + Duration::from_millis(1);
+    assert!(half(renews[0] - created), "{:?}", renews[0] - created);
+    assert!(gaps(&renews).into_iter().all(half), "{:?}", gaps(&renews));
+}
+
+#[actix_rt::test]
+async fn a_failing_create_backs_off_exponentially_with_jitter_up_to_half_ttl() {
+    tokio::time::pause();
+    let consul = Rc::new(Clocked::default());
+    consul.failing_creates.set(6);
+    let port: Rc<dyn ConsulPort> = consul.clone();
+    let _lm = LockManager::new(port, spec()).start();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let creates = consul.creates.borrow().clone();
+    assert_eq!(
+        creates.len(),
+        7,
+        "six failures, then the create that succeeds"
+    );
+    // After the n-th failure: 250 ms × 2^n, capped at TTL/2, then between half and all of it.
+    for (n, gap) in gaps(&creates).into_iter().enumerate() {
+        let full = (Duration::from_millis(250) * 2u32.pow(n as u32 + 1)).min(TTL / 2);
+        assert!(
+            gap >= full / 2 && gap <= full + Duration::from_millis(1),
+            "wait {n}: {gap:?}, not within [{:?}, {full:?}]",
+            full / 2
+        );
+    }
+    assert!(!consul.renews.borrow().is_empty(), "renewing once created");
+}
+
+struct Lost(mpsc::UnboundedSender<(Vec<String>, Instant)>);
+
+impl Actor for Lost {
+    type Context = Context<Self>;
+}
+
+impl Handler<LocksLost> for Lost {
+    type Result = ();
+
+    fn handle(&mut self, msg: LocksLost, _ctx: &mut Context<Self>) {
+        let _ = self.0.send((msg.keys, Instant::now()));
+    }
+}
+
+#[actix_rt::test]
+async fn locks_are_reported_lost_once_renewals_have_failed_for_a_whole_ttl() {
+    tokio::time::pause();
+    let consul = Rc::new(Clocked::default());
+    // The first renewal succeeds; every one after it fails.
+    consul.renew_fails_from.set(Some(1));
+    let port: Rc<dyn ConsulPort> = consul.clone();
+    let lm = LockManager::new(port, spec()).start();
+    let (tx, mut lost) = mpsc::unbounded_channel();
+    lm.send(Subscribe(Lost(tx).start().recipient()))
+        .await
+        .unwrap();
+    // Let the create land, then take a lock.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let grant = lm
+        .send(AcquireLock {
+            key: "rehydrator/c/locks/step".into(),
+            holder: b"r1".to_vec(),
+            unless: None,
+            read: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(grant, LockGrant::Held { .. }), "{grant:?}");
+
+    let (keys, at) = tokio::time::timeout(Duration::from_secs(60), lost.recv())
+        .await
+        .expect("the locks are reported lost")
+        .unwrap();
+    assert_eq!(keys, ["rehydrator/c/locks/step"]);
+    let renewed = consul.renews.borrow()[0];
+    let since = at - renewed;
+    // Not before a whole TTL without a renewal; by the first failed retry after it, which
+    // comes within TTL/4 (the renewal retries' cap).
+    assert!(
+        since >= TTL && since <= TTL + TTL / 4,
+        "lost {since:?} after the last renewal"
+    );
+}
