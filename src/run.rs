@@ -51,10 +51,18 @@ pub fn run(
             webhook: Rc::new(AwcWebhook::default()),
             cloud: cloud.clone(),
         };
-        info!(%replica, cluster = %settings.cluster.name, watches = settings.watches.len(), actions = settings.actions.len(), "Starting.");
+        info!(
+            %replica,
+            cluster = %settings.cluster.name,
+            watches = settings.watches.len(),
+            actions = settings.actions.len(),
+            "Starting.",
+        );
         let tree = tree::start(&settings, &replica, ports);
         let endpoint = match listener {
-            Some(listener) => Some(serve_status(listener, access, client, cloud, &settings, &tree)?),
+            Some(listener) => Some(serve_status(
+                listener, access, client, cloud, &settings, &tree,
+            )?),
             None => {
                 info!("Status endpoint off (status.listen is empty).");
                 None
@@ -64,7 +72,10 @@ pub fn run(
         inject_faults();
         wait_for_stop(stop_on_stdin_eof).await?;
         info!("Stopping: watchers, running jobs, then the session.");
-        if tokio::time::timeout(STOP_BUDGET, tree.shutdown()).await.is_err() {
+        if tokio::time::timeout(STOP_BUDGET, tree.shutdown())
+            .await
+            .is_err()
+        {
             warn!(budget = ?STOP_BUDGET, "Orderly stop took too long; exiting anyway.");
         }
         // Last, so probes see the replica go unready while it stops.

@@ -336,7 +336,14 @@ impl Dispatcher {
                     self.env.settings.retry_base,
                     self.env.settings.retry_max,
                 );
-                warn!(%action, trigger = %trigger_id, attempts = job.attempts, retry_in = ?delay, error = %why, "Job failed; requeued.");
+                warn!(
+                    %action,
+                    trigger = %trigger_id,
+                    attempts = job.attempts,
+                    retry_in = ?delay,
+                    error = %why,
+                    "Job failed; requeued.",
+                );
                 job.not_before = Some(tokio::time::Instant::now() + delay);
                 if let Some(slot) = self.slots.get_mut(&action) {
                     slot.queue.push_front(job);
@@ -435,11 +442,19 @@ impl Handler<WatchFired> for Dispatcher {
     fn handle(&mut self, msg: WatchFired, ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
         let Some(slot) = self.slots.get_mut(&msg.action) else {
-            warn!(action = %msg.action, watch = %msg.watch, "Fired for an action that is not configured; dropped.");
+            warn!(
+                action = %msg.action,
+                watch = %msg.watch,
+                "Fired for an action that is not configured; dropped.",
+            );
             return;
         };
         if !slot.seen.insert(&msg.trigger_id) {
-            debug!(action = %msg.action, trigger = %msg.trigger_id, "Trigger already queued or done here.");
+            debug!(
+                action = %msg.action,
+                trigger = %msg.trigger_id,
+                "Trigger already queued or done here.",
+            );
             return;
         }
         debug!(action = %msg.action, trigger = %msg.trigger_id, watch = %msg.watch, "Queued.");
@@ -658,7 +673,11 @@ async fn run_job_inner(
                 Duration::from_millis(100),
                 env.settings.lock_delay.max(Duration::from_millis(200)),
             );
-            debug!(lock = %lock_key, ?pause, "Lock free but refused (lock-delay); trying again shortly.");
+            debug!(
+                lock = %lock_key,
+                ?pause,
+                "Lock free but refused (lock-delay); trying again shortly.",
+            );
             tokio::time::sleep(pause).await;
         }
     };
@@ -674,7 +693,10 @@ async fn run_job_inner(
             }
         }
         if holder_had_it {
-            warn!(lock_index, "Taking over a job whose holder let the lock go without a receipt.");
+            warn!(
+                lock_index,
+                "Taking over a job whose holder let the lock go without a receipt."
+            );
             env.metrics.takeover(&lock_key);
         }
         let started_at = receipt::now_ms();
@@ -692,7 +714,11 @@ async fn run_job_inner(
             Ok(outcome) => outcome,
             Err(e) if e.is_final() => {
                 env.metrics.error("action", e.kind());
-                warn!(attempts, error = %e, "The action rejected this trigger; recording it as failed.");
+                warn!(
+                    attempts,
+                    error = %e,
+                    "The action rejected this trigger; recording it as failed.",
+                );
                 Outcome::Failed(format!("rejected: {e}"))
             }
             Err(e) if attempts < env.settings.max_attempts => {
@@ -797,7 +823,10 @@ async fn prune(env: &Env, action: &str) {
     match watermark::raise(env.consul.as_ref(), &marks, &pruned).await {
         Ok(true) => {}
         Ok(false) => {
-            warn!(key = %marks, "Could not raise the watermark (a bad value, or lost races); no receipt pruned.");
+            warn!(
+                key = %marks,
+                "Could not raise the watermark (a bad value, or lost races); no receipt pruned.",
+            );
             return;
         }
         Err(e) => {

@@ -18,7 +18,11 @@ macro_rules! fail_handler {
             type Result = ();
 
             fn handle(&mut self, msg: $crate::fault::Fail, ctx: &mut Self::Context) {
-                tracing::error!(actor = $name, reason = %msg.reason, "Failing on request; the supervisor restarts it.");
+                tracing::error!(
+                    actor = $name,
+                    reason = %msg.reason,
+                    "Failing on request; the supervisor restarts it.",
+                );
                 actix::ActorContext::stop(ctx);
             }
         }

@@ -209,9 +209,18 @@ impl LockManager {
                             .is_none_or(|t| t.elapsed() >= act.spec.ttl);
                         let after = act.retry_after().min(act.spec.ttl / 4);
                         act.metrics.error("consul", e.label());
-                        warn!(session = %id, error = %e, kind = e.label(), retry_in = ?after, "Could not renew the session.");
+                        warn!(
+                            session = %id,
+                            error = %e,
+                            kind = e.label(),
+                            retry_in = ?after,
+                            "Could not renew the session.",
+                        );
                         if stale && !act.held.is_empty() {
-                            warn!(session = %id, "Session not renewed for a whole TTL; treating its locks as lost.");
+                            warn!(
+                                session = %id,
+                                "Session not renewed for a whole TTL; treating its locks as lost.",
+                            );
                             act.notify_lost();
                         }
                         act.schedule(ctx, after);
@@ -235,7 +244,12 @@ impl LockManager {
             Err(e) => {
                 let after = self.retry_after();
                 self.metrics.error("consul", e.label());
-                warn!(error = %e, kind = e.label(), retry_in = ?after, "Could not create a Consul session.");
+                warn!(
+                    error = %e,
+                    kind = e.label(),
+                    retry_in = ?after,
+                    "Could not create a Consul session.",
+                );
                 self.create_error = Some(e);
                 self.schedule(ctx, after);
             }

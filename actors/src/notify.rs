@@ -179,7 +179,12 @@ impl Notifier {
                         "http_status"
                     }
                     Ok(Err(e)) => {
-                        warn!(event, error = %e, kind = e.label(), "Could not post a notification.");
+                        warn!(
+                            event,
+                            error = %e,
+                            kind = e.label(),
+                            "Could not post a notification.",
+                        );
                         e.label()
                     }
                     Err(_) => {

@@ -254,7 +254,12 @@ pub async fn run(
                 }
                 let now = now_ms();
                 let r = Rollout::start(format!("r{now}"), &image, now, s.health.failure_tolerance);
-                info!(rollout = %r.id, %image, baseline_tolerance = r.baseline_tolerance, "Rollout started.");
+                info!(
+                    rollout = %r.id,
+                    %image,
+                    baseline_tolerance = r.baseline_tolerance,
+                    "Rollout started.",
+                );
                 metrics
                     .step("start")
                     .finish(write_record(&env, &r, cas).await)?;
@@ -325,7 +330,13 @@ pub async fn run(
                 if result != LeaderTransfer::Unsupported {
                     transfers += 1;
                 }
-                info!(%from, ?to, ?result, attempt = transfers, "Moving leadership off the server to retire.");
+                info!(
+                    %from,
+                    ?to,
+                    ?result,
+                    attempt = transfers,
+                    "Moving leadership off the server to retire.",
+                );
                 if result != LeaderTransfer::Transferred {
                     // Too old for transfer-leader (before 1.15), or it said it did not move:
                     // the leader leaves gracefully and the others elect.
@@ -346,7 +357,11 @@ pub async fn run(
                         };
                         if let Some(named) = to.as_deref() {
                             if new_leader.id != named {
-                                warn!(%named, to = %new_leader.name, "Leadership went to another server than the one named.");
+                                warn!(
+                                    %named,
+                                    to = %new_leader.name,
+                                    "Leadership went to another server than the one named.",
+                                );
                             }
                         }
                         let moved = LeaderMove {
@@ -361,11 +376,17 @@ pub async fn run(
                         timer.ok();
                     }
                     None if transfers < 2 => {
-                        warn!(%from, "transfer-leader reported success but the leader did not move; trying once more.");
+                        warn!(
+                            %from,
+                            "transfer-leader reported success but the leader did not move; trying once more.",
+                        );
                         drop(timer);
                     }
                     None => {
-                        warn!(%from, "transfer-leader twice reported success without moving the leader; it leaves instead.");
+                        warn!(
+                            %from,
+                            "transfer-leader twice reported success without moving the leader; it leaves instead.",
+                        );
                         leave_instead = true;
                         drop(timer);
                     }
@@ -411,7 +432,13 @@ pub async fn run(
                     .finish(write_record(&env, &r, cas).await)?;
                 env.notifier.send(Event::Completed, &r, None, None);
                 metrics.rollout_state(Some(&r.state));
-                info!(rollout = %r.id, image = %r.target_image, launches = r.launches.len(), retirements = r.retirements.len(), "Rollout complete.");
+                info!(
+                    rollout = %r.id,
+                    image = %r.target_image,
+                    launches = r.launches.len(),
+                    retirements = r.retirements.len(),
+                    "Rollout complete.",
+                );
                 return Ok(Outcome::Succeeded(format!(
                     "rollout to {} complete",
                     r.target_image
@@ -421,7 +448,10 @@ pub async fn run(
                 reason,
                 failed_machine,
             } => {
-                error!(%reason, "Rollout stopped for safety; the old servers stay. Fire consul-rehydrate to try again.");
+                error!(
+                    %reason,
+                    "Rollout stopped for safety; the old servers stay. Fire consul-rehydrate to try again.",
+                );
                 let timer = metrics.step("stop");
                 if let Some(mut r) = s.rollout {
                     r.state = RolloutState::Stopped {
@@ -555,7 +585,11 @@ async fn retire(
         let to = match leader_elected(env, node, until).await {
             Ok(n) => Some(n),
             Err(e) => {
-                warn!(error = %e, %node, "No new leader seen after the leader left; recording the move without one.");
+                warn!(
+                    error = %e,
+                    %node,
+                    "No new leader seen after the leader left; recording the move without one.",
+                );
                 None
             }
         };
@@ -567,7 +601,12 @@ async fn retire(
             until_new_leader_ms: millis(left_at.elapsed()),
             at: now_ms(),
         };
-        info!(from = %m.from, to = ?m.to, until_new_leader_ms = m.until_new_leader_ms, "The leader left; the others elected a new one.");
+        info!(
+            from = %m.from,
+            to = ?m.to,
+            until_new_leader_ms = m.until_new_leader_ms,
+            "The leader left; the others elected a new one.",
+        );
         Some(m)
     } else {
         None
@@ -649,7 +688,13 @@ async fn record_move(
     cas: u64,
     m: LeaderMove,
 ) -> Result<(), ExecError> {
-    info!(from = %m.from, to = ?m.to, path = %m.path, until_new_leader_ms = m.until_new_leader_ms, "Leadership moved.");
+    info!(
+        from = %m.from,
+        to = ?m.to,
+        path = %m.path,
+        until_new_leader_ms = m.until_new_leader_ms,
+        "Leadership moved.",
+    );
     let Some(mut r) = rollout.filter(|r| r.is_active()) else {
         return Ok(());
     };

@@ -191,7 +191,14 @@ impl Watcher {
             }
             Some(o) => {
                 o.failures += 1;
-                warn!(%watch, error = %e, kind = e.label(), failures = o.failures, since = ?o.since.elapsed(), "Consul's failure changed; retrying with backoff.");
+                warn!(
+                    %watch,
+                    error = %e,
+                    kind = e.label(),
+                    failures = o.failures,
+                    since = ?o.since.elapsed(),
+                    "Consul's failure changed; retrying with backoff.",
+                );
                 o.kind = e.kind;
                 return;
             }
@@ -204,13 +211,25 @@ impl Watcher {
         });
         match e.kind {
             ErrorKind::Denied => {
-                error!(%watch, error = %e, "Consul refuses the ACL token for this watch's query; check the token and its policy. Retrying with backoff.")
+                error!(
+                    %watch,
+                    error = %e,
+                    "Consul refuses the ACL token for this watch's query; check the token and its policy. Retrying with backoff.",
+                )
             }
             ErrorKind::Rejected => {
-                error!(%watch, error = %e, "Consul refuses this watch's query; check the watch's parameters. Retrying with backoff.")
+                error!(
+                    %watch,
+                    error = %e,
+                    "Consul refuses this watch's query; check the watch's parameters. Retrying with backoff.",
+                )
             }
             ErrorKind::Decode => {
-                error!(%watch, error = %e, "Consul's answer is not what this watch reads (a proxy in the way?); retrying with backoff.")
+                error!(
+                    %watch,
+                    error = %e,
+                    "Consul's answer is not what this watch reads (a proxy in the way?); retrying with backoff.",
+                )
             }
             _ => warn!(%watch, error = %e, kind = e.label(), "Lost Consul; retrying with backoff."),
         }
@@ -270,7 +289,12 @@ impl Watcher {
                         payload: fire.payload.clone(),
                     };
                     if let Err(e) = dispatcher.send(msg).await {
-                        warn!(%watch, %action, error = %e, "Dispatcher unavailable; fire dropped (the rollout's timer catches up).");
+                        warn!(
+                            %watch,
+                            %action,
+                            error = %e,
+                            "Dispatcher unavailable; fire dropped (the rollout's timer catches up).",
+                        );
                     }
                 }
             }
@@ -300,20 +324,30 @@ impl Watcher {
                             .filter_map(|e| e.key.rsplit('/').next().map(str::to_owned)),
                     ),
                     Err(e) => {
-                        warn!(%watch, error = %e, "Could not read receipts; not replaying missed events.")
+                        warn!(
+                            %watch,
+                            error = %e,
+                            "Could not read receipts; not replaying missed events.",
+                        )
                     }
                 }
             }
             receipted
         };
         let index = read.index;
-        Box::pin(fut::wrap_future(lookup).then(move |receipted, act: &mut Self, ctx| {
-            let missed = watch_plan::events_to_replay(&read.payload, &receipted);
-            if !missed.is_empty() {
-                info!(watch = %act.spec.name, count = missed.len(), "Replaying events that arrived while no replica was up.");
-            }
-            act.deliver(missed, index, ctx)
-        }))
+        Box::pin(
+            fut::wrap_future(lookup).then(move |receipted, act: &mut Self, ctx| {
+                let missed = watch_plan::events_to_replay(&read.payload, &receipted);
+                if !missed.is_empty() {
+                    info!(
+                        watch = %act.spec.name,
+                        count = missed.len(),
+                        "Replaying events that arrived while no replica was up.",
+                    );
+                }
+                act.deliver(missed, index, ctx)
+            }),
+        )
     }
 }
 

@@ -232,7 +232,11 @@ async fn add_image(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpResponse
         .images
         .register(image)
         .map_err(|e| ControlError::new(StatusCode::CONFLICT, e.to_string()))?;
-    tracing::info!(image = %added.id, broken = added.broken, "Simulated cloud registered an image.");
+    tracing::info!(
+        image = %added.id,
+        broken = added.broken,
+        "Simulated cloud registered an image.",
+    );
     Ok(HttpResponse::Created().json(ImageView::from(added)))
 }
 

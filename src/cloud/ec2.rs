@@ -297,7 +297,11 @@ impl Ec2Cloud {
             .await?;
         if let Some(i) = oldest(&found) {
             let m = machine(i, "DescribeInstances (token)")?;
-            tracing::debug!(machine = %m.id, state = ?m.state, "The token already launched a machine.");
+            tracing::debug!(
+                machine = %m.id,
+                state = ?m.state,
+                "The token already launched a machine.",
+            );
             return Ok(m);
         }
 

@@ -352,7 +352,11 @@ impl EcsCloud {
     async fn launch_once(&self, image: &str, token: &str) -> Result<Machine, CloudError> {
         let m = self.ec2.launch_once(image, token).await?;
         if matches!(m.state, MachineState::Stopping | MachineState::Terminated) {
-            tracing::debug!(machine = %m.id, state = ?m.state, "The token's machine is on its way out: no task for it.");
+            tracing::debug!(
+                machine = %m.id,
+                state = ?m.state,
+                "The token's machine is on its way out: no task for it.",
+            );
             return Ok(m);
         }
         let ci = self.await_registration(&m.id).await?;
@@ -374,7 +378,11 @@ impl EcsCloud {
             });
         let task = match existing {
             Some(task) => {
-                tracing::debug!(machine = %m.id, task = task.task_arn().unwrap_or_default(), "The token's task is already there.");
+                tracing::debug!(
+                    machine = %m.id,
+                    task = task.task_arn().unwrap_or_default(),
+                    "The token's task is already there.",
+                );
                 task
             }
             // Draining: a retire got there first; starting Consul on it would be undone.
@@ -433,7 +441,11 @@ impl EcsCloud {
                     Err(e) => return Err(e),
                 },
                 Err(e) if PortError::from(e.clone()).is_retryable() => {
-                    tracing::debug!(machine = %id, error = %e, "Looking for the container instance failed; trying again.");
+                    tracing::debug!(
+                        machine = %id,
+                        error = %e,
+                        "Looking for the container instance failed; trying again.",
+                    );
                     last_error = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -532,11 +544,20 @@ impl EcsCloud {
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(machine = %id, container_instance = %arn, "Deregistered the container instance.");
+                    tracing::info!(
+                        machine = %id,
+                        container_instance = %arn,
+                        "Deregistered the container instance.",
+                    );
                 }
                 Err(e) => {
                     let e = sdk_error(&self.endpoint, "DeregisterContainerInstance", e);
-                    tracing::warn!(machine = %id, container_instance = %arn, error = %e, "Could not deregister the terminated instance; ECS will in time.");
+                    tracing::warn!(
+                        machine = %id,
+                        container_instance = %arn,
+                        error = %e,
+                        "Could not deregister the terminated instance; ECS will in time.",
+                    );
                 }
             }
         }
@@ -562,9 +583,18 @@ impl EcsCloud {
             .cloned()
             .collect();
         if failed.is_empty() {
-            tracing::info!(machine = %id, container_instance = %arn, "Draining the container instance.");
+            tracing::info!(
+                machine = %id,
+                container_instance = %arn,
+                "Draining the container instance.",
+            );
         } else {
-            tracing::warn!(machine = %id, container_instance = %arn, failures = %failures(&failed), "ECS would not drain the container instance.");
+            tracing::warn!(
+                machine = %id,
+                container_instance = %arn,
+                failures = %failures(&failed),
+                "ECS would not drain the container instance.",
+            );
         }
         Ok(())
     }
@@ -583,7 +613,11 @@ impl EcsCloud {
             }
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(machine = %id, waited = ?STOP_WAIT, "The Consul task has not stopped; terminating the instance anyway.");
+                tracing::warn!(
+                    machine = %id,
+                    waited = ?STOP_WAIT,
+                    "The Consul task has not stopped; terminating the instance anyway.",
+                );
                 return Ok(());
             }
             tokio::time::sleep(self.poll.min(deadline - now)).await;

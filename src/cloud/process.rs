@@ -493,7 +493,13 @@ impl ProcessCloud {
         }
         let args = server_args(&record, &self.agent_data_dir(&record.id), &join, None);
         let record = self.spawn_recorded(record, &path, args, &request)?;
-        tracing::info!(machine = %record.id, image, pid = ?record.pid, http = record.ports.http, "Started a Consul server process.");
+        tracing::info!(
+            machine = %record.id,
+            image,
+            pid = ?record.pid,
+            http = record.ports.http,
+            "Started a Consul server process.",
+        );
         Ok(self.machine(&record))
     }
 
@@ -512,7 +518,10 @@ impl ProcessCloud {
                 ),
             });
         }
-        tracing::debug!(machine = %existing.id, "The token already launched a machine; answering it.");
+        tracing::debug!(
+            machine = %existing.id,
+            "The token already launched a machine; answering it.",
+        );
         Ok(self.described(&existing))
     }
 
@@ -626,7 +635,13 @@ impl ProcessCloud {
                 .collect();
             let args = server_args(record, &self.agent_data_dir(&record.id), &join, Some(n));
             let started = self.spawn_recorded(record.clone(), &path, args, &request)?;
-            tracing::info!(machine = %started.id, image, pid = ?started.pid, http = started.ports.http, "Started a bootstrap server process.");
+            tracing::info!(
+                machine = %started.id,
+                image,
+                pid = ?started.pid,
+                http = started.ports.http,
+                "Started a bootstrap server process.",
+            );
             machines.push(self.machine(&started));
         }
         Ok(machines)
@@ -708,10 +723,18 @@ impl ProcessCloud {
                 if self.wait_exit(record, LEAVE_TIMEOUT).await {
                     return Ok(());
                 }
-                tracing::warn!(machine = %record.id, after = ?LEAVE_TIMEOUT, "The agent left but did not exit; terminating it.");
+                tracing::warn!(
+                    machine = %record.id,
+                    after = ?LEAVE_TIMEOUT,
+                    "The agent left but did not exit; terminating it.",
+                );
             }
             Err(e) => {
-                tracing::warn!(machine = %record.id, error = %e, "consul leave failed; terminating the agent.")
+                tracing::warn!(
+                    machine = %record.id,
+                    error = %e,
+                    "consul leave failed; terminating the agent.",
+                )
             }
         }
         for signal in ["TERM", "KILL"] {

@@ -246,7 +246,11 @@ impl CloudPort for SimCloud {
                     request: request.into(),
                     reason: "no machine in the answer".into(),
                 })?;
-                tracing::debug!(machine = %m.id, state = ?m.state, "Simulated cloud launched a machine.");
+                tracing::debug!(
+                    machine = %m.id,
+                    state = ?m.state,
+                    "Simulated cloud launched a machine.",
+                );
                 Ok(m)
             }
             .instrument(span),

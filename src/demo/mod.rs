@@ -801,7 +801,11 @@ impl Run<'_> {
                 if !self.replicas.kill(&holder.replica) {
                     return Ok(());
                 }
-                info!(victim = %holder.replica, action = %holder.action, "Chaos: SIGKILLed the step lock's holder.");
+                info!(
+                    victim = %holder.replica,
+                    action = %holder.action,
+                    "Chaos: SIGKILLed the step lock's holder.",
+                );
                 self.markers.push(Marker {
                     at: at_ms,
                     kind: MarkerKind::Kill,
@@ -848,7 +852,12 @@ impl Run<'_> {
                     by: h.replica.clone(),
                     after: at.elapsed(),
                 };
-                info!(killed = %t.killed, by = %t.by, after = ?t.after, "Chaos: the step was taken over.");
+                info!(
+                    killed = %t.killed,
+                    by = %t.by,
+                    after = ?t.after,
+                    "Chaos: the step was taken over.",
+                );
                 self.markers.push(Marker {
                     at: unix_ms(),
                     kind: MarkerKind::Takeover,

@@ -213,11 +213,17 @@ impl Handler<GetMetrics> for Reporter {
                     metrics.paused(r.paused);
                 }
                 Ok(Err(e)) => {
-                    debug!(error = %e, "No status for this scrape; its series keep their last values.");
+                    debug!(
+                        error = %e,
+                        "No status for this scrape; its series keep their last values.",
+                    );
                 }
                 Err(_) => {
                     metrics.error("status", "timeout");
-                    debug!(after = ?SCRAPE_STATUS_TIMEOUT, "No status in time for this scrape; its series keep their last values.");
+                    debug!(
+                        after = ?SCRAPE_STATUS_TIMEOUT,
+                        "No status in time for this scrape; its series keep their last values.",
+                    );
                 }
             }
             metrics.encode()
