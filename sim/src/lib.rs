@@ -15,6 +15,8 @@ pub mod images;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod timeline;
 pub mod watch;
 

@@ -221,8 +221,8 @@ mod tests {
 mod http_tests {
     use actix_web::http::Method;
 
-    use crate::api::kv::testkit::{bounded, Api};
     use crate::store::event::uuid_to_u64;
+    use crate::testkit::{bounded, Api};
 
     #[actix_rt::test]
     async fn the_list_ignores_consistency_flags() {

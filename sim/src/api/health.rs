@@ -199,7 +199,7 @@ mod tests {
 
 #[cfg(test)]
 mod http_tests {
-    use crate::api::kv::testkit::{bounded, Api};
+    use crate::testkit::{bounded, Api};
 
     #[actix_rt::test]
     async fn a_service_read_ignores_writes_to_other_services() {

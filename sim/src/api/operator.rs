@@ -503,7 +503,7 @@ async fn autopilot_state(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRe
 
 #[cfg(test)]
 mod http_tests {
-    use crate::api::kv::testkit::{bounded, Api};
+    use crate::testkit::{bounded, Api};
 
     #[actix_rt::test]
     async fn an_autopilot_put_zeroes_the_fields_it_leaves_out() {

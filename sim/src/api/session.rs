@@ -145,7 +145,7 @@ mod http_tests {
 
     use actix_web::http::Method;
 
-    use crate::api::kv::testkit::{bounded, Api};
+    use crate::testkit::{bounded, Api};
 
     async fn create(api: &Api, body: &str) -> String {
         let r = api.put("/v1/session/create", body.as_bytes()).await;

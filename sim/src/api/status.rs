@@ -45,14 +45,13 @@ async fn peers(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse, Ap
 
 #[cfg(test)]
 mod tests {
-    use crate::api::kv::testkit::{bounded, Api};
+    use crate::testkit::{bounded, Api};
 
     #[actix_rt::test]
     async fn every_consul_endpoint_answers_with_the_default_acl_policy() {
         bounded(async {
             let api = Api::start(1.0);
-            let header =
-                |r: &crate::api::kv::testkit::Resp| r.header("X-Consul-Default-ACL-Policy");
+            let header = |r: &crate::testkit::Resp| r.header("X-Consul-Default-ACL-Policy");
             for path in ["/v1/status/leader", "/v1/kv/missing", "/v1/session/list"] {
                 let r = api.get(path).await;
                 assert_eq!(header(&r).as_deref(), Some("allow"), "{path}: {}", r.status);
