@@ -122,7 +122,7 @@ async fn read(
     if opts.consistency != Consistency::Stale {
         hold_for_leader(sim, opts.dc.as_deref()).await;
     }
-    let st = sim.lock();
+    let mut st = sim.lock();
     opts.check_dc(&st)?;
     let known_leader = st.cluster.has_leader();
     if !known_leader && opts.consistency != Consistency::Stale {
@@ -132,9 +132,9 @@ async fn read(
         Consistency::Stale => st.cluster.last_contact().as_millis() as u64,
         _ => 0,
     };
-    // Reads change nothing, so they run on the store as it is (a clone keeps the types one).
-    let mut kv = st.kv.clone();
-    let (results, errors) = run(&mut kv, &|_| true, 0, ops);
+    // No write verb reaches `apply` here (that is what made this a read), so the operations
+    // run on the table itself: nothing to roll back.
+    let (results, errors) = run(&mut st.kv, &|_| true, 0, ops);
     let mut body = answer(&results, &errors);
     body.insert("Index".into(), Value::from(0));
     body.insert("LastContact".into(), Value::from(last_contact));
@@ -173,11 +173,12 @@ async fn write(
         return Ok(status_of(&delayed).json(Value::Object(answer(&[], &delayed))));
     }
     let idx = st.next_index();
+    // On a copy, dropped whole if any operation fails (O(keys); fine at the simulator's sizes).
     let mut kv = st.kv.clone();
     let sessions = &st.sessions;
     let (results, errors) = run(&mut kv, &|id| sessions.contains(id), idx, ops);
     if errors.is_empty() {
-        let changed = changed_keys(&st.kv, &kv);
+        let changed = changed_keys(&st.kv, &kv, ops);
         st.kv = kv;
         if !changed.is_empty() {
             st.notify(Change {
@@ -334,29 +335,27 @@ fn entry_json(e: &DirEntry) -> Value {
     serde_json::to_value(Result1 { kv: e }).unwrap_or(Value::Null)
 }
 
-/// The keys whose entry differs between two states of the store: created, changed or gone.
-fn changed_keys(before: &KvStore, after: &KvStore) -> Vec<String> {
-    let (_, old) = before.list("");
-    let (_, new) = after.list("");
-    let old: std::collections::BTreeMap<&str, u64> = old
-        .iter()
-        .map(|e| (e.key.as_str(), e.modify_index))
-        .collect();
-    let new: std::collections::BTreeMap<&str, u64> = new
-        .iter()
-        .map(|e| (e.key.as_str(), e.modify_index))
-        .collect();
-    let mut keys: Vec<String> = new
-        .iter()
-        .filter(|(k, i)| old.get(*k) != Some(*i))
-        .map(|(k, _)| (*k).to_owned())
-        .collect();
-    keys.extend(
-        old.keys()
-            .filter(|k| !new.contains_key(*k))
-            .map(|k| (*k).to_owned()),
-    );
-    keys
+/// The keys `ops` wrote whose entry differs between the store before and after: created,
+/// changed or gone. Only those are looked at (a write that leaves an entry as it was changes
+/// nothing and wakes no one, as in Consul).
+fn changed_keys(before: &KvStore, after: &KvStore, ops: &[Option<TxnKv>]) -> Vec<String> {
+    let mut touched = std::collections::BTreeSet::new();
+    for op in ops.iter().flatten() {
+        match op.verb.as_str() {
+            "delete-tree" => {
+                touched.extend(before.list(&op.key).1.into_iter().map(|e| e.key.clone()))
+            }
+            verb if WRITE_VERBS.contains(&verb) => {
+                touched.insert(op.key.clone());
+            }
+            _ => {}
+        }
+    }
+    let index = |kv: &KvStore, key: &str| kv.get(key).1.map(|e| e.modify_index);
+    touched
+        .into_iter()
+        .filter(|k| index(before, k) != index(after, k))
+        .collect()
 }
 
 /// Decodes the body as Go's `encoding/json` decodes `api.TxnOps` with unknown fields
@@ -574,5 +573,42 @@ mod tests {
         );
         let (_, errors) = run(&mut kv, &|_| false, 9, &[lock]);
         assert_eq!(errors[0].what, "invalid session \"s-1\"");
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use crate::testkit::{bounded, Api};
+
+    /// A transaction wakes the readers of the keys it changed and no others; a delete-tree
+    /// wakes the readers of every key it removed.
+    #[actix_rt::test]
+    async fn a_transaction_wakes_only_the_readers_of_what_it_changed() {
+        bounded(async {
+            let api = Api::start(1.0);
+            assert_eq!(api.put("/v1/kv/t/a", b"1").await.text(), "true");
+            assert_eq!(api.put("/v1/kv/u/x", b"1").await.text(), "true");
+            let idx = api.get("/v1/kv/t/a").await.index.unwrap_or(0);
+            let uri = format!("/v1/kv/t/a?index={idx}&wait=10s");
+            let mut read = Box::pin(api.get(&uri));
+            api.until_parked(&mut read, 1).await;
+            // Another key, and the same value again for `t/a`: nothing it reads changed.
+            let r = api
+                .put(
+                    "/v1/txn",
+                    br#"[{"KV":{"Verb":"set","Key":"t/b","Value":"Mg=="}},
+                         {"KV":{"Verb":"set","Key":"t/a","Value":"MQ=="}}]"#,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(api.sim().lock().waiters.len(), 1, "t/a's reader was woken");
+            let r = api
+                .put("/v1/txn", br#"[{"KV":{"Verb":"delete-tree","Key":"t/"}}]"#)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let got = read.await;
+            assert_eq!(got.status, 404, "woken by the delete-tree: t/a is gone");
+        })
+        .await;
     }
 }
