@@ -561,7 +561,7 @@ fn expired_by(key: &str, read: &[KvEntry], t: &Trigger) -> Option<JobResult> {
     let marks = read
         .iter()
         .find(|e| e.key == key)
-        .and_then(|e| serde_json::from_slice::<watermark::Marks>(&e.value).ok())
+        .and_then(|e| watermark::decode(&e.value).ok())
         .unwrap_or_default();
     watermark::covering(&marks, &t.watch, t.position)
         .map(|watermark| JobResult::Expired { watermark })

@@ -60,6 +60,11 @@ pub struct BadMarks {
     pub reason: String,
 }
 
+/// The watermarks as stored: `{"<watch>": position}`.
+pub fn decode(value: &[u8]) -> Result<Marks, serde_json::Error> {
+    serde_json::from_slice(value)
+}
+
 /// The watermarks at `key` and the ModifyIndex to CAS against (0: absent).
 pub async fn read(
     consul: &dyn ConsulPort,
@@ -68,7 +73,7 @@ pub async fn read(
     let got = consul.kv_get(key, 0, Duration::ZERO).await?;
     Ok(match got.value {
         None => Ok((Marks::new(), 0)),
-        Some(e) => serde_json::from_slice::<Marks>(&e.value)
+        Some(e) => decode(&e.value)
             .map(|m| (m, e.modify_index))
             .map_err(|err| BadMarks {
                 key: key.to_owned(),
