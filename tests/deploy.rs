@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -787,6 +787,7 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
         std::env::var("PATH").unwrap_or_default()
     );
 
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
     common::bounded_for(Duration::from_secs(90), async move {
         let outcome = actix_rt::task::spawn_blocking(move || {
             let mut child = Command::new(&entry[0])
@@ -795,8 +796,10 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
                 .env_clear()
                 .env("PATH", path)
                 .envs(env)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                // Files, not pipes read only after the exit: a chatty replica would block on a
+                // full pipe and miss its health check.
+                .stdout(std::fs::File::create(&out_path).unwrap())
+                .stderr(std::fs::File::create(&err_path).unwrap())
                 .spawn()
                 .unwrap();
             // Healthy by the task's own check within its start period (30 s).
@@ -821,18 +824,8 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
             let stopped = Instant::now();
             let status = wait_bounded(&mut child, Duration::from_secs(30));
             let took = stopped.elapsed();
-            let read_all = |stream: Box<dyn std::io::Read>| {
-                let mut text = String::new();
-                let mut reader = BufReader::new(stream);
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                    text.push_str(&line);
-                    line.clear();
-                }
-                text
-            };
-            let logs = read_all(Box::new(child.stdout.take().unwrap()));
-            let err = read_all(Box::new(child.stderr.take().unwrap()));
+            let logs = std::fs::read_to_string(&out_path).unwrap_or_default();
+            let err = std::fs::read_to_string(&err_path).unwrap_or_default();
             let both = format!("{err}{logs}");
             (healthy, status, took, logs, both)
         })

@@ -7,7 +7,7 @@
 
 use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,10 @@ pub struct Moto {
     pub url: String,
     /// Where moto's recorder writes the requests it records (only once asked to record).
     recording: PathBuf,
+    /// moto's stderr, where werkzeug logs every request. A file, not a pipe: nobody drains a
+    /// pipe once moto answers, and after ~64 KiB of request lines moto would block writing
+    /// its log and stop answering mid-test.
+    log: PathBuf,
 }
 
 impl Drop for Moto {
@@ -32,12 +36,25 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.recording);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
 /// Where the moto on `port` keeps its recording: one file per server, outside the checkout.
 fn recording_path(port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("rehydrator-moto-recording-{port}.jsonl"))
+}
+
+/// Where the moto on `port` writes its stderr.
+fn log_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("rehydrator-moto-{port}.log"))
+}
+
+/// The last 8 KiB of `path`, lossily as text: enough to show why moto stopped.
+fn tail(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = bytes.len().saturating_sub(8 << 10);
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
 /// A port free right now on 127.0.0.1 (moto binds it a moment later).
@@ -50,6 +67,7 @@ pub fn free_port() -> u16 {
 }
 
 fn moto_command(program: &str, args: &[&str], port: u16) -> Command {
+    let log = std::fs::File::create(log_path(port)).expect("moto's log file in the temp dir");
     let mut cmd = Command::new(program);
     cmd.args(args)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -63,7 +81,7 @@ fn moto_command(program: &str, args: &[&str], port: u16) -> Command {
         .env("MOTO_RECORDER_FILEPATH", recording_path(port))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(log);
     cmd
 }
 
@@ -111,15 +129,13 @@ fn wait_for(child: Child, port: u16) -> Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
         recording: recording_path(port),
+        log: log_path(port),
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + MOTO_START;
     loop {
         if let Some(status) = moto.child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut stderr) = moto.child.stderr.take() {
-                let _ = stderr.read_to_string(&mut err);
-            }
+            let err = tail(&moto.log);
             panic!(
                 "moto's server exited ({status}) before answering; is moto installed? \
                  `python3 -m pip install 'moto[server]'` (scripts/test.sh does). Its stderr:\n{err}"
@@ -156,6 +172,13 @@ pub fn credentials() -> Credentials {
     Credentials::new("testing", "testing", None, None, "tests")
 }
 
+/// A stuck moto call fails the test naming the call, instead of waiting out the test's bound.
+fn test_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(30))
+        .build()
+}
+
 /// The SDK configured explicitly for moto: static test keys, its endpoint, us-east-1.
 pub fn client(url: &str) -> aws_sdk_ec2::Client {
     let config = aws_sdk_ec2::Config::builder()
@@ -164,6 +187,7 @@ pub fn client(url: &str) -> aws_sdk_ec2::Client {
         .credentials_provider(credentials())
         .endpoint_url(url)
         .http_client(https_client())
+        .timeout_config(test_timeouts())
         .build();
     aws_sdk_ec2::Client::from_conf(config)
 }
@@ -216,6 +240,7 @@ pub fn ecs_client(url: &str) -> aws_sdk_ecs::Client {
         .credentials_provider(credentials())
         .endpoint_url(url)
         .http_client(https_client())
+        .timeout_config(test_timeouts())
         .build();
     aws_sdk_ecs::Client::from_conf(config)
 }
