@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
@@ -102,26 +103,44 @@ impl LockError {
 pub struct LockManager {
     consul: Rc<dyn ConsulPort>,
     spec: SessionSpec,
-    session: Option<String>,
+    state: State,
     /// Locks held, by key, with the session that took them.
     held: BTreeMap<String, String>,
     listeners: Vec<Recipient<LocksLost>>,
-    /// Consecutive failures of create or renew, for backoff.
-    failures: u32,
-    /// Why the last create failed, until one succeeds.
-    create_error: Option<PortError>,
-    /// When the last renew succeeded; a session not renewed for a TTL may be gone.
-    renewed_at: Option<tokio::time::Instant>,
+    /// The one pending tick (create or renew), cancelled on shutdown.
     timer: Option<SpawnHandle>,
-    shutting_down: bool,
-    /// A session create is in flight: Consul may make the session after a Shutdown arrived,
-    /// so Shutdown waits for it to land and destroys what it made.
-    creating: bool,
-    /// Shutdowns waiting for that create to land and its session to be destroyed.
-    stop_waiters: Vec<oneshot::Sender<()>>,
     metrics: Metrics,
     /// Every log line of this actor carries `actor`.
     span: tracing::Span,
+}
+
+/// Where the replica's session stands. Each state carries what it needs, so that, say, a
+/// renewal time without a session or a create in flight after shutdown cannot be written.
+#[derive(Debug)]
+enum State {
+    /// No session: the next tick creates one. `failures` in a row so far, for backoff, and why
+    /// the last one failed (`/readyz` shows it).
+    Absent {
+        failures: u32,
+        last_error: Option<PortError>,
+    },
+    /// A create is in flight; its answer moves on to `Live` or back to `Absent`.
+    Creating {
+        failures: u32,
+        last_error: Option<PortError>,
+    },
+    /// Consul made session `id`; renewed last at `renewed_at`, and failed to renew `failures`
+    /// times since.
+    Live {
+        id: String,
+        renewed_at: Instant,
+        failures: u32,
+    },
+    /// Shutdown came while a create was in flight: Consul may still make the session, so its
+    /// answer is awaited and what it made destroyed before these Shutdowns are answered.
+    StoppingAfterCreate { waiters: Vec<oneshot::Sender<()>> },
+    /// Shut down: the session destroyed (or being destroyed). Idle for good, restarts included.
+    Stopped,
 }
 
 impl LockManager {
@@ -129,16 +148,13 @@ impl LockManager {
         Self {
             consul,
             spec,
-            session: None,
+            state: State::Absent {
+                failures: 0,
+                last_error: None,
+            },
             held: BTreeMap::new(),
             listeners: Vec::new(),
-            failures: 0,
-            create_error: None,
-            renewed_at: None,
             timer: None,
-            shutting_down: false,
-            creating: false,
-            stop_waiters: Vec::new(),
             metrics: Metrics::default(),
             span: tracing::info_span!("lock_manager", actor = "lock_manager"),
         }
@@ -148,6 +164,14 @@ impl LockManager {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The live session's ID.
+    fn session(&self) -> Option<&str> {
+        match &self.state {
+            State::Live { id, .. } => Some(id),
+            _ => None,
+        }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, after: Duration) {
@@ -160,89 +184,71 @@ impl LockManager {
         }));
     }
 
-    fn retry_after(&mut self) -> Duration {
-        self.failures += 1;
-        backoff::delay(self.failures, Duration::from_millis(250), self.spec.ttl / 2)
+    /// The wait before the next try after `failures` failures in a row.
+    fn backoff(&self, failures: u32) -> Duration {
+        backoff::delay(failures, Duration::from_millis(250), self.spec.ttl / 2)
     }
 
     /// Create the session if there is none, else renew it.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
-        if self.shutting_down {
-            return;
-        }
-        match self.session.clone() {
-            None => {
+        match &mut self.state {
+            State::Absent {
+                failures,
+                last_error,
+            } => {
+                self.state = State::Creating {
+                    failures: *failures,
+                    last_error: last_error.take(),
+                };
                 let fut = self.consul.session_create(&self.spec);
-                self.creating = true;
                 ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
                     let _span = act.span.clone().entered();
-                    act.creating = false;
-                    if act.shutting_down {
-                        ctx.spawn(act.destroy_and_stop(res.ok()));
-                        return;
-                    }
                     act.created(res, ctx);
                 }));
             }
-            Some(id) => {
+            State::Live { id, .. } => {
+                let id = id.clone();
                 let fut = self.consul.session_renew(&id);
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            let _span = act.span.clone().entered();
-            match res {
-                    Ok(true) => {
-                        debug!(session = %id, "Renewed the session.");
-                        act.failures = 0;
-                        act.renewed_at = Some(tokio::time::Instant::now());
-                        act.schedule(ctx, act.spec.ttl / 2);
-                    }
-                    Ok(false) => {
-                        warn!(session = %id, "Consul invalidated the session; its locks are gone.");
-                        act.lose_session();
-                        act.schedule(ctx, Duration::ZERO);
-                    }
-                    Err(e) => {
-                        // Consul keeps a session for at least its TTL: until then the locks
-                        // are still ours. Past it they may not be, so stop trusting them.
-                        let stale = act
-                            .renewed_at
-                            .is_none_or(|t| t.elapsed() >= act.spec.ttl);
-                        let after = act.retry_after().min(act.spec.ttl / 4);
-                        act.metrics.error("consul", e.label());
-                        warn!(
-                            session = %id,
-                            error = %e,
-                            kind = e.label(),
-                            retry_in = ?after,
-                            "Could not renew the session.",
-                        );
-                        if stale && !act.held.is_empty() {
-                            warn!(
-                                session = %id,
-                                "Session not renewed for a whole TTL; treating its locks as lost.",
-                            );
-                            act.notify_lost();
-                        }
-                        act.schedule(ctx, after);
-                    }
-            }
+                    let _span = act.span.clone().entered();
+                    act.renewed(&id, res, ctx);
                 }));
             }
+            // The create's answer, or nothing ever again, moves these on.
+            State::Creating { .. } | State::StoppingAfterCreate { .. } | State::Stopped => {}
         }
     }
 
     fn created(&mut self, res: Result<String, PortError>, ctx: &mut Context<Self>) {
+        let failures = match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Creating { failures, .. } => failures,
+            State::StoppingAfterCreate { waiters } => {
+                ctx.spawn(self.destroy_and_stop(res.ok(), waiters));
+                return;
+            }
+            // A restart dropped the create that this answers; the state has moved on.
+            other => {
+                self.state = other;
+                if let Ok(id) = res {
+                    ctx.spawn(self.destroy(id));
+                }
+                return;
+            }
+        };
         match res {
             Ok(id) => {
                 info!(session = %id, "Created the replica's Consul session.");
-                self.session = Some(id);
-                self.failures = 0;
-                self.create_error = None;
-                self.renewed_at = Some(tokio::time::Instant::now());
+                self.state = State::Live {
+                    id,
+                    renewed_at: Instant::now(),
+                    failures: 0,
+                };
                 self.schedule(ctx, self.spec.ttl / 2);
             }
             Err(e) => {
-                let after = self.retry_after();
+                let failures = failures + 1;
+                let after = self.backoff(failures);
                 self.metrics.error("consul", e.label());
                 warn!(
                     error = %e,
@@ -250,31 +256,102 @@ impl LockManager {
                     retry_in = ?after,
                     "Could not create a Consul session.",
                 );
-                self.create_error = Some(e);
+                self.state = State::Absent {
+                    failures,
+                    last_error: Some(e),
+                };
                 self.schedule(ctx, after);
             }
         }
     }
 
-    /// Destroys session `id` (if any), then stops and answers every waiting Shutdown.
-    fn destroy_and_stop(&mut self, id: Option<String>) -> ResponseActFuture<Self, ()> {
-        let done = |act: &mut Self, ctx: &mut Context<Self>| {
-            for w in act.stop_waiters.drain(..) {
-                let _ = w.send(());
+    fn renewed(&mut self, id: &str, res: Result<bool, PortError>, ctx: &mut Context<Self>) {
+        let State::Live {
+            id: live,
+            renewed_at,
+            failures,
+        } = &mut self.state
+        else {
+            return; // shut down while the renew was in flight
+        };
+        if live != id {
+            return;
+        }
+        match res {
+            Ok(true) => {
+                debug!(session = %id, "Renewed the session.");
+                *failures = 0;
+                *renewed_at = Instant::now();
+                self.schedule(ctx, self.spec.ttl / 2);
             }
-            ctx.stop();
-        };
-        let Some(id) = id else {
-            return Box::pin(fut::ready(()).map(move |(), act, ctx| done(act, ctx)));
-        };
+            Ok(false) => {
+                warn!(session = %id, "Consul invalidated the session; its locks are gone.");
+                self.state = State::Absent {
+                    failures: 0,
+                    last_error: None,
+                };
+                self.notify_lost();
+                self.schedule(ctx, Duration::ZERO);
+            }
+            Err(e) => {
+                // Consul keeps a session for at least its TTL: until then the locks are still
+                // ours. Past it they may not be, so stop trusting them.
+                let stale = renewed_at.elapsed() >= self.spec.ttl;
+                *failures += 1;
+                let failures = *failures;
+                let after = self.backoff(failures).min(self.spec.ttl / 4);
+                self.metrics.error("consul", e.label());
+                warn!(
+                    session = %id,
+                    error = %e,
+                    kind = e.label(),
+                    retry_in = ?after,
+                    "Could not renew the session.",
+                );
+                if stale && !self.held.is_empty() {
+                    warn!(
+                        session = %id,
+                        "Session not renewed for a whole TTL; treating its locks as lost.",
+                    );
+                    self.notify_lost();
+                }
+                self.schedule(ctx, after);
+            }
+        }
+    }
+
+    /// Destroys session `id`, logging how that went.
+    fn destroy(&self, id: String) -> ResponseActFuture<Self, ()> {
         let fut = self.consul.session_destroy(&id);
-        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+        Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
             let _span = act.span.clone().entered();
             match res {
                 Ok(()) => info!(session = %id, "Destroyed the session; its locks are free."),
-                Err(e) => warn!(session = %id, error = %e, "Could not destroy the session; its locks go when its TTL lapses."),
+                Err(e) => warn!(
+                    session = %id,
+                    error = %e,
+                    "Could not destroy the session; its locks go when its TTL lapses.",
+                ),
             }
-            done(act, ctx);
+        }))
+    }
+
+    /// Destroys session `id` (if any), then stops and answers `waiters`.
+    fn destroy_and_stop(
+        &mut self,
+        id: Option<String>,
+        waiters: Vec<oneshot::Sender<()>>,
+    ) -> ResponseActFuture<Self, ()> {
+        self.state = State::Stopped;
+        let destroyed = match id {
+            Some(id) => self.destroy(id),
+            None => Box::pin(fut::ready(())),
+        };
+        Box::pin(destroyed.map(move |(), _act, ctx: &mut Context<Self>| {
+            for w in waiters {
+                let _ = w.send(());
+            }
+            ctx.stop();
         }))
     }
 
@@ -291,12 +368,6 @@ impl LockManager {
             l.do_send(LocksLost { keys: keys.clone() });
         }
     }
-
-    fn lose_session(&mut self) {
-        self.session = None;
-        self.renewed_at = None;
-        self.notify_lost();
-    }
 }
 
 impl Actor for LockManager {
@@ -309,13 +380,29 @@ impl Actor for LockManager {
 
 impl Supervised for LockManager {
     /// The struct survives a restart: keep the session and check it at once (a renew tells
-    /// whether Consul still knows it).
+    /// whether Consul still knows it). The restart dropped every future in flight, so a create
+    /// in flight is tried again, and Shutdowns waiting on one are answered now (Consul may
+    /// have made that session; its TTL ends it).
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
         self.timer = None;
+        self.state = match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Creating {
+                failures,
+                last_error,
+            } => State::Absent {
+                failures,
+                last_error,
+            },
+            State::StoppingAfterCreate { waiters } => {
+                drop(waiters);
+                State::Stopped
+            }
+            other => other,
+        };
         // After Shutdown the supervisor restarts the stopped actor until the system stops;
-        // `shutting_down` survives in the struct and keeps it idle, so that is no news.
-        if !self.shutting_down {
+        // `Stopped` keeps it idle, so that is no news.
+        if !matches!(self.state, State::Stopped) {
             warn!("LockManager restarting.");
         }
     }
@@ -327,7 +414,7 @@ impl Handler<AcquireLock> for LockManager {
     type Result = ResponseActFuture<Self, Result<LockGrant, LockError>>;
 
     fn handle(&mut self, msg: AcquireLock, _ctx: &mut Context<Self>) -> Self::Result {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.session().map(str::to_owned) else {
             return Box::pin(fut::ready(Err(LockError::NoSession)));
         };
         let key = msg.key;
@@ -346,7 +433,7 @@ impl Handler<AcquireLock> for LockManager {
                 Acquired::Busy => return Ok(LockGrant::Busy),
             };
             // A session lost while the call was in flight must not be recorded as holding.
-            if act.session.as_deref() != Some(session.as_str()) {
+            if act.session() != Some(session.as_str()) {
                 return Ok(LockGrant::Busy);
             }
             debug!(lock = %key, session = %session, lock_index, "Acquired lock.");
@@ -376,9 +463,13 @@ impl Handler<ReleaseLock> for LockManager {
         Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
             let _span = act.span.clone().entered();
             match res {
-            Ok(_) => debug!(lock = %key, "Released lock."),
-            // The lock goes with the session at the latest; nothing else to do.
-            Err(e) => warn!(lock = %key, error = %e, "Could not release lock; it goes when the session does."),
+                Ok(_) => debug!(lock = %key, "Released lock."),
+                // The lock goes with the session at the latest; nothing else to do.
+                Err(e) => warn!(
+                    lock = %key,
+                    error = %e,
+                    "Could not release lock; it goes when the session does.",
+                ),
             }
         }))
     }
@@ -396,7 +487,7 @@ impl Handler<GetSession> for LockManager {
     type Result = Option<String>;
 
     fn handle(&mut self, _msg: GetSession, _ctx: &mut Context<Self>) -> Option<String> {
-        self.session.clone()
+        self.session().map(str::to_owned)
     }
 }
 
@@ -404,36 +495,50 @@ impl Handler<GetSessionError> for LockManager {
     type Result = Option<PortError>;
 
     fn handle(&mut self, _msg: GetSessionError, _ctx: &mut Context<Self>) -> Option<PortError> {
-        self.session
-            .is_none()
-            .then(|| self.create_error.clone())
-            .flatten()
+        match &self.state {
+            State::Absent { last_error, .. } | State::Creating { last_error, .. } => {
+                last_error.clone()
+            }
+            _ => None,
+        }
     }
 }
 
 impl Handler<Shutdown> for LockManager {
-    type Result = ResponseActFuture<Self, ()>;
+    /// A plain future, not the actor's: it must complete after the actor has stopped.
+    type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         let _span = self.span.clone().entered();
-        self.shutting_down = true;
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
         for key in std::mem::take(&mut self.held).into_keys() {
             self.metrics.lock_held(&key, false);
         }
-        if self.creating {
-            // Stopping now would drop the create's answer and leave its session behind until
-            // its TTL lapsed; its completion destroys it and answers this.
-            debug!("Shutdown while the session is being created; waiting for it.");
-            let (tx, rx) = oneshot::channel();
-            self.stop_waiters.push(tx);
-            return Box::pin(fut::wrap_future(async move {
-                let _ = rx.await;
-            }));
+        let (tx, rx) = oneshot::channel();
+        match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Creating { .. } => {
+                // Stopping now would drop the create's answer and leave its session behind
+                // until its TTL lapsed; its answer destroys it and answers this.
+                debug!("Shutdown while the session is being created; waiting for it.");
+                self.state = State::StoppingAfterCreate { waiters: vec![tx] };
+            }
+            State::StoppingAfterCreate { mut waiters } => {
+                waiters.push(tx);
+                self.state = State::StoppingAfterCreate { waiters };
+            }
+            State::Live { id, .. } => {
+                ctx.spawn(self.destroy_and_stop(Some(id), vec![tx]));
+            }
+            State::Absent { .. } | State::Stopped => {
+                ctx.spawn(self.destroy_and_stop(None, vec![tx]));
+            }
         }
-        let id = self.session.take();
-        self.destroy_and_stop(id)
+        // Answered once the actor has done all it will; a dropped sender (a restart) means
+        // the same.
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }

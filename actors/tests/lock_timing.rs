@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::ready;
-use rehydrator_actors::lock_manager::{AcquireLock, LockGrant, LockManager, LocksLost, Subscribe};
+use rehydrator_actors::lock_manager::{
+    AcquireLock, GetSession, LockGrant, LockManager, LocksLost, Shutdown, Subscribe,
+};
 use rehydrator_actors::ports::{
     Acquire, Acquired, ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec,
     WatchStream,
@@ -31,6 +33,9 @@ struct Clocked {
     failing_creates: Cell<u32>,
     /// Renewals fail from this one on (0-based), when set.
     renew_fails_from: Cell<Option<usize>>,
+    /// How long a create takes to answer.
+    create_takes: Cell<Duration>,
+    destroyed: RefCell<Vec<String>>,
 }
 
 fn unreachable_consul() -> PortError {
@@ -66,7 +71,14 @@ impl ConsulPort for Clocked {
             self.failing_creates.set(fails - 1);
             return Box::pin(ready(Err(unreachable_consul())));
         }
-        Box::pin(ready(Ok("s-1".to_owned())))
+        let takes = self.create_takes.get();
+        if takes.is_zero() {
+            return Box::pin(ready(Ok("s-1".to_owned())));
+        }
+        Box::pin(async move {
+            tokio::time::sleep(takes).await;
+            Ok("s-1".to_owned())
+        })
     }
     fn session_renew(&self, _: &str) -> PortFuture<bool> {
         let n = {
@@ -79,7 +91,8 @@ impl ConsulPort for Clocked {
             _ => Box::pin(ready(Ok(true))),
         }
     }
-    fn session_destroy(&self, _: &str) -> PortFuture<()> {
+    fn session_destroy(&self, id: &str) -> PortFuture<()> {
+        self.destroyed.borrow_mut().push(id.to_owned());
         Box::pin(ready(Ok(())))
     }
     fn watch(&self, _: &WatchKind) -> Box<dyn WatchStream> {
@@ -199,5 +212,51 @@ async fn locks_are_reported_lost_once_renewals_have_failed_for_a_whole_ttl() {
     assert!(
         since >= TTL && since <= TTL + TTL / 4,
         "lost {since:?} after the last renewal"
+    );
+}
+
+#[actix_rt::test]
+async fn a_shutdown_during_the_create_destroys_the_session_the_create_made() {
+    tokio::time::pause();
+    let consul = Rc::new(Clocked::default());
+    consul.create_takes.set(Duration::from_secs(3));
+    let port: Rc<dyn ConsulPort> = consul.clone();
+    let lm = LockManager::new(port, spec()).start();
+    // The create is in flight once the actor has started and asked for it.
+    assert_eq!(lm.send(GetSession).await.unwrap(), None);
+    assert_eq!(consul.creates.borrow().len(), 1);
+    let asked = Instant::now();
+    lm.send(Shutdown).await.unwrap();
+    // Answered only once the create landed and what it made was destroyed.
+    assert!(
+        asked.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(*consul.destroyed.borrow(), ["s-1"]);
+    assert!(
+        consul.renews.borrow().is_empty(),
+        "no renewal after shutdown"
+    );
+    assert!(!lm.connected(), "stopped");
+}
+
+#[actix_rt::test]
+async fn a_shutdown_with_a_live_session_destroys_it_and_renews_no_more() {
+    tokio::time::pause();
+    let consul = Rc::new(Clocked::default());
+    let port: Rc<dyn ConsulPort> = consul.clone();
+    let lm = LockManager::new(port, spec()).start();
+    tokio::time::sleep(TTL).await;
+    assert_eq!(lm.send(GetSession).await.unwrap().as_deref(), Some("s-1"));
+    let renewed = consul.renews.borrow().len();
+    assert!(renewed >= 1, "renewed while live");
+    lm.send(Shutdown).await.unwrap();
+    assert_eq!(*consul.destroyed.borrow(), ["s-1"]);
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(
+        consul.renews.borrow().len(),
+        renewed,
+        "no renewal after shutdown"
     );
 }
