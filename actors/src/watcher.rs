@@ -39,19 +39,50 @@ pub struct Watcher {
     cloud: Option<Rc<dyn CloudPort>>,
     keys: Keys,
     dispatcher: Recipient<WatchFired>,
+    phase: Phase,
+    metrics: Metrics,
+    /// Every log line of this actor carries `actor` and `watch`.
+    span: tracing::Span,
+}
+
+/// Whether the Watcher watches, and what a watch in progress carries. A restart starts a
+/// fresh `Watching`; a shutdown drops it with its timers.
+enum Phase {
+    Watching(Box<Watching>),
+    Stopped,
+}
+
+/// A watch in progress.
+#[derive(Default)]
+struct Watching {
+    /// The blocking-query (or poll) loop, made at the first read.
     stream: Option<Rc<dyn WatchStream>>,
+    /// What the watch has seen: its baseline and the triggers fired.
     memory: Memory,
     /// Since when and how reads fail, so a failure is logged once when it starts and once
     /// when it changes kind, not once per retry.
     outage: Option<Outage>,
-    /// Debounced fires waiting for quiet, and the timer that sends them.
-    pending: Vec<(Fire, u64)>,
-    debounce_timer: Option<SpawnHandle>,
-    read_handle: Option<SpawnHandle>,
-    stopped: bool,
-    metrics: Metrics,
-    /// Every log line of this actor carries `actor` and `watch`.
-    span: tracing::Span,
+    /// Fires waiting out the debounce quiet time, with the timer that sends them.
+    debounced: Option<Debounced>,
+    /// The read in flight.
+    read: Option<SpawnHandle>,
+}
+
+impl Watching {
+    /// Cancels the read in flight and the debounce timer.
+    fn cancel(&mut self, ctx: &mut Context<Watcher>) {
+        if let Some(h) = self.read.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(d) = self.debounced.take() {
+            ctx.cancel_future(d.timer);
+        }
+    }
+}
+
+struct Debounced {
+    fires: Vec<(Fire, u64)>,
+    timer: SpawnHandle,
 }
 
 /// A run of failed reads.
@@ -75,13 +106,7 @@ impl Watcher {
             consul,
             keys,
             dispatcher,
-            stream: None,
-            memory: Memory::default(),
-            outage: None,
-            pending: Vec::new(),
-            debounce_timer: None,
-            read_handle: None,
-            stopped: false,
+            phase: Phase::Watching(Box::default()),
             cloud: None,
             metrics: Metrics::default(),
         }
@@ -105,10 +130,10 @@ impl Watcher {
 
     /// Issues the next blocking read.
     fn read(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped {
+        let Phase::Watching(w) = &mut self.phase else {
             return;
-        }
-        let stream = match &self.stream {
+        };
+        let stream = match &w.stream {
             Some(s) => s.clone(),
             None => {
                 let s: Rc<dyn WatchStream> = match (&self.spec.kind, &self.cloud) {
@@ -117,15 +142,19 @@ impl Watcher {
                     }
                     (kind, _) => Rc::from(self.consul.watch(kind)),
                 };
-                self.stream = Some(s.clone());
+                w.stream = Some(s.clone());
                 s
             }
         };
         let handle = ctx.spawn(stream.next().into_actor(self).then(|res, act, ctx| {
-            act.read_handle = None;
+            if let Phase::Watching(w) = &mut act.phase {
+                w.read = None;
+            }
             act.on_read(res, ctx)
         }));
-        self.read_handle = Some(handle);
+        if let Phase::Watching(w) = &mut self.phase {
+            w.read = Some(handle);
+        }
     }
 
     fn on_read(
@@ -134,6 +163,9 @@ impl Watcher {
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, ()> {
         let _span = self.span.clone().entered();
+        let Phase::Watching(w) = &mut self.phase else {
+            return Box::pin(fut::ready(()));
+        };
         let read = match res {
             Ok(read) => read,
             // Every failure, an answer that does not decode included, keeps the stream: it
@@ -145,7 +177,7 @@ impl Watcher {
                 return Box::pin(fut::ready(()));
             }
         };
-        if let Some(o) = self.outage.take() {
+        if let Some(o) = w.outage.take() {
             info!(
                 watch = %self.spec.name,
                 down_for = ?o.since.elapsed(),
@@ -153,11 +185,11 @@ impl Watcher {
                 "Consul answers again; watching resumes."
             );
         }
-        let first = !self.memory.has_baseline();
-        let fires = self
+        let first = !w.memory.has_baseline();
+        let fires = w
             .memory
             .observe_as(Naming::of(&self.spec.kind), read.index, &read.payload);
-        if let Some(gap) = self.memory.take_gap() {
+        if let Some(gap) = w.memory.take_gap() {
             let missed = gap.missed();
             warn!(
                 watch = %self.spec.name,
@@ -183,7 +215,10 @@ impl Watcher {
     fn on_error(&mut self, e: &PortError) {
         self.metrics.error("consul", e.label());
         let watch = &self.spec.name;
-        match &mut self.outage {
+        let Phase::Watching(w) = &mut self.phase else {
+            return;
+        };
+        match &mut w.outage {
             Some(o) if o.kind == e.kind => {
                 o.failures += 1;
                 debug!(%watch, error = %e, failures = o.failures, "Still failing.");
@@ -204,7 +239,7 @@ impl Watcher {
             }
             None => {}
         }
-        self.outage = Some(Outage {
+        w.outage = Some(Outage {
             since: tokio::time::Instant::now(),
             kind: e.kind,
             failures: 1,
@@ -247,19 +282,34 @@ impl Watcher {
             return Box::pin(fut::ready(()));
         }
         if let Some(quiet) = self.spec.debounce {
+            let is_event = self.is_event();
+            let Phase::Watching(w) = &mut self.phase else {
+                return Box::pin(fut::ready(()));
+            };
+            let mut waiting = match w.debounced.take() {
+                Some(d) => {
+                    ctx.cancel_future(d.timer);
+                    d.fires
+                }
+                None => Vec::new(),
+            };
             // Events each stay a trigger of their own; other watches keep only the latest state.
-            if !self.is_event() {
-                self.pending.clear();
+            if !is_event {
+                waiting.clear();
             }
-            self.pending.extend(fires.into_iter().map(|f| (f, index)));
-            if let Some(h) = self.debounce_timer.take() {
-                ctx.cancel_future(h);
-            }
-            self.debounce_timer = Some(ctx.run_later(quiet, |act, ctx| {
-                act.debounce_timer = None;
-                let pending = std::mem::take(&mut act.pending);
-                ctx.spawn(act.send_all(pending).map(|_, _, _| ()));
-            }));
+            waiting.extend(fires.into_iter().map(|f| (f, index)));
+            let timer = ctx.run_later(quiet, |act, ctx| {
+                let Phase::Watching(w) = &mut act.phase else {
+                    return;
+                };
+                if let Some(d) = w.debounced.take() {
+                    ctx.spawn(act.send_all(d.fires).map(|_, _, _| ()));
+                }
+            });
+            w.debounced = Some(Debounced {
+                fires: waiting,
+                timer,
+            });
             self.read(ctx);
             return Box::pin(fut::ready(()));
         }
@@ -365,12 +415,11 @@ impl Supervised for Watcher {
     /// A restarted Watcher takes a fresh baseline and fires nothing for it.
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
-        warn!(watch = %self.spec.name, "Watcher restarting from a fresh baseline.");
-        self.stream = None;
-        self.memory = Memory::default();
-        self.pending.clear();
-        self.debounce_timer = None;
-        self.read_handle = None;
+        if let Phase::Watching(_) = self.phase {
+            warn!(watch = %self.spec.name, "Watcher restarting from a fresh baseline.");
+            // The restart dropped the read and the timer; their handles go with the rest.
+            self.phase = Phase::Watching(Box::default());
+        }
     }
 }
 
@@ -381,12 +430,8 @@ impl Handler<Shutdown> for Watcher {
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
-        self.stopped = true;
-        if let Some(h) = self.read_handle.take() {
-            ctx.cancel_future(h);
-        }
-        if let Some(h) = self.debounce_timer.take() {
-            ctx.cancel_future(h);
+        if let Phase::Watching(mut w) = std::mem::replace(&mut self.phase, Phase::Stopped) {
+            w.cancel(ctx);
         }
     }
 }
