@@ -14,7 +14,7 @@ use anyhow::Context;
 use rehydrator::cloud::{Ec2Cloud, EcsCloud, ProcessCloud, SimCloud};
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
-use rehydrator::endpoint::{self, reporter::Reporter};
+use rehydrator::status::endpoint::{self, reporter::Reporter};
 use rehydrator::status::Scope;
 use rehydrator::webhook::AwcWebhook;
 use rehydrator_actors::ports::CloudPort;

@@ -27,6 +27,13 @@ pub struct Snapshot {
     pub now_ms: u64,
 }
 
+impl Snapshot {
+    /// The machines, each paired with its Raft peer (see [`servers`]).
+    pub fn servers(&self) -> Vec<Server<'_>> {
+        servers(&self.machines, &self.health)
+    }
+}
+
 /// The rollout record kept in KV at `rehydrator/<cluster>/rollout`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -267,9 +274,10 @@ impl Server<'_> {
     }
 }
 
-/// Pairs each machine with its peer: by node name where the cloud knows it, else by address.
-pub fn servers(s: &Snapshot) -> Vec<Server<'_>> {
-    s.machines
+/// Pairs each of `machines` with its peer in `health`: by node name where the cloud knows it,
+/// else by address.
+pub fn servers<'a>(machines: &'a [Machine], health: &'a ClusterHealth) -> Vec<Server<'a>> {
+    machines
         .iter()
         .filter(|m| m.state != MachineState::Terminated)
         .map(|m| {
@@ -279,11 +287,11 @@ pub fn servers(s: &Snapshot) -> Vec<Server<'_>> {
             let by_node = m
                 .node
                 .as_deref()
-                .and_then(|n| s.health.servers.iter().find(|p| p.name == n));
+                .and_then(|n| health.servers.iter().find(|p| p.name == n));
             let peer = by_node.or_else(|| {
                 m.address
                     .as_deref()
-                    .and_then(|a| s.health.servers.iter().find(|p| p.ip() == a))
+                    .and_then(|a| health.servers.iter().find(|p| p.ip() == a))
             });
             Server { machine: m, peer }
         })
@@ -382,7 +390,7 @@ fn in_flight(
 /// More servers than desired with no rollout recorded: a record deleted mid-rollout (or a
 /// server added by hand). Nothing retires the extra one until a rollout is recorded again.
 pub fn unrecorded_extra(s: &Snapshot) -> Option<String> {
-    let n = servers(s).len();
+    let n = s.servers().len();
     (s.rollout.is_none() && n > s.desired).then(|| {
         format!(
             "{n} servers where {} are desired and no rollout is recorded (was the record \
@@ -406,7 +414,7 @@ pub fn rebuild(s: &Snapshot, id: String) -> Result<Rollout, String> {
         .ok_or("no image matches the cloud's filter: there is no target to rebuild towards")?;
     let baseline = u32::try_from(s.desired.saturating_sub(1) / 2).unwrap_or(u32::MAX);
     let mut r = Rollout::start(id, &newest.id, s.now_ms, baseline);
-    let servers = servers(s);
+    let servers = s.servers();
     for sv in servers.iter().filter(|sv| sv.machine.image == newest.id) {
         r.record_launch(StepRecord {
             machine: sv.machine.id.clone(),
@@ -425,7 +433,7 @@ pub fn rebuild(s: &Snapshot, id: String) -> Result<Rollout, String> {
 
 /// SpinUp's decision. `requested` says the trigger was a `consul-rehydrate` event.
 pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64) -> Step {
-    let servers = servers(s);
+    let servers = s.servers();
     let active = s.rollout.as_ref().filter(|r| r.is_active());
     let Some(rollout) = active else {
         let Some(newest) = &s.newest_image else {
@@ -503,7 +511,7 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     let Some(rollout) = s.rollout.as_ref().filter(|r| r.is_active()) else {
         return Step::Idle("no rollout".into());
     };
-    let servers = servers(s);
+    let servers = s.servers();
     let target = rollout.target_image.as_str();
     if complete(&servers, target, s.desired) {
         return Step::Complete;
@@ -992,7 +1000,7 @@ mod tests {
         for (i, p) in s.health.servers.iter_mut().enumerate() {
             p.address = format!("10.0.0.{}:8300", i + 1);
         }
-        let paired = servers(&s);
+        let paired = s.servers();
         assert!(paired.iter().all(|sv| sv.peer.is_some()));
         assert_eq!(paired[0].node(), "s1");
     }
@@ -1007,7 +1015,8 @@ mod tests {
         for p in &mut s.health.servers {
             p.address = "127.0.0.1:8300".into();
         }
-        let names: Vec<(String, Option<String>)> = servers(&s)
+        let names: Vec<(String, Option<String>)> = s
+            .servers()
             .iter()
             .map(|sv| (sv.machine.id.clone(), sv.peer.map(|p| p.name.clone())))
             .collect();
@@ -1023,12 +1032,12 @@ mod tests {
         let mut s = three_on_a();
         s.machines[1].node = None;
         s.machines[1].address = Some("s2".into());
-        assert_eq!(servers(&s)[1].peer.map(|p| p.name.as_str()), Some("s2"));
+        assert_eq!(s.servers()[1].peer.map(|p| p.name.as_str()), Some("s2"));
         // A node not yet joined has no peer, even if its address matches another's.
         let mut s = three_on_a();
         s.machines[2].node = Some("s9".into());
         s.machines[2].address = None;
-        assert!(servers(&s)[2].peer.is_none());
+        assert!(s.servers()[2].peer.is_none());
     }
 
     #[test]

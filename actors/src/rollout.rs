@@ -395,7 +395,8 @@ pub async fn run(
             Step::TransferLeadership { from, .. } => {
                 // The servers could not hand over leadership (too old for transfer-leader, or
                 // it did not take): the leader leaves gracefully and the others elect anew.
-                let victim = plan::servers(&s)
+                let victim = s
+                    .servers()
                     .into_iter()
                     .find(|sv| sv.peer.is_some_and(|p| p.id == from))
                     .map(|sv| (sv.machine.id.clone(), sv.node()));

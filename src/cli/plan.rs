@@ -148,7 +148,7 @@ pub fn plan(cluster: &str, s: &Snapshot, config: &RolloutConfig) -> Plan {
     let window = config.windows.state_at(s.now_ms);
     let down = plan::within_window(plan::spin_down(s, timeout), &window);
     decisions.push(decision("spin-down", "any", &down));
-    let servers = plan::servers(s);
+    let servers = s.servers();
     let newest = s.newest_image.as_ref().map(|i| i.id.clone());
     Plan {
         cluster: cluster.into(),

@@ -69,7 +69,7 @@ pub async fn run(args: RepairArgs) -> anyhow::Result<()> {
             "completed"
         },
         rebuilt.launches.len(),
-        plan::servers(&s).len(),
+        s.servers().len(),
         s.desired
     );
     if args.dry_run {

@@ -32,7 +32,7 @@ use access::Access;
 use reporter::{GetMetrics, GetReadiness, GetStatus, Ping, Reporter};
 
 /// The dashboard page, built into the binary: no files to ship, nothing fetched from outside.
-const DASHBOARD: &str = include_str!("dashboard.html");
+const DASHBOARD: &str = include_str!("endpoint/dashboard.html");
 
 /// How long `/healthz` waits for the actor system's thread to answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
