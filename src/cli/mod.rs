@@ -1,3 +1,6 @@
+//! One file per subcommand: `run` (the actor tree), `sim`, `demo`, `check-config`,
+//! `process-cluster`, `healthcheck`, and the operator commands.
+//!
 //! The operator commands: `fire`, `status`, `pause`, `resume`, `plan`, `repair`. Each reads the same
 //! configuration as `run` (`--config FILE`), or without one the consul CLI's environment
 //! (`CONSUL_HTTP_ADDR`, default `http://127.0.0.1:8500`, `CONSUL_HTTP_TOKEN`, ...) and
@@ -9,10 +12,16 @@
 //! 1 a runtime failure (Consul or the cloud unreachable, refusing, or not answering within
 //! `--timeout`, default 5s: a stopped agent accepts connections and never answers).
 
+pub mod check_config;
+pub mod demo;
 pub mod fire;
+pub mod healthcheck;
 pub mod pause;
 pub mod plan;
+pub mod process_cluster;
 pub mod repair;
+pub mod run;
+pub mod sim;
 pub mod status;
 
 use std::path::PathBuf;
@@ -140,7 +149,7 @@ impl Resolved {
     /// (spin-up/spin-down actions) has one.
     pub async fn cloud(&self) -> anyhow::Result<Option<Rc<dyn CloudPort>>> {
         match &self.settings {
-            Some(s) => crate::run::cloud(s).await,
+            Some(s) => run::cloud(s).await,
             None => Ok(None),
         }
     }
@@ -156,7 +165,7 @@ pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
                     e.errors.len()
                 ))
             })?;
-            let consul = crate::run::consul_config(&settings)
+            let consul = run::consul_config(&settings)
                 .map_err(|e| BadInput(format!("{}: {e:#}", path.display())))?;
             (Some(settings), consul)
         }
@@ -226,7 +235,7 @@ where
 /// out of time. The address never carries credentials: `ConsulConfig` keeps the token apart.
 fn who_answers(target: &Target) -> String {
     match resolve(target) {
-        Ok(r) if r.settings.as_ref().is_some_and(crate::run::has_rollout) => {
+        Ok(r) if r.settings.as_ref().is_some_and(run::has_rollout) => {
             format!("Consul at {} or the cloud is", r.consul.address)
         }
         Ok(r) => format!("Consul at {} is", r.consul.address),
@@ -239,6 +248,17 @@ pub fn operator() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    let host = crate::run::hostname().unwrap_or_else(|| "localhost".into());
+    let host = run::hostname().unwrap_or_else(|| "localhost".into());
     format!("{user}@{host}")
+}
+
+/// Exit 0, or 1 printing the error and its causes.
+pub fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

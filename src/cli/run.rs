@@ -6,6 +6,8 @@
 //! ends the process with status 70; ECS restarts the task, and the session's TTL frees its
 //! locks for the other replicas meanwhile.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -27,6 +29,32 @@ pub const PANIC_EXIT: i32 = 70;
 
 /// What the tree's orderly stop may take before the process exits anyway; under ECS's 30s.
 const STOP_BUDGET: Duration = Duration::from_secs(20);
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The TOML configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// This replica's name in sessions, lock values and receipts. Default: host name and PID.
+    #[arg(long, env = "REHYDRATOR_REPLICA")]
+    replica: Option<String>,
+    /// Stop as on SIGTERM when stdin reaches end of file: the demo holds the other end of
+    /// a pipe, so its replicas stop even when the demo itself is SIGKILLed.
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
+}
+
+/// Loads the configuration (exit 2 if it does not), then runs until stopped.
+pub fn main(args: RunArgs) -> ExitCode {
+    let settings = match rehydrator_config::load(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    super::report(run(settings, args.replica, args.stop_on_stdin_eof))
+}
 
 pub fn run(
     settings: Settings,

@@ -27,7 +27,7 @@ pub struct ProcessClusterArgs {
     #[arg(long)]
     stop: bool,
     /// How long to wait for a leader.
-    #[arg(long, default_value = "60s", value_parser = crate::cli::parse_bounded_duration)]
+    #[arg(long, default_value = "60s", value_parser = super::parse_bounded_duration)]
     wait: Duration,
 }
 
