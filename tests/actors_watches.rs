@@ -12,7 +12,7 @@
 //! simulator again, so the no-op is seen on its own and not folded into the next change.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! a rollout), with their exit statuses and without the token.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

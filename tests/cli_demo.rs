@@ -6,7 +6,7 @@
 //! with exit 2 and a message naming it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::demo::{alive, replica_pids};
+use crate::common::demo::{alive, replica_pids};
 
 /// The demo with chaos: ~10 s of rollout plus a ~21 s takeover, on a loaded 2-core machine.
 const DEMO_BOUND: Duration = Duration::from_secs(150);

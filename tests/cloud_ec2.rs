@@ -7,11 +7,13 @@
 //! tests fail saying so rather than pass without testing anything.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::moto::{client, credentials, free_port, launch_template, moto, register, settings};
+use crate::common::moto::{
+    client, credentials, free_port, launch_template, moto, register, settings,
+};
 use rehydrator::cloud::ec2::{Ec2Target, CLUSTER_TAG, TOKEN_TAG};
 use rehydrator::cloud::Ec2Cloud;
 use rehydrator_actors::ports::{CloudPort, ErrorKind, MachineState};

@@ -10,15 +10,15 @@
 //! it. Without it these tests fail saying so rather than pass without testing anything.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_ecs::types::{ContainerInstanceStatus, Task};
-use common::moto::{
+use crate::common::moto::{
     client, credentials, ecs_client, ecs_cluster, ecs_settings, launch_template, moto_ecs,
     recorded, register, register_container_instance, registrar, start_recording, Moto, ECS_CLUSTER,
 };
+use aws_sdk_ecs::types::{ContainerInstanceStatus, Task};
 use rehydrator::cloud::ecs::started_by;
 use rehydrator::cloud::EcsCloud;
 use rehydrator_actors::ports::{CloudPort, ErrorKind, MachineState};

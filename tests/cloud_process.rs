@@ -18,14 +18,14 @@
 //! a second start refused, `--stop`, bad input).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::process_rig::{
+use crate::common::process_rig::{
     catalog_images, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL,
 };
 use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};

@@ -4,7 +4,7 @@
 //! how failures reach the port (rejected, unreachable, server error, undecodable).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -11,14 +11,14 @@
 //! operator runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::moto::free_port;
+use crate::common::moto::free_port;
 use rehydrator::consul::{Client, ConsulConfig, ConsulError};
 
 /// How long an agent may take to serve HTTPS.

@@ -13,8 +13,6 @@
 //! chromium` (scripts/test.sh does it).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -22,11 +20,11 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::demo::{alive, replica_pids};
+use crate::common::endpoint::{scratch, Proc, NEW_IMAGE, OLD_IMAGE};
+use crate::common::{bounded_for, eventually};
 use awc::error::WsProtocolError;
 use awc::ws;
-use common::demo::{alive, replica_pids};
-use common::endpoint::{scratch, Proc, NEW_IMAGE, OLD_IMAGE};
-use common::{bounded_for, eventually};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 

@@ -13,9 +13,9 @@
 //! replica that has logged a job's end ("Job done." / "Job already done.") will not run it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use common::{bounded_for, eventually};
+use crate::common::{bounded_for, eventually};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};

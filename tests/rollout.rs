@@ -9,13 +9,13 @@
 //! scaling its clock, so the replica's session keeps Consul's real TTL rules.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::common::rig::{BOOT, STABILIZATION};
 use base64::Engine;
-use common::rig::{BOOT, STABILIZATION};
 use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::tree::{self, Tree};
 use serde_json::{json, Value};

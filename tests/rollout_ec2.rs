@@ -4,9 +4,9 @@
 //! shared with `tests/rollout_ecs.rs`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
-use common::moto_rollout::{moto_rollout, moto_rollout_with, Backend, Fault, TEST_BOUND};
+use crate::common::moto_rollout::{moto_rollout, moto_rollout_with, Backend, Fault, TEST_BOUND};
 
 #[actix_rt::test]
 async fn three_servers_roll_onto_the_new_ami_through_ec2() {

@@ -6,9 +6,9 @@
 //! machines' tasks stopped and their container instances deregistered.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
-use common::moto_rollout::{moto_rollout, moto_rollout_with, Backend, Fault, TEST_BOUND};
+use crate::common::moto_rollout::{moto_rollout, moto_rollout_with, Backend, Fault, TEST_BOUND};
 
 #[actix_rt::test]
 async fn three_servers_roll_onto_the_new_ami_through_ecs() {

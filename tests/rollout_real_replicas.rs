@@ -14,7 +14,7 @@
 //! runs N+1 agents and three replicas, and two cores hold one such run well, not two.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -22,12 +22,12 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::process_rig::{
+use crate::common::process_rig::{
     catalog_images, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL, STABILIZATION,
 };
-use common::replica::Replica;
-use common::rollout::{LOCK_DELAY_SECS, SESSION_TTL_SECS};
-use common::{bounded_for, eventually};
+use crate::common::replica::Replica;
+use crate::common::rollout::{LOCK_DELAY_SECS, SESSION_TTL_SECS};
+use crate::common::{bounded_for, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rehydrator::consul::{Client, EventFilter, QueryOptions};

@@ -18,17 +18,17 @@
 //! scaling its clock, so sessions keep Consul's real TTL rules.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
-use common::replica::Replica;
-use common::{bounded_for, eventually};
+use crate::common::replica::Replica;
+use crate::common::{bounded_for, eventually};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::rig::{BOOT, STABILIZATION};
 use base64::Engine;
-use common::rig::{BOOT, STABILIZATION};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rehydrator_sim::RunningSim;

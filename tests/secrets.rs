@@ -8,15 +8,15 @@
 //! own token (`status.token_file`) is planted too, and the endpoint read with it and without.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::common::endpoint::{endpoint_url, scratch, spawn_run_at};
+use crate::common::{bounded, eventually};
 use base64::Engine;
-use common::endpoint::{endpoint_url, scratch, spawn_run_at};
-use common::{bounded, eventually};
 
 /// What the test plants; none may appear anywhere.
 const SECRETS: [&str; 7] = [

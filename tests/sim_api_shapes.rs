@@ -3,13 +3,13 @@
 //! with the status code, Content-Type and, on blocking endpoints, the X-Consul-* headers.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use awc::http::Method;
 use serde_json::{json, Value};
 
-use common::shape::assert_fixture;
-use common::target::Target;
+use crate::common::shape::assert_fixture;
+use crate::common::target::Target;
 
 crate::contract_suite!("api-shapes": kv_get_and_keys_have_consuls_shape, sessions_have_consuls_shape, events_have_consuls_shape, catalog_has_consuls_shape, health_has_consuls_shape, agent_has_consuls_shape, status_has_consuls_shape, operator_has_consuls_shape);
 

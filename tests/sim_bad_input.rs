@@ -4,12 +4,12 @@
 //! Expected texts come from Consul's Go source (hashicorp/consul), cited at each test.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use awc::http::Method;
 use rand::Rng;
 
-use common::target::Target;
+use crate::common::target::Target;
 
 crate::contract_suite!("bad-input": session_create_with_malformed_json_is_400, catalog_register_with_malformed_json_is_400, autopilot_config_with_malformed_json_is_400, session_ttl_that_is_not_a_duration_is_500, session_ttl_out_of_range_is_500, bad_wait_is_400, bad_index_is_400, renewing_an_unknown_session_is_404, info_of_an_unknown_session_is_an_empty_list, destroying_an_unknown_session_is_200_true, acquiring_with_an_unknown_session_is_500, wrong_methods_are_405_with_allow);
 

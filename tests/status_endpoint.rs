@@ -8,13 +8,13 @@
 //! named by the log, `/readyz`, `/v1/status` and `rehydrator status`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::endpoint::{Rig, CLUSTER, NEW_IMAGE, OLD_IMAGE, ROLLOUT_BOUND, SERVERS};
-use common::{bounded_for, eventually};
+use crate::common::endpoint::{Rig, CLUSTER, NEW_IMAGE, OLD_IMAGE, ROLLOUT_BOUND, SERVERS};
+use crate::common::{bounded_for, eventually};
 use rehydrator::status::StatusReport;
 use serde_json::Value;
 

@@ -5,7 +5,7 @@
 //! next one opens; and the `schedule` watch moves a waiting rollout once its window opens.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};

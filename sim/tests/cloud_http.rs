@@ -6,9 +6,7 @@
 
 use serde_json::{json, Value};
 
-mod common;
-
-use common::{bounded, start, Api};
+use crate::common::{bounded, start, Api};
 
 fn names_in_raft(cfg: &Value) -> Vec<String> {
     cfg["Servers"]

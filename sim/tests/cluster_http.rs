@@ -5,9 +5,7 @@
 
 use serde_json::json;
 
-mod common;
-
-use common::{bounded, start, Api};
+use crate::common::{bounded, start, Api};
 
 #[actix_rt::test]
 async fn a_rollout_step_by_hand() {

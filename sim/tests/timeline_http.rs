@@ -2,9 +2,9 @@
 //! appear in the order they happened, each once, with the server's image.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use common::Api;
+use crate::common::Api;
 use serde_json::{json, Value};
 
 /// The events of `server` in the timeline, as (event, at).
