@@ -21,7 +21,8 @@ pub struct DevAgent {
 }
 
 impl DevAgent {
-    /// Starts `consul agent -dev` from `bin` and waits until it leads itself.
+    /// Starts `consul agent -dev` from `bin` and waits until it leads itself and its node is
+    /// in the catalog.
     pub async fn start(bin: &Path) -> Self {
         Self::start_with(bin, None).await
     }
@@ -81,12 +82,19 @@ impl DevAgent {
                 let leader: String = serde_json::from_slice(&body).ok()?;
                 (!leader.is_empty()).then_some(())
             };
-            if leader.await.is_some() {
+            // A leader is not enough: until the agent has registered its own node (a few
+            // hundred ms later, more on a busy machine), a session create fails with "Missing
+            // node registration". The agent logs that sync, ACLs or not.
+            if leader.await.is_some()
+                && std::fs::read_to_string(&agent.log)
+                    .is_ok_and(|log| log.contains("agent: Synced node info"))
+            {
                 return agent;
             }
             assert!(
                 started.elapsed() < START_BOUND,
-                "the dev agent ({version}) did not elect itself within {START_BOUND:?}; its log: {}",
+                "the dev agent ({version}) did not elect itself and register its node within \
+                 {START_BOUND:?}; its log: {}",
                 std::fs::read_to_string(&agent.log).unwrap_or_default()
             );
             actix_rt::time::sleep(Duration::from_millis(100)).await;
