@@ -30,18 +30,18 @@ use crate::ports::{ConsulPort, KvEntry, PortError};
 use crate::receipt::{self, Keys, Outcome, Receipt};
 use crate::watermark;
 
-/// Report from a Watcher: `watch` saw a change that triggers `action`.
+/// Report from a Watcher: its watch saw a change that triggers an action. The trigger is what
+/// the job runs with, so the message is the trigger itself.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct WatchFired {
-    pub watch: String,
-    pub action: String,
-    /// What every replica sees the same for this change: an event ID, or the X-Consul-Index.
-    pub trigger_id: String,
-    /// Where the trigger stands among its watch's triggers (see `watch_plan::Fire`).
-    pub position: Option<u64>,
-    pub index: u64,
-    pub payload: serde_json::Value,
+pub struct WatchFired(pub Trigger);
+
+impl std::ops::Deref for WatchFired {
+    type Target = Trigger;
+
+    fn deref(&self) -> &Trigger {
+        &self.0
+    }
 }
 
 /// Query: the queues and what runs, for status and tests.
@@ -459,14 +459,7 @@ impl Handler<WatchFired> for Dispatcher {
         }
         debug!(action = %msg.action, trigger = %msg.trigger_id, watch = %msg.watch, "Queued.");
         slot.queue.push_back(Job {
-            trigger: Trigger {
-                watch: msg.watch,
-                action: msg.action,
-                trigger_id: msg.trigger_id,
-                position: msg.position,
-                index: msg.index,
-                payload: msg.payload,
-            },
+            trigger: msg.0,
             attempts: 0,
             not_before: None,
         });

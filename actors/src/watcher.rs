@@ -12,6 +12,7 @@ use rehydrator_config::WatchKind;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::dispatcher::WatchFired;
+use crate::executor::Trigger;
 use crate::image_watch::ImagePoll;
 use crate::metrics::Metrics;
 use crate::ports::{CloudPort, ConsulPort, ErrorKind, PortError, WatchRead, WatchStream};
@@ -330,14 +331,14 @@ impl Watcher {
                 info!(%watch, trigger = %fire.trigger_id, index, "Watch fired.");
                 metrics.watch_fired(&watch);
                 for action in &actions {
-                    let msg = WatchFired {
+                    let msg = WatchFired(Trigger {
                         watch: watch.clone(),
                         action: action.clone(),
                         trigger_id: fire.trigger_id.clone(),
                         position: fire.position,
                         index,
                         payload: fire.payload.clone(),
-                    };
+                    });
                     if let Err(e) = dispatcher.send(msg).await {
                         warn!(
                             %watch,

@@ -16,7 +16,7 @@ use futures_util::future::{pending, ready};
 use rehydrator_actors::dispatcher::{
     ActionSpec, DispatchSettings, Dispatcher, ExecutorRef, JobEnded, JobResult, Observe, WatchFired,
 };
-use rehydrator_actors::executor::{Abort, ExecError, Run};
+use rehydrator_actors::executor::{Abort, ExecError, Run, Trigger};
 use rehydrator_actors::lock_manager::{AcquireLock, LockError, LockGrant, LocksLost, ReleaseLock};
 use rehydrator_actors::ports::{
     Acquire, Acquired, ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec,
@@ -445,14 +445,14 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
             .unwrap();
 
         dispatcher
-            .send(WatchFired {
+            .send(WatchFired(Trigger {
                 watch: "w".into(),
                 action: "a".into(),
                 trigger_id: "t1".into(),
                 position: None,
                 index: 7,
                 payload: Value::Null,
-            })
+            }))
             .await
             .unwrap();
         assert_eq!(next(&mut seen, "first run").await, Seen::Run("t1".into()));
@@ -603,14 +603,14 @@ async fn the_next_job_under_a_lock_waits_for_the_previous_release_to_land() {
             .unwrap();
         for t in ["t1", "t2"] {
             dispatcher
-                .send(WatchFired {
+                .send(WatchFired(Trigger {
                     watch: "w".into(),
                     action: "a".into(),
                     trigger_id: t.into(),
                     position: None,
                     index: 7,
                     payload: Value::Null,
-                })
+                }))
                 .await
                 .unwrap();
         }

@@ -175,7 +175,7 @@ async fn a_burst_of_events_fires_every_event_once_the_burst_is_quiet() {
         let (at, fire) = fires.recv().await.unwrap();
         let waited = at - start;
         assert!(waited >= ms(700) && waited < ms(710), "{waited:?}");
-        ids.push(fire.trigger_id);
+        ids.push(fire.0.trigger_id);
     }
     assert_eq!(ids, ["e-1", "e-2"], "each event is a trigger of its own");
     tokio::time::sleep(QUIET * 4).await;
