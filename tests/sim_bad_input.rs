@@ -11,7 +11,12 @@ use rand::Rng;
 
 use crate::common::target::Target;
 
-crate::contract_suite!("bad-input": session_create_with_malformed_json_is_400, catalog_register_with_malformed_json_is_400, autopilot_config_with_malformed_json_is_400, session_ttl_that_is_not_a_duration_is_500, session_ttl_out_of_range_is_500, bad_wait_is_400, bad_index_is_400, renewing_an_unknown_session_is_404, info_of_an_unknown_session_is_an_empty_list, destroying_an_unknown_session_is_200_true, acquiring_with_an_unknown_session_is_500, wrong_methods_are_405_with_allow);
+crate::contract_suite!(
+    "bad-input": bad_requests_are_answered_as_consul_answers_them,
+    info_of_an_unknown_session_is_an_empty_list,
+    destroying_an_unknown_session_is_200_true,
+    acquiring_with_an_unknown_session_is_500,
+);
 
 struct Reply {
     what: String,
@@ -137,116 +142,163 @@ fn random_uuid() -> String {
     )
 }
 
-// agent/session_endpoint.go SessionCreate: decodeBody fails ->
-// 400 "Request decode failed: <decoder error>". The decoder's own text is Go's, so only the
-// prefix is compared.
-async fn session_create_with_malformed_json_is_400(t: &Target) {
-    let api = Api::new(t);
-    let r = api
-        .call(
-            Method::PUT,
-            "/v1/session/create",
-            br#"{"Name": "x", "TTL": "#,
-        )
-        .await;
-    r.assert_error_prefix(400, "Request decode failed: ");
-    api.assert_still_serving(&r.what).await;
+/// What Consul answers a bad request with.
+enum Expect {
+    /// This status and exactly this body.
+    Error(u16, String),
+    /// This status and a body starting so (the rest is Go's decoder's own words).
+    Prefix(u16, &'static str),
+    /// This status and this RPC error, prefixed as `Reply::assert_rpc_error` allows.
+    Rpc(u16, String),
+    /// 405 naming the method, with these methods (and OPTIONS) in `Allow`.
+    MethodNotAllowed(&'static [&'static str]),
 }
 
-// agent/catalog_endpoint.go CatalogRegister: decodeBody fails ->
-// 400 "Request decode failed: <decoder error>".
-async fn catalog_register_with_malformed_json_is_400(t: &Target) {
-    let api = Api::new(t);
-    let r = api
-        .call(Method::PUT, "/v1/catalog/register", b"{not json")
-        .await;
-    r.assert_error_prefix(400, "Request decode failed: ");
-    api.assert_still_serving(&r.what).await;
+/// One bad request and Consul's answer to it, with where Consul's source says so.
+struct Case {
+    method: Method,
+    path: String,
+    body: &'static [u8],
+    expect: Expect,
 }
 
-// agent/operator_endpoint.go OperatorAutopilotConfiguration (PUT): decodeBody fails ->
-// 400 "Error parsing autopilot config: <decoder error>".
-async fn autopilot_config_with_malformed_json_is_400(t: &Target) {
-    let api = Api::new(t);
-    let r = api
-        .call(
-            Method::PUT,
-            "/v1/operator/autopilot/configuration",
-            br#"{"CleanupDeadServers": tru"#,
-        )
-        .await;
-    // Before 1.11 a BadRequestError, its text prefixed "Bad request: " (real 1.8.7 says so).
-    let prefix = if t.at_least(1, 11) {
-        "Error parsing autopilot config: "
-    } else {
-        "Bad request: Error parsing autopilot config: "
-    };
-    r.assert_error_prefix(400, prefix);
-    api.assert_still_serving(&r.what).await;
-}
-
-// agent/consul/session_endpoint.go Session.Apply:
-//   fmt.Errorf("Session TTL '%s' invalid: %v", TTL, err) with Go's time.ParseDuration error
-//   `time: invalid duration "abc"`; an RPC error of no special type is a 500 (agent/http.go
-//   handleErr default case).
-async fn session_ttl_that_is_not_a_duration_is_500(t: &Target) {
-    let api = Api::new(t);
-    let r = api
-        .call(Method::PUT, "/v1/session/create", br#"{"TTL": "abc"}"#)
-        .await;
-    r.assert_rpc_error(
-        500,
-        r#"Session TTL 'abc' invalid: time: invalid duration "abc""#,
-    );
-    api.assert_still_serving(&r.what).await;
-}
-
-// agent/consul/session_endpoint.go Session.Apply:
-//   fmt.Errorf("Invalid Session TTL '%d', must be between [%v=%v]", ttl, SessionTTLMin,
-//   SessionTTLMax): the TTL in nanoseconds, the default minimum 10s and structs.SessionTTLMax
-//   24h printed by Go as "24h0m0s". 500 as above.
-async fn session_ttl_out_of_range_is_500(t: &Target) {
-    let api = Api::new(t);
-    let r = api
-        .call(Method::PUT, "/v1/session/create", br#"{"TTL": "5s"}"#)
-        .await;
-    r.assert_rpc_error(
-        500,
-        "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]",
-    );
-    api.assert_still_serving(&r.what).await;
-}
-
-// agent/http.go parseWait: a `wait` time.ParseDuration rejects -> 400 "Invalid wait time".
-async fn bad_wait_is_400(t: &Target) {
-    let api = Api::new(t);
-    let r = api
-        .call(Method::GET, "/v1/kv/x?index=1&wait=abc", b"")
-        .await;
-    r.assert_error(400, "Invalid wait time");
-    api.assert_still_serving(&r.what).await;
-}
-
-// agent/http.go parseWait: an `index` strconv.ParseUint rejects -> 400 "Invalid index".
-async fn bad_index_is_400(t: &Target) {
-    let api = Api::new(t);
-    for path in ["/v1/kv/x?index=abc", "/v1/catalog/nodes?index=abc"] {
-        let r = api.call(Method::GET, path, b"").await;
-        r.assert_error(400, "Invalid index");
-        api.assert_still_serving(&r.what).await;
+fn case(method: Method, path: &str, body: &'static [u8], expect: Expect) -> Case {
+    Case {
+        method,
+        path: path.to_owned(),
+        body,
+        expect,
     }
 }
 
-// agent/session_endpoint.go SessionRenew: no such session ->
-// 404 "Session id '<id>' not found".
-async fn renewing_an_unknown_session_is_404(t: &Target) {
+/// Every bad request whose answer is a status and a message, as `t`'s version words it.
+fn bad_requests(t: &Target) -> Vec<Case> {
+    let unknown = random_uuid();
+    vec![
+        // agent/session_endpoint.go SessionCreate: decodeBody fails -> 400 "Request decode
+        // failed: <decoder error>". The decoder's text is Go's: only the prefix is compared.
+        case(
+            Method::PUT,
+            "/v1/session/create",
+            br#"{"Name": "x", "TTL": "#,
+            Expect::Prefix(400, "Request decode failed: "),
+        ),
+        // agent/catalog_endpoint.go CatalogRegister: the same.
+        case(
+            Method::PUT,
+            "/v1/catalog/register",
+            b"{not json",
+            Expect::Prefix(400, "Request decode failed: "),
+        ),
+        // agent/operator_endpoint.go OperatorAutopilotConfiguration (PUT): decodeBody fails ->
+        // 400 "Error parsing autopilot config: <decoder error>". Before 1.11 a
+        // BadRequestError, its text prefixed "Bad request: " (real 1.8.7 says so).
+        case(
+            Method::PUT,
+            "/v1/operator/autopilot/configuration",
+            br#"{"CleanupDeadServers": tru"#,
+            Expect::Prefix(
+                400,
+                if t.at_least(1, 11) {
+                    "Error parsing autopilot config: "
+                } else {
+                    "Bad request: Error parsing autopilot config: "
+                },
+            ),
+        ),
+        // agent/consul/session_endpoint.go Session.Apply: fmt.Errorf("Session TTL '%s'
+        // invalid: %v", TTL, err) with Go's time.ParseDuration error; an RPC error of no
+        // special type is a 500 (agent/http.go handleErr default case).
+        case(
+            Method::PUT,
+            "/v1/session/create",
+            br#"{"TTL": "abc"}"#,
+            Expect::Rpc(
+                500,
+                r#"Session TTL 'abc' invalid: time: invalid duration "abc""#.into(),
+            ),
+        ),
+        // The same: fmt.Errorf("Invalid Session TTL '%d', must be between [%v=%v]", ttl,
+        // SessionTTLMin, SessionTTLMax): the TTL in nanoseconds, the default minimum 10s and
+        // structs.SessionTTLMax 24h printed by Go as "24h0m0s".
+        case(
+            Method::PUT,
+            "/v1/session/create",
+            br#"{"TTL": "5s"}"#,
+            Expect::Rpc(
+                500,
+                "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]".into(),
+            ),
+        ),
+        // agent/http.go parseWait: a `wait` time.ParseDuration rejects -> 400.
+        case(
+            Method::GET,
+            "/v1/kv/x?index=1&wait=abc",
+            b"",
+            Expect::Error(400, "Invalid wait time".into()),
+        ),
+        // agent/http.go parseWait: an `index` strconv.ParseUint rejects -> 400, on any
+        // blocking endpoint.
+        case(
+            Method::GET,
+            "/v1/kv/x?index=abc",
+            b"",
+            Expect::Error(400, "Invalid index".into()),
+        ),
+        case(
+            Method::GET,
+            "/v1/catalog/nodes?index=abc",
+            b"",
+            Expect::Error(400, "Invalid index".into()),
+        ),
+        // agent/session_endpoint.go SessionRenew: no such session -> 404.
+        case(
+            Method::PUT,
+            &format!("/v1/session/renew/{unknown}"),
+            b"",
+            Expect::Error(404, format!("Session id '{unknown}' not found")),
+        ),
+        // agent/http.go wrap: a method the endpoint was not registered with ->
+        // MethodNotAllowedError{Method, append([]string{"OPTIONS"}, methods...)}: 405, body
+        // "method <M> not allowed", header Allow with the methods joined by ",". Registered
+        // methods (agent/http_register.go): /v1/session/create PUT; /v1/status/leader GET;
+        // /v1/kv/ GET, PUT, DELETE.
+        case(
+            Method::GET,
+            "/v1/session/create",
+            b"",
+            Expect::MethodNotAllowed(&["PUT"]),
+        ),
+        case(
+            Method::DELETE,
+            "/v1/status/leader",
+            b"",
+            Expect::MethodNotAllowed(&["GET"]),
+        ),
+        case(
+            Method::POST,
+            "/v1/kv/x",
+            b"v",
+            Expect::MethodNotAllowed(&["GET", "PUT", "DELETE"]),
+        ),
+    ]
+}
+
+/// Each of `bad_requests` gets Consul's status and message, and the target serves on.
+async fn bad_requests_are_answered_as_consul_answers_them(t: &Target) {
     let api = Api::new(t);
-    let id = random_uuid();
-    let r = api
-        .call(Method::PUT, &format!("/v1/session/renew/{id}"), b"")
-        .await;
-    r.assert_error(404, &format!("Session id '{id}' not found"));
-    api.assert_still_serving(&r.what).await;
+    for c in bad_requests(t) {
+        let r = api.call(c.method.clone(), &c.path, c.body).await;
+        match &c.expect {
+            Expect::Error(status, message) => r.assert_error(*status, message),
+            Expect::Prefix(status, prefix) => r.assert_error_prefix(*status, prefix),
+            Expect::Rpc(status, message) => r.assert_rpc_error(*status, message),
+            Expect::MethodNotAllowed(allowed) => {
+                r.assert_method_not_allowed(c.method.as_str(), allowed)
+            }
+        }
+        api.assert_still_serving(&r.what).await;
+    }
 }
 
 // agent/session_endpoint.go SessionGet: no such session -> 200 with an empty JSON list
@@ -300,26 +352,5 @@ async fn acquiring_with_an_unknown_session_is_500(t: &Target) {
     // Nothing was written.
     let r2 = api.call(Method::GET, "/v1/kv/lock", b"").await;
     assert_eq!(r2.status, 404, "{}: {}", r2.what, r2.body);
-    api.assert_still_serving(&r.what).await;
-}
-
-// agent/http.go wrap: a method the endpoint was not registered with ->
-// MethodNotAllowedError{Method, append([]string{"OPTIONS"}, methods...)}: 405, body
-// "method <M> not allowed", header Allow with the methods joined by ",".
-// Registered methods (agent/http_register.go): /v1/session/create PUT; /v1/status/leader GET;
-// /v1/kv/ GET, PUT, DELETE.
-async fn wrong_methods_are_405_with_allow(t: &Target) {
-    let api = Api::new(t);
-
-    let r = api.call(Method::GET, "/v1/session/create", b"").await;
-    r.assert_method_not_allowed("GET", &["PUT"]);
-    api.assert_still_serving(&r.what).await;
-
-    let r = api.call(Method::DELETE, "/v1/status/leader", b"").await;
-    r.assert_method_not_allowed("DELETE", &["GET"]);
-    api.assert_still_serving(&r.what).await;
-
-    let r = api.call(Method::POST, "/v1/kv/x", b"v").await;
-    r.assert_method_not_allowed("POST", &["GET", "PUT", "DELETE"]);
     api.assert_still_serving(&r.what).await;
 }
