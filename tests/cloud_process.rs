@@ -26,11 +26,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    catalog_images, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL,
+    catalog_images, fire_until_rolling, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL,
 };
 use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};
 use rehydrator::consul::port::ConsulAdapter;
-use rehydrator::consul::{Client, ConsulConfig, EventFilter, QueryOptions, WatchPolicy};
+use rehydrator::consul::{Client, ConsulConfig, QueryOptions, WatchPolicy};
 use rehydrator::webhook::AwcWebhook;
 use rehydrator_actors::plan::RolloutState;
 use rehydrator_actors::ports::{CloudPort, MachineState};
@@ -325,19 +325,7 @@ async fn real_rollout_with(n: usize, kill: Kill, acl: Option<&str>) {
         });
         rig.cloud.register_image("b", wrapper.as_deref()).unwrap();
         let started = Instant::now();
-        // An event fired before the replica's event watch took its baseline is not replayed:
-        // fire until the rollout is recorded.
-        common::eventually("the rollout starting", WAIT_BOUND, || async {
-            if let Some(r) = rollout_record(&client, CLUSTER).await {
-                return Some(r);
-            }
-            let _ = client
-                .event_fire("consul-rehydrate", b"", &EventFilter::default())
-                .await;
-            actix_rt::time::sleep(Duration::from_secs(1)).await;
-            None
-        })
-        .await;
+        fire_until_rolling(&client, CLUSTER, WAIT_BOUND).await;
         let (killed, old_killed) = match kill {
             Kill::Never => (None, None),
             Kill::OldServer => (None, Some(kill_old_server(&rig, &client, &before).await)),

@@ -23,14 +23,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    catalog_images, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL, STABILIZATION,
+    catalog_images, fire_until_rolling, rollout_record, watch_quorum, ProcessRig, Quorum,
+    AGENT_HCL, STABILIZATION,
 };
 use crate::common::replica::Replica;
 use crate::common::rollout::{LOCK_DELAY_SECS, SESSION_TTL_SECS};
 use crate::common::{bounded_for, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rehydrator::consul::{Client, EventFilter, QueryOptions};
+use rehydrator::consul::{Client, QueryOptions};
 use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::ports::CloudPort;
 
@@ -170,18 +171,7 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
         let watcher = watch_quorum(client.clone(), before.clone(), quorum.clone());
         rig.cloud.register_image("b", None).unwrap();
         let started = Instant::now();
-        // An event reaches each agent by gossip; fire until the rollout is recorded.
-        eventually("the rollout starting", WAIT_BOUND, || async {
-            if let Some(r) = rollout_record(&client, CLUSTER).await {
-                return Some(r);
-            }
-            let _ = client
-                .event_fire("consul-rehydrate", b"", &EventFilter::default())
-                .await;
-            actix_rt::time::sleep(Duration::from_secs(1)).await;
-            None
-        })
-        .await;
+        fire_until_rolling(&client, CLUSTER, WAIT_BOUND).await;
 
         // The rollout takes 2N steps (launch, retire, ...): the kill comes after `after` of
         // them, `jitter` later, during whatever step holds the lock then.

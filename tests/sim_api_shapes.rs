@@ -5,33 +5,15 @@
 
 use crate::common;
 
-use awc::http::Method;
 use serde_json::{json, Value};
 
+use crate::common::contract::{Api, Reply};
 use crate::common::shape::assert_fixture;
 use crate::common::target::Target;
 
 crate::contract_suite!("api-shapes": kv_get_and_keys_have_consuls_shape, sessions_have_consuls_shape, events_have_consuls_shape, catalog_has_consuls_shape, health_has_consuls_shape, agent_has_consuls_shape, status_has_consuls_shape, operator_has_consuls_shape);
 
-/// One HTTP exchange's outcome.
-struct Reply {
-    what: String,
-    status: u16,
-    headers: awc::http::header::HeaderMap,
-    body: Vec<u8>,
-}
-
 impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
     /// The body as JSON, after checking a 200 with Consul's JSON Content-Type.
     fn ok_json(&self) -> Value {
         assert_eq!(
@@ -77,48 +59,7 @@ impl Reply {
     }
 }
 
-struct Api {
-    client: awc::Client,
-    base: String,
-}
-
 impl Api {
-    fn new(target: &Target) -> Self {
-        Self {
-            client: awc::Client::default(),
-            base: target.url.clone(),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
-        let what = format!("{method} {path}");
-        let req = self.client.request(method, format!("{}{path}", self.base));
-        let sent = match body {
-            Some(b) => req.send_body(b).await,
-            None => req.send().await,
-        };
-        let mut resp = sent.unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
-        let body = resp
-            .body()
-            .limit(8 << 20)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"));
-        Reply {
-            what,
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            body: body.to_vec(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn put(&self, path: &str, body: &[u8]) -> Reply {
-        self.call(Method::PUT, path, Some(body.to_vec())).await
-    }
-
     async fn put_json(&self, path: &str, body: &Value) -> Reply {
         self.put(path, body.to_string().as_bytes()).await
     }

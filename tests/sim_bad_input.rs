@@ -9,6 +9,7 @@ use crate::common;
 use awc::http::Method;
 use rand::Rng;
 
+use crate::common::contract::{Api, Reply};
 use crate::common::target::Target;
 
 crate::contract_suite!(
@@ -18,23 +19,10 @@ crate::contract_suite!(
     acquiring_with_an_unknown_session_is_500,
 );
 
-struct Reply {
-    what: String,
-    status: u16,
-    headers: awc::http::header::HeaderMap,
-    body: String,
-}
-
 impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
-    }
-
     fn assert_error(&self, status: u16, message: &str) {
         assert_eq!(
-            (self.status, self.body.as_str()),
+            (self.status, self.text().as_str()),
             (status, message),
             "{}: status and body",
             self.what
@@ -49,21 +37,27 @@ impl Reply {
         let once = format!("{prefix}{message}");
         let twice = format!("{prefix}{once}");
         assert!(
-            self.status == status && (self.body == once || self.body == twice),
+            self.status == status && (self.text() == once || self.text() == twice),
             "{}: expected {status} {once:?} (the prefix once or twice), got {} {:?}",
             self.what,
             self.status,
-            self.body
+            self.text()
         );
     }
 
     fn assert_error_prefix(&self, status: u16, prefix: &str) {
-        assert_eq!(self.status, status, "{}: status ({})", self.what, self.body);
+        assert_eq!(
+            self.status,
+            status,
+            "{}: status ({})",
+            self.what,
+            self.text()
+        );
         assert!(
-            self.body.starts_with(prefix),
+            self.text().starts_with(prefix),
             "{}: body {:?} should start with {prefix:?}",
             self.what,
-            self.body
+            self.text()
         );
     }
 
@@ -80,50 +74,19 @@ impl Reply {
     }
 }
 
-struct Api {
-    client: awc::Client,
-    base: String,
-}
-
 impl Api {
-    fn new(target: &Target) -> Self {
-        Self {
-            client: awc::Client::default(),
-            base: target.url.clone(),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: &[u8]) -> Reply {
-        let what = format!("{method} {path}");
-        let req = self.client.request(method, format!("{}{path}", self.base));
-        let sent = if body.is_empty() {
-            req.send().await
-        } else {
-            req.send_body(body.to_vec()).await
-        };
-        let mut resp = sent.unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
-        let bytes = resp
-            .body()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"));
-        Reply {
-            what,
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
     /// The simulator still serves: GET /v1/status/leader answers 200 with a JSON string.
     async fn assert_still_serving(&self, after: &str) {
-        let r = self.call(Method::GET, "/v1/status/leader", b"").await;
+        let r = self.get("/v1/status/leader").await;
         assert_eq!(
-            r.status, 200,
+            r.status,
+            200,
             "after {after}: GET /v1/status/leader answered {} {}",
-            r.status, r.body
+            r.status,
+            r.text()
         );
-        let leader: serde_json::Value = serde_json::from_str(&r.body)
-            .unwrap_or_else(|e| panic!("after {after}: leader is not JSON ({e}): {}", r.body));
+        let leader: serde_json::Value = serde_json::from_str(&r.text())
+            .unwrap_or_else(|e| panic!("after {after}: leader is not JSON ({e}): {}", r.text()));
         assert!(leader.is_string(), "after {after}: leader {leader}");
     }
 }
@@ -288,7 +251,8 @@ fn bad_requests(t: &Target) -> Vec<Case> {
 async fn bad_requests_are_answered_as_consul_answers_them(t: &Target) {
     let api = Api::new(t);
     for c in bad_requests(t) {
-        let r = api.call(c.method.clone(), &c.path, c.body).await;
+        let body = (!c.body.is_empty()).then_some(c.body);
+        let r = api.call(c.method.clone(), &c.path, body).await;
         match &c.expect {
             Expect::Error(status, message) => r.assert_error(*status, message),
             Expect::Prefix(status, prefix) => r.assert_error_prefix(*status, prefix),
@@ -307,14 +271,10 @@ async fn bad_requests_are_answered_as_consul_answers_them(t: &Target) {
 async fn info_of_an_unknown_session_is_an_empty_list(t: &Target) {
     let api = Api::new(t);
     let r = api
-        .call(
-            Method::GET,
-            &format!("/v1/session/info/{}", random_uuid()),
-            b"",
-        )
+        .get(&format!("/v1/session/info/{}", random_uuid()))
         .await;
-    assert_eq!(r.status, 200, "{}: {}", r.what, r.body);
-    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(r.status, 200, "{}: {}", r.what, r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
     assert_eq!(v, serde_json::json!([]), "{}", r.what);
     assert!(
         r.header("x-consul-index").is_some(),
@@ -333,10 +293,10 @@ async fn destroying_an_unknown_session_is_200_true(t: &Target) {
         .call(
             Method::PUT,
             &format!("/v1/session/destroy/{}", random_uuid()),
-            b"",
+            None,
         )
         .await;
-    assert_eq!((r.status, r.body.trim()), (200, "true"), "{}", r.what);
+    assert_eq!((r.status, r.text().trim()), (200, "true"), "{}", r.what);
     api.assert_still_serving(&r.what).await;
 }
 
@@ -345,12 +305,10 @@ async fn destroying_an_unknown_session_is_200_true(t: &Target) {
 async fn acquiring_with_an_unknown_session_is_500(t: &Target) {
     let api = Api::new(t);
     let id = random_uuid();
-    let r = api
-        .call(Method::PUT, &format!("/v1/kv/lock?acquire={id}"), b"x")
-        .await;
+    let r = api.put(&format!("/v1/kv/lock?acquire={id}"), b"x").await;
     r.assert_rpc_error(500, &format!("invalid session \"{id}\""));
     // Nothing was written.
-    let r2 = api.call(Method::GET, "/v1/kv/lock", b"").await;
-    assert_eq!(r2.status, 404, "{}: {}", r2.what, r2.body);
+    let r2 = api.get("/v1/kv/lock").await;
+    assert_eq!(r2.status, 404, "{}: {}", r2.what, r2.text());
     api.assert_still_serving(&r.what).await;
 }

@@ -2,6 +2,7 @@
 //! every async test so a hang fails fast instead of stalling CI.
 #![allow(dead_code)]
 pub mod consul_agent;
+pub mod contract;
 pub mod demo;
 pub mod endpoint;
 pub mod hostile;

@@ -177,6 +177,31 @@ pub async fn rollout_record(
     serde_json::from_slice(&raw).ok()
 }
 
+/// Fires `consul-rehydrate` once a second until `cluster`'s rollout is recorded, within
+/// `limit`; the record. An event reaches each agent by gossip, and one fired before a
+/// replica's event watch took its baseline is not replayed, so one fire may not be enough.
+pub async fn fire_until_rolling(
+    client: &Client,
+    cluster: &str,
+    limit: Duration,
+) -> rehydrator_actors::plan::Rollout {
+    super::eventually("the rollout starting", limit, || async {
+        if let Some(r) = rollout_record(client, cluster).await {
+            return Some(r);
+        }
+        let _ = client
+            .event_fire(
+                "consul-rehydrate",
+                b"",
+                &rehydrator::consul::EventFilter::default(),
+            )
+            .await;
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+        None
+    })
+    .await
+}
+
 /// The servers in the catalog: node name and its `image` node meta.
 pub async fn catalog_images(client: &Client) -> std::collections::HashMap<String, String> {
     client
