@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rehydrator::cloud::process::CLIENT_NODE;
 use rehydrator::cloud::ProcessCloud;
 use rehydrator::consul::{Client, ConsulConfig, QueryOptions};
 use rehydrator_config::CloudSettings;
@@ -120,7 +121,13 @@ fn start(
                 .await
                 .map(|r| r.voters())
                 .unwrap_or(0);
-            if let (Some(leader), true) = (leader, voters == args.servers) {
+            // Until the client agent's first sync registers its node, a session made through
+            // it (the replicas' first call) fails with "Missing node registration".
+            let registered = client
+                .catalog_node(CLIENT_NODE, &QueryOptions::default())
+                .await
+                .is_ok_and(|n| n.value.is_some());
+            if let (Some(leader), true) = (leader, voters == args.servers && registered) {
                 return Some(leader);
             }
             if Instant::now() >= deadline {
@@ -132,7 +139,8 @@ fn start(
     let logs = cloud.data_dir().join("machines");
     let Some(leader) = leader else {
         anyhow::bail!(
-            "no leader with {} voters within {:?}; see the agents' logs in {}",
+            "no leader with {} voters and the client agent registered within {:?}; see the \
+             agents' logs in {}",
             args.servers,
             args.wait,
             logs.display()
