@@ -18,7 +18,22 @@ use rehydrator::consul::*;
 use crate::common::target::Target;
 
 // The destructive checks go last: on real Consul they share one cluster.
-crate::contract_suite!("client": kv_round_trips, blocking_kv_read_wakes_on_write_and_returns_at_wait, watch_state_drives_a_blocking_loop_against_the_simulator, sessions_round_trip, locks_contend_and_destroying_the_holder_releases, txn_acquires_checks_and_reads_in_one_round_trip, txn_answers_and_refusals, events_fire_list_and_wake_a_blocking_list, catalog_and_health_round_trip, agent_self_and_members, raft_status_and_autopilot, leadership_transfers_to_the_chosen_server, unknown_datacenter_is_a_status_error_naming_the_request, raft_peer_removal_by_address);
+crate::contract_suite!(
+    "client": kv_round_trips,
+    blocking_kv_read_wakes_on_write_and_returns_at_wait,
+    watch_state_drives_a_blocking_loop_against_the_simulator,
+    sessions_round_trip,
+    locks_contend_and_destroying_the_holder_releases,
+    txn_acquires_checks_and_reads_in_one_round_trip,
+    txn_answers_and_refusals,
+    events_fire_list_and_wake_a_blocking_list,
+    catalog_and_health_round_trip,
+    agent_self_and_members,
+    raft_status_and_autopilot,
+    leadership_transfers_to_the_chosen_server,
+    unknown_datacenter_is_a_status_error_naming_the_request,
+    raft_peer_removal_by_address,
+);
 
 /// How long gossip (a fired event reaching the agent) or autopilot's first health pass may take.
 const GOSSIP_BOUND: Duration = Duration::from_secs(10);

@@ -643,7 +643,10 @@ fn fire_commands(t: &Yaml) -> Vec<(String, Vec<String>)> {
         let name = name.as_str().unwrap().to_owned();
         for target in r["Properties"]["Targets"].as_sequence().unwrap() {
             assert!(
-                matches!(&target["EcsParameters"]["TaskDefinitionArn"], Yaml::Tagged(t) if t.value == "FireTaskDefinition"),
+                matches!(
+                    &target["EcsParameters"]["TaskDefinitionArn"],
+                    Yaml::Tagged(t) if t.value == "FireTaskDefinition"
+                ),
                 "{name}: the target runs the fire task"
             );
             let input = match &target["InputTransformer"]["InputTemplate"] {

@@ -11,7 +11,16 @@ use crate::common::contract::{Api, Reply};
 use crate::common::shape::assert_fixture;
 use crate::common::target::Target;
 
-crate::contract_suite!("api-shapes": kv_get_and_keys_have_consuls_shape, sessions_have_consuls_shape, events_have_consuls_shape, catalog_has_consuls_shape, health_has_consuls_shape, agent_has_consuls_shape, status_has_consuls_shape, operator_has_consuls_shape);
+crate::contract_suite!(
+    "api-shapes": kv_get_and_keys_have_consuls_shape,
+    sessions_have_consuls_shape,
+    events_have_consuls_shape,
+    catalog_has_consuls_shape,
+    health_has_consuls_shape,
+    agent_has_consuls_shape,
+    status_has_consuls_shape,
+    operator_has_consuls_shape,
+);
 
 impl Reply {
     /// The body as JSON, after checking a 200 with Consul's JSON Content-Type.

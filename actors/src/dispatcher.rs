@@ -293,7 +293,13 @@ impl Dispatcher {
             return;
         };
         let lock = slot.spec.lock.clone();
-        let span = info_span!(parent: &self.span, "job", action = %action, trigger = %job.trigger.trigger_id, attempt = job.attempts + 1);
+        let span = info_span!(
+            parent: &self.span,
+            "job",
+            action = %action,
+            trigger = %job.trigger.trigger_id,
+            attempt = job.attempts + 1,
+        );
         let flow = run_job(
             self.env.clone(),
             slot.spec.executor.clone(),

@@ -914,19 +914,22 @@ mod tests {
         let mut s = three_on_a();
         s.rollout = Some(rollout("B"));
         s.health.healthy = false;
-        assert!(
-            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("unhealthy"))
-        );
+        assert!(matches!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Wait(w) if w.contains("unhealthy")
+        ));
         s.health.healthy = true;
         s.health.failure_tolerance = 0;
-        assert!(
-            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("baseline"))
-        );
+        assert!(matches!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Wait(w) if w.contains("baseline")
+        ));
         s.health.failure_tolerance = 1;
         s.paused = true;
-        assert!(
-            matches!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Wait(w) if w.contains("paused"))
-        );
+        assert!(matches!(
+            spin_up(&s, Mode::Manual, false, TIMEOUT),
+            Step::Wait(w) if w.contains("paused")
+        ));
         add_new(&mut s, "n1", 10, true, true);
         assert!(matches!(spin_down(&s, TIMEOUT), Step::Wait(w) if w.contains("paused")));
     }

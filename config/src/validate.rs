@@ -498,7 +498,10 @@ fn cloud_settings(rc: RawCloud, env: &HashMap<String, String>, errs: &mut Errors
         other => {
             errs.push(
                 "cloud.type",
-                format!("unknown cloud type {other:?} (expected one of \"sim\", \"ec2\", \"ecs\", \"process\")"),
+                format!(
+                    "unknown cloud type {other:?} (expected one of \"sim\", \"ec2\", \"ecs\", \
+                     \"process\")"
+                ),
             );
             CloudSettings::Sim { url: None }
         }
@@ -594,7 +597,11 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
         Some("exec") => match ra.command {
             Some(c) if !c.is_empty() && !c[0].is_empty() => Some(ActionKind::Exec { command: c }),
             _ => {
-                errs.push(format!("{at}.command"), "is required for type \"exec\": the program and its arguments, e.g. [\"/bin/notify\", \"--quiet\"]");
+                errs.push(
+                    format!("{at}.command"),
+                    "is required for type \"exec\": the program and its arguments, e.g. \
+                     [\"/bin/notify\", \"--quiet\"]",
+                );
                 None
             }
         },
@@ -738,7 +745,13 @@ fn watch_settings(
             }
             if let Some(s) = &rw.state {
                 if !["any", "passing", "warning", "critical"].contains(&s.as_str()) {
-                    errs.push(format!("{at}.state"), format!("unknown check state {s:?} (expected one of \"any\", \"passing\", \"warning\", \"critical\")"));
+                    errs.push(
+                        format!("{at}.state"),
+                        format!(
+                            "unknown check state {s:?} (expected one of \"any\", \"passing\", \
+                             \"warning\", \"critical\")"
+                        ),
+                    );
                 }
             }
             Some(WatchKind::Checks {

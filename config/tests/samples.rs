@@ -100,14 +100,16 @@ fn full_sample_is_typed_as_written() {
     assert_eq!(s.watches.len(), 7);
     assert_eq!(s.watches[0].actions, vec!["notify", "webhook"]);
     assert_eq!(s.watches[1].debounce, Some(Duration::from_secs(2)));
-    assert!(
-        matches!(&s.watches[5].kind, WatchKind::Service { passingonly: true, tag, .. } if tag == &["server"])
-    );
+    assert!(matches!(
+        &s.watches[5].kind,
+        WatchKind::Service { passingonly: true, tag, .. } if tag == &["server"]
+    ));
     assert_eq!(s.actions["webhook"].lock, "notify");
     assert_eq!(s.actions["notify"].lock, "notify");
-    assert!(
-        matches!(&s.actions["webhook"].kind, ActionKind::Http { url } if url.expose().starts_with("https://"))
-    );
+    assert!(matches!(
+        &s.actions["webhook"].kind,
+        ActionKind::Http { url } if url.expose().starts_with("https://")
+    ));
 }
 
 #[test]
@@ -177,9 +179,10 @@ fn rollout_sample_shares_the_step_lock_and_ticks() {
     assert_eq!(s.actions["spin-down"].timeout, Duration::from_secs(900));
     assert_eq!(s.rollout.mode, rehydrator_config::RolloutMode::Manual);
     assert_eq!(s.rollout.stable_timeout, Duration::from_secs(600));
-    assert!(
-        matches!(s.watches[2].kind, WatchKind::Schedule { every } if every == Duration::from_secs(30))
-    );
+    assert!(matches!(
+        s.watches[2].kind,
+        WatchKind::Schedule { every } if every == Duration::from_secs(30)
+    ));
 }
 
 #[test]
@@ -338,9 +341,10 @@ fn triggers_sample_types_windows_image_watch_and_notify() {
     assert_eq!((w.start, w.end), (time(2, 0, 0, 0), time(5, 0, 0, 0)));
     assert_eq!(w.time_zone, "Europe/Berlin");
     assert_eq!(s.rollout.windows[1].days, vec![Weekday::Saturday]);
-    assert!(
-        matches!(s.watches[0].kind, WatchKind::Image { interval } if interval == Duration::from_secs(120))
-    );
+    assert!(matches!(
+        s.watches[0].kind,
+        WatchKind::Image { interval } if interval == Duration::from_secs(120)
+    ));
     let request = s.watches.iter().find(|w| w.name == "request").unwrap();
     assert!(request.request, "the request key asks for a rollout");
     assert!(
@@ -382,9 +386,10 @@ fn triggers_sample_types_windows_image_watch_and_notify() {
     std::fs::remove_dir_all(&dir).unwrap();
     let s = s.unwrap();
     assert!(s.notify.token.is_none());
-    assert!(
-        matches!(s.watches[0].kind, WatchKind::Image { interval } if interval == Duration::from_secs(300))
-    );
+    assert!(matches!(
+        s.watches[0].kind,
+        WatchKind::Image { interval } if interval == Duration::from_secs(300)
+    ));
 }
 
 #[test]

@@ -222,7 +222,10 @@ async fn wait_for_stop(stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     };
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received."),
-        r = tokio::signal::ctrl_c() => { r.context("listening for Ctrl-C")?; info!("Interrupt received."); }
+        r = tokio::signal::ctrl_c() => {
+            r.context("listening for Ctrl-C")?;
+            info!("Interrupt received.");
+        }
         () = stdin_closed => info!("Stdin closed: the process that started this replica is gone."),
     }
     Ok(())

@@ -154,7 +154,10 @@ async fn healthz(reporter: web::Data<Addr<Reporter>>) -> HttpResponse {
         ),
         Err(_) => json_response(
             false,
-            json!({"status": "unavailable", "reason": format!("the actor system did not answer within {HEALTH_TIMEOUT:?}")}),
+            json!({
+                "status": "unavailable",
+                "reason": format!("the actor system did not answer within {HEALTH_TIMEOUT:?}"),
+            }),
         ),
     }
 }

@@ -48,7 +48,12 @@ impl Handler<Run> for Http {
         let trigger_id = msg.trigger.trigger_id.clone();
         let (handle, registration) = AbortHandle::new_pair();
         self.running.insert(trigger_id.clone(), handle);
-        let span = tracing::info_span!("http", actor = "http", action = %msg.trigger.action, trigger = %trigger_id);
+        let span = tracing::info_span!(
+            "http",
+            actor = "http",
+            action = %msg.trigger.action,
+            trigger = %trigger_id,
+        );
         let post = self
             .port
             .post_json(self.url.expose(), body, msg.timeout)

@@ -121,6 +121,13 @@ async fn agent_self(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRespons
     only(&req, "GET")?;
     let st = sim.lock();
     let a = &st.cluster.agent;
+    let known_servers = st
+        .cluster
+        .servers
+        .iter()
+        .filter(|s| s.serf == SerfStatus::Alive)
+        .count()
+        .to_string();
     Ok(HttpResponse::Ok().json(json!({
         "Config": {
             "Datacenter": st.config.datacenter,
@@ -137,7 +144,7 @@ async fn agent_self(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpRespons
         "Meta": {"consul-network-segment": "", "consul-version": st.config.consul_version},
         "Stats": {
             "agent": {"check_monitors": "0", "check_ttls": "0", "checks": "0", "services": "0"},
-            "consul": {"known_servers": st.cluster.servers.iter().filter(|s| s.serf == SerfStatus::Alive).count().to_string(), "server": "false"},
+            "consul": {"known_servers": known_servers, "server": "false"},
         },
     })))
 }

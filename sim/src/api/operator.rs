@@ -153,7 +153,11 @@ async fn raft_peer(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpResponse
                 "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove",
             ))
         }
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("Must specify only one of ?id or ?address")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "Must specify only one of ?id or ?address",
+            ))
+        }
         _ => {}
     }
     write_preconditions(&st, &params)?;

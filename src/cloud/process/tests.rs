@@ -389,7 +389,10 @@ fn unknown_images_and_labels_that_are_not_names_are_refused() {
     let rig = Rig::new("refused");
     let err = rig.cloud.launch_now("zzz", "t-1").unwrap_err();
     assert!(
-        matches!(&err, CloudError::Refused { reason, .. } if reason.contains("\"zzz\" is not registered")),
+        matches!(
+            &err,
+            CloudError::Refused { reason, .. } if reason.contains("\"zzz\" is not registered")
+        ),
         "{err:?}"
     );
     assert_eq!(PortError::from(err).kind, ErrorKind::Rejected);
