@@ -26,7 +26,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    catalog_images, fire_until_rolling, rollout_record, watch_quorum, ProcessRig, Quorum, AGENT_HCL,
+    assert_rolled_onto, catalog_images, fire_until_rolling, rollout_record, watch_quorum,
+    ProcessRig, Quorum, AGENT_HCL,
 };
 use rehydrator::cloud::process::{ProcessCloud, ProcessOptions};
 use rehydrator::consul::port::ConsulAdapter;
@@ -402,8 +403,8 @@ async fn real_rollout_with(n: usize, kill: Kill, acl: Option<&str>) {
             println!("killed {victim} (in Raft: {was_in_raft}); recorded: {reason}");
         }
         let machines = rig.cloud.machines().await.unwrap();
-        assert_eq!(machines.len(), n, "{machines:?}");
-        assert!(machines.iter().all(|m| m.image == "b"), "{machines:?}");
+        // The cloud and Consul: n new machines on b, n voters, each with b in its node meta.
+        assert_rolled_onto(&client, &machines, &before, n, "b").await;
         if let Some(wrapper) = &wrapper {
             // Every new server's agent ran from image b's binary.
             let runs = std::fs::read_to_string(rig.dir.join("consul-b.runs")).unwrap_or_default();
@@ -415,30 +416,6 @@ async fn real_rollout_with(n: usize, kill: Kill, acl: Option<&str>) {
                     .filter(|r| r.image == "b")
                     .all(|r| &r.binary == wrapper),
                 "{records:?}"
-            );
-        }
-        assert!(
-            machines.iter().all(|m| !before.contains(&m.id)),
-            "{machines:?}"
-        );
-        // What Consul itself says: n voters, each a new machine whose node meta says b.
-        let raft = client
-            .raft_configuration(&QueryOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(raft.voters(), n, "{raft:?}");
-        assert!(
-            raft.servers
-                .iter()
-                .all(|s| machines.iter().any(|m| m.id == s.node)),
-            "{raft:?}"
-        );
-        let images = catalog_images(&client).await;
-        for m in &machines {
-            assert_eq!(
-                images.get(&m.id).map(String::as_str),
-                Some("b"),
-                "{images:?}"
             );
         }
         assert!(q.polls > 10, "{q:?}");

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    catalog_images, fire_until_rolling, rollout_record, watch_quorum, ProcessRig, Quorum,
+    assert_rolled_onto, fire_until_rolling, rollout_record, watch_quorum, ProcessRig, Quorum,
     AGENT_HCL, STABILIZATION,
 };
 use crate::common::replica::Replica;
@@ -255,25 +255,7 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
 
         // The cloud and Consul: N new machines on b, N voters, each with b in its node meta.
         let machines = rig.cloud.machines().await.unwrap();
-        assert_eq!(machines.len(), n, "{machines:?}");
-        assert!(machines.iter().all(|m| m.image == "b"), "{machines:?}");
-        assert!(
-            machines.iter().all(|m| !before.contains(&m.id)),
-            "{machines:?}"
-        );
-        let raft = client
-            .raft_configuration(&QueryOptions::default())
-            .await
-            .unwrap();
-        assert_eq!(raft.voters(), n, "{raft:?}");
-        let images = catalog_images(&client).await;
-        for m in &machines {
-            assert_eq!(
-                images.get(&m.id).map(String::as_str),
-                Some("b"),
-                "{images:?}"
-            );
-        }
+        assert_rolled_onto(&client, &machines, &before, n, "b").await;
 
         // Polled all along: never fewer than N voters, leaderless only briefly.
         assert!(q.polls > 10, "{q:?}");

@@ -213,6 +213,43 @@ pub async fn fire_until_rolling(
     .await
 }
 
+/// After a rollout onto `image`: `machines` (the cloud's, now) are `n` new ones, none of
+/// `before`, all on `image`; and Consul agrees: `n` voters, each one of those machines, each
+/// with `image` in its node meta.
+pub async fn assert_rolled_onto(
+    client: &Client,
+    machines: &[rehydrator_actors::ports::Machine],
+    before: &[String],
+    n: usize,
+    image: &str,
+) {
+    assert_eq!(machines.len(), n, "{machines:?}");
+    assert!(machines.iter().all(|m| m.image == image), "{machines:?}");
+    assert!(
+        machines.iter().all(|m| !before.contains(&m.id)),
+        "{machines:?}"
+    );
+    let raft = client
+        .raft_configuration(&QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(raft.voters(), n, "{raft:?}");
+    assert!(
+        raft.servers
+            .iter()
+            .all(|s| machines.iter().any(|m| m.id == s.node)),
+        "{raft:?}"
+    );
+    let images = catalog_images(client).await;
+    for m in machines {
+        assert_eq!(
+            images.get(&m.id).map(String::as_str),
+            Some(image),
+            "{images:?}"
+        );
+    }
+}
+
 /// The servers in the catalog: node name and its `image` node meta.
 pub async fn catalog_images(client: &Client) -> std::collections::HashMap<String, String> {
     client
