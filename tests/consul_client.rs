@@ -26,6 +26,7 @@ crate::contract_suite!(
     locks_contend_and_destroying_the_holder_releases,
     txn_acquires_checks_and_reads_in_one_round_trip,
     txn_answers_and_refusals,
+    the_jobs_acquire_names_the_prior_holder,
     events_fire_list_and_wake_a_blocking_list,
     catalog_and_health_round_trip,
     agent_self_and_members,
@@ -693,6 +694,93 @@ async fn txn_acquires_checks_and_reads_in_one_round_trip(t: &Target) {
         "{}",
         t.name
     );
+    assert!(c.session_destroy(&b).await.unwrap());
+}
+
+/// The job's acquire as the LockManager sends it (`ConsulAdapter::kv_acquire`, one txn): held,
+/// with the lock's value from before the acquire: a dead holder's record of the job it held
+/// (its session's release keeps the value), nothing after a clean release (which writes an
+/// empty value); busy while another session holds it; present once the receipt exists.
+async fn the_jobs_acquire_names_the_prior_holder(t: &Target) {
+    use rehydrator::consul::port::ConsulAdapter;
+    use rehydrator_actors::ports::{Acquire, Acquired, ConsulPort as _};
+
+    let c = client_for(&t.url);
+    let port = ConsulAdapter::new(c.clone(), WatchPolicy::default());
+    let (receipt, lock) = ("prior/receipts/a/1", "prior/locks/a");
+    let a = c
+        .session_create(&session("prior-a", Duration::ZERO))
+        .await
+        .unwrap();
+    let b = c
+        .session_create(&session("prior-b", Duration::ZERO))
+        .await
+        .unwrap();
+    // A key the lock's name prefixes: the read of the prior value must not take it for the lock.
+    assert!(c
+        .kv_put("prior/locks/a-2", b"other", &KvPutOptions::default())
+        .await
+        .unwrap());
+    let acquire = |session: &str, value: &[u8]| Acquire {
+        key: lock.into(),
+        value: value.to_vec(),
+        session: session.into(),
+        unless: Some(receipt.into()),
+        read: Some("prior/watermarks/a".into()),
+    };
+
+    let first = port.kv_acquire(&acquire(&a, b"job-1 by a")).await.unwrap();
+    assert!(
+        matches!(
+            &first,
+            Acquired::Held {
+                lock_index: 1,
+                prior: None,
+                ..
+            }
+        ),
+        "{}: {first:?}",
+        t.name
+    );
+    let busy = port.kv_acquire(&acquire(&b, b"job-1 by b")).await.unwrap();
+    assert_eq!(busy, Acquired::Busy, "{}", t.name);
+    // A dies holding it, no receipt written: B gets the lock, and A's record of the job.
+    assert!(c.session_destroy(&a).await.unwrap());
+    let second = port.kv_acquire(&acquire(&b, b"job-1 by b")).await.unwrap();
+    assert!(
+        matches!(
+            &second,
+            Acquired::Held { lock_index: 2, prior: Some(v), .. } if v == b"job-1 by a"
+        ),
+        "{}: {second:?}",
+        t.name
+    );
+    // B lets go cleanly: the next holder finds an empty value, no job named.
+    assert!(port.kv_release(lock, &b).await.unwrap());
+    let a2 = c
+        .session_create(&session("prior-a2", Duration::ZERO))
+        .await
+        .unwrap();
+    let third = port
+        .kv_acquire(&acquire(&a2, b"job-1 by a2"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &third,
+            Acquired::Held { lock_index: 3, prior: Some(v), .. } if v.is_empty()
+        ),
+        "{}: {third:?}",
+        t.name
+    );
+    // The receipt written: the job is done, whoever asks.
+    assert!(c
+        .kv_put(receipt, b"done", &KvPutOptions::default())
+        .await
+        .unwrap());
+    let done = port.kv_acquire(&acquire(&b, b"job-1 by b")).await.unwrap();
+    assert_eq!(done, Acquired::Present, "{}", t.name);
+    assert!(c.session_destroy(&a2).await.unwrap());
     assert!(c.session_destroy(&b).await.unwrap());
 }
 

@@ -639,8 +639,19 @@ async fn run_job_inner(
             .map_err(|e| JobEnd::Retry(format!("lock: {e}"), ("lock", e.kind())))?;
         match grant {
             LockGrant::Held {
-                lock_index, read, ..
-            } => break (lock_index, read),
+                lock_index,
+                read,
+                prior,
+                ..
+            } => {
+                // The lock still named this job for another replica, and no receipt exists:
+                // that holder let it go unfinished (it died, or gave up), whether or not we
+                // saw it hold the lock while we waited.
+                holder_had_it |= prior
+                    .as_deref()
+                    .is_some_and(|v| holds_job(v, t) && !held_by(v, &env.replica));
+                break (lock_index, read);
+            }
             LockGrant::Present => {
                 let by = existing_receipt(env, &receipt_key)
                     .await?
@@ -787,6 +798,12 @@ async fn run_job_inner(
 }
 
 /// Whether a lock's value (the holder JSON written on acquire) names `t`'s job.
+/// Whether lock value `value` names `replica` as its holder.
+fn held_by(value: &[u8], replica: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .is_ok_and(|v| v["replica"].as_str() == Some(replica))
+}
+
 fn holds_job(value: &[u8], t: &Trigger) -> bool {
     serde_json::from_slice::<serde_json::Value>(value).is_ok_and(|v| {
         v["action"].as_str() == Some(t.action.as_str())

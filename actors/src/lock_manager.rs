@@ -71,11 +71,13 @@ pub struct Shutdown;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockGrant {
     /// This replica holds it, for the `lock_index`-th acquisition (the fencing token a
-    /// receipt records); `read` is what the prefix asked for held at that moment.
+    /// receipt records); `read` is what the prefix asked for held at that moment; `prior` the
+    /// lock's value just before (see `Acquired::Held`).
     Held {
         session: String,
         lock_index: u64,
         read: Vec<KvEntry>,
+        prior: Option<Vec<u8>>,
     },
     /// `unless` exists: nothing was taken.
     Present,
@@ -427,8 +429,12 @@ impl Handler<AcquireLock> for LockManager {
         });
         Box::pin(fut.into_actor(self).map(move |res, act, _ctx| {
             let _span = act.span.clone().entered();
-            let (lock_index, read) = match res? {
-                Acquired::Held { lock_index, read } => (lock_index, read),
+            let (lock_index, read, prior) = match res? {
+                Acquired::Held {
+                    lock_index,
+                    read,
+                    prior,
+                } => (lock_index, read, prior),
                 Acquired::Present => return Ok(LockGrant::Present),
                 Acquired::Busy => return Ok(LockGrant::Busy),
             };
@@ -443,6 +449,7 @@ impl Handler<AcquireLock> for LockManager {
                 session,
                 lock_index,
                 read,
+                prior,
             })
         }))
     }

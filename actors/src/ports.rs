@@ -104,8 +104,13 @@ pub struct Acquire {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
     /// The session holds the lock, acquired for the `lock_index`-th time; `read` holds the
-    /// entries under the prefix asked for, as of that moment.
-    Held { lock_index: u64, read: Vec<KvEntry> },
+    /// entries under the prefix asked for, as of that moment; `prior` is the lock key's value
+    /// just before (a released or dead holder's record of what it held), if the key existed.
+    Held {
+        lock_index: u64,
+        read: Vec<KvEntry>,
+        prior: Option<Vec<u8>>,
+    },
     /// `unless` exists; nothing was written.
     Present,
     /// Another session holds the lock, or lock-delay keeps it free for now.

@@ -59,6 +59,7 @@ impl ConsulPort for Clocked {
         Box::pin(ready(Ok(Acquired::Held {
             lock_index: 1,
             read: Vec::new(),
+            prior: None,
         })))
     }
     fn kv_release(&self, _: &str, _: &str) -> PortFuture<bool> {

@@ -250,6 +250,7 @@ fn held() -> LockGrant {
         session: "s".into(),
         lock_index: 0,
         read: Vec::new(),
+        prior: None,
     }
 }
 
@@ -261,6 +262,7 @@ fn grant(stub: &Stub, msg: &AcquireLock, session: &str) -> LockGrant {
             return LockGrant::Present;
         }
     }
+    let prior = stub.kv.borrow().get(&msg.key).map(|e| e.value.clone());
     let lock_index = hold(stub, &msg.key, Some(session));
     let read = msg.read.as_deref().map_or_else(Vec::new, |prefix| {
         stub.kv
@@ -274,6 +276,7 @@ fn grant(stub: &Stub, msg: &AcquireLock, session: &str) -> LockGrant {
         session: session.to_owned(),
         lock_index,
         read,
+        prior,
     }
 }
 

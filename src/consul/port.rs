@@ -60,6 +60,11 @@ fn acquire_ops(req: &Acquire) -> Vec<KvTxnOp> {
     if let Some(key) = &req.unless {
         ops.push(KvTxnOp::CheckNotExists { key: key.clone() });
     }
+    // The lock's value before this acquire: who held it last, for what. get-tree, as a get of
+    // a missing key would fail the whole transaction.
+    ops.push(KvTxnOp::GetTree {
+        prefix: req.key.clone(),
+    });
     ops.push(KvTxnOp::Lock {
         key: req.key.clone(),
         value: req.value.clone(),
@@ -74,10 +79,17 @@ fn acquire_ops(req: &Acquire) -> Vec<KvTxnOp> {
     ops
 }
 
-/// A committed acquire: the lock's result (first, as check-not-exists yields none) carries
-/// its LockIndex; the rest is what `read` found.
+/// A committed acquire. Check-not-exists yields nothing; then come the lock key's entries
+/// before the acquire (the key itself, if it existed, and any key under it as a prefix), the
+/// lock's own result with its LockIndex, and what `read` found (under another prefix).
 fn held(req: &Acquire, results: Vec<KvPair>) -> Result<Acquired, PortError> {
+    let at = results.iter().rposition(|p| p.key == req.key);
     let mut results = results.into_iter();
+    let prior: Vec<KvPair> = results.by_ref().take(at.unwrap_or(0)).collect();
+    let prior = prior
+        .into_iter()
+        .find(|p| p.key == req.key)
+        .map(|p| p.value);
     let lock = results.next().filter(|p| p.key == req.key).ok_or_else(|| {
         PortError::new(
             ErrorKind::Decode,
@@ -99,13 +111,15 @@ fn held(req: &Acquire, results: Vec<KvPair>) -> Result<Acquired, PortError> {
     Ok(Acquired::Held {
         lock_index: lock.lock_index,
         read: results.map(entry).collect(),
+        prior,
     })
 }
 
 /// A rolled-back acquire: the receipt exists (whatever else failed), the lock is busy, or
 /// something the job cannot get past (an invalid session, a refused token).
 fn refused(req: &Acquire, errors: &[TxnError]) -> Result<Acquired, PortError> {
-    let lock_op = usize::from(req.unless.is_some());
+    // After the check (if any) and the read of the lock's prior value.
+    let lock_op = usize::from(req.unless.is_some()) + 1;
     if req.unless.is_some()
         && errors
             .iter()
