@@ -27,7 +27,7 @@ use crate::executor::{Abort, ExecError, Run, Trigger};
 use crate::lock_manager::{AcquireLock, LockGrant, LocksLost, ReleaseLock};
 use crate::metrics::Metrics;
 use crate::ports::{ConsulPort, KvEntry, PortError};
-use crate::receipt::{self, Keys, Outcome, Receipt};
+use crate::receipt::{self, Keys, LockValue, Outcome, Receipt};
 use crate::watermark;
 
 /// Report from a Watcher: its watch saw a change that triggers an action. The trigger is what
@@ -612,10 +612,12 @@ async fn run_job_inner(
     // A positioned trigger may have expired: its watermarks are read with the lock.
     let marks_key = t.position.is_some().then(|| env.keys.watermarks(&t.action));
 
-    let holder = serde_json::to_vec(&serde_json::json!({
-        "replica": env.replica, "action": t.action, "trigger_id": t.trigger_id,
-    }))
-    .unwrap_or_default();
+    let holder = LockValue {
+        replica: env.replica.clone(),
+        action: t.action.clone(),
+        trigger_id: t.trigger_id.clone(),
+    }
+    .encode();
     let mut waits = 0u32;
     // Whether another replica held the lock for this very job while we waited (or its dead
     // session left the lock naming it): if we then get the lock and find no receipt, we are
@@ -649,7 +651,8 @@ async fn run_job_inner(
                 // saw it hold the lock while we waited.
                 holder_had_it |= prior
                     .as_deref()
-                    .is_some_and(|v| holds_job(v, t) && !held_by(v, &env.replica));
+                    .and_then(LockValue::decode)
+                    .is_some_and(|h| h.holds(t) && h.replica != env.replica);
                 break (lock_index, read);
             }
             LockGrant::Present => {
@@ -668,7 +671,8 @@ async fn run_job_inner(
         holder_had_it |= current
             .value
             .as_ref()
-            .is_some_and(|e| holds_job(&e.value, t));
+            .and_then(|e| LockValue::decode(&e.value))
+            .is_some_and(|h| h.holds(t));
         if held {
             debug!(lock = %lock_key, "Lock held by another replica; waiting for it to change.");
             env.consul
@@ -798,17 +802,11 @@ async fn run_job_inner(
 }
 
 /// Whether a lock's value (the holder JSON written on acquire) names `t`'s job.
-/// Whether lock value `value` names `replica` as its holder.
-fn held_by(value: &[u8], replica: &str) -> bool {
-    serde_json::from_slice::<serde_json::Value>(value)
-        .is_ok_and(|v| v["replica"].as_str() == Some(replica))
-}
-
-fn holds_job(value: &[u8], t: &Trigger) -> bool {
-    serde_json::from_slice::<serde_json::Value>(value).is_ok_and(|v| {
-        v["action"].as_str() == Some(t.action.as_str())
-            && v["trigger_id"].as_str() == Some(t.trigger_id.as_str())
-    })
+impl LockValue {
+    /// Whether this holder held the lock for `t`'s job.
+    fn holds(&self, t: &Trigger) -> bool {
+        self.action == t.action && self.trigger_id == t.trigger_id
+    }
 }
 
 /// Deletes the oldest receipts of `action` beyond the configured count, after raising the

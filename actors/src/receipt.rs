@@ -19,6 +19,20 @@ impl Keys {
         }
     }
 
+    /// The name of `replica`'s Consul session: `rehydrator <cluster> <replica>`.
+    pub fn session_name(&self, replica: &str) -> String {
+        format!("{} {replica}", self.session_prefix())
+    }
+
+    /// The replica a session named by `session_name` belongs to; None for any other name.
+    pub fn replica_of_session<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(&self.session_prefix())?.strip_prefix(' ')
+    }
+
+    fn session_prefix(&self) -> String {
+        self.root.replacen('/', " ", 1)
+    }
+
     /// `rehydrator/<cluster>/locks/<lock>`
     pub fn lock(&self, lock: &str) -> String {
         format!("{}/locks/{lock}", self.root)
@@ -145,9 +159,52 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A lock's value: which replica holds it, for which job. The Dispatcher writes it as it takes
+/// the lock; status, the demo and a replica taking a job over read it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockValue {
+    pub replica: String,
+    pub action: String,
+    pub trigger_id: String,
+}
+
+impl LockValue {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The holder a lock's value names; None for an empty value (a clean release leaves one)
+    /// or anything else.
+    pub fn decode(value: &[u8]) -> Option<Self> {
+        serde_json::from_slice(value).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_name_gives_back_its_replica_and_only_for_its_cluster() {
+        let k = Keys::new("prod");
+        let name = k.session_name("r-1 (host 7)");
+        assert_eq!(name, "rehydrator prod r-1 (host 7)");
+        assert_eq!(k.replica_of_session(&name), Some("r-1 (host 7)"));
+        assert_eq!(Keys::new("pro").replica_of_session(&name), None);
+        assert_eq!(k.replica_of_session("consul-lock prod r-1"), None);
+    }
+
+    #[test]
+    fn a_lock_value_round_trips_and_an_empty_one_names_nobody() {
+        let v = LockValue {
+            replica: "r1".into(),
+            action: "spin-up".into(),
+            trigger_id: "e-1".into(),
+        };
+        assert_eq!(LockValue::decode(&v.encode()), Some(v));
+        assert_eq!(LockValue::decode(b""), None);
+        assert_eq!(LockValue::decode(b"{\"replica\": \"r1\"}"), None);
+    }
 
     #[test]
     fn keys_follow_the_agreed_layout() {

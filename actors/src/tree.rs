@@ -83,7 +83,7 @@ pub fn rollout_config(settings: &Settings) -> RolloutConfig {
 pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
     let keys = Keys::new(&settings.cluster.name);
     let spec = SessionSpec {
-        name: format!("rehydrator {} {replica}", settings.cluster.name),
+        name: Keys::new(&settings.cluster.name).session_name(replica),
         ttl: settings.lock.session_ttl,
         lock_delay: settings.lock.lock_delay,
     };

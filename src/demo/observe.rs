@@ -294,11 +294,11 @@ impl Probe {
         let Some((value, Some(session))) = self.kv(&key).await? else {
             return Ok(None);
         };
-        let holder: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
+        let holder = rehydrator_actors::receipt::LockValue::decode(&value);
         Ok(Some(LockHolder {
             session,
-            replica: holder["replica"].as_str().unwrap_or("?").to_owned(),
-            action: holder["action"].as_str().unwrap_or("?").to_owned(),
+            replica: holder.as_ref().map_or("?", |h| &h.replica).to_owned(),
+            action: holder.as_ref().map_or("?", |h| &h.action).to_owned(),
         }))
     }
 

@@ -5,8 +5,7 @@ use rehydrator_actors::plan::{self, Rollout, RolloutState};
 use rehydrator_actors::ports::{
     CloudPort, ClusterHealth, ConsulPort, Image, Machine, MachineState,
 };
-use rehydrator_actors::receipt::{now_ms, Keys, Receipt};
-use serde::Deserialize;
+use rehydrator_actors::receipt::{now_ms, Keys, LockValue, Receipt};
 
 use crate::consul::port::ConsulAdapter;
 use crate::consul::{Client, ConsulError, KvPair, QueryOptions, WatchPolicy};
@@ -331,25 +330,16 @@ pub fn parse_pause(value: &[u8]) -> PauseInfo {
     }
 }
 
-/// The holder the Dispatcher writes as the lock's value.
-#[derive(Deserialize)]
-struct Holder {
-    replica: Option<String>,
-    action: Option<String>,
-    trigger_id: Option<String>,
-}
-
 /// One lock key: its holder from the value the Dispatcher wrote and the session's Name/Node.
 pub fn lock_status(cluster: &str, entry: &KvPair, session: Option<(&str, &str)>) -> LockStatus {
     let held = entry.session.is_some();
-    let holder = held
-        .then(|| serde_json::from_slice::<Holder>(&entry.value).ok())
-        .flatten();
-    // The LockManager names sessions `rehydrator <cluster> <replica>`.
-    let prefix = format!("rehydrator {cluster} ");
-    let from_session = session.and_then(|(name, _)| name.strip_prefix(&prefix).map(str::to_owned));
+    let holder = held.then(|| LockValue::decode(&entry.value)).flatten();
+    let keys = Keys::new(cluster);
+    let from_session = session
+        .and_then(|(name, _)| keys.replica_of_session(name))
+        .map(str::to_owned);
     let (replica, action, trigger_id) = match holder {
-        Some(h) => (h.replica.or(from_session), h.action, h.trigger_id),
+        Some(h) => (Some(h.replica), Some(h.action), Some(h.trigger_id)),
         None => (from_session, None, None),
     };
     LockStatus {
