@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rehydrator::cloud::process::CLIENT_NODE;
+use rehydrator::cloud::process;
 use rehydrator::cloud::ProcessCloud;
-use rehydrator::consul::{Client, ConsulConfig, QueryOptions};
+use rehydrator::consul::{Client, ConsulConfig};
 use rehydrator_config::CloudSettings;
 
 #[derive(clap::Args)]
@@ -115,19 +115,7 @@ fn start(
     let deadline = Instant::now() + args.wait;
     let leader = actix_rt::System::new().block_on(async {
         loop {
-            let leader = client.status_leader().await.ok().flatten();
-            let voters = client
-                .raft_configuration(&QueryOptions::default())
-                .await
-                .map(|r| r.voters())
-                .unwrap_or(0);
-            // Until the client agent's first sync registers its node, a session made through
-            // it (the replicas' first call) fails with "Missing node registration".
-            let registered = client
-                .catalog_node(CLIENT_NODE, &QueryOptions::default())
-                .await
-                .is_ok_and(|n| n.value.is_some());
-            if let (Some(leader), true) = (leader, voters == args.servers && registered) {
+            if let Some(leader) = process::ready(&client, args.servers).await {
                 return Some(leader);
             }
             if Instant::now() >= deadline {

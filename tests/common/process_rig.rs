@@ -102,24 +102,10 @@ impl ProcessRig {
                 .expect("a loopback address")
         })
         .expect("a client");
-        // The client agent's own node too: until its first sync registers it, a session made
-        // through it fails with "Missing node registration".
-        let client_node = rehydrator::cloud::process::CLIENT_NODE;
         super::eventually(
             "a leader, every server a voter and the client agent's node registered",
             BOOT_BOUND,
-            || async {
-                let leader = client.status_leader().await.ok().flatten()?;
-                let raft = client
-                    .raft_configuration(&QueryOptions::default())
-                    .await
-                    .ok()?;
-                let node = client
-                    .catalog_node(client_node, &QueryOptions::default())
-                    .await
-                    .ok()?;
-                (raft.voters() == n && node.value.is_some()).then_some(leader)
-            },
+            || rehydrator::cloud::process::ready(&client, n),
         )
         .await;
         client

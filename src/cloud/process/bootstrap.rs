@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// The leader's address once the cluster `client` reaches can serve replicas: a leader,
+/// `servers` voters, and the client agent's own node in the catalog (until its first sync
+/// registers it, a session made through it fails with "Missing node registration").
+pub async fn ready(client: &crate::consul::Client, servers: usize) -> Option<String> {
+    let opts = crate::consul::QueryOptions::default();
+    let leader = client.status_leader().await.ok().flatten()?;
+    let voters = client.raft_configuration(&opts).await.ok()?.voters();
+    let node = client.catalog_node(CLIENT_NODE, &opts).await.ok()?;
+    (voters == servers && node.value.is_some()).then_some(leader)
+}
+
 impl ProcessCloud {
     /// Starts the first `n` servers on `image`, expecting each other (`-bootstrap-expect`).
     /// Refused while any server of this data directory still runs.

@@ -55,6 +55,7 @@ mod tests;
 
 pub use agent::pid_runs;
 pub use args::{client_args, server_args};
+pub use bootstrap::ready;
 pub use ports::{allocate_ports, AgentPorts};
 pub use registry::{create_exclusive, machine_id, write_atomic, Record};
 use {agent::*, args::*, registry::*};
