@@ -171,7 +171,7 @@ async fn cloud_with_target(url: &str, cluster: &str) -> Ec2Cloud {
         client(url),
         Ec2Target {
             cluster: cluster.into(),
-            launch_template: "consul-server".into(),
+            launch: rehydrator_config::Launch::LaunchTemplate("consul-server".into()),
             image_name: "consul-server-*".into(),
             image_owners: vec!["self".into()],
         },

@@ -130,7 +130,11 @@ const IMPLIED: &[(&str, &str)] = &[
 ];
 
 /// The AWS SDKs the backends use: the crate name in the code and the IAM service prefix.
-const SDKS: &[(&str, &str)] = &[("aws-sdk-ec2", "ec2"), ("aws-sdk-ecs", "ecs")];
+const SDKS: &[(&str, &str)] = &[
+    ("aws-sdk-ec2", "ec2"),
+    ("aws-sdk-ecs", "ecs"),
+    ("aws-sdk-autoscaling", "autoscaling"),
+];
 
 /// Every operation of an SDK crate: snake_case method name -> API name, read from the crate's
 /// own sources (`src/operation/<op>.rs` declares `pub struct <Op>;`), so the test knows every
@@ -336,6 +340,8 @@ fn the_task_role_allows_exactly_what_the_code_calls() {
         "ec2:RunInstances",
         "ec2:TerminateInstances",
         "ec2:DescribeImages",
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
     ] {
         assert!(
             called.contains_key(known),
@@ -415,12 +421,30 @@ fn the_task_role_is_scoped_by_the_cluster_tag() {
             "RunInstances outside the launch template: {s:?}"
         );
     }
-    // Tags only as part of RunInstances.
+    // Tags as part of RunInstances, or the token alone on the cluster's own instances (a
+    // group's replacement claimed by a launch): never the cluster tag on another instance.
     for s in with("ec2:CreateTags") {
-        assert_eq!(
-            s["Condition"]["StringEquals"]["ec2:CreateAction"], "RunInstances",
-            "{s:?}"
-        );
+        let at_launch = s["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances";
+        let claim =
+            cluster_ref(&s["Condition"]["StringEquals"]["aws:ResourceTag/rehydrator:cluster"])
+                && strings(&s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"])
+                    == ["rehydrator:token"];
+        assert!(at_launch || claim, "{s:?}");
+    }
+    // The group's calls name the one group.
+    let group = "autoScalingGroupName/${ConsulAutoScalingGroup}";
+    for s in &statements {
+        let acts = strings(&s["Action"]);
+        let steers = acts
+            .iter()
+            .any(|a| a.starts_with("autoscaling:") && !a.contains(":Describe"));
+        if steers {
+            let resource = match &s["Resource"] {
+                Yaml::Tagged(t) if t.tag == "Sub" => t.value.as_str().unwrap_or("").to_owned(),
+                other => panic!("group calls on {other:?}"),
+            };
+            assert!(resource.ends_with(group), "{resource}");
+        }
     }
     // Only the Consul servers' instance role, to EC2, and the Consul task's roles, to ECS.
     let passes = with("iam:PassRole");

@@ -12,6 +12,7 @@ mod cli_check_config;
 mod cli_commands;
 mod cli_demo;
 mod cli_sim;
+mod cloud_asg;
 mod cloud_ec2;
 mod cloud_ecs;
 mod cloud_process;

@@ -60,6 +60,7 @@ pub struct RawCloud {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub launch_template: Option<String>,
+    pub auto_scaling_group: Option<String>,
     pub image_name: Option<String>,
     pub image_owners: Option<Vec<String>>,
     pub ecs_cluster: Option<String>,

@@ -315,7 +315,9 @@ pub struct AwsSettings {
     /// Another endpoint (moto in tests, a VPC endpoint in production).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
-    pub launch_template: String,
+    /// Where new instances come from: a launch template, or an Auto Scaling group.
+    #[serde(flatten)]
+    pub launch: Launch,
     /// Image name filter (DescribeImages `name`), e.g. "consul-server-*".
     pub image_name: String,
     /// Image owners. Default ["self"].
@@ -330,6 +332,17 @@ pub struct AwsSettings {
     /// Default 10m for ecs.
     #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
     pub registration_timeout: Option<Duration>,
+}
+
+/// How the `ec2` and `ecs` backends get a new instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launch {
+    /// RunInstances from this launch template (its name, or its ID `lt-…`).
+    LaunchTemplate(String),
+    /// Through this Auto Scaling group (its name), from the group's own launch template: the
+    /// group launches, and keeps counting, every server.
+    AutoScalingGroup(String),
 }
 
 #[derive(Debug, Clone, Serialize)]

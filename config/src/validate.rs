@@ -432,6 +432,7 @@ fn cloud_settings(rc: RawCloud, env: &HashMap<String, String>, errs: &mut Errors
         "sim" => {
             for (field, set) in [
                 ("launch_template", rc.launch_template.is_some()),
+                ("auto_scaling_group", rc.auto_scaling_group.is_some()),
                 ("image_name", rc.image_name.is_some()),
                 ("ecs_cluster", rc.ecs_cluster.is_some()),
             ] {
@@ -457,8 +458,7 @@ fn cloud_settings(rc: RawCloud, env: &HashMap<String, String>, errs: &mut Errors
         }
         "ec2" | "ecs" => {
             let mut aws = AwsSettings {
-                launch_template: errs
-                    .required("cloud.launch_template", rc.launch_template.as_ref()),
+                launch: launch(rc.launch_template, rc.auto_scaling_group, errs),
                 image_name: errs.required("cloud.image_name", rc.image_name.as_ref()),
                 image_owners: rc.image_owners.unwrap_or_else(|| vec!["self".into()]),
                 region: rc.region,
@@ -508,6 +508,39 @@ fn cloud_settings(rc: RawCloud, env: &HashMap<String, String>, errs: &mut Errors
     }
 }
 
+/// `cloud.launch_template` or `cloud.auto_scaling_group`: exactly one. With a group, the group's
+/// launch template is the one that counts, so a second one named here could only disagree.
+fn launch(template: Option<String>, group: Option<String>, errs: &mut Errors) -> Launch {
+    let named = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    match (named(template), named(group)) {
+        (Some(_), Some(group)) => {
+            errs.push(
+                "cloud.launch_template",
+                "leave it out with cloud.auto_scaling_group: the group's own launch template is \
+                 the one its instances come from",
+            );
+            Launch::AutoScalingGroup(group)
+        }
+        (Some(template), None) => Launch::LaunchTemplate(template),
+        (None, Some(group)) => {
+            if group.len() > 255 || group.chars().any(char::is_control) {
+                errs.push(
+                    "cloud.auto_scaling_group",
+                    "is not a group name (1 to 255 printable characters)",
+                );
+            }
+            Launch::AutoScalingGroup(group)
+        }
+        (None, None) => {
+            errs.push(
+                "cloud.launch_template",
+                "is required unless cloud.auto_scaling_group names the group the servers run in",
+            );
+            Launch::LaunchTemplate(String::new())
+        }
+    }
+}
+
 /// `[cloud] type = "process"`: local consul agents sharing `data_dir`.
 fn process_settings(
     rc: RawCloud,
@@ -518,6 +551,7 @@ fn process_settings(
         ("region", rc.region.is_some()),
         ("endpoint_url", rc.endpoint_url.is_some()),
         ("launch_template", rc.launch_template.is_some()),
+        ("auto_scaling_group", rc.auto_scaling_group.is_some()),
         ("image_name", rc.image_name.is_some()),
         ("image_owners", rc.image_owners.is_some()),
         ("ecs_cluster", rc.ecs_cluster.is_some()),

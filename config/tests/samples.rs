@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rehydrator_config::{load_with_env, ActionKind, CloudSettings, WatchKind};
+use rehydrator_config::{load_with_env, ActionKind, CloudSettings, Launch, WatchKind};
 
 fn samples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
@@ -213,6 +213,57 @@ fn ecs_sample_names_the_cluster_task_and_registration_timeout() {
         panic!("still ecs")
     };
     assert_eq!(aws.registration_timeout, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn the_samples_launch_from_a_template_or_through_a_group() {
+    let s = load_with_env(&sample("ec2.toml"), &no_env()).unwrap();
+    let CloudSettings::Ec2(aws) = &s.cloud else {
+        panic!("ec2.toml is an ec2 cloud: {:?}", s.cloud)
+    };
+    assert_eq!(aws.launch, Launch::LaunchTemplate("consul-server".into()));
+
+    let s = load_with_env(&sample("asg.toml"), &no_env()).unwrap();
+    let CloudSettings::Ec2(aws) = &s.cloud else {
+        panic!("asg.toml is an ec2 cloud: {:?}", s.cloud)
+    };
+    assert_eq!(
+        aws.launch,
+        Launch::AutoScalingGroup("consul-servers".into())
+    );
+    // The effective configuration names the group as written and loads back the same.
+    let shown = s.to_toml();
+    assert!(
+        shown.contains("auto_scaling_group = \"consul-servers\""),
+        "{shown}"
+    );
+    assert!(!shown.contains("launch_template"), "{shown}");
+
+    let path = sample("bad-asg.toml");
+    let err = load_with_env(&path, &no_env()).unwrap_err();
+    let text = err.to_string();
+    let line = format!(
+        "{}: cloud.launch_template: leave it out with cloud.auto_scaling_group",
+        path.display()
+    );
+    assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    assert_eq!(err.errors.len(), 1, "{text}");
+
+    // Neither: the template is what is missing, and the group is named as the other way.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("auto_scaling_group = \"consul-servers\"\n", "")
+        .replace("launch_template = \"consul-server\"\n", "");
+    let dir = std::env::temp_dir().join(format!("rehydrator-config-asg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let neither = dir.join("neither.toml");
+    std::fs::write(&neither, text).unwrap();
+    let err = load_with_env(&neither, &no_env()).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains("cloud.launch_template: is required unless cloud.auto_scaling_group"),
+        "{err}"
+    );
 }
 
 #[test]

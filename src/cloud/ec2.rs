@@ -42,9 +42,10 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use rehydrator_actors::ports::{
     clip, CloudPort, Image, Machine, MachineState, PortFuture, MAX_REASON,
 };
-use rehydrator_config::AwsSettings;
+use rehydrator_config::{AwsSettings, Launch};
 use tracing::Instrument as _;
 
+use super::asg::AutoScalingGroup;
 use super::CloudError;
 
 /// The tag naming the cluster an instance serves.
@@ -77,8 +78,9 @@ const THROTTLING: &[&str] = &[
 pub struct Ec2Target {
     /// `cluster.name`: the value of the `rehydrator:cluster` tag.
     pub cluster: String,
-    /// A launch template's name, or its ID (`lt-…`).
-    pub launch_template: String,
+    /// Where a new instance comes from: RunInstances from a launch template (its name or ID),
+    /// or the Auto Scaling group the servers run in.
+    pub launch: Launch,
     /// DescribeImages' `name` filter (wildcards allowed).
     pub image_name: String,
     /// DescribeImages' owners (`self`, an account ID, `amazon`).
@@ -90,7 +92,7 @@ impl Ec2Target {
     pub fn from_settings(aws: &AwsSettings, cluster: &str) -> Self {
         Self {
             cluster: cluster.to_owned(),
-            launch_template: aws.launch_template.clone(),
+            launch: aws.launch.clone(),
             image_name: aws.image_name.clone(),
             image_owners: aws.image_owners.clone(),
         }
@@ -104,6 +106,9 @@ pub struct Ec2Cloud {
     target: Ec2Target,
     /// For error messages: the endpoint calls go to (the region's, or `endpoint_url`).
     endpoint: String,
+    /// The servers' Auto Scaling group, when `launch` names one: then the group launches,
+    /// lists and retires them.
+    group: Option<AutoScalingGroup>,
 }
 
 impl std::fmt::Debug for Ec2Cloud {
@@ -112,6 +117,7 @@ impl std::fmt::Debug for Ec2Cloud {
         f.debug_struct("Ec2Cloud")
             .field("target", &self.target)
             .field("endpoint", &self.endpoint)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -173,11 +179,30 @@ impl Ec2Cloud {
         credentials: Option<Credentials>,
     ) -> Result<Self, CloudError> {
         let sdk = sdk_config(aws, credentials).await?;
-        Ok(Self::new(
-            aws_sdk_ec2::Client::new(&sdk),
-            Ec2Target::from_settings(aws, cluster),
-            endpoint(aws, &sdk, "ec2"),
-        ))
+        Ok(Self::from_sdk(&sdk, aws, cluster))
+    }
+
+    /// A cloud from a loaded SDK configuration: EC2's client, and the group's when
+    /// `cloud.auto_scaling_group` names one.
+    pub(crate) fn from_sdk(sdk: &aws_config::SdkConfig, aws: &AwsSettings, cluster: &str) -> Self {
+        let target = Ec2Target::from_settings(aws, cluster);
+        let group = match &target.launch {
+            Launch::AutoScalingGroup(name) => Some(AutoScalingGroup::new(
+                aws_sdk_autoscaling::Client::new(sdk),
+                name.clone(),
+                endpoint(aws, sdk, "autoscaling"),
+            )),
+            Launch::LaunchTemplate(_) => None,
+        };
+        let cloud = Self::new(
+            aws_sdk_ec2::Client::new(sdk),
+            target,
+            endpoint(aws, sdk, "ec2"),
+        );
+        match group {
+            Some(g) => cloud.with_group(g),
+            None => cloud,
+        }
     }
 
     /// A cloud over a client the caller configured.
@@ -186,7 +211,32 @@ impl Ec2Cloud {
             client,
             target,
             endpoint,
+            group: None,
         }
+    }
+
+    /// The same cloud working through `group`: it launches, lists and retires the servers.
+    pub fn with_group(mut self, group: AutoScalingGroup) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// The same cloud with its group's waits changed (`AutoScalingGroup::with_waits`).
+    pub fn with_group_waits(
+        mut self,
+        launch_wait: Duration,
+        poll: Duration,
+        claim_after: Duration,
+    ) -> Self {
+        self.group = self
+            .group
+            .map(|g| g.with_waits(launch_wait, poll, claim_after));
+        self
+    }
+
+    /// The group the servers run in, if they run in one.
+    pub fn group(&self) -> Option<&AutoScalingGroup> {
+        self.group.as_ref()
     }
 
     /// The cluster, template and image filter this cloud works with.
@@ -252,6 +302,19 @@ impl Ec2Cloud {
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<Machine>, CloudError> {
+        if let Some(group) = &self.group {
+            let members = group.view().await?.members;
+            let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+            let mut machines = self.by_ids(&ids).await?;
+            // An instance the group is terminating may run on for a while (a lifecycle hook
+            // holds it): it is on its way out all the same.
+            for m in &mut machines {
+                if members.iter().any(|g| g.id == m.id && g.leaving()) {
+                    m.state = MachineState::Stopping;
+                }
+            }
+            return Ok(machines);
+        }
         let request = "DescribeInstances";
         let filters = vec![
             filter(
@@ -289,14 +352,7 @@ impl Ec2Cloud {
         }
         // Any state, terminated included: a step retried after its machine was retired must
         // find that machine rather than launch another.
-        let found = self
-            .instances(
-                vec![filter(&format!("tag:{TOKEN_TAG}"), [token])],
-                "DescribeInstances (token)",
-            )
-            .await?;
-        if let Some(i) = oldest(&found) {
-            let m = machine(i, "DescribeInstances (token)")?;
+        if let Some(m) = self.by_token(token).await? {
             tracing::debug!(
                 machine = %m.id,
                 state = ?m.state,
@@ -305,12 +361,21 @@ impl Ec2Cloud {
             return Ok(m);
         }
 
+        let template_name = match (&self.target.launch, &self.group) {
+            (_, Some(group)) => return group.launch(self, image, token).await,
+            (Launch::LaunchTemplate(t), None) => t,
+            (Launch::AutoScalingGroup(g), None) => {
+                return Err(CloudError::Config {
+                    reason: format!("group {g} named but no Auto Scaling client built"),
+                })
+            }
+        };
         let request = "RunInstances";
         let template = LaunchTemplateSpecification::builder();
-        let template = if self.target.launch_template.starts_with("lt-") {
-            template.launch_template_id(&self.target.launch_template)
+        let template = if template_name.starts_with("lt-") {
+            template.launch_template_id(template_name)
         } else {
-            template.launch_template_name(&self.target.launch_template)
+            template.launch_template_name(template_name)
         }
         .build();
         let tags = TagSpecification::builder()
@@ -343,6 +408,114 @@ impl Ec2Cloud {
         Ok(m)
     }
 
+    /// The machine `token` launched, in any state, terminated included.
+    pub(crate) async fn by_token(&self, token: &str) -> Result<Option<Machine>, CloudError> {
+        let request = "DescribeInstances (token)";
+        let found = self
+            .instances(vec![filter(&format!("tag:{TOKEN_TAG}"), [token])], request)
+            .await?;
+        oldest(&found).map(|i| machine(i, request)).transpose()
+    }
+
+    /// The live machines among `ids` (a group's members), oldest first.
+    pub(crate) async fn by_ids(&self, ids: &[String]) -> Result<Vec<Machine>, CloudError> {
+        let request = "DescribeInstances (group members)";
+        let mut out = Vec::new();
+        // DescribeInstances takes at most 200 values per filter; a server group is far smaller.
+        for chunk in ids.chunks(100) {
+            let filters = vec![filter("instance-id", chunk.iter().map(String::as_str))];
+            for i in self.instances(filters, request).await? {
+                let m = machine(&i, request)?;
+                if m.state != MachineState::Terminated {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
+        Ok(out)
+    }
+
+    /// The image a launch template version boots, and that version's number: `version` is a
+    /// number, `$Latest` or `$Default`.
+    pub(crate) async fn template_version(
+        &self,
+        template_id: &str,
+        version: &str,
+    ) -> Result<TemplateVersion, CloudError> {
+        let request = "DescribeLaunchTemplateVersions";
+        let out = self
+            .client
+            .describe_launch_template_versions()
+            .launch_template_id(template_id)
+            .versions(version)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.endpoint, request, e))?;
+        let v = out
+            .launch_template_versions()
+            .first()
+            .ok_or_else(|| CloudError::Refused {
+                request: request.into(),
+                reason: format!("launch template {template_id} has no version {version:?}"),
+            })?;
+        Ok(TemplateVersion {
+            number: v.version_number().ok_or_else(|| CloudError::Decode {
+                request: request.into(),
+                reason: format!("version {version:?} of {template_id} without a number"),
+            })?,
+            image: v
+                .launch_template_data()
+                .and_then(|d| d.image_id())
+                .unwrap_or_default()
+                .to_owned(),
+            description: v.version_description().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// A new version of the template: `source`'s settings with `image`, described as ours.
+    pub(crate) async fn new_template_version(
+        &self,
+        template_id: &str,
+        source: i64,
+        image: &str,
+        description: &str,
+    ) -> Result<i64, CloudError> {
+        let request = "CreateLaunchTemplateVersion";
+        let out = self
+            .client
+            .create_launch_template_version()
+            .launch_template_id(template_id)
+            .source_version(source.to_string())
+            .version_description(description)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(image)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.endpoint, request, e))?;
+        out.launch_template_version()
+            .and_then(|v| v.version_number())
+            .ok_or_else(|| CloudError::Decode {
+                request: request.into(),
+                reason: "no version number in the answer".into(),
+            })
+    }
+
+    /// Marks `id` as launched by `token`: a server the group launched in a launch's place
+    /// (it replaced the launch's dead instance) becomes that launch's machine.
+    pub(crate) async fn claim(&self, id: &str, token: &str) -> Result<(), CloudError> {
+        self.client
+            .create_tags()
+            .resources(id)
+            .tags(tag(TOKEN_TAG, token))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.endpoint, "CreateTags", e))?;
+        Ok(())
+    }
+
     /// One instance by ID, in any state, if EC2 still shows it.
     pub(crate) async fn find(&self, id: &str) -> Result<Option<Machine>, CloudError> {
         let request = "DescribeInstances (id)";
@@ -353,6 +526,14 @@ impl Ec2Cloud {
     }
 
     pub(crate) async fn terminate(&self, id: &str) -> Result<(), CloudError> {
+        if let Some(group) = &self.group {
+            return group.retire(self, id).await;
+        }
+        self.terminate_instance(id).await
+    }
+
+    /// TerminateInstances on one instance, outside any group.
+    pub(crate) async fn terminate_instance(&self, id: &str) -> Result<(), CloudError> {
         self.client
             .terminate_instances()
             .instance_ids(id)
@@ -401,6 +582,14 @@ impl CloudPort for Ec2Cloud {
         let span = tracing::debug_span!("ec2_cloud", op = "machine", machine = %id);
         Box::pin(async move { Ok(this.find(&id).await?) }.instrument(span))
     }
+}
+
+/// One version of a launch template, as far as a rollout cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TemplateVersion {
+    pub number: i64,
+    pub image: String,
+    pub description: String,
 }
 
 fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {

@@ -66,7 +66,7 @@ use rehydrator_config::AwsSettings;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::ec2::{self, sdk_error, Ec2Cloud, Ec2Target};
+use super::ec2::{self, sdk_error, Ec2Cloud};
 use super::CloudError;
 
 /// `registration_timeout` when the settings give none (the config's default too).
@@ -171,11 +171,7 @@ impl EcsCloud {
     ) -> Result<Self, CloudError> {
         let target = EcsTarget::from_settings(aws)?;
         let sdk = ec2::sdk_config(aws, credentials).await?;
-        let ec2 = Ec2Cloud::new(
-            aws_sdk_ec2::Client::new(&sdk),
-            Ec2Target::from_settings(aws, cluster),
-            ec2::endpoint(aws, &sdk, "ec2"),
-        );
+        let ec2 = Ec2Cloud::from_sdk(&sdk, aws, cluster);
         Ok(Self::new(
             ec2,
             aws_sdk_ecs::Client::new(&sdk),
@@ -819,7 +815,7 @@ mod tests {
         let mut aws = AwsSettings {
             region: None,
             endpoint_url: None,
-            launch_template: "lt".into(),
+            launch: rehydrator_config::Launch::LaunchTemplate("lt".into()),
             image_name: "consul-*".into(),
             image_owners: vec!["self".into()],
             ecs_cluster: Some("consul".into()),

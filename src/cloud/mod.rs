@@ -8,6 +8,7 @@
 //! `CloudError` is the backends' error at this edge; the port sees it as a `PortError` whose
 //! kind tells the executors whether a retry can help.
 
+pub mod asg;
 pub mod consul_version;
 pub mod ec2;
 pub mod ecs;

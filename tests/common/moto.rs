@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData};
 use rehydrator::cloud::ec2::https_client;
-use rehydrator_config::AwsSettings;
+use rehydrator_config::{AwsSettings, Launch};
 
 /// How long moto may take to start answering (it imports a lot of Python).
 const MOTO_START: Duration = Duration::from_secs(30);
@@ -196,7 +196,7 @@ pub fn settings(url: &str) -> AwsSettings {
     AwsSettings {
         region: Some("us-east-1".into()),
         endpoint_url: Some(url.into()),
-        launch_template: "consul-server".into(),
+        launch: Launch::LaunchTemplate("consul-server".into()),
         image_name: "consul-server-*".into(),
         image_owners: vec!["self".into()],
         ecs_cluster: None,
@@ -441,4 +441,95 @@ pub async fn recorded(url: &str) -> Vec<(String, String)> {
             (action, body)
         })
         .collect()
+}
+
+/// The Auto Scaling client, configured as `client` is, on the same moto.
+pub fn asg_client(url: &str) -> aws_sdk_autoscaling::Client {
+    let config = aws_sdk_autoscaling::Config::builder()
+        .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
+        .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))
+        .credentials_provider(credentials())
+        .endpoint_url(url)
+        .http_client(https_client())
+        .timeout_config(test_timeouts())
+        .build();
+    aws_sdk_autoscaling::Client::from_conf(config)
+}
+
+/// The Auto Scaling group `group_settings` names.
+pub const GROUP: &str = "consul-servers";
+
+/// `settings` for servers in the group `GROUP` instead of a bare launch template.
+pub fn group_settings(url: &str) -> AwsSettings {
+    AwsSettings {
+        launch: Launch::AutoScalingGroup(GROUP.into()),
+        ..settings(url)
+    }
+}
+
+/// A group as terraform-aws-consul lays one out: `size` servers from the launch template
+/// `launch_template` made (version `$Default`), across three zones' subnets, min = max =
+/// desired, the cluster tag propagated to the instances. moto launches them at once.
+pub async fn server_group(
+    ec2: &aws_sdk_ec2::Client,
+    asg: &aws_sdk_autoscaling::Client,
+    cluster: &str,
+    size: i32,
+) {
+    use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag};
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .unwrap()
+        .to_owned();
+    let mut subnets = Vec::new();
+    for (i, zone) in ["us-east-1a", "us-east-1b", "us-east-1c"]
+        .iter()
+        .enumerate()
+    {
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(format!("10.0.{i}.0/24"))
+            .availability_zone(*zone)
+            .send()
+            .await
+            .unwrap();
+        subnets.push(
+            subnet
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(GROUP)
+        .launch_template(
+            LaunchTemplateSpecification::builder()
+                .launch_template_name("consul-server")
+                .version("$Default")
+                .build(),
+        )
+        .min_size(size)
+        .max_size(size)
+        .desired_capacity(size)
+        .vpc_zone_identifier(subnets.join(","))
+        .tags(
+            Tag::builder()
+                .resource_id(GROUP)
+                .resource_type("auto-scaling-group")
+                .key(rehydrator::cloud::ec2::CLUSTER_TAG)
+                .value(cluster)
+                .propagate_at_launch(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
 }

@@ -24,8 +24,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::moto::{
-    client, credentials, ecs_client, ecs_cluster, launch_template, moto, moto_ecs, register,
-    registrar, Moto, ECS_CLUSTER, TASK_FAMILY,
+    asg_client, client, credentials, ecs_client, ecs_cluster, launch_template, moto, moto_ecs,
+    register, registrar, server_group, Moto, ECS_CLUSTER, GROUP, TASK_FAMILY,
 };
 use super::rig::send;
 use rehydrator::cloud::ec2::CLUSTER_TAG;
@@ -42,12 +42,14 @@ use serde_json::{json, Value};
 pub enum Backend {
     Ec2,
     Ecs,
+    /// `ec2` with `cloud.auto_scaling_group`: the servers are a group's, seeded by the group.
+    Asg,
 }
 
 impl Backend {
     fn name(self) -> &'static str {
         match self {
-            Backend::Ec2 => "ec2",
+            Backend::Ec2 | Backend::Asg => "ec2",
             Backend::Ecs => "ecs",
         }
     }
@@ -143,8 +145,12 @@ impl Rig {
     }
 
     fn settings(&self, desired: usize) -> Settings {
+        let launch = match self.backend {
+            Backend::Asg => format!("auto_scaling_group = \"{GROUP}\""),
+            Backend::Ec2 | Backend::Ecs => "launch_template = \"consul-server\"".into(),
+        };
         let mut cloud = format!(
-            "type = \"{}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nlaunch_template = \"consul-server\"\nimage_name = \"consul-server-*\"",
+            "type = \"{}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{launch}\nimage_name = \"consul-server-*\"",
             self.backend.name(),
             self.moto.url
         );
@@ -234,7 +240,7 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
 /// A rollout of `n` servers from AMI A to AMI B through `backend` on moto, with `fault`.
 pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     let moto = match backend {
-        Backend::Ec2 => moto(),
+        Backend::Ec2 | Backend::Asg => moto(),
         Backend::Ecs => moto_ecs(),
     };
     let ec2 = client(&moto.url);
@@ -243,7 +249,7 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     let ecs = ecs_client(&moto.url);
     // Kept for the whole test: it stands in for the ECS agent of every instance launched.
     let agent = match backend {
-        Backend::Ec2 => None,
+        Backend::Ec2 | Backend::Asg => None,
         Backend::Ecs => {
             ecs_cluster(&moto.url, &ecs).await;
             Some(registrar(&moto.url, CLUSTER))
@@ -265,10 +271,12 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     let settings = rig.settings(n);
     // The replica's cloud and the bridge's are built as `run` builds it, with test keys.
     let cloud: Rc<dyn CloudPort> = match &settings.cloud {
+        // moto launches a group's instance at once: the group's waits shrink to fit.
         CloudSettings::Ec2(aws) => Rc::new(
             Ec2Cloud::load(aws, CLUSTER, Some(credentials()))
                 .await
-                .unwrap(),
+                .unwrap()
+                .with_group_waits(WAIT_BOUND, ECS_POLL, ECS_POLL * 4),
         ),
         CloudSettings::Ecs(aws) => Rc::new(
             EcsCloud::load(aws, CLUSTER, Some(credentials()))
@@ -278,6 +286,11 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
         ),
         other => panic!("the config names a moto-backed cloud: {other:?}"),
     };
+    if backend == Backend::Asg {
+        // Before the bridge, which lists the group from its first tick.
+        let n = i32::try_from(n).unwrap();
+        server_group(&rig.ec2, &asg_client(&rig.moto.url), CLUSTER, n).await;
+    }
     let errors = Rc::new(RefCell::new(Vec::new()));
     let bridge = bridge(
         cloud.clone(),
@@ -286,10 +299,15 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
         errors.clone(),
     );
 
-    // The cluster's real servers: N instances on A, through moto and the bridge.
+    // The cluster's real servers: N instances on A, through moto and the bridge; a group's
+    // are the group's own, launched when it is made.
     let mut seeds = Vec::new();
-    for i in 0..n {
-        seeds.push(cloud.launch(&ami_a, &format!("seed-{i}")).await.unwrap().id);
+    if backend == Backend::Asg {
+        seeds.extend(cloud.machines().await.unwrap().into_iter().map(|m| m.id));
+    } else {
+        for i in 0..n {
+            seeds.push(cloud.launch(&ami_a, &format!("seed-{i}")).await.unwrap().id);
+        }
     }
     rig.until("the instances becoming voters", || async {
         let servers = rig.servers().await;
@@ -430,6 +448,9 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
         "the bridge failed: {:?}",
         errors.borrow()
     );
+    if backend == Backend::Asg {
+        assert_group_settled(&asg_client(&rig.moto.url), n, &ami_b).await;
+    }
     if backend == Backend::Ecs {
         let live = live.iter().map(|m| m.id.clone()).collect();
         assert_ecs(&ecs, &live, n, victim.as_deref()).await;
@@ -447,6 +468,41 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
 
     bridge.abort();
     tree.shutdown().await;
+}
+
+/// The group after a rollout of `n`: back at its size, its record gone, AZRebalance running
+/// again, launching the new image, and its servers protected from scale-in.
+async fn assert_group_settled(asg: &aws_sdk_autoscaling::Client, n: usize, image: &str) {
+    let out = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(GROUP)
+        .send()
+        .await
+        .unwrap();
+    let g = &out.auto_scaling_groups()[0];
+    let n = i32::try_from(n).unwrap();
+    assert_eq!(
+        (g.min_size(), g.desired_capacity(), g.max_size()),
+        (Some(n), Some(n), Some(n)),
+        "{g:#?}"
+    );
+    let record: Vec<_> = g
+        .tags()
+        .iter()
+        .filter(|t| t.key() != Some(CLUSTER_TAG))
+        .collect();
+    assert!(record.is_empty(), "the record is settled: {record:?}");
+    assert!(g.suspended_processes().is_empty(), "{g:#?}");
+    assert!(
+        g.instances()
+            .iter()
+            .all(|i| i.protected_from_scale_in() == Some(true)),
+        "{g:#?}"
+    );
+    println!(
+        "group {GROUP} settled at {n}, launching {image} from template version {:?}",
+        g.launch_template().and_then(|t| t.version())
+    );
 }
 
 /// What ECS shows after a rollout of `n`: one Consul task per machine ever launched, the live

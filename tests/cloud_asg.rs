@@ -1,0 +1,374 @@
+//! `Ec2Cloud` through an Auto Scaling group (`cloud.auto_scaling_group`), against moto's
+//! server through the real aws-sdk-autoscaling and aws-sdk-ec2 clients: a launch as desired + 1
+//! from a new launch template version, idempotent under a retried or resumed step; a retire as
+//! a terminate in the group with decrement; the group's record (tags) written before each
+//! change and removed after it is undone; MaxSize raised and restored, AZRebalance suspended for
+//! the rollout and resumed once every server is new; the servers protected from scale-in; a
+//! server the group launched in a dead launch's place claimed; and the refusals.
+//!
+//! moto implements none of CompleteLifecycleAction, RecordLifecycleActionHeartbeat or instance
+//! refresh, and places every instance of a group in its first subnet: those are covered
+//! through the simulated group instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::common::moto::{
+    asg_client, client, credentials, group_settings, launch_template, moto, register, server_group,
+    GROUP,
+};
+use aws_sdk_autoscaling::types::{AutoScalingGroup, Tag};
+use rehydrator::cloud::asg::{BASE_TAG, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG, TOKEN_TAG};
+use rehydrator::cloud::Ec2Cloud;
+use rehydrator_actors::ports::{CloudPort, ErrorKind, MachineState};
+
+const CLUSTER: &str = "prod";
+
+/// The cloud as `run` builds it for a group, with waits for moto, which launches at once.
+async fn cloud(url: &str) -> Ec2Cloud {
+    Ec2Cloud::load(&group_settings(url), CLUSTER, Some(credentials()))
+        .await
+        .unwrap()
+        .with_group_waits(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+        )
+}
+
+async fn group(asg: &aws_sdk_autoscaling::Client) -> AutoScalingGroup {
+    asg.describe_auto_scaling_groups()
+        .auto_scaling_group_names(GROUP)
+        .send()
+        .await
+        .unwrap()
+        .auto_scaling_groups()
+        .first()
+        .cloned()
+        .unwrap()
+}
+
+/// The group's tags of rehydrator's record.
+fn record(g: &AutoScalingGroup) -> BTreeMap<String, String> {
+    g.tags()
+        .iter()
+        .filter(|t| {
+            t.key().unwrap().starts_with("rehydrator:") && t.key() != Some("rehydrator:cluster")
+        })
+        .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+        .collect()
+}
+
+fn suspended(g: &AutoScalingGroup) -> Vec<String> {
+    g.suspended_processes()
+        .iter()
+        .map(|p| p.process_name().unwrap().to_owned())
+        .collect()
+}
+
+fn sizes(g: &AutoScalingGroup) -> (i32, i32, i32) {
+    (
+        g.min_size().unwrap(),
+        g.desired_capacity().unwrap(),
+        g.max_size().unwrap(),
+    )
+}
+
+/// The image each live instance of the group runs, by instance ID.
+async fn images(ec2: &aws_sdk_ec2::Client, g: &AutoScalingGroup) -> BTreeMap<String, String> {
+    let ids: Vec<String> = g
+        .instances()
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect();
+    if ids.is_empty() {
+        return BTreeMap::new();
+    }
+    let out = ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+        .map(|i| {
+            (
+                i.instance_id().unwrap().to_owned(),
+                i.image_id().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The group's template versions: (number, image).
+async fn versions(ec2: &aws_sdk_ec2::Client) -> Vec<(i64, String)> {
+    let out = ec2
+        .describe_launch_template_versions()
+        .launch_template_name("consul-server")
+        .send()
+        .await
+        .unwrap();
+    let mut v: Vec<(i64, String)> = out
+        .launch_template_versions()
+        .iter()
+        .map(|v| {
+            (
+                v.version_number().unwrap(),
+                v.launch_template_data()
+                    .and_then(|d| d.image_id())
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[actix_rt::test]
+async fn a_group_rolls_through_itself_and_ends_as_it_began() {
+    common::bounded(async {
+        let moto = moto();
+        let ec2 = client(&moto.url);
+        let asg = asg_client(&moto.url);
+        let ami_a = register(&ec2, "consul-server-a").await;
+        launch_template(&ec2, &ami_a).await;
+        server_group(&ec2, &asg, CLUSTER, 3).await;
+        let ami_b = register(&ec2, "consul-server-b").await;
+        let cloud = cloud(&moto.url).await;
+
+        let before = cloud.machines().await.unwrap();
+        assert_eq!(before.len(), 3, "{before:?}");
+        assert!(before
+            .iter()
+            .all(|m| m.image == ami_a && m.state == MachineState::Running));
+        let g = group(&asg).await;
+        assert!(record(&g).is_empty() && suspended(&g).is_empty());
+        let old: Vec<String> = before.iter().map(|m| m.id.clone()).collect();
+
+        for (step, victim) in old.iter().enumerate() {
+            let token = format!("r1-o{step}-n{step}");
+            let m = cloud.launch(&ami_b, &token).await.unwrap();
+            assert_eq!(m.image, ami_b, "the group launched the new image: {m:?}");
+            assert_eq!(m.token.as_deref(), Some(token.as_str()));
+            // A replica that died before recording the launch retries it: the same machine,
+            // and no second extra instance.
+            let again = cloud.launch(&ami_b, &token).await.unwrap();
+            assert_eq!(again.id, m.id);
+
+            let g = group(&asg).await;
+            assert_eq!(sizes(&g), (3, 4, 4), "desired + 1, max raised for it");
+            assert_eq!(g.instances().len(), 4);
+            let rec = record(&g);
+            assert_eq!(rec.get(BASE_TAG).map(String::as_str), Some("3"), "{rec:?}");
+            assert_eq!(rec.get(MAX_TAG).map(String::as_str), Some("3"), "{rec:?}");
+            assert_eq!(rec.get(TOKEN_TAG), Some(&token), "{rec:?}");
+            assert_eq!(
+                rec.get(PROCESSES_TAG).map(String::as_str),
+                Some("AZRebalance")
+            );
+            assert_eq!(rec.get(TEMPLATE_TAG).map(String::as_str), Some("$Default"));
+            assert_eq!(suspended(&g), ["AZRebalance"]);
+            assert!(
+                g.instances()
+                    .iter()
+                    .all(|i| i.protected_from_scale_in() == Some(true)),
+                "every server protected from scale-in: {:?}",
+                g.instances()
+            );
+            let listed = cloud.machines().await.unwrap();
+            assert_eq!(listed.len(), 4);
+            assert!(listed
+                .iter()
+                .any(|l| l.id == m.id && l.state == MachineState::Running));
+
+            cloud.retire(victim).await.unwrap();
+            // A retried retirement changes nothing: the instance is gone from the group.
+            cloud.retire(victim).await.unwrap();
+            let g = group(&asg).await;
+            assert_eq!(sizes(&g), (3, 3, 3), "back at its size, max restored");
+            assert!(!g
+                .instances()
+                .iter()
+                .any(|i| i.instance_id() == Some(victim)));
+            let rec = record(&g);
+            let last = step == old.len() - 1;
+            assert!(
+                !rec.contains_key(BASE_TAG) && !rec.contains_key(TOKEN_TAG),
+                "{rec:?}"
+            );
+            assert!(!rec.contains_key(MAX_TAG), "{rec:?}");
+            if last {
+                assert!(
+                    rec.is_empty(),
+                    "all settled once every server is new: {rec:?}"
+                );
+                assert!(suspended(&g).is_empty(), "AZRebalance resumed");
+            } else {
+                assert_eq!(suspended(&g), ["AZRebalance"], "suspended between steps");
+                assert!(rec.contains_key(PROCESSES_TAG) && rec.contains_key(TEMPLATE_TAG));
+            }
+        }
+        let g = group(&asg).await;
+        let running = images(&ec2, &g).await;
+        assert_eq!(running.len(), 3);
+        assert!(running.values().all(|i| *i == ami_b), "{running:?}");
+        assert_eq!(
+            versions(&ec2).await,
+            [(1, ami_a.clone()), (2, ami_b.clone())],
+            "one new template version for the whole rollout"
+        );
+        let lt = g.launch_template().unwrap();
+        assert_eq!(
+            lt.version(),
+            Some("2"),
+            "the group launches the new image from now on"
+        );
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_step_resumed_after_a_crash_asks_for_the_same_size() {
+    common::bounded(async {
+        let moto = moto();
+        let ec2 = client(&moto.url);
+        let asg = asg_client(&moto.url);
+        let ami_a = register(&ec2, "consul-server-a").await;
+        launch_template(&ec2, &ami_a).await;
+        server_group(&ec2, &asg, CLUSTER, 3).await;
+        // An operator's own headroom: no raise needed, none recorded.
+        asg.update_auto_scaling_group()
+            .auto_scaling_group_name(GROUP)
+            .max_size(5)
+            .send()
+            .await
+            .unwrap();
+        let ami_b = register(&ec2, "consul-server-b").await;
+        let cloud = cloud(&moto.url).await;
+
+        // A holder died after recording the base and before asking for more: the next one
+        // asks for base + 1 from the record, not desired + 1 from whatever the group says.
+        let tag = |k: &str, v: &str| {
+            Tag::builder()
+                .resource_id(GROUP)
+                .resource_type("auto-scaling-group")
+                .key(k)
+                .value(v)
+                .propagate_at_launch(false)
+                .build()
+        };
+        asg.create_or_update_tags()
+            .tags(tag(BASE_TAG, "3"))
+            .send()
+            .await
+            .unwrap();
+        let m = cloud.launch(&ami_b, "r1-o0-n0").await.unwrap();
+        let g = group(&asg).await;
+        assert_eq!(sizes(&g), (3, 4, 5));
+        assert!(!record(&g).contains_key(MAX_TAG), "max was never raised");
+
+        // The launch's instance died and the group replaced it: the replacement, on the new
+        // image and claimed by no launch, is the next launch's machine, not a reason to ask
+        // for a fifth server.
+        ec2.terminate_instances()
+            .instance_ids(&m.id)
+            .send()
+            .await
+            .unwrap();
+        asg.detach_instances()
+            .auto_scaling_group_name(GROUP)
+            .instance_ids(&m.id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .unwrap();
+        asg.delete_tags()
+            .tags(tag(TOKEN_TAG, ""))
+            .send()
+            .await
+            .unwrap();
+        asg.set_desired_capacity()
+            .auto_scaling_group_name(GROUP)
+            .desired_capacity(4)
+            .send()
+            .await
+            .unwrap();
+        let next = cloud.launch(&ami_b, "r1-o0-n1").await.unwrap();
+        assert_ne!(next.id, m.id);
+        assert_eq!(next.image, ami_b);
+        assert_eq!(next.token.as_deref(), Some("r1-o0-n1"));
+        let g = group(&asg).await;
+        assert_eq!(sizes(&g), (3, 4, 5), "no fifth server");
+        let claimed = ec2
+            .describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name(format!("tag:{TOKEN_TAG}"))
+                    .values("r1-o0-n1")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| i.instance_id().unwrap())
+            .collect();
+        assert_eq!(ids, [next.id.as_str()], "the claim is on the instance");
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_group_that_cannot_be_rolled_is_refused_saying_why() {
+    common::bounded(async {
+        let moto = moto();
+        let ec2 = client(&moto.url);
+        let asg = asg_client(&moto.url);
+        let ami_a = register(&ec2, "consul-server-a").await;
+        let cloud = cloud(&moto.url).await;
+
+        let e = cloud.machines().await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+        assert!(
+            e.message.contains(GROUP) && e.message.contains("cloud.auto_scaling_group"),
+            "{e}"
+        );
+
+        // A launch configuration, not a template: no per-launch image to set.
+        asg.create_launch_configuration()
+            .launch_configuration_name("consul-lc")
+            .image_id(&ami_a)
+            .instance_type("t3.micro")
+            .send()
+            .await
+            .unwrap();
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(GROUP)
+            .launch_configuration_name("consul-lc")
+            .min_size(3)
+            .max_size(3)
+            .desired_capacity(3)
+            .availability_zones("us-east-1a")
+            .send()
+            .await
+            .unwrap();
+        let ami_b = register(&ec2, "consul-server-b").await;
+        let e = cloud.launch(&ami_b, "r1-o0-n0").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+        assert!(e.message.contains("launch configuration"), "{e}");
+        let g = group(&asg).await;
+        assert_eq!(sizes(&g), (3, 3, 3), "nothing changed");
+        assert!(record(&g).is_empty(), "{:?}", record(&g));
+    })
+    .await;
+}
