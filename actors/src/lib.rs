@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod dispatcher;
 pub mod executor;
 pub mod fault;
+pub mod guard;
 pub mod image_watch;
 pub mod lock_manager;
 pub mod metrics;

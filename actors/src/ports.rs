@@ -346,4 +346,47 @@ pub trait CloudPort {
     /// launched machine that `machines` no longer lists, to tell a failed launch from a
     /// listing that lags.
     fn machine(&self, machine_id: &str) -> PortFuture<Option<Machine>>;
+
+    /// The servers an Auto Scaling group's lifecycle hooks of rehydrator's hold in a wait
+    /// state; none where the servers are in no group (the default).
+    fn lifecycle_waits(&self) -> PortFuture<Vec<LifecycleWait>> {
+        Box::pin(futures_util::future::ready(Ok(Vec::new())))
+    }
+
+    /// Lets a held instance go on (CompleteLifecycleAction CONTINUE).
+    fn complete_lifecycle(&self, wait: &LifecycleWait) -> PortFuture<()> {
+        let _ = wait;
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "lifecycle actions",
+        ))))
+    }
+
+    /// Keeps a held instance waiting (RecordLifecycleActionHeartbeat).
+    fn extend_lifecycle(&self, wait: &LifecycleWait) -> PortFuture<()> {
+        let _ = wait;
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "lifecycle actions",
+        ))))
+    }
+}
+
+/// Which lifecycle transition a group holds an instance in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// `Pending:Wait`: launched, not yet in service.
+    Launching,
+    /// `Terminating:Wait`: about to be terminated.
+    Terminating,
+}
+
+/// An instance a group's lifecycle hook holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleWait {
+    /// The machine's ID (the instance).
+    pub machine: String,
+    pub transition: Transition,
+    /// The hook holding it (CompleteLifecycleAction names it).
+    pub hook: String,
+    /// How long the hook waits for a heartbeat or a completion before its default result.
+    pub heartbeat_timeout: Duration,
 }

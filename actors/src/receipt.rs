@@ -43,6 +43,11 @@ impl Keys {
         format!("{}/rollout", self.root)
     }
 
+    /// `rehydrator/<cluster>/guard` — the lifecycle guard's last decision.
+    pub fn guard(&self) -> String {
+        format!("{}/guard", self.root)
+    }
+
     /// `rehydrator/<cluster>/pause` — present: no new rollout steps.
     pub fn pause(&self) -> String {
         format!("{}/pause", self.root)

@@ -13,7 +13,11 @@ use actix::prelude::*;
 use rehydrator_config::{ActionKind, RolloutMode, Settings, WatchKind};
 
 use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, ExecutorRef};
-use crate::executor::{exec::Exec, http::Http, step::StepExecutor};
+use crate::executor::{
+    exec::Exec,
+    http::Http,
+    step::{Duty, StepExecutor},
+};
 use crate::fault::Fail;
 use crate::lock_manager::{self, LockManager, Subscribe};
 use crate::metrics::Metrics;
@@ -125,14 +129,14 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
                         fail,
                     )
                 }
-                ActionKind::SpinUp | ActionKind::SpinDown => {
-                    let which = if a.kind == ActionKind::SpinUp {
-                        Which::SpinUp
-                    } else {
-                        Which::SpinDown
+                ActionKind::SpinUp | ActionKind::SpinDown | ActionKind::LifecycleGuard => {
+                    let duty = match a.kind {
+                        ActionKind::SpinUp => Duty::Step(Which::SpinUp),
+                        ActionKind::SpinDown => Duty::Step(Which::SpinDown),
+                        _ => Duty::Guard,
                     };
                     let (env, m) = (rollout.clone(), metrics.clone());
-                    let addr = Supervisor::start(move |_| StepExecutor::new(which, env, m));
+                    let addr = Supervisor::start(move |_| StepExecutor::new(duty, env, m));
                     let fail = addr.clone().recipient();
                     (
                         ExecutorRef {

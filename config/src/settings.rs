@@ -453,10 +453,14 @@ pub enum ActionKind {
     /// The rollout's retire step: the oldest outdated server, the leader last, if safe.
     #[serde(rename = "spin-down")]
     SpinDown,
+    /// The lifecycle guard: lets an Auto Scaling group's held servers go on only while quorum
+    /// and the baseline failure tolerance hold, the leader last.
+    #[serde(rename = "lifecycle-guard")]
+    LifecycleGuard,
 }
 
 /// The action type names.
-pub const ACTION_TYPES: &[&str] = &["exec", "http", "spin-up", "spin-down"];
+pub const ACTION_TYPES: &[&str] = &["exec", "http", "spin-up", "spin-down", "lifecycle-guard"];
 
 /// The lock SpinUp and SpinDown share by default: one rollout step at a time cluster-wide.
 pub const STEP_LOCK: &str = "step";

@@ -223,6 +223,23 @@ pub fn validate(
             actions.insert(name, a);
         }
     }
+    // The guard works a group's lifecycle hooks: a cloud without a group has none.
+    let has_group = match &cloud {
+        CloudSettings::Sim { .. } => true,
+        CloudSettings::Ec2(aws) | CloudSettings::Ecs(aws) => {
+            matches!(aws.launch, Launch::AutoScalingGroup(_))
+        }
+        _ => false,
+    };
+    for (name, a) in &actions {
+        if a.kind == ActionKind::LifecycleGuard && !has_group {
+            errs.push(
+                format!("action.{name}.type"),
+                "\"lifecycle-guard\" works an Auto Scaling group's lifecycle hooks: it needs \
+                 cloud.auto_scaling_group (or the simulator's cloud)",
+            );
+        }
+    }
 
     let mut watches = Vec::new();
     let mut seen = BTreeMap::new();
@@ -641,6 +658,7 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
         },
         Some("spin-up") => Some(ActionKind::SpinUp),
         Some("spin-down") => Some(ActionKind::SpinDown),
+        Some("lifecycle-guard") => Some(ActionKind::LifecycleGuard),
         Some("http") => match ra.url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 Some(ActionKind::Http {
@@ -670,7 +688,10 @@ fn action_settings(name: &str, ra: RawAction, errs: &mut Errors) -> Option<Actio
     };
     // The rollout's two steps share one lock: one mutating step at a time, cluster-wide; and a
     // step may wait out a server's leave, so its default run time is longer.
-    let rollout_step = matches!(ra.kind.as_deref(), Some("spin-up" | "spin-down"));
+    let rollout_step = matches!(
+        ra.kind.as_deref(),
+        Some("spin-up" | "spin-down" | "lifecycle-guard")
+    );
     let default_timeout = Duration::from_secs(if rollout_step { 900 } else { 300 });
     let timeout = errs.duration(
         &format!("{at}.timeout"),

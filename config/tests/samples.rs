@@ -239,6 +239,26 @@ fn the_samples_launch_from_a_template_or_through_a_group() {
     );
     assert!(!shown.contains("launch_template"), "{shown}");
 
+    assert_eq!(s.actions["guard"].kind, ActionKind::LifecycleGuard);
+    assert_eq!(
+        s.actions["guard"].lock, "step",
+        "the guard never runs beside a rollout step"
+    );
+
+    // The guard without a group has no hooks to work: refused, naming the action.
+    let text = std::fs::read_to_string(sample("ec2.toml")).unwrap()
+        + "\n[action.guard]\ntype = \"lifecycle-guard\"\n";
+    let dir = std::env::temp_dir().join(format!("rehydrator-config-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("guard.toml");
+    std::fs::write(&path, text).unwrap();
+    let err = load_with_env(&path, &no_env()).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains("action.guard.type: \"lifecycle-guard\" works an Auto Scaling group's"),
+        "{err}"
+    );
+
     let path = sample("bad-asg.toml");
     let err = load_with_env(&path, &no_env()).unwrap_err();
     let text = err.to_string();

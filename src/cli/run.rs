@@ -139,12 +139,15 @@ fn serve_status(
     Ok(running)
 }
 
-/// Whether the configuration runs a rollout (a spin-up or spin-down action), and so a cloud.
+/// Whether the configuration runs a rollout (a spin-up or spin-down action) or the lifecycle
+/// guard, and so a cloud.
 pub(crate) fn has_rollout(settings: &Settings) -> bool {
-    settings
-        .actions
-        .values()
-        .any(|a| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown))
+    settings.actions.values().any(|a| {
+        matches!(
+            a.kind,
+            ActionKind::SpinUp | ActionKind::SpinDown | ActionKind::LifecycleGuard
+        )
+    })
 }
 
 /// The cloud the rollout's actions launch and retire through, when any is configured.

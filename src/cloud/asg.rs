@@ -37,17 +37,25 @@
 //! `rehydrator:restore-template` (the version the group used before the rollout), and
 //! `rehydrator:token`.
 //!
+//! **The lifecycle guard's side** (`lifecycle_waits`, `complete_lifecycle`, `extend_lifecycle`
+//! of the port): the group's hooks whose names start with `rehydrator` (others are a user's
+//! own, left alone), the instances they hold in `Pending:Wait` or `Terminating:Wait`, and
+//! CompleteLifecycleAction CONTINUE or RecordLifecycleActionHeartbeat on them. A rollout step's
+//! own instance is let through those hooks by the step itself, which has made the guard's
+//! checks and holds the lock the guard would need.
+//!
 //! AWS API actions called (beyond `Ec2Cloud`'s): Auto Scaling DescribeAutoScalingGroups,
 //! CreateOrUpdateTags, DeleteTags, UpdateAutoScalingGroup, SetDesiredCapacity,
 //! SuspendProcesses, ResumeProcesses, SetInstanceProtection,
-//! TerminateInstanceInAutoScalingGroup; EC2 DescribeLaunchTemplateVersions,
+//! TerminateInstanceInAutoScalingGroup, DescribeLifecycleHooks, CompleteLifecycleAction,
+//! RecordLifecycleActionHeartbeat; EC2 DescribeLaunchTemplateVersions,
 //! CreateLaunchTemplateVersion, CreateTags (a claimed instance). Errors are `Ec2Cloud`'s.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_autoscaling::types::{AutoScalingGroup as Group, LaunchTemplateSpecification, Tag};
-use rehydrator_actors::ports::{Machine, MachineState};
+use rehydrator_actors::ports::{LifecycleWait, Machine, MachineState, Transition};
 use tokio::time::Instant;
 
 use super::ec2::{sdk_error, Ec2Cloud};
@@ -63,6 +71,12 @@ pub const PROCESSES_TAG: &str = "rehydrator:resume-processes";
 pub const TEMPLATE_TAG: &str = "rehydrator:restore-template";
 /// The launch's token, propagated to the instance the group launches.
 pub const TOKEN_TAG: &str = super::ec2::TOKEN_TAG;
+
+/// The lifecycle hooks that are the guard's to complete: their names start with this. Other
+/// hooks (a user's own) are left alone.
+pub const HOOK_PREFIX: &str = "rehydrator";
+/// How long a retirement waits for its instance to reach a hook's wait state, to let it go.
+const HOOK_WAIT: Duration = Duration::from_secs(60);
 
 /// The processes a rollout keeps suspended: AZRebalance terminates a server to even out
 /// the zones, without regard for Raft.
@@ -438,6 +452,7 @@ impl AutoScalingGroup {
             if let Some(m) = ec2.by_token(token).await? {
                 if m.state != MachineState::Terminated {
                     self.protect(std::slice::from_ref(&m.id)).await?;
+                    self.release_own(&m.id, Transition::Launching).await?;
                 }
                 tracing::info!(group = %self.name, machine = %m.id, %token, "The group launched the server.");
                 return Ok(m);
@@ -491,6 +506,140 @@ impl AutoScalingGroup {
             .max_by_key(|m| m.launched_at))
     }
 
+    /// The group's lifecycle hooks that are the guard's, by transition.
+    async fn hooks(&self) -> Result<Vec<(Transition, String, Duration)>, CloudError> {
+        let request = "DescribeLifecycleHooks";
+        let out = self
+            .client
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(&self.name)
+            .send()
+            .await
+            .map_err(|e| self.error(request, e))?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .filter_map(|h| {
+                let name = h.lifecycle_hook_name()?;
+                if !name.starts_with(HOOK_PREFIX) {
+                    return None;
+                }
+                let transition = match h.lifecycle_transition()? {
+                    "autoscaling:EC2_INSTANCE_LAUNCHING" => Transition::Launching,
+                    "autoscaling:EC2_INSTANCE_TERMINATING" => Transition::Terminating,
+                    _ => return None,
+                };
+                let timeout = h.heartbeat_timeout().and_then(|t| u64::try_from(t).ok());
+                Some((
+                    transition,
+                    name.to_owned(),
+                    Duration::from_secs(timeout.unwrap_or(3600)),
+                ))
+            })
+            .collect())
+    }
+
+    /// The group's instances held in a wait state by a hook of the guard's.
+    pub(crate) async fn waits(&self) -> Result<Vec<LifecycleWait>, CloudError> {
+        let hooks = self.hooks().await?;
+        if hooks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let group = self.view().await?;
+        let mut out = Vec::new();
+        for m in &group.members {
+            let transition = match m.lifecycle.as_str() {
+                "Pending:Wait" => Transition::Launching,
+                "Terminating:Wait" => Transition::Terminating,
+                _ => continue,
+            };
+            for (t, hook, timeout) in &hooks {
+                if *t == transition {
+                    out.push(LifecycleWait {
+                        machine: m.id.clone(),
+                        transition,
+                        hook: hook.clone(),
+                        heartbeat_timeout: *timeout,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lets a held instance go on: CompleteLifecycleAction CONTINUE.
+    pub(crate) async fn complete(&self, wait: &LifecycleWait) -> Result<(), CloudError> {
+        self.client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(&self.name)
+            .lifecycle_hook_name(&wait.hook)
+            .instance_id(&wait.machine)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .map_err(|e| self.error("CompleteLifecycleAction", e))?;
+        Ok(())
+    }
+
+    /// Keeps a held instance waiting for another heartbeat timeout.
+    pub(crate) async fn heartbeat(&self, wait: &LifecycleWait) -> Result<(), CloudError> {
+        self.client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(&self.name)
+            .lifecycle_hook_name(&wait.hook)
+            .instance_id(&wait.machine)
+            .send()
+            .await
+            .map_err(|e| self.error("RecordLifecycleActionHeartbeat", e))?;
+        Ok(())
+    }
+
+    /// Lets the rollout's own instance through the guard's hooks of `transition`: the step has
+    /// made the checks the guard makes (the new server is awaited as a voter; the old one's
+    /// leadership was moved and its replacement promoted), and the guard cannot run while the
+    /// step holds the `step` lock. Bounded: an instance that never reaches the wait state (no
+    /// hook, or the group was quicker) is left to the group.
+    async fn release_own(&self, id: &str, transition: Transition) -> Result<(), CloudError> {
+        let hooks: Vec<_> = self
+            .hooks()
+            .await?
+            .into_iter()
+            .filter(|(t, _, _)| *t == transition)
+            .collect();
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        let wait_state = match transition {
+            Transition::Launching => "Pending:Wait",
+            Transition::Terminating => "Terminating:Wait",
+        };
+        let until = Instant::now() + HOOK_WAIT.min(self.launch_wait);
+        loop {
+            let group = self.view().await?;
+            match group.members.iter().find(|m| m.id == id) {
+                Some(m) if m.lifecycle == wait_state => break,
+                // Still on its way into the hook's wait.
+                Some(m) if m.lifecycle == "Pending" || m.lifecycle == "Terminating" => {}
+                _ => return Ok(()),
+            }
+            if Instant::now() + self.poll > until {
+                return Ok(());
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+        for (_, hook, timeout) in hooks {
+            let wait = LifecycleWait {
+                machine: id.to_owned(),
+                transition,
+                hook,
+                heartbeat_timeout: timeout,
+            };
+            self.complete(&wait).await?;
+            tracing::info!(group = %self.name, machine = %id, hook = %wait.hook, "Let the step's own server through its lifecycle hook.");
+        }
+        Ok(())
+    }
+
     /// Retires one server through the group: see the module's notes.
     pub(crate) async fn retire(&self, ec2: &Ec2Cloud, id: &str) -> Result<(), CloudError> {
         let group = self.view().await?;
@@ -504,6 +653,7 @@ impl AutoScalingGroup {
                     .await
                     .map_err(|e| self.error("TerminateInstanceInAutoScalingGroup", e))?;
                 tracing::info!(group = %self.name, machine = %id, "Terminated a server in the group, one fewer wanted.");
+                self.release_own(id, Transition::Terminating).await?;
             }
             Some(_) => {
                 tracing::debug!(machine = %id, "The group is already terminating it.");

@@ -40,7 +40,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use rehydrator_actors::ports::{
-    clip, CloudPort, Image, Machine, MachineState, PortFuture, MAX_REASON,
+    clip, CloudPort, Image, LifecycleWait, Machine, MachineState, PortFuture, MAX_REASON,
 };
 use rehydrator_config::{AwsSettings, Launch};
 use tracing::Instrument as _;
@@ -582,6 +582,41 @@ impl CloudPort for Ec2Cloud {
         let span = tracing::debug_span!("ec2_cloud", op = "machine", machine = %id);
         Box::pin(async move { Ok(this.find(&id).await?) }.instrument(span))
     }
+
+    fn lifecycle_waits(&self) -> PortFuture<Vec<LifecycleWait>> {
+        let group = self.group.clone();
+        let span = tracing::debug_span!("ec2_cloud", op = "lifecycle_waits");
+        Box::pin(
+            async move {
+                match group {
+                    Some(g) => Ok(g.waits().await?),
+                    None => Ok(Vec::new()),
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn complete_lifecycle(&self, wait: &LifecycleWait) -> PortFuture<()> {
+        let (group, wait) = (self.group.clone(), wait.clone());
+        let span =
+            tracing::debug_span!("ec2_cloud", op = "complete_lifecycle", machine = %wait.machine);
+        Box::pin(async move { Ok(no_group(group)?.complete(&wait).await?) }.instrument(span))
+    }
+
+    fn extend_lifecycle(&self, wait: &LifecycleWait) -> PortFuture<()> {
+        let (group, wait) = (self.group.clone(), wait.clone());
+        let span =
+            tracing::debug_span!("ec2_cloud", op = "extend_lifecycle", machine = %wait.machine);
+        Box::pin(async move { Ok(no_group(group)?.heartbeat(&wait).await?) }.instrument(span))
+    }
+}
+
+/// The group a lifecycle action needs, or why there is none.
+fn no_group(group: Option<AutoScalingGroup>) -> Result<AutoScalingGroup, CloudError> {
+    group.ok_or_else(|| CloudError::Config {
+        reason: "lifecycle actions need cloud.auto_scaling_group".into(),
+    })
 }
 
 /// One version of a launch template, as far as a rollout cares.

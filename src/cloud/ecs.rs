@@ -660,6 +660,19 @@ impl CloudPort for EcsCloud {
         let span = tracing::debug_span!("ecs_cloud", op = "machine", machine = %id);
         Box::pin(async move { Ok(this.ec2.find(&id).await?) }.instrument(span))
     }
+
+    // The container instances' group is EC2's: its hooks are `Ec2Cloud`'s to work.
+    fn lifecycle_waits(&self) -> PortFuture<Vec<rehydrator_actors::ports::LifecycleWait>> {
+        self.ec2.lifecycle_waits()
+    }
+
+    fn complete_lifecycle(&self, wait: &rehydrator_actors::ports::LifecycleWait) -> PortFuture<()> {
+        self.ec2.complete_lifecycle(wait)
+    }
+
+    fn extend_lifecycle(&self, wait: &rehydrator_actors::ports::LifecycleWait) -> PortFuture<()> {
+        self.ec2.extend_lifecycle(wait)
+    }
 }
 
 /// Where an instance stands in ECS.

@@ -1,6 +1,7 @@
-//! The rollout's executors, SpinUp and SpinDown: one actor type started twice, with `Which`
-//! saying which decision it takes (the two differ only in that; see `rollout::run`). Each run
-//! fetches a fresh snapshot and takes at most one safe step, under the shared `step` lock.
+//! The rollout's executors, SpinUp and SpinDown, and the lifecycle guard: one actor type
+//! started once per action, with `Duty` saying which decision it takes (see `rollout::run`
+//! and `guard::run`). Each run fetches a fresh snapshot and takes at most one safe step, under
+//! the shared `step` lock.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -10,21 +11,31 @@ use futures_util::future::{AbortHandle, Abortable};
 use tracing::Instrument;
 
 use super::{Abort, ExecError, Run};
+use crate::guard;
 use crate::metrics::Metrics;
 use crate::receipt::Outcome;
 use crate::rollout::{self, RolloutEnv, Which};
 
+/// What a step executor decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// A rollout step: SpinUp or SpinDown.
+    Step(Which),
+    /// The lifecycle guard: a group's held servers.
+    Guard,
+}
+
 pub struct StepExecutor {
-    which: Which,
+    duty: Duty,
     env: Rc<RolloutEnv>,
     running: HashMap<String, AbortHandle>,
     metrics: Metrics,
 }
 
 impl StepExecutor {
-    pub fn new(which: Which, env: Rc<RolloutEnv>, metrics: Metrics) -> Self {
+    pub fn new(duty: Duty, env: Rc<RolloutEnv>, metrics: Metrics) -> Self {
         Self {
-            which,
+            duty,
             env,
             running: HashMap::new(),
             metrics,
@@ -32,9 +43,10 @@ impl StepExecutor {
     }
 
     fn name(&self) -> &'static str {
-        match self.which {
-            Which::SpinUp => "spin_up",
-            Which::SpinDown => "spin_down",
+        match self.duty {
+            Duty::Step(Which::SpinUp) => "spin_up",
+            Duty::Step(Which::SpinDown) => "spin_down",
+            Duty::Guard => "lifecycle_guard",
         }
     }
 }
@@ -60,19 +72,15 @@ impl Handler<Run> for StepExecutor {
         let (handle, registration) = AbortHandle::new_pair();
         self.running.insert(trigger_id.clone(), handle);
         let timeout = msg.timeout;
-        let work = Abortable::new(
-            tokio::time::timeout(
-                timeout,
-                rollout::run(
-                    self.env.clone(),
-                    self.which,
-                    msg.trigger,
-                    self.metrics.clone(),
-                ),
-            ),
-            registration,
-        )
-        .instrument(span);
+        let (env, duty, metrics) = (self.env.clone(), self.duty, self.metrics.clone());
+        let decided = async move {
+            match duty {
+                Duty::Step(which) => rollout::run(env, which, msg.trigger, metrics).await,
+                Duty::Guard => guard::run(&env).await,
+            }
+        };
+        let work =
+            Abortable::new(tokio::time::timeout(timeout, decided), registration).instrument(span);
         Box::pin(work.into_actor(self).map(move |res, act, _ctx| {
             act.running.remove(&trigger_id);
             match res {
