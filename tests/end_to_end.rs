@@ -21,6 +21,7 @@ mod consul_client;
 mod consul_tls;
 mod dashboard;
 mod deploy;
+mod guard;
 mod replicas;
 mod rollout;
 mod rollout_ec2;

@@ -15,10 +15,10 @@
 //!   2. held while an earlier release is still leaving (its machine is on its way out but its
 //!      server is still a Raft peer);
 //!   3. the candidate is the oldest waiting instance that does not lead; the leader only when
-//!      it is the last. Released only if, after it leaves gracefully, the failure tolerance is
-//!      at least the baseline (`cluster.desired_servers`'s) or, below that already, not lower
-//!      than now: a dead server can always go, a healthy one never takes the cluster below
-//!      what it is built for;
+//!      it is the last. A healthy voter is released only if the healthy voters left after it
+//!      keep the baseline failure tolerance (`cluster.desired_servers`'s); a dead peer still in
+//!      Raft counts as no margin. A server that is no healthy voter (dead, or never promoted)
+//!      takes no margin with it and may always go;
 //!   4. a leader candidate first has leadership moved off it; it is released on a later run,
 //!      once it no longer leads.
 //! - Every instance not released is **held**: its wait is extended (a heartbeat), with the
@@ -157,16 +157,18 @@ pub fn decide(
         )
     });
     let (first, server) = candidates[0];
-    let voters: Vec<_> = health.servers.iter().filter(|p| p.voter).collect();
-    let healthy = voters.iter().filter(|p| p.healthy).count();
-    let now = tolerance(voters.len(), healthy);
     let peer = server.and_then(|s| s.peer);
-    let after = match peer {
-        Some(p) if p.voter => tolerance(voters.len() - 1, healthy - usize::from(p.healthy)),
-        // Not a voter (or not in Raft at all): its going changes no vote.
-        _ => now,
-    };
-    let floor = baseline(desired).min(now);
+    // After it leaves, the healthy voters alone must keep the baseline: a dead peer still in
+    // Raft is no margin (autopilot prunes it), so it is not counted on either side.
+    let healthy = health
+        .servers
+        .iter()
+        .filter(|p| p.voter && p.healthy)
+        .count();
+    let leaves_healthy = peer.is_some_and(|p| p.voter && p.healthy);
+    let remaining = healthy - usize::from(leaves_healthy);
+    let after = tolerance(remaining, remaining);
+    let floor = baseline(desired);
     let others = |out: &mut Vec<GuardAction>, reason: &str| {
         for (w, _) in &candidates[1..] {
             out.push(GuardAction::Hold {
@@ -176,13 +178,13 @@ pub fn decide(
         }
     };
     let name = server.map_or_else(|| first.machine.clone(), node);
-    if after < floor {
+    // A server that is no healthy voter takes no margin with it: it may always go.
+    if leaves_healthy && after < floor {
         hold_all(
             &mut out,
             format!(
-                "{name} going would leave failure tolerance {after}, below {floor} (the \
-                 baseline of {desired} servers is {}); waiting for a replacement voter",
-                baseline(desired)
+                "{name} going would leave {remaining} healthy voters, failure tolerance {after}, \
+                 below {floor} (the baseline of {desired} servers); waiting for a replacement voter"
             ),
         );
         return out;

@@ -99,6 +99,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/sim/invariants/reset", web::post().to(reset_invariants))
         .route("/sim/stats", web::get().to(stats))
         .route("/sim/timeline", web::get().to(timeline));
+    crate::group_control::configure(cfg);
 }
 
 /// A control API error: a status and a reason, sent as `{"error": ...}`.
@@ -110,13 +111,13 @@ pub struct ControlError {
 }
 
 impl ControlError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
         }
     }
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
     fn unknown(name: &str) -> Self {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod fsm;
 pub mod go_json;
+pub mod group_control;
 pub mod http;
 pub mod images;
 pub mod server;

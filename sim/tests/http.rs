@@ -5,5 +5,6 @@ mod common;
 
 mod cloud_http;
 mod cluster_http;
+mod group_http;
 mod stats_http;
 mod timeline_http;

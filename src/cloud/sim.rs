@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use awc::http::{Method, Uri};
 use rehydrator_actors::ports::{
-    clip, CloudPort, Image, Machine, MachineState, PortFuture, MAX_REASON,
+    clip, CloudPort, Image, LifecycleWait, Machine, MachineState, PortFuture, Transition,
+    MAX_REASON,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument as _;
 
+use super::asg::HOOK_PREFIX;
 use super::CloudError;
 
 /// How long one control API call may take; the simulator answers them at once.
@@ -289,6 +291,89 @@ impl CloudPort for SimCloud {
             .instrument(span),
         )
     }
+
+    fn lifecycle_waits(&self) -> PortFuture<Vec<LifecycleWait>> {
+        let call = self.call::<GroupJson>(Method::GET, "/sim/group".into(), None);
+        Box::pin(
+            async move {
+                match call.await {
+                    Ok(g) => Ok(waits(&g)),
+                    // No group: nothing waits.
+                    Err(CloudError::Status { status: 404, .. }) => Ok(Vec::new()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            .instrument(tracing::debug_span!("sim_cloud", op = "lifecycle_waits")),
+        )
+    }
+
+    fn complete_lifecycle(&self, wait: &LifecycleWait) -> PortFuture<()> {
+        let body = json!({"instance": wait.machine, "hook": wait.hook, "result": "CONTINUE"});
+        let call = self.call::<Value>(Method::POST, "/sim/group/lifecycle".into(), Some(body));
+        let span =
+            tracing::debug_span!("sim_cloud", op = "complete_lifecycle", machine = %wait.machine);
+        Box::pin(async move { Ok(call.await.map(drop)?) }.instrument(span))
+    }
+
+    fn extend_lifecycle(&self, wait: &LifecycleWait) -> PortFuture<()> {
+        let body = json!({"instance": wait.machine, "hook": wait.hook});
+        let call = self.call::<Value>(Method::POST, "/sim/group/heartbeat".into(), Some(body));
+        let span =
+            tracing::debug_span!("sim_cloud", op = "extend_lifecycle", machine = %wait.machine);
+        Box::pin(async move { Ok(call.await.map(drop)?) }.instrument(span))
+    }
+}
+
+/// The simulated group as `GET /sim/group` shows it; only what the guard reads.
+#[derive(Debug, Clone, Deserialize)]
+struct GroupJson {
+    hooks: Vec<HookJson>,
+    members: Vec<MemberJson>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct HookJson {
+    name: String,
+    heartbeat_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct MemberJson {
+    name: String,
+    lifecycle: String,
+    pending_hooks: Vec<String>,
+}
+
+/// The members held by a hook of the guard's (named `rehydrator…`, as on AWS).
+fn waits(g: &GroupJson) -> Vec<LifecycleWait> {
+    let mut out = Vec::new();
+    for m in &g.members {
+        let transition = match m.lifecycle.as_str() {
+            "Pending:Wait" => Transition::Launching,
+            "Terminating:Wait" => Transition::Terminating,
+            _ => continue,
+        };
+        for hook in m
+            .pending_hooks
+            .iter()
+            .filter(|h| h.starts_with(HOOK_PREFIX))
+        {
+            let timeout = g
+                .hooks
+                .iter()
+                .find(|h| &h.name == hook)
+                .map_or(Duration::from_secs(3600), |h| {
+                    Duration::from_millis(h.heartbeat_timeout_ms)
+                });
+            out.push(LifecycleWait {
+                machine: m.name.clone(),
+                transition,
+                hook: hook.clone(),
+                heartbeat_timeout: timeout,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! Timers (boot, failure detection, election, stabilization) run through `Sim::after_in` and
 //! carry an epoch, so one that outlived the state it was set for does nothing.
 
+pub mod group;
 pub mod lifecycle;
 pub mod model;
 pub mod raft;

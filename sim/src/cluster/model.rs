@@ -26,6 +26,8 @@ pub struct Cluster {
     pub invariants: Invariants,
     /// Every server's launches, promotions, leaderships and departures, for `/sim/timeline`.
     pub timeline: Timeline,
+    /// The simulated Auto Scaling group over the servers, once one is made.
+    pub group: Option<crate::cluster::group::Group>,
     pub(crate) election_pending: bool,
     pub(crate) election_epoch: u64,
     pub(crate) next_ip: u32,
@@ -50,6 +52,7 @@ impl Default for Cluster {
             },
             invariants: Invariants::default(),
             timeline: Timeline::default(),
+            group: None,
             election_pending: false,
             election_epoch: 0,
             next_ip: 1,
