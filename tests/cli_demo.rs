@@ -254,6 +254,58 @@ fn demo_rolls_five_servers_without_chaos() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `demo --asg`: an instance refresh of a five-server group, without and with the guard. The
+/// guarded column keeps every invariant (the exit status says so too); the unguarded one is
+/// whatever the group did, read from the same summary; both timelines are in one picture.
+#[test]
+fn demo_asg_compares_a_refresh_without_and_with_the_guard() {
+    let dir = scratch("asg");
+    let out = run_bounded(
+        &["demo", "--asg", "--servers", "5", "--replicas", "2"],
+        &dir,
+        DEMO_BOUND,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |key: &str| -> (String, String) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key:?} row:\n{stdout}"));
+        let cells: Vec<&str> = line[key.len()..].split_whitespace().collect();
+        (cells[0].to_owned(), cells[1].to_owned())
+    };
+    assert!(stdout.contains("baseline failure tolerance 2"), "{stdout}");
+    let (_, guarded) = row("quorum lost (times)");
+    assert_eq!(guarded, "0", "{stdout}");
+    let (unguarded_ft, guarded_ft) = row("lowest failure tolerance");
+    assert_eq!(guarded_ft, "2", "{stdout}");
+    let (unguarded_leader, guarded_leader) = row("leader terminated while leading");
+    assert_eq!(guarded_leader, "0", "{stdout}");
+    // What the group does without the guard, as the simulator recorded it: below the baseline
+    // or the leader terminated while it led.
+    assert!(
+        unguarded_ft != "2" || unguarded_leader != "0",
+        "the unguarded refresh showed no cost:\n{stdout}"
+    );
+    let (_, end) = row("every server a healthy voter at the end");
+    assert_eq!(end, "yes");
+    let svg = std::fs::read_to_string(dir.join("rehydrator-demo.svg")).unwrap();
+    assert!(
+        svg.contains("Instance refresh without the guard")
+            && svg.contains("Instance refresh with the lifecycle guard"),
+        "both timelines in one picture"
+    );
+    assert_eq!(lanes(&svg).len(), 20, "ten lanes each: five old, five new");
+    println!("{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `demo --consul-bin`: the same demo on real Consul agents (`CONSUL_BIN`, Debian's 1.8.7 in
 /// CI) started through the process backend, with the chaos kill: the same verdict, summary and
 /// picture, and no agent outlives it.

@@ -15,6 +15,7 @@
 //! Pieces: `replicas` (the processes), `observe` (HTTP reads), `display` (live progress),
 //! `chaos` (when to kill), `summary`, `timeline` (the SVG), `verdict` (the invariants).
 
+pub mod asg;
 pub mod chaos;
 pub mod display;
 pub mod observe;

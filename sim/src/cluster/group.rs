@@ -335,6 +335,10 @@ pub fn step(sim: &Sim, st: &mut State) {
     }
     st.cluster.group = Some(g);
     for name in to_terminate {
+        // As the control API counts it: the group terminating the leader while it leads.
+        if st.cluster.leader.as_deref() == Some(name.as_str()) {
+            st.cluster.invariants.leader_retired += 1;
+        }
         terminate(sim, st, &name);
     }
     if let Some(zone) = launch_zone {
