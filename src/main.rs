@@ -45,6 +45,9 @@ enum Command {
     /// Rebuild the rollout record from the cluster when it does not decode, or is gone while
     /// the cluster is over its size; the replicas carry on from it.
     Repair(cli::repair::RepairArgs),
+    /// Pre-flight: what would make a rollout or the lifecycle guard unsafe or stuck (today the
+    /// servers' Auto Scaling group), each with its fix; exit 1 on any failed check.
+    Doctor(cli::doctor::DoctorArgs),
     /// Exit 0 if the status endpoint answers 200 in time, else 1: the container's health check.
     Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         | Command::Pause(_)
         | Command::Resume(_)
         | Command::Plan(_)
+        | Command::Doctor(_)
         | Command::Repair(_) => "off",
         _ => "info",
     });
@@ -92,5 +96,6 @@ fn main() -> ExitCode {
         Command::Resume(args) => cli::exit(&args.target.clone(), cli::pause::resume(args)),
         Command::Plan(args) => cli::exit(&args.target.clone(), cli::plan::run(args)),
         Command::Repair(args) => cli::exit(&args.target.clone(), cli::repair::run(args)),
+        Command::Doctor(args) => cli::exit(&args.target.clone(), cli::doctor::run(args)),
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod check_config;
 pub mod demo;
+pub mod doctor;
 pub mod fire;
 pub mod healthcheck;
 pub mod pause;

@@ -51,7 +51,7 @@
 //! RecordLifecycleActionHeartbeat; EC2 DescribeLaunchTemplateVersions,
 //! CreateLaunchTemplateVersion, CreateTags (a claimed instance). Errors are `Ec2Cloud`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_autoscaling::types::{AutoScalingGroup as Group, LaunchTemplateSpecification, Tag};
@@ -146,6 +146,12 @@ pub struct GroupView {
     pub members: Vec<Member>,
     pub suspended: Vec<String>,
     pub tags: BTreeMap<String, String>,
+    /// The tag keys the group copies onto the instances it launches.
+    pub propagated: BTreeSet<String>,
+    /// NewInstancesProtectedFromScaleIn.
+    pub new_instances_protected: bool,
+    /// The instance maintenance policy's MinHealthyPercentage and MaxHealthyPercentage.
+    pub maintenance: Option<(i32, i32)>,
     template: Option<TemplateRef>,
 }
 
@@ -640,6 +646,31 @@ impl AutoScalingGroup {
         Ok(())
     }
 
+    /// What `rehydrator doctor` judges the group on: the group, its hooks of the guard's,
+    /// and the image its launch template boots.
+    pub async fn inspect(&self, ec2: &Ec2Cloud) -> Result<GroupFacts, CloudError> {
+        let view = self.view().await?;
+        let hooks = self.hooks().await?;
+        let image = match &view.template {
+            Some(t) => Some(ec2.template_version(&t.id, &t.version).await?.image),
+            None => None,
+        };
+        let ids: Vec<String> = view.live().map(|m| m.id.clone()).collect();
+        let images = ec2
+            .by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m.image))
+            .collect();
+        Ok(GroupFacts {
+            name: self.name.clone(),
+            view,
+            hooks,
+            template_image: image,
+            images,
+        })
+    }
+
     /// Retires one server through the group: see the module's notes.
     pub(crate) async fn retire(&self, ec2: &Ec2Cloud, id: &str) -> Result<(), CloudError> {
         let group = self.view().await?;
@@ -742,6 +773,26 @@ impl AutoScalingGroup {
     }
 }
 
+/// What the doctor reads of a group.
+#[derive(Debug, Clone)]
+pub struct GroupFacts {
+    pub name: String,
+    pub view: GroupView,
+    /// The guard's hooks: transition, name, heartbeat timeout.
+    pub hooks: Vec<(Transition, String, Duration)>,
+    /// The image the group's launch template boots (None: no launch template).
+    pub template_image: Option<String>,
+    /// Each live server's image, by instance.
+    pub images: BTreeMap<String, String>,
+}
+
+impl GroupFacts {
+    /// Whether the group launches from a launch template rehydrator can version.
+    pub fn has_template(&self) -> bool {
+        self.view.template.is_some()
+    }
+}
+
 /// The group as the SDK answered it, as the rollout reads it.
 fn view(g: &Group) -> Result<GroupView, CloudError> {
     let decode = |reason: &str| CloudError::Decode {
@@ -786,6 +837,16 @@ fn view(g: &Group) -> Result<GroupView, CloudError> {
             .iter()
             .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
             .collect(),
+        propagated: g
+            .tags()
+            .iter()
+            .filter(|t| t.propagate_at_launch() == Some(true))
+            .filter_map(|t| t.key().map(str::to_owned))
+            .collect(),
+        new_instances_protected: g.new_instances_protected_from_scale_in().unwrap_or(false),
+        maintenance: g
+            .instance_maintenance_policy()
+            .and_then(|p| Some((p.min_healthy_percentage()?, p.max_healthy_percentage()?))),
         template,
     })
 }

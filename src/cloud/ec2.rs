@@ -271,6 +271,11 @@ impl Ec2Cloud {
         }
     }
 
+    /// The newest image's ID, for the doctor.
+    pub async fn newest_image_id(&self) -> Result<Option<String>, CloudError> {
+        Ok(self.newest().await?.map(|i| i.id))
+    }
+
     pub(crate) async fn newest(&self) -> Result<Option<Image>, CloudError> {
         let request = "DescribeImages";
         let mut images = Vec::new();

@@ -9,6 +9,7 @@
 //! kind tells the executors whether a retry can help.
 
 pub mod asg;
+pub mod asg_checks;
 pub mod consul_version;
 pub mod ec2;
 pub mod ecs;
