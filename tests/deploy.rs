@@ -476,6 +476,31 @@ fn the_task_role_is_scoped_by_the_cluster_tag() {
     }
 }
 
+#[test]
+fn the_guards_hooks_are_the_ones_the_code_completes_and_only_with_the_guard() {
+    let t = template();
+    let mut seen = BTreeMap::new();
+    for (name, transition, default) in [
+        ("GuardTerminatingHook", "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"),
+        ("GuardLaunchingHook", "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"),
+    ] {
+        let hook = resource(&t, name);
+        assert_eq!(hook["Type"], "AWS::AutoScaling::LifecycleHook");
+        assert_eq!(hook["Condition"], "HasGuard", "{name} only with the guard");
+        let p = &hook["Properties"];
+        let hook_name = p["LifecycleHookName"].as_str().unwrap().to_owned();
+        assert!(
+            hook_name.starts_with(rehydrator::cloud::asg::HOOK_PREFIX),
+            "{hook_name}: the guard completes only hooks named {}*",
+            rehydrator::cloud::asg::HOOK_PREFIX
+        );
+        assert_eq!(p["LifecycleTransition"], transition);
+        assert_eq!(p["DefaultResult"], default);
+        seen.insert(hook_name, transition);
+    }
+    assert_eq!(seen.len(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The service's shape
 
