@@ -481,8 +481,16 @@ fn the_guards_hooks_are_the_ones_the_code_completes_and_only_with_the_guard() {
     let t = template();
     let mut seen = BTreeMap::new();
     for (name, transition, default) in [
-        ("GuardTerminatingHook", "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE"),
-        ("GuardLaunchingHook", "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON"),
+        (
+            "GuardTerminatingHook",
+            "autoscaling:EC2_INSTANCE_TERMINATING",
+            "CONTINUE",
+        ),
+        (
+            "GuardLaunchingHook",
+            "autoscaling:EC2_INSTANCE_LAUNCHING",
+            "ABANDON",
+        ),
     ] {
         let hook = resource(&t, name);
         assert_eq!(hook["Type"], "AWS::AutoScaling::LifecycleHook");
