@@ -270,6 +270,22 @@ async fn a_dead_server_is_replaced_and_a_scale_in_below_the_configured_size_is_h
         })
         .await;
         assert!(reason.contains("below 1"), "{reason}");
+        // `rehydrator status` says the same, as an operator reads it.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+            .args(["status", "--config"])
+            .arg(rig.dir.join("guard-3.toml"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("lifecycle guard (") && text.contains(&reason),
+            "{text}"
+        );
         let g = rig.json("/sim/group").await;
         assert_eq!(
             members(&g)

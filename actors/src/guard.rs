@@ -24,7 +24,7 @@
 //! - Every instance not released is **held**: its wait is extended (a heartbeat), with the
 //!   reason shown in status.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::executor::ExecError;
@@ -213,7 +213,7 @@ pub fn decide(
 }
 
 /// What the last guard run decided, kept at `rehydrator/<cluster>/guard` for status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuardRecord {
     pub at: u64,
     pub released: Vec<String>,

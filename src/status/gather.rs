@@ -1,6 +1,7 @@
 //! Reading the report: Consul (and the cloud) in one pass, then plain joins.
 
 use futures_util::future::{join_all, try_join, try_join5};
+use rehydrator_actors::guard::GuardRecord;
 use rehydrator_actors::plan::{self, Rollout, RolloutState};
 use rehydrator_actors::ports::{
     CloudPort, ClusterHealth, ConsulPort, Image, Machine, MachineState,
@@ -53,9 +54,20 @@ pub async fn gather(
         let got = consul_client.kv_get(&rollout_key, &opts).await;
         got.map(|i| i.value).map_err(consul("the rollout record"))
     };
+    let guard_key = keys.guard();
     let pause_entry = async {
-        let got = consul_client.kv_get(&pause_key, &opts).await;
-        got.map(|i| i.value).map_err(consul("the pause key"))
+        let (pause, guard) = try_join(
+            async {
+                let got = consul_client.kv_get(&pause_key, &opts).await;
+                got.map(|i| i.value).map_err(consul("the pause key"))
+            },
+            async {
+                let got = consul_client.kv_get(&guard_key, &opts).await;
+                got.map(|i| i.value).map_err(consul("the guard's record"))
+            },
+        )
+        .await?;
+        Ok((pause, guard))
     };
     let (locks_prefix, receipts_prefix) = (
         format!("rehydrator/{}/locks/", scope.cluster),
@@ -111,8 +123,23 @@ pub async fn gather(
             }
         }
     };
-    let (health, rollout_entry, pause_entry, (lock_entries, receipt_entries), servers_read) =
-        try_join5(health, rollout_entry, pause_entry, lists, servers_read).await?;
+    let (
+        health,
+        rollout_entry,
+        (pause_entry, guard_entry),
+        (lock_entries, receipt_entries),
+        servers_read,
+    ) = try_join5(health, rollout_entry, pause_entry, lists, servers_read).await?;
+    let guard = guard_entry.and_then(|e| match serde_json::from_slice::<GuardRecord>(&e.value) {
+        Ok(g) => Some(g),
+        Err(err) => {
+            warnings.push(format!(
+                "the guard's record at {} does not decode: {err}",
+                e.key
+            ));
+            None
+        }
+    });
 
     let mut rollout_error = None;
     let rollout = rollout_entry.and_then(|e| match serde_json::from_slice::<Rollout>(&e.value) {
@@ -196,6 +223,7 @@ pub async fn gather(
         receipts,
         paused: pause.is_some(),
         pause,
+        guard,
         warnings,
     })
 }

@@ -1,5 +1,6 @@
 //! The report's shape: what `gather` fills in and `render` and the endpoint show.
 
+use rehydrator_actors::guard::GuardRecord;
 use rehydrator_actors::plan::Rollout;
 use rehydrator_actors::ports::{Image, PortError};
 use rehydrator_actors::receipt::Receipt;
@@ -48,6 +49,10 @@ pub struct StatusReport {
     pub paused: bool,
     /// Who paused and why, when the key says so.
     pub pause: Option<PauseInfo>,
+    /// The lifecycle guard's last decision (`rehydrator/<cluster>/guard`): the group's servers
+    /// it released and those it holds, with why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardRecord>,
     /// What could not be read or decoded but did not stop the report (a lock's session gone,
     /// an undecodable receipt).
     pub warnings: Vec<String>,

@@ -100,6 +100,22 @@ fn render_raw(r: &StatusReport) -> String {
         Some(p) => writeln!(out, "paused: YES{}", describe_pause(p)),
         None => writeln!(out, "paused: no"),
     };
+    if let Some(g) = &r.guard {
+        let age = r.generated_at.saturating_sub(g.at) / 1000;
+        let _ = writeln!(
+            out,
+            "lifecycle guard ({age}s ago): released {}; holding {}",
+            if g.released.is_empty() {
+                "none".to_owned()
+            } else {
+                g.released.join(", ")
+            },
+            if g.held.is_empty() { "none" } else { "" }
+        );
+        for (machine, reason) in &g.held {
+            let _ = writeln!(out, "  {machine}: {reason}");
+        }
+    }
 
     let _ = writeln!(out, "\nservers ({}):", r.servers.len());
     let mut rows = vec![[

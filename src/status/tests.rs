@@ -256,6 +256,14 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
             reason: Some("freeze\u{1b}[2J\u{7}".into()),
             at: None,
         }),
+        guard: Some(rehydrator_actors::guard::GuardRecord {
+            at: 3_590_000,
+            released: vec!["i-old1".into()],
+            held: vec![(
+                "i-old2".into(),
+                "one at a time: i-old1 is still leaving Raft".into(),
+            )],
+        }),
         warnings: Vec::new(),
     };
     let text = render(&report);
@@ -279,6 +287,8 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
         "waiting: new server n1 is not yet a stable voter",
         "step: held by r-a (node node-1), running spin-up for trigger 42",
         "2023-11-14T22:13:20Z  spin-up  t1700000000000  r-a  launched: i-1",
+        "lifecycle guard (10s ago): released i-old1; holding",
+        "  i-old2: one at a time: i-old1 is still leaving Raft",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
