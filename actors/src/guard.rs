@@ -305,6 +305,7 @@ mod tests {
             launched_at: at,
             state,
             address: Some(format!("10.0.0.{at}")),
+            zone: None,
             node: Some(id.into()),
             token: None,
             reason: None,

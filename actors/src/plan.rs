@@ -536,12 +536,29 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
         return Step::Wait("the cluster has no leader (an election)".into());
     }
     // Oldest outdated first, the leader last; if none is outdated (a launch too many), the
-    // newest non-leader goes.
+    // newest non-leader goes. Where the cloud knows zones, an outdated server from the zone
+    // with the most servers goes before an older one elsewhere: the launch went where its
+    // cloud chose (an Auto Scaling group, to its emptiest zone), and the retirement evens the
+    // zones out again instead of leaving them for AZRebalance to fix by terminating a server.
+    let per_zone = |zone: &Option<String>| {
+        zone.as_ref().map_or(0, |z| {
+            servers
+                .iter()
+                .filter(|sv| sv.machine.zone.as_ref() == Some(z))
+                .count()
+        })
+    };
     let mut outdated: Vec<&Server<'_>> = servers
         .iter()
         .filter(|sv| sv.machine.image != target)
         .collect();
-    outdated.sort_by_key(|sv| (sv.is_leader(), sv.machine.launched_at));
+    outdated.sort_by_key(|sv| {
+        (
+            sv.is_leader(),
+            std::cmp::Reverse(per_zone(&sv.machine.zone)),
+            sv.machine.launched_at,
+        )
+    });
     let victim = match outdated.first() {
         Some(v) => *v,
         None => match servers
@@ -705,6 +722,7 @@ mod tests {
             launched_at,
             state: MachineState::Running,
             address: Some(format!("10.0.0.{}", launched_at)),
+            zone: None,
             node: Some(id.into()),
             token: None,
             reason: None,
@@ -850,6 +868,35 @@ mod tests {
             spin_up(&s, Mode::Manual, false, TIMEOUT),
             Step::Wait(_)
         ));
+    }
+
+    #[test]
+    fn a_retirement_evens_the_zones_out_before_it_takes_the_oldest() {
+        // s1 (the leader, so last) in zone b, s2 in c, s3 in a; the group put the new one in
+        // zone a, which now has two servers.
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        add_new(&mut s, "n1", 10, true, true);
+        for (m, z) in s.machines.iter_mut().zip(["b", "c", "a", "a"]) {
+            m.zone = Some(z.into());
+        }
+        assert_eq!(
+            spin_down(&s, TIMEOUT),
+            Step::Retire {
+                machine: "s3".into(),
+                node: "s3".into()
+            },
+            "the outdated server in the fuller zone, though s2 is older"
+        );
+        // The new one in a zone of its own: the zones are even, the oldest follower goes.
+        s.machines[3].zone = Some("d".into());
+        assert_eq!(
+            spin_down(&s, TIMEOUT),
+            Step::Retire {
+                machine: "s2".into(),
+                node: "s2".into()
+            }
+        );
     }
 
     #[test]

@@ -303,6 +303,8 @@ pub struct Machine {
     pub state: MachineState,
     /// Private address (no port): how it is matched to its Raft peer.
     pub address: Option<String>,
+    /// Its availability zone, when the cloud knows it: a retirement keeps the zones even.
+    pub zone: Option<String>,
     /// The Consul node name, when the cloud knows it.
     pub node: Option<String>,
     /// The idempotency token it was launched with.

@@ -276,6 +276,7 @@ mod tests {
                     launched_at: i as u64,
                     state: MachineState::Running,
                     address: None,
+                    zone: None,
                     node: Some((*n).into()),
                     token: None,
                     reason: None,

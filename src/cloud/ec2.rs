@@ -703,6 +703,11 @@ fn machine(i: &Instance, request: &str) -> Result<Machine, CloudError> {
             .private_ip_address()
             .filter(|a| !a.is_empty())
             .map(str::to_owned),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .filter(|z| !z.is_empty())
+            .map(str::to_owned),
         token,
         id,
     })
@@ -811,6 +816,7 @@ mod tests {
                 launched_at: 1_714_564_800_123,
                 state: MachineState::Running,
                 address: Some("10.0.1.7".into()),
+                zone: None,
                 node: Some("i-0abc".into()),
                 token: Some("r1-o3-n3".into()),
                 reason: None,

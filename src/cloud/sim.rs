@@ -194,6 +194,7 @@ fn machine(s: ServerJson, request: &str) -> Result<Option<Machine>, CloudError> 
         launched_at: s.launched_at,
         state,
         address: Some(address).filter(|a| !a.is_empty()),
+        zone: None,
         token: s.token,
         reason: s.reason.map(|r| clip(&r, MAX_REASON)),
     }))
@@ -404,6 +405,7 @@ mod tests {
                 launched_at: 1_714_564_800_000,
                 state: MachineState::Pending,
                 address: Some("127.0.1.4".into()),
+                zone: None,
                 node: Some("consul-server-4".into()),
                 token: Some("t-1".into()),
                 reason: None,

@@ -20,6 +20,7 @@ fn machine(id: &str, image: &str, launched_at: u64) -> Machine {
         launched_at,
         state: MachineState::Running,
         address: Some(format!("10.0.0.{launched_at}")),
+        zone: None,
         node: Some(id.into()),
         token: None,
         reason: None,

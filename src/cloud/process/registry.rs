@@ -282,6 +282,7 @@ impl ProcessCloud {
             state: self.state(record, now_ms()),
             // Every agent shares 127.0.0.1: only the node name tells their peers apart.
             address: None,
+            zone: None,
             node: Some(record.id.clone()),
             token: Some(record.token.clone()),
             reason: None,
