@@ -45,6 +45,9 @@ enum Command {
     /// Rebuild the rollout record from the cluster when it does not decode, or is gone while
     /// the cluster is over its size; the replicas carry on from it.
     Repair(cli::repair::RepairArgs),
+    /// Put the servers' Auto Scaling group back as a stopped (or paused) rollout's record on it
+    /// says: processes resumed, MaxSize restored, with --template the old launch template version.
+    RestoreGroup(cli::restore_group::RestoreGroupArgs),
     /// Pre-flight: what would make a rollout or the lifecycle guard unsafe or stuck (today the
     /// servers' Auto Scaling group), each with its fix; exit 1 on any failed check.
     Doctor(cli::doctor::DoctorArgs),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         | Command::Resume(_)
         | Command::Plan(_)
         | Command::Doctor(_)
+        | Command::RestoreGroup(_)
         | Command::Repair(_) => "off",
         _ => "info",
     });
@@ -97,5 +101,8 @@ fn main() -> ExitCode {
         Command::Plan(args) => cli::exit(&args.target.clone(), cli::plan::run(args)),
         Command::Repair(args) => cli::exit(&args.target.clone(), cli::repair::run(args)),
         Command::Doctor(args) => cli::exit(&args.target.clone(), cli::doctor::run(args)),
+        Command::RestoreGroup(args) => {
+            cli::exit(&args.target.clone(), cli::restore_group::run(args))
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::common::moto::{
 use aws_sdk_autoscaling::types::{AutoScalingGroup, Tag};
 use rehydrator::cloud::asg::{BASE_TAG, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG, TOKEN_TAG};
 use rehydrator::cloud::Ec2Cloud;
+use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::ports::{CloudPort, ErrorKind, MachineState};
 
 const CLUSTER: &str = "prod";
@@ -373,11 +374,10 @@ async fn a_group_that_cannot_be_rolled_is_refused_saying_why() {
     .await;
 }
 
-/// `rehydrator doctor --config FILE` against moto, as an operator runs it: its exit status and
-/// its stdout.
-fn doctor(url: &str, dir: &std::path::Path, json: bool) -> (Option<i32>, String, String) {
+/// `config/samples/asg.toml` pointed at moto (and at `consul`, if given), in `dir`.
+fn asg_config(url: &str, consul: Option<&str>, dir: &std::path::Path) -> std::path::PathBuf {
     let config = dir.join("asg.toml");
-    let sample = std::fs::read_to_string(
+    let mut sample = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples/asg.toml"),
     )
     .unwrap()
@@ -386,7 +386,36 @@ fn doctor(url: &str, dir: &std::path::Path, json: bool) -> (Option<i32>, String,
         &format!("region = \"us-east-1\"\nendpoint_url = \"{url}\""),
     )
     .replace("name = \"prod\"", &format!("name = \"{CLUSTER}\""));
+    if let Some(consul) = consul {
+        sample.push_str(&format!("\n[consul]\naddress = \"{consul}\"\n"));
+    }
     std::fs::write(&config, sample).unwrap();
+    config
+}
+
+/// `rehydrator <args> --config FILE` against moto with test keys: exit status, stdout, stderr.
+fn rehydrator(args: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+        .args(args)
+        .args(["--timeout", "60s", "--config"])
+        .arg(config)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rehydrator doctor --config FILE` against moto, as an operator runs it: its exit status and
+/// its stdout.
+fn doctor(url: &str, dir: &std::path::Path, json: bool) -> (Option<i32>, String, String) {
+    let config = asg_config(url, None, dir);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"));
     cmd.args(["doctor", "--timeout", "60s", "--config"])
         .arg(&config)
@@ -481,6 +510,97 @@ async fn doctor_names_what_makes_a_group_unsafe_and_passes_once_fixed() {
         // moto keeps no instance maintenance policy: still a warning, honestly.
         assert_eq!(level("instance maintenance policy"), "warning");
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_stopped_rollouts_group_is_restored_on_request_and_never_under_an_active_one() {
+    common::bounded(async {
+        let moto = moto();
+        let ec2 = client(&moto.url);
+        let asg = asg_client(&moto.url);
+        let ami_a = register(&ec2, "consul-server-a").await;
+        launch_template(&ec2, &ami_a).await;
+        server_group(&ec2, &asg, CLUSTER, 3).await;
+        let ami_b = register(&ec2, "consul-server-b").await;
+        let cloud = cloud(&moto.url).await;
+        // A step launched its server and the rollout stopped there: the group is as the
+        // record says, one server over, max raised, AZRebalance suspended, on the new image.
+        let extra = cloud.launch(&ami_b, "r1-o0-n0").await.unwrap();
+        let consul = crate::common::sim_with(crate::common::rig::fast_sim(1));
+        let dir = std::env::temp_dir().join(format!("rehydrator-restore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = asg_config(&moto.url, Some(&consul.url()), &dir);
+        let http = awc::Client::default();
+        let record_url = format!("{}/v1/kv/rehydrator/{CLUSTER}/rollout", consul.url());
+        let put_record = |state: RolloutState| {
+            let mut r = Rollout::start("r1".into(), &ami_b, 1, 1);
+            r.state = state;
+            let body = serde_json::to_vec(&r).unwrap();
+            let (http, url) = (http.clone(), record_url.clone());
+            async move {
+                let resp = http.put(url).send_body(body).await.unwrap();
+                assert!(resp.status().is_success());
+            }
+        };
+
+        put_record(RolloutState::Active).await;
+        let (code, out, err) = rehydrator(&["restore-group", "--template"], &config);
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(
+            err.contains("rollout r1") && err.contains("is active"),
+            "{err}"
+        );
+        assert_eq!(
+            suspended(&group(&asg).await),
+            ["AZRebalance"],
+            "nothing undone"
+        );
+
+        put_record(RolloutState::Stopped {
+            at: 2,
+            reason: "the operator stopped it".into(),
+        })
+        .await;
+        let (code, out, err) = rehydrator(&["restore-group", "--template"], &config);
+        assert_eq!(code, Some(0), "{out}{err}");
+        for line in [
+            "resumed AZRebalance",
+            "MaxSize stays 4: the group wants 4 servers",
+            "launches from",
+            "one more than before the step (3)",
+        ] {
+            assert!(out.contains(line), "no {line:?} in:\n{out}");
+        }
+        let g = group(&asg).await;
+        assert!(suspended(&g).is_empty());
+        assert_eq!(g.launch_template().unwrap().version(), Some("$Default"));
+        let rec = record(&g);
+        assert!(
+            !rec.contains_key(PROCESSES_TAG) && !rec.contains_key(TEMPLATE_TAG),
+            "{rec:?}"
+        );
+        assert!(
+            rec.contains_key(BASE_TAG) && rec.contains_key(MAX_TAG),
+            "kept while the group is over: {rec:?}"
+        );
+
+        // The operator retires the extra server as told; a second restore finishes the job.
+        asg.terminate_instance_in_auto_scaling_group()
+            .instance_id(&extra.id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .unwrap();
+        let (code, out, err) = rehydrator(&["restore-group"], &config);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("MaxSize back to 3"), "{out}");
+        let g = group(&asg).await;
+        assert_eq!(sizes(&g), (3, 3, 3));
+        assert!(record(&g).is_empty(), "{:?}", record(&g));
+        let _ = std::fs::remove_dir_all(&dir);
+        consul.stop().await;
     })
     .await;
 }

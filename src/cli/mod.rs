@@ -21,6 +21,7 @@ pub mod pause;
 pub mod plan;
 pub mod process_cluster;
 pub mod repair;
+pub mod restore_group;
 pub mod run;
 pub mod sim;
 pub mod status;

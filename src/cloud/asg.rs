@@ -646,6 +646,94 @@ impl AutoScalingGroup {
         Ok(())
     }
 
+    /// Puts back what a stopped rollout's record says it changed, for `rehydrator
+    /// restore-group`: the suspended processes resumed, MaxSize restored (when the group's size
+    /// allows), and with `template` the launch template version the group used before. Each
+    /// record tag goes once its change is undone. An extra server a stopped step left is not
+    /// terminated here: which server goes is the operator's call, and the answer says so.
+    /// Answers what was done, a line each.
+    pub async fn restore(&self, template: bool) -> Result<Vec<String>, CloudError> {
+        let group = self.view().await?;
+        let mut done = Vec::new();
+        let mut delete: Vec<&str> = Vec::new();
+        if let Some(processes) = group.tags.get(PROCESSES_TAG) {
+            let processes: Vec<String> = processes
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if !processes.is_empty() {
+                self.client
+                    .resume_processes()
+                    .auto_scaling_group_name(&self.name)
+                    .set_scaling_processes(Some(processes.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("ResumeProcesses", e))?;
+            }
+            done.push(format!("resumed {}", processes.join(", ")));
+            delete.push(PROCESSES_TAG);
+        }
+        if let Some(max) = group.number(MAX_TAG)? {
+            if group.desired <= max {
+                self.client
+                    .update_auto_scaling_group()
+                    .auto_scaling_group_name(&self.name)
+                    .max_size(max)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("UpdateAutoScalingGroup (MaxSize)", e))?;
+                done.push(format!("MaxSize back to {max}"));
+                delete.push(MAX_TAG);
+            } else {
+                done.push(format!(
+                    "MaxSize stays {}: the group wants {} servers, more than the {max} it had",
+                    group.max, group.desired
+                ));
+            }
+        }
+        match (group.tags.get(TEMPLATE_TAG), &group.template) {
+            (Some(version), Some(t)) if template => {
+                self.client
+                    .update_auto_scaling_group()
+                    .auto_scaling_group_name(&self.name)
+                    .launch_template(
+                        LaunchTemplateSpecification::builder()
+                            .launch_template_id(&t.id)
+                            .version(version)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| self.error("UpdateAutoScalingGroup (launch template)", e))?;
+                done.push(format!(
+                    "the group launches from {} version {version} again",
+                    t.id
+                ));
+                delete.push(TEMPLATE_TAG);
+            }
+            (Some(version), Some(t)) => done.push(format!(
+                "the group still launches the new image (template {} version {});                  --template puts back version {version}",
+                t.id, t.version
+            )),
+            _ => {}
+        }
+        match group.number(BASE_TAG)? {
+            Some(base) if group.desired > base => done.push(format!(
+                "the group wants {} servers, one more than before the step ({base}): retire                  the extra one with `aws autoscaling terminate-instance-in-auto-scaling-group                  --should-decrement-desired-capacity --instance-id <id>`",
+                group.desired
+            )),
+            Some(_) => delete.extend([BASE_TAG, TOKEN_TAG]),
+            None => delete.push(TOKEN_TAG),
+        }
+        delete.retain(|k| group.tags.contains_key(*k));
+        self.delete_tags(&delete).await?;
+        if done.is_empty() {
+            done.push("the group carries no rollout's changes: nothing to restore".into());
+        }
+        Ok(done)
+    }
+
     /// What `rehydrator doctor` judges the group on: the group, its hooks of the guard's,
     /// and the image its launch template boots.
     pub async fn inspect(&self, ec2: &Ec2Cloud) -> Result<GroupFacts, CloudError> {
