@@ -2,8 +2,8 @@
 //! unsafe or stuck, each finding ✓ / ! / ✗ with its fix; exit 1 on any ✗. Today it checks the
 //! servers' Auto Scaling group (`cloud.auto_scaling_group`): launch template, cluster tag,
 //! scale-in protection, AZRebalance, the guard's lifecycle hooks and their heartbeat timeout,
-//! the instance maintenance policy, max size, a rollout's record left on the group, and the
-//! image. Read-only: it changes nothing.
+//! the instance maintenance policy, max size, a rollout's record left on the group, the image,
+//! and the permissions (EC2's changing calls by DryRun). Read-only: it changes nothing.
 
 use anyhow::Context as _;
 use rehydrator::cloud::asg_checks::{self, Expect, Finding, Level};

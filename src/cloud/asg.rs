@@ -750,12 +750,17 @@ impl AutoScalingGroup {
             .into_iter()
             .map(|m| (m.id, m.image))
             .collect();
+        let dry_run = match (&view.template, &image, ids.first()) {
+            (Some(t), Some(image), Some(server)) => ec2.dry_run(&t.id, image, server).await,
+            _ => Vec::new(),
+        };
         Ok(GroupFacts {
             name: self.name.clone(),
             view,
             hooks,
             template_image: image,
             images,
+            dry_run,
         })
     }
 
@@ -872,6 +877,8 @@ pub struct GroupFacts {
     pub template_image: Option<String>,
     /// Each live server's image, by instance.
     pub images: BTreeMap<String, String>,
+    /// What EC2's DryRun said of the changing EC2 calls a group rollout makes.
+    pub dry_run: Vec<(&'static str, super::ec2::DryRun)>,
 }
 
 impl GroupFacts {

@@ -8,7 +8,7 @@ use rehydrator_actors::ports::Transition;
 use serde::Serialize;
 
 use super::asg::{GroupFacts, BASE_TAG, HOOK_PREFIX, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG};
-use super::ec2::CLUSTER_TAG;
+use super::ec2::{DryRun, CLUSTER_TAG};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -279,6 +279,8 @@ pub fn check(f: &GroupFacts, e: &Expect) -> Vec<Finding> {
         )
     });
 
+    out.push(permissions(&f.dry_run));
+
     match (&f.template_image, &e.newest_image) {
         (Some(launches), Some(newest)) if launches != newest => out.push(ok(
             "image",
@@ -298,10 +300,87 @@ pub fn check(f: &GroupFacts, e: &Expect) -> Vec<Finding> {
     out
 }
 
+/// The permissions finding: the reads the doctor made proved the Describe calls; EC2's
+/// changing calls are asked with DryRun; Auto Scaling has no dry run, so its changing calls
+/// cannot be checked without acting.
+fn permissions(dry: &[(&'static str, DryRun)]) -> Finding {
+    let denied: Vec<String> = dry
+        .iter()
+        .filter_map(|(action, answer)| match answer {
+            DryRun::Denied(why) => Some(format!("{action} ({why})")),
+            _ => None,
+        })
+        .collect();
+    let unknown: Vec<String> = dry
+        .iter()
+        .filter_map(|(action, answer)| match answer {
+            DryRun::Unknown(why) => Some(format!("{action}: {why}")),
+            _ => None,
+        })
+        .collect();
+    let autoscaling = "the Auto Scaling calls that change the group have no dry run and are not \
+                       checked (deploy/cloudformation.yaml's task role has them)";
+    if !denied.is_empty() {
+        not(
+            "permissions",
+            Level::Fail,
+            format!("denied: {}", denied.join("; ")),
+            "allow them in the task role, scoped as deploy/cloudformation.yaml does".into(),
+        )
+    } else if dry.is_empty() {
+        ok(
+            "permissions",
+            format!("the Describe calls are allowed (read above); no server to dry-run EC2's calls on; {autoscaling}"),
+        )
+    } else if !unknown.is_empty() {
+        not(
+            "permissions",
+            Level::Warning,
+            format!("EC2's DryRun did not say: {}", unknown.join("; ")),
+            "check the task role against deploy/cloudformation.yaml".into(),
+        )
+    } else {
+        ok(
+            "permissions",
+            format!(
+                "allowed by EC2's DryRun: {}; the Describe calls too; {autoscaling}",
+                dry.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denied_dry_run_fails_and_an_unclear_one_warns() {
+        let allowed = [
+            ("ec2:CreateTags", DryRun::Allowed),
+            ("ec2:TerminateInstances", DryRun::Allowed),
+        ];
+        let f = permissions(&allowed);
+        assert_eq!(f.level, Level::Ok, "{f:?}");
+        assert!(
+            f.detail.contains("ec2:CreateTags, ec2:TerminateInstances"),
+            "{f:?}"
+        );
+        let mut denied = allowed.to_vec();
+        denied.push((
+            "ec2:CreateLaunchTemplateVersion",
+            DryRun::Denied("You are not authorized".into()),
+        ));
+        let f = permissions(&denied);
+        assert_eq!(f.level, Level::Fail);
+        assert!(f
+            .detail
+            .contains("ec2:CreateLaunchTemplateVersion (You are not authorized)"));
+        let unclear = [("ec2:CreateTags", DryRun::Unknown("Throttling: slow".into()))];
+        assert_eq!(permissions(&unclear).level, Level::Warning);
+        assert_eq!(permissions(&[]).level, Level::Ok);
+    }
 
     #[test]
     fn a_mark_per_level() {

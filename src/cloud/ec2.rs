@@ -521,6 +521,54 @@ impl Ec2Cloud {
         Ok(())
     }
 
+    /// Whether the credentials may make the EC2 calls a group rollout makes that change
+    /// something, asked with DryRun (EC2 answers DryRunOperation when it would have allowed
+    /// the call, UnauthorizedOperation when not; nothing is changed either way). `instance`
+    /// is a server to ask about: the calls are scoped by its tags.
+    pub async fn dry_run(
+        &self,
+        template_id: &str,
+        image: &str,
+        instance: &str,
+    ) -> Vec<(&'static str, DryRun)> {
+        let version = self
+            .client
+            .create_launch_template_version()
+            .dry_run(true)
+            .launch_template_id(template_id)
+            .source_version("$Latest")
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(image)
+                    .build(),
+            )
+            .send()
+            .await
+            .map(drop);
+        let tags = self
+            .client
+            .create_tags()
+            .dry_run(true)
+            .resources(instance)
+            .tags(tag(TOKEN_TAG, "doctor"))
+            .send()
+            .await
+            .map(drop);
+        let terminate = self
+            .client
+            .terminate_instances()
+            .dry_run(true)
+            .instance_ids(instance)
+            .send()
+            .await
+            .map(drop);
+        vec![
+            ("ec2:CreateLaunchTemplateVersion", dry_run_answer(version)),
+            ("ec2:CreateTags", dry_run_answer(tags)),
+            ("ec2:TerminateInstances", dry_run_answer(terminate)),
+        ]
+    }
+
     /// One instance by ID, in any state, if EC2 still shows it.
     pub(crate) async fn find(&self, id: &str) -> Result<Option<Machine>, CloudError> {
         let request = "DescribeInstances (id)";
@@ -622,6 +670,33 @@ fn no_group(group: Option<AutoScalingGroup>) -> Result<AutoScalingGroup, CloudEr
     group.ok_or_else(|| CloudError::Config {
         reason: "lifecycle actions need cloud.auto_scaling_group".into(),
     })
+}
+
+/// What a DryRun call said about a permission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DryRun {
+    Allowed,
+    Denied(String),
+    /// Another answer (an error that says nothing of the permission).
+    Unknown(String),
+}
+
+fn dry_run_answer<E>(result: Result<(), SdkError<E, HttpResponse>>) -> DryRun
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        // A call that did not fail did not honour DryRun: it says nothing either way.
+        Ok(()) => DryRun::Unknown("the call succeeded without DryRun's answer".into()),
+        Err(e) => match e.code() {
+            Some("DryRunOperation") => DryRun::Allowed,
+            Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => {
+                DryRun::Denied(e.message().unwrap_or("not authorized").to_owned())
+            }
+            Some(code) => DryRun::Unknown(format!("{code}: {}", e.message().unwrap_or(""))),
+            None => DryRun::Unknown(DisplayErrorContext(&e).to_string()),
+        },
+    }
 }
 
 /// One version of a launch template, as far as a rollout cares.
