@@ -23,3 +23,8 @@ async fn a_new_instance_terminated_right_after_launch_is_launched_again_through_
     )
     .await;
 }
+
+#[actix_rt::test]
+async fn three_container_instances_of_a_group_roll_through_the_group() {
+    common::bounded_for(TEST_BOUND, moto_rollout(Backend::EcsAsg, 3)).await;
+}

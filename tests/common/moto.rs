@@ -476,6 +476,18 @@ pub async fn server_group(
     cluster: &str,
     size: i32,
 ) {
+    server_group_sized(ec2, asg, cluster, size, size).await;
+}
+
+/// As `server_group`, with `desired` (and min) servers and room for `max`.
+pub async fn server_group_sized(
+    ec2: &aws_sdk_ec2::Client,
+    asg: &aws_sdk_autoscaling::Client,
+    cluster: &str,
+    desired: i32,
+    max: i32,
+) {
+    let size = desired;
     use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag};
     let vpc = ec2
         .create_vpc()
@@ -517,7 +529,7 @@ pub async fn server_group(
                 .build(),
         )
         .min_size(size)
-        .max_size(size)
+        .max_size(max)
         .desired_capacity(size)
         .vpc_zone_identifier(subnets.join(","))
         .tags(

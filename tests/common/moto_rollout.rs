@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::moto::{
     asg_client, client, credentials, ecs_client, ecs_cluster, launch_template, moto, moto_ecs,
-    register, registrar, server_group, Moto, ECS_CLUSTER, GROUP, TASK_FAMILY,
+    register, registrar, server_group, server_group_sized, Moto, ECS_CLUSTER, GROUP, TASK_FAMILY,
 };
 use super::rig::send;
 use rehydrator::cloud::ec2::CLUSTER_TAG;
@@ -44,13 +44,16 @@ pub enum Backend {
     Ecs,
     /// `ec2` with `cloud.auto_scaling_group`: the servers are a group's, seeded by the group.
     Asg,
+    /// `ecs` whose container instances are a group's: seeded through the cloud, one step's
+    /// launch at a time, so each gets its Consul task.
+    EcsAsg,
 }
 
 impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Ec2 | Backend::Asg => "ec2",
-            Backend::Ecs => "ecs",
+            Backend::Ecs | Backend::EcsAsg => "ecs",
         }
     }
 }
@@ -146,7 +149,7 @@ impl Rig {
 
     fn settings(&self, desired: usize) -> Settings {
         let launch = match self.backend {
-            Backend::Asg => format!("auto_scaling_group = \"{GROUP}\""),
+            Backend::Asg | Backend::EcsAsg => format!("auto_scaling_group = \"{GROUP}\""),
             Backend::Ec2 | Backend::Ecs => "launch_template = \"consul-server\"".into(),
         };
         let mut cloud = format!(
@@ -154,7 +157,7 @@ impl Rig {
             self.backend.name(),
             self.moto.url
         );
-        if self.backend == Backend::Ecs {
+        if matches!(self.backend, Backend::Ecs | Backend::EcsAsg) {
             cloud.push_str(&format!(
                 "\necs_cluster = \"{ECS_CLUSTER}\"\ntask_definition = \"{TASK_FAMILY}\"\nregistration_timeout = \"20s\""
             ));
@@ -241,7 +244,7 @@ pub async fn moto_rollout(backend: Backend, n: usize) {
 pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     let moto = match backend {
         Backend::Ec2 | Backend::Asg => moto(),
-        Backend::Ecs => moto_ecs(),
+        Backend::Ecs | Backend::EcsAsg => moto_ecs(),
     };
     let ec2 = client(&moto.url);
     let ami_a = register(&ec2, "consul-server-a").await;
@@ -250,7 +253,7 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     // Kept for the whole test: it stands in for the ECS agent of every instance launched.
     let agent = match backend {
         Backend::Ec2 | Backend::Asg => None,
-        Backend::Ecs => {
+        Backend::Ecs | Backend::EcsAsg => {
             ecs_cluster(&moto.url, &ecs).await;
             Some(registrar(&moto.url, CLUSTER))
         }
@@ -291,6 +294,10 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
         let n = i32::try_from(n).unwrap();
         server_group(&rig.ec2, &asg_client(&rig.moto.url), CLUSTER, n).await;
     }
+    if backend == Backend::EcsAsg {
+        let n = i32::try_from(n).unwrap();
+        server_group_sized(&rig.ec2, &asg_client(&rig.moto.url), CLUSTER, 0, n).await;
+    }
     let errors = Rc::new(RefCell::new(Vec::new()));
     let bridge = bridge(
         cloud.clone(),
@@ -304,6 +311,29 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     let mut seeds = Vec::new();
     if backend == Backend::Asg {
         seeds.extend(cloud.machines().await.unwrap().into_iter().map(|m| m.id));
+    } else if backend == Backend::EcsAsg {
+        let asg = asg_client(&rig.moto.url);
+        for i in 0..n {
+            seeds.push(cloud.launch(&ami_a, &format!("seed-{i}")).await.unwrap().id);
+            // As a finished step leaves the group: its step record gone.
+            forget_step(&asg).await;
+        }
+        // The usual layout from here: min = max = desired, nothing suspended, no record.
+        let n = i32::try_from(n).unwrap();
+        asg.update_auto_scaling_group()
+            .auto_scaling_group_name(GROUP)
+            .min_size(n)
+            .max_size(n)
+            .send()
+            .await
+            .unwrap();
+        asg.resume_processes()
+            .auto_scaling_group_name(GROUP)
+            .scaling_processes("AZRebalance")
+            .send()
+            .await
+            .unwrap();
+        forget_record(&asg).await;
     } else {
         for i in 0..n {
             seeds.push(cloud.launch(&ami_a, &format!("seed-{i}")).await.unwrap().id);
@@ -448,10 +478,10 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
         "the bridge failed: {:?}",
         errors.borrow()
     );
-    if backend == Backend::Asg {
+    if matches!(backend, Backend::Asg | Backend::EcsAsg) {
         assert_group_settled(&asg_client(&rig.moto.url), n, &ami_b).await;
     }
-    if backend == Backend::Ecs {
+    if matches!(backend, Backend::Ecs | Backend::EcsAsg) {
         let live = live.iter().map(|m| m.id.clone()).collect();
         assert_ecs(&ecs, &live, n, victim.as_deref()).await;
         let agent = agent.as_ref().unwrap();
@@ -468,6 +498,37 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
 
     bridge.abort();
     tree.shutdown().await;
+}
+
+/// Deletes the group's tags named `keys`.
+async fn delete_group_tags(asg: &aws_sdk_autoscaling::Client, keys: &[&str]) {
+    let mut call = asg.delete_tags();
+    for key in keys {
+        call = call.tags(
+            aws_sdk_autoscaling::types::Tag::builder()
+                .resource_id(GROUP)
+                .resource_type("auto-scaling-group")
+                .key(*key)
+                .build(),
+        );
+    }
+    call.send().await.unwrap();
+}
+
+/// The group without the record of a step (its size before it, its token).
+async fn forget_step(asg: &aws_sdk_autoscaling::Client) {
+    use rehydrator::cloud::asg::{BASE_TAG, TOKEN_TAG};
+    delete_group_tags(asg, &[BASE_TAG, TOKEN_TAG]).await;
+}
+
+/// The group without any of rehydrator's record.
+async fn forget_record(asg: &aws_sdk_autoscaling::Client) {
+    use rehydrator::cloud::asg::{BASE_TAG, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG, TOKEN_TAG};
+    delete_group_tags(
+        asg,
+        &[BASE_TAG, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG, TOKEN_TAG],
+    )
+    .await;
 }
 
 /// The group after a rollout of `n`: back at its size, its record gone, AZRebalance running
