@@ -99,7 +99,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/sim/invariants/reset", web::post().to(reset_invariants))
         .route("/sim/stats", web::get().to(stats))
         .route("/sim/timeline", web::get().to(timeline));
-    crate::group_control::configure(cfg);
 }
 
 /// A control API error: a status and a reason, sent as `{"error": ...}`.

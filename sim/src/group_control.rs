@@ -34,8 +34,9 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::group::{
-    self, Group, Hook, HookResult, Lifecycle, Member, Refresh, Transition, PROCESSES,
+    Group, Hook, HookResult, Lifecycle, Member, Refresh, Transition, PROCESSES,
 };
+use crate::cluster::scaling as group;
 use crate::cluster::Machine;
 use crate::control::ControlError;
 use crate::state::{Sim, State};

@@ -65,6 +65,7 @@ pub fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<RunningSi
             .app_data(web::PayloadConfig::new(1024 * 1024))
             .configure(crate::api::configure)
             .configure(crate::control::configure)
+            .configure(crate::group_control::configure)
     })
     // One worker: the state sits behind one lock anyway, and tests start many simulators
     // on a 2-core machine.

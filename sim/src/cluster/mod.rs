@@ -20,6 +20,7 @@ pub mod group;
 pub mod lifecycle;
 pub mod model;
 pub mod raft;
+pub mod scaling;
 pub mod server;
 
 pub use lifecycle::*;
