@@ -55,13 +55,15 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 let cloud = Ec2Cloud::load(aws, &settings.cluster.name, None)
                     .await
                     .context("the cloud")?;
-                let group = cloud
+                let name = cloud
                     .group()
-                    .context("cloud.auto_scaling_group names a group but none was built")?;
-                let facts = group
-                    .inspect(&cloud)
+                    .context("cloud.auto_scaling_group names a group but none was built")?
+                    .name();
+                let facts = cloud
+                    .inspect_group()
                     .await
-                    .with_context(|| format!("reading group {}", group.name()))?;
+                    .with_context(|| format!("reading group {name}"))?
+                    .context("cloud.auto_scaling_group names a group but none was built")?;
                 let newest = cloud.newest_image_id().await.context("the newest image")?;
                 let (guard, guard_every) = guard(settings);
                 asg_checks::check(

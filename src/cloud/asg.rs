@@ -58,8 +58,53 @@ use aws_sdk_autoscaling::types::{AutoScalingGroup as Group, LaunchTemplateSpecif
 use rehydrator_actors::ports::{LifecycleWait, Machine, MachineState, Transition};
 use tokio::time::Instant;
 
-use super::ec2::{sdk_error, Ec2Cloud};
+use super::aws::{sdk_error, DryRun};
 use super::CloudError;
+
+/// What the group needs of EC2: its instances by token or ID, their tags, their termination
+/// outside the group, and the launch template's versions. `Ec2Cloud` is the one there is; the
+/// group names the trait, not it, so EC2's module may hold a group without a circle.
+pub(crate) trait Instances {
+    /// The instance a launch's token names, in any state.
+    async fn by_token(&self, token: &str) -> Result<Option<Machine>, CloudError>;
+    /// The instances with these IDs that EC2 still shows.
+    async fn by_ids(&self, ids: &[String]) -> Result<Vec<Machine>, CloudError>;
+    /// A version (a number, `$Latest` or `$Default`) of a launch template.
+    async fn template_version(
+        &self,
+        template_id: &str,
+        version: &str,
+    ) -> Result<TemplateVersion, CloudError>;
+    /// A new version of the template, `source`'s settings with `image`; its number.
+    async fn new_template_version(
+        &self,
+        template_id: &str,
+        source: i64,
+        image: &str,
+        description: &str,
+    ) -> Result<i64, CloudError>;
+    /// Tags `id` as the machine `token`'s launch made.
+    async fn claim(&self, id: &str, token: &str) -> Result<(), CloudError>;
+    /// Whether the credentials allow the EC2 calls a group rollout makes, by permission.
+    async fn dry_run(
+        &self,
+        template_id: &str,
+        image: &str,
+        instance: &str,
+    ) -> Vec<(&'static str, DryRun)>;
+    /// One instance by ID, in any state.
+    async fn find(&self, id: &str) -> Result<Option<Machine>, CloudError>;
+    /// Terminates an instance that is no longer (or never was) the group's.
+    async fn terminate_instance(&self, id: &str) -> Result<(), CloudError>;
+}
+
+/// One version of a launch template, as far as a rollout cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TemplateVersion {
+    pub number: i64,
+    pub image: String,
+    pub description: String,
+}
 
 /// The group tag holding the desired capacity before the step's extra server.
 pub const BASE_TAG: &str = "rehydrator:base-desired";
@@ -70,7 +115,7 @@ pub const PROCESSES_TAG: &str = "rehydrator:resume-processes";
 /// The group tag holding the launch template version the group used before the rollout.
 pub const TEMPLATE_TAG: &str = "rehydrator:restore-template";
 /// The launch's token, propagated to the instance the group launches.
-pub const TOKEN_TAG: &str = super::ec2::TOKEN_TAG;
+pub const TOKEN_TAG: &str = super::aws::TOKEN_TAG;
 
 /// The lifecycle hooks that are the guard's to complete: their names start with this. Other
 /// hooks (a user's own) are left alone.
@@ -278,7 +323,7 @@ impl AutoScalingGroup {
     /// Points the group at the template version that boots `image`, making it if need be.
     async fn use_image(
         &self,
-        ec2: &Ec2Cloud,
+        ec2: &impl Instances,
         group: &GroupView,
         image: &str,
     ) -> Result<(), CloudError> {
@@ -336,7 +381,7 @@ impl AutoScalingGroup {
     /// Launches one server through the group: see the module's notes.
     pub(crate) async fn launch(
         &self,
-        ec2: &Ec2Cloud,
+        ec2: &impl Instances,
         image: &str,
         token: &str,
     ) -> Result<Machine, CloudError> {
@@ -448,7 +493,7 @@ impl AutoScalingGroup {
     /// module's notes); bounded by the launch wait.
     async fn await_launch(
         &self,
-        ec2: &Ec2Cloud,
+        ec2: &impl Instances,
         image: &str,
         token: &str,
     ) -> Result<Machine, CloudError> {
@@ -501,7 +546,11 @@ impl AutoScalingGroup {
     }
 
     /// A live instance of the group on `image` that no launch claims.
-    async fn unclaimed(&self, ec2: &Ec2Cloud, image: &str) -> Result<Option<Machine>, CloudError> {
+    async fn unclaimed(
+        &self,
+        ec2: &impl Instances,
+        image: &str,
+    ) -> Result<Option<Machine>, CloudError> {
         let group = self.view().await?;
         let ids: Vec<String> = group.live().map(|m| m.id.clone()).collect();
         Ok(ec2
@@ -736,7 +785,7 @@ impl AutoScalingGroup {
 
     /// What `rehydrator doctor` judges the group on: the group, its hooks of the guard's,
     /// and the image its launch template boots.
-    pub async fn inspect(&self, ec2: &Ec2Cloud) -> Result<GroupFacts, CloudError> {
+    pub(crate) async fn inspect(&self, ec2: &impl Instances) -> Result<GroupFacts, CloudError> {
         let view = self.view().await?;
         let hooks = self.hooks().await?;
         let image = match &view.template {
@@ -765,7 +814,7 @@ impl AutoScalingGroup {
     }
 
     /// Retires one server through the group: see the module's notes.
-    pub(crate) async fn retire(&self, ec2: &Ec2Cloud, id: &str) -> Result<(), CloudError> {
+    pub(crate) async fn retire(&self, ec2: &impl Instances, id: &str) -> Result<(), CloudError> {
         let group = self.view().await?;
         match group.members.iter().find(|m| m.id == id) {
             Some(m) if !m.leaving() => {
@@ -801,7 +850,7 @@ impl AutoScalingGroup {
     /// Undoes what the record says once the step it covers is over: MaxSize and the tags of
     /// the step once the group is back at its base size; the processes and the template
     /// record once every server runs the group's image.
-    async fn settle(&self, ec2: &Ec2Cloud) -> Result<(), CloudError> {
+    async fn settle(&self, ec2: &impl Instances) -> Result<(), CloudError> {
         let group = self.view().await?;
         let Some(base) = group.number(BASE_TAG)? else {
             return Ok(());
@@ -853,7 +902,7 @@ impl AutoScalingGroup {
     }
 
     /// Whether every live server runs the image the group launches.
-    async fn uniform(&self, ec2: &Ec2Cloud, group: &GroupView) -> Result<bool, CloudError> {
+    async fn uniform(&self, ec2: &impl Instances, group: &GroupView) -> Result<bool, CloudError> {
         let Some(template) = &group.template else {
             return Ok(false);
         };
@@ -878,7 +927,7 @@ pub struct GroupFacts {
     /// Each live server's image, by instance.
     pub images: BTreeMap<String, String>,
     /// What EC2's DryRun said of the changing EC2 calls a group rollout makes.
-    pub dry_run: Vec<(&'static str, super::ec2::DryRun)>,
+    pub dry_run: Vec<(&'static str, DryRun)>,
 }
 
 impl GroupFacts {

@@ -8,7 +8,7 @@ use rehydrator_actors::ports::Transition;
 use serde::Serialize;
 
 use super::asg::{GroupFacts, BASE_TAG, HOOK_PREFIX, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG};
-use super::ec2::{DryRun, CLUSTER_TAG};
+use super::aws::{DryRun, CLUSTER_TAG};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -31,47 +31,25 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::config::http::HttpResponse;
-use aws_sdk_ec2::config::{Credentials, Region, SharedHttpClient};
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types::{
     Filter, Instance, InstanceStateName, LaunchTemplateSpecification, ResourceType, Tag,
     TagSpecification,
 };
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use rehydrator_actors::ports::{
     clip, CloudPort, Image, LifecycleWait, Machine, MachineState, PortFuture, MAX_REASON,
 };
 use rehydrator_config::{AwsSettings, Launch};
 use tracing::Instrument as _;
 
-use super::asg::AutoScalingGroup;
+use super::asg::{AutoScalingGroup, GroupFacts, Instances, TemplateVersion};
+use super::aws::{dry_run_answer, endpoint, sdk_config, sdk_error, DryRun};
+// The tests and `asg_checks` name them from here, where the instances get them.
+pub use super::aws::{https_client, CLUSTER_TAG, TOKEN_TAG};
 use super::CloudError;
 
-/// The tag naming the cluster an instance serves.
-pub const CLUSTER_TAG: &str = "rehydrator:cluster";
-/// The tag holding the launch's idempotency token.
-pub const TOKEN_TAG: &str = "rehydrator:token";
-
-/// The longest an EC2 call may take, retries by the SDK included.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest a connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// EC2 refuses a longer ClientToken.
 const MAX_CLIENT_TOKEN: usize = 64;
-
-/// Error codes that mean "slow down": retryable whatever the HTTP status says.
-const THROTTLING: &[&str] = &[
-    "RequestLimitExceeded",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "EC2ThrottledException",
-    "BandwidthLimitExceeded",
-    "PriorRequestNotComplete",
-];
 
 /// What the cloud needs to know about the cluster besides the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,53 +98,6 @@ impl std::fmt::Debug for Ec2Cloud {
             .field("group", &self.group)
             .finish()
     }
-}
-
-/// The SDK's HTTPS client: hyper with rustls on ring and the system's roots.
-pub fn https_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
-}
-
-/// The SDK configuration every AWS client here shares (EC2's, ECS's): the region from
-/// `region`, else the environment; `endpoint_url` for every service; the HTTPS client and
-/// timeouts above; `credentials`, else the SDK's default chain.
-pub(crate) async fn sdk_config(
-    aws: &AwsSettings,
-    credentials: Option<Credentials>,
-) -> Result<aws_config::SdkConfig, CloudError> {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .operation_timeout(OPERATION_TIMEOUT)
-        .build();
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(https_client())
-        .timeout_config(timeouts);
-    if let Some(region) = &aws.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(url) = &aws.endpoint_url {
-        loader = loader.endpoint_url(url.clone());
-    }
-    if let Some(credentials) = credentials {
-        loader = loader.credentials_provider(credentials);
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        return Err(CloudError::Config {
-            reason: "no AWS region: set cloud.region or AWS_REGION".into(),
-        });
-    }
-    Ok(sdk)
-}
-
-/// Where `service`'s calls go, for error messages: `endpoint_url`, else `<service>.<region>`.
-pub(crate) fn endpoint(aws: &AwsSettings, sdk: &aws_config::SdkConfig, service: &str) -> String {
-    aws.endpoint_url.clone().unwrap_or_else(|| {
-        let region = sdk.region().map(|r| r.as_ref()).unwrap_or("no-region");
-        format!("{service}.{region}")
-    })
 }
 
 impl Ec2Cloud {
@@ -232,6 +163,14 @@ impl Ec2Cloud {
             .group
             .map(|g| g.with_waits(launch_wait, poll, claim_after));
         self
+    }
+
+    /// What `rehydrator doctor` judges the servers' group on, if they run in one.
+    pub async fn inspect_group(&self) -> Result<Option<GroupFacts>, CloudError> {
+        match &self.group {
+            Some(group) => group.inspect(self).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The group the servers run in, if they run in one.
@@ -413,8 +352,17 @@ impl Ec2Cloud {
         Ok(m)
     }
 
+    pub(crate) async fn terminate(&self, id: &str) -> Result<(), CloudError> {
+        if let Some(group) = &self.group {
+            return group.retire(self, id).await;
+        }
+        self.terminate_instance(id).await
+    }
+}
+
+impl Instances for Ec2Cloud {
     /// The machine `token` launched, in any state, terminated included.
-    pub(crate) async fn by_token(&self, token: &str) -> Result<Option<Machine>, CloudError> {
+    async fn by_token(&self, token: &str) -> Result<Option<Machine>, CloudError> {
         let request = "DescribeInstances (token)";
         let found = self
             .instances(vec![filter(&format!("tag:{TOKEN_TAG}"), [token])], request)
@@ -423,7 +371,7 @@ impl Ec2Cloud {
     }
 
     /// The live machines among `ids` (a group's members), oldest first.
-    pub(crate) async fn by_ids(&self, ids: &[String]) -> Result<Vec<Machine>, CloudError> {
+    async fn by_ids(&self, ids: &[String]) -> Result<Vec<Machine>, CloudError> {
         let request = "DescribeInstances (group members)";
         let mut out = Vec::new();
         // DescribeInstances takes at most 200 values per filter; a server group is far smaller.
@@ -442,7 +390,7 @@ impl Ec2Cloud {
 
     /// The image a launch template version boots, and that version's number: `version` is a
     /// number, `$Latest` or `$Default`.
-    pub(crate) async fn template_version(
+    async fn template_version(
         &self,
         template_id: &str,
         version: &str,
@@ -478,7 +426,7 @@ impl Ec2Cloud {
     }
 
     /// A new version of the template: `source`'s settings with `image`, described as ours.
-    pub(crate) async fn new_template_version(
+    async fn new_template_version(
         &self,
         template_id: &str,
         source: i64,
@@ -510,7 +458,7 @@ impl Ec2Cloud {
 
     /// Marks `id` as launched by `token`: a server the group launched in a launch's place
     /// (it replaced the launch's dead instance) becomes that launch's machine.
-    pub(crate) async fn claim(&self, id: &str, token: &str) -> Result<(), CloudError> {
+    async fn claim(&self, id: &str, token: &str) -> Result<(), CloudError> {
         self.client
             .create_tags()
             .resources(id)
@@ -525,7 +473,7 @@ impl Ec2Cloud {
     /// something, asked with DryRun (EC2 answers DryRunOperation when it would have allowed
     /// the call, UnauthorizedOperation when not; nothing is changed either way). `instance`
     /// is a server to ask about: the calls are scoped by its tags.
-    pub async fn dry_run(
+    async fn dry_run(
         &self,
         template_id: &str,
         image: &str,
@@ -570,7 +518,7 @@ impl Ec2Cloud {
     }
 
     /// One instance by ID, in any state, if EC2 still shows it.
-    pub(crate) async fn find(&self, id: &str) -> Result<Option<Machine>, CloudError> {
+    async fn find(&self, id: &str) -> Result<Option<Machine>, CloudError> {
         let request = "DescribeInstances (id)";
         let found = self
             .instances(vec![filter("instance-id", [id])], request)
@@ -578,15 +526,8 @@ impl Ec2Cloud {
         found.first().map(|i| machine(i, request)).transpose()
     }
 
-    pub(crate) async fn terminate(&self, id: &str) -> Result<(), CloudError> {
-        if let Some(group) = &self.group {
-            return group.retire(self, id).await;
-        }
-        self.terminate_instance(id).await
-    }
-
     /// TerminateInstances on one instance, outside any group.
-    pub(crate) async fn terminate_instance(&self, id: &str) -> Result<(), CloudError> {
+    async fn terminate_instance(&self, id: &str) -> Result<(), CloudError> {
         self.client
             .terminate_instances()
             .instance_ids(id)
@@ -672,41 +613,6 @@ fn no_group(group: Option<AutoScalingGroup>) -> Result<AutoScalingGroup, CloudEr
     })
 }
 
-/// What a DryRun call said about a permission.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DryRun {
-    Allowed,
-    Denied(String),
-    /// Another answer (an error that says nothing of the permission).
-    Unknown(String),
-}
-
-fn dry_run_answer<E>(result: Result<(), SdkError<E, HttpResponse>>) -> DryRun
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match result {
-        // A call that did not fail did not honour DryRun: it says nothing either way.
-        Ok(()) => DryRun::Unknown("the call succeeded without DryRun's answer".into()),
-        Err(e) => match e.code() {
-            Some("DryRunOperation") => DryRun::Allowed,
-            Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => {
-                DryRun::Denied(e.message().unwrap_or("not authorized").to_owned())
-            }
-            Some(code) => DryRun::Unknown(format!("{code}: {}", e.message().unwrap_or(""))),
-            None => DryRun::Unknown(DisplayErrorContext(&e).to_string()),
-        },
-    }
-}
-
-/// One version of a launch template, as far as a rollout cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TemplateVersion {
-    pub number: i64,
-    pub image: String,
-    pub description: String,
-}
-
 fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
     values
         .into_iter()
@@ -786,62 +692,6 @@ fn machine(i: &Instance, request: &str) -> Result<Machine, CloudError> {
         token,
         id,
     })
-}
-
-/// An SDK failure as a `CloudError`: throttling and 5xx pass as retryable, other service
-/// errors are refusals. The SDK's error text names the operation and the service's message,
-/// never the credentials. Generic over the operation's error, so every AWS SDK's calls (EC2's,
-/// ECS's) map the same way.
-pub(crate) fn sdk_error<E>(
-    endpoint: &str,
-    request: &str,
-    e: SdkError<E, HttpResponse>,
-) -> CloudError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let request = request.to_owned();
-    match &e {
-        SdkError::ConstructionFailure(_) => CloudError::Config {
-            reason: format!("{request}: {}", DisplayErrorContext(&e)),
-        },
-        SdkError::TimeoutError(_) => CloudError::Timeout {
-            request,
-            after: OPERATION_TIMEOUT,
-        },
-        SdkError::DispatchFailure(d) if d.is_timeout() => CloudError::Timeout {
-            request,
-            after: CONNECT_TIMEOUT,
-        },
-        SdkError::DispatchFailure(_) => CloudError::Unreachable {
-            base: endpoint.to_owned(),
-            request,
-            reason: DisplayErrorContext(&e).to_string(),
-        },
-        SdkError::ResponseError(_) => CloudError::Decode {
-            request,
-            reason: DisplayErrorContext(&e).to_string(),
-        },
-        SdkError::ServiceError(s) => {
-            let code = e.code().unwrap_or("Unknown").to_owned();
-            let message = format!("{code}: {}", e.message().unwrap_or("no message"));
-            if THROTTLING.contains(&code.as_str()) {
-                CloudError::Throttled { request, message }
-            } else {
-                CloudError::Status {
-                    status: s.raw().status().as_u16(),
-                    request,
-                    message,
-                }
-            }
-        }
-        // SdkError is non-exhaustive: whatever comes later is retried like a dispatch failure.
-        _ => CloudError::Unreachable {
-            base: endpoint.to_owned(),
-            request,
-            reason: DisplayErrorContext(&e).to_string(),
-        },
-    }
 }
 
 #[cfg(test)]

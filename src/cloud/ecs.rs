@@ -66,7 +66,9 @@ use rehydrator_config::AwsSettings;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::ec2::{self, sdk_error, Ec2Cloud};
+use super::asg::Instances as _;
+use super::aws::{self, sdk_error};
+use super::ec2::Ec2Cloud;
 use super::CloudError;
 
 /// `registration_timeout` when the settings give none (the config's default too).
@@ -170,13 +172,13 @@ impl EcsCloud {
         credentials: Option<Credentials>,
     ) -> Result<Self, CloudError> {
         let target = EcsTarget::from_settings(aws)?;
-        let sdk = ec2::sdk_config(aws, credentials).await?;
+        let sdk = aws::sdk_config(aws, credentials).await?;
         let ec2 = Ec2Cloud::from_sdk(&sdk, aws, cluster);
         Ok(Self::new(
             ec2,
             aws_sdk_ecs::Client::new(&sdk),
             target,
-            ec2::endpoint(aws, &sdk, "ecs"),
+            aws::endpoint(aws, &sdk, "ecs"),
         ))
     }
 

@@ -10,6 +10,7 @@
 
 pub mod asg;
 pub mod asg_checks;
+pub mod aws;
 pub mod consul_version;
 pub mod ec2;
 pub mod ecs;
