@@ -61,26 +61,49 @@ pub(super) fn signal_group(pid: u32, signal: &str) {
     }
 }
 
+/// How long an empty command line is read again before the process counts as not ours.
+const CMDLINE_SETTLE: Duration = Duration::from_secs(1);
+/// `PF_KTHREAD` in /proc/<pid>/stat's flags: a kernel thread, whose command line stays empty.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// Whether `pid` is a running (not zombie) process whose command line names node `node`:
 /// a PID the OS reused for something else does not count.
 pub fn pid_runs(pid: u32, node: &str) -> bool {
     let flag = format!("-node={node}");
     let proc = PathBuf::from(format!("/proc/{pid}"));
     if Path::new("/proc/self/stat").exists() {
-        let Ok(stat) = fs::read_to_string(proc.join("stat")) else {
-            return false;
-        };
-        // The state follows the command name, which is in parentheses and may hold any byte.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if matches!(state, None | Some('Z' | 'X' | 'x')) {
-            return false;
+        // A process another replica has just spawned reads with an empty command line until
+        // the kernel has set up its arguments, which is after the spawner's `spawn` returned
+        // (the vfork parent wakes when the child drops the old memory, before the new one has
+        // its arguments). Seen under load in CI: a second replica took such an agent for dead
+        // and started another. So an empty one is read again, for a bounded while; a kernel
+        // thread (always empty) is told apart by its flags and not waited for.
+        let deadline = std::time::Instant::now() + CMDLINE_SETTLE;
+        loop {
+            let Ok(stat) = fs::read_to_string(proc.join("stat")) else {
+                return false;
+            };
+            // The fields follow the command name, which is in parentheses and may hold any byte:
+            // state, ppid, pgrp, session, tty, tpgid, flags.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            if matches!(fields.first(), None | Some(&("Z" | "X" | "x"))) {
+                return false;
+            }
+            let kernel_thread = fields
+                .get(6)
+                .and_then(|f| f.parse::<u64>().ok())
+                .is_some_and(|flags| flags & PF_KTHREAD != 0);
+            let Ok(cmdline) = fs::read(proc.join("cmdline")) else {
+                return false;
+            };
+            if !cmdline.is_empty() || kernel_thread || std::time::Instant::now() >= deadline {
+                return cmdline.split(|b| *b == 0).any(|arg| arg == flag.as_bytes());
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        let Ok(cmdline) = fs::read(proc.join("cmdline")) else {
-            return false;
-        };
-        return cmdline.split(|b| *b == 0).any(|arg| arg == flag.as_bytes());
     }
     // No /proc (macOS): ps(1) shows the same.
     let Ok(out) = Command::new("ps")
