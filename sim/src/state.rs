@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::cluster::model::Cluster;
 use crate::config::SimConfig;
-use crate::store::{catalog::Catalog, event::Events, kv::KvStore, session::Sessions};
+use crate::store::{
+    catalog::Catalog, event::Events, kv::KvStore, session::Sessions, ttl::TtlChecks,
+};
 use crate::watch::{Change, Waiters};
 
 /// Everything the simulated datacenter knows.
@@ -22,6 +24,8 @@ pub struct State {
     pub sessions: Sessions,
     pub events: Events,
     pub catalog: Catalog,
+    /// The HTTP agent's TTL checks (its services' checks are in `catalog`, on its node).
+    pub ttl_checks: TtlChecks,
     pub cluster: Cluster,
     pub waiters: Waiters,
 }
@@ -59,6 +63,7 @@ impl Sim {
             sessions: Sessions::default(),
             events: Events::default(),
             catalog: Catalog::default(),
+            ttl_checks: TtlChecks::default(),
             cluster: Cluster::default(),
             waiters: Waiters::default(),
         };

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod agent_service_http;
 mod cloud_http;
 mod cluster_http;
 mod group_http;

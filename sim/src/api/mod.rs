@@ -3,6 +3,7 @@
 use actix_web::web;
 
 pub mod agent;
+pub mod agent_service;
 pub mod catalog;
 pub mod event;
 pub mod health;
@@ -21,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     catalog::configure(cfg);
     health::configure(cfg);
     agent::configure(cfg);
+    agent_service::configure(cfg);
     status::configure(cfg);
     operator::configure(cfg);
     txn::configure(cfg);

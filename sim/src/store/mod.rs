@@ -7,3 +7,4 @@ pub mod catalog;
 pub mod event;
 pub mod kv;
 pub mod session;
+pub mod ttl;
