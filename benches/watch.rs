@@ -490,6 +490,7 @@ fn latency(consul: &Consul, events: usize) -> Latency {
                 name: format!("watch-bench-{run}"),
                 ttl: Duration::from_secs(60),
                 lock_delay: Duration::ZERO,
+                check: None,
             })
             .await
             .unwrap();

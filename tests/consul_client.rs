@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::*;
 
 use crate::common::target::Target;
@@ -23,6 +24,7 @@ crate::contract_suite!(
     blocking_kv_read_wakes_on_write_and_returns_at_wait,
     watch_state_drives_a_blocking_loop_against_the_simulator,
     sessions_round_trip,
+    a_liveness_check_ends_its_session_when_no_longer_passed,
     locks_contend_and_destroying_the_holder_releases,
     txn_acquires_checks_and_reads_in_one_round_trip,
     txn_answers_and_refusals,
@@ -498,6 +500,121 @@ async fn sessions_round_trip(t: &Target) {
     assert_eq!(c.session_info(&id, &plain()).await.unwrap().value, None);
 }
 
+/// The replica's liveness check through the port, as the LockManager uses it: registered
+/// passing, a session tied to it, kept alive past its TTL by passes, and ended with the lock it
+/// holds once the passes stop: long before the session's own TTL (30 s) could end it.
+async fn a_liveness_check_ends_its_session_when_no_longer_passed(t: &Target) {
+    use rehydrator_actors::ports::{ConsulPort, LivenessSpec, SessionSpec};
+    let c = client_for(&t.url);
+    let port = ConsulAdapter::new(c.clone(), WatchPolicy::default());
+    let ttl = Duration::from_secs(2);
+    let spec = LivenessSpec {
+        id: "rehydrator-test-r1-0000abcd".into(),
+        cluster: "test".into(),
+        replica: "r1 (host)".into(),
+        ttl,
+    };
+    port.liveness_register(&spec).await.unwrap();
+    let session = SessionSpec {
+        name: "rehydrator test r1".into(),
+        ttl: Duration::from_secs(30),
+        lock_delay: Duration::ZERO,
+        check: Some(spec.id.clone()),
+    };
+    let id = port.session_create(&session).await.unwrap();
+    let entry = c.session_info(&id, &plain()).await.unwrap().value.unwrap();
+    assert_eq!(
+        entry.node_checks,
+        vec!["serfHealth".to_owned()],
+        "{}",
+        t.name
+    );
+    assert_eq!(
+        entry
+            .service_checks
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![spec.id.as_str()],
+        "{}",
+        t.name
+    );
+    let key = "rehydrator/test/locks/liveness";
+    assert!(c.kv_acquire(key, b"r1", &id).await.unwrap());
+
+    // Passed at a third of its TTL for twice its TTL: the session outlives the TTL.
+    let alive_until = Instant::now() + 2 * ttl;
+    let mut last_pass = Instant::now();
+    while Instant::now() < alive_until {
+        assert!(port.liveness_pass(&spec.id).await.unwrap(), "{}", t.name);
+        last_pass = Instant::now();
+        actix_rt::time::sleep(ttl / 3).await;
+    }
+    assert!(
+        c.session_info(&id, &plain()).await.unwrap().value.is_some(),
+        "{}: a passed check keeps its session",
+        t.name
+    );
+
+    // No more passes: the check turns critical and takes the session and its lock.
+    let bound = Instant::now() + Duration::from_secs(15);
+    while c.session_info(&id, &plain()).await.unwrap().value.is_some() {
+        assert!(
+            Instant::now() < bound,
+            "{}: the session outlived its check",
+            t.name
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = last_pass.elapsed();
+    println!(
+        "{}: session gone {gone_after:?} after the last pass",
+        t.name
+    );
+    assert!(gone_after >= ttl, "{}: gone before the check's TTL", t.name);
+    let held = c.kv_get(key, &plain()).await.unwrap().value.unwrap();
+    assert_eq!(held.session, None, "{}: the lock went with it", t.name);
+
+    // A critical check cannot back a new session; registering again (which passes it) can.
+    let refused = port.session_create(&session).await.unwrap_err();
+    assert!(
+        refused.message.contains("critical"),
+        "{}: {refused}",
+        t.name
+    );
+    // Registered again as `passing` but not passed: the agent keeps it critical.
+    c.agent_service_register(&AgentServiceRegistration {
+        id: spec.id.clone(),
+        name: "rehydrator".into(),
+        check: Some(AgentCheck {
+            check_id: spec.id.clone(),
+            name: "again".into(),
+            ttl,
+            status: "passing".into(),
+            deregister_critical_service_after: Duration::from_secs(60),
+            ..AgentCheck::default()
+        }),
+        ..AgentServiceRegistration::default()
+    })
+    .await
+    .unwrap();
+    let refused = port.session_create(&session).await.unwrap_err();
+    assert!(
+        refused.message.contains("critical"),
+        "{}: {refused}",
+        t.name
+    );
+    port.liveness_register(&spec).await.unwrap();
+    let again = port.session_create(&session).await.unwrap();
+    c.session_destroy(&again).await.unwrap();
+
+    // Gone from the agent: a pass says so, and removing it twice is no error.
+    port.liveness_deregister(&spec.id).await.unwrap();
+    assert!(!port.liveness_pass(&spec.id).await.unwrap(), "{}", t.name);
+    port.liveness_deregister(&spec.id).await.unwrap();
+    c.kv_delete(key, &KvDeleteOptions::default()).await.unwrap();
+}
+
 async fn locks_contend_and_destroying_the_holder_releases(t: &Target) {
     let c = client_for(&t.url);
     let key = "rehydrator/test/locks/step";
@@ -702,7 +819,6 @@ async fn txn_acquires_checks_and_reads_in_one_round_trip(t: &Target) {
 /// (its session's release keeps the value), nothing after a clean release (which writes an
 /// empty value); busy while another session holds it; present once the receipt exists.
 async fn the_jobs_acquire_names_the_prior_holder(t: &Target) {
-    use rehydrator::consul::port::ConsulAdapter;
     use rehydrator_actors::ports::{Acquire, Acquired, ConsulPort as _};
 
     let c = client_for(&t.url);

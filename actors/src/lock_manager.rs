@@ -5,6 +5,14 @@
 //! tells its listeners that every lock is gone before creating a new one. The Dispatcher asks
 //! it for locks; `tree.rs` wires it. On shutdown it destroys the session, which releases every
 //! lock at once so another replica can take over without waiting for the TTL.
+//!
+//! A replica that dies cannot destroy its session, and Consul ends a session whose TTL lapsed
+//! only up to 2 × TTL later. So, with `lock.check_ttl`, the session is also tied to a liveness
+//! check of the replica's own: a TTL check on its agent, registered (passing) just before the
+//! session is created and passed at a third of its TTL. When the replica dies the check turns
+//! critical and Consul invalidates the session at once: a takeover then waits the check's TTL
+//! plus lock-delay. If the agent refuses the check (an ACL token without `service:write`), the
+//! session is made without it, said once, and the TTL is the only way a dead replica's locks go.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -17,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff;
 use crate::metrics::Metrics;
-use crate::ports::{Acquire, Acquired, ConsulPort, KvEntry, PortError, SessionSpec};
+use crate::ports::{Acquire, Acquired, ConsulPort, KvEntry, LivenessSpec, PortError, SessionSpec};
 
 /// Take the lock on `key`, writing `holder` as its value, unless `unless` exists; read the
 /// keys under `read` with it. One Consul round trip.
@@ -105,12 +113,18 @@ impl LockError {
 pub struct LockManager {
     consul: Rc<dyn ConsulPort>,
     spec: SessionSpec,
+    /// The liveness check each session is tied to, when `lock.check_ttl` is set.
+    liveness: Option<LivenessSpec>,
+    /// Why the last session could not be tied to the liveness check (the agent refused it).
+    liveness_refused: Option<PortError>,
     state: State,
     /// Locks held, by key, with the session that took them.
     held: BTreeMap<String, String>,
     listeners: Vec<Recipient<LocksLost>>,
     /// The one pending tick (create or renew), cancelled on shutdown.
     timer: Option<SpawnHandle>,
+    /// The next pass of the liveness check, while a session is tied to it.
+    pass_timer: Option<SpawnHandle>,
     metrics: Metrics,
     /// Every log line of this actor carries `actor`.
     span: tracing::Span,
@@ -137,6 +151,8 @@ enum State {
         id: String,
         renewed_at: Instant,
         failures: u32,
+        /// The liveness check the session is tied to, if it is.
+        check: Option<Linked>,
     },
     /// Shutdown came while a create was in flight: Consul may still make the session, so its
     /// answer is awaited and what it made destroyed before these Shutdowns are answered.
@@ -145,11 +161,30 @@ enum State {
     Stopped,
 }
 
+/// A session's liveness check: its ID, and when the last pass that Consul took was sent (the
+/// check turns critical no earlier than its TTL after that).
+#[derive(Debug)]
+struct Linked {
+    id: String,
+    passed_at: Instant,
+}
+
+/// A session made, and the liveness check it is tied to (with when it was registered), or why
+/// it is not.
+struct Created {
+    id: String,
+    check: Option<Linked>,
+    refused: Option<PortError>,
+}
+
 impl LockManager {
     pub fn new(consul: Rc<dyn ConsulPort>, spec: SessionSpec) -> Self {
         Self {
             consul,
             spec,
+            liveness: None,
+            liveness_refused: None,
+            pass_timer: None,
             state: State::Absent {
                 failures: 0,
                 last_error: None,
@@ -160,6 +195,12 @@ impl LockManager {
             metrics: Metrics::default(),
             span: tracing::info_span!("lock_manager", actor = "lock_manager"),
         }
+    }
+
+    /// Ties each session to the liveness check `liveness` as well (see the module notes).
+    pub fn with_liveness(mut self, liveness: Option<LivenessSpec>) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Reports locks held and session errors to `metrics`.
@@ -203,7 +244,11 @@ impl LockManager {
                     failures: *failures,
                     last_error: last_error.take(),
                 };
-                let fut = self.consul.session_create(&self.spec);
+                let fut = create(
+                    self.consul.clone(),
+                    self.spec.clone(),
+                    self.liveness.clone(),
+                );
                 ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
                     let _span = act.span.clone().entered();
                     act.created(res, ctx);
@@ -222,31 +267,53 @@ impl LockManager {
         }
     }
 
-    fn created(&mut self, res: Result<String, PortError>, ctx: &mut Context<Self>) {
+    fn created(&mut self, res: Result<Created, PortError>, ctx: &mut Context<Self>) {
         let failures = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Creating { failures, .. } => failures,
             State::StoppingAfterCreate { waiters } => {
-                ctx.spawn(self.destroy_and_stop(res.ok(), waiters));
+                ctx.spawn(self.destroy_and_stop(res.ok().map(|c| c.id), waiters));
                 return;
             }
             // A restart dropped the create that this answers; the state has moved on.
             other => {
                 self.state = other;
-                if let Ok(id) = res {
-                    ctx.spawn(self.destroy(id));
+                if let Ok(created) = res {
+                    ctx.spawn(self.destroy(created.id));
                 }
                 return;
             }
         };
         match res {
-            Ok(id) => {
-                info!(session = %id, "Created the replica's Consul session.");
+            Ok(Created { id, check, refused }) => {
+                match (&refused, &self.liveness_refused) {
+                    (Some(e), None) => warn!(
+                        error = %e,
+                        "The agent refused the replica's liveness check: the session is tied to \
+                         its TTL only, so a takeover after this replica dies waits up to twice \
+                         the session TTL plus lock-delay.",
+                    ),
+                    (None, Some(_)) if check.is_some() => {
+                        info!("The session is tied to the replica's liveness check again.");
+                    }
+                    _ => {}
+                }
+                self.liveness_refused = refused;
+                info!(
+                    session = %id,
+                    liveness_check = check.as_ref().map(|c| c.id.as_str()),
+                    "Created the replica's Consul session.",
+                );
+                let linked = check.is_some();
                 self.state = State::Live {
                     id,
                     renewed_at: Instant::now(),
                     failures: 0,
+                    check,
                 };
                 self.schedule(ctx, self.spec.ttl / 2);
+                if linked {
+                    self.schedule_pass(ctx, self.check_ttl() / 3);
+                }
             }
             Err(e) => {
                 let failures = failures + 1;
@@ -272,6 +339,7 @@ impl LockManager {
             id: live,
             renewed_at,
             failures,
+            ..
         } = &mut self.state
         else {
             return; // shut down while the renew was in flight
@@ -322,6 +390,107 @@ impl LockManager {
         }
     }
 
+    /// The liveness check's TTL, when there is one.
+    fn check_ttl(&self) -> Duration {
+        self.liveness.as_ref().map_or(Duration::MAX, |l| l.ttl)
+    }
+
+    fn schedule_pass(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if let Some(h) = self.pass_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.pass_timer = Some(ctx.run_later(after, |act, ctx| {
+            act.pass_timer = None;
+            act.pass(ctx);
+        }));
+    }
+
+    /// Passes the live session's liveness check.
+    fn pass(&mut self, ctx: &mut Context<Self>) {
+        let State::Live {
+            id,
+            check: Some(check),
+            ..
+        } = &self.state
+        else {
+            return;
+        };
+        let (session, sent) = (id.clone(), Instant::now());
+        let fut = self.consul.liveness_pass(&check.id);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let _span = act.span.clone().entered();
+            act.passed(&session, sent, res, ctx);
+        }));
+    }
+
+    fn passed(
+        &mut self,
+        session: &str,
+        sent: Instant,
+        res: Result<bool, PortError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let ttl = self.check_ttl();
+        let State::Live {
+            id,
+            check: Some(check),
+            ..
+        } = &mut self.state
+        else {
+            return; // the session went while the pass was in flight
+        };
+        if id != session {
+            return;
+        }
+        match res {
+            Ok(true) => {
+                check.passed_at = sent;
+                self.schedule_pass(ctx, ttl / 3);
+            }
+            Ok(false) => {
+                // Consul invalidates the sessions tied to a check the agent dropped (its
+                // service reaped after a long stall, an agent that lost its state).
+                warn!(
+                    session = %session,
+                    check = %check.id,
+                    "The agent no longer has the replica's liveness check; its session and \
+                     locks are gone with it.",
+                );
+                let id = session.to_owned();
+                self.state = State::Absent {
+                    failures: 0,
+                    last_error: None,
+                };
+                self.notify_lost();
+                ctx.spawn(self.destroy(id));
+                self.schedule(ctx, Duration::ZERO);
+            }
+            Err(e) => {
+                // The check turns critical a TTL after the last pass Consul took, and the
+                // session with it: past that the locks may be another replica's.
+                let stale = check.passed_at.elapsed() >= ttl;
+                let check = check.id.clone();
+                self.metrics.error("consul", e.label());
+                warn!(
+                    session = %session,
+                    check = %check,
+                    error = %e,
+                    kind = e.label(),
+                    "Could not pass the replica's liveness check.",
+                );
+                if stale && !self.held.is_empty() {
+                    warn!(
+                        session = %session,
+                        "Liveness check not passed for a whole check TTL; treating the \
+                         session's locks as lost.",
+                    );
+                    self.notify_lost();
+                }
+                self.schedule_pass(ctx, (ttl / 6).max(Duration::from_millis(100)));
+            }
+        }
+    }
+
     /// Destroys session `id`, logging how that went.
     fn destroy(&self, id: String) -> ResponseActFuture<Self, ()> {
         let fut = self.consul.session_destroy(&id);
@@ -349,11 +518,35 @@ impl LockManager {
             Some(id) => self.destroy(id),
             None => Box::pin(fut::ready(())),
         };
-        Box::pin(destroyed.map(move |(), _act, ctx: &mut Context<Self>| {
-            for w in waiters {
-                let _ = w.send(());
-            }
-            ctx.stop();
+        // After the session: removing the check first would invalidate the session, and with
+        // it the locks, under lock-delay.
+        let check = self
+            .liveness
+            .as_ref()
+            .filter(|_| self.liveness_refused.is_none())
+            .map(|l| l.id.clone());
+        let consul = self.consul.clone();
+        Box::pin(destroyed.then(move |(), act, _ctx| {
+            let deregistered = async move {
+                if let Some(check) = check {
+                    if let Err(e) = consul.liveness_deregister(&check).await {
+                        warn!(
+                            check = %check,
+                            error = %e,
+                            "Could not remove the replica's liveness check; the agent reaps \
+                             it a minute after it turns critical.",
+                        );
+                    }
+                }
+            };
+            deregistered
+                .into_actor(act)
+                .map(move |(), _act, ctx: &mut Context<Self>| {
+                    for w in waiters {
+                        let _ = w.send(());
+                    }
+                    ctx.stop();
+                })
         }))
     }
 
@@ -377,6 +570,10 @@ impl Actor for LockManager {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.tick(ctx);
+        // After a restart: the pass timer went with the old context.
+        if matches!(self.state, State::Live { check: Some(_), .. }) {
+            self.schedule_pass(ctx, Duration::ZERO);
+        }
     }
 }
 
@@ -388,6 +585,7 @@ impl Supervised for LockManager {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         let _span = self.span.clone().entered();
         self.timer = None;
+        self.pass_timer = None;
         self.state = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Creating {
                 failures,
@@ -517,7 +715,10 @@ impl Handler<Shutdown> for LockManager {
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         let _span = self.span.clone().entered();
-        if let Some(h) = self.timer.take() {
+        for h in [self.timer.take(), self.pass_timer.take()]
+            .into_iter()
+            .flatten()
+        {
             ctx.cancel_future(h);
         }
         for key in std::mem::take(&mut self.held).into_keys() {
@@ -548,4 +749,37 @@ impl Handler<Shutdown> for LockManager {
             let _ = rx.await;
         })
     }
+}
+
+/// Registers the liveness check (when there is one), then creates the session tied to it. A
+/// check the agent refuses for good (ACL, an old agent) leaves the session without it; one it
+/// could not answer now fails the create, to be tried again.
+async fn create(
+    consul: Rc<dyn ConsulPort>,
+    spec: SessionSpec,
+    liveness: Option<LivenessSpec>,
+) -> Result<Created, PortError> {
+    let registered = Instant::now();
+    let (check, refused) = match liveness {
+        None => (None, None),
+        Some(l) => match consul.liveness_register(&l).await {
+            Ok(()) => (Some(l.id), None),
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => (None, Some(e)),
+        },
+    };
+    let id = consul
+        .session_create(&SessionSpec {
+            check: check.clone(),
+            ..spec
+        })
+        .await?;
+    Ok(Created {
+        id,
+        check: check.map(|id| Linked {
+            id,
+            passed_at: registered,
+        }),
+        refused,
+    })
 }

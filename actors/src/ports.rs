@@ -123,6 +123,22 @@ pub struct SessionSpec {
     pub name: String,
     pub ttl: Duration,
     pub lock_delay: Duration,
+    /// A check on the agent the session is tied to besides `serfHealth` (the replica's
+    /// liveness check): Consul invalidates the session when it turns critical.
+    pub check: Option<String>,
+}
+
+/// The replica's liveness check: a TTL check on its Consul agent, in a service instance of
+/// its own (`rehydrator`, ID `id`), that the replica passes while it runs. Its session is tied
+/// to it, so a dead replica's locks go when the check turns critical (`ttl` after the last
+/// pass) instead of when the session's TTL lapses (up to 2 × TTL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivenessSpec {
+    /// The service's and its check's ID on the agent: unique per cluster and replica.
+    pub id: String,
+    pub cluster: String,
+    pub replica: String,
+    pub ttl: Duration,
 }
 
 /// Consul, as the actors use it.
@@ -149,6 +165,31 @@ pub trait ConsulPort {
     fn session_destroy(&self, id: &str) -> PortFuture<()>;
     /// A blocking-query stream for a `[[watch]]`, following Consul's blocking-query rules.
     fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream>;
+
+    /// Registers the replica's liveness check on the agent and passes it: registering alone
+    /// would leave a check that an earlier stall made critical as it was.
+    fn liveness_register(&self, spec: &LivenessSpec) -> PortFuture<()> {
+        let _ = spec;
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "a liveness check",
+        ))))
+    }
+
+    /// Passes the liveness check `id`; `Ok(false)` when the agent no longer has it.
+    fn liveness_pass(&self, id: &str) -> PortFuture<bool> {
+        let _ = id;
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "a liveness check",
+        ))))
+    }
+
+    /// Removes the liveness check `id` and its service from the agent.
+    fn liveness_deregister(&self, id: &str) -> PortFuture<()> {
+        let _ = id;
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "a liveness check",
+        ))))
+    }
 
     /// Autopilot's view of the servers (`/v1/operator/autopilot/health`; 429 is an answer).
     fn autopilot_health(&self) -> PortFuture<ClusterHealth> {

@@ -6,6 +6,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most of a replica's name a liveness ID keeps (the cluster name is bounded by config).
+const MAX_ID_REPLICA: usize = 64;
+
+/// FNV-1a: a hash that stays the same across builds, so a replica restarted by a newer build
+/// finds its liveness check under the same ID.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The KV keys of one cluster: `rehydrator/<cluster>/...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -27,6 +38,22 @@ impl Keys {
     /// The replica a session named by `session_name` belongs to; None for any other name.
     pub fn replica_of_session<'a>(&self, name: &'a str) -> Option<&'a str> {
         name.strip_prefix(&self.session_prefix())?.strip_prefix(' ')
+    }
+
+    /// The ID of `replica`'s liveness check and its service on the agent:
+    /// `rehydrator-<cluster>-<replica>-<hash>`, the replica's name cut to what an ID in a URL
+    /// path may hold, and a hash of the whole name so that two names cut alike stay apart.
+    pub fn liveness_id(&self, replica: &str) -> String {
+        let safe: String = replica
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+                _ => '-',
+            })
+            .take(MAX_ID_REPLICA)
+            .collect();
+        let cluster = self.root.strip_prefix("rehydrator/").unwrap_or(&self.root);
+        format!("rehydrator-{cluster}-{safe}-{:08x}", fnv1a(replica) as u32)
     }
 
     fn session_prefix(&self) -> String {
@@ -188,6 +215,25 @@ impl LockValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_liveness_id_is_url_safe_bounded_and_apart_for_names_cut_alike() {
+        let k = Keys::new("prod");
+        let a = k.liveness_id("r-1 (host 7)");
+        let b = k.liveness_id("r-1 [host 7]");
+        assert!(a.starts_with("rehydrator-prod-r-1--host-7--"), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a, k.liveness_id("r-1 (host 7)"));
+        assert_ne!(a, Keys::new("stage").liveness_id("r-1 (host 7)"));
+        let long = k.liveness_id(&"x/".repeat(500));
+        assert!(
+            long.len() <= "rehydrator-prod-".len() + MAX_ID_REPLICA + 9,
+            "{long}"
+        );
+        assert!(long
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    }
 
     #[test]
     fn a_session_name_gives_back_its_replica_and_only_for_its_cluster() {

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::Mode;
 use crate::ports::{
-    CloudPort, ConsulPort, ErrorKind, PortError, PortFuture, SessionSpec, WebhookPort,
+    CloudPort, ConsulPort, ErrorKind, LivenessSpec, PortError, PortFuture, SessionSpec, WebhookPort,
 };
 use crate::receipt::Keys;
 use crate::rollout::{RolloutConfig, RolloutEnv, Which};
@@ -90,7 +90,14 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         name: Keys::new(&settings.cluster.name).session_name(replica),
         ttl: settings.lock.session_ttl,
         lock_delay: settings.lock.lock_delay,
+        check: None,
     };
+    let liveness = (!settings.lock.check_ttl.is_zero()).then(|| LivenessSpec {
+        id: keys.liveness_id(replica),
+        cluster: settings.cluster.name.clone(),
+        replica: replica.to_owned(),
+        ttl: settings.lock.check_ttl,
+    });
     let metrics = Metrics::new();
     let lock_keys: Vec<String> = settings
         .actions
@@ -102,7 +109,11 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         settings.watches.iter().map(|w| w.name.as_str()),
     );
     let (consul, m) = (ports.consul.clone(), metrics.clone());
-    let lock_manager = Supervisor::start(move |_| LockManager::new(consul, spec).with_metrics(m));
+    let lock_manager = Supervisor::start(move |_| {
+        LockManager::new(consul, spec)
+            .with_liveness(liveness)
+            .with_metrics(m)
+    });
 
     let rollout = Rc::new(RolloutEnv {
         consul: ports.consul.clone(),

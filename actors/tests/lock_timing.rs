@@ -103,6 +103,7 @@ impl ConsulPort for Clocked {
 
 fn spec() -> SessionSpec {
     SessionSpec {
+        check: None,
         name: "r1".into(),
         ttl: TTL,
         lock_delay: Duration::from_secs(1),

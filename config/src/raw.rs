@@ -48,6 +48,7 @@ pub struct RawConsul {
 pub struct RawLock {
     pub session_ttl: Option<String>,
     pub lock_delay: Option<String>,
+    pub check_ttl: Option<String>,
     pub receipt_timeout: Option<String>,
     pub receipts_kept: Option<i64>,
 }

@@ -208,6 +208,12 @@ pub struct LockSettings {
     /// Lock-delay after the holder's session is invalidated. Default 15s (Consul's).
     #[serde(serialize_with = "human")]
     pub lock_delay: Duration,
+    /// The TTL of the replica's own liveness check on its Consul agent, which its session is
+    /// tied to besides `serfHealth`: a dead replica's session goes when the check turns
+    /// critical, so a takeover waits this plus `lock_delay` instead of up to 2 × `session_ttl`.
+    /// Passed at a third of it. Default 5s; zero turns the check off (session TTL only).
+    #[serde(serialize_with = "human")]
+    pub check_ttl: Duration,
     /// How long a waiting replica waits on a receipt before it tries the lock again. Default 10m.
     #[serde(serialize_with = "human")]
     pub receipt_timeout: Duration,

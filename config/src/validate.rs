@@ -14,6 +14,9 @@ use crate::settings::*;
 /// Consul's bounds on a session TTL.
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(86400);
+/// A liveness check passed at a third of its TTL: below a second that is a request every
+/// 333 ms per replica, for no takeover worth having.
+const MIN_CHECK_TTL: Duration = Duration::from_secs(1);
 /// `cloud.registration_timeout`'s default: an ECS-optimized AMI boots and its agent registers in
 /// a minute or two; ten leaves room for a slow pull without hiding an instance that never will.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -175,9 +178,25 @@ pub fn validate(
             "must be at most 60s (Consul caps lock-delay there)",
         );
     }
+    let check_ttl = errs.duration(
+        "lock.check_ttl",
+        rl.check_ttl.as_deref(),
+        Duration::from_secs(5),
+    );
+    if !check_ttl.is_zero() && !(MIN_CHECK_TTL..=session_ttl).contains(&check_ttl) {
+        errs.push(
+            "lock.check_ttl",
+            format!(
+                "must be 0s (off) or between 1s and lock.session_ttl ({}): a longer check \
+                 would never end a session before its TTL does",
+                crate::go_duration::format(session_ttl)
+            ),
+        );
+    }
     let lock = LockSettings {
         session_ttl,
         lock_delay,
+        check_ttl,
         receipt_timeout: errs.nonzero_duration(
             "lock.receipt_timeout",
             rl.receipt_timeout.as_deref(),

@@ -1,9 +1,14 @@
 //! `/v1/agent`: the local agent and the gossip pool it sees. SpinDown makes a retiring server
-//! leave, and force-leaves one whose machine died before it could.
+//! leave, and force-leaves one whose machine died before it could. The LockManager keeps the
+//! replica's liveness check here: a service with a TTL check, passed while the replica runs.
 
 use awc::http::Method;
 
-use super::{segment, AgentSelf, Call, Client, ConsulError, Member, MAX_LIST_BODY};
+use awc::http::StatusCode;
+
+use super::{
+    segment, AgentSelf, AgentServiceRegistration, Call, Client, ConsulError, Member, MAX_LIST_BODY,
+};
 
 impl Client {
     /// The agent's configuration and its own membership.
@@ -37,5 +42,41 @@ impl Client {
     pub async fn agent_force_leave(&self, node: &str, prune: bool) -> Result<(), ConsulError> {
         let call = Call::put(format!("agent/force-leave/{}", segment(node))).flag("prune", prune);
         self.send(call, None).await?.ok().map(|_| ())
+    }
+
+    /// Registers a service instance (with its checks) on the agent, replacing one of the same
+    /// ID; a TTL check registered `passing` starts its TTL now.
+    #[tracing::instrument(skip(self, service), fields(id = %service.id), err)]
+    pub async fn agent_service_register(
+        &self,
+        service: &AgentServiceRegistration,
+    ) -> Result<(), ConsulError> {
+        self.send_json(Call::put("agent/service/register"), service)
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Removes a service instance and its checks from the agent (200 if it had none).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn agent_service_deregister(&self, id: &str) -> Result<(), ConsulError> {
+        let call = Call::put(format!("agent/service/deregister/{}", segment(id)));
+        self.send(call, None).await?.ok().map(|_| ())
+    }
+
+    /// Passes TTL check `id`. `false` when the agent has no TTL check of that ID: Consul 1.8
+    /// answers 500 "CheckID … does not have associated TTL", later ones 404 "Unknown check".
+    pub async fn agent_check_pass(&self, id: &str) -> Result<bool, ConsulError> {
+        let call = Call::put(format!("agent/check/pass/{}", segment(id)));
+        let answer = self.send(call, None).await?;
+        let body = String::from_utf8_lossy(&answer.body);
+        let unknown = answer.status == StatusCode::NOT_FOUND
+            || (answer.status == StatusCode::INTERNAL_SERVER_ERROR
+                && (body.contains("does not have associated TTL")
+                    || body.contains("Unknown check")));
+        if unknown {
+            return Ok(false);
+        }
+        answer.ok().map(|_| true)
     }
 }

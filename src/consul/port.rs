@@ -9,18 +9,27 @@ use std::time::Duration;
 
 use rehydrator_actors::ports::{
     Acquire, Acquired, ClusterHealth, ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry,
-    LeaderTransfer as PortTransfer, PeerHealth, PortError, PortFuture, SessionSpec, WatchRead,
-    WatchStream,
+    LeaderTransfer as PortTransfer, LivenessSpec, PeerHealth, PortError, PortFuture, SessionSpec,
+    WatchRead, WatchStream,
 };
 use rehydrator_config::WatchKind;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Call, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair, KvPutOptions, KvTxnOp,
-    LeaderTransfer, QueryOptions, SessionBehavior, SessionRequest, TxnError, TxnOutcome,
-    WatchPolicy, WatchState,
+    AgentCheck, AgentServiceRegistration, Call, Client, ConsulError, IndexOrder, KvDeleteOptions,
+    KvPair, KvPutOptions, KvTxnOp, LeaderTransfer, QueryOptions, ServiceCheck, SessionBehavior,
+    SessionRequest, TxnError, TxnOutcome, WatchPolicy, WatchState,
 };
+
+/// The service the replicas' liveness checks live in, on their agents.
+pub const LIVENESS_SERVICE: &str = "rehydrator";
+/// The check's name, as `consul catalog` and the UI show it.
+const LIVENESS_CHECK_NAME: &str = "rehydrator replica alive";
+/// How long a replica's check may stay critical before its agent removes it (Consul's floor).
+const LIVENESS_REAP: Duration = Duration::from_secs(60);
+/// Consul's bound on a service meta value.
+const MAX_META_VALUE: usize = 512;
 
 /// The client as the actors' port.
 #[derive(Clone)]
@@ -235,14 +244,71 @@ impl ConsulPort for ConsulAdapter {
 
     fn session_create(&self, spec: &SessionSpec) -> PortFuture<String> {
         let c = self.client.clone();
-        let request = SessionRequest {
+        let mut request = SessionRequest {
             name: Some(spec.name.clone()),
             ttl: Some(spec.ttl),
             lock_delay: Some(spec.lock_delay),
             behavior: Some(SessionBehavior::Release),
             ..SessionRequest::default()
         };
+        if let Some(check) = &spec.check {
+            // NodeChecks/ServiceChecks (Consul 1.7+): a service check named in the old
+            // `Checks` would be looked for among the node's checks. serfHealth stays, so a
+            // dead host still ends the session at once.
+            request.node_checks = Some(vec!["serfHealth".into()]);
+            request.service_checks = Some(vec![ServiceCheck {
+                id: check.clone(),
+                namespace: String::new(),
+            }]);
+        }
         Box::pin(async move { Ok(c.session_create(&request).await?) })
+    }
+
+    fn liveness_register(&self, spec: &LivenessSpec) -> PortFuture<()> {
+        let c = self.client.clone();
+        let clip = |v: &str| v.chars().take(MAX_META_VALUE).collect::<String>();
+        let service = AgentServiceRegistration {
+            id: spec.id.clone(),
+            name: LIVENESS_SERVICE.into(),
+            meta: [
+                ("cluster".to_owned(), clip(&spec.cluster)),
+                ("replica".to_owned(), clip(&spec.replica)),
+            ]
+            .into(),
+            check: Some(AgentCheck {
+                check_id: spec.id.clone(),
+                name: LIVENESS_CHECK_NAME.into(),
+                notes: "Passed by the replica while it runs; its Consul session (and locks) \
+                        end when this turns critical."
+                    .into(),
+                ttl: spec.ttl,
+                status: "passing".into(),
+                deregister_critical_service_after: LIVENESS_REAP,
+            }),
+        };
+        let check = spec.id.clone();
+        Box::pin(async move {
+            c.agent_service_register(&service).await?;
+            // The agent keeps a re-registered check's status: one left critical by a stall
+            // stays so (and no session can be tied to it) until it is passed.
+            if !c.agent_check_pass(&check).await? {
+                return Err(PortError::new(
+                    ErrorKind::Server,
+                    format!("the agent lost check {check} right after registering it"),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    fn liveness_pass(&self, id: &str) -> PortFuture<bool> {
+        let (c, id) = (self.client.clone(), id.to_owned());
+        Box::pin(async move { Ok(c.agent_check_pass(&id).await?) })
+    }
+
+    fn liveness_deregister(&self, id: &str) -> PortFuture<()> {
+        let (c, id) = (self.client.clone(), id.to_owned());
+        Box::pin(async move { Ok(c.agent_service_deregister(&id).await?) })
     }
 
     fn session_renew(&self, id: &str) -> PortFuture<bool> {

@@ -113,6 +113,40 @@ pub struct SessionRequest {
     pub service_checks: Option<Vec<ServiceCheck>>,
 }
 
+/// The body of `PUT /v1/agent/service/register`, as far as rehydrator registers services: an
+/// instance with one check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentServiceRegistration {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<AgentCheck>,
+}
+
+/// A check in a service registration. Only TTL checks: rehydrator never asks an agent to run
+/// anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentCheck {
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    #[serde(rename = "TTL", with = "duration::go")]
+    pub ttl: Duration,
+    /// The status it starts in (`passing`); Consul's default for a TTL check is `critical`.
+    pub status: String,
+    /// How long the check may stay critical before the agent removes the service (Consul's
+    /// floor is 1m).
+    #[serde(with = "duration::go")]
+    pub deregister_critical_service_after: Duration,
+}
+
 /// A session as Consul reports it (`/v1/session/info`, `list`, `node`, `renew`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
