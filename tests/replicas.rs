@@ -35,6 +35,11 @@ const EVENT: &str = "consul-rehydrate";
 const TTL: Duration = Duration::from_secs(10);
 /// The configured lock-delay: after a session is invalidated its locks stay free-but-refused.
 const LOCK_DELAY: Duration = Duration::from_secs(1);
+/// The session TTL of the liveness-check kill test: long, so that a takeover through the TTL
+/// (no sooner than TTL/2 after the kill) cannot pass for one through the check.
+const LONG_TTL: Duration = Duration::from_secs(60);
+/// Its liveness check's TTL.
+const CHECK_TTL: Duration = Duration::from_secs(2);
 /// What a replica's bound on a slow machine may overshoot by (process start, polling, builds
 /// running beside the tests).
 const SLACK: Duration = Duration::from_secs(10);
@@ -83,6 +88,18 @@ impl Scratch {
 
     /// As `config`, keeping `receipts_kept` receipts.
     fn config_keeping(&self, consul: &str, prelude: &str, receipts_kept: usize) -> PathBuf {
+        self.config_with(consul, prelude, receipts_kept, TTL, None)
+    }
+
+    /// As `config`, with this session TTL and liveness check TTL (None: the default).
+    fn config_with(
+        &self,
+        consul: &str,
+        prelude: &str,
+        receipts_kept: usize,
+        ttl: Duration,
+        check_ttl: Option<Duration>,
+    ) -> PathBuf {
         let records = self.records_dir();
         let script = format!(
             "b=$(date +%s%N); {prelude} t=$(mktemp \"{dir}/run.XXXXXX\") && cat > \"$t\" && \
@@ -101,6 +118,7 @@ session_ttl = "{ttl}s"
 lock_delay = "{delay}s"
 receipt_timeout = "1m"
 receipts_kept = {receipts_kept}
+{check}
 
 [status]
 listen = "127.0.0.1:0"
@@ -116,8 +134,11 @@ type = "event"
 event = "{EVENT}"
 action = "{ACTION}"
 "#,
-            ttl = TTL.as_secs(),
+            ttl = ttl.as_secs(),
             delay = LOCK_DELAY.as_secs(),
+            check = check_ttl
+                .map(|c| format!("check_ttl = \"{}s\"", c.as_secs()))
+                .unwrap_or_default(),
         );
         let path = self.dir.join("rehydrator.toml");
         std::fs::write(&path, text).unwrap();
@@ -589,12 +610,38 @@ async fn three_replicas_run_each_of_100_events_exactly_once() {
     .await;
 }
 
+/// How a dead holder's session ends in a kill test.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// Its session's TTL lapses (no liveness check): between TTL and 2×TTL after its last
+    /// renew, which was at most TTL/2 before the kill.
+    SessionTtl,
+    /// Its liveness check turns critical, CHECK_TTL after its last pass, long before the
+    /// LONG_TTL session could lapse.
+    LivenessCheck,
+}
+
 #[actix_rt::test]
-async fn killing_the_lock_holder_mid_action_hands_the_job_to_another_replica() {
-    let scratch = Scratch::new("kill");
+async fn killing_the_lock_holder_mid_action_hands_the_job_over_when_its_session_ttl_lapses() {
+    kill_the_holder_mid_action("kill-ttl", Ending::SessionTtl).await;
+}
+
+#[actix_rt::test]
+async fn killing_the_lock_holder_mid_action_hands_the_job_over_when_its_liveness_check_fails() {
+    kill_the_holder_mid_action("kill-check", Ending::LivenessCheck).await;
+}
+
+/// Kills the holder of a running action; another replica must take the job over, within the
+/// bound of how the dead holder's session ends, and run it once.
+async fn kill_the_holder_mid_action(tag: &str, ending: Ending) {
+    let scratch = Scratch::new(tag);
     let sim = common::sim();
+    let (ttl, check_ttl) = match ending {
+        Ending::SessionTtl => (TTL, Some(Duration::ZERO)),
+        Ending::LivenessCheck => (LONG_TTL, Some(CHECK_TTL)),
+    };
     // Long enough that the holder is surely still running when it is killed.
-    let config = scratch.config(&sim.url(), "sleep 5;");
+    let config = scratch.config_with(&sim.url(), "sleep 5;", 1000, ttl, check_ttl);
     let mut replicas: Vec<Replica> = ["k1", "k2", "k3"]
         .iter()
         .map(|n| spawn_replica(&scratch, &config, n, &[]))
@@ -616,11 +663,15 @@ async fn killing_the_lock_holder_mid_action_hands_the_job_to_another_replica() {
             "the holder finished before it was killed; the test's sleep is too short"
         );
 
-        // Consul gives the dead replica's session up between TTL and 2×TTL after its last
-        // renew; then lock-delay; then a waiting replica takes the lock.
+        // Consul gives the dead replica's session up (see `Ending`); then lock-delay; then a
+        // waiting replica takes the lock.
+        let ends_within = match ending {
+            Ending::SessionTtl => 2 * ttl,
+            Ending::LivenessCheck => CHECK_TTL,
+        };
         eventually(
             "Consul to invalidate the dead holder's session",
-            2 * TTL + SLACK,
+            ends_within + SLACK,
             || async { consul.session_of(&holder).await.is_none().then_some(()) },
         )
         .await;
@@ -645,7 +696,14 @@ async fn killing_the_lock_holder_mid_action_hands_the_job_to_another_replica() {
             killed_at - started_at
         );
         let takeover = started_at - killed_at;
-        let bound = 2 * TTL + LOCK_DELAY;
+        let bound = ends_within + LOCK_DELAY;
+        if let Ending::LivenessCheck = ending {
+            // The session's TTL could not have ended it this soon: the check did.
+            assert!(
+                bound + SLACK < ttl / 2,
+                "the test cannot tell the check from the TTL"
+            );
+        }
         // No one may take the lock while the dead holder's session lives; it lived past the
         // kill, and lock-delay follows its end.
         assert!(
@@ -669,8 +727,9 @@ async fn killing_the_lock_holder_mid_action_hands_the_job_to_another_replica() {
         assert_eq!(consul.receipts().await.len(), 1);
         println!(
             "holder {holder} (session {session}) SIGKILLed mid-action: session invalidated after \
-             {invalidated:.1?}, {by} started the action {:.1}s after the kill; protocol bound \
-             2×TTL + lock-delay = {bound:?} (TTL {TTL:?}, lock-delay {LOCK_DELAY:?})",
+             {invalidated:.1?}, {by} started the action {:.1}s after the kill; bound \
+             {bound:?} ({ending:?}: session TTL {ttl:?}, check TTL {check_ttl:?}, lock-delay \
+             {LOCK_DELAY:?})",
             secs(takeover)
         );
     })

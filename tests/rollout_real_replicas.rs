@@ -27,7 +27,7 @@ use crate::common::process_rig::{
     AGENT_HCL, STABILIZATION,
 };
 use crate::common::replica::Replica;
-use crate::common::rollout::{LOCK_DELAY_SECS, SESSION_TTL_SECS};
+use crate::common::rollout::{CHECK_TTL_SECS, LOCK_DELAY_SECS};
 use crate::common::{bounded_for, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -37,9 +37,9 @@ use rehydrator_actors::ports::CloudPort;
 
 const CLUSTER: &str = "roll";
 const REPLICAS: [&str; 3] = ["r1", "r2", "r3"];
-const TTL: Duration = Duration::from_secs(SESSION_TTL_SECS);
+const CHECK_TTL: Duration = Duration::from_secs(CHECK_TTL_SECS);
 const LOCK_DELAY: Duration = Duration::from_secs(LOCK_DELAY_SECS);
-/// What the takeover may overshoot 2×TTL + lock-delay by on a loaded machine.
+/// What the takeover may overshoot check TTL + lock-delay by on a loaded machine.
 const SLACK: Duration = Duration::from_secs(15);
 /// Any one wait for the replicas or the cluster.
 const WAIT_BOUND: Duration = Duration::from_secs(90);
@@ -199,11 +199,11 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
         let status = replicas[i].wait_exit(Duration::from_secs(5)).await;
         assert_eq!(status.code(), None, "SIGKILL, not an exit: {status}");
 
-        // Another replica takes the lock once Consul gives the dead session up (TTL..2×TTL)
-        // and lock-delay has passed.
+        // Another replica takes the lock once Consul ends the dead session (its liveness check
+        // turns critical CHECK_TTL after the last pass) and lock-delay has passed.
         let (_, next, _) = eventually(
             "another replica to take the step lock",
-            2 * TTL + LOCK_DELAY + SLACK,
+            CHECK_TTL + LOCK_DELAY + SLACK,
             || async {
                 step_lock(&client)
                     .await
@@ -286,13 +286,13 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
         println!(
             "{n} real servers (Consul {}), 3 replicas, seed {seed}: killed {victim} after \
              {done_before} steps (aimed at {after} + {jitter:.0?}) while it ran {} for {}; {next} \
-             took the step lock {takeover:.1?} later (bound 2×TTL + lock-delay = {:?}); rollout \
+             took the step lock {takeover:.1?} later (bound check TTL + lock-delay = {:?}); rollout \
              completed in {took:.1?} (promotion waits {:?} a server); leadership: {lead}; \
              failed launches: {:?}; quorum watch {q:?}",
             rehydrator::cloud::consul_version::ask(&rig.consul_bin).unwrap(),
             holder["action"],
             holder["trigger_id"],
-            2 * TTL + LOCK_DELAY,
+            CHECK_TTL + LOCK_DELAY,
             STABILIZATION,
             r.failed_launches
                 .iter()

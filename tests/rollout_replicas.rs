@@ -10,7 +10,7 @@
 //!
 //! Then the same with the replica holding the `step` lock SIGKILLed (its whole process group,
 //! as a container dies) at a point of the rollout picked by a seeded RNG: the others take over
-//! once Consul gives the dead session up (TTL..2×TTL, then lock-delay) and finish the rollout
+//! once Consul ends the dead session (its liveness check expires, then lock-delay) and finish the rollout
 //! with the same guarantees. A launch retried after the kill carries the same token, so it
 //! finds the machine the dead replica launched instead of launching another.
 //!
@@ -38,15 +38,15 @@ const CLUSTER: &str = "roll";
 /// Servers in the cluster, and so launches and retirements in a rollout.
 const SERVERS: usize = 3;
 const REPLICAS: [&str; 3] = ["r1", "r2", "r3"];
-/// The replicas' session TTL; Consul invalidates a silent session between TTL and 2×TTL.
-const TTL: Duration = Duration::from_secs(10);
-const LOCK_DELAY: Duration = Duration::from_secs(1);
+/// The replicas' liveness check: a dead replica's session ends this long after its last pass.
+const CHECK_TTL: Duration = Duration::from_secs(common::rollout::CHECK_TTL_SECS);
+const LOCK_DELAY: Duration = Duration::from_secs(common::rollout::LOCK_DELAY_SECS);
 
 /// How long a rollout without failures may take (three processes on two cores).
 const ROLLOUT_BOUND: Duration = Duration::from_secs(60);
-/// A rollout with one holder killed: the dead session lapses after up to 2×TTL.
+/// A rollout with one holder killed (the dead session ends with its check: seconds).
 const KILLED_ROLLOUT_BOUND: Duration = Duration::from_secs(100);
-/// What the takeover may overshoot 2×TTL + lock-delay by on a loaded machine.
+/// What the takeover may overshoot check TTL + lock-delay by on a loaded machine.
 const SLACK: Duration = Duration::from_secs(10);
 /// The bound on each test here.
 const TEST_BOUND: Duration = Duration::from_secs(150);
@@ -369,11 +369,11 @@ async fn rollout_with_the_holder_killed(seed: u64) {
             "the rollout completed before the kill"
         );
 
-        // Another replica takes the lock once Consul gives the dead session up (TTL..2×TTL)
-        // and lock-delay has passed.
+        // Another replica takes the lock once Consul ends the dead session (its liveness check
+        // turns critical CHECK_TTL after the last pass) and lock-delay has passed.
         let (_, next) = eventually(
             "another replica to take the step lock",
-            2 * TTL + LOCK_DELAY + SLACK,
+            CHECK_TTL + LOCK_DELAY + SLACK,
             || async { rig.step_lock().await.filter(|(s, _)| *s != session) },
         )
         .await;
@@ -447,12 +447,12 @@ async fn rollout_with_the_holder_killed(seed: u64) {
         println!(
             "seed {seed}: killed {victim_name} after {done_before} cloud actions (aimed at \
              {after} + {jitter:.0?}) while it ran {} for {}; {next_name} took the step lock \
-             {takeover:.1?} later (bound 2×TTL + lock-delay = {:?}); rollout completed in \
+             {takeover:.1?} later (bound check TTL + lock-delay = {:?}); rollout completed in \
              {took:.1?}; the record lists {}/{SERVERS} launches and {}/{SERVERS} retirements; \
              takeovers counted: {takeovers:?}",
             holder["action"],
             holder["trigger_id"],
-            2 * TTL + LOCK_DELAY,
+            CHECK_TTL + LOCK_DELAY,
             rec_launches.len(),
             rec_retirements.len()
         );

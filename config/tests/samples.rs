@@ -54,6 +54,7 @@ fn bad_sample_reports_every_error_with_file_and_field() {
         "cluster.desired_servers: must be a whole number",
         "lock.session_ttl: must be between 10s and 24h",
         "lock.lock_delay: invalid duration \"soon\"",
+        "lock.check_ttl: must be 0s (off) or between 1s and lock.session_ttl",
         "cloud.type: unknown cloud type \"gcp\"",
         "status.listen: \"everywhere\" is not an address",
         "action.notify.command: is required for type \"exec\"",
@@ -95,6 +96,7 @@ fn full_sample_is_typed_as_written() {
     let s = load_with_env(&sample("full.toml"), &no_env()).unwrap();
     assert_eq!(s.cluster.desired_servers.get(), 5);
     assert_eq!(s.lock.session_ttl, Duration::from_secs(20));
+    assert_eq!(s.lock.check_ttl, Duration::from_secs(4));
     assert_eq!(s.lock.receipt_timeout, Duration::from_secs(900));
     assert!(matches!(&s.cloud, CloudSettings::Ec2(a) if a.image_owners.len() == 2));
     assert_eq!(s.watches.len(), 7);
@@ -121,6 +123,7 @@ fn defaults_are_documented_values() {
     assert!(s.consul.tls_verify);
     assert_eq!(s.lock.session_ttl, Duration::from_secs(15));
     assert_eq!(s.lock.lock_delay, Duration::from_secs(15));
+    assert_eq!(s.lock.check_ttl, Duration::from_secs(5));
     assert_eq!(s.actions["notify"].timeout, Duration::from_secs(300));
     assert_eq!(
         s.status.listen.map(|a| a.to_string()).as_deref(),

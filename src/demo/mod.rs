@@ -55,9 +55,12 @@ pub const STABILIZATION: Duration = Duration::from_millis(1500);
 const ELECTION: Duration = Duration::from_millis(200);
 const FAILURE_DETECTION: Duration = Duration::from_millis(200);
 
-/// Consul's minimum session TTL; a killed holder's lock frees between TTL and 2×TTL.
+/// Consul's minimum session TTL: the backstop, should a replica's liveness check not end its
+/// session (it would free a killed holder's lock between TTL and 2×TTL).
 pub const SESSION_TTL: Duration = Duration::from_secs(10);
-/// Short, so the takeover is mostly the session lapsing (Consul's default is 15 s).
+/// The replicas' liveness checks: a killed holder's session ends this long after its last pass.
+pub const CHECK_TTL: Duration = Duration::from_secs(2);
+/// Short, so the takeover is mostly the check expiring (Consul's default is 15 s).
 pub const LOCK_DELAY: Duration = Duration::from_secs(1);
 
 /// How long the replicas may take to start and park their watches.
@@ -165,6 +168,7 @@ fn unix_ms() -> u64 {
 fn replica_config(consul: &str, servers: usize, cloud: &str) -> String {
     let ttl = SESSION_TTL.as_secs();
     let delay = LOCK_DELAY.as_secs();
+    let check = CHECK_TTL.as_secs();
     format!(
         r#"# Written by `rehydrator demo`: the rollout sample, pointed at the demo's simulator.
 [cluster]
@@ -177,6 +181,7 @@ address = "{consul}"
 [lock]
 session_ttl = "{ttl}s"
 lock_delay = "{delay}s"
+check_ttl = "{check}s"
 # Three replicas on one host: each status endpoint on its own free port, which the demo
 # chooses and passes as REHYDRATOR_STATUS__LISTEN (this is the fallback).
 [status]
@@ -771,9 +776,9 @@ impl Run<'_> {
                 plan.jitter.as_secs_f64()
             )),
             Chaos::Killed { victim, .. } => Some(format!(
-                "{victim} SIGKILLed; its session holds the step lock until Consul lets it lapse \
-                 (TTL {} s, at most 2×TTL), then lock-delay ({} s)",
-                SESSION_TTL.as_secs(),
+                "{victim} SIGKILLed; its session holds the step lock until its liveness check \
+                 turns critical ({} s after its last pass), then lock-delay ({} s)",
+                CHECK_TTL.as_secs(),
                 LOCK_DELAY.as_secs()
             )),
         }
@@ -865,12 +870,12 @@ impl Run<'_> {
                     label: format!("{} took over after {:.1} s", t.by, t.after.as_secs_f64()),
                 });
                 self.display.note(&format!(
-                    "[{:>6.1} s] takeover: {} took the step lock {:.1} s after {} was killed (bound 2×TTL + lock-delay = {} s)",
+                    "[{:>6.1} s] takeover: {} took the step lock {:.1} s after {} was killed (bound check TTL + lock-delay + 1 s = {} s)",
                     self.fired.elapsed().as_secs_f64(),
                     t.by,
                     t.after.as_secs_f64(),
                     t.killed,
-                    (2 * SESSION_TTL + LOCK_DELAY).as_secs()
+                    (CHECK_TTL + LOCK_DELAY + Duration::from_secs(1)).as_secs()
                 ));
                 self.takeovers.push(t);
                 self.chaos = Chaos::Done;
@@ -911,6 +916,7 @@ mod tests {
         assert_eq!(settings.cluster.desired_servers.get(), 5);
         assert_eq!(settings.lock.session_ttl, SESSION_TTL);
         assert_eq!(settings.lock.lock_delay, LOCK_DELAY);
+        assert_eq!(settings.lock.check_ttl, CHECK_TTL);
         assert_eq!(settings.watches.len(), 3);
     }
 }

@@ -49,7 +49,7 @@ impl Summary {
         (self.boot + self.stabilization) * self.servers as u32
     }
 
-    /// The time killed holders' locks blocked the rollout (their sessions lapsing).
+    /// The time killed holders' locks blocked the rollout (their sessions ending).
     pub fn takeover_wait(&self) -> Duration {
         self.takeovers.iter().map(|t| t.after).sum()
     }
@@ -99,7 +99,7 @@ impl Summary {
             out.push(row(
                 "takeover waits",
                 format!(
-                    "{} (a dead holder's session lapsing, then lock-delay)",
+                    "{} (a dead holder's liveness check expiring, then lock-delay)",
                     s(self.takeover_wait())
                 ),
             ));

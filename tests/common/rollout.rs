@@ -7,6 +7,8 @@ use serde_json::Value;
 /// sessions follow Consul's rules whatever its cluster constants are).
 pub const SESSION_TTL_SECS: u64 = 10;
 pub const LOCK_DELAY_SECS: u64 = 1;
+/// The replicas' liveness check: a killed holder's session ends this long after its last pass.
+pub const CHECK_TTL_SECS: u64 = 2;
 
 /// The watches every rollout test's replica runs spin-up and spin-down on: `consul-rehydrate`,
 /// catalog changes of the `consul` service and a 1s timer.
@@ -28,6 +30,7 @@ address = "{consul}"
 [lock]
 session_ttl = "{SESSION_TTL_SECS}s"
 lock_delay = "{LOCK_DELAY_SECS}s"
+check_ttl = "{CHECK_TTL_SECS}s"
 # Several replicas on one host: each status endpoint on a free port.
 [status]
 listen = "127.0.0.1:0"
