@@ -56,7 +56,7 @@ fn bad_sample_lists_every_error() {
         "{stderr}"
     );
     assert!(stderr.contains("lock.session_ttl"), "{stderr}");
-    assert!(stderr.contains("13 error(s)"), "{stderr}");
+    assert!(stderr.contains("14 error(s)"), "{stderr}");
 }
 
 #[test]
