@@ -69,7 +69,63 @@ fn init_tracing(default: &str) {
     }
 }
 
+/// The consul CLI's single-dash flags. clap reads `-http-addr=…` as `-h` and prints help with
+/// exit 0, so an operator's `pause -http-addr=…` did nothing and said nothing: they are refused,
+/// saying where rehydrator takes each from.
+const CONSUL_CLI_FLAGS: &[(&str, &str)] = &[
+    (
+        "http-addr",
+        "CONSUL_HTTP_ADDR, or [consul] address in --config",
+    ),
+    (
+        "token",
+        "CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE, or [consul] token_file in --config (a \
+         token on the command line is visible to every user of the host)",
+    ),
+    (
+        "token-file",
+        "CONSUL_HTTP_TOKEN_FILE, or [consul] token_file in --config",
+    ),
+    ("datacenter", "[consul] datacenter in --config"),
+    ("ca-file", "CONSUL_CACERT, or [consul] ca_file in --config"),
+    ("ca-path", "CONSUL_CAPATH, or [consul] ca_path in --config"),
+    (
+        "client-cert",
+        "CONSUL_CLIENT_CERT, or [consul] client_cert in --config",
+    ),
+    (
+        "client-key",
+        "CONSUL_CLIENT_KEY, or [consul] client_key in --config",
+    ),
+    (
+        "tls-server-name",
+        "CONSUL_TLS_SERVER_NAME, or [consul] tls_server_name in --config",
+    ),
+];
+
+/// The hint for the first consul-CLI-style flag in `args`, if any (none after `--`).
+fn consul_cli_flag(args: &[String]) -> Option<String> {
+    args.iter()
+        .skip(1)
+        .take_while(|a| a.as_str() != "--")
+        .find_map(|arg| {
+            let name = arg.strip_prefix('-').filter(|n| !n.starts_with('-'))?;
+            let name = name.split_once('=').map_or(name, |(n, _)| n);
+            let (flag, from) = CONSUL_CLI_FLAGS.iter().find(|(f, _)| *f == name)?;
+            Some(format!(
+                "-{flag}: that is the consul CLI's flag; rehydrator takes it from {from}"
+            ))
+        })
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(hint) = consul_cli_flag(&args) {
+        eprintln!("{hint}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     // The demo's live display owns the terminal: only warnings may interrupt it.
     init_tracing(match cli.command {
@@ -103,6 +159,30 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cli::exit(&args.target.clone(), cli::doctor::run(args)),
         Command::RestoreGroup(args) => {
             cli::exit(&args.target.clone(), cli::restore_group::run(args))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consul_cli_flag;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_consul_clis_flags_are_refused_with_where_to_put_them() {
+        let hint = consul_cli_flag(&args(&["rehydrator", "pause", "-http-addr=http://c:8500"]));
+        assert!(hint.is_some_and(|h| h.contains("CONSUL_HTTP_ADDR")));
+        let hint = consul_cli_flag(&args(&["rehydrator", "status", "-token", "x"]));
+        assert!(hint.is_some_and(|h| h.contains("visible to every user")));
+        for fine in [
+            &["rehydrator", "status", "--cluster", "prod"][..],
+            &["rehydrator", "status", "-c", "f.toml"],
+            &["rehydrator", "fire", "--", "-token"],
+        ] {
+            assert_eq!(consul_cli_flag(&args(fine)), None, "{fine:?}");
         }
     }
 }

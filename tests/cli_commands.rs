@@ -192,8 +192,13 @@ async fn fire_sends_the_event_with_its_payload() {
 async fn status_lists_the_servers_from_the_catalog_and_from_the_cloud() {
     let rig = Rig::new("status");
     common::bounded(async {
-        // Without a configuration: the catalog's `consul` nodes, image from node meta.
-        let report = rig.status(&[]).await;
+        // Without a configuration or a name, and no cluster in Consul: nothing to guess from.
+        let out = rig.cli(&["status"]).await;
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("holds no rehydrator cluster"), "{stderr}");
+        // Named: the catalog's `consul` nodes, image from node meta.
+        let report = rig.status(&["--cluster", "default"]).await;
         assert_eq!(report.cluster, "default");
         assert_eq!(report.source, ServerSource::Catalog);
         assert_eq!(report.servers.len(), 3, "{report:?}");
@@ -251,9 +256,19 @@ async fn pause_shows_in_status_holds_the_plan_and_resume_clears_it() {
         rig.register_image("image-b").await;
 
         let out = ok(rig
-            .cli(&["pause", "--config", config, "--reason", "change freeze"])
+            .cli(&["pause", "--config", config, "--reason", "first"])
             .await);
         assert!(out.contains("Paused cluster roll"), "{out}");
+        assert!(!out.contains("already paused"), "{out}");
+        // A second pause says whose it replaces.
+        let out = ok(rig
+            .cli(&["pause", "--config", config, "--reason", "change freeze"])
+            .await);
+        assert!(out.contains("It was already paused by "), "{out}");
+        assert!(
+            out.contains("(first); this pause replaces that record"),
+            "{out}"
+        );
         let (status, body) = rig
             .send_raw("GET", "/v1/kv/rehydrator/roll/pause?raw", None)
             .await;
@@ -261,7 +276,9 @@ async fn pause_shows_in_status_holds_the_plan_and_resume_clears_it() {
         let written: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(written["reason"], "change freeze");
 
-        let report = rig.status(&["--config", config]).await;
+        // The one cluster Consul holds is found without being named.
+        let report = rig.status(&[]).await;
+        assert_eq!(report.cluster, "roll");
         assert!(report.paused);
         assert_eq!(
             report.pause.as_ref().and_then(|p| p.reason.as_deref()),
@@ -302,6 +319,93 @@ async fn pause_shows_in_status_holds_the_plan_and_resume_clears_it() {
         assert!(out.contains("was not paused"), "{out}");
     })
     .await;
+}
+
+#[actix_rt::test]
+async fn several_clusters_are_named_not_guessed_and_consul_cli_flags_are_refused() {
+    let rig = Rig::new("clusters");
+    common::bounded(async {
+        for cluster in ["blue", "green"] {
+            ok(rig.cli(&["pause", "--cluster", cluster]).await);
+        }
+        let out = rig.cli(&["resume"]).await;
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("holds 2 rehydrator clusters (blue, green)"),
+            "{stderr}"
+        );
+        // The consul CLI's spelling: refused, saying where the setting goes; nothing done.
+        let out = rig
+            .cli(&[
+                "resume",
+                "--cluster",
+                "blue",
+                "-http-addr=http://127.0.0.1:1",
+            ])
+            .await;
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("-http-addr: that is the consul CLI's flag"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("CONSUL_HTTP_ADDR"), "{stderr}");
+        let (status, _) = rig
+            .send_raw("GET", "/v1/kv/rehydrator/blue/pause?raw", None)
+            .await;
+        assert_eq!(status, 200, "still paused");
+    })
+    .await;
+}
+
+/// `resume` moves a paused rollout on by itself: the replicas watch the pause key. The
+/// replica here has no timer, so nothing else would trigger the step that the pause held.
+#[actix_rt::test]
+async fn resume_moves_a_paused_rollout_on_without_a_timer() {
+    let rig = Rig::new("resume");
+    let timer = "[[watch]]\nname = \"timer\"\ntype = \"schedule\"\nevery = \"1s\"\nactions = [\"spin-up\", \"spin-down\"]\n";
+    let text = std::fs::read_to_string(rig.config()).unwrap();
+    assert!(text.contains(timer), "{text}");
+    let config = rig.dir.join("no-timer.toml");
+    std::fs::write(&config, text.replace(timer, "")).unwrap();
+    let settings = rehydrator_config::load_with_env(&config, &HashMap::new()).unwrap();
+    let replica = tree::start(&settings, "replica-1", rig.sim_ports());
+    common::bounded(async {
+        let config = config.to_str().unwrap();
+        rig.register_image("image-b").await;
+        ok(rig.cli(&["pause", "--config", config]).await);
+        common::eventually(
+            "the replica's watches to park",
+            Duration::from_secs(10),
+            || async {
+                (rig.json("/sim/stats").await["parked"].as_u64().unwrap_or(0) >= 2).then_some(())
+            },
+        )
+        .await;
+        ok(rig.cli(&["fire", "--config", config]).await);
+        // Held by the pause: the rollout is recorded, and waits.
+        let held = common::eventually(
+            "the rollout to wait on the pause",
+            Duration::from_secs(10),
+            || async {
+                let r = rig.status(&["--config", config]).await;
+                let ro = r.rollout.clone()?;
+                ro.waiting
+                    .as_deref()
+                    .is_some_and(|w| w.contains("paused"))
+                    .then_some(r)
+            },
+        )
+        .await;
+        assert_eq!(held.progress.as_ref().map(|p| p.launches), Some(0));
+        ok(rig.cli(&["resume", "--config", config]).await);
+        let report = rig.until_completed(&["--config", config]).await;
+        let p = report.progress.as_ref().unwrap();
+        assert_eq!((p.launches, p.retirements), (3, 3));
+    })
+    .await;
+    common::bounded(replica.shutdown()).await;
 }
 
 #[actix_rt::test]

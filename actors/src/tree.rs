@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rehydrator_config::{ActionKind, RolloutMode, Settings, WatchKind};
+use rehydrator_config::{ActionKind, RolloutMode, Settings, WatchKind, WatchSettings};
 
 use crate::dispatcher::{self, ActionSpec, DispatchSettings, Dispatcher, ExecutorRef};
 use crate::executor::{
@@ -85,6 +85,7 @@ pub fn rollout_config(settings: &Settings) -> RolloutConfig {
 /// Starts the tree for `settings` on the current arbiter; `replica` names this replica in
 /// sessions, lock values and receipts.
 pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
+    let settings = &with_pause_watch(settings);
     let keys = Keys::new(&settings.cluster.name);
     let spec = SessionSpec {
         name: Keys::new(&settings.cluster.name).session_name(replica),
@@ -229,6 +230,40 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         executors,
         metrics,
     }
+}
+
+/// The name of the watch `with_pause_watch` adds.
+pub const PAUSE_WATCH: &str = "rehydrator-pause";
+
+/// `settings` with a `key` watch on the cluster's pause key that runs the rollout's actions,
+/// when it has any and no watch of the user's reads that key already: `rehydrator resume`
+/// (deleting the key) then moves a paused rollout on at once, instead of at the next timer
+/// or event.
+pub fn with_pause_watch(settings: &Settings) -> Settings {
+    let mut out = settings.clone();
+    let pause = Keys::new(&settings.cluster.name).pause();
+    let rollout: Vec<String> = settings
+        .actions
+        .iter()
+        .filter(|(_, a)| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let watched = settings
+        .watches
+        .iter()
+        .any(|w| matches!(&w.kind, WatchKind::Key { key } if *key == pause));
+    let named = settings.watches.iter().any(|w| w.name == PAUSE_WATCH);
+    if rollout.is_empty() || watched || named {
+        return out;
+    }
+    out.watches.push(WatchSettings {
+        name: PAUSE_WATCH.into(),
+        kind: WatchKind::Key { key: pause },
+        actions: rollout,
+        debounce: None,
+        request: false,
+    });
+    out
 }
 
 /// The rollout's notifier for `[notify]`; a failed post counts as a `notify` error.

@@ -4,7 +4,8 @@
 //! The operator commands: `fire`, `status`, `pause`, `resume`, `plan`, `repair`. Each reads the same
 //! configuration as `run` (`--config FILE`), or without one the consul CLI's environment
 //! (`CONSUL_HTTP_ADDR`, default `http://127.0.0.1:8500`, `CONSUL_HTTP_TOKEN`, ...) and
-//! `--cluster` (default `default`), and talks to Consul (and for `status`/`plan` the cloud)
+//! `--cluster` (for `status`, `pause` and `resume`: else the one cluster Consul holds records
+//! of, see `resolve_named`), and talks to Consul (and for `status`/`plan` the cloud)
 //! once, then exits.
 //!
 //! Exit status: 0 done; 2 bad input (a config file that does not load, a bad flag or
@@ -53,7 +54,7 @@ pub struct Target {
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// The cluster (the KV prefix rehydrator/<cluster>/). Default: `cluster.name` from
-    /// --config, else "default".
+    /// --config, else the one cluster Consul holds (status, pause, resume), else "default".
     #[arg(long)]
     pub cluster: Option<String>,
     /// How long the whole command may wait for Consul (and the cloud) before it gives up with
@@ -95,6 +96,9 @@ pub struct Resolved {
     /// `--config`'s path, `-` without one (for messages).
     pub config_path: PathBuf,
     pub cluster: String,
+    /// Whether `--cluster` or `--config` named the cluster (else it is `DEFAULT_CLUSTER`
+    /// until `named_cluster` looks in Consul).
+    pub named: bool,
     pub consul: ConsulConfig,
 }
 
@@ -181,11 +185,11 @@ pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
     // No single request may outlast the whole command.
     consul.timeout = consul.timeout.min(target.timeout);
     consul.connect_timeout = consul.connect_timeout.min(target.timeout);
-    let cluster = target
+    let named = target
         .cluster
         .clone()
-        .or_else(|| settings.as_ref().map(|s| s.cluster.name.clone()))
-        .unwrap_or_else(|| DEFAULT_CLUSTER.into());
+        .or_else(|| settings.as_ref().map(|s| s.cluster.name.clone()));
+    let cluster = named.clone().unwrap_or_else(|| DEFAULT_CLUSTER.into());
     if cluster.is_empty() || cluster.contains('/') {
         return Err(BadInput(format!(
             "--cluster: {cluster:?} cannot name a KV prefix (empty or with '/')"
@@ -195,9 +199,72 @@ pub fn resolve(target: &Target) -> Result<Resolved, BadInput> {
         config_path: target.config.clone().unwrap_or_else(|| PathBuf::from("-")),
         settings,
         cluster,
+        named: named.is_some(),
         consul,
     })
 }
+
+/// `resolve`, then, when neither `--cluster` nor `--config` named the cluster, the one
+/// cluster Consul holds records of (`rehydrator/<cluster>/`). Several, or none, is bad input
+/// naming them: guessing `default` showed an operator "rollout: none recorded" mid-rollout.
+pub async fn resolve_named(target: &Target) -> anyhow::Result<Resolved> {
+    let mut resolved = resolve(target)?;
+    if resolved.named {
+        return Ok(resolved);
+    }
+    let client = resolved.client()?;
+    let keys = client
+        .kv_keys(CLUSTERS_PREFIX, Some("/"), &Default::default())
+        .await
+        .with_context(|| format!("listing the clusters under {CLUSTERS_PREFIX}"))?
+        .value;
+    let mut clusters: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(CLUSTERS_PREFIX)?.strip_suffix('/'))
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= MAX_CLUSTER_NAME
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    clusters.sort();
+    clusters.dedup();
+    match clusters.as_slice() {
+        [one] => {
+            resolved.cluster = one.clone();
+            resolved.named = true;
+            Ok(resolved)
+        }
+        [] => Err(BadInput(format!(
+            "--cluster: Consul at {} holds no rehydrator cluster (nothing under \
+             {CLUSTERS_PREFIX}); name it with --cluster NAME or --config FILE",
+            resolved.consul.address
+        ))
+        .into()),
+        many => {
+            let shown: Vec<&str> = many.iter().take(20).map(String::as_str).collect();
+            Err(BadInput(format!(
+                "--cluster: Consul holds {} rehydrator clusters ({}{}); name one with \
+                 --cluster NAME or --config FILE",
+                many.len(),
+                shown.join(", "),
+                if many.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            ))
+            .into())
+        }
+    }
+}
+
+/// Where every cluster's records live.
+const CLUSTERS_PREFIX: &str = "rehydrator/";
+/// The longest cluster name taken from Consul's key list (an answer, not to be trusted).
+const MAX_CLUSTER_NAME: usize = 128;
 
 /// Runs a command's body on an actix System (awc needs one), bounded by `target`'s
 /// `--timeout`, and turns its result into the exit status: 2 for bad input, 1 for anything else.

@@ -5,10 +5,10 @@
 
 use anyhow::Context as _;
 use rehydrator::consul::{KvDeleteOptions, KvPutOptions, QueryOptions};
-use rehydrator::status::{parse_pause, PauseInfo};
+use rehydrator::status::{parse_pause, printable, PauseInfo};
 use rehydrator_actors::receipt::now_ms;
 
-use super::{operator, resolve, Target};
+use super::{operator, resolve_named, Target};
 
 #[derive(clap::Args, Debug)]
 pub struct PauseArgs {
@@ -26,7 +26,7 @@ pub struct ResumeArgs {
 }
 
 pub async fn pause(args: PauseArgs) -> anyhow::Result<()> {
-    let resolved = resolve(&args.target)?;
+    let resolved = resolve_named(&args.target).await?;
     let key = resolved.keys().pause();
     let info = PauseInfo {
         by: Some(operator()),
@@ -35,6 +35,12 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<()> {
     };
     let body = serde_json::to_vec(&info).context("encoding the pause record")?;
     let client = resolved.client()?;
+    let earlier = client
+        .kv_get(&key, &QueryOptions::default())
+        .await
+        .with_context(|| format!("reading the pause key {key}"))?
+        .value
+        .map(|was| parse_pause(&was.value));
     client
         .kv_put(&key, &body, &KvPutOptions::default())
         .await
@@ -43,11 +49,29 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<()> {
         "Paused cluster {}: the rollout takes no new step until `rehydrator resume`.",
         resolved.cluster
     );
+    if let Some(was) = earlier {
+        // A second pause replaces the first one's record: say whose it was.
+        println!(
+            "It was already paused{}{}{}; this pause replaces that record.",
+            was.by
+                .map(|b| format!(" by {}", printable(&b)))
+                .unwrap_or_default(),
+            was.at
+                .and_then(|ms| {
+                    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
+                })
+                .map(|t| format!(" since {}", humantime::format_rfc3339_seconds(t)))
+                .unwrap_or_default(),
+            was.reason
+                .map(|r| format!(" ({})", printable(&r)))
+                .unwrap_or_default(),
+        );
+    }
     Ok(())
 }
 
 pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    let resolved = resolve(&args.target)?;
+    let resolved = resolve_named(&args.target).await?;
     let key = resolved.keys().pause();
     let client = resolved.client()?;
     let was = client
@@ -66,10 +90,10 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     let info = parse_pause(&was.value);
     let by = info
         .by
-        .map(|b| format!(" (paused by {b})"))
+        .map(|b| format!(" (paused by {})", printable(&b)))
         .unwrap_or_default();
     println!(
-        "Resumed cluster {}{by}: the rollout takes its next step on its next trigger.",
+        "Resumed cluster {}{by}: each replica's watch of the pause key moves the rollout on now.",
         resolved.cluster
     );
     Ok(())

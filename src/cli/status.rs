@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use rehydrator::status::{gather, render};
 
-use super::{resolve, Target};
+use super::{resolve_named, Target};
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -19,7 +19,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let resolved = resolve(&args.target)?;
+    let resolved = resolve_named(&args.target).await?;
     let client = resolved.client()?;
     let cloud = resolved.cloud().await?;
     let mut scope = resolved.scope();
