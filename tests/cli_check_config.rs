@@ -60,6 +60,28 @@ fn bad_sample_lists_every_error() {
 }
 
 #[test]
+fn config_flag_is_taken_like_every_other_command_and_a_file_is_required() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples/full.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[cluster]"));
+    let out = Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name the file"));
+}
+
+#[test]
 fn token_never_printed() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples/full.toml");
     let out = check(&path);

@@ -8,6 +8,7 @@ pub mod go_duration;
 pub mod load;
 pub mod raw;
 pub mod settings;
+mod suggest;
 pub mod validate;
 
 pub use error::{ConfigError, FieldError};

@@ -881,8 +881,9 @@ fn watch_settings(
             errs.push(
                 format!("{at}.type"),
                 format!(
-                    "unknown watch type {other:?} (expected one of {})",
-                    quoted(WATCH_TYPES)
+                    "unknown watch type {other:?} (expected one of {}){}",
+                    quoted(WATCH_TYPES),
+                    did_you_mean(other, WATCH_TYPES)
                 ),
             );
             None
@@ -916,7 +917,11 @@ fn watch_settings(
             let known: Vec<&str> = actions.keys().map(String::as_str).collect();
             errs.push(
                 format!("{at}.action"),
-                format!("no action named {a:?} (defined: {})", quoted(&known)),
+                format!(
+                    "no action named {a:?} (defined: {}){}",
+                    quoted(&known),
+                    did_you_mean(a, &known)
+                ),
             );
         }
     }
@@ -1127,4 +1132,11 @@ fn notify_settings(
             .filter(|t| !t.is_empty())
             .map(Secret::new),
     }
+}
+
+/// " (did you mean \"x\"?)" when `name` is close to one of `known`, else nothing.
+fn did_you_mean(name: &str, known: &[&str]) -> String {
+    crate::suggest::did_you_mean(name, known)
+        .map(|s| format!(" (did you mean {s:?}?)"))
+        .unwrap_or_default()
 }

@@ -92,6 +92,30 @@ fn misspelt_field_is_named() {
 }
 
 #[test]
+fn every_error_is_reported_in_one_pass_with_what_was_meant() {
+    let path = sample("bad-all-at-once.toml");
+    let text = load_with_env(&path, &no_env()).unwrap_err().to_string();
+    let expected = [
+        "cluster.desired_server: unknown field, expected one of `name`, `desired_servers`, \
+         `service` (did you mean `desired_servers`?)",
+        "lock.colour: unknown field",
+        "lock.receipts_kept: invalid type: string \"many\"",
+        "lock.session_ttl: must be between 10s and 24h",
+        "watch[0].type: unknown watch type \"servce\"",
+        "(did you mean \"service\"?)",
+        "watch[0].action: no action named \"spin-upp\" (defined: \"spin-up\") (did you mean \
+         \"spin-up\"?)",
+    ];
+    for e in expected {
+        assert!(text.contains(e), "missing {e:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("6 error(s)") || text.lines().count() >= 6,
+        "{text}"
+    );
+}
+
+#[test]
 fn full_sample_is_typed_as_written() {
     let s = load_with_env(&sample("full.toml"), &no_env()).unwrap();
     assert_eq!(s.cluster.desired_servers.get(), 5);
