@@ -412,6 +412,40 @@ fn rehydrator(args: &[&str], config: &std::path::Path) -> (Option<i32>, String, 
     )
 }
 
+/// With no credentials anywhere, the error says so and where they are looked for, instead
+/// of "the cloud is unreachable" and the SDK's dump of its request.
+#[test]
+fn missing_credentials_are_named_with_where_they_are_looked_for() {
+    let dir = std::env::temp_dir().join(format!("rehydrator-nocreds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // No one answers there: the credentials fail first, before any connection.
+    let config = asg_config("http://127.0.0.1:9", None, &dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"))
+        .args(["doctor", "--timeout", "60s", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &dir)
+        .env("AWS_CONFIG_FILE", dir.join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no AWS credentials for DescribeAutoScalingGroups"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID"), "{stderr}");
+    assert!(stderr.contains("instance profile (IMDS)"), "{stderr}");
+    assert!(
+        !stderr.contains("DispatchFailure"),
+        "the SDK's dump: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `rehydrator doctor --config FILE` against moto, as an operator runs it: its exit status and
 /// its stdout.
 fn doctor(url: &str, dir: &std::path::Path, json: bool) -> (Option<i32>, String, String) {

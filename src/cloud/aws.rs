@@ -108,6 +108,10 @@ where
             request,
             after: CONNECT_TIMEOUT,
         },
+        SdkError::DispatchFailure(_) if no_credentials(&e).is_some() => CloudError::Credentials {
+            request,
+            reason: no_credentials(&e).unwrap_or_default(),
+        },
         SdkError::DispatchFailure(_) => CloudError::Unreachable {
             base: endpoint.to_owned(),
             request,
@@ -138,6 +142,33 @@ where
         },
     }
 }
+
+/// Why the SDK found no credentials, when that is what failed the call: the credentials
+/// error's own words and its causes, without the SDK's debug dump of the request.
+fn no_credentials(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        if err
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            let mut words = vec![err.to_string()];
+            let mut cause = err.source();
+            while let Some(c) = cause {
+                words.push(c.to_string());
+                cause = c.source();
+            }
+            words.dedup();
+            let reason = words.join(": ");
+            return Some(reason.chars().take(MAX_CREDENTIALS_REASON).collect());
+        }
+        at = err.source();
+    }
+    None
+}
+
+/// The most of a credentials error's words kept (IMDS answers end up in them).
+const MAX_CREDENTIALS_REASON: usize = 400;
 
 /// What a DryRun call said about a permission.
 #[derive(Debug, Clone, PartialEq, Eq)]

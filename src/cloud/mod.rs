@@ -41,6 +41,15 @@ pub enum CloudError {
     /// No answer in time.
     #[error("the cloud did not answer {request} within {after:?}")]
     Timeout { request: String, after: Duration },
+    /// The SDK found no credentials in any place it looks.
+    #[error(
+        "no AWS credentials for {request} ({reason}). They are looked for, in order, in the \
+         environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), the shared files \
+         (~/.aws/credentials and ~/.aws/config, AWS_PROFILE), web identity \
+         (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN), the ECS task role \
+         (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) and the EC2 instance profile (IMDS)"
+    )]
+    Credentials { request: String, reason: String },
     /// The cloud answered with an error status.
     #[error("the cloud answered {status} to {request}: {message}")]
     Status {
@@ -74,6 +83,7 @@ impl CloudError {
     pub fn kind(&self) -> &'static str {
         match self {
             CloudError::Unreachable { .. } => "unreachable",
+            CloudError::Credentials { .. } => "credentials",
             CloudError::Timeout { .. } => "timeout",
             CloudError::Throttled { .. } => "throttled",
             CloudError::Status { status, .. } if *status >= 500 => "status_5xx",
@@ -90,7 +100,10 @@ impl CloudError {
 impl From<CloudError> for PortError {
     fn from(e: CloudError) -> Self {
         let kind = match &e {
-            CloudError::Unreachable { .. } => ErrorKind::Unreachable,
+            // Credentials can appear (a role attached, IMDS back): tried again, like the network.
+            CloudError::Unreachable { .. } | CloudError::Credentials { .. } => {
+                ErrorKind::Unreachable
+            }
             CloudError::Timeout { .. } | CloudError::NotReady { .. } => ErrorKind::Timeout,
             CloudError::Throttled { .. } | CloudError::Local { .. } => ErrorKind::Server,
             // Throttling (EC2's RequestLimitExceeded is a 503, a proxy's may be 429) passes.
