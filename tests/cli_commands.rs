@@ -549,9 +549,25 @@ async fn a_rollout_fired_by_the_cli_completes_and_status_shows_it() {
             "{text}"
         );
         assert!(text.contains("last receipts:"), "{text}");
+        // The replica, from its liveness check on the agent.
+        assert_eq!(
+            report
+                .replicas
+                .iter()
+                .map(|p| (p.replica.as_str(), p.alive()))
+                .collect::<Vec<_>>(),
+            [("replica-1", true)],
+            "{:?}",
+            report.replicas
+        );
+        assert!(text.contains("replicas: replica-1 (alive, node "), "{text}");
     })
     .await;
     common::bounded(replica.shutdown()).await;
+    // Stopped, it takes its check with it.
+    let config = config.to_str().unwrap();
+    let report = common::bounded(rig.status(&["--config", config])).await;
+    assert!(report.replicas.is_empty(), "{:?}", report.replicas);
 }
 
 #[actix_rt::test]

@@ -8,7 +8,7 @@ use rehydrator_actors::ports::{
 };
 use rehydrator_actors::receipt::{now_ms, Keys, LockValue, Receipt};
 
-use crate::consul::port::ConsulAdapter;
+use crate::consul::port::{ConsulAdapter, LIVENESS_SERVICE};
 use crate::consul::{Client, ConsulError, KvPair, QueryOptions, WatchPolicy};
 
 use super::model::*;
@@ -123,13 +123,33 @@ pub async fn gather(
             }
         }
     };
+    let replicas_read = consul_client.health_service(LIVENESS_SERVICE, None, false, &opts);
     let (
-        health,
+        (health, replicas_read),
         rollout_entry,
         (pause_entry, guard_entry),
         (lock_entries, receipt_entries),
         servers_read,
-    ) = try_join5(health, rollout_entry, pause_entry, lists, servers_read).await?;
+    ) = try_join5(
+        async {
+            let (health, replicas) = futures_util::future::join(health, replicas_read).await;
+            Ok((health?, replicas))
+        },
+        rollout_entry,
+        pause_entry,
+        lists,
+        servers_read,
+    )
+    .await?;
+    // Liveness checks are the replicas' own: a token that may not read them, or an agent
+    // that refuses them, costs the list, not the report.
+    let replicas = match replicas_read {
+        Ok(found) => replicas_of(&scope.cluster, found.value),
+        Err(e) => {
+            warnings.push(format!("the replicas' liveness checks: {e}"));
+            Vec::new()
+        }
+    };
     let guard = guard_entry.and_then(|e| match serde_json::from_slice::<GuardRecord>(&e.value) {
         Ok(g) => Some(g),
         Err(err) => {
@@ -220,6 +240,7 @@ pub async fn gather(
         rollout_error,
         progress,
         locks,
+        replicas,
         receipts,
         paused: pause.is_some(),
         pause,
@@ -407,3 +428,31 @@ pub fn latest_receipts(entries: &[KvPair], n: usize) -> (Vec<Receipt>, usize) {
         undecodable,
     )
 }
+
+/// The replicas of `cluster` among the `rehydrator` service's instances, by name.
+fn replicas_of(cluster: &str, entries: Vec<crate::consul::ServiceEntry>) -> Vec<ReplicaStatus> {
+    let mut out: Vec<ReplicaStatus> = entries
+        .into_iter()
+        .filter(|e| e.service.meta.get("cluster").map(String::as_str) == Some(cluster))
+        .take(MAX_REPLICAS)
+        .map(|e| {
+            let check = e.checks.iter().find(|c| c.check_id == e.service.id);
+            ReplicaStatus {
+                replica: e
+                    .service
+                    .meta
+                    .get("replica")
+                    .cloned()
+                    .unwrap_or_else(|| e.service.id.clone()),
+                node: e.node.node.clone(),
+                check: check.map_or_else(|| "unknown".into(), |c| c.status.clone()),
+                output: check.map(|c| c.output.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.replica.cmp(&b.replica));
+    out
+}
+
+/// The most replicas a report lists (the service's instances are the outside world's).
+const MAX_REPLICAS: usize = 64;

@@ -43,6 +43,10 @@ pub struct StatusReport {
     pub progress: Option<Progress>,
     /// Every lock key under `rehydrator/<cluster>/locks/`, held or not.
     pub locks: Vec<LockStatus>,
+    /// The cluster's replicas, from their liveness checks (the `rehydrator` service): alive
+    /// while their check passes. Replicas with `lock.check_ttl = "0s"` are not listed.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
     /// The newest receipts across all actions, newest first.
     pub receipts: Vec<Receipt>,
     /// Whether the pause key `rehydrator/<cluster>/pause` is set.
@@ -154,6 +158,26 @@ pub struct LockStatus {
     pub trigger_id: Option<String>,
     /// How many times the lock was taken: the fencing token.
     pub lock_index: u64,
+}
+
+/// A replica as its liveness check shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub replica: String,
+    /// The node of the agent its check lives on.
+    pub node: String,
+    /// The check's status: `passing` (alive), `critical` (dead, or stalled past its TTL:
+    /// Consul has ended its session), `warning`.
+    pub check: String,
+    /// The check's output (`TTL expired` once it lapsed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+impl ReplicaStatus {
+    pub fn alive(&self) -> bool {
+        self.check == "passing"
+    }
 }
 
 /// What `rehydrator pause` writes to the pause key: who and why. Any value (or none) pauses.

@@ -231,14 +231,46 @@ fn render_raw(r: &StatusReport) -> String {
                 (Some(a), Some(t)) => format!(", running {a} for trigger {t}"),
                 _ => String::new(),
             };
+            let holder = l
+                .replica
+                .as_deref()
+                .and_then(|name| r.replicas.iter().find(|p| p.replica == name));
+            let liveness = match holder {
+                Some(p) if p.alive() => " [alive]".to_owned(),
+                Some(p) => format!(
+                    " [DEAD: liveness check {}{}: Consul ends its session; another replica \
+                     takes the lock after lock-delay]",
+                    p.check,
+                    if p.output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", p.output)
+                    }
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {}: held by {} (node {}){job}",
+                "  {}: held by {} (node {}){job}{liveness}",
                 l.name,
                 l.replica.as_deref().unwrap_or("an unknown replica"),
                 l.node.as_deref().unwrap_or("?"),
             );
         }
+    }
+    if !r.replicas.is_empty() {
+        let list: Vec<String> = r
+            .replicas
+            .iter()
+            .map(|p| {
+                if p.alive() {
+                    format!("{} (alive, node {})", p.replica, p.node)
+                } else {
+                    format!("{} (DEAD: check {}, node {})", p.replica, p.check, p.node)
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "replicas: {}", list.join(", "));
     }
 
     if r.receipts.is_empty() {

@@ -249,6 +249,20 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
             ),
             Some(("rehydrator prod r-a", "node-1")),
         )],
+        replicas: vec![
+            ReplicaStatus {
+                replica: "r-a".into(),
+                node: "node-1".into(),
+                check: "critical".into(),
+                output: "TTL expired".into(),
+            },
+            ReplicaStatus {
+                replica: "r-b".into(),
+                node: "node-2".into(),
+                check: "passing".into(),
+                output: String::new(),
+            },
+        ],
         receipts: vec![receipt("spin-up", 1_700_000_000_000)],
         paused: true,
         pause: Some(PauseInfo {
@@ -286,7 +300,10 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
         "rollout r1 to B: active",
         "1/3 servers on the target; 1 launched, 0 retired",
         "waiting: new server n1 is not yet a stable voter",
-        "step: held by r-a (node node-1), running spin-up for trigger 42",
+        "step: held by r-a (node node-1), running spin-up for trigger 42 [DEAD: liveness \
+         check critical, TTL expired: Consul ends its session; another replica takes the lock \
+         after lock-delay]",
+        "replicas: r-a (DEAD: check critical, node node-1), r-b (alive, node node-2)",
         "2023-11-14T22:13:20Z  spin-up  t1700000000000  r-a  launched: i-1",
         "lifecycle guard (10s ago): released i-old1; holding",
         "  i-old2: one at a time: i-old1 is still leaving Raft",
