@@ -25,6 +25,7 @@ crate::contract_suite!(
     watch_state_drives_a_blocking_loop_against_the_simulator,
     sessions_round_trip,
     a_liveness_check_ends_its_session_when_no_longer_passed,
+    a_snapshot_is_saved_whole_or_not_at_all,
     locks_contend_and_destroying_the_holder_releases,
     txn_acquires_checks_and_reads_in_one_round_trip,
     txn_answers_and_refusals,
@@ -613,6 +614,47 @@ async fn a_liveness_check_ends_its_session_when_no_longer_passed(t: &Target) {
     assert!(!port.liveness_pass(&spec.id).await.unwrap(), "{}", t.name);
     port.liveness_deregister(&spec.id).await.unwrap();
     c.kv_delete(key, &KvDeleteOptions::default()).await.unwrap();
+}
+
+/// The rollout's snapshot through the port: the whole archive in the file, nothing left
+/// aside; one larger than allowed leaves no file at all. Real Consul's is a gzipped tar.
+async fn a_snapshot_is_saved_whole_or_not_at_all(t: &Target) {
+    use rehydrator_actors::ports::ConsulPort;
+    let c = client_for(&t.url);
+    c.kv_put("rehydrator/test/snap", b"before", &KvPutOptions::default())
+        .await
+        .unwrap();
+    let port = ConsulAdapter::new(c.clone(), WatchPolicy::default());
+    let dir = std::env::temp_dir().join(format!(
+        "rehydrator-snap-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dest = dir.join("test.snap");
+    let bytes = port.snapshot(&dest, 64 << 20).await.unwrap();
+    let archive = std::fs::read(&dest).unwrap();
+    assert_eq!(archive.len() as u64, bytes, "{}", t.name);
+    assert!(bytes > 0, "{}", t.name);
+    if t.real {
+        assert_eq!(archive[..2], [0x1f, 0x8b], "{}: a gzip archive", t.name);
+    }
+    let small = dir.join("small.snap");
+    let err = port.snapshot(&small, 16).await.unwrap_err();
+    assert!(
+        !small.exists(),
+        "{}: a refused snapshot left a file: {err}",
+        t.name
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["test.snap"], "{}: nothing aside", t.name);
+    std::fs::remove_dir_all(&dir).unwrap();
+    c.kv_delete("rehydrator/test/snap", &KvDeleteOptions::default())
+        .await
+        .unwrap();
 }
 
 async fn locks_contend_and_destroying_the_holder_releases(t: &Target) {

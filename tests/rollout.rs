@@ -354,6 +354,88 @@ async fn the_pause_key_holds_the_rollout_until_it_is_removed() {
     .await;
 }
 
+/// With `rollout.snapshot_dir`: a snapshot before the first launch and before each
+/// retirement, named in the record; the directory keeps `snapshots_kept` of them. A snapshot
+/// that cannot be written holds the step, saying why, until it can.
+#[actix_rt::test]
+async fn snapshots_are_taken_before_the_first_step_and_each_retirement() {
+    common::bounded(async {
+        let rig = Rig::new("snapshots", 3);
+        let dir = rig.dir.join("snapshots");
+        // A file where the directory should be: no snapshot can be written yet.
+        std::fs::write(&dir, b"in the way").unwrap();
+        let tree = rig.start_with(
+            3,
+            &format!(
+                "stable_timeout = \"1m\"\nsnapshot_dir = \"{}\"\nsnapshots_kept = 3",
+                dir.display()
+            ),
+        );
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let held = rig
+            .until("the rollout waiting for a snapshot", |r| {
+                r.waiting
+                    .as_deref()
+                    .is_some_and(|w| w.contains("the step waits for a snapshot"))
+            })
+            .await;
+        assert!(
+            held.launches.is_empty(),
+            "no step without a snapshot: {held:?}"
+        );
+        assert!(
+            held.waiting
+                .as_deref()
+                .unwrap()
+                .contains("snapshot directory"),
+            "{held:?}"
+        );
+        std::fs::remove_file(&dir).unwrap();
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        let steps: Vec<String> = r
+            .snapshots
+            .iter()
+            .map(|n| n.split('-').nth(2).unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            steps,
+            ["start", "retire", "retire", "retire"],
+            "{:?}",
+            r.snapshots
+        );
+        assert!(r
+            .snapshots
+            .iter()
+            .all(|n| n.starts_with(&format!("roll-{}-", r.id))));
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut newest: Vec<String> = r.snapshots[1..].to_vec();
+        newest.sort();
+        assert_eq!(files, newest, "the three newest are kept");
+        let archive: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(&r.snapshots[3])).unwrap()).unwrap();
+        assert!(
+            archive["KV"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["Key"] == "rehydrator/roll/rollout"),
+            "the archive holds the rollout record: {archive}"
+        );
+        common::rollout::assert_clean(&rig.invariants().await, 3);
+        tree.shutdown().await;
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn a_dry_run_records_the_step_it_would_take_and_takes_none() {
     common::bounded(async {

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod ports;
 pub mod receipt;
 pub mod rollout;
+pub mod snapshot;
 pub mod tree;
 pub mod watch_plan;
 pub mod watcher;

@@ -65,6 +65,10 @@ pub struct Rollout {
     /// Why the last run did not take a step, for status.
     #[serde(default)]
     pub waiting: Option<String>,
+    /// The Consul snapshots taken before this rollout's steps (file names, the newest last;
+    /// the oldest dropped past `KEPT_SNAPSHOTS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
     /// How leadership moved off each leader this rollout retired.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leader_moves: Vec<LeaderMove>,
@@ -145,6 +149,7 @@ impl Rollout {
             compacted_retirements: 0,
             retiring: None,
             waiting: None,
+            snapshots: Vec::new(),
             leader_moves: Vec::new(),
         }
     }
@@ -754,6 +759,7 @@ mod tests {
             compacted_retirements: 0,
             retiring: None,
             waiting: None,
+            snapshots: Vec::new(),
             leader_moves: Vec::new(),
         }
     }

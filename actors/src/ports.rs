@@ -183,6 +183,13 @@ pub trait ConsulPort {
         ))))
     }
 
+    /// Saves a snapshot of the servers' state (through the leader) to `dest`, whole or not
+    /// at all (written aside, then renamed), reading at most `max_bytes`; answers its size.
+    fn snapshot(&self, dest: &std::path::Path, max_bytes: usize) -> PortFuture<u64> {
+        let _ = (dest, max_bytes);
+        Box::pin(futures_util::future::ready(Err(unsupported("a snapshot"))))
+    }
+
     /// Removes the liveness check `id` and its service from the agent.
     fn liveness_deregister(&self, id: &str) -> PortFuture<()> {
         let _ = id;

@@ -40,6 +40,11 @@ impl Keys {
         name.strip_prefix(&self.session_prefix())?.strip_prefix(' ')
     }
 
+    /// The cluster's name.
+    pub fn cluster(&self) -> &str {
+        self.root.strip_prefix("rehydrator/").unwrap_or(&self.root)
+    }
+
     /// The ID of `replica`'s liveness check and its service on the agent:
     /// `rehydrator-<cluster>-<replica>-<hash>`, the replica's name cut to what an ID in a URL
     /// path may hold, and a hash of the whole name so that two names cut alike stay apart.
@@ -52,8 +57,11 @@ impl Keys {
             })
             .take(MAX_ID_REPLICA)
             .collect();
-        let cluster = self.root.strip_prefix("rehydrator/").unwrap_or(&self.root);
-        format!("rehydrator-{cluster}-{safe}-{:08x}", fnv1a(replica) as u32)
+        format!(
+            "rehydrator-{}-{safe}-{:08x}",
+            self.cluster(),
+            fnv1a(replica) as u32
+        )
     }
 
     fn session_prefix(&self) -> String {

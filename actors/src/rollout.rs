@@ -48,6 +48,8 @@ pub struct RolloutConfig {
     /// marked `request = true` (a key an operator writes, which unlike a user event is never
     /// dropped).
     pub request_watches: Vec<String>,
+    /// `rollout.snapshot_*`: a Consul snapshot before the first step and each retirement.
+    pub snapshots: Option<rehydrator_config::SnapshotSettings>,
 }
 
 /// What a rollout run talks to.
@@ -266,6 +268,16 @@ pub async fn run(
                 env.notifier.send(Event::Started, &r, None, None);
             }
             Step::Launch { image, token } => {
+                // Before the rollout's first step: the state it started from.
+                let first = s.rollout.as_ref().is_some_and(|r| {
+                    r.launches.is_empty() && r.failed_launches.is_empty() && r.snapshots.is_empty()
+                });
+                if first {
+                    if let Some(why) = snapshot_before(&env, &mut s.rollout, cas, "start").await? {
+                        return Ok(Outcome::NoOp(why));
+                    }
+                    cas = read_record(&env).await?.1;
+                }
                 let timer = metrics.step("launch");
                 let machine = match env.cloud.launch(&image, &token).await {
                     Ok(m) => m,
@@ -561,9 +573,16 @@ async fn retire(
     deadline: tokio::time::Instant,
 ) -> Result<Outcome, ExecError> {
     info!(%machine, %node, "Retiring a server.");
-    // Intent first, so a holder dying inside the cloud call leaves a trace `reconcile` finishes.
     let mut rollout = rollout;
     let mut cas = cas;
+    let step = format!("retire-{node}");
+    if let Some(why) = snapshot_before(env, &mut rollout, cas, &step).await? {
+        return Ok(Outcome::NoOp(why));
+    }
+    if env.config.snapshots.is_some() {
+        cas = read_record(env).await?.1;
+    }
+    // Intent first, so a holder dying inside the cloud call leaves a trace `reconcile` finishes.
     if let Some(r) = rollout.as_mut() {
         r.retiring = Some(StepRecord {
             machine: machine.to_owned(),
@@ -726,6 +745,38 @@ async fn wait_until(
 }
 
 /// Records why the rollout waits, when that changed (status shows it).
+/// With `rollout.snapshot_dir`, saves a snapshot before `step` and records its name. A failed
+/// one holds the step when snapshots are required: the reason (the step waits on it) is
+/// recorded and answered, and the next trigger tries again.
+async fn snapshot_before(
+    env: &RolloutEnv,
+    rollout: &mut Option<Rollout>,
+    cas: u64,
+    step: &str,
+) -> Result<Option<String>, ExecError> {
+    let (Some(settings), Some(r)) = (&env.config.snapshots, rollout.as_mut()) else {
+        return Ok(None);
+    };
+    let cluster = env.keys.cluster();
+    match crate::snapshot::save(env.consul.as_ref(), settings, cluster, r, step).await {
+        Ok(name) => {
+            crate::snapshot::record(r, name);
+            write_record(env, r, cas).await?;
+            Ok(None)
+        }
+        Err(why) if settings.required => {
+            error!(reason = %why, "No snapshot: the step waits (rollout.snapshot_required).");
+            let why = format!("{why}; the step waits for a snapshot (rollout.snapshot_required)");
+            note_waiting(env, Some(r.clone()), cas, why.clone()).await?;
+            Ok(Some(why))
+        }
+        Err(why) => {
+            warn!(reason = %why, "No snapshot; going on (rollout.snapshot_required = false).");
+            Ok(None)
+        }
+    }
+}
+
 async fn note_waiting(
     env: &RolloutEnv,
     rollout: Option<Rollout>,

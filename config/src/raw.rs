@@ -83,6 +83,10 @@ pub struct RawRollout {
     pub retire_failed_launch: Option<bool>,
     pub launch_attempts: Option<i64>,
     pub windows: Option<Vec<RawWindow>>,
+    pub snapshot_dir: Option<String>,
+    pub snapshots_kept: Option<i64>,
+    pub snapshot_required: Option<bool>,
+    pub snapshot_max_mib: Option<i64>,
 }
 
 /// One maintenance window: `{ days = ["mon"], start = "02:00", end = "05:00", time_zone = "Europe/Berlin" }`.

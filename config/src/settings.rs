@@ -497,6 +497,29 @@ pub struct RolloutSettings {
     /// Maintenance windows: steps are taken only inside one of them. Default none: always.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowSettings>,
+    /// Consul snapshots taken before a rollout's first step and before each retirement.
+    /// Default none (off).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotSettings>,
+}
+
+/// Where and how the rollout saves Consul snapshots (`rollout.snapshot_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotSettings {
+    /// The directory the archives go to (`<cluster>-<rollout>-<step>-<unix ms>.snap`);
+    /// created if missing.
+    #[serde(rename = "snapshot_dir")]
+    pub dir: std::path::PathBuf,
+    /// The newest kept of this cluster's archives in `dir`; older ones are deleted. Default 10.
+    #[serde(rename = "snapshots_kept")]
+    pub kept: NonZeroU32,
+    /// A snapshot that fails holds the step (it waits, saying why) unless false. Default true.
+    #[serde(rename = "snapshot_required")]
+    pub required: bool,
+    /// The largest snapshot read, in MiB (it is held in memory on its way to disk). Default
+    /// 512.
+    #[serde(rename = "snapshot_max_mib")]
+    pub max_mib: NonZeroU32,
 }
 
 /// One maintenance window: on each of `days`, from `start` to `end` local time in

@@ -1009,7 +1009,49 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
             .enumerate()
             .filter_map(|(i, w)| window_settings(&format!("rollout.windows[{i}]"), w, errs))
             .collect(),
+        snapshots: snapshot_settings(
+            rr.snapshot_dir,
+            rr.snapshots_kept,
+            rr.snapshot_required,
+            rr.snapshot_max_mib,
+            errs,
+        ),
     }
+}
+
+/// `rollout.snapshot_*`: on with a directory; the other fields only with one.
+fn snapshot_settings(
+    dir: Option<String>,
+    kept: Option<i64>,
+    required: Option<bool>,
+    max_mib: Option<i64>,
+    errs: &mut Errors,
+) -> Option<SnapshotSettings> {
+    let Some(dir) = dir else {
+        for (field, set) in [
+            ("rollout.snapshots_kept", kept.is_some()),
+            ("rollout.snapshot_required", required.is_some()),
+            ("rollout.snapshot_max_mib", max_mib.is_some()),
+        ] {
+            if set {
+                errs.push(field, "applies only with rollout.snapshot_dir");
+            }
+        }
+        return None;
+    };
+    if dir.trim().is_empty() {
+        errs.push(
+            "rollout.snapshot_dir",
+            "is empty: give a directory, or leave it out",
+        );
+        return None;
+    }
+    Some(SnapshotSettings {
+        dir: PathBuf::from(dir),
+        kept: errs.positive("rollout.snapshots_kept", kept, 10),
+        required: required.unwrap_or(true),
+        max_mib: errs.at_most("rollout.snapshot_max_mib", max_mib, 512, 65_536),
+    })
 }
 
 fn window_settings(at: &str, rw: RawWindow, errs: &mut Errors) -> Option<WindowSettings> {

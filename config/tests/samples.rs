@@ -200,6 +200,19 @@ fn effective_config_round_trips_through_the_loader() {
 #[test]
 fn rollout_sample_shares_the_step_lock_and_ticks() {
     let s = load_with_env(&sample("rollout.toml"), &no_env()).unwrap();
+    let snapshots = s.rollout.snapshots.as_ref().expect("snapshots on");
+    assert_eq!(
+        snapshots.dir,
+        std::path::Path::new("/var/lib/rehydrator/snapshots")
+    );
+    assert_eq!(
+        (
+            snapshots.kept.get(),
+            snapshots.required,
+            snapshots.max_mib.get()
+        ),
+        (20, true, 512)
+    );
     assert_eq!(s.actions["spin-up"].kind, ActionKind::SpinUp);
     assert_eq!(s.actions["spin-up"].lock, "step");
     assert_eq!(s.actions["spin-down"].lock, "step");

@@ -261,6 +261,7 @@ mod tests {
             poll: Duration::from_millis(500),
             windows: Default::default(),
             request_watches: Vec::new(),
+            snapshots: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod operator;
 pub mod port;
 pub mod query;
 mod session;
+mod snapshot;
 mod tls;
 pub mod txn;
 pub mod types;
@@ -39,6 +40,7 @@ pub use kv::{KvDeleteOptions, KvPutOptions};
 pub use query::{
     Consistency, IndexOrder, IndexUpdate, Indexed, QueryMeta, QueryOptions, WatchPolicy, WatchState,
 };
+pub use snapshot::Snapshot;
 pub use txn::{KvTxnOp, TxnError, TxnOutcome, MAX_TXN_OPS};
 pub use types::*;
 
@@ -113,6 +115,12 @@ impl Call {
     /// Reads an answer of up to `bytes` (default [`MAX_BODY`]).
     pub(crate) fn limit(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// Gives the request `after` instead of the client's timeout (a snapshot's transfer).
+    pub(crate) fn timeout(mut self, after: Duration) -> Self {
+        self.timeout_slack = Some(after);
         self
     }
 

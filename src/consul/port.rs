@@ -28,6 +28,24 @@ pub const LIVENESS_SERVICE: &str = "rehydrator";
 const LIVENESS_CHECK_NAME: &str = "rehydrator replica alive";
 /// How long a replica's check may stay critical before its agent removes it (Consul's floor).
 const LIVENESS_REAP: Duration = Duration::from_secs(60);
+/// How long a snapshot's transfer may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Writes `bytes` to `dest` whole or not at all: to a file beside it, synced, then renamed.
+fn write_whole(dest: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let part = dest.with_extension("part");
+    let written = std::fs::File::create(&part).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&part, dest)) {
+        let _ = std::fs::remove_file(&part);
+        return Err(format!("writing {}: {e}", dest.display()));
+    }
+    Ok(())
+}
+
 /// Consul's bound on a service meta value.
 const MAX_META_VALUE: usize = 512;
 
@@ -298,6 +316,20 @@ impl ConsulPort for ConsulAdapter {
                 ));
             }
             Ok(())
+        })
+    }
+
+    fn snapshot(&self, dest: &std::path::Path, max_bytes: usize) -> PortFuture<u64> {
+        let (c, dest) = (self.client.clone(), dest.to_owned());
+        Box::pin(async move {
+            let snapshot = c.snapshot(max_bytes, SNAPSHOT_TIMEOUT).await?;
+            let bytes = snapshot.archive.len() as u64;
+            // Off the actors' thread: an archive can be hundreds of MiB.
+            tokio::task::spawn_blocking(move || write_whole(&dest, &snapshot.archive))
+                .await
+                .map_err(|e| PortError::new(ErrorKind::Server, format!("the writer died: {e}")))?
+                .map_err(|e| PortError::new(ErrorKind::Server, e))?;
+            Ok(bytes)
         })
     }
 

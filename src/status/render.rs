@@ -197,6 +197,13 @@ fn render_raw(r: &StatusReport) -> String {
             if let Some(s) = &ro.retiring {
                 let _ = writeln!(out, "  retiring: {}", s.machine);
             }
+            if let Some(last) = ro.snapshots.last() {
+                let _ = writeln!(
+                    out,
+                    "  last snapshot: {last} ({} recorded; `consul snapshot restore` puts it back)",
+                    ro.snapshots.len()
+                );
+            }
             for m in &ro.leader_moves {
                 let _ = writeln!(
                     out,

@@ -222,7 +222,8 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
         Some("B"),
         3_600_000,
     );
-    let ro = rollout(RolloutState::Active);
+    let mut ro = rollout(RolloutState::Active);
+    ro.snapshots = vec!["prod-r1-start-1.snap".into()];
     let report = StatusReport {
         cluster: "prod".into(),
         consul: "http://127.0.0.1:8500".into(),
@@ -304,6 +305,7 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
          check critical, TTL expired: Consul ends its session; another replica takes the lock \
          after lock-delay]",
         "replicas: r-a (DEAD: check critical, node node-1), r-b (alive, node node-2)",
+        "last snapshot: prod-r1-start-1.snap (1 recorded; `consul snapshot restore` puts it back)",
         "2023-11-14T22:13:20Z  spin-up  t1700000000000  r-a  launched: i-1",
         "lifecycle guard (10s ago): released i-old1; holding",
         "  i-old2: one at a time: i-old1 is still leaving Raft",

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod operator;
 pub mod session;
 pub mod shapes;
+pub mod snapshot;
 pub mod status;
 pub mod txn;
 
@@ -26,4 +27,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     status::configure(cfg);
     operator::configure(cfg);
     txn::configure(cfg);
+    snapshot::configure(cfg);
 }

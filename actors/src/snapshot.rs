@@ -1,0 +1,143 @@
+//! The rollout's safety net: a Consul snapshot before its first step and before each
+//! retirement (`rollout.snapshot_dir`), so that a cluster a step broke can be put back with
+//! `consul snapshot restore <file>`. Each archive is named
+//! `<cluster>-<rollout>-<step>-<unix ms>.snap`; past `rollout.snapshots_kept` of this cluster's
+//! archives, the oldest go. The names land in the rollout record, newest last.
+
+use std::path::Path;
+
+use rehydrator_config::SnapshotSettings;
+use tracing::{info, warn};
+
+use crate::plan::Rollout;
+use crate::ports::ConsulPort;
+use crate::receipt::now_ms;
+
+/// Snapshot names a record keeps (the directory may keep more).
+pub const KEPT_IN_RECORD: usize = 8;
+/// The most of a step label (a node name, from Consul) a file name takes.
+const MAX_LABEL: usize = 64;
+
+/// Saves a snapshot for `step` of rollout `r` of `cluster` in the settings' directory and
+/// prunes the old ones; answers the file's name, or why there is none.
+pub async fn save(
+    consul: &dyn ConsulPort,
+    settings: &SnapshotSettings,
+    cluster: &str,
+    r: &Rollout,
+    step: &str,
+) -> Result<String, String> {
+    let label: String = step
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+            _ => '-',
+        })
+        .take(MAX_LABEL)
+        .collect();
+    let name = format!("{cluster}-{}-{label}-{}.snap", r.id, now_ms());
+    let dir = settings.dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        format!(
+            "cannot create the snapshot directory {}: {e}",
+            dir.display()
+        )
+    })?;
+    let max = usize::try_from(settings.max_mib.get())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1 << 20);
+    let bytes = consul
+        .snapshot(&dir.join(&name), max)
+        .await
+        .map_err(|e| format!("the snapshot before {step} failed: {e}"))?;
+    info!(snapshot = %name, bytes, dir = %dir.display(), "Saved a Consul snapshot.");
+    if let Err(e) = prune(&dir, cluster, settings.kept.get() as usize) {
+        warn!(error = %e, dir = %dir.display(), "Could not prune old snapshots.");
+    }
+    Ok(name)
+}
+
+/// Records `name` in `r`, keeping the newest `KEPT_IN_RECORD`.
+pub fn record(r: &mut Rollout, name: String) {
+    r.snapshots.push(name);
+    let over = r.snapshots.len().saturating_sub(KEPT_IN_RECORD);
+    r.snapshots.drain(..over);
+}
+
+/// Deletes all but the newest `kept` of `cluster`'s archives in `dir` (by modification time,
+/// then name).
+fn prune(dir: &Path, cluster: &str, kept: usize) -> std::io::Result<()> {
+    let prefix = format!("{cluster}-");
+    let mut ours = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".snap") {
+            let modified = entry.metadata()?.modified()?;
+            ours.push((modified, name));
+        }
+    }
+    ours.sort();
+    let over = ours.len().saturating_sub(kept);
+    for (_, name) in ours.into_iter().take(over) {
+        std::fs::remove_file(dir.join(&name))?;
+        info!(snapshot = %name, "Deleted an old snapshot.");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_of_this_clusters_archives_only() {
+        let dir = std::env::temp_dir().join(format!("rehydrator-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let names = [
+            "prod-r1-start-1.snap",
+            "prod-r1-retire-2.snap",
+            "prod-r1-retire-3.snap",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            // Modification times a second apart, oldest first.
+            f.set_modified(base + std::time::Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        std::fs::write(dir.join("stage-r9-start-1.snap"), b"x").unwrap();
+        std::fs::write(dir.join("prod-notes.txt"), b"x").unwrap();
+        prune(&dir, "prod", 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "prod-notes.txt",
+                "prod-r1-retire-2.snap",
+                "prod-r1-retire-3.snap",
+                "stage-r9-start-1.snap"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_record_keeps_the_newest_names() {
+        let mut r = Rollout::start("r1".into(), "b", 0, 1);
+        for i in 0..(KEPT_IN_RECORD + 3) {
+            record(&mut r, format!("s{i}"));
+        }
+        assert_eq!(r.snapshots.len(), KEPT_IN_RECORD);
+        assert_eq!(r.snapshots.first().map(String::as_str), Some("s3"));
+        assert_eq!(
+            r.snapshots.last().map(String::as_str),
+            Some(format!("s{}", KEPT_IN_RECORD + 2).as_str())
+        );
+    }
+}
