@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::moto::free_port;
 
+/// Starts tried before a port race fails the test.
+const PORT_TRIES: usize = 3;
+
 /// How long an agent may take to elect itself.
 const START_BOUND: Duration = Duration::from_secs(30);
 
@@ -29,6 +32,20 @@ impl DevAgent {
 
     /// Like `start`, with `hcl` (e.g. an `acl` block and its tokens) in a configuration file.
     pub async fn start_with(bin: &Path, hcl: Option<&str>) -> Self {
+        // Free ports are free when picked, not when the agent binds them: another test may
+        // take one between. An agent that exits for that is started again on new ones.
+        for _ in 1..PORT_TRIES {
+            if let Some(agent) = Self::try_start(bin, hcl).await {
+                return agent;
+            }
+        }
+        Self::try_start(bin, hcl)
+            .await
+            .expect("the dev agent lost a port race on every try")
+    }
+
+    /// One start; None if the agent exited because a port it was given had been taken.
+    async fn try_start(bin: &Path, hcl: Option<&str>) -> Option<Self> {
         let version = rehydrator::cloud::consul_version::ask(bin).expect("a consul binary");
         let http = free_port();
         let log = std::env::temp_dir().join(format!("rehydrator-dev-agent-{http}.log"));
@@ -62,7 +79,7 @@ impl DevAgent {
         cmd.stderr(out.try_clone().expect("the agent's log"))
             .stdout(out);
         let child = cmd.spawn().expect("consul agent -dev starts");
-        let agent = Self {
+        let mut agent = Self {
             url: format!("http://127.0.0.1:{http}"),
             version,
             child,
@@ -89,7 +106,13 @@ impl DevAgent {
                 && std::fs::read_to_string(&agent.log)
                     .is_ok_and(|log| log.contains("agent: Synced node info"))
             {
-                return agent;
+                return Some(agent);
+            }
+            if agent.child.try_wait().ok().flatten().is_some()
+                && std::fs::read_to_string(&agent.log)
+                    .is_ok_and(|log| log.contains("address already in use"))
+            {
+                return None;
             }
             assert!(
                 started.elapsed() < START_BOUND,
