@@ -354,6 +354,48 @@ async fn the_pause_key_holds_the_rollout_until_it_is_removed() {
     .await;
 }
 
+/// With `rollout.bake_time`, an old server goes only once the new one has been healthy that
+/// long: the rollout says it is baking, and each retirement comes at least the bake time
+/// after its launch (without it, boot + stabilization: 1.3 s here).
+#[actix_rt::test]
+async fn a_bake_time_holds_each_retirement_until_the_new_server_has_baked() {
+    common::bounded(async {
+        const BAKE_MS: u64 = 3000;
+        let rig = Rig::new("bake", 3);
+        let tree = rig.start_with(3, "stable_timeout = \"1m\"\nbake_time = \"3s\"");
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let baking = rig
+            .until("the rollout saying it bakes", |r| {
+                r.waiting
+                    .as_deref()
+                    .is_some_and(|w| w.starts_with("baking: "))
+            })
+            .await;
+        assert!(baking.retirements.is_empty(), "{baking:?}");
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        // The record's launch time is when the launch returned, a little after the machine
+        // started: the bake, counted from the server's health, may end up to that much sooner.
+        const RECORD_LAG_MS: u64 = 250;
+        for (launch, retire) in r.launches.iter().zip(&r.retirements) {
+            assert!(
+                retire.at.saturating_sub(launch.at) >= BAKE_MS - RECORD_LAG_MS,
+                "{} retired {} ms after {} launched",
+                retire.machine,
+                retire.at.saturating_sub(launch.at),
+                launch.machine
+            );
+        }
+        common::rollout::assert_clean(&rig.invariants().await, 3);
+        tree.shutdown().await;
+    })
+    .await;
+}
+
 /// With `rollout.snapshot_dir`: a snapshot before the first launch and before each
 /// retirement, named in the record; the directory keeps `snapshots_kept` of them. A snapshot
 /// that cannot be written holds the step, saying why, until it can.

@@ -321,6 +321,7 @@ mod tests {
             leader,
             voter,
             healthy,
+            stable_since_ms: None,
         }
     }
 

@@ -592,6 +592,41 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
 }
 
+/// How far autopilot's StableSince (rounded to the second) may be before the real moment.
+const STABLE_SINCE_ROUNDING_MS: u64 = 500;
+
+/// Why an old server must not go yet under a bake time of `bake_ms`: the newest server on the
+/// rollout's target has been healthy (autopilot's StableSince; its launch, where autopilot
+/// does not say) for less than that. None when there is nothing to bake.
+pub fn baking(s: &Snapshot, bake_ms: u64) -> Option<String> {
+    if bake_ms == 0 {
+        return None;
+    }
+    let rollout = s.rollout.as_ref()?;
+    let servers = s.servers();
+    let newest = servers
+        .iter()
+        .filter(|sv| sv.machine.image == rollout.target_image && sv.is_stable_voter())
+        .max_by_key(|sv| sv.machine.launched_at)?;
+    // Autopilot gives StableSince rounded to the second: half a second is added so the bake
+    // is never short; and a server is never healthy before its launch.
+    let since = newest
+        .peer
+        .and_then(|p| p.stable_since_ms)
+        .map_or(newest.machine.launched_at, |t| {
+            (t + STABLE_SINCE_ROUNDING_MS).max(newest.machine.launched_at)
+        });
+    let baked = s.now_ms.saturating_sub(since);
+    (baked < bake_ms).then(|| {
+        format!(
+            "baking: new server {} has been healthy for {}s of the {}s bake time",
+            newest.node(),
+            baked / 1000,
+            bake_ms / 1000
+        )
+    })
+}
+
 /// `step` held to the maintenance windows: outside them a launch, a leadership transfer or a
 /// retirement waits, saying when the next window opens. What changes no server goes on:
 /// starting the rollout (recording an operator's request, which would otherwise be lost),
@@ -743,6 +778,7 @@ mod tests {
             leader,
             voter,
             healthy,
+            stable_since_ms: None,
         }
     }
 
@@ -874,6 +910,40 @@ mod tests {
             spin_up(&s, Mode::Manual, false, TIMEOUT),
             Step::Wait(_)
         ));
+    }
+
+    #[test]
+    fn a_bake_time_holds_the_old_servers_until_the_new_one_has_been_healthy_that_long() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        add_new(&mut s, "n1", 10, true, true);
+        s.now_ms = 100_000;
+        let n1 = s
+            .health
+            .servers
+            .iter_mut()
+            .find(|p| p.name == "n1")
+            .unwrap();
+        n1.stable_since_ms = Some(95_000);
+        let why = baking(&s, 30_000).expect("4.5 s of 30 s baked");
+        assert!(
+            why.contains("n1 has been healthy for 4s of the 30s bake time"),
+            "{why}"
+        );
+        // StableSince is to the second: half a second more, so the bake is never short.
+        assert!(baking(&s, 5_000).is_some());
+        assert_eq!(baking(&s, 4_500), None, "baked");
+        assert_eq!(baking(&s, 0), None, "no bake time");
+        // Where autopilot does not say, the launch counts (n1 launched at 10 ms).
+        let n1 = s
+            .health
+            .servers
+            .iter_mut()
+            .find(|p| p.name == "n1")
+            .unwrap();
+        n1.stable_since_ms = None;
+        assert_eq!(baking(&s, 60_000), None);
+        assert!(baking(&s, 120_000).is_some());
     }
 
     #[test]

@@ -251,6 +251,8 @@ pub struct PeerHealth {
     pub leader: bool,
     pub voter: bool,
     pub healthy: bool,
+    /// Since when `healthy` has held (autopilot's StableSince), Unix ms, when known.
+    pub stable_since_ms: Option<u64>,
 }
 
 impl PeerHealth {

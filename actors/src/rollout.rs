@@ -48,6 +48,9 @@ pub struct RolloutConfig {
     /// marked `request = true` (a key an operator writes, which unlike a user event is never
     /// dropped).
     pub request_watches: Vec<String>,
+    /// `rollout.bake_time`: how long the newest new server must have been healthy before an
+    /// old one goes (or leadership moves to it).
+    pub bake: Duration,
     /// `rollout.snapshot_*`: a Consul snapshot before the first step and each retirement.
     pub snapshots: Option<rehydrator_config::SnapshotSettings>,
 }
@@ -155,7 +158,18 @@ fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step
             requested,
             env.config.stable_timeout.as_millis() as u64,
         ),
-        Which::SpinDown => plan::spin_down(s, env.config.stable_timeout.as_millis() as u64),
+        Which::SpinDown => {
+            let step = plan::spin_down(s, env.config.stable_timeout.as_millis() as u64);
+            match step {
+                Step::Retire { .. } | Step::TransferLeadership { .. } => {
+                    match plan::baking(s, env.config.bake.as_millis() as u64) {
+                        Some(why) => Step::Wait(why),
+                        None => step,
+                    }
+                }
+                other => other,
+            }
+        }
     }
 }
 

@@ -79,6 +79,7 @@ pub fn rollout_config(settings: &Settings) -> RolloutConfig {
             .filter(|w| w.request || matches!(w.kind, WatchKind::Image { .. }))
             .map(|w| w.name.clone())
             .collect(),
+        bake: settings.rollout.bake_time,
         snapshots: settings.rollout.snapshots.clone(),
     }
 }

@@ -83,6 +83,7 @@ pub struct RawRollout {
     pub retire_failed_launch: Option<bool>,
     pub launch_attempts: Option<i64>,
     pub windows: Option<Vec<RawWindow>>,
+    pub bake_time: Option<String>,
     pub snapshot_dir: Option<String>,
     pub snapshots_kept: Option<i64>,
     pub snapshot_required: Option<bool>,

@@ -494,6 +494,10 @@ pub struct RolloutSettings {
     /// started before it became a voter) before the rollout stops with the last reason; each
     /// attempt after a failure uses a new launch token. Default 3, at most 10.
     pub launch_attempts: NonZeroU32,
+    /// How long the newest new server must have been healthy (autopilot's StableSince) before
+    /// an old server is retired or leadership moves to it. Default 0s (no bake).
+    #[serde(serialize_with = "human")]
+    pub bake_time: Duration,
     /// Maintenance windows: steps are taken only inside one of them. Default none: always.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<WindowSettings>,

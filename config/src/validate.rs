@@ -1009,6 +1009,7 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
             .enumerate()
             .filter_map(|(i, w)| window_settings(&format!("rollout.windows[{i}]"), w, errs))
             .collect(),
+        bake_time: errs.duration("rollout.bake_time", rr.bake_time.as_deref(), Duration::ZERO),
         snapshots: snapshot_settings(
             rr.snapshot_dir,
             rr.snapshots_kept,

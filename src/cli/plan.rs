@@ -261,6 +261,7 @@ mod tests {
             poll: Duration::from_millis(500),
             windows: Default::default(),
             request_watches: Vec::new(),
+            bake: Duration::ZERO,
             snapshots: None,
         }
     }
@@ -296,6 +297,7 @@ mod tests {
                         leader: *n == "s1",
                         voter: true,
                         healthy: true,
+                        stable_since_ms: None,
                     })
                     .collect(),
             },

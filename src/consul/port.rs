@@ -374,6 +374,10 @@ impl ConsulPort for ConsulAdapter {
                         leader: s.leader,
                         voter: s.voter,
                         healthy: s.healthy,
+                        stable_since_ms: humantime::parse_rfc3339_weak(&s.stable_since)
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .and_then(|d| u64::try_from(d.as_millis()).ok()),
                     })
                     .collect(),
             })

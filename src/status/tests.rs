@@ -36,6 +36,7 @@ fn peer(name: &str, leader: bool, voter: bool) -> PeerHealth {
         leader,
         voter,
         healthy: voter,
+        stable_since_ms: None,
     }
 }
 
