@@ -918,3 +918,37 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every series the shipped alert rules name is one rehydrator exports (a renamed metric must
+/// not silently break an operator's alert).
+#[test]
+fn the_alert_rules_name_only_series_rehydrator_exports() {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus-alerts.yml")).unwrap();
+    let rules: Yaml = serde_yaml::from_str(&text).unwrap();
+    let exported = rehydrator_actors::metrics::Metrics::new().encode().unwrap();
+    let families: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut named = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let alert = rule["alert"].as_str().unwrap();
+            let expr = rule["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("rehydrator_") {
+                    continue;
+                }
+                named += 1;
+                let family = word.strip_suffix("_total").unwrap_or(word);
+                assert!(
+                    families.contains(&family),
+                    "{alert} names {word}, which rehydrator does not export: {families:?}"
+                );
+            }
+            assert!(rule["for"].as_str().is_some(), "{alert} has no `for`");
+        }
+    }
+    assert!(named >= 6, "the rules name rehydrator's series: {named}");
+}

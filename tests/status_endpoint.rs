@@ -196,6 +196,37 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
             before.get(r#"rehydrator_rollout_state{state="none"}"#),
             Some(1.0)
         );
+        // The alerting series: the cluster as read, this replica alive by its check, and when.
+        assert_eq!(
+            before.get("rehydrator_cluster_failure_tolerance"),
+            Some(1.0)
+        );
+        assert_eq!(before.get("rehydrator_cluster_healthy"), Some(1.0));
+        assert_eq!(
+            before.get(r#"rehydrator_replicas{state="alive"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            before.get("rehydrator_rollout_started_timestamp_seconds"),
+            Some(0.0)
+        );
+        let read = before
+            .get("rehydrator_status_last_read_timestamp_seconds")
+            .expect("the read time");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - read).abs() < 120.0, "read at {read}, now {now}");
+        assert!(
+            before
+                .get(&format!(
+                    "rehydrator_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .is_some(),
+            "build_info"
+        );
 
         let (status, body) = rig.get_json("/v1/status").await;
         assert_eq!(status, 200, "{body}");
@@ -243,9 +274,17 @@ async fn probes_metrics_and_status_follow_the_replica_and_a_rollout() {
             ),
             (r#"rehydrator_rollout_state{state="active"}"#, 0.0),
             (r#"rehydrator_takeovers_total{lock="step"}"#, 0.0),
+            ("rehydrator_servers_outdated", 0.0),
         ] {
             assert_eq!(after.get(series), Some(want), "{series}");
         }
+        let started = after
+            .get("rehydrator_rollout_started_timestamp_seconds")
+            .unwrap();
+        let progress = after
+            .get("rehydrator_rollout_last_progress_timestamp_seconds")
+            .unwrap();
+        assert!(started > 0.0 && progress >= started, "{started} {progress}");
         assert!(
             after
                 .get(r#"rehydrator_watch_fires_total{watch="rehydrate"}"#)

@@ -68,6 +68,11 @@ struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ImageLabel {
     image: String,
 }
@@ -94,6 +99,30 @@ struct Inner {
     errors: Family<ErrorLabels, Counter>,
     jobs: Family<JobLabels, Counter>,
     servers: Family<ImageLabel, Gauge>,
+    /// What the last status read saw, for alerting (`observe`).
+    failure_tolerance: Gauge,
+    healthy: Gauge,
+    servers_outdated: Gauge,
+    rollout_started: Gauge,
+    rollout_progress: Gauge,
+    replicas: Family<StateLabel, Gauge>,
+    last_read: Gauge,
+}
+
+/// What a status read saw, for the alerting series (`Metrics::observe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub failure_tolerance: u32,
+    pub healthy: bool,
+    /// Servers not on the rollout's (or the newest) image.
+    pub outdated: usize,
+    /// The rollout's start and its last launch or retirement, Unix ms (0: none).
+    pub rollout_started_ms: u64,
+    pub last_progress_ms: u64,
+    pub replicas_alive: usize,
+    pub replicas_dead: usize,
+    /// When it was read, Unix ms.
+    pub read_at_ms: u64,
 }
 
 /// The registry and its series; clones share them.
@@ -122,6 +151,59 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let jobs = Family::<JobLabels, Counter>::default();
         let servers = Family::<ImageLabel, Gauge>::default();
+        let failure_tolerance = Gauge::default();
+        let healthy = Gauge::default();
+        let servers_outdated = Gauge::default();
+        let rollout_started = Gauge::default();
+        let rollout_progress = Gauge::default();
+        let replicas = Family::<StateLabel, Gauge>::default();
+        let last_read = Gauge::default();
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version this replica runs",
+            build_info,
+        );
+        registry.register(
+            "cluster_failure_tolerance",
+            "Autopilot's failure tolerance at the last status read",
+            failure_tolerance.clone(),
+        );
+        registry.register(
+            "cluster_healthy",
+            "1 while autopilot said the cluster is healthy at the last status read",
+            healthy.clone(),
+        );
+        registry.register(
+            "servers_outdated",
+            "Servers not on the rollout's target (or the newest image) at the last status read",
+            servers_outdated.clone(),
+        );
+        registry.register(
+            "rollout_started_timestamp_seconds",
+            "When the recorded rollout started (0: none)",
+            rollout_started.clone(),
+        );
+        registry.register(
+            "rollout_last_progress_timestamp_seconds",
+            "The recorded rollout's last launch or retirement, else its start (0: none)",
+            rollout_progress.clone(),
+        );
+        registry.register(
+            "replicas",
+            "The cluster's replicas by their liveness checks (alive, dead) at the last status read",
+            replicas.clone(),
+        );
+        registry.register(
+            "status_last_read_timestamp_seconds",
+            "When the values read from Consul (tolerance, servers, rollout, replicas) were last read: stale when Consul is down",
+            last_read.clone(),
+        );
         registry.register(
             "rollout_state",
             "The rollout record's state: 1 for the current one (none, active, completed, stopped, invalid: it does not decode)",
@@ -178,6 +260,9 @@ impl Metrics {
         for s in ROLLOUT_STATES {
             let _ = rollout_state.get_or_create(&StateLabel { state: s.into() });
         }
+        for s in ["alive", "dead"] {
+            let _ = replicas.get_or_create(&StateLabel { state: s.into() });
+        }
         for kind in STEP_KINDS {
             for outcome in ["ok", "error"] {
                 let _ = steps.get_or_create(&StepLabels {
@@ -189,6 +274,13 @@ impl Metrics {
         }
         Self {
             inner: Arc::new(Inner {
+                failure_tolerance,
+                healthy,
+                servers_outdated,
+                rollout_started,
+                rollout_progress,
+                replicas,
+                last_read,
                 registry,
                 rollout_state,
                 paused,
@@ -362,12 +454,36 @@ impl Metrics {
         }
     }
 
+    /// The alerting series from a status read.
+    pub fn observe(&self, o: &Observed) {
+        let i = &self.inner;
+        i.failure_tolerance.set(i64::from(o.failure_tolerance));
+        i.healthy.set(i64::from(o.healthy));
+        i.servers_outdated
+            .set(i64::try_from(o.outdated).unwrap_or(i64::MAX));
+        i.rollout_started.set(secs(o.rollout_started_ms));
+        i.rollout_progress.set(secs(o.last_progress_ms));
+        for (state, n) in [("alive", o.replicas_alive), ("dead", o.replicas_dead)] {
+            i.replicas
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        i.last_read.set(secs(o.read_at_ms));
+    }
+
     /// Everything, in the OpenMetrics text format (`CONTENT_TYPE`).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)?;
         Ok(out)
     }
+}
+
+/// Unix ms as whole seconds for a gauge.
+fn secs(ms: u64) -> i64 {
+    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
 }
 
 /// A lock's name: the last segment of its key.
@@ -493,6 +609,35 @@ mod tests {
             ),
         ] {
             assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_alerting_series_follow_the_last_read() {
+        let m = Metrics::new();
+        m.observe(&Observed {
+            failure_tolerance: 1,
+            healthy: true,
+            outdated: 2,
+            rollout_started_ms: 1_700_000_000_999,
+            last_progress_ms: 1_700_000_060_000,
+            replicas_alive: 2,
+            replicas_dead: 1,
+            read_at_ms: 1_700_000_061_500,
+        });
+        let text = m.encode().unwrap();
+        for want in [
+            "rehydrator_cluster_failure_tolerance 1",
+            "rehydrator_cluster_healthy 1",
+            "rehydrator_servers_outdated 2",
+            "rehydrator_rollout_started_timestamp_seconds 1700000000",
+            "rehydrator_rollout_last_progress_timestamp_seconds 1700000060",
+            "rehydrator_replicas{state=\"alive\"} 2",
+            "rehydrator_replicas{state=\"dead\"} 1",
+            "rehydrator_status_last_read_timestamp_seconds 1700000061",
+            "rehydrator_build_info{version=",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
     }
 

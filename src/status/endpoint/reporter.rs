@@ -211,6 +211,7 @@ impl Handler<GetMetrics> for Reporter {
                         metrics.rollout_state(r.rollout.as_ref().map(|ro| &ro.state));
                     }
                     metrics.paused(r.paused);
+                    metrics.observe(&observed(&r));
                 }
                 Ok(Err(e)) => {
                     debug!(
@@ -228,5 +229,33 @@ impl Handler<GetMetrics> for Reporter {
             }
             metrics.encode()
         })
+    }
+}
+
+/// The alerting series' values in a report.
+fn observed(r: &crate::status::StatusReport) -> rehydrator_actors::metrics::Observed {
+    let rollout = r.rollout.as_ref();
+    let progress = rollout.map_or(0, |ro| {
+        ro.launches
+            .iter()
+            .chain(&ro.retirements)
+            .map(|s| s.at)
+            .max()
+            .unwrap_or(ro.started_at)
+            .max(ro.started_at)
+    });
+    rehydrator_actors::metrics::Observed {
+        failure_tolerance: r.failure_tolerance,
+        healthy: r.healthy,
+        outdated: r
+            .servers
+            .iter()
+            .filter(|s| s.outdated == Some(true))
+            .count(),
+        rollout_started_ms: rollout.map_or(0, |ro| ro.started_at),
+        last_progress_ms: progress,
+        replicas_alive: r.replicas.iter().filter(|p| p.alive()).count(),
+        replicas_dead: r.replicas.iter().filter(|p| !p.alive()).count(),
+        read_at_ms: r.generated_at,
     }
 }
