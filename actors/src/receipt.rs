@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 /// The most of a replica's name a liveness ID keeps (the cluster name is bounded by config).
 const MAX_ID_REPLICA: usize = 64;
 
+/// `text` cut to what a URL path segment or a file name may hold safely (letters, digits,
+/// `-`, `_`, `.`; anything else becomes `-`), at most `max` characters.
+pub fn safe_segment(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+            _ => '-',
+        })
+        .take(max)
+        .collect()
+}
+
 /// FNV-1a: a hash that stays the same across builds, so a replica restarted by a newer build
 /// finds its liveness check under the same ID.
 fn fnv1a(s: &str) -> u64 {
@@ -49,14 +61,7 @@ impl Keys {
     /// `rehydrator-<cluster>-<replica>-<hash>`, the replica's name cut to what an ID in a URL
     /// path may hold, and a hash of the whole name so that two names cut alike stay apart.
     pub fn liveness_id(&self, replica: &str) -> String {
-        let safe: String = replica
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
-                _ => '-',
-            })
-            .take(MAX_ID_REPLICA)
-            .collect();
+        let safe = safe_segment(replica, MAX_ID_REPLICA);
         format!(
             "rehydrator-{}-{safe}-{:08x}",
             self.cluster(),

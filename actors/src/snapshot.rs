@@ -27,14 +27,7 @@ pub async fn save(
     r: &Rollout,
     step: &str,
 ) -> Result<String, String> {
-    let label: String = step
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
-            _ => '-',
-        })
-        .take(MAX_LABEL)
-        .collect();
+    let label = crate::receipt::safe_segment(step, MAX_LABEL);
     let name = format!("{cluster}-{}-{label}-{}.snap", r.id, now_ms());
     let dir = settings.dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| {
