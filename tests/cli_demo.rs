@@ -244,6 +244,36 @@ fn demo_with_chaos_rolls_three_servers_and_survives_the_killed_holder() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A kill that lands in the last step (this seed's plan: after 5 cloud actions): a survivor
+/// finishes the rollout, and the summary reports the takeover and its wait, not "finished
+/// before the planned kill" with the wait counted as overhead.
+#[test]
+fn a_kill_in_the_last_step_is_reported_as_a_takeover() {
+    let dir = scratch("last-step");
+    let svg = dir.join("timeline.svg");
+    let out = run_bounded(
+        &[
+            "demo",
+            "--chaos",
+            "--seed",
+            "11321246294793943793",
+            "--timeline",
+            svg.to_str().unwrap(),
+        ],
+        &dir,
+        DEMO_BOUND,
+    );
+    assert_demo_passed(&out, 3, true, &svg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(5 cloud actions done)"), "{stdout}");
+    assert!(
+        !stdout.contains("finished before the planned kill"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("takeover waits:"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn demo_rolls_five_servers_without_chaos() {
     let dir = scratch("five");

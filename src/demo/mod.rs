@@ -697,6 +697,11 @@ impl Run<'_> {
             if ended.is_none() {
                 self.chaos_tick(&o).await?;
                 self.fail_tick(&o).await?;
+            } else if matches!(self.chaos, Chaos::Killed { .. }) {
+                // The kill landed in the last step and a survivor finished it: the takeover
+                // happened, whether or not a tick saw the new holder before the end.
+                self.chaos_tick(&o).await?;
+                self.takeover_unseen();
             }
             let ctx = Context {
                 header: header.clone(),
@@ -764,6 +769,32 @@ impl Run<'_> {
             new.name
         ));
         Ok(())
+    }
+
+    /// A holder killed in the last step, whose job a survivor finished between two ticks: a
+    /// takeover, reported as such (its wait is at most the time since the kill).
+    fn takeover_unseen(&mut self) {
+        let Chaos::Killed { victim, at, .. } = &self.chaos else {
+            return;
+        };
+        let t = Takeover {
+            killed: victim.clone(),
+            by: "a surviving replica".into(),
+            after: at.elapsed(),
+        };
+        self.markers.push(Marker {
+            at: unix_ms(),
+            kind: MarkerKind::Takeover,
+            label: format!("taken over within {:.1} s", t.after.as_secs_f64()),
+        });
+        self.display.note(&format!(
+            "[{:>6.1} s] takeover: a surviving replica finished the step {} held, within {:.1} s of the kill (the rollout completed before a tick saw it hold the lock)",
+            self.fired.elapsed().as_secs_f64(),
+            t.killed,
+            t.after.as_secs_f64()
+        ));
+        self.takeovers.push(t);
+        self.chaos = Chaos::Done;
     }
 
     /// What the display says about the chaos kill.
