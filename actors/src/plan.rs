@@ -65,6 +65,9 @@ pub struct Rollout {
     /// Why the last run did not take a step, for status.
     #[serde(default)]
     pub waiting: Option<String>,
+    /// Since when (Unix ms) it has waited for that reason: status shows the wait's age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<u64>,
     /// The Consul snapshots taken before this rollout's steps (file names, the newest last;
     /// the oldest dropped past `KEPT_SNAPSHOTS`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -149,9 +152,19 @@ impl Rollout {
             compacted_retirements: 0,
             retiring: None,
             waiting: None,
+            waiting_since: None,
             snapshots: Vec::new(),
             leader_moves: Vec::new(),
         }
+    }
+
+    /// Records why the rollout waits (None: it does not); the time it started waiting is
+    /// kept while the reason stays the same.
+    pub fn wait(&mut self, why: Option<String>, now_ms: u64) {
+        if why != self.waiting {
+            self.waiting_since = why.as_ref().map(|_| now_ms);
+        }
+        self.waiting = why;
     }
 
     /// Retirements, those folded into the count included.
@@ -795,6 +808,7 @@ mod tests {
             compacted_retirements: 0,
             retiring: None,
             waiting: None,
+            waiting_since: None,
             snapshots: Vec::new(),
             leader_moves: Vec::new(),
         }
@@ -910,6 +924,21 @@ mod tests {
             spin_up(&s, Mode::Manual, false, TIMEOUT),
             Step::Wait(_)
         ));
+    }
+
+    #[test]
+    fn a_wait_keeps_its_start_while_its_reason_stays() {
+        let mut r = rollout("B");
+        r.wait(Some("a".into()), 10);
+        r.wait(Some("a".into()), 20);
+        assert_eq!(
+            (r.waiting.as_deref(), r.waiting_since),
+            (Some("a"), Some(10))
+        );
+        r.wait(Some("b".into()), 30);
+        assert_eq!(r.waiting_since, Some(30));
+        r.wait(None, 40);
+        assert_eq!((r.waiting.as_deref(), r.waiting_since), (None, None));
     }
 
     #[test]

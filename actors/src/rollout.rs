@@ -337,7 +337,10 @@ pub async fn run(
                 info!(machine = %machine.id, %image, %token, "Launched a server.");
                 if let Some(mut r) = s.rollout {
                     r.record_launch(launched);
-                    r.waiting = Some(format!("new server {} is joining", machine.id));
+                    r.wait(
+                        Some(format!("new server {} is joining", machine.id)),
+                        now_ms(),
+                    );
                     write_record(&env, &r, cas).await?;
                     let step = json!({ "kind": "launch", "machine": machine.id, "image": image });
                     env.notifier.send(Event::Step, &r, Some(step), None);
@@ -453,7 +456,7 @@ pub async fn run(
                     return Ok(Outcome::NoOp("no rollout".into()));
                 };
                 r.state = RolloutState::Completed { at: now_ms() };
-                r.waiting = None;
+                r.wait(None, now_ms());
                 metrics
                     .step("complete")
                     .finish(write_record(&env, &r, cas).await)?;
@@ -485,7 +488,7 @@ pub async fn run(
                         at: now_ms(),
                         reason: reason.clone(),
                     };
-                    r.waiting = None;
+                    r.wait(None, now_ms());
                     write_record(&env, &r, cas).await?;
                     env.notifier
                         .send(Event::Stopped, &r, None, Some(reason.clone()));
@@ -560,10 +563,13 @@ async fn record_failures(
     for f in failed.iter().cloned() {
         r.record_failure(f);
     }
-    r.waiting = Some(format!(
-        "launch {} failed; launching again",
-        failed.last().map_or("", |f| f.machine.as_str())
-    ));
+    r.wait(
+        Some(format!(
+            "launch {} failed; launching again",
+            failed.last().map_or("", |f| f.machine.as_str())
+        )),
+        now_ms(),
+    );
     write_record(env, r, cas).await?;
     for f in failed {
         let step = json!({
@@ -604,7 +610,7 @@ async fn retire(
             token: None,
             reason: None,
         });
-        r.waiting = Some(format!("server {node} is leaving"));
+        r.wait(Some(format!("server {node} is leaving")), now_ms());
         write_record(env, r, cas).await?;
         cas = read_record(env).await?.1;
     }
@@ -803,7 +809,7 @@ async fn note_waiting(
     if r.waiting.as_deref() == Some(why.as_str()) {
         return Ok(());
     }
-    r.waiting = Some(why);
+    r.wait(Some(why), now_ms());
     // A lost race here only loses a status line; the next run writes it again.
     if let Err(e) = write_record(env, &r, cas).await {
         warn!(error = %e, "Could not record why the rollout waits.");

@@ -347,10 +347,10 @@ fn machine_state(s: MachineState) -> &'static str {
 
 /// The rollout's progress over the servers seen now.
 pub fn progress(r: &Rollout, servers: &[ServerStatus]) -> Progress {
-    let (state, waiting) = match &r.state {
-        RolloutState::Active => ("active", r.waiting.clone()),
-        RolloutState::Completed { .. } => ("completed", None),
-        RolloutState::Stopped { reason, .. } => ("stopped", Some(reason.clone())),
+    let (state, waiting, waiting_since) = match &r.state {
+        RolloutState::Active => ("active", r.waiting.clone(), r.waiting_since),
+        RolloutState::Completed { .. } => ("completed", None, None),
+        RolloutState::Stopped { reason, at } => ("stopped", Some(reason.clone()), Some(*at)),
     };
     Progress {
         target_image: r.target_image.clone(),
@@ -364,6 +364,7 @@ pub fn progress(r: &Rollout, servers: &[ServerStatus]) -> Progress {
         failed_launches: r.failed_launches.len(),
         retirements: r.retired(),
         waiting,
+        waiting_since,
     }
 }
 

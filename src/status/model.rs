@@ -137,6 +137,9 @@ pub struct Progress {
     pub retirements: usize,
     /// Why the rollout waits (from the record), or why it stopped.
     pub waiting: Option<String>,
+    /// Since when (Unix ms) it has waited for that reason, when the record says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<u64>,
 }
 
 /// One lock key and its holder.

@@ -192,7 +192,11 @@ fn render_raw(r: &StatusReport) -> String {
                 } else {
                     "waiting"
                 };
-                let _ = writeln!(out, "  {label}: {w}");
+                let age = p
+                    .waiting_since
+                    .map(|since| format!(" ({}s)", r.generated_at.saturating_sub(since) / 1000))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  {label}{age}: {w}");
             }
             if let Some(s) = &ro.retiring {
                 let _ = writeln!(out, "  retiring: {}", s.machine);

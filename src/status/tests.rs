@@ -224,6 +224,7 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
         3_600_000,
     );
     let mut ro = rollout(RolloutState::Active);
+    ro.waiting_since = Some(3_588_000);
     ro.snapshots = vec!["prod-r1-start-1.snap".into()];
     let report = StatusReport {
         cluster: "prod".into(),
@@ -301,7 +302,7 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
         "59m 59s",
         "rollout r1 to B: active",
         "1/3 servers on the target; 1 launched, 0 retired",
-        "waiting: new server n1 is not yet a stable voter",
+        "waiting (12s): new server n1 is not yet a stable voter",
         "step: held by r-a (node node-1), running spin-up for trigger 42 [DEAD: liveness \
          check critical, TTL expired: Consul ends its session; another replica takes the lock \
          after lock-delay]",
