@@ -705,21 +705,7 @@ impl AutoScalingGroup {
         let group = self.view().await?;
         let mut done = Vec::new();
         let mut delete: Vec<&str> = Vec::new();
-        if let Some(processes) = group.tags.get(PROCESSES_TAG) {
-            let processes: Vec<String> = processes
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if !processes.is_empty() {
-                self.client
-                    .resume_processes()
-                    .auto_scaling_group_name(&self.name)
-                    .set_scaling_processes(Some(processes.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| self.error("ResumeProcesses", e))?;
-            }
+        if let Some(processes) = self.resume_recorded(&group).await? {
             done.push(format!("resumed {}", processes.join(", ")));
             delete.push(PROCESSES_TAG);
         }
@@ -874,21 +860,7 @@ impl AutoScalingGroup {
             done.push(MAX_TAG);
         }
         if self.uniform(ec2, &group).await? {
-            if let Some(processes) = group.tags.get(PROCESSES_TAG) {
-                let processes: Vec<String> = processes
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if !processes.is_empty() {
-                    self.client
-                        .resume_processes()
-                        .auto_scaling_group_name(&self.name)
-                        .set_scaling_processes(Some(processes))
-                        .send()
-                        .await
-                        .map_err(|e| self.error("ResumeProcesses", e))?;
-                }
+            if self.resume_recorded(&group).await?.is_some() {
                 done.push(PROCESSES_TAG);
             }
             if group.tags.contains_key(TEMPLATE_TAG) {
@@ -899,6 +871,29 @@ impl AutoScalingGroup {
         self.delete_tags(&done).await?;
         tracing::info!(group = %self.name, size = group.desired, settled = ?done, "The group is back at its size.");
         Ok(())
+    }
+
+    /// Resumes the processes the group's record says rehydrator suspended; answers them, or
+    /// None when the record names none.
+    async fn resume_recorded(&self, group: &GroupView) -> Result<Option<Vec<String>>, CloudError> {
+        let Some(tag) = group.tags.get(PROCESSES_TAG) else {
+            return Ok(None);
+        };
+        let processes: Vec<String> = tag
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !processes.is_empty() {
+            self.client
+                .resume_processes()
+                .auto_scaling_group_name(&self.name)
+                .set_scaling_processes(Some(processes.clone()))
+                .send()
+                .await
+                .map_err(|e| self.error("ResumeProcesses", e))?;
+        }
+        Ok(Some(processes))
     }
 
     /// Whether every live server runs the image the group launches.

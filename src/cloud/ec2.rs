@@ -271,14 +271,10 @@ impl Ec2Cloud {
             ),
         ];
         let mut out = Vec::new();
-        for i in self.instances(filters, request).await? {
-            let m = machine(&i, request)?;
-            // The filter already says so; a moto or EC2 that ignored it must not resurrect one.
-            if m.state != MachineState::Terminated {
-                out.push(m);
-            }
-        }
-        out.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
+        // The filter already leaves terminated ones out; a moto or EC2 that ignored it must not
+        // resurrect one.
+        live(self.instances(filters, request).await?, request, &mut out)?;
+        oldest_first(&mut out);
         Ok(out)
     }
 
@@ -377,14 +373,9 @@ impl Instances for Ec2Cloud {
         // DescribeInstances takes at most 200 values per filter; a server group is far smaller.
         for chunk in ids.chunks(100) {
             let filters = vec![filter("instance-id", chunk.iter().map(String::as_str))];
-            for i in self.instances(filters, request).await? {
-                let m = machine(&i, request)?;
-                if m.state != MachineState::Terminated {
-                    out.push(m);
-                }
-            }
+            live(self.instances(filters, request).await?, request, &mut out)?;
         }
-        out.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
+        oldest_first(&mut out);
         Ok(out)
     }
 
@@ -622,6 +613,22 @@ fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
 
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
+}
+
+/// The instances that are not terminated, as machines, added to `out`.
+fn live(instances: Vec<Instance>, request: &str, out: &mut Vec<Machine>) -> Result<(), CloudError> {
+    for i in instances {
+        let m = machine(&i, request)?;
+        if m.state != MachineState::Terminated {
+            out.push(m);
+        }
+    }
+    Ok(())
+}
+
+/// Machines by launch time, then ID.
+fn oldest_first(machines: &mut [Machine]) {
+    machines.sort_by(|a, b| (a.launched_at, &a.id).cmp(&(b.launched_at, &b.id)));
 }
 
 /// The first instance a token launched (there is one; two only if EC2 ignored the ClientToken).
