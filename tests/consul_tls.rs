@@ -84,7 +84,19 @@ impl Drop for TlsAgent {
 }
 
 impl TlsAgent {
+    /// Started on fresh ports, again if another process took one of them first (as the
+    /// plain dev agent is).
     async fn start(bin: &Path, pki: &Pki, mutual: bool) -> Self {
+        for _ in 0..3 {
+            if let Some(agent) = Self::try_start(bin, pki, mutual).await {
+                return agent;
+            }
+        }
+        panic!("the TLS agent lost its ports to other processes three times");
+    }
+
+    /// `None` when the agent exited because a port was taken.
+    async fn try_start(bin: &Path, pki: &Pki, mutual: bool) -> Option<Self> {
         let port = free_port();
         let hcl = format!(
             r#"ports {{
@@ -110,27 +122,38 @@ verify_incoming_https = {mutual}
         );
         let file = pki.dir.join(format!("agent-{port}.hcl"));
         std::fs::write(&file, hcl).unwrap();
+        // Its output is kept (in the PKI's directory, removed with it) so that a failure to
+        // start says why.
+        let log = pki.dir.join(format!("agent-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .args(["agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1"])
             .arg(format!("-config-file={}", file.display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .unwrap();
-        let agent = Self { port, child };
+        let mut agent = Self { port, child };
         // Up once its HTTPS port answers a handshake with the right CA (and the client
         // certificate it may ask for).
         let client = agent.client(pki, &[("CONSUL_CLIENT_CERT", "client")]);
         let started = Instant::now();
         while client.status_leader().await.ok().flatten().is_none() {
+            let output = || std::fs::read_to_string(&log).unwrap_or_default();
+            if agent.child.try_wait().ok().flatten().is_some()
+                && output().contains("address already in use")
+            {
+                return None;
+            }
             assert!(
                 started.elapsed() < START_BOUND,
-                "the TLS agent did not serve within {START_BOUND:?}"
+                "the TLS agent did not serve within {START_BOUND:?}; its output: {}",
+                output()
             );
             actix_rt::time::sleep(Duration::from_millis(100)).await;
         }
-        agent
+        Some(agent)
     }
 
     /// A client from the CLI's variables: the agent's address as a bare `host:port` with
