@@ -6,6 +6,7 @@
 pub mod cloud;
 pub mod consul;
 pub mod demo;
+pub mod doctor;
 pub mod healthcheck;
 pub mod status;
 pub mod webhook;

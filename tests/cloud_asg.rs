@@ -448,8 +448,13 @@ fn missing_credentials_are_named_with_where_they_are_looked_for() {
 
 /// `rehydrator doctor --config FILE` against moto, as an operator runs it: its exit status and
 /// its stdout.
-fn doctor(url: &str, dir: &std::path::Path, json: bool) -> (Option<i32>, String, String) {
-    let config = asg_config(url, None, dir);
+async fn doctor(
+    url: &str,
+    consul: &str,
+    dir: &std::path::Path,
+    json: bool,
+) -> (Option<i32>, String, String) {
+    let config = asg_config(url, Some(consul), dir);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"));
     cmd.args(["doctor", "--timeout", "60s", "--config"])
         .arg(&config)
@@ -460,7 +465,11 @@ fn doctor(url: &str, dir: &std::path::Path, json: bool) -> (Option<i32>, String,
     if json {
         cmd.arg("--json");
     }
-    let out = cmd.output().unwrap();
+    // Waited for off this thread: the simulator serves from it.
+    let out = actix_rt::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -479,9 +488,11 @@ async fn doctor_names_what_makes_a_group_unsafe_and_passes_once_fixed() {
         server_group(&ec2, &asg, CLUSTER, 3).await;
         let dir = std::env::temp_dir().join(format!("rehydrator-doctor-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // Consul is checked first: the simulator's cluster is fine.
+        let sim = common::sim();
 
         // As made: the guard is configured (the sample's) but the group has no hook for it.
-        let (code, out, err) = doctor(&moto.url, &dir, false);
+        let (code, out, err) = doctor(&moto.url, &sim.url(), &dir, false).await;
         assert_eq!(code, Some(1), "{out}\n{err}");
         for line in [
             "✓ launch template",
@@ -527,7 +538,7 @@ async fn doctor_names_what_makes_a_group_unsafe_and_passes_once_fixed() {
             .send()
             .await
             .unwrap();
-        let (code, out, err) = doctor(&moto.url, &dir, true);
+        let (code, out, err) = doctor(&moto.url, &sim.url(), &dir, true).await;
         assert_eq!(code, Some(0), "{out}\n{err}");
         let findings: serde_json::Value = serde_json::from_str(&out).unwrap();
         let level = |check: &str| {
@@ -545,6 +556,7 @@ async fn doctor_names_what_makes_a_group_unsafe_and_passes_once_fixed() {
         assert_eq!(level("lifecycle hooks"), "ok");
         // moto keeps no instance maintenance policy: still a warning, honestly.
         assert_eq!(level("instance maintenance policy"), "warning");
+        sim.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;

@@ -21,6 +21,7 @@ mod consul_client;
 mod consul_tls;
 mod dashboard;
 mod deploy;
+mod doctor;
 mod guard;
 mod replicas;
 mod rollout;

@@ -221,6 +221,14 @@ fn bad_requests(t: &Target) -> Vec<Case> {
             b"",
             Expect::Error(404, format!("Session id '{unknown}' not found")),
         ),
+        // agent/acl_endpoint.go: every ACL handler first checks ACLs are on
+        // (checkACLDisabled) -> 401 "ACL support disabled"; the agents here run without.
+        case(
+            Method::GET,
+            "/v1/acl/token/self",
+            b"",
+            Expect::Error(401, "ACL support disabled".into()),
+        ),
         // agent/http.go wrap: a method the endpoint was not registered with ->
         // MethodNotAllowedError{Method, append([]string{"OPTIONS"}, methods...)}: 405, body
         // "method <M> not allowed", header Allow with the methods joined by ",". Registered

@@ -471,6 +471,9 @@ pub const ACTION_TYPES: &[&str] = &["exec", "http", "spin-up", "spin-down", "lif
 /// The lock SpinUp and SpinDown share by default: one rollout step at a time cluster-wide.
 pub const STEP_LOCK: &str = "step";
 
+/// `rollout.stable_timeout` when the file does not set it.
+pub const DEFAULT_STABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How rollouts start and how patient they are.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutSettings {

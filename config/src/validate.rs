@@ -988,7 +988,7 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
         stable_timeout: errs.nonzero_duration(
             "rollout.stable_timeout",
             rr.stable_timeout.as_deref(),
-            ten_minutes,
+            crate::DEFAULT_STABLE_TIMEOUT,
         ),
         step_timeout: errs.nonzero_duration(
             "rollout.step_timeout",

@@ -1,16 +1,28 @@
 //! `rehydrator doctor`: a pre-flight of what would make a rollout or the lifecycle guard
-//! unsafe or stuck, each finding ✓ / ! / ✗ with its fix; exit 1 on any ✗. Today it checks the
-//! servers' Auto Scaling group (`cloud.auto_scaling_group`): launch template, cluster tag,
-//! scale-in protection, AZRebalance, the guard's lifecycle hooks and their heartbeat timeout,
-//! the instance maintenance policy, max size, a rollout's record left on the group, the image,
-//! and the permissions (EC2's changing calls by DryRun). Read-only: it changes nothing.
+//! unsafe or stuck, each finding ✓ / ! / ✗ with its fix; exit 1 on any ✗. Read-only: it
+//! changes nothing.
+//!
+//! - Consul, for every cloud (`doctor::consul`): reaching the cluster and its leader, the
+//!   servers' versions and the leadership path, autopilot's configuration against the
+//!   rollout's, the cluster's health, the ACL token's rights.
+//! - The servers' Auto Scaling group, when `cloud.auto_scaling_group` names one
+//!   (`doctor::group`): launch template, cluster tag, scale-in protection, AZRebalance, the
+//!   guard's lifecycle hooks and their heartbeat timeout, the instance maintenance policy, max
+//!   size, a rollout's record left on the group, the image, and the permissions (EC2's
+//!   changing calls by DryRun).
+//!
+//! Without `--config`, Consul comes from the consul CLI's environment and the rollout's
+//! defaults stand for its settings.
 
 use anyhow::Context as _;
-use rehydrator::cloud::asg_checks::{self, Expect, Finding, Level};
 use rehydrator::cloud::Ec2Cloud;
-use rehydrator_config::{ActionKind, CloudSettings, Launch, Settings, WatchKind};
+use rehydrator::doctor::group::{self, Expect};
+use rehydrator::doctor::{self, Finding, Level};
+use rehydrator_config::{
+    ActionKind, CloudSettings, Launch, Settings, WatchKind, DEFAULT_STABLE_TIMEOUT,
+};
 
-use super::{resolve, BadInput, Target};
+use super::{resolve, Resolved, Target};
 
 #[derive(clap::Args)]
 pub struct DoctorArgs {
@@ -43,44 +55,10 @@ fn guard(settings: &Settings) -> (bool, Option<std::time::Duration>) {
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let resolved = resolve(&args.target)?;
-    let Some(settings) = resolved.settings.as_ref() else {
-        return Err(BadInput(
-            "doctor: needs --config FILE: the [cloud] and [cluster] to check".into(),
-        )
-        .into());
-    };
-    let findings = match &settings.cloud {
-        CloudSettings::Ec2(aws) | CloudSettings::Ecs(aws) => match &aws.launch {
-            Launch::AutoScalingGroup(_) => {
-                let cloud = Ec2Cloud::load(aws, &settings.cluster.name, None)
-                    .await
-                    .context("the cloud")?;
-                let name = cloud
-                    .group()
-                    .context("cloud.auto_scaling_group names a group but none was built")?
-                    .name();
-                let facts = cloud
-                    .inspect_group()
-                    .await
-                    .with_context(|| format!("reading group {name}"))?
-                    .context("cloud.auto_scaling_group names a group but none was built")?;
-                let newest = cloud.newest_image_id().await.context("the newest image")?;
-                let (guard, guard_every) = guard(settings);
-                asg_checks::check(
-                    &facts,
-                    &Expect {
-                        cluster: settings.cluster.name.clone(),
-                        newest_image: newest,
-                        guard,
-                        promotion: settings.rollout.stable_timeout,
-                        guard_every,
-                    },
-                )
-            }
-            Launch::LaunchTemplate(_) => vec![nothing("cloud.auto_scaling_group is not set")],
-        },
-        _ => vec![nothing("the cloud is not ec2 or ecs")],
-    };
+    let mut findings = consul_findings(&resolved).await?;
+    if let Some(settings) = resolved.settings.as_ref() {
+        findings.extend(group_findings(settings).await?);
+    }
     if args.json {
         println!(
             "{}",
@@ -101,11 +79,55 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nothing(why: &str) -> Finding {
-    Finding {
-        check: "group",
-        level: Level::Ok,
-        detail: format!("{why}: no Auto Scaling group to check"),
-        fix: None,
-    }
+/// The cluster through Consul: with `--config`, against what the configuration expects;
+/// without, against `run`'s defaults.
+async fn consul_findings(resolved: &Resolved) -> anyhow::Result<Vec<Finding>> {
+    let client = resolved.client()?;
+    let settings = resolved.settings.as_ref();
+    let facts = doctor::consul::gather(&client, &resolved.cluster).await;
+    Ok(doctor::consul::check(
+        &facts,
+        &doctor::consul::Expect {
+            cluster: resolved.cluster.clone(),
+            desired_servers: settings.map(|s| s.cluster.desired_servers.get()),
+            stable_timeout: settings.map_or(DEFAULT_STABLE_TIMEOUT, |s| s.rollout.stable_timeout),
+            snapshots: settings
+                .and_then(|s| s.rollout.snapshots.as_ref())
+                .map(|s| s.required),
+        },
+    ))
+}
+
+/// The servers' Auto Scaling group, when `[cloud]` names one.
+async fn group_findings(settings: &Settings) -> anyhow::Result<Vec<Finding>> {
+    let (CloudSettings::Ec2(aws) | CloudSettings::Ecs(aws)) = &settings.cloud else {
+        return Ok(Vec::new());
+    };
+    let Launch::AutoScalingGroup(_) = &aws.launch else {
+        return Ok(Vec::new());
+    };
+    let cloud = Ec2Cloud::load(aws, &settings.cluster.name, None)
+        .await
+        .context("the cloud")?;
+    let name = cloud
+        .group()
+        .context("cloud.auto_scaling_group names a group but none was built")?
+        .name();
+    let facts = cloud
+        .inspect_group()
+        .await
+        .with_context(|| format!("reading group {name}"))?
+        .context("cloud.auto_scaling_group names a group but none was built")?;
+    let newest = cloud.newest_image_id().await.context("the newest image")?;
+    let (guard, guard_every) = guard(settings);
+    Ok(group::check(
+        &facts,
+        &Expect {
+            cluster: settings.cluster.name.clone(),
+            newest_image: newest,
+            guard,
+            promotion: settings.rollout.stable_timeout,
+            guard_every,
+        },
+    ))
 }

@@ -44,7 +44,7 @@ use tracing::Instrument as _;
 
 use super::asg::{AutoScalingGroup, GroupFacts, Instances, TemplateVersion};
 use super::aws::{dry_run_answer, endpoint, sdk_config, sdk_error, DryRun};
-// The tests and `asg_checks` name them from here, where the instances get them.
+// The tests and `doctor::group` name them from here, where the instances get them.
 pub use super::aws::{https_client, CLUSTER_TAG, TOKEN_TAG};
 use super::CloudError;
 

@@ -9,7 +9,6 @@
 //! kind tells the executors whether a retry can help.
 
 pub mod asg;
-pub mod asg_checks;
 pub mod aws;
 pub mod consul_version;
 pub mod ec2;

@@ -9,6 +9,7 @@
 //! executors) and by `rehydrator fire` / `status`. awc's client is `!Send`: a `Client` lives on
 //! one actix arbiter; clone it (cheap) for each actor on that arbiter.
 
+pub mod acl;
 mod agent;
 mod catalog;
 pub mod config;

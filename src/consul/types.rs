@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::duration;
 
 /// `null` where Consul's Go code has a nil slice or map: read as empty.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,

@@ -2,6 +2,7 @@
 
 use actix_web::web;
 
+pub mod acl;
 pub mod agent;
 pub mod agent_service;
 pub mod catalog;
@@ -28,4 +29,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     operator::configure(cfg);
     txn::configure(cfg);
     snapshot::configure(cfg);
+    acl::configure(cfg);
 }

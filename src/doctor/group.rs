@@ -4,58 +4,10 @@
 
 use std::time::Duration;
 
+use super::{not, ok, Finding, Level};
+use crate::cloud::asg::{GroupFacts, BASE_TAG, HOOK_PREFIX, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG};
+use crate::cloud::aws::{DryRun, CLUSTER_TAG};
 use rehydrator_actors::ports::Transition;
-use serde::Serialize;
-
-use super::asg::{GroupFacts, BASE_TAG, HOOK_PREFIX, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG};
-use super::aws::{DryRun, CLUSTER_TAG};
-
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warning,
-    Fail,
-}
-
-impl Level {
-    pub fn mark(self) -> &'static str {
-        match self {
-            Level::Ok => "✓",
-            Level::Warning => "!",
-            Level::Fail => "✗",
-        }
-    }
-}
-
-/// One check's outcome, with the fix when it is not fine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub check: &'static str,
-    pub level: Level,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-fn ok(check: &'static str, detail: String) -> Finding {
-    Finding {
-        check,
-        level: Level::Ok,
-        detail,
-        fix: None,
-    }
-}
-
-fn not(check: &'static str, level: Level, detail: String, fix: String) -> Finding {
-    Finding {
-        check,
-        level,
-        detail,
-        fix: Some(fix),
-    }
-}
 
 /// What the configuration expects of the group.
 #[derive(Debug, Clone)]

@@ -1,0 +1,276 @@
+//! `rehydrator doctor`'s Consul checks as an operator runs them: on the simulator, on an
+//! unreachable address, and on real Consul (`CONSUL_BIN`, Debian's 1.8.7 in CI) with ACLs on
+//! and tokens of several rights — among them one made from the policy shipped in
+//! `deploy/consul-acl-policy.hcl`, which a replica then runs with.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{self, bounded_for, eventually};
+
+const TEST_BOUND: Duration = Duration::from_secs(120);
+const MASTER: &str = "root-5d21";
+
+/// `rehydrator doctor --json` with Consul from the consul CLI's variables and `extra`
+/// arguments: its exit status, findings and stderr.
+async fn doctor(
+    address: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> (Option<i32>, Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehydrator"));
+    cmd.args(["doctor", "--json", "--timeout", "20s"])
+        .args(extra)
+        .env("CONSUL_HTTP_ADDR", address)
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_TOKEN_FILE");
+    if let Some(token) = token {
+        cmd.env("CONSUL_HTTP_TOKEN", token);
+    }
+    // Waited for off this thread: the simulator a test runs serves from it.
+    let out = actix_rt::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let findings = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("doctor's --json ({e}): {stdout}\n{stderr}"));
+    (out.status.code(), findings, stderr)
+}
+
+/// The finding of `check`: its level and its detail.
+fn finding(findings: &Value, check: &str) -> (String, String) {
+    let f = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} in {findings:#}"));
+    (
+        f["level"].as_str().unwrap().to_owned(),
+        f["detail"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[actix_rt::test]
+async fn on_the_simulator_doctor_passes_and_names_the_leadership_path() {
+    bounded_for(TEST_BOUND, async {
+        let sim = common::sim();
+        let (code, findings, err) = doctor(&sim.url(), None, &[]).await;
+        assert_eq!(code, Some(0), "{findings:#}\n{err}");
+        assert_eq!(finding(&findings, "consul").0, "ok");
+        let (level, detail) = finding(&findings, "acl.token");
+        assert_eq!(
+            (level.as_str(), detail.as_str()),
+            ("ok", "ACLs are off: every call is allowed")
+        );
+        assert_eq!(finding(&findings, "acl.rights").0, "ok");
+        let (_, path) = finding(&findings, "leadership");
+        assert!(
+            path.contains("transfer-leader"),
+            "the simulator is newest: {path}"
+        );
+        assert_eq!(finding(&findings, "health").0, "ok");
+        sim.stop().await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn an_unreachable_consul_is_a_failure_and_the_only_finding() {
+    bounded_for(TEST_BOUND, async {
+        let port = common::moto::free_port();
+        let (code, findings, err) = doctor(&format!("http://127.0.0.1:{port}"), None, &[]).await;
+        assert_eq!(code, Some(1), "{findings:#}\n{err}");
+        assert_eq!(findings.as_array().unwrap().len(), 1, "{findings:#}");
+        let (level, detail) = finding(&findings, "consul");
+        assert_eq!(level, "fail");
+        assert!(detail.contains("unreachable"), "{detail}");
+        assert!(err.contains("1 check(s) failed"), "{err}");
+    })
+    .await;
+}
+
+/// `consul <args>` against `address` with the master token in the environment: its stdout.
+fn consul(bin: &Path, address: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", address)
+        .env("CONSUL_HTTP_TOKEN", MASTER)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "consul {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A token for a new policy `name` of `rules` (a file): its secret.
+fn token_for(bin: &Path, address: &str, name: &str, rules: &Path) -> String {
+    consul(
+        bin,
+        address,
+        &[
+            "acl",
+            "policy",
+            "create",
+            "-name",
+            name,
+            "-rules",
+            &format!("@{}", rules.display()),
+        ],
+    );
+    let out = consul(
+        bin,
+        address,
+        &[
+            "acl",
+            "token",
+            "create",
+            "-policy-name",
+            name,
+            "-format=json",
+        ],
+    );
+    let token: Value = serde_json::from_str(&out).unwrap();
+    token["SecretID"].as_str().unwrap().to_owned()
+}
+
+#[actix_rt::test]
+async fn on_real_consul_with_acls_doctor_tells_each_tokens_rights() {
+    let Some(bin) = common::consul_bin() else {
+        return;
+    };
+    bounded_for(TEST_BOUND, async {
+        let agent = common::consul_agent::DevAgent::start_with(
+            &bin,
+            Some(&common::process_rig::acl_hcl(MASTER)),
+        )
+        .await;
+        let url = agent.url.clone();
+        // Autopilot judges the servers a few seconds after the election; until then doctor
+        // says so (a warning), which is not what this test is about.
+        let http = awc::Client::default();
+        eventually(
+            "autopilot to judge the server",
+            Duration::from_secs(30),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let mut resp = http
+                        .get(format!("{url}/v1/operator/autopilot/health"))
+                        .insert_header(("X-Consul-Token", MASTER))
+                        .send()
+                        .await
+                        .ok()?;
+                    let health: Value = resp.json().await.ok()?;
+                    (health["Healthy"] == true).then_some(())
+                }
+            },
+        )
+        .await;
+
+        // A token Consul does not know.
+        let (code, findings, err) = doctor(&url, Some("not-a-token"), &[]).await;
+        assert_eq!(code, Some(1), "{findings:#}\n{err}");
+        let (level, detail) = finding(&findings, "acl.token");
+        assert_eq!(level, "fail");
+        assert!(detail.contains("ACL not found"), "{detail}");
+        assert!(!err.contains("not-a-token") && !findings.to_string().contains("not-a-token"));
+
+        // The master token may do anything, which is more than rehydrator needs.
+        let (code, findings, err) = doctor(&url, Some(MASTER), &[]).await;
+        assert_eq!(code, Some(0), "{findings:#}\n{err}");
+        assert_eq!(finding(&findings, "acl.token").0, "warning");
+        assert_eq!(finding(&findings, "acl.rights").0, "ok");
+        let (_, path) = finding(&findings, "leadership");
+        assert!(path.contains("older than 1.15.0"), "{path}");
+        assert!(
+            !findings.to_string().contains(MASTER),
+            "the secret in the report"
+        );
+
+        // The write probe stored nothing.
+        let probe = consul(&bin, &url, &["kv", "get", "-recurse", "rehydrator/"]);
+        assert!(probe.is_empty(), "the probe wrote: {probe}");
+
+        let dir = common::endpoint::scratch("doctor-acl");
+        // Keys and operator rights, but no node:read: Consul then lists no members at all,
+        // and a rollout would see no servers.
+        let partial = dir.join("partial.hcl");
+        std::fs::write(
+            &partial,
+            "key_prefix \"rehydrator/\" { policy = \"write\" }\noperator = \"write\"\n",
+        )
+        .unwrap();
+        let partial = token_for(&bin, &url, "partial", &partial);
+        let (code, findings, err) = doctor(&url, Some(&partial), &[]).await;
+        assert_eq!(code, Some(1), "{findings:#}\n{err}");
+        let (level, detail) = finding(&findings, "acl.rights");
+        assert_eq!(level, "fail");
+        assert!(detail.contains("node:read"), "{detail}");
+
+        // The shipped policy: every right that can be proved, the others named; and a
+        // replica runs with it (session, liveness check) until it is ready.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/consul-acl-policy.hcl");
+        let token = token_for(&bin, &url, "rehydrator", &shipped);
+        let (code, findings, err) = doctor(&url, Some(&token), &[]).await;
+        assert_eq!(code, Some(0), "{findings:#}\n{err}");
+        let (level, detail) = finding(&findings, "acl.rights");
+        assert_eq!(level, "warning", "{detail}");
+        assert!(detail.contains("cannot be checked"), "{detail}");
+
+        // With snapshots required, that token (no acl = "write") fails the step: doctor says
+        // so before a rollout does.
+        let config = dir.join("rehydrator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"prod\"\ndesired_servers = 1\n[consul]\naddress = \"{url}\"\n\
+                 token = \"{token}\"\n[status]\nlisten = \"127.0.0.1:0\"\n\
+                 [rollout]\nsnapshot_dir = \"{}\"\n",
+                dir.join("snapshots").display()
+            ),
+        )
+        .unwrap();
+        let (code, findings, err) =
+            doctor(&url, None, &["--config", config.to_str().unwrap()]).await;
+        assert_eq!(code, Some(1), "{findings:#}\n{err}");
+        assert_eq!(finding(&findings, "acl.snapshot").0, "fail");
+        assert!(
+            !findings.to_string().contains(&token),
+            "the secret in the report"
+        );
+
+        let log = dir.join("run.log");
+        let _replica = common::endpoint::spawn_run(&config, &log);
+        let endpoint = eventually("the endpoint's address", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { common::endpoint::endpoint_url(&text) }
+        })
+        .await;
+        eventually(
+            "the replica on the shipped policy to be ready",
+            Duration::from_secs(30),
+            || {
+                let (http, endpoint) = (http.clone(), endpoint.clone());
+                async move {
+                    let resp = http.get(format!("{endpoint}/readyz")).send().await.ok()?;
+                    (resp.status().as_u16() == 200).then_some(())
+                }
+            },
+        )
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains("ACL token refused"), "{text}");
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
