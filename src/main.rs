@@ -42,14 +42,18 @@ enum Command {
     Resume(cli::pause::ResumeArgs),
     /// Dry run: what the rollout's next step would be now, and why. Changes nothing.
     Plan(cli::plan::PlanArgs),
+    /// Abort the rollout: no more launches, new servers that do not vote yet retired, then it
+    /// stops; with --to-previous, roll back to the image the other servers run.
+    Abort(cli::abort::AbortArgs),
     /// Rebuild the rollout record from the cluster when it does not decode, or is gone while
     /// the cluster is over its size; the replicas carry on from it.
     Repair(cli::repair::RepairArgs),
     /// Put the servers' Auto Scaling group back as a stopped (or paused) rollout's record on it
     /// says: processes resumed, MaxSize restored, with --template the old launch template version.
     RestoreGroup(cli::restore_group::RestoreGroupArgs),
-    /// Pre-flight: what would make a rollout or the lifecycle guard unsafe or stuck (today the
-    /// servers' Auto Scaling group), each with its fix; exit 1 on any failed check.
+    /// Pre-flight: what would make a rollout or the lifecycle guard unsafe or stuck (Consul,
+    /// its autopilot and the token's rights; the servers' Auto Scaling group), each with its
+    /// fix; exit 1 on any failed check.
     Doctor(cli::doctor::DoctorArgs),
     /// Exit 0 if the status endpoint answers 200 in time, else 1: the container's health check.
     Healthcheck(cli::healthcheck::HealthcheckArgs),
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         | Command::Resume(_)
         | Command::Plan(_)
         | Command::Doctor(_)
+        | Command::Abort(_)
         | Command::RestoreGroup(_)
         | Command::Repair(_) => "off",
         _ => "info",
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cli::exit(&args.target.clone(), cli::plan::run(args)),
         Command::Repair(args) => cli::exit(&args.target.clone(), cli::repair::run(args)),
         Command::Doctor(args) => cli::exit(&args.target.clone(), cli::doctor::run(args)),
+        Command::Abort(args) => cli::exit(&args.target.clone(), cli::abort::run(args)),
         Command::RestoreGroup(args) => {
             cli::exit(&args.target.clone(), cli::restore_group::run(args))
         }

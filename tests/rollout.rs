@@ -793,3 +793,111 @@ async fn a_transfer_that_reports_success_and_moves_nothing_is_retried_once_then_
 async fn a_transfer_that_goes_elsewhere_still_moves_leadership_off_the_leader() {
     common::bounded(leadership_path("1.17.3", "elsewhere", "transfer", 1)).await;
 }
+
+/// `rehydrator abort <args> --cluster roll` against the rig's simulator, as an operator runs
+/// it (waited for off this thread, which the simulator serves from): exit status and output.
+async fn abort(rig: &Rig, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"));
+    cmd.arg("abort")
+        .args(args)
+        .args(["--cluster", "roll", "--timeout", "30s"])
+        .env("CONSUL_HTTP_ADDR", rig.sim.url())
+        .env("USER", "alice")
+        .env_remove("CONSUL_HTTP_TOKEN");
+    let out = actix_rt::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[actix_rt::test]
+async fn an_abort_retires_the_new_server_that_never_joined_and_stops() {
+    common::bounded(async {
+        let rig = Rig::new("abort", 3);
+        // A stable timeout long enough that only the abort ends this rollout.
+        let tree = rig.start(3, "10m");
+        rig.register_image("image-broken", true).await;
+        rig.fire_rehydrate().await;
+        rig.until("the broken server's launch", |r| r.launches.len() == 1)
+            .await;
+
+        let (code, out) = abort(&rig, &["--reason", "bad image"]).await;
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("Aborted rollout"), "{out}");
+        let (r, reason) = rig.until_stopped().await;
+        assert!(
+            reason.starts_with("aborted by alice@") && reason.ends_with("(bad image)"),
+            "{reason}"
+        );
+        assert_eq!(r.launches.len(), 1, "no launch after the abort");
+        assert_eq!(r.retirements.len(), 1, "the new server retired: {r:?}");
+        let servers = rig.servers().await;
+        assert!(
+            servers
+                .iter()
+                .filter(|s| s["image"] == "image-broken")
+                .all(|s| s["machine"] == "terminated"),
+            "{servers:#?}"
+        );
+        rig.assert_old_servers_kept().await;
+
+        // Aborting what is no longer active says so and fails.
+        let (code, out) = abort(&rig, &[]).await;
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("is not active"), "{out}");
+        tree.shutdown().await;
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn abort_to_previous_rolls_every_server_back_under_the_same_rules() {
+    common::bounded(async {
+        let rig = Rig::new("rollback", 3);
+        let tree = rig.start(3, "1m");
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        rig.until("one server replaced", |r| r.retired() == 1).await;
+
+        // --to-previous reads the cloud: it needs the configuration.
+        let config = rig.dir.join("rehydrator.toml");
+        let (code, out) = abort(&rig, &["--to-previous"]).await;
+        assert_eq!(code, Some(2), "without --config: {out}");
+        let (code, out) = abort(
+            &rig,
+            &["--to-previous", "--config", config.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("back from image-b to image-a"), "{out}");
+
+        let r = rig
+            .until("the rollback completing", |r| {
+                r.target_image == "image-a" && matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        assert_eq!(r.rolled_back_from.as_deref(), Some("image-b"));
+        let servers = rig.servers().await;
+        let live: Vec<&Value> = servers
+            .iter()
+            .filter(|s| s["machine"] != "terminated")
+            .collect();
+        assert_eq!(live.len(), 3, "{servers:#?}");
+        assert!(
+            live.iter()
+                .all(|s| s["image"] == "image-a" && s["voter"] == true),
+            "{servers:#?}"
+        );
+        common::rollout::assert_clean(&rig.invariants().await, 3);
+        tree.shutdown().await;
+    })
+    .await;
+}

@@ -75,6 +75,34 @@ pub struct Rollout {
     /// How leadership moved off each leader this rollout retired.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leader_moves: Vec<LeaderMove>,
+    /// An operator aborted it (`rehydrator abort`): no more launches; its servers that do not
+    /// vote yet are retired, then it stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<Abort>,
+    /// It rolls back to the image the servers ran before an aborted rollout to this image
+    /// (`rehydrator abort --to-previous`): a newer image alone does not start a rollout to
+    /// this one again, an operator's `consul-rehydrate` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<String>,
+}
+
+/// Who aborted a rollout, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    pub by: String,
+    pub at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Abort {
+    /// "aborted by alice (bad image)", for the stop reason and status.
+    pub fn describe(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("aborted by {} ({})", self.by, clip(r, MAX_TEXT)),
+            None => format!("aborted by {}", self.by),
+        }
+    }
 }
 
 /// How leadership moved off a leader about to be retired.
@@ -155,6 +183,8 @@ impl Rollout {
             waiting_since: None,
             snapshots: Vec::new(),
             leader_moves: Vec::new(),
+            aborted: None,
+            rolled_back_from: None,
         }
     }
 
@@ -458,10 +488,10 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
             return Step::Idle("no image matches the filter".into());
         };
         let outdated = servers.iter().any(|sv| sv.machine.image != newest.id);
-        let already = s
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.target_image == newest.id);
+        // Nor one an operator rolled back from.
+        let already = s.rollout.as_ref().is_some_and(|r| {
+            r.target_image == newest.id || r.rolled_back_from.as_deref() == Some(&newest.id)
+        });
         return match (outdated, requested, mode) {
             (false, _, _) => {
                 Step::Idle(format!("every server runs the newest image {}", newest.id))
@@ -479,6 +509,16 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
             }
         };
     };
+    if let Some(abort) = &rollout.aborted {
+        // SpinDown retires; SpinUp launches nothing more and stops it once that is done.
+        return match aborted(s, rollout) {
+            Some(stop @ Step::Stop { .. }) => stop,
+            _ => Step::Idle(format!(
+                "{}: no launch; its servers that do not vote yet are retired",
+                abort.describe()
+            )),
+        };
+    }
     let target = rollout.target_image.as_str();
     if complete(&servers, target, s.desired) {
         return Step::Complete;
@@ -529,6 +569,9 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     let Some(rollout) = s.rollout.as_ref().filter(|r| r.is_active()) else {
         return Step::Idle("no rollout".into());
     };
+    if let Some(step) = aborted(s, rollout) {
+        return step;
+    }
     let servers = s.servers();
     let target = rollout.target_image.as_str();
     if complete(&servers, target, s.desired) {
@@ -539,6 +582,22 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
     if servers.len() <= s.desired {
         return Step::Idle("nothing to retire: no replacement is up yet".into());
+    }
+    // An outdated server that does not vote counts for no quorum: it goes first, and without
+    // waiting for autopilot to call the cluster healthy, which a server that never joins (the
+    // new server of a rollout rolled back from a broken image) would keep it from doing.
+    if let Some(stray) = servers
+        .iter()
+        .filter(|sv| sv.machine.image != target && !is_voter(sv))
+        .min_by_key(|sv| sv.machine.launched_at)
+    {
+        if s.paused {
+            return Step::Wait("paused by the operator (the pause key is set)".into());
+        }
+        return Step::Retire {
+            machine: stray.machine.id.clone(),
+            node: stray.node(),
+        };
     }
     match in_flight(&servers, target, s.now_ms, stable_timeout_ms) {
         Some(Err(stop)) => return stop,
@@ -603,6 +662,41 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
         machine: victim.machine.id.clone(),
         node: victim.node(),
     }
+}
+
+/// Whether the server is a Raft voter, healthy or not.
+fn is_voter(sv: &Server<'_>) -> bool {
+    sv.peer.is_some_and(|p| p.voter)
+}
+
+/// An aborted rollout's next step: retire its newest server that does not vote yet (it
+/// counts for no quorum, so no health gate holds it), then stop. None where the usual
+/// retirement applies first: every new server votes and the cluster is over its size.
+fn aborted(s: &Snapshot, rollout: &Rollout) -> Option<Step> {
+    let abort = rollout.aborted.as_ref()?;
+    let servers = s.servers();
+    let joining = servers
+        .iter()
+        .filter(|sv| sv.machine.image == rollout.target_image && !is_voter(sv))
+        .max_by_key(|sv| sv.machine.launched_at);
+    if let Some(j) = joining {
+        if s.paused {
+            return Some(Step::Wait(
+                "paused by the operator (the pause key is set)".into(),
+            ));
+        }
+        return Some(Step::Retire {
+            machine: j.machine.id.clone(),
+            node: j.node(),
+        });
+    }
+    if servers.len() > s.desired {
+        return None;
+    }
+    Some(Step::Stop {
+        reason: abort.describe(),
+        failed_machine: None,
+    })
 }
 
 /// How far autopilot's StableSince (rounded to the second) may be before the real moment.
@@ -811,6 +905,8 @@ mod tests {
             waiting_since: None,
             snapshots: Vec::new(),
             leader_moves: Vec::new(),
+            aborted: None,
+            rolled_back_from: None,
         }
     }
 
@@ -1477,5 +1573,94 @@ mod tests {
         assert!(serde_json::from_value::<Rollout>(active)
             .unwrap()
             .is_active());
+    }
+
+    fn aborted_rollout(target: &str) -> Rollout {
+        let mut r = rollout(target);
+        r.aborted = Some(Abort {
+            by: "alice".into(),
+            at: 900,
+            reason: Some("bad image".into()),
+        });
+        r
+    }
+
+    #[test]
+    fn an_abort_retires_the_joining_server_unhealthy_or_not_then_stops() {
+        let mut s = three_on_a();
+        s.rollout = Some(aborted_rollout("B"));
+        // The new server never got healthy: autopilot calls the cluster unhealthy, and the
+        // server goes all the same (it does not vote).
+        add_new(&mut s, "n1", 10, false, false);
+        s.health.healthy = false;
+        let retire = Step::Retire {
+            machine: "n1".into(),
+            node: "n1".into(),
+        };
+        assert_eq!(spin_down(&s, TIMEOUT), retire);
+        assert!(matches!(
+            spin_up(&s, Mode::Auto, true, TIMEOUT),
+            Step::Idle(why) if why.contains("aborted by alice (bad image)")
+        ));
+        // Paused: it waits like every step.
+        s.paused = true;
+        assert!(matches!(spin_down(&s, TIMEOUT), Step::Wait(_)));
+
+        let mut s = three_on_a();
+        s.rollout = Some(aborted_rollout("B"));
+        let stop = Step::Stop {
+            reason: "aborted by alice (bad image)".into(),
+            failed_machine: None,
+        };
+        assert_eq!(spin_down(&s, TIMEOUT), stop);
+        assert_eq!(spin_up(&s, Mode::Auto, true, TIMEOUT), stop);
+    }
+
+    #[test]
+    fn an_abort_keeps_a_new_server_that_votes_and_ends_at_the_desired_size() {
+        let mut s = three_on_a();
+        s.rollout = Some(aborted_rollout("B"));
+        add_new(&mut s, "n1", 10, true, true);
+        // Over size with the new server voting: the usual retirement (oldest outdated
+        // follower), not the new server.
+        assert_eq!(
+            spin_down(&s, TIMEOUT),
+            Step::Retire {
+                machine: "s2".into(),
+                node: "s2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_rollback_retires_the_outdated_server_that_does_not_vote_first() {
+        // Rolling back to A: n1 (on B) never joined; s1..s3 are on A already.
+        let mut s = three_on_a();
+        let mut r = rollout("A");
+        r.rolled_back_from = Some("B".into());
+        s.rollout = Some(r);
+        s.machines.push(machine("n1", "B", 10));
+        s.health.healthy = false;
+        assert_eq!(
+            spin_down(&s, TIMEOUT),
+            Step::Retire {
+                machine: "n1".into(),
+                node: "n1".into()
+            }
+        );
+        // Done, it does not start again to B on a timer: only an operator's request does.
+        s.machines.pop();
+        s.health.healthy = true;
+        if let Some(r) = &mut s.rollout {
+            r.state = RolloutState::Completed { at: 2000 };
+        }
+        assert!(matches!(
+            spin_up(&s, Mode::Auto, false, TIMEOUT),
+            Step::Idle(_)
+        ));
+        assert_eq!(
+            spin_up(&s, Mode::Auto, true, TIMEOUT),
+            Step::Start { image: "B".into() }
+        );
     }
 }

@@ -93,6 +93,12 @@ impl Keys {
         format!("{}/pause", self.root)
     }
 
+    /// `rehydrator/<cluster>/abort` — the last `rehydrator abort`: who, when, why. Written
+    /// after the record it changed; the replicas watch it to act at once.
+    pub fn abort(&self) -> String {
+        format!("{}/abort", self.root)
+    }
+
     /// `rehydrator/<cluster>/receipts/<action>/` — the prefix pruning lists.
     pub fn receipts(&self, action: &str) -> String {
         format!("{}/receipts/{action}/", self.root)

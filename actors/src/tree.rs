@@ -236,35 +236,43 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
 
 /// The name of the watch `with_pause_watch` adds.
 pub const PAUSE_WATCH: &str = "rehydrator-pause";
+/// The watch `with_pause_watch` adds on the abort key.
+pub const ABORT_WATCH: &str = "rehydrator-abort";
 
-/// `settings` with a `key` watch on the cluster's pause key that runs the rollout's actions,
-/// when it has any and no watch of the user's reads that key already: `rehydrator resume`
-/// (deleting the key) then moves a paused rollout on at once, instead of at the next timer
-/// or event.
+/// `settings` with `key` watches on the cluster's pause and abort keys that run the rollout's
+/// actions, when it has any and no watch of the user's reads that key already: `rehydrator
+/// resume` (deleting the pause key) then moves a paused rollout on at once, and `rehydrator
+/// abort` (writing the abort key after the record) is acted on at once, instead of at the
+/// next timer or event.
 pub fn with_pause_watch(settings: &Settings) -> Settings {
     let mut out = settings.clone();
-    let pause = Keys::new(&settings.cluster.name).pause();
+    let keys = Keys::new(&settings.cluster.name);
     let rollout: Vec<String> = settings
         .actions
         .iter()
         .filter(|(_, a)| matches!(a.kind, ActionKind::SpinUp | ActionKind::SpinDown))
         .map(|(name, _)| name.clone())
         .collect();
-    let watched = settings
-        .watches
-        .iter()
-        .any(|w| matches!(&w.kind, WatchKind::Key { key } if *key == pause));
-    let named = settings.watches.iter().any(|w| w.name == PAUSE_WATCH);
-    if rollout.is_empty() || watched || named {
+    if rollout.is_empty() {
         return out;
     }
-    out.watches.push(WatchSettings {
-        name: PAUSE_WATCH.into(),
-        kind: WatchKind::Key { key: pause },
-        actions: rollout,
-        debounce: None,
-        request: false,
-    });
+    for (name, key) in [(PAUSE_WATCH, keys.pause()), (ABORT_WATCH, keys.abort())] {
+        let watched = settings
+            .watches
+            .iter()
+            .any(|w| matches!(&w.kind, WatchKind::Key { key: k } if *k == key));
+        let named = settings.watches.iter().any(|w| w.name == name);
+        if watched || named {
+            continue;
+        }
+        out.watches.push(WatchSettings {
+            name: name.into(),
+            kind: WatchKind::Key { key },
+            actions: rollout.clone(),
+            debounce: None,
+            request: false,
+        });
+    }
     out
 }
 

@@ -1,7 +1,7 @@
 //! One file per subcommand: `run` (the actor tree), `sim`, `demo`, `check-config`,
 //! `process-cluster`, `healthcheck`, and the operator commands.
 //!
-//! The operator commands: `fire`, `status`, `pause`, `resume`, `plan`, `repair`. Each reads the same
+//! The operator commands: `fire`, `status`, `pause`, `resume`, `abort`, `plan`, `repair`. Each reads the same
 //! configuration as `run` (`--config FILE`), or without one the consul CLI's environment
 //! (`CONSUL_HTTP_ADDR`, default `http://127.0.0.1:8500`, `CONSUL_HTTP_TOKEN`, ...) and
 //! `--cluster` (for `status`, `pause` and `resume`: else the one cluster Consul holds records
@@ -13,6 +13,7 @@
 //! 1 a runtime failure (Consul or the cloud unreachable, refusing, or not answering within
 //! `--timeout`, default 5s: a stopped agent accepts connections and never answers).
 
+pub mod abort;
 pub mod check_config;
 pub mod demo;
 pub mod doctor;
