@@ -925,7 +925,13 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
 fn the_alert_rules_name_only_series_rehydrator_exports() {
     let text = std::fs::read_to_string(repo().join("deploy/prometheus-alerts.yml")).unwrap();
     let rules: Yaml = serde_yaml::from_str(&text).unwrap();
-    let exported = rehydrator_actors::metrics::Metrics::new().encode().unwrap();
+    // A family shows once it has a series: a held lock gives the lock-age family one.
+    let metrics = rehydrator_actors::metrics::Metrics::new();
+    metrics.observe(&rehydrator_actors::metrics::Observed {
+        held: vec![rehydrator_actors::metrics::HeldLock::default()],
+        ..Default::default()
+    });
+    let exported = metrics.encode().unwrap();
     let families: Vec<&str> = exported
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -612,12 +612,16 @@ async fn run_job_inner(
     // A positioned trigger may have expired: its watermarks are read with the lock.
     let marks_key = t.position.is_some().then(|| env.keys.watermarks(&t.action));
 
-    let holder = LockValue {
-        replica: env.replica.clone(),
-        action: t.action.clone(),
-        trigger_id: t.trigger_id.clone(),
-    }
-    .encode();
+    // Encoded at each try: `since` is when the lock was taken, not when the job began to wait.
+    let holder = || {
+        LockValue {
+            replica: env.replica.clone(),
+            action: t.action.clone(),
+            trigger_id: t.trigger_id.clone(),
+            since: Some(crate::receipt::now_ms()),
+        }
+        .encode()
+    };
     let mut waits = 0u32;
     // Whether another replica held the lock for this very job while we waited (or its dead
     // session left the lock naming it): if we then get the lock and find no receipt, we are
@@ -632,7 +636,7 @@ async fn run_job_inner(
             .acquire
             .send(AcquireLock {
                 key: lock_key.clone(),
-                holder: holder.clone(),
+                holder: holder(),
                 unless: Some(receipt_key.clone()),
                 read: marks_key.clone(),
             })

@@ -51,6 +51,14 @@ struct LockLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabels {
+    lock: String,
+    holder: String,
+    /// `alive`, `dead` (its liveness check is critical), `unknown` (no check seen).
+    holder_state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WatchLabel {
     watch: String,
 }
@@ -106,6 +114,7 @@ struct Inner {
     rollout_started: Gauge,
     rollout_progress: Gauge,
     replicas: Family<StateLabel, Gauge>,
+    lock_held_since: Family<HolderLabels, Gauge>,
     last_read: Gauge,
 }
 
@@ -121,8 +130,22 @@ pub struct Observed {
     pub last_progress_ms: u64,
     pub replicas_alive: usize,
     pub replicas_dead: usize,
+    /// The locks held, by whom and since when.
+    pub held: Vec<HeldLock>,
     /// When it was read, Unix ms.
     pub read_at_ms: u64,
+}
+
+/// A held lock as a status read saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldLock {
+    /// Its name (`step`).
+    pub lock: String,
+    pub holder: String,
+    /// Whether the holder's liveness check passes; None: no check seen for it.
+    pub holder_alive: Option<bool>,
+    /// When it was taken, Unix ms (0: its value does not say).
+    pub since_ms: u64,
 }
 
 /// The registry and its series; clones share them.
@@ -158,6 +181,7 @@ impl Metrics {
         let rollout_progress = Gauge::default();
         let replicas = Family::<StateLabel, Gauge>::default();
         let last_read = Gauge::default();
+        let lock_held_since = Family::<HolderLabels, Gauge>::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -198,6 +222,11 @@ impl Metrics {
             "replicas",
             "The cluster's replicas by their liveness checks (alive, dead) at the last status read",
             replicas.clone(),
+        );
+        registry.register(
+            "lock_held_since_timestamp_seconds",
+            "When each held lock was taken, by lock, holder and the holder's liveness (alive, dead, unknown), at the last status read (0: the holder did not say)",
+            lock_held_since.clone(),
         );
         registry.register(
             "status_last_read_timestamp_seconds",
@@ -280,6 +309,7 @@ impl Metrics {
                 rollout_started,
                 rollout_progress,
                 replicas,
+                lock_held_since,
                 last_read,
                 registry,
                 rollout_state,
@@ -470,6 +500,23 @@ impl Metrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        // Only the locks held now: a released lock's series goes, so an alert on its age
+        // ends with the hold.
+        i.lock_held_since.clear();
+        for h in &o.held {
+            i.lock_held_since
+                .get_or_create(&HolderLabels {
+                    lock: h.lock.clone(),
+                    holder: h.holder.clone(),
+                    holder_state: match h.holder_alive {
+                        Some(true) => "alive",
+                        Some(false) => "dead",
+                        None => "unknown",
+                    }
+                    .into(),
+                })
+                .set(secs(h.since_ms));
+        }
         i.last_read.set(secs(o.read_at_ms));
     }
 
@@ -623,6 +670,12 @@ mod tests {
             last_progress_ms: 1_700_000_060_000,
             replicas_alive: 2,
             replicas_dead: 1,
+            held: vec![HeldLock {
+                lock: "step".into(),
+                holder: "r1".into(),
+                holder_alive: Some(false),
+                since_ms: 1_700_000_030_000,
+            }],
             read_at_ms: 1_700_000_061_500,
         });
         let text = m.encode().unwrap();
@@ -636,9 +689,17 @@ mod tests {
             "rehydrator_replicas{state=\"dead\"} 1",
             "rehydrator_status_last_read_timestamp_seconds 1700000061",
             "rehydrator_build_info{version=",
+            r#"rehydrator_lock_held_since_timestamp_seconds{lock="step",holder="r1",holder_state="dead"} 1700000030"#,
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+        // Released: the series goes with the hold.
+        m.observe(&Observed::default());
+        let text = m.encode().unwrap();
+        assert!(
+            !text.contains("rehydrator_lock_held_since_timestamp_seconds{"),
+            "{text}"
+        );
     }
 
     #[test]

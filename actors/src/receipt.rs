@@ -217,6 +217,10 @@ pub struct LockValue {
     pub replica: String,
     pub action: String,
     pub trigger_id: String,
+    /// When it was taken (Unix ms): how long a lock has been held, for status and alerts.
+    /// Older replicas wrote none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
 }
 
 impl LockValue {
@@ -270,10 +274,15 @@ mod tests {
             replica: "r1".into(),
             action: "spin-up".into(),
             trigger_id: "e-1".into(),
+            since: Some(1_764_000_000_000),
         };
         assert_eq!(LockValue::decode(&v.encode()), Some(v));
         assert_eq!(LockValue::decode(b""), None);
         assert_eq!(LockValue::decode(b"{\"replica\": \"r1\"}"), None);
+        // A value written before `since` existed still names its holder.
+        let old = br#"{"replica": "r1", "action": "spin-up", "trigger_id": "e-1"}"#;
+        assert_eq!(LockValue::decode(old).and_then(|v| v.since), None);
+        assert!(LockValue::decode(old).is_some());
     }
 
     #[test]

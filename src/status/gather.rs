@@ -388,9 +388,9 @@ pub fn lock_status(cluster: &str, entry: &KvPair, session: Option<(&str, &str)>)
     let from_session = session
         .and_then(|(name, _)| keys.replica_of_session(name))
         .map(str::to_owned);
-    let (replica, action, trigger_id) = match holder {
-        Some(h) => (Some(h.replica), Some(h.action), Some(h.trigger_id)),
-        None => (from_session, None, None),
+    let (replica, action, trigger_id, held_since) = match holder {
+        Some(h) => (Some(h.replica), Some(h.action), Some(h.trigger_id), h.since),
+        None => (from_session, None, None, None),
     };
     LockStatus {
         name: entry
@@ -407,6 +407,7 @@ pub fn lock_status(cluster: &str, entry: &KvPair, session: Option<(&str, &str)>)
         action,
         trigger_id,
         lock_index: entry.lock_index,
+        held_since,
     }
 }
 

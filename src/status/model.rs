@@ -161,6 +161,10 @@ pub struct LockStatus {
     pub trigger_id: Option<String>,
     /// How many times the lock was taken: the fencing token.
     pub lock_index: u64,
+    /// When the holder took it (Unix ms), as its value says; None from replicas older than
+    /// that field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<u64>,
 }
 
 /// A replica as its liveness check shows it.

@@ -260,9 +260,19 @@ fn render_raw(r: &StatusReport) -> String {
                 ),
                 None => String::new(),
             };
+            let age = l
+                .held_since
+                .map(|since| {
+                    let secs = r.generated_at.saturating_sub(since) / 1000;
+                    format!(
+                        " for {}",
+                        humantime::format_duration(std::time::Duration::from_secs(secs))
+                    )
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {}: held by {} (node {}){job}{liveness}",
+                "  {}: held by {} (node {}){age}{job}{liveness}",
                 l.name,
                 l.replica.as_deref().unwrap_or("an unknown replica"),
                 l.node.as_deref().unwrap_or("?"),

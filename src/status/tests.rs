@@ -166,6 +166,7 @@ fn a_lock_names_its_replica_from_the_value_or_the_session_name() {
     let held = kv("rehydrator/prod/locks/step", value, Some("sess"));
     let l = lock_status("prod", &held, Some(("rehydrator prod r-a", "node-1")));
     assert_eq!(l.name, "step");
+    assert_eq!(l.held_since, None, "a value from before `since` existed");
     assert_eq!(
         (l.replica.as_deref(), l.action.as_deref(), l.node.as_deref()),
         (Some("r-a"), Some("spin-up"), Some("node-1"))
@@ -247,7 +248,7 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
             "prod",
             &kv(
                 "rehydrator/prod/locks/step",
-                br#"{"replica":"r-a","action":"spin-up","trigger_id":"42"}"#,
+                br#"{"replica":"r-a","action":"spin-up","trigger_id":"42","since":3480000}"#,
                 Some("sess"),
             ),
             Some(("rehydrator prod r-a", "node-1")),
@@ -303,7 +304,7 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
         "rollout r1 to B: active",
         "1/3 servers on the target; 1 launched, 0 retired",
         "waiting (12s): new server n1 is not yet a stable voter",
-        "step: held by r-a (node node-1), running spin-up for trigger 42 [DEAD: liveness \
+        "step: held by r-a (node node-1) for 2m, running spin-up for trigger 42 [DEAD: liveness \
          check critical, TTL expired: Consul ends its session; another replica takes the lock \
          after lock-delay]",
         "replicas: r-a (DEAD: check critical, node node-1), r-b (alive, node node-2)",

@@ -256,6 +256,24 @@ fn observed(r: &crate::status::StatusReport) -> rehydrator_actors::metrics::Obse
         last_progress_ms: progress,
         replicas_alive: r.replicas.iter().filter(|p| p.alive()).count(),
         replicas_dead: r.replicas.iter().filter(|p| !p.alive()).count(),
+        held: r
+            .locks
+            .iter()
+            .filter(|l| l.session.is_some())
+            .map(|l| {
+                let holder = l.replica.clone().unwrap_or_else(|| "unknown".into());
+                rehydrator_actors::metrics::HeldLock {
+                    lock: l.name.clone(),
+                    holder_alive: r
+                        .replicas
+                        .iter()
+                        .find(|p| p.replica == holder)
+                        .map(|p| p.alive()),
+                    holder,
+                    since_ms: l.held_since.unwrap_or(0),
+                }
+            })
+            .collect(),
         read_at_ms: r.generated_at,
     }
 }
