@@ -409,6 +409,7 @@ fn tree_thread(
                 consul: Rc::new(ConsulAdapter::new(client, WatchPolicy::default())),
                 webhook: Rc::new(AwcWebhook::default()),
                 cloud: None,
+                gates: Vec::new(),
             };
             let tree = tree::start(&settings, "watch-bench", ports);
             let _ = stop.await;

@@ -51,6 +51,19 @@ if [ -n "${CONSUL_BIN:-}" ]; then
   echo "Consul for the real-Consul tests: $CONSUL_BIN ($("$CONSUL_BIN" version | head -n 1))"
 fi
 
+# A real Prometheus (and its promtool) for the health-gate test and the alert rules' check:
+# PROMETHEUS_BIN if set, else Debian's 2.24.1 installed into the project's cache by
+# scripts/prometheus.sh. As for Consul: under CI=true those tests fail without it.
+if [ -z "${PROMETHEUS_BIN:-}" ]; then
+  if PROMETHEUS_BIN=$(./scripts/prometheus.sh); then
+    export PROMETHEUS_BIN
+  else
+    unset PROMETHEUS_BIN
+    echo "note: no Prometheus could be installed: the Prometheus tests will" \
+      "$([ "${CI:-}" = true ] && echo fail || echo skip)."
+  fi
+fi
+
 # Eight tests at a time in each test binary, not one per core: the end-to-end tests spend their
 # time waiting on timers, Consul agents and replica processes, not on the CPU. On 2 cores the
 # end-to-end binary took 321 s at six and 268 s at ten, where the same tests took about 790 s

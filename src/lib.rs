@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod consul;
 pub mod demo;
 pub mod doctor;
+pub mod gate;
 pub mod healthcheck;
 pub mod status;
 pub mod webhook;

@@ -22,7 +22,7 @@ impl Default for AwcWebhook {
 
 /// `url` without its `user:pass@`, and those credentials (percent-decoded), which go as Basic
 /// auth: awc would send neither in a header nor keep them out of its errors.
-fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
+pub(crate) fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (url.to_owned(), None);
     };

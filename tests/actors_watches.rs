@@ -178,6 +178,7 @@ action = "record"
             consul: Rc::new(ConsulAdapter::new(client, policy)),
             webhook: Rc::new(AwcWebhook::default()),
             cloud: None,
+            gates: Vec::new(),
         }
     }
 

@@ -919,6 +919,27 @@ async fn the_replica_task_starts_healthy_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Prometheus' own checker accepts the shipped alert rules (Debian's promtool 2.24.1).
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let Some(prometheus) = crate::common::prometheus_bin() else {
+        return;
+    };
+    let promtool = prometheus.with_file_name("promtool");
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(repo().join("deploy/prometheus-alerts.yml"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
 /// Every series the shipped alert rules name is one rehydrator exports (a renamed metric must
 /// not silently break an operator's alert).
 #[test]

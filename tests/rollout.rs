@@ -49,7 +49,8 @@ impl Rig {
         let path = self.dir.join("rehydrator.toml");
         std::fs::write(&path, text).unwrap();
         let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
-        let ports = self.sim_ports();
+        let mut ports = self.sim_ports();
+        ports.gates = rehydrator::gate::from_settings(&settings);
         tree::start(&settings, "replica-1", ports)
     }
 
@@ -898,6 +899,177 @@ async fn abort_to_previous_rolls_every_server_back_under_the_same_rules() {
         );
         common::rollout::assert_clean(&rig.invariants().await, 3);
         tree.shutdown().await;
+    })
+    .await;
+}
+
+/// A real Prometheus (`PROMETHEUS_BIN`) on a free loopback port, scraping `target` every
+/// second and evaluating `rules` and the shipped `deploy/prometheus-alerts.yml` every second.
+/// Killed when dropped.
+struct Prometheus {
+    url: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Prometheus {
+    async fn start(bin: &std::path::Path, target: &str, rules: &str) -> Self {
+        let dir = common::endpoint::scratch("prometheus");
+        std::fs::write(dir.join("rules.yml"), rules).unwrap();
+        let shipped =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus-alerts.yml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n  - {}\n\
+             scrape_configs:\n  - job_name: gate\n    static_configs:\n      - targets: ['{target}']\n",
+            dir.join("rules.yml").display(),
+            shipped.display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = common::moto::free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        };
+        let http = awc::Client::default();
+        let ready = format!("{}/-/ready", p.url);
+        let log = p.dir.join("prometheus.log");
+        common::eventually("Prometheus to be ready", Duration::from_secs(20), || {
+            let (http, ready) = (http.clone(), ready.clone());
+            async move {
+                let resp = http.get(ready).send().await.ok()?;
+                (resp.status() == 200).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            std::fs::read_to_string(&log).is_ok_and(|l| !l.contains("level=error")),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        p
+    }
+
+    /// The alerts firing now, by name.
+    async fn firing(&self) -> Vec<String> {
+        let url = format!(
+            "{}/api/v1/query?query=ALERTS%7Balertstate%3D%22firing%22%7D",
+            self.url
+        );
+        let Ok(mut resp) = awc::Client::default().get(url).send().await else {
+            return Vec::new();
+        };
+        let body: Value = resp.json().await.unwrap_or_default();
+        body["data"]["result"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|s| s["metric"]["alertname"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[actix_rt::test]
+async fn a_firing_alert_in_prometheus_holds_every_step_until_it_resolves() {
+    let Some(bin) = common::prometheus_bin() else {
+        return;
+    };
+    common::bounded(async {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        // What Prometheus scrapes: one gauge the test sets; the rule below fires on it.
+        let hold = actix_web::web::Data::new(AtomicU8::new(1));
+        let (target, server) = common::serve(
+            "/metrics",
+            actix_web::http::Method::GET,
+            hold.clone(),
+            |h: actix_web::web::Data<AtomicU8>| async move {
+                format!(
+                    "# TYPE gate_test_hold gauge\ngate_test_hold {}\n",
+                    h.load(Ordering::SeqCst)
+                )
+            },
+        );
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_owned();
+        let rules =
+            "groups:\n  - name: gate-test\n    rules:\n      - alert: HoldTheRollout\n        \
+                     expr: gate_test_hold == 1\n";
+        let prometheus = Prometheus::start(&bin, &target, rules).await;
+        common::eventually(
+            "HoldTheRollout to fire",
+            Duration::from_secs(20),
+            || async {
+                prometheus
+                    .firing()
+                    .await
+                    .contains(&"HoldTheRollout".to_owned())
+                    .then_some(())
+            },
+        )
+        .await;
+
+        let rig = Rig::new("gate", 3);
+        let tree = rig.start_with(
+            3,
+            &format!(
+                "stable_timeout = \"1m\"\ngate_prometheus_url = \"{}\"",
+                prometheus.url
+            ),
+        );
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let r = rig
+            .until("the gate to hold the first launch", |r| {
+                r.waiting.as_deref().is_some_and(|w| {
+                    w.contains("health gate prometheus is closed") && w.contains("HoldTheRollout")
+                })
+            })
+            .await;
+        assert!(
+            r.launches.is_empty(),
+            "launched through a closed gate: {r:?}"
+        );
+
+        // Resolved: Prometheus stops firing at its next evaluation, and the rollout goes on.
+        hold.store(0, Ordering::SeqCst);
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        assert_eq!((r.launches.len(), r.retirements.len()), (3, 3));
+        common::rollout::assert_clean(&rig.invariants().await, 3);
+        tree.shutdown().await;
+        server.stop(false).await;
     })
     .await;
 }

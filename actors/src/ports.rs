@@ -324,6 +324,17 @@ pub trait WebhookPort {
     }
 }
 
+/// A health gate checked before every rollout step (`rollout.gate_*`): open, or closed and
+/// why. The step waits while any gate is closed and says which and why.
+pub trait GatePort {
+    /// The gate's name for status and logs (`prometheus`).
+    fn name(&self) -> &str;
+
+    /// `None` when open; `Some(why)` when closed. A gate that cannot get its answer is closed
+    /// (why: what failed): a step never goes on what could not be checked.
+    fn closed(&self) -> LocalBoxFuture<'static, Option<String>>;
+}
+
 /// A machine image the cloud can launch servers from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {

@@ -16,7 +16,8 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::plan::{self, LeaderMove, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{
-    clip, CloudPort, ConsulPort, LeaderTransfer, MachineState, PeerHealth, PortError, MAX_REASON,
+    clip, CloudPort, ConsulPort, GatePort, LeaderTransfer, MachineState, PeerHealth, PortError,
+    MAX_REASON,
 };
 use crate::receipt::{now_ms, Keys, Outcome};
 use crate::window::Windows;
@@ -63,6 +64,8 @@ pub struct RolloutEnv {
     pub config: RolloutConfig,
     /// Tells `[notify] url` of the steps this replica takes.
     pub notifier: Notifier,
+    /// Health gates asked before every launch, leadership move and retirement of a voter.
+    pub gates: Vec<Rc<dyn GatePort>>,
 }
 
 /// The event name that asks for a rollout.
@@ -173,6 +176,31 @@ fn decide(env: &RolloutEnv, which: Which, s: &Snapshot, requested: bool) -> Step
     }
 }
 
+/// `step`, or a wait while a health gate is closed. Gates hold what changes the voters: a
+/// launch, a leadership move, the retirement of a voter. Retiring a server that does not
+/// vote (an aborted rollout's new server) goes on: it counts for no quorum, and the alerts a
+/// gate waits on may be that server's own.
+async fn gated(env: &RolloutEnv, s: &Snapshot, step: Step) -> Step {
+    let guarded = match &step {
+        Step::Launch { .. } | Step::TransferLeadership { .. } => true,
+        Step::Retire { machine, .. } => s
+            .servers()
+            .iter()
+            .find(|sv| sv.machine.id == *machine)
+            .is_some_and(|sv| sv.peer.is_some_and(|p| p.voter)),
+        _ => false,
+    };
+    if !guarded {
+        return step;
+    }
+    for gate in &env.gates {
+        if let Some(why) = gate.closed().await {
+            return Step::Wait(format!("health gate {} is closed: {why}", gate.name()));
+        }
+    }
+    step
+}
+
 /// Whether the trigger asks for a rollout: a `consul-rehydrate` event, or a change seen by a
 /// requesting watch (a new image, a write to a `request = true` key).
 fn requested(config: &RolloutConfig, trigger: &Trigger) -> bool {
@@ -241,6 +269,12 @@ pub async fn run(
             step
         } else {
             plan::within_window(step, &env.config.windows.state_at(s.now_ms))
+        };
+        // As the window: a retirement whose leadership move this run began goes on.
+        let step = if transfers > 0 || leave_instead {
+            step
+        } else {
+            gated(&env, &s, step).await
         };
         if env.config.dry_run && !matches!(step, Step::Idle(_) | Step::Wait(_) | Step::Settle(_)) {
             info!(?step, "Dry run: the step this run would take.");

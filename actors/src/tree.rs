@@ -24,7 +24,8 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::Mode;
 use crate::ports::{
-    CloudPort, ConsulPort, ErrorKind, LivenessSpec, PortError, PortFuture, SessionSpec, WebhookPort,
+    CloudPort, ConsulPort, ErrorKind, GatePort, LivenessSpec, PortError, PortFuture, SessionSpec,
+    WebhookPort,
 };
 use crate::receipt::Keys;
 use crate::rollout::{RolloutConfig, RolloutEnv, Which};
@@ -41,6 +42,8 @@ pub struct Ports {
     pub webhook: Rc<dyn WebhookPort>,
     /// Where servers' machines come from; needed only by the rollout's actions.
     pub cloud: Option<Rc<dyn CloudPort>>,
+    /// The rollout's health gates (`rollout.gate_*`), built by the binary.
+    pub gates: Vec<Rc<dyn GatePort>>,
 }
 
 /// How often a settling rollout step looks again.
@@ -124,6 +127,7 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         keys: keys.clone(),
         config: rollout_config(settings),
         notifier: notifier(settings, &ports, &metrics),
+        gates: ports.gates.clone(),
     });
     let mut executors = BTreeMap::new();
     let actions = settings

@@ -88,6 +88,8 @@ pub struct RawRollout {
     pub snapshots_kept: Option<i64>,
     pub snapshot_required: Option<bool>,
     pub snapshot_max_mib: Option<i64>,
+    pub gate_prometheus_url: Option<String>,
+    pub gate_prometheus_query: Option<String>,
 }
 
 /// One maintenance window: `{ days = ["mon"], start = "02:00", end = "05:00", time_zone = "Europe/Berlin" }`.

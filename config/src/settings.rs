@@ -508,6 +508,26 @@ pub struct RolloutSettings {
     /// Default none (off).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<SnapshotSettings>,
+    /// `rollout.gate_prometheus_*`: a PromQL query that must come back empty before every
+    /// step. Default none (off).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub prometheus_gate: Option<PrometheusGate>,
+}
+
+/// The query Prometheus' gate asks when none is set: any alert firing closes it.
+pub const DEFAULT_GATE_QUERY: &str = "ALERTS{alertstate=\"firing\"}";
+
+/// A health gate on Prometheus (`rollout.gate_prometheus_*`): the step waits while the query
+/// returns any series, and while Prometheus cannot be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrometheusGate {
+    /// Prometheus' base URL (`http://prometheus:9090`); masked in output, as it may carry
+    /// credentials.
+    #[serde(rename = "gate_prometheus_url")]
+    pub url: SecretUrl,
+    /// PromQL whose result must be empty. Default `ALERTS{alertstate="firing"}`.
+    #[serde(rename = "gate_prometheus_query")]
+    pub query: String,
 }
 
 /// Where and how the rollout saves Consul snapshots (`rollout.snapshot_*`).

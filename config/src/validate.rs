@@ -1017,7 +1017,51 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
             rr.snapshot_max_mib,
             errs,
         ),
+        prometheus_gate: prometheus_gate(rr.gate_prometheus_url, rr.gate_prometheus_query, errs),
     }
+}
+
+/// The longest gate query taken: it goes into a URL.
+const MAX_GATE_QUERY: usize = 4096;
+
+/// `rollout.gate_prometheus_*`: on with a URL; the query only with one.
+fn prometheus_gate(
+    url: Option<String>,
+    query: Option<String>,
+    errs: &mut Errors,
+) -> Option<PrometheusGate> {
+    let Some(url) = url else {
+        if query.is_some() {
+            errs.push(
+                "rollout.gate_prometheus_query",
+                "applies only with rollout.gate_prometheus_url",
+            );
+        }
+        return None;
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        // Not echoed: a mistyped value may hold credentials.
+        errs.push(
+            "rollout.gate_prometheus_url",
+            "is not an http:// or https:// URL",
+        );
+    }
+    let query = query.unwrap_or_else(|| DEFAULT_GATE_QUERY.to_owned());
+    if query.trim().is_empty() {
+        errs.push(
+            "rollout.gate_prometheus_query",
+            "is empty: give a PromQL query, or leave it out for firing alerts",
+        );
+    } else if query.len() > MAX_GATE_QUERY {
+        errs.push(
+            "rollout.gate_prometheus_query",
+            format!("is {} bytes, over {MAX_GATE_QUERY}", query.len()),
+        );
+    }
+    Some(PrometheusGate {
+        url: SecretUrl::new(url.trim_end_matches('/')),
+        query,
+    })
 }
 
 /// `rollout.snapshot_*`: on with a directory; the other fields only with one.

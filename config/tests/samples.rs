@@ -213,6 +213,12 @@ fn rollout_sample_shares_the_step_lock_and_ticks() {
         ),
         (20, true, 512)
     );
+    let gate = s.rollout.prometheus_gate.as_ref().expect("the gate on");
+    assert_eq!(gate.url.expose(), "http://prometheus.internal:9090");
+    assert_eq!(
+        gate.query,
+        r#"ALERTS{alertstate="firing", severity="critical"}"#
+    );
     assert_eq!(s.actions["spin-up"].kind, ActionKind::SpinUp);
     assert_eq!(s.actions["spin-up"].lock, "step");
     assert_eq!(s.actions["spin-down"].lock, "step");
@@ -671,4 +677,41 @@ fn consul_settings_resolve_as_the_cli_does() {
             "{address}: the credentials are not echoed: {errs:?}"
         );
     }
+}
+
+#[test]
+fn a_prometheus_gate_needs_an_http_url_and_a_query_only_with_one() {
+    let dir = std::env::temp_dir().join(format!("rehydrator-gate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = |rollout: &str| {
+        let path = dir.join("gate.toml");
+        let text = format!("[cluster]\nname = \"prod\"\n[rollout]\n{rollout}\n");
+        std::fs::write(&path, text).unwrap();
+        load_with_env(&path, &no_env())
+    };
+    let on = load(r#"gate_prometheus_url = "https://user:pw@prom:9090/""#).unwrap();
+    let gate = on.rollout.prometheus_gate.unwrap();
+    assert_eq!(gate.query, rehydrator_config::DEFAULT_GATE_QUERY);
+    assert_eq!(gate.url.expose(), "https://user:pw@prom:9090");
+    assert!(
+        !format!("{}", gate.url).contains("pw"),
+        "the password shows"
+    );
+
+    let e = load(r#"gate_prometheus_query = "up == 0""#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rollout.gate_prometheus_query: applies only with rollout.gate_prometheus_url"),
+        "{e}"
+    );
+    let e = load("gate_prometheus_url = \"prom:9090\"\ngate_prometheus_query = \" \"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rollout.gate_prometheus_url: is not an http"),
+        "{e}"
+    );
+    assert!(e.contains("rollout.gate_prometheus_query: is empty"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

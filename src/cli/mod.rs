@@ -149,6 +149,7 @@ impl Resolved {
             keys: self.keys(),
             config: rehydrator_actors::tree::rollout_config(settings),
             notifier: Notifier::off(Rc::new(AwcWebhook::default())),
+            gates: rehydrator::gate::from_settings(settings),
         })
     }
 

@@ -78,6 +78,7 @@ pub fn run(
             consul: Rc::new(ConsulAdapter::new(client.clone(), WatchPolicy::default())),
             webhook: Rc::new(AwcWebhook::default()),
             cloud: cloud.clone(),
+            gates: rehydrator::gate::from_settings(&settings),
         };
         info!(
             %replica,

@@ -41,6 +41,24 @@ pub fn consul_bin() -> Option<std::path::PathBuf> {
     bin
 }
 
+/// The real prometheus binary (`promtool` beside it) the Prometheus tests run:
+/// `PROMETHEUS_BIN`, which `scripts/test.sh` sets (installing Debian's 2.24.1 into the
+/// project's cache). Skips without it, saying so, except under `CI=true`, where it fails.
+pub fn prometheus_bin() -> Option<std::path::PathBuf> {
+    let bin = std::env::var_os("PROMETHEUS_BIN")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    if bin.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but PROMETHEUS_BIN is not set: the Prometheus tests must run in CI \
+             (scripts/test.sh installs it with scripts/prometheus.sh)"
+        );
+        println!("skipped: PROMETHEUS_BIN is not set (scripts/test.sh sets it)");
+    }
+    bin
+}
+
 /// How long any one end-to-end test may run.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -101,10 +119,27 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
+    serve(path, actix_web::http::Method::POST, data, handler)
+}
+
+/// As `serve_post`, answering `method`.
+pub fn serve<T, F, Args>(
+    path: &'static str,
+    method: actix_web::http::Method,
+    data: actix_web::web::Data<T>,
+    handler: F,
+) -> (String, actix_web::dev::ServerHandle)
+where
+    T: Send + Sync + 'static,
+    F: actix_web::Handler<Args> + Clone + Send + 'static,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(data.clone())
-            .route(path, actix_web::web::post().to(handler.clone()))
+        actix_web::App::new().app_data(data.clone()).route(
+            path,
+            actix_web::web::method(method.clone()).to(handler.clone()),
+        )
     })
     .workers(1)
     .disable_signals()

@@ -80,6 +80,7 @@ impl Rig {
             consul: Rc::new(ConsulAdapter::new(client, policy)),
             webhook: Rc::new(AwcWebhook::default()),
             cloud: Some(cloud),
+            gates: Vec::new(),
         }
     }
 
