@@ -410,6 +410,7 @@ fn tree_thread(
                 webhook: Rc::new(AwcWebhook::default()),
                 cloud: None,
                 gates: Vec::new(),
+                objects: None,
             };
             let tree = tree::start(&settings, "watch-bench", ports);
             let _ = stop.await;

@@ -179,6 +179,7 @@ action = "record"
             webhook: Rc::new(AwcWebhook::default()),
             cloud: None,
             gates: Vec::new(),
+            objects: None,
         }
     }
 

@@ -302,6 +302,7 @@ async fn real_rollout_with(n: usize, kill: Kill, acl: Option<&str>) {
                 webhook: Rc::new(AwcWebhook::default()),
                 cloud: Some(Rc::new(replica_cloud)),
                 gates: Vec::new(),
+                objects: None,
             },
         );
 

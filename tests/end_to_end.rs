@@ -32,5 +32,6 @@ mod rollout_replicas;
 mod secrets;
 mod sim_api_shapes;
 mod sim_bad_input;
+mod snapshots_s3;
 mod status_endpoint;
 mod triggers;

@@ -934,39 +934,62 @@ impl Prometheus {
             shipped.display()
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = common::moto::free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = std::process::Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let p = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
+        let log = dir.join("prometheus.log");
+        let mut p = Self {
+            url: String::new(),
+            child: std::process::Command::new("true").spawn().unwrap(),
             dir,
         };
         let http = awc::Client::default();
-        let ready = format!("{}/-/ready", p.url);
-        let log = p.dir.join("prometheus.log");
-        common::eventually("Prometheus to be ready", Duration::from_secs(20), || {
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                let resp = http.get(ready).send().await.ok()?;
-                (resp.status() == 200).then_some(())
+        // A free port is free when chosen, not when Prometheus binds it: started again on
+        // another if it lost the port to another process.
+        for attempt in 1..=3 {
+            let port = common::moto::free_port();
+            let out = std::fs::File::create(&log).unwrap();
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            p.child = std::process::Command::new(bin)
+                .arg(format!(
+                    "--config.file={}",
+                    p.dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    p.dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap();
+            p.url = format!("http://127.0.0.1:{port}");
+            let ready = format!("{}/-/ready", p.url);
+            let started = Instant::now();
+            loop {
+                if let Ok(resp) = http.get(&ready).send().await {
+                    if resp.status() == 200 {
+                        break;
+                    }
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if p.child.try_wait().unwrap().is_some() {
+                    assert!(
+                        attempt < 3 && text.contains("address already in use"),
+                        "Prometheus exited: {text}"
+                    );
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "Prometheus was not ready within 20s: {text}"
+                );
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
             }
-        })
-        .await;
+            if p.child.try_wait().unwrap().is_none() {
+                break;
+            }
+        }
         assert!(
             std::fs::read_to_string(&log).is_ok_and(|l| !l.contains("level=error")),
             "{}",

@@ -324,6 +324,18 @@ pub trait WebhookPort {
     }
 }
 
+/// Where snapshots go when they leave the machine (`rollout.snapshot_dir = "s3://…"`): one
+/// bucket, keys as given.
+pub trait ObjectStore {
+    /// Uploads the file at `file` as `key`.
+    fn put_file(&self, key: &str, file: &std::path::Path) -> PortFuture<()>;
+
+    /// The keys under `prefix`, oldest first (by last modification, then key).
+    fn list(&self, prefix: &str) -> PortFuture<Vec<String>>;
+
+    fn delete(&self, key: &str) -> PortFuture<()>;
+}
+
 /// A health gate checked before every rollout step (`rollout.gate_*`): open, or closed and
 /// why. The step waits while any gate is closed and says which and why.
 pub trait GatePort {

@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::plan::{self, LeaderMove, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{
-    clip, CloudPort, ConsulPort, GatePort, LeaderTransfer, MachineState, PeerHealth, PortError,
-    MAX_REASON,
+    clip, CloudPort, ConsulPort, GatePort, LeaderTransfer, MachineState, ObjectStore, PeerHealth,
+    PortError, MAX_REASON,
 };
 use crate::receipt::{now_ms, Keys, Outcome};
 use crate::window::Windows;
@@ -66,6 +66,8 @@ pub struct RolloutEnv {
     pub notifier: Notifier,
     /// Health gates asked before every launch, leadership move and retirement of a voter.
     pub gates: Vec<Rc<dyn GatePort>>,
+    /// Where `s3://` snapshots go.
+    pub objects: Option<Rc<dyn ObjectStore>>,
 }
 
 /// The event name that asks for a rollout.
@@ -812,7 +814,8 @@ async fn snapshot_before(
         return Ok(None);
     };
     let cluster = env.keys.cluster();
-    match crate::snapshot::save(env.consul.as_ref(), settings, cluster, r, step).await {
+    let objects = env.objects.as_deref();
+    match crate::snapshot::save(env.consul.as_ref(), objects, settings, cluster, r, step).await {
         Ok(name) => {
             crate::snapshot::record(r, name);
             write_record(env, r, cas).await?;

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use rehydrator_config::SnapshotSettings;
+use rehydrator_config::{SnapshotDest, SnapshotSettings};
 use tracing::{info, warn};
 
 use crate::plan::Rollout;
-use crate::ports::ConsulPort;
+use crate::ports::{ConsulPort, ObjectStore};
 use crate::receipt::now_ms;
 
 /// Snapshot names a record keeps (the directory may keep more).
@@ -18,10 +18,12 @@ pub const KEPT_IN_RECORD: usize = 8;
 /// The most of a step label (a node name, from Consul) a file name takes.
 const MAX_LABEL: usize = 64;
 
-/// Saves a snapshot for `step` of rollout `r` of `cluster` in the settings' directory and
-/// prunes the old ones; answers the file's name, or why there is none.
+/// Saves a snapshot for `step` of rollout `r` of `cluster` where the settings say (a
+/// directory, or through `objects` to S3) and prunes the old ones; answers the archive's
+/// name, or why there is none.
 pub async fn save(
     consul: &dyn ConsulPort,
+    objects: Option<&dyn ObjectStore>,
     settings: &SnapshotSettings,
     cluster: &str,
     r: &Rollout,
@@ -29,25 +31,90 @@ pub async fn save(
 ) -> Result<String, String> {
     let label = crate::receipt::safe_segment(step, MAX_LABEL);
     let name = format!("{cluster}-{}-{label}-{}.snap", r.id, now_ms());
-    let dir = settings.dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        format!(
-            "cannot create the snapshot directory {}: {e}",
-            dir.display()
-        )
-    })?;
     let max = usize::try_from(settings.max_mib.get())
         .unwrap_or(usize::MAX)
         .saturating_mul(1 << 20);
-    let bytes = consul
-        .snapshot(&dir.join(&name), max)
-        .await
-        .map_err(|e| format!("the snapshot before {step} failed: {e}"))?;
-    info!(snapshot = %name, bytes, dir = %dir.display(), "Saved a Consul snapshot.");
-    if let Err(e) = prune(&dir, cluster, settings.kept.get() as usize) {
-        warn!(error = %e, dir = %dir.display(), "Could not prune old snapshots.");
+    let kept = settings.kept.get() as usize;
+    match &settings.dest {
+        SnapshotDest::Dir(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "cannot create the snapshot directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+            let bytes = consul
+                .snapshot(&dir.join(&name), max)
+                .await
+                .map_err(|e| format!("the snapshot before {step} failed: {e}"))?;
+            info!(snapshot = %name, bytes, dir = %dir.display(), "Saved a Consul snapshot.");
+            if let Err(e) = prune(dir, cluster, kept) {
+                warn!(error = %e, dir = %dir.display(), "Could not prune old snapshots.");
+            }
+        }
+        SnapshotDest::S3 { bucket, prefix } => {
+            let Some(store) = objects else {
+                return Err(format!(
+                    "the snapshot before {step}: no S3 client for s3://{bucket}/{prefix}"
+                ));
+            };
+            // Through a file of its own (an archive can be hundreds of MiB): written whole,
+            // uploaded, removed whatever the upload did.
+            let scratch = std::env::temp_dir().join("rehydrator-snapshots");
+            std::fs::create_dir_all(&scratch).map_err(|e| {
+                format!("cannot create {} for the snapshot: {e}", scratch.display())
+            })?;
+            let file = scratch.join(&name);
+            let taken = consul.snapshot(&file, max).await;
+            let bytes = match taken {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&file);
+                    return Err(format!("the snapshot before {step} failed: {e}"));
+                }
+            };
+            let key = format!("{prefix}{name}");
+            let put = store.put_file(&key, &file).await;
+            let _ = std::fs::remove_file(&file);
+            put.map_err(|e| {
+                format!(
+                    "the snapshot before {step} could not be stored at s3://{bucket}/{key}: {e}"
+                )
+            })?;
+            info!(snapshot = %name, bytes, bucket = %bucket, key = %key, "Saved a Consul snapshot to S3.");
+            if let Err(e) = prune_objects(store, &format!("{prefix}{cluster}-"), kept).await {
+                warn!(error = %e, bucket = %bucket, "Could not prune old snapshots.");
+            }
+        }
     }
     Ok(name)
+}
+
+/// Deletes all but the newest `kept` of the archives whose keys start with `prefix` (the
+/// cluster's), oldest first as the store lists them.
+async fn prune_objects(store: &dyn ObjectStore, prefix: &str, kept: usize) -> Result<(), String> {
+    let mut ours: Vec<(u64, String)> = store
+        .list(prefix)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|k| k.ends_with(".snap"))
+        .map(|k| (taken_at(&k).unwrap_or(0), k))
+        .collect();
+    // By the time in the name, not the store's: S3 keeps modification times to the second,
+    // and two steps' snapshots within a second would sort by name.
+    ours.sort();
+    let over = ours.len().saturating_sub(kept);
+    for (_, key) in ours.into_iter().take(over) {
+        store.delete(&key).await.map_err(|e| e.to_string())?;
+        info!(snapshot = %key, "Deleted an old snapshot.");
+    }
+    Ok(())
+}
+
+/// When an archive was taken, from its name's `-<unix ms>.snap` ending.
+fn taken_at(name: &str) -> Option<u64> {
+    name.strip_suffix(".snap")?.rsplit('-').next()?.parse().ok()
 }
 
 /// Records `name` in `r`, keeping the newest `KEPT_IN_RECORD`.
@@ -118,6 +185,16 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_archive_is_dated_by_its_name() {
+        assert_eq!(
+            taken_at("prod/snap-r1-retire-s1-1796389457529.snap"),
+            Some(1796389457529)
+        );
+        assert_eq!(taken_at("prod/other.snap"), None);
+        assert_eq!(taken_at("x-12"), None);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::plan::Mode;
 use crate::ports::{
-    CloudPort, ConsulPort, ErrorKind, GatePort, LivenessSpec, PortError, PortFuture, SessionSpec,
-    WebhookPort,
+    CloudPort, ConsulPort, ErrorKind, GatePort, LivenessSpec, ObjectStore, PortError, PortFuture,
+    SessionSpec, WebhookPort,
 };
 use crate::receipt::Keys;
 use crate::rollout::{RolloutConfig, RolloutEnv, Which};
@@ -44,6 +44,8 @@ pub struct Ports {
     pub cloud: Option<Rc<dyn CloudPort>>,
     /// The rollout's health gates (`rollout.gate_*`), built by the binary.
     pub gates: Vec<Rc<dyn GatePort>>,
+    /// Where `s3://` snapshots go, built by the binary.
+    pub objects: Option<Rc<dyn ObjectStore>>,
 }
 
 /// How often a settling rollout step looks again.
@@ -128,6 +130,7 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
         config: rollout_config(settings),
         notifier: notifier(settings, &ports, &metrics),
         gates: ports.gates.clone(),
+        objects: ports.objects.clone(),
     });
     let mut executors = BTreeMap::new();
     let actions = settings

@@ -533,10 +533,10 @@ pub struct PrometheusGate {
 /// Where and how the rollout saves Consul snapshots (`rollout.snapshot_*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotSettings {
-    /// The directory the archives go to (`<cluster>-<rollout>-<step>-<unix ms>.snap`);
-    /// created if missing.
+    /// Where the archives go (`<cluster>-<rollout>-<step>-<unix ms>.snap`): a directory,
+    /// created if missing, or `s3://bucket/prefix`.
     #[serde(rename = "snapshot_dir")]
-    pub dir: std::path::PathBuf,
+    pub dest: SnapshotDest,
     /// The newest kept of this cluster's archives in `dir`; older ones are deleted. Default 10.
     #[serde(rename = "snapshots_kept")]
     pub kept: NonZeroU32,
@@ -547,6 +547,32 @@ pub struct SnapshotSettings {
     /// 512.
     #[serde(rename = "snapshot_max_mib")]
     pub max_mib: NonZeroU32,
+}
+
+/// Where snapshots go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotDest {
+    Dir(std::path::PathBuf),
+    /// An S3 bucket, the keys under `prefix` (empty, or ending in `/`).
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl fmt::Display for SnapshotDest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotDest::Dir(d) => write!(f, "{}", d.display()),
+            SnapshotDest::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+impl Serialize for SnapshotDest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
 }
 
 /// One maintenance window: on each of `days`, from `start` to `end` local time in

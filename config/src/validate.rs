@@ -1091,8 +1091,34 @@ fn snapshot_settings(
         );
         return None;
     }
+    let dest = match dir.strip_prefix("s3://") {
+        None => SnapshotDest::Dir(PathBuf::from(dir)),
+        Some(rest) => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            // S3's bucket naming rules: 3 to 63 of lowercase letters, digits, dots, hyphens.
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+            if !valid {
+                errs.push(
+                    "rollout.snapshot_dir",
+                    "s3://BUCKET/PREFIX: the bucket must be 3 to 63 lowercase letters, digits, dots or hyphens",
+                );
+                return None;
+            }
+            let prefix = match prefix.trim_matches('/') {
+                "" => String::new(),
+                p => format!("{p}/"),
+            };
+            SnapshotDest::S3 {
+                bucket: bucket.to_owned(),
+                prefix,
+            }
+        }
+    };
     Some(SnapshotSettings {
-        dir: PathBuf::from(dir),
+        dest,
         kept: errs.positive("rollout.snapshots_kept", kept, 10),
         required: required.unwrap_or(true),
         max_mib: errs.at_most("rollout.snapshot_max_mib", max_mib, 512, 65_536),

@@ -202,8 +202,8 @@ fn rollout_sample_shares_the_step_lock_and_ticks() {
     let s = load_with_env(&sample("rollout.toml"), &no_env()).unwrap();
     let snapshots = s.rollout.snapshots.as_ref().expect("snapshots on");
     assert_eq!(
-        snapshots.dir,
-        std::path::Path::new("/var/lib/rehydrator/snapshots")
+        snapshots.dest,
+        rehydrator_config::SnapshotDest::Dir("/var/lib/rehydrator/snapshots".into())
     );
     assert_eq!(
         (
@@ -713,5 +713,40 @@ fn a_prometheus_gate_needs_an_http_url_and_a_query_only_with_one() {
         "{e}"
     );
     assert!(e.contains("rollout.gate_prometheus_query: is empty"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn snapshots_go_to_a_directory_or_an_s3_bucket() {
+    let dir = std::env::temp_dir().join(format!("rehydrator-snapdest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = |value: &str| {
+        let path = dir.join("snap.toml");
+        let text = format!("[cluster]\nname = \"prod\"\n[rollout]\nsnapshot_dir = {value:?}\n");
+        std::fs::write(&path, text).unwrap();
+        load_with_env(&path, &no_env())
+    };
+    let dest = |value: &str| load(value).unwrap().rollout.snapshots.unwrap().dest;
+    use rehydrator_config::SnapshotDest;
+    assert_eq!(
+        dest("s3://consul-backups/prod/snapshots/"),
+        SnapshotDest::S3 {
+            bucket: "consul-backups".into(),
+            prefix: "prod/snapshots/".into()
+        }
+    );
+    assert_eq!(
+        dest("s3://consul-backups"),
+        SnapshotDest::S3 {
+            bucket: "consul-backups".into(),
+            prefix: String::new()
+        }
+    );
+    assert_eq!(dest("/var/snap"), SnapshotDest::Dir("/var/snap".into()));
+    let e = load("s3://Bad_Bucket/x").unwrap_err().to_string();
+    assert!(
+        e.contains("rollout.snapshot_dir: s3://BUCKET/PREFIX"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -150,6 +150,9 @@ impl Resolved {
             config: rehydrator_actors::tree::rollout_config(settings),
             notifier: Notifier::off(Rc::new(AwcWebhook::default())),
             gates: rehydrator::gate::from_settings(settings),
+            objects: rehydrator::cloud::s3::S3Store::for_snapshots(settings, None)
+                .await
+                .context("rollout.snapshot_dir")?,
         })
     }
 

@@ -79,6 +79,9 @@ pub fn run(
             webhook: Rc::new(AwcWebhook::default()),
             cloud: cloud.clone(),
             gates: rehydrator::gate::from_settings(&settings),
+            objects: rehydrator::cloud::s3::S3Store::for_snapshots(&settings, None)
+                .await
+                .context("rollout.snapshot_dir")?,
         };
         info!(
             %replica,

@@ -50,6 +50,21 @@ pub(crate) async fn sdk_config(
     aws: &AwsSettings,
     credentials: Option<Credentials>,
 ) -> Result<aws_config::SdkConfig, CloudError> {
+    sdk_config_at(
+        aws.region.as_deref(),
+        aws.endpoint_url.as_deref(),
+        credentials,
+    )
+    .await
+}
+
+/// As `sdk_config`, from a region and endpoint that may be unset (the environment then
+/// decides: AWS_REGION, AWS_ENDPOINT_URL and its per-service forms).
+pub(crate) async fn sdk_config_at(
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+    credentials: Option<Credentials>,
+) -> Result<aws_config::SdkConfig, CloudError> {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)
@@ -57,11 +72,11 @@ pub(crate) async fn sdk_config(
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https_client())
         .timeout_config(timeouts);
-    if let Some(region) = &aws.region {
-        loader = loader.region(Region::new(region.clone()));
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_owned()));
     }
-    if let Some(url) = &aws.endpoint_url {
-        loader = loader.endpoint_url(url.clone());
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
     }
     if let Some(credentials) = credentials {
         loader = loader.credentials_provider(credentials);

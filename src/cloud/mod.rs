@@ -14,6 +14,7 @@ pub mod consul_version;
 pub mod ec2;
 pub mod ecs;
 pub mod process;
+pub mod s3;
 pub mod sim;
 
 use std::time::Duration;

@@ -40,14 +40,21 @@ impl Drop for Moto {
     }
 }
 
-/// Where the moto on `port` keeps its recording: one file per server, outside the checkout.
-fn recording_path(port: u16) -> PathBuf {
-    std::env::temp_dir().join(format!("rehydrator-moto-recording-{port}.jsonl"))
+/// A name of its own for each moto this process starts: its files are named by it.
+fn next_id() -> String {
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{}-{n}", std::process::id())
 }
 
-/// Where the moto on `port` writes its stderr.
-fn log_path(port: u16) -> PathBuf {
-    std::env::temp_dir().join(format!("rehydrator-moto-{port}.log"))
+/// Where moto `id` keeps its recording: one file per server, outside the checkout.
+fn recording_path(id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("rehydrator-moto-recording-{id}.jsonl"))
+}
+
+/// Where moto `id` writes its stderr.
+fn log_path(id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("rehydrator-moto-{id}.log"))
 }
 
 /// The last 8 KiB of `path`, lossily as text: enough to show why moto stopped.
@@ -66,11 +73,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn moto_command(program: &str, args: &[&str], port: u16) -> Command {
-    let log = std::fs::File::create(log_path(port)).expect("moto's log file in the temp dir");
+/// moto on port 0: it binds a free port itself and logs which (`* Running on http://…`), so no
+/// other process can take the port between choosing and binding it.
+fn moto_command(program: &str, args: &[&str], id: &str) -> Command {
+    let log = std::fs::File::create(log_path(id)).expect("moto's log file in the temp dir");
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-H", "127.0.0.1", "-p", "0"])
         // moto signs nothing, but the same variables a client would see keep it off any real
         // account and off the instance metadata service.
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -78,7 +87,7 @@ fn moto_command(program: &str, args: &[&str], port: u16) -> Command {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("MOTO_RECORDER_FILEPATH", recording_path(port))
+        .env("MOTO_RECORDER_FILEPATH", recording_path(id))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -87,12 +96,12 @@ fn moto_command(program: &str, args: &[&str], port: u16) -> Command {
 
 /// Starts `moto_server` (else `python3 -m moto.server`) and waits until it answers HTTP.
 pub fn moto() -> Moto {
-    let port = free_port();
-    let child = moto_command("moto_server", &[], port)
+    let id = next_id();
+    let child = moto_command("moto_server", &[], &id)
         .spawn()
-        .or_else(|_| moto_command("python3", &["-m", "moto.server"], port).spawn())
+        .or_else(|_| moto_command("python3", &["-m", "moto.server"], &id).spawn())
         .expect("neither moto_server nor python3 could be started: install moto with `python3 -m pip install 'moto[server]'` (scripts/test.sh does)");
-    wait_for(child, port)
+    wait_for(child, &id)
 }
 
 /// moto 5 answers a task's containers with `cpu` and `memory` as numbers where the ECS API has
@@ -117,22 +126,48 @@ main(sys.argv[1:])
 /// moto's server for the ECS tests: `python3` with moto installed, its task answers fixed as
 /// `ECS_CONTAINER_FIX` says.
 pub fn moto_ecs() -> Moto {
-    let port = free_port();
-    let child = moto_command("python3", &["-c", ECS_CONTAINER_FIX], port)
+    let id = next_id();
+    let child = moto_command("python3", &["-c", ECS_CONTAINER_FIX], &id)
         .spawn()
         .expect("python3 could not be started: install moto with `python3 -m pip install 'moto[server]'` (scripts/test.sh does)");
-    wait_for(child, port)
+    wait_for(child, &id)
 }
 
-fn wait_for(child: Child, port: u16) -> Moto {
+/// The port moto's log says it runs on.
+fn running_port(log: &str) -> Option<u16> {
+    let at = log.find("Running on http://127.0.0.1:")? + "Running on http://127.0.0.1:".len();
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn wait_for(child: Child, id: &str) -> Moto {
     let mut moto = Moto {
         child,
-        url: format!("http://127.0.0.1:{port}"),
-        recording: recording_path(port),
-        log: log_path(port),
+        url: String::new(),
+        recording: recording_path(id),
+        log: log_path(id),
     };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + MOTO_START;
+    let port = loop {
+        if let Some(status) = moto.child.try_wait().unwrap() {
+            let err = tail(&moto.log);
+            panic!(
+                "moto's server exited ({status}) before answering; is moto installed? \
+                 `python3 -m pip install 'moto[server]'` (scripts/test.sh does). Its stderr:\n{err}"
+            );
+        }
+        if let Some(port) = running_port(&tail(&moto.log)) {
+            break port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto's server did not say its port within {MOTO_START:?}: {}",
+            tail(&moto.log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    moto.url = format!("http://127.0.0.1:{port}");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {
         if let Some(status) = moto.child.try_wait().unwrap() {
             let err = tail(&moto.log);

@@ -81,6 +81,7 @@ impl Rig {
             webhook: Rc::new(AwcWebhook::default()),
             cloud: Some(cloud),
             gates: Vec::new(),
+            objects: None,
         }
     }
 

@@ -1,0 +1,158 @@
+//! Snapshots in S3 (`rollout.snapshot_dir = "s3://bucket/prefix"`): the actors'
+//! `ObjectStore` on the AWS SDK. For an `ec2` or `ecs` cloud it shares the cloud's region,
+//! endpoint and credentials; for any other cloud the SDK's environment decides (AWS_REGION,
+//! AWS_ENDPOINT_URL_S3, the default credentials chain). With an endpoint other than AWS's
+//! (moto, MinIO, a VPC endpoint by IP) it uses path-style addressing, which every S3-speaking
+//! server takes.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use aws_sdk_s3::primitives::ByteStream;
+use rehydrator_actors::ports::{ErrorKind, ObjectStore, PortError, PortFuture};
+use rehydrator_config::{CloudSettings, Settings, SnapshotDest};
+
+use super::aws::{sdk_config_at, sdk_error};
+use super::CloudError;
+
+/// Listing pages read when pruning (1000 keys each): a prefix with more is pruned from the
+/// oldest 10 000 it lists, at the next snapshot the rest.
+const MAX_LIST_PAGES: usize = 10;
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// Where calls go, for errors.
+    endpoint: String,
+}
+
+impl S3Store {
+    /// The store `settings`' snapshots go to, when `rollout.snapshot_dir` is an `s3://` URL;
+    /// `credentials`, else the SDK's default chain.
+    pub async fn for_snapshots(
+        settings: &Settings,
+        credentials: Option<aws_credential_types::Credentials>,
+    ) -> Result<Option<Rc<dyn ObjectStore>>, CloudError> {
+        let Some(SnapshotDest::S3 { bucket, .. }) =
+            settings.rollout.snapshots.as_ref().map(|s| &s.dest)
+        else {
+            return Ok(None);
+        };
+        let (region, url) = match &settings.cloud {
+            CloudSettings::Ec2(aws) | CloudSettings::Ecs(aws) => {
+                (aws.region.as_deref(), aws.endpoint_url.as_deref())
+            }
+            _ => (None, None),
+        };
+        let sdk = sdk_config_at(region, url, credentials).await?;
+        let custom = sdk.endpoint_url().is_some();
+        let config = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(custom)
+            .build();
+        let endpoint = sdk
+            .endpoint_url()
+            .map(str::to_owned)
+            .unwrap_or_else(|| endpoint_of(&sdk));
+        Ok(Some(Rc::new(Self {
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: bucket.clone(),
+            endpoint,
+        })))
+    }
+}
+
+fn endpoint_of(sdk: &aws_config::SdkConfig) -> String {
+    let region = sdk.region().map(|r| r.as_ref()).unwrap_or("no-region");
+    format!("s3.{region}")
+}
+
+impl ObjectStore for S3Store {
+    fn put_file(&self, key: &str, file: &Path) -> PortFuture<()> {
+        let (client, bucket, key, file) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            key.to_owned(),
+            file.to_owned(),
+        );
+        let this = self.endpoint.clone();
+        Box::pin(async move {
+            let request = format!("PutObject s3://{bucket}/{key}");
+            let body = ByteStream::from_path(&file).await.map_err(|e| {
+                PortError::new(
+                    ErrorKind::Rejected,
+                    format!("reading {}: {e}", file.display()),
+                )
+            })?;
+            client
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(body)
+                .content_type("application/octet-stream")
+                .send()
+                .await
+                .map_err(|e| PortError::from(sdk_error(&this, &request, e)))?;
+            Ok(())
+        })
+    }
+
+    fn list(&self, prefix: &str) -> PortFuture<Vec<String>> {
+        let (client, bucket, prefix) =
+            (self.client.clone(), self.bucket.clone(), prefix.to_owned());
+        let this = self.endpoint.clone();
+        Box::pin(async move {
+            let request = format!("ListObjectsV2 s3://{bucket}/{prefix}");
+            let mut found = Vec::new();
+            let mut token: Option<String> = None;
+            for _ in 0..MAX_LIST_PAGES {
+                let page = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(&prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| PortError::from(sdk_error(&this, &request, e)))?;
+                for o in page.contents() {
+                    if let Some(key) = o.key() {
+                        let modified = o.last_modified().map_or(0, |t| t.as_nanos());
+                        found.push((modified, key.to_owned()));
+                    }
+                }
+                match page.next_continuation_token() {
+                    Some(next) if page.is_truncated() == Some(true) => {
+                        token = Some(next.to_owned())
+                    }
+                    _ => break,
+                }
+            }
+            found.sort();
+            Ok(found.into_iter().map(|(_, k)| k).collect())
+        })
+    }
+
+    fn delete(&self, key: &str) -> PortFuture<()> {
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
+        let this = self.endpoint.clone();
+        Box::pin(async move {
+            let request = format!("DeleteObject s3://{bucket}/{key}");
+            client
+                .delete_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| PortError::from(sdk_error(&this, &request, e)))?;
+            Ok(())
+        })
+    }
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
