@@ -241,6 +241,9 @@ const VIEW: &str = r#"!document.getElementById('rollout-state') ? 'null' : JSON.
   tolerance: document.getElementById('failure-tolerance').textContent,
   leader: document.getElementById('leader').textContent,
   lock: document.getElementById('lock-holder').textContent,
+  replicas: [...document.querySelectorAll('#replicas li')].map(li => ({
+    replica: li.dataset.replica, alive: li.dataset.alive })),
+  events: [...document.querySelectorAll('#events li')].map(li => li.dataset.kind),
   error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
 })"#;
 
@@ -265,7 +268,15 @@ struct View {
     tolerance: String,
     leader: String,
     lock: String,
+    replicas: Vec<ReplicaItem>,
+    events: Vec<String>,
     error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct ReplicaItem {
+    replica: String,
+    alive: String,
 }
 
 impl View {
@@ -480,6 +491,12 @@ async fn the_dashboard_follows_the_demo_s_rollout_and_the_demo_stops_its_replica
         assert_eq!(leaders.len(), 1, "{first:?}");
         assert_eq!(first.leader, leaders[0].node);
         assert!(first.rows.iter().all(|r| r.voter == "true"), "{first:?}");
+        // Before any rollout the servers' image is the current one, not "new".
+        assert!(
+            first.rows.iter().all(|r| r.text.contains("(current)")),
+            "{first:?}"
+        );
+        assert!(first.events.is_empty(), "{first:?}");
 
         // Poll the same page until it shows the end; note the states it passed through.
         let following = Instant::now();
@@ -521,11 +538,27 @@ async fn the_dashboard_follows_the_demo_s_rollout_and_the_demo_stops_its_replica
             last.rows.iter().all(|r| r.text.contains("(new)")),
             "{last:?}"
         );
+        // Replaced of desired: the extra server in flight never counts.
         assert!(
             last.progress
-                .starts_with(&format!("{SERVERS}/{SERVERS} on target")),
+                .starts_with(&format!("{SERVERS}/{SERVERS} replaced")),
             "{last:?}"
         );
+        assert!(
+            seen.iter()
+                .all(|s| !s.contains(&format!("/{} replaced", SERVERS + 1))),
+            "{seen:#?}"
+        );
+        // Every replica listed, alive; the rollout's events as a feed, newest first.
+        assert_eq!(last.replicas.len(), REPLICAS, "{last:?}");
+        assert!(last.replicas.iter().all(|r| r.alive == "true"), "{last:?}");
+        let count = |kind: &str| last.events.iter().filter(|e| *e == kind).count();
+        assert_eq!(
+            (count("launch"), count("retire"), count("started")),
+            (SERVERS, SERVERS, 1),
+            "{last:?}"
+        );
+        assert_eq!(last.events.first().map(String::as_str), Some("completed"));
         // Every server was replaced: none of the first view's nodes is still shown.
         for r in &first.rows {
             assert!(
@@ -586,6 +619,58 @@ async fn the_dashboard_follows_the_demo_s_rollout_and_the_demo_stops_its_replica
             seen.len(),
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// With Consul unreachable the dashboard says so where a reader looks (the rollout's state,
+/// the health), not "none" as if no rollout were recorded.
+#[actix_rt::test]
+async fn with_consul_unreachable_the_dashboard_says_so() {
+    bounded_for(Duration::from_secs(90), async {
+        let dir = scratch("dashboard-unreachable");
+        let config = dir.join("rehydrator.toml");
+        let dead = crate::common::moto::free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"x\"\n[consul]\naddress = \"http://127.0.0.1:{dead}\"\n\
+                 [status]\nlisten = \"127.0.0.1:0\"\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.join("run.log");
+        let _replica = crate::common::endpoint::spawn_run(&config, &log);
+        let url = eventually("the endpoint's address", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { crate::common::endpoint::endpoint_url(&text) }
+        })
+        .await;
+        let url = format!("{url}/");
+        serving(&url).await;
+        let browser = Browser::open(&url).await;
+        let mut page = browser.page(&url).await;
+        const SHOWN: &str = r#"!document.getElementById('rollout-state') ? 'null' : JSON.stringify({
+          state: document.getElementById('rollout-state').textContent,
+          healthy: document.getElementById('healthy').textContent,
+          error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+        })"#;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let shown = loop {
+            let v: Value = serde_json::from_str(page.eval(SHOWN).await.as_str().unwrap()).unwrap();
+            if v["state"] != "none" && !v.is_null() && !v["error"].is_null() {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "the page never said why: {v}");
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(shown["state"], "unknown (Consul unreachable)", "{shown}");
+        assert_eq!(shown["healthy"], "unknown", "{shown}");
+        let error = shown["error"].as_str().unwrap();
+        assert!(error.contains("Consul unreachable: "), "{error}");
+        drop(page);
+        drop(browser);
+        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }

@@ -221,7 +221,9 @@ pub async fn gather(
         warnings.push(format!("{undecodable} receipt(s) do not decode"));
     }
 
-    let progress = rollout.as_ref().map(|r| progress(r, &servers));
+    let progress = rollout
+        .as_ref()
+        .map(|r| progress(r, &servers, scope.desired));
     Ok(StatusReport {
         cluster: scope.cluster.clone(),
         consul: consul_client.address().to_owned(),
@@ -346,7 +348,8 @@ fn machine_state(s: MachineState) -> &'static str {
 }
 
 /// The rollout's progress over the servers seen now.
-pub fn progress(r: &Rollout, servers: &[ServerStatus]) -> Progress {
+pub fn progress(r: &Rollout, servers: &[ServerStatus], desired: Option<usize>) -> Progress {
+    let desired = desired.unwrap_or_else(|| servers.iter().filter(|s| s.voter).count());
     let (state, waiting, waiting_since) = match &r.state {
         RolloutState::Active => ("active", r.waiting.clone(), r.waiting_since),
         RolloutState::Completed { .. } => ("completed", None, None),
@@ -360,6 +363,12 @@ pub fn progress(r: &Rollout, servers: &[ServerStatus]) -> Progress {
             .filter(|s| s.image.as_deref() == Some(r.target_image.as_str()))
             .count(),
         total: servers.len(),
+        desired,
+        replaced: servers
+            .iter()
+            .filter(|s| s.voter && s.image.as_deref() == Some(r.target_image.as_str()))
+            .count()
+            .min(desired),
         launches: r.launches.len(),
         failed_launches: r.failed_launches.len(),
         retirements: r.retired(),

@@ -129,6 +129,13 @@ pub struct Progress {
     pub on_target: usize,
     /// Servers in all.
     pub total: usize,
+    /// Servers the cluster should have (`cluster.desired_servers`, else its voters now).
+    #[serde(default)]
+    pub desired: usize,
+    /// Voters on the target image, at most `desired`: servers replaced so far. A new server
+    /// still joining is not counted, nor is the extra one beside the server it replaces.
+    #[serde(default)]
+    pub replaced: usize,
     /// Launched machines that have not failed.
     pub launches: usize,
     /// Launched machines that died, were terminated or never started before they joined.
@@ -205,6 +212,8 @@ pub struct Scope {
     pub service: String,
     /// How many receipts to carry.
     pub receipts: usize,
+    /// `cluster.desired_servers`, when a configuration says; else the voters stand for it.
+    pub desired: Option<usize>,
 }
 
 impl Scope {
@@ -214,6 +223,7 @@ impl Scope {
             cluster: cluster.into(),
             service: "consul".into(),
             receipts: DEFAULT_RECEIPTS,
+            desired: None,
         }
     }
 
@@ -223,6 +233,7 @@ impl Scope {
             cluster: settings.cluster.name.clone(),
             service: settings.cluster.service.clone(),
             receipts: DEFAULT_RECEIPTS,
+            desired: Some(settings.cluster.desired_servers.get() as usize),
         }
     }
 }

@@ -120,8 +120,10 @@ fn progress_counts_servers_on_the_target_and_says_why_it_waits() {
         Some("B"),
         10,
     );
-    let p = progress(&rollout(RolloutState::Active), &servers);
+    let p = progress(&rollout(RolloutState::Active), &servers, Some(2));
     assert_eq!((p.on_target, p.total, p.launches), (1, 3, 1));
+    // n1 is on the target but does not vote yet: nothing is replaced.
+    assert_eq!((p.replaced, p.desired), (0, 2));
     assert_eq!(p.state, "active");
     assert!(p.waiting.as_deref().is_some_and(|w| w.contains("n1")));
     let stopped = progress(
@@ -130,10 +132,11 @@ fn progress_counts_servers_on_the_target_and_says_why_it_waits() {
             reason: "n1 never got healthy".into(),
         }),
         &servers,
+        None,
     );
     assert_eq!(stopped.state, "stopped");
     assert_eq!(stopped.waiting.as_deref(), Some("n1 never got healthy"));
-    let done = progress(&rollout(RolloutState::Completed { at: 9 }), &servers);
+    let done = progress(&rollout(RolloutState::Completed { at: 9 }), &servers, None);
     assert_eq!((done.state.as_str(), done.waiting), ("completed", None));
 }
 
@@ -240,7 +243,7 @@ fn the_human_view_shows_servers_rollout_locks_receipts_and_pause() {
             created: "2026-01-01T00:00:00Z".into(),
         }),
         source: ServerSource::Cloud,
-        progress: Some(progress(&ro, &servers)),
+        progress: Some(progress(&ro, &servers, None)),
         servers,
         rollout: Some(ro),
         rollout_error: None,
