@@ -187,15 +187,11 @@ struct Page<C> {
 }
 
 impl<C: Connection> Page<C> {
-    /// Evaluates `expression` in the page and returns its value.
-    async fn eval(&mut self, expression: &str) -> Value {
+    /// Calls DevTools' `method` with `params` on the page: its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
-        let call = json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": {"expression": expression, "returnByValue": true},
-        });
+        let call = json!({"id": id, "method": method, "params": params});
         self.conn
             .send(ws::Message::Text(call.to_string().into()))
             .await
@@ -207,16 +203,40 @@ impl<C: Connection> Page<C> {
             };
             let msg: Value = serde_json::from_slice(&bytes).unwrap();
             if msg["id"] == id {
-                assert!(msg["error"].is_null(), "Runtime.evaluate failed: {msg}");
-                let result = &msg["result"];
-                assert!(
-                    result["exceptionDetails"].is_null(),
-                    "the expression threw: {result}"
-                );
-                return result["result"]["value"].clone();
+                assert!(msg["error"].is_null(), "{method} failed: {msg}");
+                return msg["result"].clone();
             }
         }
         panic!("the DevTools connection closed");
+    }
+
+    /// Evaluates `expression` in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        assert!(
+            result["exceptionDetails"].is_null(),
+            "the expression threw: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// A PNG of the page as Chromium renders it.
+    async fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine as _;
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap()
     }
 
     /// What the dashboard shows now; None before it has loaded.
@@ -559,6 +579,21 @@ async fn the_dashboard_follows_the_demo_s_rollout_and_the_demo_stops_its_replica
             "{last:?}"
         );
         assert_eq!(last.events.first().map(String::as_str), Some("completed"));
+        // What an operator sees at the end, kept beside the build for a look.
+        let png = page.screenshot().await;
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        assert!(
+            png.len() > 10_000,
+            "a near-empty picture: {} bytes",
+            png.len()
+        );
+        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        std::fs::write(&shot, &png).unwrap();
+        eprintln!(
+            "dashboard screenshot: {} ({} bytes)",
+            shot.display(),
+            png.len()
+        );
         // Every server was replaced: none of the first view's nodes is still shown.
         for r in &first.rows {
             assert!(
