@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod ports;
+pub mod process_metrics;
 pub mod receipt;
 pub mod rollout;
 pub mod snapshot;

@@ -116,6 +116,8 @@ struct Inner {
     replicas: Family<StateLabel, Gauge>,
     lock_held_since: Family<HolderLabels, Gauge>,
     last_read: Gauge,
+    /// `process_*`, unprefixed, in a registry of their own.
+    process: crate::process_metrics::ProcessMetrics,
 }
 
 /// What a status read saw, for the alerting series (`Metrics::observe`).
@@ -311,6 +313,7 @@ impl Metrics {
                 replicas,
                 lock_held_since,
                 last_read,
+                process: Default::default(),
                 registry,
                 rollout_state,
                 paused,
@@ -522,8 +525,13 @@ impl Metrics {
 
     /// Everything, in the OpenMetrics text format (`CONTENT_TYPE`).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)?;
+        encode_registry(&mut out, &self.inner.registry)?;
+        if self.inner.process.refresh() {
+            encode_registry(&mut out, &self.inner.process.registry)?;
+        }
+        encode_eof(&mut out)?;
         Ok(out)
     }
 }
@@ -700,6 +708,34 @@ mod tests {
             !text.contains("rehydrator_lock_held_since_timestamp_seconds{"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_process_series_are_read_from_proc() {
+        let text = Metrics::new().encode().unwrap();
+        let value = |name: &str| sample(&text, name).unwrap_or(-1.0);
+        assert!(
+            value("process_resident_memory_bytes") > 1_000_000.0,
+            "{text}"
+        );
+        assert!(value("process_open_fds") >= 3.0, "{text}");
+        assert!(
+            value("process_max_fds") >= value("process_open_fds"),
+            "{text}"
+        );
+        assert!(value("process_cpu_seconds_total") >= 0.0, "{text}");
+        // Started after 2020 and not in the future.
+        let started = value("process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            started > 1.6e9 && started <= now + 1.0,
+            "{started} vs {now}"
+        );
+        assert!(text.ends_with("# EOF\n"), "one end of the exposition");
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 
     #[test]
