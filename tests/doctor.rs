@@ -25,6 +25,11 @@ async fn doctor(
     cmd.args(["doctor", "--json", "--timeout", "20s"])
         .args(extra)
         .env("CONSUL_HTTP_ADDR", address)
+        // For the S3 snapshot check against moto; no real account is ever reached.
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
         .env_remove("CONSUL_HTTP_TOKEN")
         .env_remove("CONSUL_HTTP_TOKEN_FILE");
     if let Some(token) = token {
@@ -100,6 +105,11 @@ fn consul(bin: &Path, address: &str, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)
         .env("CONSUL_HTTP_ADDR", address)
+        // For the S3 snapshot check against moto; no real account is ever reached.
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
         .env("CONSUL_HTTP_TOKEN", MASTER)
         .output()
         .unwrap();
@@ -270,6 +280,72 @@ async fn on_real_consul_with_acls_doctor_tells_each_tokens_rights() {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(!text.contains("ACL token refused"), "{text}");
         drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
+    bounded_for(TEST_BOUND, async {
+        let sim = common::sim();
+        let moto = common::moto::moto();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .credentials_provider(common::moto::credentials())
+                .endpoint_url(&moto.url)
+                .force_path_style(true)
+                .http_client(rehydrator::cloud::aws::https_client())
+                .build(),
+        );
+        s3.create_bucket().bucket("snaps").send().await.unwrap();
+        let dir = common::endpoint::scratch("doctor-nets");
+        let dead = common::moto::free_port();
+        let config = |bucket: &str| {
+            let path = dir.join(format!("{bucket}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "[cluster]\nname = \"prod\"\n[consul]\naddress = \"{}\"\n\
+                     [cloud]\ntype = \"ec2\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+                     launch_template = \"t\"\nimage_name = \"i\"\n\
+                     [rollout]\nsnapshot_dir = \"s3://{bucket}/prod\"\n\
+                     gate_prometheus_url = \"http://127.0.0.1:{dead}\"\n",
+                    sim.url(),
+                    moto.url
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let good = config("snaps");
+        let (code, findings, err) =
+            doctor(&sim.url(), None, &["--config", good.to_str().unwrap()]).await;
+        assert_eq!(code, Some(0), "{findings:#}\n{err}");
+        let (level, detail) = finding(&findings, "gate");
+        assert_eq!(level, "warning", "{detail}");
+        assert!(
+            detail.contains("prometheus is closed now") && detail.contains("cannot connect"),
+            "{detail}"
+        );
+        let (level, detail) = finding(&findings, "snapshots");
+        assert_eq!(level, "ok", "{detail}");
+        assert!(
+            detail.contains("s3://snaps/prod/ can be listed"),
+            "{detail}"
+        );
+
+        // A bucket that is not there fails required snapshots before a step does.
+        let missing = config("no-such-bucket");
+        let (code, findings, err) =
+            doctor(&sim.url(), None, &["--config", missing.to_str().unwrap()]).await;
+        assert_eq!(code, Some(1), "{findings:#}\n{err}");
+        let (level, detail) = finding(&findings, "snapshots");
+        assert_eq!(level, "fail", "{detail}");
+        assert!(detail.contains("NoSuchBucket"), "{detail}");
+        sim.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;

@@ -57,6 +57,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let resolved = resolve(&args.target)?;
     let mut findings = consul_findings(&resolved).await?;
     if let Some(settings) = resolved.settings.as_ref() {
+        findings.extend(safety_net_findings(settings).await);
         findings.extend(group_findings(settings).await?);
     }
     if args.json {
@@ -96,6 +97,80 @@ async fn consul_findings(resolved: &Resolved) -> anyhow::Result<Vec<Finding>> {
                 .map(|s| s.required),
         },
     ))
+}
+
+/// The rollout's gates and snapshot destination, asked as a step would ask them.
+async fn safety_net_findings(settings: &Settings) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for gate in rehydrator::gate::from_settings(settings) {
+        let check = "gate";
+        out.push(match gate.closed().await {
+            None => Finding {
+                check,
+                level: Level::Ok,
+                detail: format!("{} is open: steps may go", gate.name()),
+                fix: None,
+            },
+            // Closed is the gate working; a rollout would wait, not break.
+            Some(why) => Finding {
+                check,
+                level: Level::Warning,
+                detail: format!(
+                    "{} is closed now, so every step would wait: {why}",
+                    gate.name()
+                ),
+                fix: Some(
+                    "check the gate's URL and query; a firing alert holds steps by design".into(),
+                ),
+            },
+        });
+    }
+    let Some(snapshots) = settings.rollout.snapshots.as_ref() else {
+        return out;
+    };
+    let check = "snapshots";
+    match &snapshots.dest {
+        rehydrator_config::SnapshotDest::Dir(dir) => out.push(Finding {
+            check,
+            level: Level::Ok,
+            detail: format!(
+                "to the directory {} (created at the first snapshot)",
+                dir.display()
+            ),
+            fix: None,
+        }),
+        dest @ rehydrator_config::SnapshotDest::S3 { prefix, .. } => {
+            let store = rehydrator::cloud::s3::S3Store::for_snapshots(settings, None).await;
+            let listed = match store {
+                Ok(Some(store)) => store.list(prefix).await.map_err(|e| e.to_string()),
+                Ok(None) => Err("no S3 client was built".into()),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push(match listed {
+                Ok(keys) => Finding {
+                    check,
+                    level: Level::Ok,
+                    detail: format!("{dest} can be listed ({} archive(s) there)", keys.len()),
+                    fix: None,
+                },
+                Err(why) => Finding {
+                    check,
+                    level: if snapshots.required {
+                        Level::Fail
+                    } else {
+                        Level::Warning
+                    },
+                    detail: format!("{dest} cannot be listed: {why}"),
+                    fix: Some(
+                        "create the bucket and allow s3:ListBucket, s3:PutObject and \
+                         s3:DeleteObject on it (deploy/cloudformation.yaml: SnapshotBucket)"
+                            .into(),
+                    ),
+                },
+            });
+        }
+    }
+    out
 }
 
 /// The servers' Auto Scaling group, when `[cloud]` names one.
