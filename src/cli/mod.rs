@@ -124,9 +124,9 @@ impl Resolved {
             .with_context(|| format!("building the Consul client for {}", self.consul.address))
     }
 
-    /// What a SpinUp/SpinDown run works with, for `command` (`plan`, `repair`), which needs
-    /// `--config` with a rollout: bad input otherwise. Notifications are off: the commands
-    /// send none.
+    /// What a SpinUp/SpinDown run works with, for `command` (`plan`, `repair`, `abort`), which
+    /// needs `--config` with a rollout: bad input otherwise. The commands read and decide; they
+    /// take no step, so no notifications, no gates to ask and no snapshot store to build.
     pub async fn rollout_env(&self, command: &str) -> anyhow::Result<RolloutEnv> {
         let Some(settings) = self.settings.as_ref() else {
             return Err(BadInput(format!(
@@ -149,10 +149,8 @@ impl Resolved {
             keys: self.keys(),
             config: rehydrator_actors::tree::rollout_config(settings),
             notifier: Notifier::off(Rc::new(AwcWebhook::default())),
-            gates: rehydrator::gate::from_settings(settings),
-            objects: rehydrator::cloud::s3::S3Store::for_snapshots(settings, None)
-                .await
-                .context("rollout.snapshot_dir")?,
+            gates: Vec::new(),
+            objects: None,
         })
     }
 
