@@ -115,7 +115,7 @@ pub fn decide(
             .filter(|s| !waiting(&s.machine.id))
             .filter(|s| {
                 matches!(s.machine.state, MachineState::Pending)
-                    || (s.machine.state == MachineState::Running && s.peer.is_none_or(|p| !p.voter))
+                    || (s.machine.state == MachineState::Running && !s.is_voter())
             })
             .map(node),
     );

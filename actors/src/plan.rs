@@ -305,6 +305,11 @@ pub struct Server<'a> {
 }
 
 impl Server<'_> {
+    /// A Raft voter, healthy or not.
+    pub fn is_voter(&self) -> bool {
+        self.peer.is_some_and(|p| p.voter)
+    }
+
     /// A voter autopilot calls healthy: promoted after its stabilization time.
     pub fn is_stable_voter(&self) -> bool {
         self.peer.is_some_and(|p| p.voter && p.healthy)
@@ -588,7 +593,7 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     // new server of a rollout rolled back from a broken image) would keep it from doing.
     if let Some(stray) = servers
         .iter()
-        .filter(|sv| sv.machine.image != target && !is_voter(sv))
+        .filter(|sv| sv.machine.image != target && !sv.is_voter())
         .min_by_key(|sv| sv.machine.launched_at)
     {
         if s.paused {
@@ -664,11 +669,6 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
 }
 
-/// Whether the server is a Raft voter, healthy or not.
-fn is_voter(sv: &Server<'_>) -> bool {
-    sv.peer.is_some_and(|p| p.voter)
-}
-
 /// An aborted rollout's next step: retire its newest server that does not vote yet (it
 /// counts for no quorum, so no health gate holds it), then stop. None where the usual
 /// retirement applies first: every new server votes and the cluster is over its size.
@@ -677,7 +677,7 @@ fn aborted(s: &Snapshot, rollout: &Rollout) -> Option<Step> {
     let servers = s.servers();
     let joining = servers
         .iter()
-        .filter(|sv| sv.machine.image == rollout.target_image && !is_voter(sv))
+        .filter(|sv| sv.machine.image == rollout.target_image && !sv.is_voter())
         .max_by_key(|sv| sv.machine.launched_at);
     if let Some(j) = joining {
         if s.paused {

@@ -189,7 +189,7 @@ async fn gated(env: &RolloutEnv, s: &Snapshot, step: Step) -> Step {
             .servers()
             .iter()
             .find(|sv| sv.machine.id == *machine)
-            .is_some_and(|sv| sv.peer.is_some_and(|p| p.voter)),
+            .is_some_and(|sv| sv.is_voter()),
         _ => false,
     };
     if !guarded {

@@ -92,7 +92,7 @@ pub fn rollout_config(settings: &Settings) -> RolloutConfig {
 /// Starts the tree for `settings` on the current arbiter; `replica` names this replica in
 /// sessions, lock values and receipts.
 pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
-    let settings = &with_pause_watch(settings);
+    let settings = &with_operator_watches(settings);
     let keys = Keys::new(&settings.cluster.name);
     let spec = SessionSpec {
         name: Keys::new(&settings.cluster.name).session_name(replica),
@@ -241,9 +241,9 @@ pub fn start(settings: &Settings, replica: &str, ports: Ports) -> Tree {
     }
 }
 
-/// The name of the watch `with_pause_watch` adds.
+/// The name of the watch `with_operator_watches` adds.
 pub const PAUSE_WATCH: &str = "rehydrator-pause";
-/// The watch `with_pause_watch` adds on the abort key.
+/// The watch `with_operator_watches` adds on the abort key.
 pub const ABORT_WATCH: &str = "rehydrator-abort";
 
 /// `settings` with `key` watches on the cluster's pause and abort keys that run the rollout's
@@ -251,7 +251,7 @@ pub const ABORT_WATCH: &str = "rehydrator-abort";
 /// resume` (deleting the pause key) then moves a paused rollout on at once, and `rehydrator
 /// abort` (writing the abort key after the record) is acted on at once, instead of at the
 /// next timer or event.
-pub fn with_pause_watch(settings: &Settings) -> Settings {
+pub fn with_operator_watches(settings: &Settings) -> Settings {
     let mut out = settings.clone();
     let keys = Keys::new(&settings.cluster.name);
     let rollout: Vec<String> = settings

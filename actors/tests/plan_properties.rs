@@ -201,13 +201,13 @@ proptest! {
             let peer = victim.peer;
             let aborted_own = s.rollout.as_ref().is_some_and(|r| {
                 r.aborted.is_some() && victim.machine.image == r.target_image
-            }) && !peer.is_some_and(|p| p.voter);
+            }) && !victim.is_voter();
             prop_assert!(
                 servers.len() > s.desired || aborted_own,
                 "retired {machine} at {} of {} desired", servers.len(), s.desired
             );
             prop_assert!(!peer.is_some_and(|p| p.leader), "retired the leader {machine}");
-            if peer.is_some_and(|p| p.voter) {
+            if victim.is_voter() {
                 let baseline = s.rollout.as_ref().map_or(0, |r| r.baseline_tolerance);
                 prop_assert!(s.health.healthy, "retired voter {machine} while unhealthy");
                 prop_assert!(

@@ -17,7 +17,7 @@
 use anyhow::Context as _;
 use rehydrator::cloud::Ec2Cloud;
 use rehydrator::doctor::group::{self, Expect};
-use rehydrator::doctor::{self, Finding, Level};
+use rehydrator::doctor::{self, not, ok, Finding, Level};
 use rehydrator_config::{
     ActionKind, CloudSettings, Launch, Settings, WatchKind, DEFAULT_STABLE_TIMEOUT,
 };
@@ -103,42 +103,31 @@ async fn consul_findings(resolved: &Resolved) -> anyhow::Result<Vec<Finding>> {
 async fn safety_net_findings(settings: &Settings) -> Vec<Finding> {
     let mut out = Vec::new();
     for gate in rehydrator::gate::from_settings(settings) {
-        let check = "gate";
         out.push(match gate.closed().await {
-            None => Finding {
-                check,
-                level: Level::Ok,
-                detail: format!("{} is open: steps may go", gate.name()),
-                fix: None,
-            },
+            None => ok("gate", format!("{} is open: steps may go", gate.name())),
             // Closed is the gate working; a rollout would wait, not break.
-            Some(why) => Finding {
-                check,
-                level: Level::Warning,
-                detail: format!(
+            Some(why) => not(
+                "gate",
+                Level::Warning,
+                format!(
                     "{} is closed now, so every step would wait: {why}",
                     gate.name()
                 ),
-                fix: Some(
-                    "check the gate's URL and query; a firing alert holds steps by design".into(),
-                ),
-            },
+                "check the gate's URL and query; a firing alert holds steps by design".into(),
+            ),
         });
     }
     let Some(snapshots) = settings.rollout.snapshots.as_ref() else {
         return out;
     };
-    let check = "snapshots";
     match &snapshots.dest {
-        rehydrator_config::SnapshotDest::Dir(dir) => out.push(Finding {
-            check,
-            level: Level::Ok,
-            detail: format!(
+        rehydrator_config::SnapshotDest::Dir(dir) => out.push(ok(
+            "snapshots",
+            format!(
                 "to the directory {} (created at the first snapshot)",
                 dir.display()
             ),
-            fix: None,
-        }),
+        )),
         dest @ rehydrator_config::SnapshotDest::S3 { prefix, .. } => {
             let store = rehydrator::cloud::s3::S3Store::for_snapshots(settings, None).await;
             let listed = match store {
@@ -147,26 +136,22 @@ async fn safety_net_findings(settings: &Settings) -> Vec<Finding> {
                 Err(e) => Err(e.to_string()),
             };
             out.push(match listed {
-                Ok(keys) => Finding {
-                    check,
-                    level: Level::Ok,
-                    detail: format!("{dest} can be listed ({} archive(s) there)", keys.len()),
-                    fix: None,
-                },
-                Err(why) => Finding {
-                    check,
-                    level: if snapshots.required {
+                Ok(keys) => ok(
+                    "snapshots",
+                    format!("{dest} can be listed ({} archive(s) there)", keys.len()),
+                ),
+                Err(why) => not(
+                    "snapshots",
+                    if snapshots.required {
                         Level::Fail
                     } else {
                         Level::Warning
                     },
-                    detail: format!("{dest} cannot be listed: {why}"),
-                    fix: Some(
-                        "create the bucket and allow s3:ListBucket, s3:PutObject and \
-                         s3:DeleteObject on it (deploy/cloudformation.yaml: SnapshotBucket)"
-                            .into(),
-                    ),
-                },
+                    format!("{dest} cannot be listed: {why}"),
+                    "create the bucket and allow s3:ListBucket, s3:PutObject and \
+                     s3:DeleteObject on it (deploy/cloudformation.yaml: SnapshotBucket)"
+                        .into(),
+                ),
             });
         }
     }

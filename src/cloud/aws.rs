@@ -92,7 +92,12 @@ pub(crate) async fn sdk_config_at(
 
 /// Where `service`'s calls go, for error messages: `endpoint_url`, else `<service>.<region>`.
 pub(crate) fn endpoint(aws: &AwsSettings, sdk: &aws_config::SdkConfig, service: &str) -> String {
-    aws.endpoint_url.clone().unwrap_or_else(|| {
+    endpoint_at(aws.endpoint_url.as_deref(), sdk, service)
+}
+
+/// As `endpoint`, from an endpoint URL that may be unset.
+pub(crate) fn endpoint_at(url: Option<&str>, sdk: &aws_config::SdkConfig, service: &str) -> String {
+    url.map(str::to_owned).unwrap_or_else(|| {
         let region = sdk.region().map(|r| r.as_ref()).unwrap_or("no-region");
         format!("{service}.{region}")
     })

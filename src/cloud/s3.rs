@@ -12,7 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use rehydrator_actors::ports::{ErrorKind, ObjectStore, PortError, PortFuture};
 use rehydrator_config::{CloudSettings, Settings, SnapshotDest};
 
-use super::aws::{sdk_config_at, sdk_error};
+use super::aws::{endpoint_at, sdk_config_at, sdk_error};
 use super::CloudError;
 
 /// Listing pages read when pruning (1000 keys each): a prefix with more is pruned from the
@@ -49,21 +49,13 @@ impl S3Store {
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(custom)
             .build();
-        let endpoint = sdk
-            .endpoint_url()
-            .map(str::to_owned)
-            .unwrap_or_else(|| endpoint_of(&sdk));
+        let endpoint = endpoint_at(sdk.endpoint_url(), &sdk, "s3");
         Ok(Some(Rc::new(Self {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: bucket.clone(),
             endpoint,
         })))
     }
-}
-
-fn endpoint_of(sdk: &aws_config::SdkConfig) -> String {
-    let region = sdk.region().map(|r| r.as_ref()).unwrap_or("no-region");
-    format!("s3.{region}")
 }
 
 impl ObjectStore for S3Store {

@@ -40,7 +40,7 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
-pub(crate) fn ok(check: &'static str, detail: String) -> Finding {
+pub fn ok(check: &'static str, detail: String) -> Finding {
     Finding {
         check,
         level: Level::Ok,
@@ -49,7 +49,7 @@ pub(crate) fn ok(check: &'static str, detail: String) -> Finding {
     }
 }
 
-pub(crate) fn not(check: &'static str, level: Level, detail: String, fix: String) -> Finding {
+pub fn not(check: &'static str, level: Level, detail: String, fix: String) -> Finding {
     Finding {
         check,
         level,
