@@ -290,16 +290,7 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
     bounded_for(TEST_BOUND, async {
         let sim = common::sim();
         let moto = common::moto::moto();
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::Config::builder()
-                .behavior_version(aws_config::BehaviorVersion::latest())
-                .region(aws_sdk_s3::config::Region::new("us-east-1"))
-                .credentials_provider(common::moto::credentials())
-                .endpoint_url(&moto.url)
-                .force_path_style(true)
-                .http_client(rehydrator::cloud::aws::https_client())
-                .build(),
-        );
+        let s3 = common::moto::s3_client(&moto.url);
         s3.create_bucket().bucket("snaps").send().await.unwrap();
         let dir = common::endpoint::scratch("doctor-nets");
         let dead = common::moto::free_port();

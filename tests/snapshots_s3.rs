@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::Region;
 use rehydrator::cloud::s3::S3Store;
 use rehydrator::consul::port::ConsulAdapter;
 use rehydrator::consul::{Client, ConsulConfig, WatchPolicy};
@@ -17,18 +15,6 @@ use rehydrator_actors::plan::Rollout;
 use crate::common::{self, moto};
 
 const BUCKET: &str = "consul-snapshots";
-
-fn s3(url: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(moto::credentials())
-        .endpoint_url(url)
-        .force_path_style(true)
-        .http_client(rehydrator::cloud::aws::https_client())
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
 
 async fn keys(s3: &aws_sdk_s3::Client) -> Vec<String> {
     let page = s3.list_objects_v2().bucket(BUCKET).send().await.unwrap();
@@ -43,7 +29,7 @@ async fn keys(s3: &aws_sdk_s3::Client) -> Vec<String> {
 
 /// Three snapshots of the Consul at `consul` with two kept: the archives' keys and bytes.
 async fn three_snapshots_two_kept(moto_url: &str, consul: &str, real: bool) {
-    let s3 = s3(moto_url);
+    let s3 = moto::s3_client(moto_url);
     s3.create_bucket().bucket(BUCKET).send().await.unwrap();
     // Another cluster's archive under the same prefix: never pruned by this one.
     s3.put_object()

@@ -227,6 +227,20 @@ pub fn client(url: &str) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::from_conf(config)
 }
 
+/// moto's S3 through the real SDK, path-style (no bucket names in DNS on loopback).
+pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(credentials())
+        .endpoint_url(url)
+        .force_path_style(true)
+        .http_client(https_client())
+        .timeout_config(test_timeouts())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 pub fn settings(url: &str) -> AwsSettings {
     AwsSettings {
         region: Some("us-east-1".into()),
