@@ -103,14 +103,18 @@ async fn three_snapshots_two_kept(moto_url: &str, consul: &str, real: bool) {
     if real {
         assert_eq!(newest[..2], [0x1f, 0x8b], "real Consul's archive is gzip");
     }
+    // Uploaded archives leave no scratch file behind (each waits as `<pid>-<n>-<name>`).
     let scratch = std::env::temp_dir().join("rehydrator-snapshots");
-    for n in &names {
-        assert!(
-            !scratch.join(n).exists(),
-            "{n} left in {}",
-            scratch.display()
-        );
-    }
+    let left: Vec<String> = std::fs::read_dir(&scratch)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| names.iter().any(|n| f.ends_with(&format!("-{n}"))))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?} left in {}", scratch.display());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

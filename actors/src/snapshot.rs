@@ -4,7 +4,8 @@
 //! `<cluster>-<rollout>-<step>-<unix ms>.snap`; past `rollout.snapshots_kept` of this cluster's
 //! archives, the oldest go. The names land in the rollout record, newest last.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rehydrator_config::{SnapshotDest, SnapshotSettings};
 use tracing::{info, warn};
@@ -60,11 +61,12 @@ pub async fn save(
             };
             // Through a file of its own (an archive can be hundreds of MiB): written whole,
             // uploaded, removed whatever the upload did.
-            let scratch = std::env::temp_dir().join("rehydrator-snapshots");
-            std::fs::create_dir_all(&scratch).map_err(|e| {
-                format!("cannot create {} for the snapshot: {e}", scratch.display())
-            })?;
-            let file = scratch.join(&name);
+            let file = scratch_file(&name);
+            if let Some(scratch) = file.parent() {
+                std::fs::create_dir_all(scratch).map_err(|e| {
+                    format!("cannot create {} for the snapshot: {e}", scratch.display())
+                })?;
+            }
             let taken = consul.snapshot(&file, max).await;
             let bytes = match taken {
                 Ok(bytes) => bytes,
@@ -88,6 +90,18 @@ pub async fn save(
         }
     }
     Ok(name)
+}
+
+/// Where an archive bound for S3 waits for its upload. The name alone is not enough: two
+/// saves within one millisecond (two replicas or two test rigs on one host, one temp
+/// directory) would share a file, and one's clean-up would pull it from under the other's
+/// upload. The process id and a count of this process's saves set each apart.
+fn scratch_file(name: &str) -> PathBuf {
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir()
+        .join("rehydrator-snapshots")
+        .join(format!("{}-{n}-{name}", std::process::id()))
 }
 
 /// Deletes all but the newest `kept` of the archives whose keys start with `prefix` (the
@@ -185,6 +199,23 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_saves_of_one_name_wait_in_files_of_their_own() {
+        // What a CI run met: two rigs saved `snap-r1-retire-s1-<same ms>.snap` at once,
+        // and the first to finish removed the file the other was still uploading.
+        let name = "snap-r1-retire-s1-1796413556089.snap";
+        let (a, b) = (scratch_file(name), scratch_file(name));
+        assert_ne!(a, b);
+        for f in [&a, &b] {
+            let file = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(file.ends_with(name), "{file}");
+            assert!(
+                file.starts_with(&format!("{}-", std::process::id())),
+                "{file}"
+            );
+        }
     }
 
     #[test]
