@@ -30,6 +30,7 @@ crate::contract_suite!(
     txn_acquires_checks_and_reads_in_one_round_trip,
     txn_answers_and_refusals,
     the_jobs_acquire_names_the_prior_holder,
+    a_fenced_write_lands_only_while_its_lock_is_held,
     events_fire_list_and_wake_a_blocking_list,
     catalog_and_health_round_trip,
     agent_self_and_members,
@@ -618,6 +619,7 @@ async fn a_liveness_check_ends_its_session_when_no_longer_passed(t: &Target) {
 
 /// The rollout's snapshot through the port: the whole archive in the file, nothing left
 /// aside; one larger than allowed leaves no file at all. Real Consul's is a gzipped tar.
+/// Saved whole or not at all, and restored (the simulator restores only its own archives).
 async fn a_snapshot_is_saved_whole_or_not_at_all(t: &Target) {
     use rehydrator_actors::ports::ConsulPort;
     let c = client_for(&t.url);
@@ -639,6 +641,37 @@ async fn a_snapshot_is_saved_whole_or_not_at_all(t: &Target) {
     if t.real {
         assert_eq!(archive[..2], [0x1f, 0x8b], "{}: a gzip archive", t.name);
     }
+    // Restored (what the docs' restore procedure does): the key is back as it was saved.
+    c.kv_put("rehydrator/test/snap", b"after", &KvPutOptions::default())
+        .await
+        .unwrap();
+    let http = awc::Client::default();
+    let url = format!("{}/v1/snapshot", t.url);
+    let mut restored = http.put(&url).send_body(archive.clone()).await.unwrap();
+    assert_eq!(
+        restored.status(),
+        200,
+        "{}: {:?}",
+        t.name,
+        restored.body().await
+    );
+    assert!(restored.body().await.unwrap().is_empty(), "{}", t.name);
+    let back = c
+        .kv_get("rehydrator/test/snap", &plain())
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(back.value, b"before", "{}", t.name);
+    // An archive it cannot read: Consul's 500, saying so.
+    let mut refused = http.put(&url).send_body("garbage").await.unwrap();
+    let text = String::from_utf8_lossy(&refused.body().await.unwrap()).into_owned();
+    assert_eq!(refused.status(), 500, "{}: {text}", t.name);
+    assert!(
+        text.starts_with("failed to decompress snapshot"),
+        "{}: {text}",
+        t.name
+    );
     let small = dir.join("small.snap");
     let err = port.snapshot(&small, 16).await.unwrap_err();
     assert!(
@@ -939,6 +972,84 @@ async fn the_jobs_acquire_names_the_prior_holder(t: &Target) {
     let done = port.kv_acquire(&acquire(&b, b"job-1 by b")).await.unwrap();
     assert_eq!(done, Acquired::Present, "{}", t.name);
     assert!(c.session_destroy(&a2).await.unwrap());
+    assert!(c.session_destroy(&b).await.unwrap());
+}
+
+/// The rollout record's write (`ConsulAdapter::kv_put_fenced`, one txn): it lands while the
+/// writer's session holds the lock and the record is at the index asked for; a moved index is
+/// `Changed`; once the session is gone (a replica frozen past its TTL) it is `LockLost` and
+/// nothing is written, whatever the index.
+async fn a_fenced_write_lands_only_while_its_lock_is_held(t: &Target) {
+    use rehydrator_actors::ports::{ConsulPort as _, Fence, Fenced};
+
+    let c = client_for(&t.url);
+    let port = ConsulAdapter::new(c.clone(), WatchPolicy::default());
+    let (record, lock) = ("fenced/rollout", "fenced/locks/step");
+    let a = c
+        .session_create(&session("fenced-a", Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(c.kv_acquire(lock, b"a", &a).await.unwrap());
+    let fence = Fence {
+        lock: lock.into(),
+        session: a.clone(),
+    };
+    let put = |value: &'static [u8], cas: u64, fence: Fence| {
+        let port = &port;
+        async move {
+            port.kv_put_fenced(record, value.to_vec(), cas, &fence)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        put(b"one", 0, fence.clone()).await,
+        Fenced::Written,
+        "{}",
+        t.name
+    );
+    let at = c.kv_get(record, &plain()).await.unwrap().value.unwrap();
+    assert_eq!(at.value, b"one", "{}", t.name);
+    assert_eq!(
+        put(b"two", 0, fence.clone()).await,
+        Fenced::Changed,
+        "{}",
+        t.name
+    );
+    let stale = at.modify_index;
+    assert_eq!(
+        put(b"two", stale, fence.clone()).await,
+        Fenced::Written,
+        "{}",
+        t.name
+    );
+    let now = c.kv_get(record, &plain()).await.unwrap().value.unwrap();
+    // Another session's fence does not hold the lock.
+    let b = c
+        .session_create(&session("fenced-b", Duration::ZERO))
+        .await
+        .unwrap();
+    let other = Fence {
+        lock: lock.into(),
+        session: b.clone(),
+    };
+    assert_eq!(
+        put(b"by b", now.modify_index, other).await,
+        Fenced::LockLost,
+        "{}",
+        t.name
+    );
+    // A's session ends: its next write, at the right index, is refused and writes nothing.
+    assert!(c.session_destroy(&a).await.unwrap());
+    assert_eq!(
+        put(b"late", now.modify_index, fence).await,
+        Fenced::LockLost,
+        "{}",
+        t.name
+    );
+    let after = c.kv_get(record, &plain()).await.unwrap().value.unwrap();
+    assert_eq!(after.value, b"two", "{}", t.name);
+    assert_eq!(after.modify_index, now.modify_index, "{}", t.name);
     assert!(c.session_destroy(&b).await.unwrap());
 }
 

@@ -26,7 +26,7 @@ use crate::backoff;
 use crate::executor::{Abort, ExecError, Run, Trigger};
 use crate::lock_manager::{AcquireLock, LockGrant, LocksLost, ReleaseLock};
 use crate::metrics::Metrics;
-use crate::ports::{ConsulPort, KvEntry, PortError};
+use crate::ports::{ConsulPort, Fence, KvEntry, PortError};
 use crate::receipt::{self, Keys, LockValue, Outcome, Receipt};
 use crate::watermark;
 
@@ -631,7 +631,7 @@ async fn run_job_inner(
     // LockIndex and the watermarks come back with it, all at one Raft index. So the job runs
     // only if no receipt existed at the moment this replica's hold began, however long it
     // waited or slept before.
-    let (lock_index, read) = loop {
+    let (lock_index, read, session) = loop {
         let grant = env
             .acquire
             .send(AcquireLock {
@@ -648,7 +648,7 @@ async fn run_job_inner(
                 lock_index,
                 read,
                 prior,
-                ..
+                session,
             } => {
                 // The lock still named this job for another replica, and no receipt exists:
                 // that holder let it go unfinished (it died, or gave up), whether or not we
@@ -657,7 +657,7 @@ async fn run_job_inner(
                     .as_deref()
                     .and_then(LockValue::decode)
                     .is_some_and(|h| h.holds(t) && h.replica != env.replica);
-                break (lock_index, read);
+                break (lock_index, read, session);
             }
             LockGrant::Present => {
                 let by = existing_receipt(env, &receipt_key)
@@ -724,6 +724,10 @@ async fn run_job_inner(
             .send(Run {
                 trigger: t.clone(),
                 timeout,
+                fence: Fence {
+                    lock: lock_key.clone(),
+                    session: session.clone(),
+                },
             })
             .await
             .unwrap_or_else(|e| Err(ExecError::Port(format!("executor: {e}"))));

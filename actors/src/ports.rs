@@ -141,6 +141,26 @@ pub struct LivenessSpec {
     pub ttl: Duration,
 }
 
+/// The lock a write is made under: the write lands only while `session` still holds `lock`.
+/// A replica that lost its lock (frozen past its session's TTL, cut off from its agent) and
+/// goes on with a step it decided before cannot record anything: the holder that took over
+/// decides from what is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lock: String,
+    pub session: String,
+}
+
+/// What a fenced write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    Written,
+    /// The key is no longer at the index asked for.
+    Changed,
+    /// The session no longer holds the lock: nothing was written.
+    LockLost,
+}
+
 /// Consul, as the actors use it.
 pub trait ConsulPort {
     /// One key; `index`/`wait` make it a blocking read (index 0: answer at once).
@@ -165,6 +185,21 @@ pub trait ConsulPort {
     fn session_destroy(&self, id: &str) -> PortFuture<()>;
     /// A blocking-query stream for a `[[watch]]`, following Consul's blocking-query rules.
     fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream>;
+
+    /// Writes `value` if the key's ModifyIndex is `cas` (0: only if absent) and `fence`'s
+    /// session holds its lock, both checked in the write's own transaction.
+    fn kv_put_fenced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        cas: u64,
+        fence: &Fence,
+    ) -> PortFuture<Fenced> {
+        let _ = (key, value, cas, fence);
+        Box::pin(futures_util::future::ready(Err(unsupported(
+            "a fenced write",
+        ))))
+    }
 
     /// Registers the replica's liveness check on the agent and passes it: registering alone
     /// would leave a check that an earlier stall made critical as it was.

@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::plan::{self, LeaderMove, Mode, Rollout, RolloutState, Snapshot, Step, StepRecord};
 use crate::ports::{
-    clip, CloudPort, ConsulPort, GatePort, LeaderTransfer, MachineState, ObjectStore, PeerHealth,
-    PortError, MAX_REASON,
+    clip, CloudPort, ConsulPort, Fence, Fenced, GatePort, LeaderTransfer, MachineState,
+    ObjectStore, PeerHealth, PortError, MAX_REASON,
 };
 use crate::receipt::{now_ms, Keys, Outcome};
 use crate::window::Windows;
@@ -99,20 +99,41 @@ async fn read_record(env: &RolloutEnv) -> Result<(Option<Rollout>, u64), ExecErr
     }
 }
 
-/// Writes the record if it still is at `cas`; returns the new state of the world's record.
-async fn write_record(env: &RolloutEnv, r: &Rollout, cas: u64) -> Result<(), ExecError> {
+/// One run's view: the rollout's env, and the lock the run holds, which fences every write of
+/// the record (see `ports::Fence`).
+pub struct RunEnv {
+    env: Rc<RolloutEnv>,
+    fence: Fence,
+}
+
+impl std::ops::Deref for RunEnv {
+    type Target = RolloutEnv;
+
+    fn deref(&self) -> &RolloutEnv {
+        &self.env
+    }
+}
+
+/// Writes the record if it still is at `cas` and this run still holds its lock. A run that
+/// lost its lock stops at its first write: whatever it decided before is the new holder's to
+/// decide again, from the record.
+async fn write_record(env: &RunEnv, r: &Rollout, cas: u64) -> Result<(), ExecError> {
     let body = r.bounded_json().map_err(ExecError::Record)?;
-    if env
+    let written = env
         .consul
-        .kv_put(&env.keys.rollout(), body, Some(cas))
+        .kv_put_fenced(&env.keys.rollout(), body, cas, &env.fence)
         .await
-        .map_err(port)?
-    {
-        Ok(())
-    } else {
-        Err(ExecError::Port(
+        .map_err(port)?;
+    match written {
+        Fenced::Written => Ok(()),
+        Fenced::Changed => Err(ExecError::Port(
             "the rollout record changed under this step; retrying".into(),
-        ))
+        )),
+        Fenced::LockLost => Err(ExecError::Port(format!(
+            "this replica no longer holds {} (its session ended); the step is left to the \
+             replica that holds it now",
+            env.fence.lock
+        ))),
     }
 }
 
@@ -237,8 +258,10 @@ pub async fn run(
     env: Rc<RolloutEnv>,
     which: Which,
     trigger: Trigger,
+    fence: Fence,
     metrics: Metrics,
 ) -> Result<Outcome, ExecError> {
+    let env = RunEnv { env, fence };
     let requested = requested(&env.config, &trigger);
     let deadline = tokio::time::Instant::now() + env.config.step_timeout;
     // Leadership moves within this run: transfer-leader calls made, and whether the leader
@@ -545,7 +568,7 @@ pub async fn run(
 /// lacks, and a retirement under way whose machine is gone. Status should show both, and the
 /// counts must add up. Returns the index to CAS against next.
 async fn reconcile(
-    env: &RolloutEnv,
+    env: &RunEnv,
     r: &mut Rollout,
     machines: &[crate::ports::Machine],
     cas: u64,
@@ -581,7 +604,7 @@ async fn reconcile(
 /// Moves `failed` launches out of the record's launches into its failed launches, each once,
 /// and says so (log, notification); returns the index to CAS against next.
 async fn record_failures(
-    env: &RolloutEnv,
+    env: &RunEnv,
     r: &mut Rollout,
     failed: Vec<StepRecord>,
     cas: u64,
@@ -620,7 +643,7 @@ async fn record_failures(
 /// A leader leaving (`leader`: the transfer-leader calls made before) is recorded as a
 /// leadership move by `leave`, with the time until the others elected.
 async fn retire(
-    env: &RolloutEnv,
+    env: &RunEnv,
     rollout: Option<Rollout>,
     cas: u64,
     machine: &str,
@@ -759,7 +782,7 @@ fn move_step(m: &LeaderMove) -> serde_json::Value {
 
 /// Records a leadership move in the active rollout and tells `[notify]`.
 async fn record_move(
-    env: &RolloutEnv,
+    env: &RunEnv,
     rollout: Option<Rollout>,
     cas: u64,
     m: LeaderMove,
@@ -805,7 +828,7 @@ async fn wait_until(
 /// one holds the step when snapshots are required: the reason (the step waits on it) is
 /// recorded and answered, and the next trigger tries again.
 async fn snapshot_before(
-    env: &RolloutEnv,
+    env: &RunEnv,
     rollout: &mut Option<Rollout>,
     cas: u64,
     step: &str,
@@ -835,7 +858,7 @@ async fn snapshot_before(
 }
 
 async fn note_waiting(
-    env: &RolloutEnv,
+    env: &RunEnv,
     rollout: Option<Rollout>,
     cas: u64,
     why: String,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::ports::Fence;
 use crate::receipt::Outcome;
 
 pub mod exec;
@@ -32,6 +33,9 @@ pub struct Trigger {
 pub struct Run {
     pub trigger: Trigger,
     pub timeout: Duration,
+    /// The lock the run holds: what it records in Consul is written only while it still
+    /// does (the rollout's steps; `exec` and `http` record nothing).
+    pub fence: Fence,
 }
 
 /// Stop the run for `trigger_id` if one is going (its lock was lost, or the replica stops).

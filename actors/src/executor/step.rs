@@ -75,7 +75,9 @@ impl Handler<Run> for StepExecutor {
         let (env, duty, metrics) = (self.env.clone(), self.duty, self.metrics.clone());
         let decided = async move {
             match duty {
-                Duty::Step(which) => rollout::run(env, which, msg.trigger, metrics).await,
+                Duty::Step(which) => {
+                    rollout::run(env, which, msg.trigger, msg.fence, metrics).await
+                }
                 Duty::Guard => guard::run(&env).await,
             }
         };
