@@ -8,17 +8,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rehydrator_actors::ports::{
-    Acquire, Acquired, ClusterHealth, ConsulPort, ErrorKind, Indexed as PortIndexed, KvEntry,
-    LeaderTransfer as PortTransfer, LivenessSpec, PeerHealth, PortError, PortFuture, SessionSpec,
-    WatchRead, WatchStream,
+    Acquire, Acquired, ClusterHealth, ConsulPort, ErrorKind, Fence, Fenced, Indexed as PortIndexed,
+    KvEntry, LeaderTransfer as PortTransfer, LivenessSpec, PeerHealth, PortError, PortFuture,
+    SessionSpec, WatchRead, WatchStream,
 };
 use rehydrator_config::WatchKind;
-use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{
-    AgentCheck, AgentServiceRegistration, Call, Client, ConsulError, IndexOrder, KvDeleteOptions,
-    KvPair, KvPutOptions, KvTxnOp, LeaderTransfer, QueryOptions, ServiceCheck, SessionBehavior,
+use rehydrator_consul::{
+    AgentCheck, AgentServiceRegistration, Client, ConsulError, IndexOrder, KvDeleteOptions, KvPair,
+    KvPutOptions, KvTxnOp, LeaderTransfer, QueryOptions, ServiceCheck, SessionBehavior,
     SessionRequest, TxnError, TxnOutcome, WatchPolicy, WatchState,
 };
 
@@ -62,22 +61,30 @@ impl ConsulAdapter {
     }
 }
 
-impl From<ConsulError> for PortError {
-    fn from(e: ConsulError) -> Self {
-        let kind = match &e {
-            ConsulError::Unreachable { .. } | ConsulError::Transport { .. } => {
-                ErrorKind::Unreachable
-            }
-            ConsulError::Timeout { .. } => ErrorKind::Timeout,
-            _ if e.is_no_leader() => ErrorKind::NoLeader,
-            ConsulError::Status { status, .. } if *status >= 500 || *status == 429 => {
-                ErrorKind::Server
-            }
-            ConsulError::Status { status: 403, .. } => ErrorKind::Denied,
-            ConsulError::Status { .. } | ConsulError::Config(_) => ErrorKind::Rejected,
-            ConsulError::Decode { .. } | ConsulError::TooLarge { .. } => ErrorKind::Decode,
-        };
-        PortError::new(kind, e.to_string())
+/// What the actors make of a client error: its kind decides retry, backoff and the status
+/// text.
+fn port_error(e: ConsulError) -> PortError {
+    let kind = match &e {
+        ConsulError::Unreachable { .. } | ConsulError::Transport { .. } => ErrorKind::Unreachable,
+        ConsulError::Timeout { .. } => ErrorKind::Timeout,
+        _ if e.is_no_leader() => ErrorKind::NoLeader,
+        ConsulError::Status { status, .. } if *status >= 500 || *status == 429 => ErrorKind::Server,
+        ConsulError::Status { status: 403, .. } => ErrorKind::Denied,
+        ConsulError::Status { .. } | ConsulError::Config(_) => ErrorKind::Rejected,
+        ConsulError::Decode { .. } | ConsulError::TooLarge { .. } => ErrorKind::Decode,
+    };
+    PortError::new(kind, e.to_string())
+}
+
+/// `?` on the client's results inside the port's futures: the two error types live in other
+/// crates, so no `From` can join them here.
+trait Ported<T> {
+    fn ported(self) -> Result<T, PortError>;
+}
+
+impl<T> Ported<T> for Result<T, ConsulError> {
+    fn ported(self) -> Result<T, PortError> {
+        self.map_err(port_error)
     }
 }
 
@@ -164,9 +171,7 @@ fn refused(req: &Acquire, errors: &[TxnError]) -> Result<Acquired, PortError> {
         .iter()
         .map(|e| format!("op {}: {}", e.op_index, e.what))
         .collect();
-    let denied = errors
-        .iter()
-        .any(|e| e.what.contains("Permission denied") || e.what.contains("ACL not found"));
+    let denied = errors.iter().any(|e| is_denied(&e.what));
     Err(if denied {
         PortError::new(
             ErrorKind::Denied,
@@ -182,6 +187,45 @@ fn refused(req: &Acquire, errors: &[TxnError]) -> Result<Acquired, PortError> {
             format!("Consul refused acquiring {}: {}", req.key, what.join("; ")),
         )
     })
+}
+
+/// A rolled-back fenced write: the lock's check (op 0) failed, or the CAS (op 1); anything
+/// else (a refused token) is an error naming the key.
+fn fenced_refusal(key: &str, fence: &Fence, errors: &[TxnError]) -> Result<Fenced, PortError> {
+    if errors
+        .iter()
+        .any(|e| e.op_index == 0 && !is_denied(&e.what))
+    {
+        return Ok(Fenced::LockLost);
+    }
+    if !errors.is_empty()
+        && errors
+            .iter()
+            .all(|e| e.op_index == 1 && !is_denied(&e.what))
+    {
+        return Ok(Fenced::Changed);
+    }
+    let what: Vec<String> = errors
+        .iter()
+        .map(|e| format!("op {}: {}", e.op_index, e.what))
+        .collect();
+    let kind = if errors.iter().any(|e| is_denied(&e.what)) {
+        ErrorKind::Denied
+    } else {
+        ErrorKind::Rejected
+    };
+    Err(PortError::new(
+        kind,
+        format!(
+            "Consul refused writing {key} under lock {}: {}",
+            fence.lock,
+            what.join("; ")
+        ),
+    ))
+}
+
+fn is_denied(what: &str) -> bool {
+    what.contains("Permission denied") || what.contains("ACL not found")
 }
 
 fn entry(p: KvPair) -> KvEntry {
@@ -209,7 +253,7 @@ impl ConsulPort for ConsulAdapter {
             QueryOptions::blocking(index, wait)
         };
         Box::pin(async move {
-            let got = c.kv_get(&key, &opts).await?;
+            let got = c.kv_get(&key, &opts).await.ported()?;
             Ok(PortIndexed {
                 index: got.meta.index,
                 value: got.value.map(entry),
@@ -220,7 +264,10 @@ impl ConsulPort for ConsulAdapter {
     fn kv_list(&self, prefix: &str) -> PortFuture<PortIndexed<Vec<KvEntry>>> {
         let (c, prefix) = (self.client.clone(), prefix.to_owned());
         Box::pin(async move {
-            let got = c.kv_list(&prefix, &QueryOptions::default()).await?;
+            let got = c
+                .kv_list(&prefix, &QueryOptions::default())
+                .await
+                .ported()?;
             Ok(PortIndexed {
                 index: got.meta.index,
                 value: got.value.into_iter().map(entry).collect(),
@@ -235,20 +282,51 @@ impl ConsulPort for ConsulAdapter {
                 cas,
                 ..KvPutOptions::default()
             };
-            Ok(c.kv_put(&key, &value, &opts).await?)
+            c.kv_put(&key, &value, &opts).await.ported()
+        })
+    }
+
+    fn kv_put_fenced(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        cas: u64,
+        fence: &Fence,
+    ) -> PortFuture<Fenced> {
+        let (c, key, fence) = (self.client.clone(), key.to_owned(), fence.clone());
+        Box::pin(async move {
+            let ops = [
+                KvTxnOp::CheckSession {
+                    key: fence.lock.clone(),
+                    session: fence.session.clone(),
+                },
+                KvTxnOp::Cas {
+                    key: key.clone(),
+                    value,
+                    index: cas,
+                },
+            ];
+            match c.txn(&ops).await.ported()? {
+                TxnOutcome::Committed(_) => Ok(Fenced::Written),
+                TxnOutcome::RolledBack(errors) => fenced_refusal(&key, &fence, &errors),
+            }
         })
     }
 
     fn kv_delete(&self, key: &str) -> PortFuture<bool> {
         let (c, key) = (self.client.clone(), key.to_owned());
-        Box::pin(async move { Ok(c.kv_delete(&key, &KvDeleteOptions::default()).await?) })
+        Box::pin(async move {
+            c.kv_delete(&key, &KvDeleteOptions::default())
+                .await
+                .ported()
+        })
     }
 
     fn kv_acquire(&self, req: &Acquire) -> PortFuture<Acquired> {
         let (c, req) = (self.client.clone(), req.clone());
         Box::pin(async move {
             let ops = acquire_ops(&req);
-            match c.txn(&ops).await? {
+            match c.txn(&ops).await.ported()? {
                 TxnOutcome::Committed(results) => held(&req, results),
                 TxnOutcome::RolledBack(errors) => refused(&req, &errors),
             }
@@ -257,7 +335,7 @@ impl ConsulPort for ConsulAdapter {
 
     fn kv_release(&self, key: &str, session: &str) -> PortFuture<bool> {
         let (c, key, session) = (self.client.clone(), key.to_owned(), session.to_owned());
-        Box::pin(async move { Ok(c.kv_release(&key, b"", &session).await?) })
+        Box::pin(async move { c.kv_release(&key, b"", &session).await.ported() })
     }
 
     fn session_create(&self, spec: &SessionSpec) -> PortFuture<String> {
@@ -279,7 +357,7 @@ impl ConsulPort for ConsulAdapter {
                 namespace: String::new(),
             }]);
         }
-        Box::pin(async move { Ok(c.session_create(&request).await?) })
+        Box::pin(async move { c.session_create(&request).await.ported() })
     }
 
     fn liveness_register(&self, spec: &LivenessSpec) -> PortFuture<()> {
@@ -306,10 +384,10 @@ impl ConsulPort for ConsulAdapter {
         };
         let check = spec.id.clone();
         Box::pin(async move {
-            c.agent_service_register(&service).await?;
+            c.agent_service_register(&service).await.ported()?;
             // The agent keeps a re-registered check's status: one left critical by a stall
             // stays so (and no session can be tied to it) until it is passed.
-            if !c.agent_check_pass(&check).await? {
+            if !c.agent_check_pass(&check).await.ported()? {
                 return Err(PortError::new(
                     ErrorKind::Server,
                     format!("the agent lost check {check} right after registering it"),
@@ -322,7 +400,7 @@ impl ConsulPort for ConsulAdapter {
     fn snapshot(&self, dest: &std::path::Path, max_bytes: usize) -> PortFuture<u64> {
         let (c, dest) = (self.client.clone(), dest.to_owned());
         Box::pin(async move {
-            let snapshot = c.snapshot(max_bytes, SNAPSHOT_TIMEOUT).await?;
+            let snapshot = c.snapshot(max_bytes, SNAPSHOT_TIMEOUT).await.ported()?;
             let bytes = snapshot.archive.len() as u64;
             // Off the actors' thread: an archive can be hundreds of MiB.
             tokio::task::spawn_blocking(move || write_whole(&dest, &snapshot.archive))
@@ -335,23 +413,23 @@ impl ConsulPort for ConsulAdapter {
 
     fn liveness_pass(&self, id: &str) -> PortFuture<bool> {
         let (c, id) = (self.client.clone(), id.to_owned());
-        Box::pin(async move { Ok(c.agent_check_pass(&id).await?) })
+        Box::pin(async move { c.agent_check_pass(&id).await.ported() })
     }
 
     fn liveness_deregister(&self, id: &str) -> PortFuture<()> {
         let (c, id) = (self.client.clone(), id.to_owned());
-        Box::pin(async move { Ok(c.agent_service_deregister(&id).await?) })
+        Box::pin(async move { c.agent_service_deregister(&id).await.ported() })
     }
 
     fn session_renew(&self, id: &str) -> PortFuture<bool> {
         let (c, id) = (self.client.clone(), id.to_owned());
-        Box::pin(async move { Ok(c.session_renew(&id).await?.is_some()) })
+        Box::pin(async move { Ok(c.session_renew(&id).await.ported()?.is_some()) })
     }
 
     fn session_destroy(&self, id: &str) -> PortFuture<()> {
         let (c, id) = (self.client.clone(), id.to_owned());
         Box::pin(async move {
-            c.session_destroy(&id).await?;
+            c.session_destroy(&id).await.ported()?;
             Ok(())
         })
     }
@@ -359,7 +437,10 @@ impl ConsulPort for ConsulAdapter {
     fn autopilot_health(&self) -> PortFuture<ClusterHealth> {
         let c = self.client.clone();
         Box::pin(async move {
-            let h = c.autopilot_health(&QueryOptions::default()).await?;
+            let h = c
+                .autopilot_health(&QueryOptions::default())
+                .await
+                .ported()?;
             Ok(ClusterHealth {
                 healthy: h.healthy,
                 failure_tolerance: h.failure_tolerance,
@@ -388,20 +469,21 @@ impl ConsulPort for ConsulAdapter {
         let c = self.client.clone();
         Box::pin(async move {
             Ok(c.autopilot_configuration(&QueryOptions::default())
-                .await?
+                .await
+                .ported()?
                 .server_stabilization_time)
         })
     }
 
     fn raft_leader(&self) -> PortFuture<Option<String>> {
         let c = self.client.clone();
-        Box::pin(async move { Ok(c.status_leader().await?.filter(|l| !l.is_empty())) })
+        Box::pin(async move { Ok(c.status_leader().await.ported()?.filter(|l| !l.is_empty())) })
     }
 
     fn transfer_leader(&self, to: Option<&str>) -> PortFuture<PortTransfer> {
         let (c, to) = (self.client.clone(), to.map(str::to_owned));
         Box::pin(async move {
-            Ok(match c.transfer_leader(to.as_deref()).await? {
+            Ok(match c.transfer_leader(to.as_deref()).await.ported()? {
                 LeaderTransfer::Transferred => PortTransfer::Transferred,
                 LeaderTransfer::NotTransferred => PortTransfer::NotTransferred,
                 LeaderTransfer::Unsupported => PortTransfer::Unsupported,
@@ -449,7 +531,7 @@ impl WatchStream for ClientWatch {
                     s.started(Instant::now());
                     s.options()
                 };
-                match read_watch(&client, &kind, &opts).await {
+                match client.watch_read(&kind, &opts).await {
                     Ok((index, payload)) => {
                         if state.borrow_mut().observe(index).is_news() {
                             return Ok(WatchRead {
@@ -460,7 +542,7 @@ impl WatchStream for ClientWatch {
                     }
                     Err(e) => {
                         state.borrow_mut().failed();
-                        return Err(e.into());
+                        return Err(port_error(e));
                     }
                 }
             }
@@ -494,116 +576,4 @@ impl WatchStream for Ticks {
             })
         })
     }
-}
-
-/// The read behind a watch of `kind`, as `consul watch` makes it.
-async fn read_watch(
-    client: &Client,
-    kind: &WatchKind,
-    opts: &QueryOptions,
-) -> Result<(u64, Value), ConsulError> {
-    use super::{MAX_EVENT_LIST_BODY, MAX_LIST_BODY};
-    let call = match kind {
-        WatchKind::Key { key } => Call::get(format!("kv/{}", super::key_path(key))),
-        WatchKind::Keyprefix { prefix } => Call::get(format!("kv/{}", super::key_path(prefix)))
-            .flag("recurse", true)
-            .limit(MAX_LIST_BODY),
-        WatchKind::Services => Call::get("catalog/services").limit(MAX_LIST_BODY),
-        WatchKind::Nodes => Call::get("catalog/nodes").limit(MAX_LIST_BODY),
-        WatchKind::Service {
-            service,
-            tag,
-            passingonly,
-        } => {
-            let mut call = Call::get(format!("health/service/{}", super::segment(service)))
-                .flag("passing", *passingonly);
-            for t in tag {
-                call = call.param("tag", t);
-            }
-            call.limit(MAX_LIST_BODY)
-        }
-        WatchKind::Checks {
-            service: Some(service),
-            ..
-        } => Call::get(format!("health/checks/{}", super::segment(service))).limit(MAX_LIST_BODY),
-        WatchKind::Checks {
-            service: None,
-            state,
-        } => Call::get(format!(
-            "health/state/{}",
-            super::segment(state.as_deref().unwrap_or("any"))
-        ))
-        .limit(MAX_LIST_BODY),
-        WatchKind::Event { event } => Call::get("event/list")
-            .param("name", event)
-            .limit(MAX_EVENT_LIST_BODY),
-        // The Watcher polls the cloud for an image watch; neither reads a Consul endpoint.
-        WatchKind::Schedule { .. } | WatchKind::Image { .. } => {
-            return Err(ConsulError::Config(
-                "a schedule or image watch reads no Consul endpoint".into(),
-            ))
-        }
-    }
-    .options(opts);
-    let answer = client.send(call, None).await?;
-    // A key that does not exist answers 404 with an index to block on; the watch sees null
-    // (a prefix with nothing under it, an empty list).
-    if answer.status == awc::http::StatusCode::NOT_FOUND
-        && matches!(kind, WatchKind::Key { .. } | WatchKind::Keyprefix { .. })
-    {
-        let empty = if matches!(kind, WatchKind::Key { .. }) {
-            Value::Null
-        } else {
-            Value::Array(Vec::new())
-        };
-        return Ok((answer.meta.index, empty));
-    }
-    let answer = answer.ok()?;
-    // Every endpoint a watch reads sends its index; without one a blocking query cannot block,
-    // and going on would poll as fast as the rate limit allows.
-    if !answer.has_index {
-        return Err(ConsulError::Decode {
-            request: answer.request,
-            reason: "no numeric X-Consul-Index in the answer (is this a Consul agent?)".into(),
-        });
-    }
-    let request = answer.request.clone();
-    let mut got = answer.indexed::<Value>()?;
-    // `catalog/services` answers a map of service to tags; every other endpoint a list (or
-    // null for none, as some versions answer an empty event list).
-    let want_object = matches!(kind, WatchKind::Services);
-    if got.value.is_null() && !want_object {
-        got.value = Value::Array(Vec::new());
-    }
-    let shape_ok = match &got.value {
-        Value::Object(_) => want_object,
-        Value::Array(_) => !want_object,
-        _ => false,
-    };
-    if !shape_ok {
-        let what = |v: &Value| match v {
-            Value::Null => "null",
-            Value::Bool(_) => "a boolean",
-            Value::Number(_) => "a number",
-            Value::String(_) => "a string",
-            Value::Array(_) => "a list",
-            Value::Object(_) => "an object",
-        };
-        return Err(ConsulError::Decode {
-            request,
-            reason: format!(
-                "expected {}, got {}",
-                if want_object { "an object" } else { "a list" },
-                what(&got.value)
-            ),
-        });
-    }
-    let payload = match (kind, got.value) {
-        // consul watch hands a key watch the entry itself, not a list of one.
-        (WatchKind::Key { .. }, Value::Array(mut items)) if !items.is_empty() => {
-            items.swap_remove(0)
-        }
-        (_, v) => v,
-    };
-    Ok((got.meta.index, payload))
 }
