@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the simulator's API contract tests, the client
-# against the simulator over real HTTP, and the end-to-end scenarios. This is the README's test
+# against the simulator over real HTTP, the end-to-end scenarios, the protocol's model check,
+# and a smoke run of the fuzz targets. This is the README's test
 # command and what CI runs; it installs what the tests need itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,3 +74,8 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-8}"
 # fault-injection: the panic-policy test makes `run` panic on cue; release builds have no such
 # switch.
 cargo test --workspace --locked --features rehydrator/fault-injection "$@"
+
+# The fuzz targets' smoke run, when the whole suite runs (no test filter given).
+if [ $# -eq 0 ]; then
+  ./scripts/fuzz-smoke.sh
+fi

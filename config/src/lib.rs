@@ -12,6 +12,6 @@ mod suggest;
 pub mod validate;
 
 pub use error::{ConfigError, FieldError};
-pub use load::{load, load_with_env};
+pub use load::{load, load_text, load_with_env};
 pub use settings::*;
 pub use validate::{consul_from_env, normalize_address};

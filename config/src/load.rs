@@ -16,6 +16,22 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 
 /// Loads `path` with `env` standing for the environment (tests pass their own).
 pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        errors: vec![FieldError {
+            field: String::new(),
+            reason: format!("cannot read: {e}"),
+        }],
+    })?;
+    load_text(path, &text, env)
+}
+
+/// Loads `text` as the file `path` holds (errors name `path`), with `env` as the environment.
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
     let fail = |errors: Vec<FieldError>| ConfigError {
         file: path.to_owned(),
         errors,
@@ -26,8 +42,6 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Setti
             reason,
         }])
     };
-
-    let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
     // Only `SECTION__FIELD` names are overrides; other REHYDRATOR_* variables (the log format,
     // say) are not configuration and must not trip the unknown-field check.
     let overrides: HashMap<String, String> = env
@@ -39,7 +53,7 @@ pub fn load_with_env(path: &Path, env: &HashMap<String, String>) -> Result<Setti
         })
         .collect();
     let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        .add_source(config::File::from_str(text, config::FileFormat::Toml));
     for (key, value) in &overrides {
         builder = builder
             .set_override(key.as_str(), value.as_str())

@@ -28,12 +28,26 @@ impl RunningSim {
     }
 }
 
+/// The simulator's routes and limits, serving `sim`: what `start` binds, and what the fuzz
+/// targets (`fuzz/`) call without a socket.
+pub fn configure(sim: &Sim) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    let data = web::Data::new(sim.clone());
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(data.clone())
+            // Consul takes any body size an agent allows; 512 KiB covers a KV value's cap.
+            .app_data(web::PayloadConfig::new(1024 * 1024))
+            .configure(crate::api::configure)
+            .configure(crate::control::configure)
+            .configure(crate::group_control::configure);
+    }
+}
+
 /// Starts the simulator on `listen` (port 0 picks a free one). Call inside an actix System.
 pub fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<RunningSim> {
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(config);
-    let data = web::Data::new(sim.clone());
+    let routes = configure(&sim);
     let counted = sim.clone();
     let server = HttpServer::new(move || {
         let counter = counted.clone();
@@ -60,12 +74,7 @@ pub fn start(listen: SocketAddr, config: SimConfig) -> std::io::Result<RunningSi
                     Ok(res)
                 }
             })
-            .app_data(data.clone())
-            // Consul takes any body size an agent allows; 512 KiB covers a KV value's cap.
-            .app_data(web::PayloadConfig::new(1024 * 1024))
-            .configure(crate::api::configure)
-            .configure(crate::control::configure)
-            .configure(crate::group_control::configure)
+            .configure(routes.clone())
     })
     // One worker: the state sits behind one lock anyway, and tests start many simulators
     // on a 2-core machine.
