@@ -22,6 +22,7 @@ mod consul_tls;
 mod dashboard;
 mod deploy;
 mod doctor;
+mod fault_matrix;
 mod guard;
 mod replicas;
 mod rollout;

@@ -15,14 +15,12 @@
 
 use crate::common;
 
+use crate::common::proxy::Proxy;
 use crate::common::{bounded_for, eventually};
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -734,70 +732,6 @@ async fn kill_the_holder_mid_action(tag: &str, ending: Ending) {
         );
     })
     .await;
-}
-
-/// A loopback TCP proxy in front of the simulator that can be cut (every open connection
-/// dropped, every new one closed at once) and restored.
-struct Proxy {
-    addr: SocketAddr,
-    cut: Rc<Cell<bool>>,
-    conns: Rc<RefCell<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Rc::new(Cell::new(false));
-        let conns: Rc<RefCell<Vec<tokio::task::JoinHandle<()>>>> = Rc::default();
-        let (c, open) = (cut.clone(), conns.clone());
-        let accept = actix_rt::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if c.get() {
-                    drop(inbound);
-                    continue;
-                }
-                let h = actix_rt::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                let mut open = open.borrow_mut();
-                open.retain(|h| !h.is_finished());
-                open.push(h);
-            }
-        });
-        Self {
-            addr,
-            cut,
-            conns,
-            accept,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.set(true);
-        for h in self.conns.borrow_mut().drain(..) {
-            h.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.set(false);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for h in self.conns.borrow_mut().drain(..) {
-            h.abort();
-        }
-    }
 }
 
 #[actix_rt::test]

@@ -26,3 +26,13 @@ async fn a_new_instance_terminated_right_after_launch_is_launched_again_through_
 async fn three_servers_of_a_group_roll_through_the_group() {
     common::bounded_for(TEST_BOUND, moto_rollout(Backend::Asg, 3)).await;
 }
+
+#[actix_rt::test]
+async fn the_rollout_rides_out_a_cloud_that_throttles_fails_and_hangs() {
+    // The held request lasts the step's timeout (20 s): a longer bound than the others.
+    common::bounded_for(
+        TEST_BOUND * 2,
+        moto_rollout_with(Backend::Ec2, 3, Fault::CloudOutage),
+    )
+    .await;
+}

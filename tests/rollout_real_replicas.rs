@@ -23,15 +23,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    assert_rolled_onto, fire_until_rolling, rollout_record, watch_quorum, ProcessRig, Quorum,
-    AGENT_HCL, STABILIZATION,
+    assert_rolled_onto, fire_until_rolling, rollout_record, sessions, step_lock, watch_quorum,
+    ProcessRig, Quorum, STABILIZATION,
 };
 use crate::common::replica::Replica;
 use crate::common::rollout::{CHECK_TTL_SECS, LOCK_DELAY_SECS};
 use crate::common::{bounded_for, eventually};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rehydrator::consul::{Client, QueryOptions};
 use rehydrator_actors::plan::{Rollout, RolloutState};
 use rehydrator_actors::ports::CloudPort;
 
@@ -64,35 +63,6 @@ async fn five_real_servers_roll_with_the_step_holder_killed() {
     rollout_with_the_holder_killed(5, 2).await;
 }
 
-/// Replicas by name, with their sessions: (replica, session ID).
-async fn sessions(client: &Client) -> Vec<(String, String)> {
-    client
-        .session_list(&QueryOptions::default())
-        .await
-        .map(|a| a.value)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| {
-            let replica = s.name.rsplit(' ').next().unwrap_or_default().to_owned();
-            (replica, s.id)
-        })
-        .collect()
-}
-
-/// The `step` lock while a session holds it: (session, holder's replica, the holder's record).
-async fn step_lock(client: &Client) -> Option<(String, String, serde_json::Value)> {
-    let key = format!("rehydrator/{CLUSTER}/locks/step");
-    let pair = client
-        .kv_get(&key, &QueryOptions::default())
-        .await
-        .ok()?
-        .value?;
-    let session = pair.session?;
-    let holder: serde_json::Value = serde_json::from_slice(&pair.value).ok()?;
-    let replica = holder["replica"].as_str()?.to_owned();
-    Some((session, replica, holder))
-}
-
 /// Launches and retirements the record lists so far.
 fn steps(r: &Rollout) -> usize {
     r.launches.len() + r.retirements.len()
@@ -120,23 +90,7 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
             .map(|m| m.id)
             .collect();
 
-        let cloud = format!(
-            "type = \"process\"\nconsul_bin = \"{}\"\ndata_dir = \"{}\"\nagent_hcl = '''{AGENT_HCL}'''",
-            rig.consul_bin.display(),
-            rig.dir.display()
-        );
-        let config = rig.dir.join("rehydrator.toml");
-        std::fs::write(
-            &config,
-            common::rollout::config(
-                CLUSTER,
-                n,
-                client.address(),
-                &cloud,
-                "stable_timeout = \"1m\"",
-            ),
-        )
-        .unwrap();
+        let config = rig.replica_config(CLUSTER, n, &client);
         let mut replicas: Vec<Replica> = REPLICAS
             .iter()
             .map(|name| Replica::spawn(&rig.dir, &config, name))
@@ -187,7 +141,7 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
         actix_rt::time::sleep(jitter).await;
         let (session, victim, holder) =
             eventually("a replica to hold the step lock", WAIT_BOUND, || {
-                step_lock(&client)
+                step_lock(&client, CLUSTER)
             })
             .await;
         let done_before = rollout_record(&client, CLUSTER)
@@ -205,7 +159,7 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
             "another replica to take the step lock",
             CHECK_TTL + LOCK_DELAY + SLACK,
             || async {
-                step_lock(&client)
+                step_lock(&client, CLUSTER)
                     .await
                     .filter(|(s, _, _)| *s != session)
             },

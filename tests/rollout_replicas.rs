@@ -77,6 +77,12 @@ impl Drop for Rig {
 impl Rig {
     fn new(tag: &str) -> Self {
         let sim = common::sim_with(common::rig::fast_sim(SERVERS));
+        let url = sim.url();
+        Self::on(sim, &url, tag)
+    }
+
+    /// A rig whose replicas reach the simulator through `proxy`'s address (`consul`).
+    fn on(sim: RunningSim, consul: &str, tag: &str) -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -92,7 +98,7 @@ impl Rig {
             common::rollout::config(
                 CLUSTER,
                 SERVERS,
-                &sim.url(),
+                consul,
                 "type = \"sim\"",
                 "stable_timeout = \"1m\"",
             ),
@@ -108,6 +114,15 @@ impl Rig {
             http: awc::Client::default(),
             dir,
         }
+    }
+
+    /// Starts the three replicas again, as they were configured.
+    fn respawn(&mut self) {
+        let config = self.dir.join("rehydrator.toml");
+        self.replicas = REPLICAS
+            .iter()
+            .map(|n| Replica::spawn(&self.dir, &config, n))
+            .collect();
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -281,6 +296,12 @@ impl Rig {
 
     /// What every finished rollout of the cluster must show, by the simulator's record.
     async fn assert_rolled_out(&self, record: &Value) {
+        self.assert_rolled_out_after(record, 0).await;
+    }
+
+    /// As `assert_rolled_out`, where the test itself killed the leader `leader_kills` times
+    /// (the simulator counts any end of a leading server as `leader_retired`).
+    async fn assert_rolled_out_after(&self, record: &Value, leader_kills: u64) {
         assert_eq!(record["target_image"], "image-b", "{record:#}");
         // Every live server on image-b and voting, exactly SERVERS launches (no token used
         // twice, so no two machines from one launch) and SERVERS retirements: the demo's check.
@@ -288,7 +309,11 @@ impl Rig {
         let broken = rehydrator::demo::verdict::check_servers(&servers, SERVERS, "image-b", 0);
         assert!(broken.is_empty(), "{broken:?}: {servers:#?}");
 
-        common::rollout::assert_clean(&self.send("GET", "/sim/invariants", None).await, SERVERS);
+        let mut invariants = self.send("GET", "/sim/invariants", None).await;
+        let retired = invariants["leader_retired"].as_u64().unwrap_or(0);
+        assert!(retired >= leader_kills, "{invariants}");
+        invariants["leader_retired"] = (retired - leader_kills).into();
+        common::rollout::assert_clean(&invariants, SERVERS);
     }
 }
 
@@ -473,4 +498,141 @@ async fn the_rollout_completes_when_the_step_holder_is_killed_seed_2() {
 #[actix_rt::test]
 async fn the_rollout_completes_when_the_step_holder_is_killed_seed_3() {
     rollout_with_the_holder_killed(3).await;
+}
+
+/// Issue 14's fault matrix on the simulator, as `fault_matrix` runs it on real Consul: one
+/// rollout, a different fault at each step. After the first launch the leader (an old server)
+/// is killed; after the next step the step holder is frozen until its session ends, then
+/// woken; after the next every replica is SIGKILLed and started again; after the next the
+/// replicas lose Consul (a proxy cut) until their sessions end and past the session TTL. The
+/// simulator's record: quorum never lost, never more than one voter missing, never more than
+/// N+1 machines, the leader never retired while leading; the record lists what the cloud did.
+#[actix_rt::test]
+async fn the_rollout_survives_a_fault_at_every_step() {
+    let sim = common::sim_with(common::rig::fast_sim(SERVERS));
+    bounded_for(Duration::from_secs(240), async {
+        let proxy = common::proxy::Proxy::start(sim.addr).await;
+        let mut rig = Rig::on(sim, &format!("http://{}", proxy.addr), "faults");
+        let fired = rig.start_rollout().await;
+        let mut figures = Vec::new();
+        let actions = |n: usize| format!("{n} launches and retirements");
+
+        // 1. The leader, an old server, killed after the first launch.
+        let rig_ref = &rig;
+        eventually(&actions(1), ROLLOUT_BOUND, || async {
+            (rig_ref.cloud_actions().await >= 1).then_some(())
+        })
+        .await;
+        let leader = rig
+            .servers()
+            .await
+            .into_iter()
+            .find(|s| s["leader"] == true)
+            .expect("a leader");
+        let name = leader["name"].as_str().unwrap().to_owned();
+        let old = leader["token"].is_null();
+        if old {
+            rig.send("POST", &format!("/sim/servers/{name}/kill"), None).await;
+            let at = Instant::now();
+            eventually("a new leader", ROLLOUT_BOUND, || async {
+                rig_ref
+                    .servers()
+                    .await
+                    .iter()
+                    .any(|s| s["leader"] == true && s["name"] != name.as_str())
+                    .then_some(())
+            })
+            .await;
+            figures.push(format!("leader {name} killed; a new leader {:.1?} after", at.elapsed()));
+        } else {
+            figures.push(format!("leader {name} is new already: no leader kill"));
+        }
+
+        // 2. The step holder frozen until its session ends, then woken.
+        eventually(&actions(2), ROLLOUT_BOUND, || async {
+            (rig_ref.cloud_actions().await >= 2).then_some(())
+        })
+        .await;
+        let (session, holder) =
+            eventually("a replica to hold the step lock", ROLLOUT_BOUND, || rig_ref.step_lock()).await;
+        let frozen = holder["replica"].as_str().unwrap().to_owned();
+        let pid = rig.replicas.iter().find(|r| r.name == frozen).unwrap().pid();
+        let signal = |sig: &str, pid: u32| {
+            let ok = std::process::Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "kill -{sig} {pid}");
+        };
+        let at = Instant::now();
+        signal("STOP", pid);
+        eventually("the frozen holder's session to end", ROLLOUT_BOUND, || async {
+            (!rig_ref.sessions().await.values().any(|s| *s == session)).then_some(())
+        })
+        .await;
+        figures.push(format!("{frozen} frozen holding the lock; its session ended {:.1?} after", at.elapsed()));
+        signal("CONT", pid);
+
+        // 3. Every replica SIGKILLed at once, then started again.
+        eventually(&actions(3), ROLLOUT_BOUND, || async {
+            (rig_ref.cloud_actions().await >= 3).then_some(())
+        })
+        .await;
+        let done = rig.cloud_actions().await;
+        for r in &rig.replicas {
+            r.kill_group();
+        }
+        for r in &mut rig.replicas {
+            let status = r.wait_exit(Duration::from_secs(10)).await;
+            assert_eq!(status.code(), None, "SIGKILL, not an exit: {status}");
+        }
+        let at = Instant::now();
+        rig.respawn();
+        let rig_ref = &rig;
+        eventually("the next step after the restart", ROLLOUT_BOUND, || async {
+            (rig_ref.cloud_actions().await > done).then_some(())
+        })
+        .await;
+        figures.push(format!(
+            "every replica SIGKILLed after {done} actions and started again; the next action {:.1?} after",
+            at.elapsed()
+        ));
+
+        // 4. Consul out of the replicas' reach past their sessions' end and the session TTL.
+        let ttl = Duration::from_secs(common::rollout::SESSION_TTL_SECS);
+        let at = Instant::now();
+        proxy.cut();
+        eventually("the replicas' sessions to end", ROLLOUT_BOUND, || async {
+            let s = rig_ref.sessions().await;
+            (!REPLICAS.iter().any(|r| s.contains_key(*r))).then_some(())
+        })
+        .await;
+        let ended = at.elapsed();
+        if ended < ttl {
+            actix_rt::time::sleep(ttl - ended + Duration::from_secs(1)).await;
+        }
+        let cut_for = at.elapsed();
+        proxy.restore();
+        let back = Instant::now();
+        eventually("every replica to hold a session again", ROLLOUT_BOUND, || async {
+            let s = rig_ref.sessions().await;
+            REPLICAS.iter().all(|r| s.contains_key(*r)).then_some(())
+        })
+        .await;
+        figures.push(format!(
+            "Consul cut off {cut_for:.1?}: the sessions ended {ended:.1?} in; all three held \
+             sessions again {:.1?} after it came back",
+            back.elapsed()
+        ));
+
+        let record = rig.await_completed(KILLED_ROLLOUT_BOUND * 2).await;
+        let took = fired.elapsed();
+        rig.assert_rolled_out_after(&record, u64::from(old)).await;
+        println!(
+            "fault matrix on the simulator, {SERVERS} servers, 3 replicas: rollout completed in \
+             {took:.1?}; {}",
+            figures.join("; ")
+        );
+    })
+    .await;
 }

@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod moto;
 pub mod moto_rollout;
 pub mod process_rig;
+pub mod proxy;
 pub mod replica;
 pub mod rig;
 pub mod rollout;

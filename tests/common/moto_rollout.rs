@@ -27,6 +27,7 @@ use super::moto::{
     asg_client, client, credentials, ecs_client, ecs_cluster, launch_template, moto, moto_ecs,
     register, registrar, server_group, server_group_sized, Moto, ECS_CLUSTER, GROUP, TASK_FAMILY,
 };
+use super::proxy::Mode;
 use super::rig::send;
 use rehydrator::cloud::ec2::CLUSTER_TAG;
 use rehydrator::cloud::{Ec2Cloud, EcsCloud};
@@ -64,6 +65,24 @@ pub enum Fault {
     None,
     /// TerminateInstances on the first new instance as soon as the record lists it.
     TerminateFirstLaunch,
+    /// Once the first launch is recorded, the replica's cloud (a proxy in front of moto; the
+    /// bridge's stays direct) throttles every request, then fails it with a 500, then holds
+    /// it past the step's timeout, then recovers.
+    CloudOutage,
+}
+
+/// An error answer as EC2's Query API gives it (XML), with `status` (e.g. `503 Service
+/// Unavailable`).
+fn ec2_error(status: &str, code: &str, message: &str) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+         <Message>{message}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+    );
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// How often the ECS cloud polls for a registration (5 s in production).
@@ -148,6 +167,11 @@ impl Rig {
     }
 
     fn settings(&self, desired: usize) -> Settings {
+        self.settings_at(desired, &self.moto.url)
+    }
+
+    /// The settings with the cloud's endpoint at `endpoint`.
+    fn settings_at(&self, desired: usize, endpoint: &str) -> Settings {
         let launch = match self.backend {
             Backend::Asg | Backend::EcsAsg => format!("auto_scaling_group = \"{GROUP}\""),
             Backend::Ec2 | Backend::Ecs => "launch_template = \"consul-server\"".into(),
@@ -155,7 +179,7 @@ impl Rig {
         let mut cloud = format!(
             "type = \"{}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{launch}\nimage_name = \"consul-server-*\"",
             self.backend.name(),
-            self.moto.url
+            endpoint
         );
         if matches!(self.backend, Backend::Ecs | Backend::EcsAsg) {
             cloud.push_str(&format!(
@@ -371,7 +395,30 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
     rig.send("POST", "/sim/invariants/reset", Some(json!({})))
         .await;
 
-    let tree = tree::start(&settings, "replica-1", rig.ports(cloud.clone()));
+    // With a cloud outage, the replica's cloud goes through a proxy the test makes faulty.
+    let outage = match fault {
+        Fault::CloudOutage => {
+            let moto_addr = rig.moto.url.trim_start_matches("http://").parse().unwrap();
+            let proxy = super::proxy::Proxy::start(moto_addr).await;
+            let settings = rig.settings_at(n, &format!("http://{}", proxy.addr));
+            let CloudSettings::Ec2(aws) = &settings.cloud else {
+                panic!("the cloud outage is an ec2 rollout's");
+            };
+            let through: Rc<dyn CloudPort> = Rc::new(
+                Ec2Cloud::load(aws, CLUSTER, Some(credentials()))
+                    .await
+                    .unwrap(),
+            );
+            Some((proxy, settings, through))
+        }
+        _ => None,
+    };
+    let tree = match &outage {
+        Some((_, settings, through)) => {
+            tree::start(settings, "replica-1", rig.ports(through.clone()))
+        }
+        None => tree::start(&settings, "replica-1", rig.ports(cloud.clone())),
+    };
     // B is newer than A by date or, registered within the same second, by name.
     let ami_b = register(&rig.ec2, "consul-server-b").await;
     assert_eq!(cloud.newest_image().await.unwrap().unwrap().id, ami_b);
@@ -402,6 +449,58 @@ pub async fn moto_rollout_with(backend: Backend, n: usize, fault: Fault) {
                 .await
                 .unwrap();
             Some(id)
+        }
+        Fault::CloudOutage => {
+            rig.until("the first launch", || async {
+                rig.rollout().await.filter(|r| !r.launches.is_empty())
+            })
+            .await;
+            let (proxy, _, _) = outage.as_ref().unwrap();
+            let mut figures = Vec::new();
+            for (what, mode) in [
+                (
+                    "throttled",
+                    ec2_error(
+                        "503 Service Unavailable",
+                        "RequestLimitExceeded",
+                        "Request limit exceeded.",
+                    ),
+                ),
+                (
+                    "500",
+                    ec2_error(
+                        "500 Internal Server Error",
+                        "InternalError",
+                        "An internal error has occurred.",
+                    ),
+                ),
+            ] {
+                let (at, before) = (Instant::now(), proxy.answered());
+                proxy.set(Mode::Answer(mode));
+                // The SDK's retries and the step's: a few requests refused before it recovers.
+                rig.until(&format!("four requests {what}"), || async {
+                    (proxy.answered() >= before + 4).then_some(())
+                })
+                .await;
+                figures.push(format!(
+                    "{} {what} in {:.1?}",
+                    proxy.answered() - before,
+                    at.elapsed()
+                ));
+            }
+            let at = Instant::now();
+            proxy.set(Mode::Hold);
+            rig.until("a held request given up (the step's timeout)", || async {
+                (proxy.abandoned() >= 1).then_some(())
+            })
+            .await;
+            figures.push(format!(
+                "a request held until the client gave up after {:.1?}",
+                at.elapsed()
+            ));
+            proxy.restore();
+            println!("cloud outage: {}", figures.join(", "));
+            None
         }
     };
     let r = rig

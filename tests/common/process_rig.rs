@@ -105,7 +105,27 @@ impl ProcessRig {
         super::eventually(
             "a leader, every server a voter and the client agent's node registered",
             BOOT_BOUND,
-            || rehydrator::cloud::process::ready(&client, n),
+            || async {
+                // An agent that exited (a port lost to another process between its choice and
+                // the agent's bind, say) never comes up: say which and why at once, rather
+                // than after the whole bound.
+                use rehydrator_actors::ports::CloudPort as _;
+                let machines = self.cloud.machines().await.ok()?;
+                if let Some(dead) = machines
+                    .iter()
+                    .find(|m| m.state == rehydrator_actors::ports::MachineState::Terminated)
+                {
+                    panic!("bootstrap server {} exited: {:?}", dead.id, dead.reason);
+                }
+                if let Some(agent) = self.cloud.client_record().ok().flatten() {
+                    assert!(
+                        self.cloud.is_alive(&agent),
+                        "the client agent exited (its log is under {})",
+                        self.dir.display()
+                    );
+                }
+                rehydrator::cloud::process::ready(&client, n).await
+            },
         )
         .await;
         client
@@ -116,6 +136,9 @@ impl ProcessRig {
 #[derive(Debug, Default)]
 pub struct Quorum {
     pub polls: u64,
+    /// Polls the agent did not answer (it was down or frozen): they say nothing of the
+    /// leader, and count neither way.
+    pub unanswered: u64,
     pub longest_leaderless: Duration,
     pub min_voters: Option<usize>,
     /// A new server led while an old one was still in Raft: an election moved leadership
@@ -133,7 +156,14 @@ pub fn watch_quorum(
     actix_rt::spawn(async move {
         let mut leaderless_since: Option<Instant> = None;
         loop {
-            let leader = client.status_leader().await.ok().flatten();
+            let leader = match client.status_leader().await {
+                Ok(leader) => leader,
+                Err(_) => {
+                    seen.borrow_mut().unanswered += 1;
+                    actix_rt::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             let raft = client.raft_configuration(&QueryOptions::stale()).await.ok();
             let voters = raft.as_ref().map(|r| r.voters());
             let new_beside_old = raft.is_some_and(|r| {
@@ -249,4 +279,62 @@ pub async fn catalog_images(client: &Client) -> std::collections::HashMap<String
             (s.node, image)
         })
         .collect()
+}
+
+impl ProcessRig {
+    /// A replica configuration for `cluster` on these agents (`desired` servers, Consul at
+    /// `client`), written into the rig's directory; returns its path.
+    pub fn replica_config(&self, cluster: &str, desired: usize, client: &Client) -> PathBuf {
+        let cloud = format!(
+            "type = \"process\"\nconsul_bin = \"{}\"\ndata_dir = \"{}\"\nagent_hcl = '''{AGENT_HCL}'''",
+            self.consul_bin.display(),
+            self.dir.display()
+        );
+        let config = self.dir.join("rehydrator.toml");
+        std::fs::write(
+            &config,
+            super::rollout::config(
+                cluster,
+                desired,
+                client.address(),
+                &cloud,
+                "stable_timeout = \"1m\"",
+            ),
+        )
+        .unwrap();
+        config
+    }
+}
+
+/// The live sessions by replica: (replica, session ID).
+pub async fn sessions(client: &Client) -> Vec<(String, String)> {
+    client
+        .session_list(&QueryOptions::default())
+        .await
+        .map(|a| a.value)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| {
+            let replica = s.name.rsplit(' ').next().unwrap_or_default().to_owned();
+            (replica, s.id)
+        })
+        .collect()
+}
+
+/// `cluster`'s `step` lock while a session holds it: (session, holder's replica, the holder's
+/// record).
+pub async fn step_lock(
+    client: &Client,
+    cluster: &str,
+) -> Option<(String, String, serde_json::Value)> {
+    let key = format!("rehydrator/{cluster}/locks/step");
+    let pair = client
+        .kv_get(&key, &QueryOptions::default())
+        .await
+        .ok()?
+        .value?;
+    let session = pair.session?;
+    let holder: serde_json::Value = serde_json::from_slice(&pair.value).ok()?;
+    let replica = holder["replica"].as_str()?.to_owned();
+    Some((session, replica, holder))
 }

@@ -43,6 +43,11 @@ impl Replica {
         }
     }
 
+    /// The replica's PID (its process group's ID too).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL to the replica and everything it started.
     pub fn kill_group(&self) {
         let _ = Command::new("kill")

@@ -87,21 +87,30 @@ impl ProcessCloud {
 
     /// Starts the client agent replicas talk to, on `http_port` (0: any free port), joined to
     /// the running servers; answers the running one if there is one. Returns its HTTP port.
+    /// An agent that died comes back on the ports it had, as a restarted host's agent does:
+    /// under its old node name on a new gossip port, Consul would turn it away until its
+    /// dead-node reclaim time (30 s) ran out, and the replicas could make no session meanwhile.
     pub fn start_client(&self, http_port: u16) -> Result<u16, CloudError> {
         let request = "start the client agent".to_owned();
         let path = self.client_path();
-        if let Some(existing) = read_record(&path, &request)? {
-            if !existing.retired && self.is_alive(&existing) {
+        let previous = match read_record(&path, &request)? {
+            Some(existing) if !existing.retired && self.is_alive(&existing) => {
                 return Ok(existing.ports.http);
             }
-            let _ = fs::remove_file(&path);
-        }
+            Some(existing) => {
+                let _ = fs::remove_file(&path);
+                Some(existing.ports)
+            }
+            None => None,
+        };
         let join = self.join_ports()?;
-        let mut taken = self.taken_ports()?;
-        let mut ports = allocate_ports(&mut taken).map_err(|e| CloudError::Local {
-            request: request.clone(),
-            reason: format!("no free loopback port: {e}"),
-        })?;
+        let mut ports = match previous {
+            Some(ports) => ports,
+            None => allocate_ports(&mut self.taken_ports()?).map_err(|e| CloudError::Local {
+                request: request.clone(),
+                reason: format!("no free loopback port: {e}"),
+            })?,
+        };
         if http_port != 0 {
             ports.http = http_port;
         }

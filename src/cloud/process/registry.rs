@@ -144,6 +144,11 @@ impl ProcessCloud {
         self.data_dir().join("client.json")
     }
 
+    /// The client agent's record (its PID and ports), once `start_client` started it.
+    pub fn client_record(&self) -> Result<Option<Record>, CloudError> {
+        read_record(&self.client_path(), "read the client agent's record")
+    }
+
     /// Registers image `label` (now its creation time), running `binary` or the default consul.
     pub fn register_image(&self, label: &str, binary: Option<&Path>) -> Result<(), CloudError> {
         let request = format!("register image {label:?}");
