@@ -214,3 +214,96 @@ async fn failures_reach_the_port_with_their_kind() {
     })
     .await;
 }
+
+/// `rehydrator doctor --json --config FILE` for an `ec2` cloud launching from a launch template
+/// on moto, Consul the simulator: the exit status and the findings by check.
+async fn doctor_ec2(
+    moto_url: &str,
+    consul: &str,
+    image_name: &str,
+    dir: &std::path::Path,
+) -> (Option<i32>, serde_json::Value, String) {
+    let cloud = format!(
+        "type = \"ec2\"\nregion = \"us-east-1\"\nendpoint_url = \"{moto_url}\"\n\
+         launch_template = \"consul-server\"\nimage_name = \"{image_name}\""
+    );
+    let config = dir.join("ec2.toml");
+    std::fs::write(
+        &config,
+        common::rollout::config("prod", 3, consul, &cloud, "stable_timeout = \"1m\""),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rehydrator"));
+    cmd.args(["doctor", "--json", "--timeout", "60s", "--config"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE");
+    // Waited for off this thread: the simulator serves from it.
+    let out = actix_rt::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let findings = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    (
+        out.status.code(),
+        findings,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn finding<'a>(findings: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
+    findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} in {findings:#}"))
+}
+
+#[actix_rt::test]
+async fn doctor_dry_runs_a_launch_templates_launch_and_retirement() {
+    common::bounded(async {
+        let moto = moto();
+        let ec2 = client(&moto.url);
+        let ami = register(&ec2, "consul-server-a").await;
+        launch_template(&ec2, &ami).await;
+        let servers = cloud(&moto.url, "prod").await;
+        for i in 0..3 {
+            servers.launch(&ami, &format!("seed-{i}")).await.unwrap();
+        }
+        let sim = common::sim();
+        let dir =
+            std::env::temp_dir().join(format!("rehydrator-doctor-ec2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let (code, findings, err) =
+            doctor_ec2(&moto.url, &sim.url(), "consul-server-*", &dir).await;
+        assert_eq!(code, Some(0), "{findings:#}\n{err}");
+        let image = finding(&findings, "image");
+        assert_eq!(image["level"], "ok", "{image}");
+        assert!(image["detail"].as_str().unwrap().contains(&ami), "{image}");
+        assert_eq!(finding(&findings, "servers")["level"], "ok");
+        // moto answers DryRun as EC2 does for a caller it allows.
+        let permissions = finding(&findings, "permissions");
+        assert_eq!(permissions["level"], "ok", "{permissions}");
+        let detail = permissions["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("ec2:RunInstances") && detail.contains("ec2:TerminateInstances"),
+            "{detail}"
+        );
+        // Every server is still there: DryRun changed nothing.
+        assert_eq!(servers.machines().await.unwrap().len(), 3);
+
+        // An image filter that matches nothing: the rollout would have nothing to launch.
+        let (code, findings, err) = doctor_ec2(&moto.url, &sim.url(), "nothing-*", &dir).await;
+        assert_eq!(code, Some(1), "{findings:#}\n{err}");
+        assert_eq!(finding(&findings, "image")["level"], "fail");
+        assert!(err.contains("check(s) failed"), "{err}");
+        sim.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

@@ -292,6 +292,10 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
         let moto = common::moto::moto();
         let s3 = common::moto::s3_client(&moto.url);
         s3.create_bucket().bucket("snaps").send().await.unwrap();
+        // An image and a launch template, so that the cloud's own findings pass too.
+        let ec2 = common::moto::client(&moto.url);
+        let ami = common::moto::register(&ec2, "consul-server-a").await;
+        common::moto::launch_template(&ec2, &ami).await;
         let dir = common::endpoint::scratch("doctor-nets");
         let dead = common::moto::free_port();
         let config = |bucket: &str| {
@@ -301,7 +305,7 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
                 format!(
                     "[cluster]\nname = \"prod\"\n[consul]\naddress = \"{}\"\n\
                      [cloud]\ntype = \"ec2\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
-                     launch_template = \"t\"\nimage_name = \"i\"\n\
+                     launch_template = \"consul-server\"\nimage_name = \"consul-server-*\"\n\
                      [rollout]\nsnapshot_dir = \"s3://{bucket}/prod\"\n\
                      gate_prometheus_url = \"http://127.0.0.1:{dead}\"\n",
                     sim.url(),

@@ -10,6 +10,9 @@
 //!   guard's lifecycle hooks and their heartbeat timeout, the instance maintenance policy, max
 //!   size, a rollout's record left on the group, the image, and the permissions (EC2's
 //!   changing calls by DryRun).
+//! - An `ec2` cloud launching from a launch template (`doctor::launch`): the image a rollout
+//!   would launch, the servers tagged for the cluster, and RunInstances and TerminateInstances
+//!   asked with DryRun.
 //!
 //! Without `--config`, Consul comes from the consul CLI's environment and the rollout's
 //! defaults stand for its settings.
@@ -59,6 +62,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     if let Some(settings) = resolved.settings.as_ref() {
         findings.extend(safety_net_findings(settings).await);
         findings.extend(group_findings(settings).await?);
+        findings.extend(launch_findings(settings).await?);
     }
     if args.json {
         println!(
@@ -189,5 +193,26 @@ async fn group_findings(settings: &Settings) -> anyhow::Result<Vec<Finding>> {
             promotion: settings.rollout.stable_timeout,
             guard_every,
         },
+    ))
+}
+
+/// An `ec2` cloud launching from a launch template: the image, the servers, the permissions.
+async fn launch_findings(settings: &Settings) -> anyhow::Result<Vec<Finding>> {
+    let CloudSettings::Ec2(aws) = &settings.cloud else {
+        return Ok(Vec::new());
+    };
+    let cloud = Ec2Cloud::load(aws, &settings.cluster.name, None)
+        .await
+        .context("the cloud")?;
+    let Some(facts) = cloud
+        .inspect_launch()
+        .await
+        .context("reading the servers and the image")?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(rehydrator::doctor::launch::check(
+        &facts,
+        settings.cluster.desired_servers.get(),
     ))
 }

@@ -77,6 +77,28 @@ impl Ec2Target {
     }
 }
 
+/// What `rehydrator doctor` learns of a launch-template cloud (`Ec2Cloud::inspect_launch`).
+#[derive(Debug)]
+pub struct LaunchFacts {
+    pub template: String,
+    /// Servers tagged for the cluster, not terminated.
+    pub servers: usize,
+    /// The newest image `image_name` matches.
+    pub newest_image: Option<String>,
+    pub dry_run: Vec<(&'static str, DryRun)>,
+}
+
+/// A launch template by ID (`lt-…`) or by name.
+fn template_spec(template: &str) -> LaunchTemplateSpecification {
+    let spec = LaunchTemplateSpecification::builder();
+    if template.starts_with("lt-") {
+        spec.launch_template_id(template)
+    } else {
+        spec.launch_template_name(template)
+    }
+    .build()
+}
+
 /// EC2 as a cloud of Consul server machines.
 #[derive(Clone)]
 pub struct Ec2Cloud {
@@ -311,31 +333,15 @@ impl Ec2Cloud {
             }
         };
         let request = "RunInstances";
-        let template = LaunchTemplateSpecification::builder();
-        let template = if template_name.starts_with("lt-") {
-            template.launch_template_id(template_name)
-        } else {
-            template.launch_template_name(template_name)
-        }
-        .build();
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(tag(CLUSTER_TAG, &self.target.cluster))
-            .tags(tag(TOKEN_TAG, token))
-            .tags(tag(
-                "Name",
-                &format!("{}-consul-server", self.target.cluster),
-            ))
-            .build();
         let out = self
             .client
             .run_instances()
-            .launch_template(template)
+            .launch_template(template_spec(template_name))
             .image_id(image)
             .min_count(1)
             .max_count(1)
             .client_token(token)
-            .tag_specifications(tags)
+            .tag_specifications(self.launch_tags(token))
             .send()
             .await
             .map_err(|e| sdk_error(&self.endpoint, request, e))?;
@@ -346,6 +352,64 @@ impl Ec2Cloud {
         let m = machine(i, request)?;
         tracing::info!(machine = %m.id, %image, %token, "Launched an EC2 instance.");
         Ok(m)
+    }
+
+    /// The tags a launched server carries: the cluster's, its launch token, a Name.
+    fn launch_tags(&self, token: &str) -> TagSpecification {
+        TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(tag(CLUSTER_TAG, &self.target.cluster))
+            .tags(tag(TOKEN_TAG, token))
+            .tags(tag(
+                "Name",
+                &format!("{}-consul-server", self.target.cluster),
+            ))
+            .build()
+    }
+
+    /// For `rehydrator doctor`, with a launch template (no group): the servers, the newest
+    /// image, and EC2's DryRun answers for the rollout's changing calls, asked as it makes
+    /// them: RunInstances from the template with the newest image and the servers' tags, and
+    /// TerminateInstances on a server. None with a group (`inspect_group` then).
+    pub async fn inspect_launch(&self) -> Result<Option<LaunchFacts>, CloudError> {
+        let (Launch::LaunchTemplate(template), None) = (&self.target.launch, &self.group) else {
+            return Ok(None);
+        };
+        let servers = self.list().await?;
+        let newest_image = self.newest_image_id().await?;
+        let mut dry_run = Vec::new();
+        if let Some(image) = &newest_image {
+            let run = self
+                .client
+                .run_instances()
+                .dry_run(true)
+                .launch_template(template_spec(template))
+                .image_id(image)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(self.launch_tags("doctor"))
+                .send()
+                .await
+                .map(drop);
+            dry_run.push(("ec2:RunInstances", dry_run_answer(run)));
+        }
+        if let Some(server) = servers.first() {
+            let terminate = self
+                .client
+                .terminate_instances()
+                .dry_run(true)
+                .instance_ids(&server.id)
+                .send()
+                .await
+                .map(drop);
+            dry_run.push(("ec2:TerminateInstances", dry_run_answer(terminate)));
+        }
+        Ok(Some(LaunchFacts {
+            template: template.clone(),
+            servers: servers.len(),
+            newest_image,
+            dry_run,
+        }))
     }
 
     pub(crate) async fn terminate(&self, id: &str) -> Result<(), CloudError> {

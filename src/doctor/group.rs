@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use super::{not, ok, Finding, Level};
 use crate::cloud::asg::{GroupFacts, BASE_TAG, HOOK_PREFIX, MAX_TAG, PROCESSES_TAG, TEMPLATE_TAG};
-use crate::cloud::aws::{DryRun, CLUSTER_TAG};
+use crate::cloud::aws::CLUSTER_TAG;
+
+/// What the permissions finding cannot check of a group.
+const AUTOSCALING: &str =
+    "the Auto Scaling calls that change the group have no dry run and are not \
+                           checked (deploy/cloudformation.yaml's task role has them)";
 use rehydrator_actors::ports::Transition;
 
 /// What the configuration expects of the group.
@@ -231,7 +236,7 @@ pub fn check(f: &GroupFacts, e: &Expect) -> Vec<Finding> {
         )
     });
 
-    out.push(permissions(&f.dry_run));
+    out.push(super::permissions(&f.dry_run, AUTOSCALING));
 
     match (&f.template_image, &e.newest_image) {
         (Some(launches), Some(newest)) if launches != newest => out.push(ok(
@@ -252,60 +257,11 @@ pub fn check(f: &GroupFacts, e: &Expect) -> Vec<Finding> {
     out
 }
 
-/// The permissions finding: the reads the doctor made proved the Describe calls; EC2's
-/// changing calls are asked with DryRun; Auto Scaling has no dry run, so its changing calls
-/// cannot be checked without acting.
-fn permissions(dry: &[(&'static str, DryRun)]) -> Finding {
-    let denied: Vec<String> = dry
-        .iter()
-        .filter_map(|(action, answer)| match answer {
-            DryRun::Denied(why) => Some(format!("{action} ({why})")),
-            _ => None,
-        })
-        .collect();
-    let unknown: Vec<String> = dry
-        .iter()
-        .filter_map(|(action, answer)| match answer {
-            DryRun::Unknown(why) => Some(format!("{action}: {why}")),
-            _ => None,
-        })
-        .collect();
-    let autoscaling = "the Auto Scaling calls that change the group have no dry run and are not \
-                       checked (deploy/cloudformation.yaml's task role has them)";
-    if !denied.is_empty() {
-        not(
-            "permissions",
-            Level::Fail,
-            format!("denied: {}", denied.join("; ")),
-            "allow them in the task role, scoped as deploy/cloudformation.yaml does".into(),
-        )
-    } else if dry.is_empty() {
-        ok(
-            "permissions",
-            format!("the Describe calls are allowed (read above); no server to dry-run EC2's calls on; {autoscaling}"),
-        )
-    } else if !unknown.is_empty() {
-        not(
-            "permissions",
-            Level::Warning,
-            format!("EC2's DryRun did not say: {}", unknown.join("; ")),
-            "check the task role against deploy/cloudformation.yaml".into(),
-        )
-    } else {
-        ok(
-            "permissions",
-            format!(
-                "allowed by EC2's DryRun: {}; the Describe calls too; {autoscaling}",
-                dry.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
-            ),
-        )
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::cloud::aws::DryRun;
 
     #[test]
     fn a_denied_dry_run_fails_and_an_unclear_one_warns() {
@@ -313,7 +269,7 @@ mod tests {
             ("ec2:CreateTags", DryRun::Allowed),
             ("ec2:TerminateInstances", DryRun::Allowed),
         ];
-        let f = permissions(&allowed);
+        let f = crate::doctor::permissions(&allowed, AUTOSCALING);
         assert_eq!(f.level, Level::Ok, "{f:?}");
         assert!(
             f.detail.contains("ec2:CreateTags, ec2:TerminateInstances"),
@@ -324,14 +280,20 @@ mod tests {
             "ec2:CreateLaunchTemplateVersion",
             DryRun::Denied("You are not authorized".into()),
         ));
-        let f = permissions(&denied);
+        let f = crate::doctor::permissions(&denied, AUTOSCALING);
         assert_eq!(f.level, Level::Fail);
         assert!(f
             .detail
             .contains("ec2:CreateLaunchTemplateVersion (You are not authorized)"));
         let unclear = [("ec2:CreateTags", DryRun::Unknown("Throttling: slow".into()))];
-        assert_eq!(permissions(&unclear).level, Level::Warning);
-        assert_eq!(permissions(&[]).level, Level::Ok);
+        assert_eq!(
+            crate::doctor::permissions(&unclear, AUTOSCALING).level,
+            Level::Warning
+        );
+        assert_eq!(
+            crate::doctor::permissions(&[], AUTOSCALING).level,
+            Level::Ok
+        );
     }
 
     #[test]
