@@ -404,12 +404,31 @@ fn gate(s: &Snapshot, rollout: &Rollout) -> Option<String> {
 }
 
 /// Whether the rollout to `target` is done: every server on it, as many as desired, all
-/// stable voters.
-fn complete(servers: &[Server<'_>], target: &str, desired: usize) -> bool {
-    servers.len() == desired
+/// stable voters, and Raft listing no other server. A retired server still leaving, or dead
+/// until autopilot prunes it, still counts towards the quorum size: a rollout called done
+/// then would leave the cluster below its failure tolerance (seen on real Consul when the
+/// holder that retired the last old server was killed before that server was out of Raft).
+fn complete(s: &Snapshot, servers: &[Server<'_>], target: &str) -> bool {
+    servers.len() == s.desired
         && servers
             .iter()
             .all(|sv| sv.machine.image == target && sv.is_stable_voter())
+        && strays(s, servers).is_empty()
+}
+
+/// The servers Raft lists that are no machine's: retired ones still leaving, dead ones
+/// autopilot has not pruned, or servers the cloud does not manage.
+fn strays<'a>(s: &'a Snapshot, servers: &[Server<'_>]) -> Vec<&'a str> {
+    s.health
+        .servers
+        .iter()
+        .filter(|p| {
+            !servers
+                .iter()
+                .any(|sv| sv.peer.is_some_and(|q| q.id == p.id))
+        })
+        .map(|p| p.name.as_str())
+        .collect()
 }
 
 /// A launch in flight: the newest server on the target that is not yet a healthy voter. Past
@@ -525,7 +544,7 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
         };
     }
     let target = rollout.target_image.as_str();
-    if complete(&servers, target, s.desired) {
+    if complete(s, &servers, target) {
         return Step::Complete;
     }
     if let Some(stop) = out_of_attempts(rollout, s.launch_attempts) {
@@ -547,6 +566,14 @@ pub fn spin_up(s: &Snapshot, mode: Mode, requested: bool, stable_timeout_ms: u64
         .filter(|sv| sv.machine.image != target)
         .count();
     if outdated == 0 && servers.len() >= s.desired {
+        let strays = strays(s, &servers);
+        if !strays.is_empty() {
+            return Step::Wait(format!(
+                "every server is on the target; waiting for {} to leave Raft (a retired \
+                 server's leave, or autopilot's pruning of a dead one)",
+                strays.join(", ")
+            ));
+        }
         return Step::Wait("every server is on the target; waiting for the last to settle".into());
     }
     Step::Launch {
@@ -579,7 +606,7 @@ pub fn spin_down(s: &Snapshot, stable_timeout_ms: u64) -> Step {
     }
     let servers = s.servers();
     let target = rollout.target_image.as_str();
-    if complete(&servers, target, s.desired) {
+    if complete(s, &servers, target) {
         return Step::Complete;
     }
     if let Some(stop) = out_of_attempts(rollout, s.launch_attempts) {
@@ -1212,6 +1239,25 @@ mod tests {
         add_new(&mut s, "n3", 12, true, true);
         assert_eq!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Complete);
         assert_eq!(spin_down(&s, TIMEOUT), Step::Complete);
+    }
+
+    #[test]
+    fn a_retired_server_still_in_raft_holds_completion_back() {
+        let mut s = three_on_a();
+        s.rollout = Some(rollout("B"));
+        s.machines.clear();
+        s.health.servers.retain(|p| p.name == "s3");
+        add_new(&mut s, "n1", 10, true, true);
+        add_new(&mut s, "n2", 11, true, true);
+        add_new(&mut s, "n3", 12, true, true);
+        // s3's machine is gone, but Raft still counts it (leaving, or dead until pruned).
+        let Step::Wait(why) = spin_up(&s, Mode::Manual, false, TIMEOUT) else {
+            panic!("{:?}", spin_up(&s, Mode::Manual, false, TIMEOUT));
+        };
+        assert!(why.contains("waiting for s3 to leave Raft"), "{why}");
+        assert_ne!(spin_down(&s, TIMEOUT), Step::Complete);
+        s.health.servers.retain(|p| p.name != "s3");
+        assert_eq!(spin_up(&s, Mode::Manual, false, TIMEOUT), Step::Complete);
     }
 
     #[test]
