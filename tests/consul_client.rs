@@ -994,7 +994,7 @@ async fn a_fenced_write_lands_only_while_its_lock_is_held(t: &Target) {
         lock: lock.into(),
         session: a.clone(),
     };
-    let put = |value: &'static [u8], cas: u64, fence: Fence| {
+    let put = |value: &'static [u8], cas: Option<u64>, fence: Fence| {
         let port = &port;
         async move {
             port.kv_put_fenced(record, value.to_vec(), cas, &fence)
@@ -1003,7 +1003,7 @@ async fn a_fenced_write_lands_only_while_its_lock_is_held(t: &Target) {
         }
     };
     assert_eq!(
-        put(b"one", 0, fence.clone()).await,
+        put(b"one", Some(0), fence.clone()).await,
         Fenced::Written,
         "{}",
         t.name
@@ -1011,14 +1011,29 @@ async fn a_fenced_write_lands_only_while_its_lock_is_held(t: &Target) {
     let at = c.kv_get(record, &plain()).await.unwrap().value.unwrap();
     assert_eq!(at.value, b"one", "{}", t.name);
     assert_eq!(
-        put(b"two", 0, fence.clone()).await,
+        put(b"two", Some(0), fence.clone()).await,
         Fenced::Changed,
         "{}",
         t.name
     );
     let stale = at.modify_index;
     assert_eq!(
-        put(b"two", stale, fence.clone()).await,
+        put(b"two", Some(stale), fence.clone()).await,
+        Fenced::Written,
+        "{}",
+        t.name
+    );
+    // Without an index (the guard's record): whatever the key holds, still under the lock.
+    assert_eq!(
+        put(b"three", None, fence.clone()).await,
+        Fenced::Written,
+        "{}",
+        t.name
+    );
+    let three = c.kv_get(record, &plain()).await.unwrap().value.unwrap();
+    assert_eq!(three.value, b"three", "{}", t.name);
+    assert_eq!(
+        put(b"two", Some(three.modify_index), fence.clone()).await,
         Fenced::Written,
         "{}",
         t.name
@@ -1034,7 +1049,13 @@ async fn a_fenced_write_lands_only_while_its_lock_is_held(t: &Target) {
         session: b.clone(),
     };
     assert_eq!(
-        put(b"by b", now.modify_index, other).await,
+        put(b"by b", Some(now.modify_index), other.clone()).await,
+        Fenced::LockLost,
+        "{}",
+        t.name
+    );
+    assert_eq!(
+        put(b"by b", None, other).await,
         Fenced::LockLost,
         "{}",
         t.name
@@ -1042,7 +1063,13 @@ async fn a_fenced_write_lands_only_while_its_lock_is_held(t: &Target) {
     // A's session ends: its next write, at the right index, is refused and writes nothing.
     assert!(c.session_destroy(&a).await.unwrap());
     assert_eq!(
-        put(b"late", now.modify_index, fence).await,
+        put(b"late", Some(now.modify_index), fence.clone()).await,
+        Fenced::LockLost,
+        "{}",
+        t.name
+    );
+    assert_eq!(
+        put(b"late", None, fence).await,
         Fenced::LockLost,
         "{}",
         t.name

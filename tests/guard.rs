@@ -17,8 +17,11 @@ use crate::common;
 use crate::common::replica::Replica;
 use crate::common::rig::Rig;
 use rehydrator::cloud::SimCloud;
-use rehydrator_actors::guard::baseline;
-use rehydrator_actors::ports::CloudPort;
+use rehydrator_actors::guard::{self, baseline};
+use rehydrator_actors::notify::Notifier;
+use rehydrator_actors::ports::{CloudPort, Fence};
+use rehydrator_actors::receipt::{Keys, Outcome};
+use rehydrator_actors::rollout::RolloutEnv;
 use rehydrator_actors::tree::{self, Tree};
 use serde_json::{json, Value};
 
@@ -354,6 +357,96 @@ async fn a_replica_killed_while_it_holds_a_server_is_taken_over() {
             3,
             "refresh with a killed replica",
         );
+    })
+    .await;
+}
+
+/// A guard run by a replica that lost the step lock (frozen past its session, say, while
+/// another replica took over) changes nothing: before each release or leadership move it
+/// writes its record under the lock, and that write is refused. Under the lock, the same
+/// waiting server is let go.
+#[actix_rt::test]
+async fn a_guard_run_without_its_lock_releases_nothing() {
+    common::bounded_for(TEST_BOUND, async {
+        let rig = Rig::new("guard-fence", 3);
+        group(&rig, json!({})).await;
+        // The configuration agrees with a scale-in to two: the guard would let one go.
+        let settings = guard_config(&rig, 2);
+        rig.send("PUT", "/sim/group", Some(json!({"desired": 2, "min": 2})))
+            .await;
+        let waiting = || async {
+            members(&rig.json("/sim/group").await)
+                .iter()
+                .filter(|m| m["lifecycle"] == "Terminating:Wait")
+                .count()
+        };
+        until(&rig, "a server in Terminating:Wait", || async {
+            (waiting().await == 1).then_some(())
+        })
+        .await;
+        let ports = rig.sim_ports();
+        let keys = Keys::new(CLUSTER);
+        let env = RolloutEnv {
+            consul: ports.consul.clone(),
+            cloud: ports.cloud.clone().unwrap(),
+            keys: keys.clone(),
+            config: tree::rollout_config(&settings),
+            notifier: Notifier::off(ports.webhook.clone()),
+            gates: Vec::new(),
+            objects: None,
+        };
+        // A live session that does not hold the step lock: the stale replica's view.
+        let session = rig
+            .send("PUT", "/v1/session/create", Some(json!({"Name": "stale"})))
+            .await["ID"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let fence = Fence {
+            lock: keys.lock("step"),
+            session: session.clone(),
+        };
+        let leader = rig.json("/v1/status/leader").await;
+        let refused = guard::run(&env, &fence).await.unwrap_err().to_string();
+        assert!(refused.contains("no longer holds"), "{refused}");
+        assert_eq!(waiting().await, 1, "the server is still held");
+        assert_eq!(
+            rig.json("/v1/status/leader").await,
+            leader,
+            "no leadership move"
+        );
+        let (status, _) = rig
+            .send_raw("GET", &format!("/v1/kv/{}", keys.guard()), None)
+            .await;
+        assert_eq!(status, 404, "nothing recorded");
+
+        // The same session takes the lock: the run goes ahead (moving leadership first if the
+        // waiting server leads, then letting it go on a later run).
+        let took = rig
+            .send(
+                "PUT",
+                &format!("/v1/kv/{}?acquire={session}", fence.lock),
+                Some(json!("replica")),
+            )
+            .await;
+        assert_eq!(took, json!(true));
+        let released = until(
+            &rig,
+            "a run under the lock to release the server",
+            || async {
+                match guard::run(&env, &fence).await {
+                    Ok(Outcome::Succeeded(what)) => Some(what),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        assert!(released.starts_with("released "), "{released}");
+        until(&rig, "the scale-in", || async {
+            settled(&rig, "image-a", 2).await.then_some(())
+        })
+        .await;
+        assert_eq!(rig.json("/sim/invariants").await["quorum_lost_count"], 0);
     })
     .await;
 }

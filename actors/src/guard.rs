@@ -29,7 +29,9 @@ use tracing::{info, warn};
 
 use crate::executor::ExecError;
 use crate::plan::{servers, Server};
-use crate::ports::{ClusterHealth, LifecycleWait, Machine, MachineState, PortError, Transition};
+use crate::ports::{
+    ClusterHealth, Fence, Fenced, LifecycleWait, Machine, MachineState, PortError, Transition,
+};
 use crate::receipt::{now_ms, Outcome};
 use crate::rollout::{self, RolloutEnv};
 
@@ -231,8 +233,11 @@ fn port(e: PortError) -> ExecError {
 }
 
 /// One run of the `lifecycle-guard` action: the waiting instances, the cluster now, and the
-/// decision carried out. Runs under the `step` lock, like a rollout step.
-pub async fn run(env: &RolloutEnv) -> Result<Outcome, ExecError> {
+/// decision carried out. Runs under the `step` lock (`fence`), like a rollout step: before
+/// each change it makes (a release, a leadership move) it writes its record so far under that
+/// lock, so a replica that lost the lock (frozen past its session, cut off from its agent)
+/// changes nothing on a decision the new holder may not share.
+pub async fn run(env: &RolloutEnv, fence: &Fence) -> Result<Outcome, ExecError> {
     let waits = env.cloud.lifecycle_waits().await.map_err(port)?;
     if waits.is_empty() {
         return Ok(Outcome::NoOp("no server waits in a lifecycle hook".into()));
@@ -247,13 +252,15 @@ pub async fn run(env: &RolloutEnv) -> Result<Outcome, ExecError> {
     for action in actions {
         match action {
             GuardAction::Release { wait, why } => {
+                write_record(env, fence, &record).await?;
                 env.cloud.complete_lifecycle(&wait).await.map_err(port)?;
                 info!(machine = %wait.machine, transition = ?wait.transition, hook = %wait.hook, %why, "Released a server from its lifecycle hook.");
                 record.released.push(wait.machine);
             }
             GuardAction::Hold { wait, reason } => {
                 // A failed heartbeat is not the end: the hook's timeout is longer than a run,
-                // and the next run tries again.
+                // and the next run tries again. A heartbeat only keeps the instance as it is,
+                // so it needs no fence.
                 if let Err(e) = env.cloud.extend_lifecycle(&wait).await {
                     warn!(machine = %wait.machine, error = %e, "Could not extend a held server's lifecycle wait.");
                 }
@@ -263,19 +270,14 @@ pub async fn run(env: &RolloutEnv) -> Result<Outcome, ExecError> {
                     .push((wait.machine, crate::ports::clip(&reason, MAX_HELD_REASON)));
             }
             GuardAction::MoveLeader { from, node } => {
+                write_record(env, fence, &record).await?;
                 info!(%node, "Moving leadership off a server the group terminates.");
                 let moved = env.consul.transfer_leader(None).await.map_err(port)?;
                 info!(%from, ?moved, "Asked Raft to move leadership.");
             }
         }
     }
-    record.held.truncate(MAX_LISTED);
-    record.released.truncate(MAX_LISTED);
-    let body = serde_json::to_vec(&record).map_err(|e| ExecError::Record(e.to_string()))?;
-    env.consul
-        .kv_put(&env.keys.guard(), body, None)
-        .await
-        .map_err(port)?;
+    write_record(env, fence, &record).await?;
     Ok(if record.released.is_empty() {
         Outcome::NoOp(format!(
             "holding {}",
@@ -289,6 +291,32 @@ pub async fn run(env: &RolloutEnv) -> Result<Outcome, ExecError> {
     } else {
         Outcome::Succeeded(format!("released {}", record.released.join(", ")))
     })
+}
+
+/// Writes the guard's record (bounded) while `fence` holds; an error once it does not.
+async fn write_record(
+    env: &RolloutEnv,
+    fence: &Fence,
+    record: &GuardRecord,
+) -> Result<(), ExecError> {
+    let mut bounded = record.clone();
+    bounded.held.truncate(MAX_LISTED);
+    bounded.released.truncate(MAX_LISTED);
+    let body = serde_json::to_vec(&bounded).map_err(|e| ExecError::Record(e.to_string()))?;
+    match env
+        .consul
+        .kv_put_fenced(&env.keys.guard(), body, None, fence)
+        .await
+        .map_err(port)?
+    {
+        Fenced::Written => Ok(()),
+        // No index is asked for, so only the lock can refuse it.
+        Fenced::Changed | Fenced::LockLost => Err(ExecError::Port(format!(
+            "this replica no longer holds {} (its session ended); the waiting servers are \
+             left to the replica that holds it now",
+            fence.lock
+        ))),
+    }
 }
 
 #[cfg(test)]

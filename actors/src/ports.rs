@@ -186,13 +186,14 @@ pub trait ConsulPort {
     /// A blocking-query stream for a `[[watch]]`, following Consul's blocking-query rules.
     fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream>;
 
-    /// Writes `value` if the key's ModifyIndex is `cas` (0: only if absent) and `fence`'s
-    /// session holds its lock, both checked in the write's own transaction.
+    /// Writes `value` if the key's ModifyIndex is `cas` (0: only if absent; None: whatever
+    /// it holds) and `fence`'s session holds its lock, both checked in the write's own
+    /// transaction.
     fn kv_put_fenced(
         &self,
         key: &str,
         value: Vec<u8>,
-        cas: u64,
+        cas: Option<u64>,
         fence: &Fence,
     ) -> PortFuture<Fenced> {
         let _ = (key, value, cas, fence);

@@ -121,7 +121,7 @@ async fn write_record(env: &RunEnv, r: &Rollout, cas: u64) -> Result<(), ExecErr
     let body = r.bounded_json().map_err(ExecError::Record)?;
     let written = env
         .consul
-        .kv_put_fenced(&env.keys.rollout(), body, cas, &env.fence)
+        .kv_put_fenced(&env.keys.rollout(), body, Some(cas), &env.fence)
         .await
         .map_err(port)?;
     match written {

@@ -290,7 +290,7 @@ impl ConsulPort for ConsulAdapter {
         &self,
         key: &str,
         value: Vec<u8>,
-        cas: u64,
+        cas: Option<u64>,
         fence: &Fence,
     ) -> PortFuture<Fenced> {
         let (c, key, fence) = (self.client.clone(), key.to_owned(), fence.clone());
@@ -300,10 +300,16 @@ impl ConsulPort for ConsulAdapter {
                     key: fence.lock.clone(),
                     session: fence.session.clone(),
                 },
-                KvTxnOp::Cas {
-                    key: key.clone(),
-                    value,
-                    index: cas,
+                match cas {
+                    Some(index) => KvTxnOp::Cas {
+                        key: key.clone(),
+                        value,
+                        index,
+                    },
+                    None => KvTxnOp::Set {
+                        key: key.clone(),
+                        value,
+                    },
                 },
             ];
             match c.txn(&ops).await.ported()? {

@@ -78,7 +78,7 @@ impl Handler<Run> for StepExecutor {
                 Duty::Step(which) => {
                     rollout::run(env, which, msg.trigger, msg.fence, metrics).await
                 }
-                Duty::Guard => guard::run(&env).await,
+                Duty::Guard => guard::run(&env, &msg.fence).await,
             }
         };
         let work =
