@@ -16,9 +16,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # moto's server stands in for AWS in tests/cloud_ec2.rs, tests/cloud_ecs.rs and the rollouts
 # through them (which fail, not skip, without it). The ECS tests start it through python3, so
-# python3 must import it. Installed once; a machine that has it pays only for this check.
-if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
-  python3 -m pip install --quiet 'moto[server]'
+# python3 must import it. 5.2.6 or later: the CloudWatch gate's SDK speaks Smithy RPC v2 CBOR,
+# which moto answers from that release (moto.core.cbor). Installed once; a machine that has it
+# pays only for this check.
+if ! python3 -c 'import moto.server, moto.core.cbor' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --upgrade 'moto[server]>=5.2.6'
 fi
 
 # cfn-lint checks deploy/*.yaml in tests/deploy.rs (which fails, not skips, without it).

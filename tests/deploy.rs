@@ -135,6 +135,7 @@ const SDKS: &[(&str, &str)] = &[
     ("aws-sdk-ecs", "ecs"),
     ("aws-sdk-autoscaling", "autoscaling"),
     ("aws-sdk-s3", "s3"),
+    ("aws-sdk-cloudwatch", "cloudwatch"),
 ];
 
 /// API operations whose IAM action has another name.
@@ -289,8 +290,9 @@ fn actions_the_code_calls() -> BTreeMap<String, Vec<String>> {
         .map(|(krate, prefix)| (krate.replace('-', "_"), *prefix, sdk_operations(krate)))
         .collect();
     let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("src/cloud"))
-        .unwrap()
+    let mut files: Vec<PathBuf> = ["src/cloud", "src/gate"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(repo().join(dir)).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
         .collect();
@@ -350,6 +352,7 @@ fn the_task_role_allows_exactly_what_the_code_calls() {
         "autoscaling:TerminateInstanceInAutoScalingGroup",
         "s3:PutObject",
         "s3:ListBucket",
+        "cloudwatch:DescribeAlarms",
     ] {
         assert!(
             called.contains_key(known),

@@ -296,6 +296,29 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
         let ec2 = common::moto::client(&moto.url);
         let ami = common::moto::register(&ec2, "consul-server-a").await;
         common::moto::launch_template(&ec2, &ami).await;
+        // An alarm the CloudWatch gate lists, in ALARM.
+        let cw = common::moto::cloudwatch_client(&moto.url);
+        cw.put_metric_alarm()
+            .alarm_name("consul-raft-commit")
+            .namespace("Rehydrator/Test")
+            .metric_name("commit")
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Maximum)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(1.0)
+            .comparison_operator(
+                aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold,
+            )
+            .send()
+            .await
+            .unwrap();
+        cw.set_alarm_state()
+            .alarm_name("consul-raft-commit")
+            .state_value(aws_sdk_cloudwatch::types::StateValue::Alarm)
+            .state_reason("commit time over 1s")
+            .send()
+            .await
+            .unwrap();
         let dir = common::endpoint::scratch("doctor-nets");
         let dead = common::moto::free_port();
         let config = |bucket: &str| {
@@ -307,7 +330,8 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
                      [cloud]\ntype = \"ec2\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
                      launch_template = \"consul-server\"\nimage_name = \"consul-server-*\"\n\
                      [rollout]\nsnapshot_dir = \"s3://{bucket}/prod\"\n\
-                     gate_prometheus_url = \"http://127.0.0.1:{dead}\"\n",
+                     gate_prometheus_url = \"http://127.0.0.1:{dead}\"\n\
+                     gate_cloudwatch_alarms = [\"consul-*\"]\n",
                     sim.url(),
                     moto.url
                 ),
@@ -319,11 +343,32 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
         let (code, findings, err) =
             doctor(&sim.url(), None, &["--config", good.to_str().unwrap()]).await;
         assert_eq!(code, Some(0), "{findings:#}\n{err}");
-        let (level, detail) = finding(&findings, "gate");
-        assert_eq!(level, "warning", "{detail}");
+        let gates: Vec<&Value> = findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "gate")
+            .collect();
+        assert_eq!(gates.len(), 2, "{findings:#}");
+        let detail = |gate: &str| {
+            let f = gates
+                .iter()
+                .find(|f| f["detail"].as_str().unwrap().starts_with(gate))
+                .unwrap_or_else(|| panic!("no {gate} gate in {findings:#}"));
+            assert_eq!(f["level"], "warning", "{f}");
+            f["detail"].as_str().unwrap().to_owned()
+        };
+        let prometheus = detail("prometheus");
         assert!(
-            detail.contains("prometheus is closed now") && detail.contains("cannot connect"),
-            "{detail}"
+            prometheus.contains("prometheus is closed now")
+                && prometheus.contains("cannot connect"),
+            "{prometheus}"
+        );
+        let cloudwatch = detail("cloudwatch");
+        assert!(
+            cloudwatch.contains("cloudwatch is closed now")
+                && cloudwatch.contains("consul-raft-commit (commit time over 1s)"),
+            "{cloudwatch}"
         );
         let (level, detail) = finding(&findings, "snapshots");
         assert_eq!(level, "ok", "{detail}");

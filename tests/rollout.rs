@@ -12,12 +12,18 @@
 use crate::common;
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::common::rig::{BOOT, STABILIZATION};
+use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
 use base64::Engine;
+use rehydrator::gate::cloudwatch::CloudWatchGate;
+use rehydrator::gate::prometheus::PrometheusGate;
 use rehydrator_actors::plan::{Rollout, RolloutState};
+use rehydrator_actors::ports::GatePort;
 use rehydrator_actors::tree::{self, Tree};
+use rehydrator_config::AlarmPattern;
 use serde_json::{json, Value};
 
 /// How long a whole rollout may take here.
@@ -44,13 +50,24 @@ impl Rig {
 
     /// Starts one replica; `rollout` is the body of its `[rollout]` section.
     fn start_with(&self, desired: usize, rollout: &str) -> Tree {
+        self.start_gated(desired, rollout, Vec::new())
+    }
+
+    /// As `start_with`, with `gates` beside the Prometheus gate the section may configure.
+    fn start_gated(&self, desired: usize, rollout: &str, gates: Vec<Rc<dyn GatePort>>) -> Tree {
         let text =
             common::rollout::config("roll", desired, &self.sim.url(), "type = \"sim\"", rollout);
         let path = self.dir.join("rehydrator.toml");
         std::fs::write(&path, text).unwrap();
         let settings = rehydrator_config::load_with_env(&path, &HashMap::new()).unwrap();
         let mut ports = self.sim_ports();
-        ports.gates = rehydrator::gate::from_settings(&settings);
+        ports.gates = settings
+            .rollout
+            .prometheus_gate
+            .iter()
+            .map(|p| Rc::new(PrometheusGate::new(p)) as Rc<dyn GatePort>)
+            .chain(gates)
+            .collect();
         tree::start(&settings, "replica-1", ports)
     }
 
@@ -1093,6 +1110,114 @@ async fn a_firing_alert_in_prometheus_holds_every_step_until_it_resolves() {
         common::rollout::assert_clean(&rig.invariants().await, 3);
         tree.shutdown().await;
         server.stop(false).await;
+    })
+    .await;
+}
+
+/// An alarm `name` on moto's CloudWatch, set to `state` (a new one is INSUFFICIENT_DATA).
+async fn alarm(cw: &aws_sdk_cloudwatch::Client, name: &str, state: StateValue) {
+    cw.put_metric_alarm()
+        .alarm_name(name)
+        .namespace("Rehydrator/Test")
+        .metric_name("hold")
+        .statistic(Statistic::Maximum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(1.0)
+        .comparison_operator(ComparisonOperator::GreaterThanOrEqualToThreshold)
+        .send()
+        .await
+        .unwrap();
+    cw.set_alarm_state()
+        .alarm_name(name)
+        .state_reason(format!("set by the test to {state:?}"))
+        .state_value(state)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The CloudWatch gate, against moto through the real SDK: a listed alarm in ALARM holds
+/// every step and is named; an alarm the gate does not list changes nothing; once the alarm
+/// is OK the rollout goes on and completes.
+#[actix_rt::test]
+async fn an_alarm_in_cloudwatch_holds_every_step_until_it_is_ok() {
+    common::bounded_for(Duration::from_secs(120), async {
+        let moto = common::moto::moto();
+        let cw = common::moto::cloudwatch_client(&moto.url);
+        alarm(&cw, "consul-raft-commit", StateValue::Alarm).await;
+        alarm(&cw, "consul-leader-changes", StateValue::Ok).await;
+        alarm(&cw, "unrelated-queue-depth", StateValue::Alarm).await;
+        let patterns = [
+            AlarmPattern::Prefix("consul-".into()),
+            AlarmPattern::Name("api-5xx".into()),
+        ];
+        let gate = CloudWatchGate::load(
+            &patterns,
+            Some("us-east-1"),
+            Some(&moto.url),
+            Some(common::moto::credentials()),
+        )
+        .await
+        .unwrap();
+
+        let rig = Rig::new("cloudwatch-gate", 3);
+        let tree = rig.start_gated(3, "stable_timeout = \"1m\"", vec![Rc::new(gate)]);
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let r = rig
+            .until("the gate to hold the first launch", |r| {
+                r.waiting.as_deref().is_some_and(|w| {
+                    w.contains("health gate cloudwatch is closed")
+                        && w.contains("consul-raft-commit")
+                })
+            })
+            .await;
+        let waiting = r.waiting.clone().unwrap_or_default();
+        assert!(
+            !waiting.contains("unrelated") && !waiting.contains("consul-leader-changes"),
+            "only listed alarms in ALARM close the gate: {waiting}"
+        );
+        assert!(
+            r.launches.is_empty(),
+            "launched through a closed gate: {r:?}"
+        );
+
+        alarm(&cw, "consul-raft-commit", StateValue::Ok).await;
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        assert_eq!((r.launches.len(), r.retirements.len()), (3, 3));
+        common::rollout::assert_clean(&rig.invariants().await, 3);
+        tree.shutdown().await;
+    })
+    .await;
+}
+
+/// A CloudWatch that cannot be reached closes the gate, saying so, without the credentials.
+#[actix_rt::test]
+async fn an_unreachable_cloudwatch_closes_the_gate() {
+    common::bounded_for(Duration::from_secs(60), async {
+        let port = common::moto::free_port();
+        let gate = CloudWatchGate::load(
+            &[AlarmPattern::Prefix("consul-".into())],
+            Some("us-east-1"),
+            Some(&format!("http://127.0.0.1:{port}")),
+            Some(common::moto::credentials()),
+        )
+        .await
+        .unwrap();
+        let why = gate.closed().await.expect("closed");
+        assert!(
+            why.contains("CloudWatch could not be asked") && why.contains("unreachable"),
+            "{why}"
+        );
+        assert!(
+            !why.contains("testing"),
+            "no credentials in the reason: {why}"
+        );
     })
     .await;
 }

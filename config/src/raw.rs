@@ -90,6 +90,7 @@ pub struct RawRollout {
     pub snapshot_max_mib: Option<i64>,
     pub gate_prometheus_url: Option<String>,
     pub gate_prometheus_query: Option<String>,
+    pub gate_cloudwatch_alarms: Option<Vec<String>>,
 }
 
 /// One maintenance window: `{ days = ["mon"], start = "02:00", end = "05:00", time_zone = "Europe/Berlin" }`.

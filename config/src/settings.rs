@@ -512,6 +512,31 @@ pub struct RolloutSettings {
     /// step. Default none (off).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub prometheus_gate: Option<PrometheusGate>,
+    /// `rollout.gate_cloudwatch_alarms`: CloudWatch alarms none of which may be in ALARM
+    /// before every step. Default none (off).
+    #[serde(
+        rename = "gate_cloudwatch_alarms",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub cloudwatch_gate: Vec<AlarmPattern>,
+}
+
+/// One entry of `rollout.gate_cloudwatch_alarms`: an alarm's name, or, written with a `*` at
+/// its end, every alarm whose name starts with what comes before it (`"*"` alone: every alarm
+/// in the region).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlarmPattern {
+    Name(String),
+    Prefix(String),
+}
+
+impl Serialize for AlarmPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Name(n) => s.serialize_str(n),
+            Self::Prefix(p) => s.serialize_str(&format!("{p}*")),
+        }
+    }
 }
 
 /// The query Prometheus' gate asks when none is set: any alert firing closes it.

@@ -1018,7 +1018,59 @@ fn rollout_settings(rr: RawRollout, errs: &mut Errors) -> RolloutSettings {
             errs,
         ),
         prometheus_gate: prometheus_gate(rr.gate_prometheus_url, rr.gate_prometheus_query, errs),
+        cloudwatch_gate: cloudwatch_gate(rr.gate_cloudwatch_alarms.unwrap_or_default(), errs),
     }
+}
+
+/// The most entries `rollout.gate_cloudwatch_alarms` takes: each prefix is a request of its
+/// own before every step.
+pub const MAX_ALARM_PATTERNS: usize = 20;
+/// CloudWatch's own limit on an alarm's name.
+const MAX_ALARM_NAME: usize = 255;
+
+/// `rollout.gate_cloudwatch_alarms`: names, and prefixes written with a trailing `*`.
+fn cloudwatch_gate(entries: Vec<String>, errs: &mut Errors) -> Vec<AlarmPattern> {
+    const FIELD: &str = "rollout.gate_cloudwatch_alarms";
+    if entries.len() > MAX_ALARM_PATTERNS {
+        errs.push(
+            FIELD,
+            format!(
+                "lists {} alarms, over {MAX_ALARM_PATTERNS}: name a common prefix with a \
+                 trailing * instead",
+                entries.len()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let field = format!("{FIELD}[{i}]");
+        let (stem, prefix) = match entry.strip_suffix('*') {
+            Some(stem) => (stem, true),
+            None => (entry.as_str(), false),
+        };
+        if stem.is_empty() && !prefix {
+            errs.push(
+                &field,
+                "is empty: give an alarm's name, or a prefix ending in *",
+            );
+        } else if stem.contains('*') {
+            errs.push(
+                &field,
+                "has a * before its end: CloudWatch matches names or prefixes only",
+            );
+        } else if stem.len() > MAX_ALARM_NAME || stem.chars().any(char::is_control) {
+            errs.push(
+                &field,
+                format!("is not an alarm name (1 to {MAX_ALARM_NAME} printable characters)"),
+            );
+        } else if prefix {
+            out.push(AlarmPattern::Prefix(stem.to_owned()));
+        } else {
+            out.push(AlarmPattern::Name(stem.to_owned()));
+        }
+    }
+    out
 }
 
 /// The longest gate query taken: it goes into a URL.

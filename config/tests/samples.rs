@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rehydrator_config::{load_with_env, ActionKind, CloudSettings, Launch, WatchKind};
+use rehydrator_config::{
+    load_with_env, ActionKind, AlarmPattern, CloudSettings, Launch, WatchKind,
+};
 
 fn samples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
@@ -718,6 +720,55 @@ fn a_prometheus_gate_needs_an_http_url_and_a_query_only_with_one() {
         "{e}"
     );
     assert!(e.contains("rollout.gate_prometheus_query: is empty"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_cloudwatch_gate_takes_alarm_names_and_prefixes() {
+    let dir = std::env::temp_dir().join(format!("rehydrator-cwgate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = |alarms: &str| {
+        let path = dir.join("gate.toml");
+        let text =
+            format!("[cluster]\nname = \"prod\"\n[rollout]\ngate_cloudwatch_alarms = {alarms}\n");
+        std::fs::write(&path, text).unwrap();
+        load_with_env(&path, &no_env())
+    };
+    let on = load(r#"["consul-*", "api-5xx", "*"]"#).unwrap();
+    assert_eq!(
+        on.rollout.cloudwatch_gate,
+        [
+            AlarmPattern::Prefix("consul-".into()),
+            AlarmPattern::Name("api-5xx".into()),
+            AlarmPattern::Prefix(String::new()),
+        ]
+    );
+    assert!(load("[]").unwrap().rollout.cloudwatch_gate.is_empty());
+
+    let e = load(r#"["", "a*b", "ok"]"#).unwrap_err().to_string();
+    assert!(
+        e.contains("rollout.gate_cloudwatch_alarms[0]: is empty"),
+        "{e}"
+    );
+    assert!(
+        e.contains("rollout.gate_cloudwatch_alarms[1]: has a * before its end"),
+        "{e}"
+    );
+    assert!(!e.contains("[2]"), "{e}");
+    let long = format!("[\"{}\"]", "x".repeat(256));
+    assert!(load(&long)
+        .unwrap_err()
+        .to_string()
+        .contains("is not an alarm name"));
+    let many = format!(
+        "[{}]",
+        (0..21)
+            .map(|i| format!("\"a{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let e = load(&many).unwrap_err().to_string();
+    assert!(e.contains("lists 21 alarms, over 20"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

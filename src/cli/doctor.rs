@@ -106,7 +106,19 @@ async fn consul_findings(resolved: &Resolved) -> anyhow::Result<Vec<Finding>> {
 /// The rollout's gates and snapshot destination, asked as a step would ask them.
 async fn safety_net_findings(settings: &Settings) -> Vec<Finding> {
     let mut out = Vec::new();
-    for gate in rehydrator::gate::from_settings(settings) {
+    let gates = match rehydrator::gate::from_settings(settings, None).await {
+        Ok(gates) => gates,
+        Err(e) => {
+            out.push(not(
+                "gate",
+                Level::Fail,
+                format!("the CloudWatch gate cannot be built: {e}"),
+                "set the AWS region and credentials the rollout's steps will have".into(),
+            ));
+            Vec::new()
+        }
+    };
+    for gate in gates {
         out.push(match gate.closed().await {
             None => ok("gate", format!("{} is open: steps may go", gate.name())),
             // Closed is the gate working; a rollout would wait, not break.
@@ -117,7 +129,8 @@ async fn safety_net_findings(settings: &Settings) -> Vec<Finding> {
                     "{} is closed now, so every step would wait: {why}",
                     gate.name()
                 ),
-                "check the gate's URL and query; a firing alert holds steps by design".into(),
+                "check the gate's settings; a firing alert or an alarm in ALARM holds steps by design"
+                    .into(),
             ),
         });
     }

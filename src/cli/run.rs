@@ -78,7 +78,9 @@ pub fn run(
             consul: Rc::new(ConsulAdapter::new(client.clone(), WatchPolicy::default())),
             webhook: Rc::new(AwcWebhook::default()),
             cloud: cloud.clone(),
-            gates: rehydrator::gate::from_settings(&settings),
+            gates: rehydrator::gate::from_settings(&settings, None)
+                .await
+                .context("rollout.gate_cloudwatch_alarms")?,
             objects: rehydrator::cloud::s3::S3Store::for_snapshots(&settings, None)
                 .await
                 .context("rollout.snapshot_dir")?,

@@ -241,6 +241,19 @@ pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// moto's CloudWatch through the real SDK (Smithy RPC v2 CBOR, which moto speaks from 5.2.6).
+pub fn cloudwatch_client(url: &str) -> aws_sdk_cloudwatch::Client {
+    let config = aws_sdk_cloudwatch::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(credentials())
+        .endpoint_url(url)
+        .http_client(https_client())
+        .timeout_config(test_timeouts())
+        .build();
+    aws_sdk_cloudwatch::Client::from_conf(config)
+}
+
 pub fn settings(url: &str) -> AwsSettings {
     AwsSettings {
         region: Some("us-east-1".into()),
