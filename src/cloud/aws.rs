@@ -20,6 +20,11 @@ pub const TOKEN_TAG: &str = "rehydrator:token";
 
 /// The longest an AWS call may take, retries by the SDK included.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest one attempt of a call may take. A request the service, or anything on the way,
+/// holds unanswered is given up after it and retried by the SDK within `OPERATION_TIMEOUT`,
+/// instead of using all of it up. Every call made here is safe to repeat: launches carry
+/// tokens, the rest are idempotent, but a template version made twice, which leaves a spare.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -68,6 +73,7 @@ pub(crate) async fn sdk_config_at(
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
         .build();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https_client())

@@ -12,7 +12,13 @@ use aws_sdk_s3::primitives::ByteStream;
 use rehydrator_actors::ports::{ErrorKind, ObjectStore, PortError, PortFuture};
 use rehydrator_config::{CloudSettings, Settings, SnapshotDest};
 
-use super::aws::{endpoint_at, sdk_config_at, sdk_error};
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use super::aws::{endpoint_at, sdk_config_at, sdk_error, OPERATION_TIMEOUT};
 use super::CloudError;
 
 /// Listing pages read when pruning (1000 keys each): a prefix with more is pruned from the
@@ -24,6 +30,44 @@ pub struct S3Store {
     bucket: String,
     /// Where calls go, for errors.
     endpoint: String,
+    /// The longest a call may take, retries included.
+    limit: Duration,
+}
+
+/// S3's own timeouts, sized by the largest archive (`snapshot_max_mib`): the other AWS calls'
+/// would cut an upload of hundreds of MiB short. An attempt may take a minute plus a second a
+/// MiB (the archive going at 1 MiB/s or faster); the call, retries included, three times that.
+fn s3_timeouts(max_mib: u32) -> (TimeoutConfig, Duration) {
+    let attempt = Duration::from_secs(60 + u64::from(max_mib));
+    let limit = attempt * 3;
+    let config = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(limit)
+        .build();
+    (config, limit)
+}
+
+/// An S3 failure as a `PortError`, its timeout named as S3's (`sdk_error` names the others').
+fn s3_error<E>(
+    endpoint: &str,
+    request: &str,
+    e: SdkError<E, HttpResponse>,
+    limit: Duration,
+) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let e = match sdk_error(endpoint, request, e) {
+        CloudError::Timeout { request, after } if after == OPERATION_TIMEOUT => {
+            CloudError::Timeout {
+                request,
+                after: limit,
+            }
+        }
+        other => other,
+    };
+    PortError::from(e)
 }
 
 impl S3Store {
@@ -33,9 +77,10 @@ impl S3Store {
         settings: &Settings,
         credentials: Option<aws_credential_types::Credentials>,
     ) -> Result<Option<Rc<dyn ObjectStore>>, CloudError> {
-        let Some(SnapshotDest::S3 { bucket, .. }) =
-            settings.rollout.snapshots.as_ref().map(|s| &s.dest)
-        else {
+        let Some(snapshots) = settings.rollout.snapshots.as_ref() else {
+            return Ok(None);
+        };
+        let SnapshotDest::S3 { bucket, .. } = &snapshots.dest else {
             return Ok(None);
         };
         let (region, url) = match &settings.cloud {
@@ -46,14 +91,17 @@ impl S3Store {
         };
         let sdk = sdk_config_at(region, url, credentials).await?;
         let custom = sdk.endpoint_url().is_some();
+        let (timeouts, limit) = s3_timeouts(snapshots.max_mib.get());
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(custom)
+            .timeout_config(timeouts)
             .build();
         let endpoint = endpoint_at(sdk.endpoint_url(), &sdk, "s3");
         Ok(Some(Rc::new(Self {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: bucket.clone(),
             endpoint,
+            limit,
         })))
     }
 }
@@ -66,7 +114,7 @@ impl ObjectStore for S3Store {
             key.to_owned(),
             file.to_owned(),
         );
-        let this = self.endpoint.clone();
+        let (this, limit) = (self.endpoint.clone(), self.limit);
         Box::pin(async move {
             let request = format!("PutObject s3://{bucket}/{key}");
             let body = ByteStream::from_path(&file).await.map_err(|e| {
@@ -83,7 +131,7 @@ impl ObjectStore for S3Store {
                 .content_type("application/octet-stream")
                 .send()
                 .await
-                .map_err(|e| PortError::from(sdk_error(&this, &request, e)))?;
+                .map_err(|e| s3_error(&this, &request, e, limit))?;
             Ok(())
         })
     }
@@ -91,7 +139,7 @@ impl ObjectStore for S3Store {
     fn list(&self, prefix: &str) -> PortFuture<Vec<String>> {
         let (client, bucket, prefix) =
             (self.client.clone(), self.bucket.clone(), prefix.to_owned());
-        let this = self.endpoint.clone();
+        let (this, limit) = (self.endpoint.clone(), self.limit);
         Box::pin(async move {
             let request = format!("ListObjectsV2 s3://{bucket}/{prefix}");
             let mut found = Vec::new();
@@ -104,7 +152,7 @@ impl ObjectStore for S3Store {
                     .set_continuation_token(token.take())
                     .send()
                     .await
-                    .map_err(|e| PortError::from(sdk_error(&this, &request, e)))?;
+                    .map_err(|e| s3_error(&this, &request, e, limit))?;
                 for o in page.contents() {
                     if let Some(key) = o.key() {
                         let modified = o.last_modified().map_or(0, |t| t.as_nanos());
@@ -125,7 +173,7 @@ impl ObjectStore for S3Store {
 
     fn delete(&self, key: &str) -> PortFuture<()> {
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_owned());
-        let this = self.endpoint.clone();
+        let (this, limit) = (self.endpoint.clone(), self.limit);
         Box::pin(async move {
             let request = format!("DeleteObject s3://{bucket}/{key}");
             client
@@ -134,7 +182,7 @@ impl ObjectStore for S3Store {
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| PortError::from(sdk_error(&this, &request, e)))?;
+                .map_err(|e| s3_error(&this, &request, e, limit))?;
             Ok(())
         })
     }
