@@ -390,3 +390,62 @@ async fn doctor_asks_the_gate_and_lists_the_snapshot_bucket() {
     })
     .await;
 }
+
+/// A server Raft still counts that no machine of the cloud accounts for (killed, its machine
+/// terminated, and autopilot told not to prune it) would hold every rollout back: doctor names
+/// it with its Raft ID, and says nothing of the kind before.
+#[actix_rt::test]
+async fn doctor_names_a_raft_server_no_machine_accounts_for() {
+    bounded_for(TEST_BOUND, async {
+        let sim = common::sim();
+        let http = awc::Client::default();
+        let send = |method: &'static str, path: String, body: Option<Value>| {
+            let (http, base) = (&http, sim.url());
+            async move {
+                common::rig::send(http, &base, method, &path, body)
+                    .await
+                    .unwrap()
+            }
+        };
+        let dir = common::endpoint::scratch("doctor-raft");
+        let path = dir.join("rehydrator.toml");
+        std::fs::write(
+            &path,
+            common::rollout::config("raft", 3, &sim.url(), "type = \"sim\"", ""),
+        )
+        .unwrap();
+        let config = ["--config", path.to_str().unwrap()];
+        let (_, findings, err) = doctor(&sim.url(), None, &config).await;
+        let (level, detail) = finding(&findings, "raft");
+        assert_eq!(level, "ok", "{detail}\n{err}");
+        assert!(detail.contains("3 live machines"), "{detail}");
+
+        let servers = send("GET", "/sim/servers".into(), None).await;
+        let victim = servers[2]["name"].as_str().unwrap().to_owned();
+        let mut autopilot = send("GET", "/v1/operator/autopilot/configuration".into(), None).await;
+        autopilot["CleanupDeadServers"] = Value::Bool(false);
+        send(
+            "PUT",
+            "/v1/operator/autopilot/configuration".into(),
+            Some(autopilot),
+        )
+        .await;
+        send("POST", format!("/sim/servers/{victim}/kill"), None).await;
+        send("POST", format!("/sim/servers/{victim}/terminate"), None).await;
+        let (level, detail) = eventually("doctor to name the stray", TEST_BOUND, || async {
+            let (_, findings, _) = doctor(&sim.url(), None, &config).await;
+            let (level, detail) = finding(&findings, "raft");
+            (level == "warning").then_some((level, detail))
+        })
+        .await;
+        assert_eq!(level, "warning");
+        assert!(
+            detail.contains(&format!("Raft lists {victim} (ID "))
+                && detail.contains("a rollout waits for it to leave"),
+            "{detail}"
+        );
+        sim.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

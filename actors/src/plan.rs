@@ -419,6 +419,19 @@ fn complete(s: &Snapshot, servers: &[Server<'_>], target: &str) -> bool {
 /// The servers Raft lists that are no machine's: retired ones still leaving, dead ones
 /// autopilot has not pruned, or servers the cloud does not manage.
 fn strays<'a>(s: &'a Snapshot, servers: &[Server<'_>]) -> Vec<&'a str> {
+    unaccounted_among(s, servers)
+        .into_iter()
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
+/// The servers Raft lists that none of the cloud's live machines accounts for: a rollout does
+/// not complete while Raft still counts one (`rehydrator doctor` names them).
+pub fn unaccounted(s: &Snapshot) -> Vec<&PeerHealth> {
+    unaccounted_among(s, &s.servers())
+}
+
+fn unaccounted_among<'a>(s: &'a Snapshot, servers: &[Server<'_>]) -> Vec<&'a PeerHealth> {
     s.health
         .servers
         .iter()
@@ -427,7 +440,6 @@ fn strays<'a>(s: &'a Snapshot, servers: &[Server<'_>]) -> Vec<&'a str> {
                 .iter()
                 .any(|sv| sv.peer.is_some_and(|q| q.id == p.id))
         })
-        .map(|p| p.name.as_str())
         .collect()
 }
 

@@ -63,6 +63,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
         findings.extend(safety_net_findings(settings).await);
         findings.extend(group_findings(settings).await?);
         findings.extend(launch_findings(settings).await?);
+        findings.extend(raft_findings(&resolved).await);
     }
     if args.json {
         println!(
@@ -228,4 +229,29 @@ async fn launch_findings(settings: &Settings) -> anyhow::Result<Vec<Finding>> {
         &facts,
         settings.cluster.desired_servers.get(),
     ))
+}
+
+/// With a rollout configured: the servers Raft lists that no machine of the cloud accounts
+/// for, which would hold a rollout back. Nothing without a rollout (no cloud to compare with).
+async fn raft_findings(resolved: &Resolved) -> Option<Finding> {
+    let env = match resolved.cloud().await {
+        Ok(Some(_)) => resolved.rollout_env("doctor").await,
+        Ok(None) => return None,
+        Err(e) => Err(e),
+    };
+    let snapshot = match env {
+        Ok(env) => rehydrator_actors::rollout::cluster(&env)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    Some(match snapshot {
+        Ok(s) => doctor::raft::check(&rehydrator_actors::plan::unaccounted(&s), s.servers().len()),
+        Err(e) => not(
+            "raft",
+            Level::Warning,
+            format!("Raft's servers could not be compared with the cloud's machines: {e:#}"),
+            "see the findings above for Consul and the cloud".into(),
+        ),
+    })
 }

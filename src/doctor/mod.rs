@@ -9,6 +9,7 @@
 pub mod consul;
 pub mod group;
 pub mod launch;
+pub mod raft;
 
 use serde::Serialize;
 
