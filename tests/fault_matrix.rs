@@ -28,8 +28,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    assert_rolled_onto, fire_until_rolling, rollout_record, sessions, step_lock, watch_quorum,
-    ProcessRig, Quorum,
+    assert_rolled_onto, every_replica_in_session, fire_until_rolling, rollout_record, sessions,
+    step_lock, watch_quorum, ProcessRig, Quorum,
 };
 use crate::common::replica::Replica;
 use crate::common::rollout::SESSION_TTL_SECS;
@@ -81,17 +81,6 @@ fn spawn_all(rig: &ProcessRig, config: &std::path::Path) -> Vec<Replica> {
         .collect()
 }
 
-async fn every_replica_in_session(client: &Client) {
-    eventually("every replica to hold a session", WAIT_BOUND, || async {
-        let s = sessions(client).await;
-        REPLICAS
-            .iter()
-            .all(|r| s.iter().any(|(name, _)| name == r))
-            .then_some(())
-    })
-    .await;
-}
-
 /// With the replicas' agent out of reach since `at`: waits until Consul (asked through
 /// `server`) has ended every replica's session, then until the session TTL has passed too, so
 /// the outage outlasts what a TTL alone would forgive. How long the sessions took to end.
@@ -137,14 +126,9 @@ async fn three_real_servers_roll_through_a_fault_at_every_step() {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        every_replica_in_session(&client).await;
+        every_replica_in_session(&client, &REPLICAS, WAIT_BOUND).await;
         for r in &replicas {
-            eventually(
-                &format!("replica {}'s watches to take their baselines", r.name),
-                WAIT_BOUND,
-                || async { (r.log_text().matches("Baseline taken.").count() >= 2).then_some(()) },
-            )
-            .await;
+            r.await_baselines(2, WAIT_BOUND).await;
         }
 
         let quorum = Rc::new(RefCell::new(Quorum::default()));
@@ -245,7 +229,7 @@ async fn three_real_servers_roll_through_a_fault_at_every_step() {
         let ended = outlast_the_sessions(&server_client, at).await;
         let stopped = at.elapsed();
         signal("CONT", agent.pid.unwrap(), false);
-        every_replica_in_session(&client).await;
+        every_replica_in_session(&client, &REPLICAS, WAIT_BOUND).await;
         figures.push(format!(
             "client agent frozen {stopped:.1?}: the replicas' sessions ended {ended:.1?} in; all \
              three held sessions again {:.1?} after it woke",
@@ -260,21 +244,42 @@ async fn three_real_servers_roll_through_a_fault_at_every_step() {
         let down = at.elapsed();
         let port = rig.cloud.start_client(agent.ports.http).unwrap();
         assert_eq!(port, agent.ports.http, "the client agent back on its port");
-        every_replica_in_session(&client).await;
+        every_replica_in_session(&client, &REPLICAS, WAIT_BOUND).await;
         figures.push(format!(
             "client agent SIGKILLed and down {down:.1?}: the replicas' sessions ended {ended:.1?} \
              in; all three held sessions again {:.1?} after it was started again",
             at.elapsed() - down
         ));
 
-        let r = eventually("the rollout completing", WAIT_BOUND * 3, || async {
-            let r = rollout_record(&client, CLUSTER).await?;
-            if let RolloutState::Stopped { .. } = r.state {
-                panic!("the rollout stopped: {r:#?}\n{}", logs(&replicas));
+        // Not `eventually`: a rollout that does not complete must say where it stands (its
+        // record's wait reason, Raft's servers, the cloud's machines) and what the replicas did.
+        let deadline = Instant::now() + WAIT_BOUND * 3;
+        let r = loop {
+            let r = rollout_record(&client, CLUSTER).await;
+            match &r {
+                Some(r) if matches!(r.state, RolloutState::Completed { .. }) => break r.clone(),
+                Some(r) if matches!(r.state, RolloutState::Stopped { .. }) => {
+                    panic!("the rollout stopped: {r:#?}\n{}", logs(&replicas))
+                }
+                _ => {}
             }
-            matches!(r.state, RolloutState::Completed { .. }).then_some(r)
-        })
-        .await;
+            if Instant::now() >= deadline {
+                let raft = client
+                    .raft_configuration(&QueryOptions::default())
+                    .await
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_else(|e| e.to_string());
+                panic!(
+                    "the rollout did not complete within {:?}; so far: {}\nrecord: {r:#?}\n\
+                     Raft: {raft}\nmachines: {:#?}\n{}",
+                    WAIT_BOUND * 3,
+                    figures.join("; "),
+                    rig.cloud.records(),
+                    logs(&replicas)
+                );
+            }
+            actix_rt::time::sleep(Duration::from_millis(250)).await;
+        };
         let took = started.elapsed();
         watcher.abort();
         let q = std::mem::take(&mut *quorum.borrow_mut());

@@ -23,8 +23,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::process_rig::{
-    assert_rolled_onto, fire_until_rolling, rollout_record, sessions, step_lock, watch_quorum,
-    ProcessRig, Quorum, STABILIZATION,
+    assert_rolled_onto, every_replica_in_session, fire_until_rolling, rollout_record, sessions,
+    step_lock, watch_quorum, ProcessRig, Quorum, STABILIZATION,
 };
 use crate::common::replica::Replica;
 use crate::common::rollout::{CHECK_TTL_SECS, LOCK_DELAY_SECS};
@@ -104,21 +104,9 @@ async fn rollout_with_the_holder_killed(n: usize, seed: u64) {
         };
 
         // Every replica holds a session and its event and catalog watches took their baselines.
-        eventually("every replica to hold a session", WAIT_BOUND, || async {
-            let s = sessions(&client).await;
-            REPLICAS
-                .iter()
-                .all(|r| s.iter().any(|(name, _)| name == r))
-                .then_some(())
-        })
-        .await;
+        every_replica_in_session(&client, &REPLICAS, WAIT_BOUND).await;
         for r in &replicas {
-            eventually(
-                &format!("replica {}'s watches to take their baselines", r.name),
-                WAIT_BOUND,
-                || async { (r.log_text().matches("Baseline taken.").count() >= 2).then_some(()) },
-            )
-            .await;
+            r.await_baselines(2, WAIT_BOUND).await;
         }
 
         let quorum = Rc::new(RefCell::new(Quorum::default()));

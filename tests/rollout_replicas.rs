@@ -254,12 +254,7 @@ impl Rig {
         )
         .await;
         for r in &self.replicas {
-            eventually(
-                &format!("replica {}'s watches to take their baselines", r.name),
-                Duration::from_secs(30),
-                || async { (r.log_text().matches("Baseline taken.").count() >= 2).then_some(()) },
-            )
-            .await;
+            r.await_baselines(2, Duration::from_secs(30)).await;
         }
     }
 

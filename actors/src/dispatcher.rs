@@ -743,6 +743,12 @@ async fn run_job_inner(
                 );
                 Outcome::Failed(format!("rejected: {e}"))
             }
+            // However many attempts it took: a replica that lost the lock must not record the
+            // job as failed (the receipt would end it for the holder too). Requeued, it finds
+            // the holder's receipt, or takes the lock again if the holder died too.
+            Err(ExecError::LockLost(why)) => {
+                return Err(JobEnd::Retry(why, ("action", "lock_lost")));
+            }
             Err(e) if attempts < env.settings.max_attempts => {
                 return Err(JobEnd::Retry(
                     format!("{} ({})", e, e.kind()),

@@ -311,7 +311,7 @@ async fn write_record(
     {
         Fenced::Written => Ok(()),
         // No index is asked for, so only the lock can refuse it.
-        Fenced::Changed | Fenced::LockLost => Err(ExecError::Port(format!(
+        Fenced::Changed | Fenced::LockLost => Err(ExecError::LockLost(format!(
             "this replica no longer holds {} (its session ended); the waiting servers are \
              left to the replica that holds it now",
             fence.lock

@@ -129,7 +129,7 @@ async fn write_record(env: &RunEnv, r: &Rollout, cas: u64) -> Result<(), ExecErr
         Fenced::Changed => Err(ExecError::Port(
             "the rollout record changed under this step; retrying".into(),
         )),
-        Fenced::LockLost => Err(ExecError::Port(format!(
+        Fenced::LockLost => Err(ExecError::LockLost(format!(
             "this replica no longer holds {} (its session ended); the step is left to the \
              replica that holds it now",
             env.fence.lock

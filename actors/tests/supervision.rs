@@ -651,3 +651,128 @@ async fn the_next_job_under_a_lock_waits_for_the_previous_release_to_land() {
     })
     .await;
 }
+
+// -------------------------------------------------------------------------------------------
+// A run that finds its lock gone records nothing, however many times it happens
+
+/// Stands in for an executor whose first `lost` runs find the lock gone when they go to record
+/// (the fenced write refused); later runs succeed.
+struct LostStub {
+    lost: usize,
+    runs: Rc<Cell<usize>>,
+}
+
+impl Actor for LostStub {
+    type Context = Context<Self>;
+}
+
+impl Handler<Run> for LostStub {
+    type Result = ResponseFuture<Result<Outcome, ExecError>>;
+
+    fn handle(&mut self, _msg: Run, _ctx: &mut Context<Self>) -> Self::Result {
+        self.runs.set(self.runs.get() + 1);
+        if self.runs.get() <= self.lost {
+            Box::pin(ready(Err(ExecError::LockLost(
+                "this replica no longer holds the lock".into(),
+            ))))
+        } else {
+            Box::pin(ready(Ok(Outcome::Succeeded("done".into()))))
+        }
+    }
+}
+
+impl Handler<Abort> for LostStub {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Abort, _ctx: &mut Context<Self>) {}
+}
+
+#[actix_rt::test]
+async fn a_run_that_lost_its_lock_never_writes_a_failed_receipt() {
+    bounded(async {
+        let stub = Rc::new(Stub::default());
+        let keys = Keys::new("c");
+        let locks = LockStub {
+            grants: VecDeque::new(),
+            acquires: Rc::new(Cell::new(0)),
+            releases: Rc::new(Cell::new(0)),
+            kv: stub.clone(),
+        }
+        .start();
+        // More lost runs than attempts allowed: a failure would have ended the job by now.
+        let runs = Rc::new(Cell::new(0));
+        let exec = LostStub {
+            lost: 3,
+            runs: runs.clone(),
+        }
+        .start();
+        let settings = DispatchSettings {
+            receipt_wait: Duration::from_secs(1),
+            receipts_kept: 10,
+            max_attempts: 2,
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(40),
+            lock_delay: Duration::from_millis(10),
+        };
+        let action = ActionSpec {
+            name: "a".into(),
+            lock: "l".into(),
+            timeout: Duration::from_secs(5),
+            executor: ExecutorRef {
+                run: exec.clone().recipient(),
+                abort: exec.recipient(),
+            },
+        };
+        let consul: Rc<dyn ConsulPort> = stub.clone();
+        let (acquire, release) = (locks.clone().recipient(), locks.recipient());
+        let k = keys.clone();
+        let dispatcher = Supervisor::start(move |_| {
+            Dispatcher::new(
+                consul,
+                k,
+                "replica-1".into(),
+                acquire,
+                release,
+                settings,
+                vec![action],
+            )
+        });
+        let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
+        dispatcher
+            .send(Observe(Jobs(jobs_tx).start().recipient()))
+            .await
+            .unwrap();
+        dispatcher
+            .send(WatchFired(Trigger {
+                watch: "w".into(),
+                action: "a".into(),
+                trigger_id: "t1".into(),
+                position: None,
+                index: 7,
+                payload: Value::Null,
+            }))
+            .await
+            .unwrap();
+
+        let job = next(&mut jobs, "job end").await;
+        assert_eq!(
+            job.result,
+            JobResult::Ran(Outcome::Succeeded("done".into())),
+            "the job ends only when a run under the lock records it"
+        );
+        assert_eq!(
+            runs.get(),
+            4,
+            "three lost runs, then one that held the lock"
+        );
+        let receipt_key = keys.receipt("a", "t1");
+        assert_eq!(
+            stub.puts.borrow().clone(),
+            vec![receipt_key.as_str()],
+            "one receipt, the successful run's"
+        );
+        let receipt = Receipt::from_bytes(&stub.kv.borrow()[&receipt_key].value).unwrap();
+        assert_eq!(receipt.outcome, Outcome::Succeeded("done".into()));
+    })
+    .await;
+}

@@ -306,6 +306,18 @@ impl ProcessRig {
     }
 }
 
+/// Waits until each of `replicas` (by name) holds a session.
+pub async fn every_replica_in_session(client: &Client, replicas: &[&str], bound: Duration) {
+    super::eventually("every replica to hold a session", bound, || async {
+        let s = sessions(client).await;
+        replicas
+            .iter()
+            .all(|r| s.iter().any(|(name, _)| name == r))
+            .then_some(())
+    })
+    .await;
+}
+
 /// The live sessions by replica: (replica, session ID).
 pub async fn sessions(client: &Client) -> Vec<(String, String)> {
     client

@@ -56,6 +56,19 @@ impl Replica {
             .status();
     }
 
+    /// Waits until `watches` of the replica's watches have taken their baselines: an event
+    /// fired from then on is one each of them sees.
+    pub async fn await_baselines(&self, watches: usize, bound: Duration) {
+        super::eventually(
+            &format!("replica {}'s watches to take their baselines", self.name),
+            bound,
+            || async {
+                (self.log_text().matches("Baseline taken.").count() >= watches).then_some(())
+            },
+        )
+        .await;
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

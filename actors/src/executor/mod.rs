@@ -69,6 +69,11 @@ pub enum ExecError {
     Record(String),
     #[error("aborted")]
     Aborted,
+    /// The run's lock was no longer this replica's when it went to record what it did (its
+    /// session ended: frozen past the TTL, cut off from its agent). Not the action failing:
+    /// the replica that holds the lock now decides, so this one never records a receipt.
+    #[error("{0}")]
+    LockLost(String),
 }
 
 /// The exit status with which an `exec` command says "this trigger is not for me": sysexits'
@@ -100,6 +105,7 @@ impl ExecError {
             ExecError::Port(_) => "port",
             ExecError::Record(_) => "record",
             ExecError::Aborted => "aborted",
+            ExecError::LockLost(_) => "lock_lost",
         }
     }
 }
