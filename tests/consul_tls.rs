@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::moto::free_port;
+use crate::common::moto::distinct_free_ports;
 use rehydrator::consul::{Client, ConsulConfig, ConsulError};
 
 /// How long an agent may take to serve HTTPS.
@@ -97,7 +97,7 @@ impl TlsAgent {
 
     /// `None` when the agent exited because a port was taken.
     async fn try_start(bin: &Path, pki: &Pki, mutual: bool) -> Option<Self> {
-        let port = free_port();
+        let [port, lan, wan, server] = distinct_free_ports();
         let hcl = format!(
             r#"ports {{
   http = -1
@@ -113,9 +113,6 @@ cert_file = "{cert}"
 key_file = "{key}"
 verify_incoming_https = {mutual}
 "#,
-            lan = free_port(),
-            wan = free_port(),
-            server = free_port(),
             ca = pki.ca(),
             cert = pki.path("dc1-server-consul-0.pem"),
             key = pki.path("dc1-server-consul-0-key.pem"),

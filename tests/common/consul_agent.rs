@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::moto::free_port;
+use super::moto::distinct_free_ports;
 
 /// Starts tried before a port race fails the test.
 const PORT_TRIES: usize = 3;
@@ -47,7 +47,7 @@ impl DevAgent {
     /// One start; None if the agent exited because a port it was given had been taken.
     async fn try_start(bin: &Path, hcl: Option<&str>) -> Option<Self> {
         let version = rehydrator::cloud::consul_version::ask(bin).expect("a consul binary");
-        let http = free_port();
+        let [http, serf_lan, serf_wan, server] = distinct_free_ports();
         let log = std::env::temp_dir().join(format!("rehydrator-dev-agent-{http}.log"));
         let config = hcl.map(|hcl| {
             let path = std::env::temp_dir().join(format!("rehydrator-dev-agent-{http}.hcl"));
@@ -64,9 +64,9 @@ impl DevAgent {
             "-grpc-port=-1",
         ])
         .arg(format!("-http-port={http}"))
-        .arg(format!("-serf-lan-port={}", free_port()))
-        .arg(format!("-serf-wan-port={}", free_port()))
-        .arg(format!("-server-port={}", free_port()))
+        .arg(format!("-serf-lan-port={serf_lan}"))
+        .arg(format!("-serf-wan-port={serf_wan}"))
+        .arg(format!("-server-port={server}"))
         .args(version.agent_flags())
         .args(
             config
@@ -108,11 +108,13 @@ impl DevAgent {
             {
                 return Some(agent);
             }
-            if agent.child.try_wait().ok().flatten().is_some()
-                && std::fs::read_to_string(&agent.log)
-                    .is_ok_and(|log| log.contains("address already in use"))
-            {
-                return None;
+            if let Some(status) = agent.child.try_wait().ok().flatten() {
+                let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+                if log.contains("address already in use") {
+                    return None;
+                }
+                // Any other exit will not heal: say why now, not after the whole bound.
+                panic!("the dev agent ({version}) exited ({status}); its log: {log}");
             }
             assert!(
                 started.elapsed() < START_BOUND,

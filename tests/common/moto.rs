@@ -73,6 +73,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `N` ports free right now on 127.0.0.1, all different: a port freed after one pick can be
+/// the kernel's next pick too, and an agent given one port twice refuses to start (seen:
+/// "Serf Advertise WAN address … already configured for Serf Advertise LAN").
+pub fn distinct_free_ports<const N: usize>() -> [u16; N] {
+    let mut ports = [0u16; N];
+    let mut found = 0;
+    while found < N {
+        let port = free_port();
+        if !ports[..found].contains(&port) {
+            ports[found] = port;
+            found += 1;
+        }
+    }
+    ports
+}
+
 /// moto on port 0: it binds a free port itself and logs which (`* Running on http://…`), so no
 /// other process can take the port between choosing and binding it.
 fn moto_command(program: &str, args: &[&str], id: &str) -> Command {
