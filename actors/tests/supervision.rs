@@ -390,6 +390,56 @@ impl Handler<JobEnded> for Jobs {
     }
 }
 
+/// A Dispatcher for action `a` under lock `l` of cluster `c`, asking `acquire`/`release` for the
+/// lock and `executor` for runs, its job reports forwarded: the dispatcher and the reports.
+async fn start_dispatcher(
+    stub: &Rc<Stub>,
+    acquire: Recipient<AcquireLock>,
+    release: Recipient<ReleaseLock>,
+    executor: ExecutorRef,
+    settings: DispatchSettings,
+) -> (Addr<Dispatcher>, mpsc::UnboundedReceiver<JobEnded>) {
+    let action = ActionSpec {
+        name: "a".into(),
+        lock: "l".into(),
+        timeout: Duration::from_secs(5),
+        executor,
+    };
+    let consul: Rc<dyn ConsulPort> = stub.clone();
+    let dispatcher = Supervisor::start(move |_| {
+        Dispatcher::new(
+            consul,
+            Keys::new("c"),
+            "replica-1".into(),
+            acquire,
+            release,
+            settings,
+            vec![action],
+        )
+    });
+    let (jobs_tx, jobs) = mpsc::unbounded_channel();
+    dispatcher
+        .send(Observe(Jobs(jobs_tx).start().recipient()))
+        .await
+        .unwrap();
+    (dispatcher, jobs)
+}
+
+/// Fires trigger `id` of watch `w` for action `a`.
+async fn fire(dispatcher: &Addr<Dispatcher>, id: &str) {
+    dispatcher
+        .send(WatchFired(Trigger {
+            watch: "w".into(),
+            action: "a".into(),
+            trigger_id: id.into(),
+            position: None,
+            index: 7,
+            payload: Value::Null,
+        }))
+        .await
+        .unwrap();
+}
+
 #[actix_rt::test]
 async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
     bounded(async {
@@ -418,46 +468,20 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
             retry_max: Duration::from_millis(100),
             lock_delay: Duration::from_millis(50),
         };
-        let action = ActionSpec {
-            name: "a".into(),
-            lock: "l".into(),
-            timeout: Duration::from_secs(5),
-            executor: ExecutorRef {
-                run: exec.clone().recipient(),
-                abort: exec.recipient(),
-            },
+        let executor = ExecutorRef {
+            run: exec.clone().recipient(),
+            abort: exec.recipient(),
         };
-        let consul: Rc<dyn ConsulPort> = stub.clone();
-        let (acquire, release) = (locks.clone().recipient(), locks.clone().recipient());
-        let k = keys.clone();
-        let dispatcher = Supervisor::start(move |_| {
-            Dispatcher::new(
-                consul,
-                k,
-                "replica-1".into(),
-                acquire,
-                release,
-                settings,
-                vec![action],
-            )
-        });
-        let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
-        dispatcher
-            .send(Observe(Jobs(jobs_tx).start().recipient()))
-            .await
-            .unwrap();
+        let (dispatcher, mut jobs) = start_dispatcher(
+            &stub,
+            locks.clone().recipient(),
+            locks.clone().recipient(),
+            executor,
+            settings,
+        )
+        .await;
 
-        dispatcher
-            .send(WatchFired(Trigger {
-                watch: "w".into(),
-                action: "a".into(),
-                trigger_id: "t1".into(),
-                position: None,
-                index: 7,
-                payload: Value::Null,
-            }))
-            .await
-            .unwrap();
+        fire(&dispatcher, "t1").await;
         assert_eq!(next(&mut seen, "first run").await, Seen::Run("t1".into()));
 
         dispatcher
@@ -577,45 +601,20 @@ async fn the_next_job_under_a_lock_waits_for_the_previous_release_to_land() {
             retry_max: Duration::from_millis(100),
             lock_delay: Duration::from_millis(50),
         };
-        let action = ActionSpec {
-            name: "a".into(),
-            lock: "l".into(),
-            timeout: Duration::from_secs(5),
-            executor: ExecutorRef {
-                run: exec.clone().recipient(),
-                abort: exec.recipient(),
-            },
+        let executor = ExecutorRef {
+            run: exec.clone().recipient(),
+            abort: exec.recipient(),
         };
-        let consul: Rc<dyn ConsulPort> = stub.clone();
-        let (acquire, release) = (locks.clone().recipient(), locks.recipient());
-        let dispatcher = Supervisor::start(move |_| {
-            Dispatcher::new(
-                consul,
-                Keys::new("c"),
-                "replica-1".into(),
-                acquire,
-                release,
-                settings,
-                vec![action],
-            )
-        });
-        let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
-        dispatcher
-            .send(Observe(Jobs(jobs_tx).start().recipient()))
-            .await
-            .unwrap();
+        let (dispatcher, mut jobs) = start_dispatcher(
+            &stub,
+            locks.clone().recipient(),
+            locks.recipient(),
+            executor,
+            settings,
+        )
+        .await;
         for t in ["t1", "t2"] {
-            dispatcher
-                .send(WatchFired(Trigger {
-                    watch: "w".into(),
-                    action: "a".into(),
-                    trigger_id: t.into(),
-                    position: None,
-                    index: 7,
-                    payload: Value::Null,
-                }))
-                .await
-                .unwrap();
+            fire(&dispatcher, t).await;
         }
         for t in ["t1", "t2"] {
             let job = next(&mut jobs, "job end").await;
@@ -714,45 +713,19 @@ async fn a_run_that_lost_its_lock_never_writes_a_failed_receipt() {
             retry_max: Duration::from_millis(40),
             lock_delay: Duration::from_millis(10),
         };
-        let action = ActionSpec {
-            name: "a".into(),
-            lock: "l".into(),
-            timeout: Duration::from_secs(5),
-            executor: ExecutorRef {
-                run: exec.clone().recipient(),
-                abort: exec.recipient(),
-            },
+        let executor = ExecutorRef {
+            run: exec.clone().recipient(),
+            abort: exec.recipient(),
         };
-        let consul: Rc<dyn ConsulPort> = stub.clone();
-        let (acquire, release) = (locks.clone().recipient(), locks.recipient());
-        let k = keys.clone();
-        let dispatcher = Supervisor::start(move |_| {
-            Dispatcher::new(
-                consul,
-                k,
-                "replica-1".into(),
-                acquire,
-                release,
-                settings,
-                vec![action],
-            )
-        });
-        let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
-        dispatcher
-            .send(Observe(Jobs(jobs_tx).start().recipient()))
-            .await
-            .unwrap();
-        dispatcher
-            .send(WatchFired(Trigger {
-                watch: "w".into(),
-                action: "a".into(),
-                trigger_id: "t1".into(),
-                position: None,
-                index: 7,
-                payload: Value::Null,
-            }))
-            .await
-            .unwrap();
+        let (dispatcher, mut jobs) = start_dispatcher(
+            &stub,
+            locks.clone().recipient(),
+            locks.recipient(),
+            executor,
+            settings,
+        )
+        .await;
+        fire(&dispatcher, "t1").await;
 
         let job = next(&mut jobs, "job end").await;
         assert_eq!(
