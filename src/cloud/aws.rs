@@ -96,6 +96,20 @@ pub(crate) async fn sdk_config_at(
     Ok(sdk)
 }
 
+/// The region and endpoint URL an `ec2` or `ecs` cloud sets, which the services beside it (S3
+/// snapshots, the CloudWatch gate) share; unset for any other cloud (the SDK's environment
+/// then decides).
+pub(crate) fn cloud_region_and_endpoint(
+    settings: &rehydrator_config::Settings,
+) -> (Option<&str>, Option<&str>) {
+    match &settings.cloud {
+        rehydrator_config::CloudSettings::Ec2(aws) | rehydrator_config::CloudSettings::Ecs(aws) => {
+            (aws.region.as_deref(), aws.endpoint_url.as_deref())
+        }
+        _ => (None, None),
+    }
+}
+
 /// Where `service`'s calls go, for error messages: `endpoint_url`, else `<service>.<region>`.
 pub(crate) fn endpoint(aws: &AwsSettings, sdk: &aws_config::SdkConfig, service: &str) -> String {
     endpoint_at(aws.endpoint_url.as_deref(), sdk, service)

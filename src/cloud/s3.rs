@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use aws_sdk_s3::primitives::ByteStream;
 use rehydrator_actors::ports::{ErrorKind, ObjectStore, PortError, PortFuture};
-use rehydrator_config::{CloudSettings, Settings, SnapshotDest};
+use rehydrator_config::{Settings, SnapshotDest};
 
 use std::time::Duration;
 
@@ -83,12 +83,7 @@ impl S3Store {
         let SnapshotDest::S3 { bucket, .. } = &snapshots.dest else {
             return Ok(None);
         };
-        let (region, url) = match &settings.cloud {
-            CloudSettings::Ec2(aws) | CloudSettings::Ecs(aws) => {
-                (aws.region.as_deref(), aws.endpoint_url.as_deref())
-            }
-            _ => (None, None),
-        };
+        let (region, url) = crate::cloud::aws::cloud_region_and_endpoint(settings);
         let sdk = sdk_config_at(region, url, credentials).await?;
         let custom = sdk.endpoint_url().is_some();
         let (timeouts, limit) = s3_timeouts(snapshots.max_mib.get());

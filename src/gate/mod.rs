@@ -8,7 +8,7 @@ pub mod prometheus;
 use std::rc::Rc;
 
 use rehydrator_actors::ports::GatePort;
-use rehydrator_config::{CloudSettings, Settings};
+use rehydrator_config::Settings;
 
 use crate::cloud::CloudError;
 
@@ -24,12 +24,7 @@ pub async fn from_settings(
     }
     let alarms = &settings.rollout.cloudwatch_gate;
     if !alarms.is_empty() {
-        let (region, url) = match &settings.cloud {
-            CloudSettings::Ec2(aws) | CloudSettings::Ecs(aws) => {
-                (aws.region.as_deref(), aws.endpoint_url.as_deref())
-            }
-            _ => (None, None),
-        };
+        let (region, url) = crate::cloud::aws::cloud_region_and_endpoint(settings);
         gates.push(Rc::new(
             cloudwatch::CloudWatchGate::load(alarms, region, url, credentials).await?,
         ));
