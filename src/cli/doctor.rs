@@ -234,12 +234,14 @@ async fn launch_findings(settings: &Settings) -> anyhow::Result<Vec<Finding>> {
 /// With a rollout configured: the servers Raft lists that no machine of the cloud accounts
 /// for, which would hold a rollout back. Nothing without a rollout (no cloud to compare with).
 async fn raft_findings(resolved: &Resolved) -> Option<Finding> {
-    let env = match resolved.cloud().await {
-        Ok(Some(_)) => resolved.rollout_env("doctor").await,
-        Ok(None) => return None,
-        Err(e) => Err(e),
-    };
-    let snapshot = match env {
+    if !resolved
+        .settings
+        .as_ref()
+        .is_some_and(super::run::has_rollout)
+    {
+        return None;
+    }
+    let snapshot = match resolved.rollout_env("doctor").await {
         Ok(env) => rehydrator_actors::rollout::cluster(&env)
             .await
             .map_err(anyhow::Error::from),
