@@ -135,6 +135,19 @@ pub(crate) fn sdk_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    sdk_error_within(endpoint, request, e, OPERATION_TIMEOUT)
+}
+
+/// As `sdk_error`, for a client whose calls may take `limit` (S3's own timeouts).
+pub(crate) fn sdk_error_within<E>(
+    endpoint: &str,
+    request: &str,
+    e: SdkError<E, HttpResponse>,
+    limit: Duration,
+) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     let request = request.to_owned();
     match &e {
         SdkError::ConstructionFailure(_) => CloudError::Config {
@@ -142,7 +155,7 @@ where
         },
         SdkError::TimeoutError(_) => CloudError::Timeout {
             request,
-            after: OPERATION_TIMEOUT,
+            after: limit,
         },
         SdkError::DispatchFailure(d) if d.is_timeout() => CloudError::Timeout {
             request,

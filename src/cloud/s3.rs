@@ -15,10 +15,8 @@ use rehydrator_config::{Settings, SnapshotDest};
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use super::aws::{endpoint_at, sdk_config_at, sdk_error, OPERATION_TIMEOUT};
+use super::aws::{endpoint_at, sdk_config_at, sdk_error_within};
 use super::CloudError;
 
 /// Listing pages read when pruning (1000 keys each): a prefix with more is pruned from the
@@ -46,28 +44,6 @@ fn s3_timeouts(max_mib: u32) -> (TimeoutConfig, Duration) {
         .operation_timeout(limit)
         .build();
     (config, limit)
-}
-
-/// An S3 failure as a `PortError`, its timeout named as S3's (`sdk_error` names the others').
-fn s3_error<E>(
-    endpoint: &str,
-    request: &str,
-    e: SdkError<E, HttpResponse>,
-    limit: Duration,
-) -> PortError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let e = match sdk_error(endpoint, request, e) {
-        CloudError::Timeout { request, after } if after == OPERATION_TIMEOUT => {
-            CloudError::Timeout {
-                request,
-                after: limit,
-            }
-        }
-        other => other,
-    };
-    PortError::from(e)
 }
 
 impl S3Store {
@@ -126,7 +102,7 @@ impl ObjectStore for S3Store {
                 .content_type("application/octet-stream")
                 .send()
                 .await
-                .map_err(|e| s3_error(&this, &request, e, limit))?;
+                .map_err(|e| PortError::from(sdk_error_within(&this, &request, e, limit)))?;
             Ok(())
         })
     }
@@ -147,7 +123,7 @@ impl ObjectStore for S3Store {
                     .set_continuation_token(token.take())
                     .send()
                     .await
-                    .map_err(|e| s3_error(&this, &request, e, limit))?;
+                    .map_err(|e| PortError::from(sdk_error_within(&this, &request, e, limit)))?;
                 for o in page.contents() {
                     if let Some(key) = o.key() {
                         let modified = o.last_modified().map_or(0, |t| t.as_nanos());
@@ -177,7 +153,7 @@ impl ObjectStore for S3Store {
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| s3_error(&this, &request, e, limit))?;
+                .map_err(|e| PortError::from(sdk_error_within(&this, &request, e, limit)))?;
             Ok(())
         })
     }
