@@ -18,7 +18,7 @@ use rehydrator_sim::SimConfig;
 use serde_json::{json, Value};
 
 use super::display::Display;
-use super::observe::ObserveError;
+use super::observe::Probe;
 use super::replicas::Replicas;
 use super::timeline::{self, Event, Marker, MarkerKind, Picture};
 use super::{free_ports, scratch_dir, DemoError, Options, NEW_IMAGE, OLD_IMAGE};
@@ -120,10 +120,11 @@ action = "guard"
 
 struct Sim {
     running: rehydrator_sim::RunningSim,
-    http: awc::Client,
+    probe: Probe,
 }
 
 impl Sim {
+    /// Must run inside an actix System (the probe's clients are awc's).
     fn start(servers: usize) -> Result<Self, DemoError> {
         let running = rehydrator_sim::start(
             ([127, 0, 0, 1], 0).into(),
@@ -138,60 +139,24 @@ impl Sim {
             },
         )
         .map_err(DemoError::Sim)?;
-        Ok(Self {
-            running,
-            http: awc::Client::default(),
-        })
+        let probe = Probe::new(running.url(), super::CLUSTER)?;
+        Ok(Self { running, probe })
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, DemoError> {
-        let req = self
-            .http
-            .request(method, format!("{}{path}", self.running.url()));
-        let sent = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        };
-        let mut resp = sent.map_err(|e| ObserveError::Http {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let bytes = resp
-            .body()
-            .limit(16 << 20)
-            .await
-            .map_err(|e| ObserveError::Http {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
-        if !resp.status().is_success() {
-            return Err(ObserveError::Status {
-                path: path.to_owned(),
-                status: resp.status().as_u16(),
-            }
-            .into());
-        }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ObserveError::Decode {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }
-            .into()
-        })
+    /// GET `path` as JSON.
+    async fn get(&self, path: &str) -> Result<Value, DemoError> {
+        Ok(self.probe.get(path).await?)
+    }
+
+    /// `method path` with a JSON body; fails unless 2xx.
+    async fn send(&self, method: Method, path: &str, body: Value) -> Result<(), DemoError> {
+        Ok(self.probe.send(method, path, Some(body)).await?)
     }
 
     /// The group's members on the new image and in service, and every live server a
     /// healthy voter.
     async fn settled(&self, servers: usize) -> Result<(bool, String), DemoError> {
-        let g = self.call(Method::GET, "/sim/group", None).await?;
+        let g = self.get("/sim/group").await?;
         let members = g["members"].as_array().cloned().unwrap_or_default();
         let new = members
             .iter()
@@ -201,7 +166,7 @@ impl Sim {
             .iter()
             .filter(|m| m["lifecycle"] != "InService")
             .count();
-        let list = self.call(Method::GET, "/sim/servers", None).await?;
+        let list = self.get("/sim/servers").await?;
         let live: Vec<Value> = list
             .as_array()
             .cloned()
@@ -214,7 +179,7 @@ impl Sim {
             .filter(|s| s["voter"] == true && s["healthy"] == true)
             .count();
         let line = format!(
-            "{new}/{servers} members on {NEW_IMAGE}, {held} held in a hook, {voters} healthy voters of {} live servers",
+            "{new} members in service on {NEW_IMAGE} (the group's size is {servers}), {held} held in a hook, {voters} healthy voters of {} live servers",
             live.len()
         );
         let done = new == servers
@@ -273,24 +238,24 @@ async fn refresh(
     } else {
         "without the guard"
     };
-    sim.call(
+    sim.send(
         Method::POST,
         "/sim/group",
-        Some(json!({"hooks": hooks, "max": n + 1})),
+        json!({"hooks": hooks, "max": n + 1}),
     )
     .await?;
-    sim.call(Method::POST, "/sim/images", Some(json!({"id": NEW_IMAGE})))
+    sim.send(Method::POST, "/sim/images", json!({"id": NEW_IMAGE}))
         .await?;
-    sim.call(Method::POST, "/sim/invariants/reset", Some(json!({})))
+    sim.send(Method::POST, "/sim/invariants/reset", json!({}))
         .await?;
-    sim.call(Method::PUT, "/sim/group", Some(json!({"image": NEW_IMAGE})))
+    sim.send(Method::PUT, "/sim/group", json!({"image": NEW_IMAGE}))
         .await?;
     let start_ms = unix_ms();
     let started = Instant::now();
-    sim.call(
+    sim.send(
         Method::POST,
         "/sim/group/refresh",
-        Some(json!({"min_healthy_percentage": 100, "max_healthy_percentage": 120})),
+        json!({"min_healthy_percentage": 100, "max_healthy_percentage": 120}),
     )
     .await?;
     display.note(&format!("Instance refresh {label}: started."));
@@ -306,7 +271,7 @@ async fn refresh(
         }
         // Unguarded, the group may finish its refresh on a cluster that lost quorum: the
         // refresh is over when the group says so, whatever Consul says.
-        let g = sim.call(Method::GET, "/sim/group", None).await?;
+        let g = sim.get("/sim/group").await?;
         let group_done = g["refresh"].is_null()
             && g["members"].as_array().is_some_and(|m| {
                 m.iter()
@@ -332,10 +297,9 @@ async fn refresh(
     };
     let took = started.elapsed();
     let end_ms = unix_ms();
-    let inv = sim.call(Method::GET, "/sim/invariants", None).await?;
+    let inv = sim.get("/sim/invariants").await?;
     let events: Vec<Event> =
-        serde_json::from_value(sim.call(Method::GET, "/sim/timeline", None).await?)
-            .unwrap_or_default();
+        serde_json::from_value(sim.get("/sim/timeline").await?).unwrap_or_default();
     if let Some(mut r) = replicas {
         r.stop_all();
     }
@@ -362,7 +326,7 @@ async fn refresh(
 async fn await_sessions(sim: &Sim, replicas: usize) -> Result<(), DemoError> {
     let start = Instant::now();
     loop {
-        let list = sim.call(Method::GET, "/v1/session/list", None).await?;
+        let list = sim.get("/v1/session/list").await?;
         if list.as_array().map_or(0, Vec::len) >= replicas {
             return Ok(());
         }
