@@ -1830,7 +1830,7 @@ async fn unhealthy_autopilot_429_is_an_answer_and_gone_session_renews_to_none() 
         assert_eq!(health.failure_tolerance, 0);
         assert_eq!(
             health.servers[1].last_contact,
-            Duration::from_millis(12_500)
+            Some(Duration::from_millis(12_500))
         );
         assert_eq!(
             c.session_renew("9a3e1b1e-0000-0000-0000-000000000000")

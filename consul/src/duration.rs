@@ -74,6 +74,33 @@ pub mod go_opt {
     }
 }
 
+/// `#[serde(with = "duration::go_signed")]`: like [`go_opt`], where a negative duration means
+/// "not known" (None). Consul's autopilot health answers `"LastContact": "-1ns"` for a server
+/// it has no contact with (seen on real 1.8.7 for a failed server): one such server must not
+/// make the whole answer unreadable, least of all while a server is dead.
+pub mod go_signed {
+    use super::*;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        super::go_opt::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Wire>::deserialize(d)? {
+            Some(Wire::Text(s)) => match s.trim().strip_prefix('-') {
+                Some(magnitude) => parse(magnitude)
+                    .map(|_| None)
+                    .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}"))),
+                None => from_wire(Wire::Text(s)),
+            },
+            Some(Wire::Float(f)) if f.is_finite() && f < 0.0 => Ok(None),
+            Some(w) => from_wire(w),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -85,6 +112,27 @@ mod tests {
         d: Duration,
         #[serde(with = "go_opt", default)]
         o: Option<Duration>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        #[serde(with = "go_signed", default)]
+        d: Option<Duration>,
+    }
+
+    #[test]
+    fn a_negative_duration_reads_as_unknown_and_garbage_still_fails() {
+        let read = |json: &str| serde_json::from_str::<Signed>(json).map(|s| s.d);
+        assert_eq!(read(r#"{"d": "-1ns"}"#).unwrap(), None);
+        assert_eq!(read(r#"{"d": -1}"#).unwrap(), None);
+        assert_eq!(
+            read(r#"{"d": "12ms"}"#).unwrap(),
+            Some(Duration::from_millis(12))
+        );
+        assert_eq!(read(r#"{"d": 0}"#).unwrap(), Some(Duration::ZERO));
+        assert_eq!(read(r#"{}"#).unwrap(), None);
+        assert!(read(r#"{"d": "-soon"}"#).is_err());
+        assert!(read(r#"{"d": "soon"}"#).is_err());
     }
 
     #[test]

@@ -540,9 +540,10 @@ pub struct ServerHealth {
     pub serf_status: String,
     pub version: String,
     pub leader: bool,
-    /// A Go duration string ("0s", "12ms"), or nanoseconds from some versions.
-    #[serde(with = "duration::go")]
-    pub last_contact: Duration,
+    /// A Go duration string ("0s", "12ms"), or nanoseconds from some versions; None where
+    /// Consul has no contact with the server and says `"-1ns"` (a failed one).
+    #[serde(with = "duration::go_signed")]
+    pub last_contact: Option<Duration>,
     pub last_term: u64,
     pub last_index: u64,
     pub healthy: bool,
@@ -572,8 +573,9 @@ pub struct AutopilotServer {
     pub address: String,
     pub node_status: String,
     pub version: String,
-    #[serde(with = "duration::go")]
-    pub last_contact: Duration,
+    /// None where Consul has no contact with the server (a negative duration).
+    #[serde(with = "duration::go_signed")]
+    pub last_contact: Option<Duration>,
     pub last_term: u64,
     pub last_index: u64,
     pub healthy: bool,
@@ -867,14 +869,21 @@ mod tests {
                 {"ID":"e36ee410-cc3c-0a0c-c724-63817ab30303","Name":"node2",
                  "Address":"127.0.0.1:8205","SerfStatus":"alive","Version":"0.7.4",
                  "Leader":false,"LastContact":"27.291304ms","LastTerm":2,"LastIndex":46,
-                 "Healthy":true,"Voter":false,"StableSince":"2017-03-06T22:18:26Z"}]}"#,
+                 "Healthy":true,"Voter":false,"StableSince":"2017-03-06T22:18:26Z"},
+                {"ID":"d523f8b0-17cd-867e-c636-11dd6eb2a306","Name":"node3",
+                 "Address":"127.0.0.1:13471","SerfStatus":"failed","Version":"1.8.7",
+                 "Leader":false,"LastContact":"-1ns","LastTerm":0,"LastIndex":0,
+                 "Healthy":false,"Voter":true,"StableSince":"2026-12-05T08:33:12Z"}]}"#,
         )
         .unwrap();
-        assert_eq!(health.servers[0].last_contact, Duration::ZERO);
+        assert_eq!(health.servers[0].last_contact, Some(Duration::ZERO));
         assert_eq!(
             health.servers[1].last_contact,
-            Duration::from_nanos(27_291_304)
+            Some(Duration::from_nanos(27_291_304))
         );
+        // What real 1.8.7 answers for a failed server: no contact, not an unreadable answer.
+        assert_eq!(health.servers[2].last_contact, None);
+        assert_eq!(health.servers[2].serf_status, "failed");
         assert!(!health.servers[1].voter);
 
         let state: AutopilotState = serde_json::from_str(

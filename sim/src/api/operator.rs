@@ -390,7 +390,12 @@ async fn autopilot_health(sim: web::Data<Sim>, req: HttpRequest) -> Result<HttpR
             serf_status: s.serf.as_str(),
             version: st.config.consul_version.clone(),
             leader: c.leader.as_deref() == Some(s.name.as_str()),
-            last_contact: duration::format(c.server_last_contact(s)),
+            // Real 1.8.7 answers "-1ns" (no contact) for a failed server.
+            last_contact: if s.serf == cluster::SerfStatus::Failed {
+                "-1ns".to_owned()
+            } else {
+                duration::format(c.server_last_contact(s))
+            },
             last_term: s.last_term,
             last_index: c.server_last_index(s, st.index),
             healthy: s.healthy(),
