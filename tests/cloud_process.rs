@@ -108,6 +108,93 @@ async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
     .await;
 }
 
+/// What the rollout does with a retired server that died instead of leaving (a server image
+/// without `leave_on_terminate`), checked on real Consul: with CleanupDeadServers off, a
+/// SIGKILLed voter whose machine is retired stays a failed voter; the port's force-leave makes
+/// the leader take it out of Raft, leaving the three others voting under a leader.
+#[actix_rt::test]
+async fn a_dead_server_is_out_of_raft_once_force_left() {
+    use rehydrator_actors::ports::ConsulPort;
+    let Some(bin) = common::consul_bin() else {
+        return;
+    };
+    common::bounded_for(TEST_BOUND, async {
+        let rig = ProcessRig::new("force-leave", bin);
+        let client = rig.bootstrap(3).await;
+        let mut config = client
+            .autopilot_configuration(&QueryOptions::default())
+            .await
+            .unwrap();
+        config.cleanup_dead_servers = false;
+        assert!(client
+            .autopilot_set_configuration(&config, None)
+            .await
+            .unwrap());
+        rig.cloud.register_image("b", None).unwrap();
+        let m = rig.cloud.launch("b", "test-dead-1").await.unwrap();
+        common::eventually("the new server a voter", WAIT_BOUND, || async {
+            let raft = client
+                .raft_configuration(&QueryOptions::default())
+                .await
+                .ok()?;
+            raft.servers
+                .iter()
+                .any(|s| s.node == m.id && s.voter)
+                .then_some(())
+        })
+        .await;
+
+        let pid = rig
+            .cloud
+            .records()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == m.id)
+            .and_then(|r| r.pid)
+            .expect("its PID");
+        let killed = std::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{pid}")])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -KILL -{pid}");
+        rig.cloud.retire(&m.id).await.unwrap();
+        let failed = common::eventually("the dead server failed in serf", WAIT_BOUND, || async {
+            let health = client
+                .autopilot_health(&QueryOptions::default())
+                .await
+                .ok()?;
+            health
+                .servers
+                .into_iter()
+                .find(|s| s.name == m.id && s.serf_status == "failed")
+        })
+        .await;
+        assert!(failed.voter, "still a voter while failed: {failed:?}");
+
+        let port = ConsulAdapter::new(client.clone(), WatchPolicy::default());
+        let at = Instant::now();
+        port.force_leave(&m.id).await.unwrap();
+        common::eventually("the force-left server out of Raft", WAIT_BOUND, || async {
+            let raft = client
+                .raft_configuration(&QueryOptions::default())
+                .await
+                .ok()?;
+            (!raft.servers.iter().any(|s| s.node == m.id)).then_some(())
+        })
+        .await;
+        println!(
+            "force-left server out of Raft {:.1?} after the call",
+            at.elapsed()
+        );
+        let raft = client
+            .raft_configuration(&QueryOptions::default())
+            .await
+            .unwrap();
+        assert!(raft.leader().is_some() && raft.voters() == 3, "{raft:?}");
+    })
+    .await;
+}
+
 /// When the test SIGKILLs the rollout's first new agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kill {

@@ -1545,7 +1545,9 @@ async fn agent_self_and_members(t: &Target) {
 
 /// Force-leave answers 200, prune or not. On the simulator only: it leaves a live member as it
 /// was, while real Consul 1.8.7 drops a live server from the member list (and then Raft), which
-/// would break the checks that share its cluster. rehydrator never force-leaves.
+/// would break the checks that share its cluster. rehydrator force-leaves only a server it
+/// retired that serf calls failed (`cloud_process::a_dead_server_is_out_of_raft_once_force_left`
+/// runs that on real Consul).
 #[actix_rt::test]
 async fn agent_force_leave_is_accepted() {
     common::bounded(async {

@@ -337,6 +337,57 @@ async fn an_old_server_dying_mid_rollout_pauses_it_until_health_returns() {
     .await;
 }
 
+/// A server image without Consul's `leave_on_terminate` (the default for servers): each
+/// retired server's agent dies with its machine instead of leaving, and stays a failed voter.
+/// With CleanupDeadServers off autopilot never prunes it, so each step would wait on it for
+/// ever; the rollout force-leaves the server it retired itself, and completes.
+#[actix_rt::test]
+async fn servers_that_die_instead_of_leaving_are_force_left_by_the_rollout_that_retired_them() {
+    common::bounded(async {
+        let rig = Rig::new("no-leave", 3);
+        rig.send(
+            "PUT",
+            "/sim/config",
+            Some(json!({"leave_on_terminate": false})),
+        )
+        .await;
+        rig.send(
+            "PUT",
+            "/v1/operator/autopilot/configuration",
+            Some(json!({"CleanupDeadServers": false})),
+        )
+        .await;
+        let tree = rig.start(3, "1m");
+        rig.register_image("image-b", false).await;
+        rig.fire_rehydrate().await;
+        let r = rig
+            .until("the rollout completing", |r| {
+                matches!(r.state, RolloutState::Completed { .. })
+            })
+            .await;
+        assert_eq!((r.launches.len(), r.retirements.len()), (3, 3), "{r:#?}");
+        let servers = rig.servers().await;
+        let retired: Vec<&Value> = servers
+            .iter()
+            .filter(|s| s["machine"] == "terminated")
+            .collect();
+        assert_eq!(retired.len(), 3, "{servers:#?}");
+        // Killed, not left, by the termination; left, and out of Raft, by the force-leave.
+        assert!(
+            retired
+                .iter()
+                .all(|s| s["serf"] == "left" && s["in_raft"] == false),
+            "{retired:#?}"
+        );
+        let inv = rig.invariants().await;
+        assert_eq!(inv["quorum_lost_count"], 0, "{inv}");
+        assert!(inv["max_voters_missing"].as_u64().unwrap() <= 1, "{inv}");
+        assert_eq!(inv["leader_retired"], 0, "{inv}");
+        tree.shutdown().await;
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn the_pause_key_holds_the_rollout_until_it_is_removed() {
     common::bounded(async {

@@ -721,12 +721,48 @@ async fn retire(
                 .send(Event::Step, &r, Some(move_step(&m)), None);
         }
     }
-    wait_until(env, deadline, |s| {
-        s.health.healthy && !s.health.servers.iter().any(|p| p.name == node)
-    })
-    .await?;
+    await_gone(env, node, deadline).await?;
     info!(%machine, %node, "Server retired; the cluster is healthy.");
     Ok(Outcome::Retired(machine.to_owned()))
+}
+
+/// How often a retired server that died instead of leaving is force-left again while it is
+/// still failed in Raft (the first force-leave may reach a leader mid-election).
+const FORCE_LEAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Waits until the retired server `node` is out of Raft and the cluster healthy. A server
+/// whose machine is gone but that serf calls failed died instead of leaving (an image without
+/// `leave_on_terminate`, an agent that hung on the way down): it would hold a vote, and the
+/// quorum size, until autopilot pruned it, which CleanupDeadServers off or too many dead
+/// servers at once never does. Its machine is ours and terminated, so it is force-left, as an
+/// operator would after terminating a server by hand. Only while serf calls it failed, and only
+/// the one retired: real 1.8.7 drops even a live member that is force-left.
+async fn await_gone(
+    env: &RolloutEnv,
+    node: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), ExecError> {
+    let mut forced: Option<tokio::time::Instant> = None;
+    loop {
+        let (s, _) = snapshot(env).await?;
+        let peer = s.health.servers.iter().find(|p| p.name == node);
+        if s.health.healthy && peer.is_none() {
+            return Ok(());
+        }
+        let due = forced.is_none_or(|at| at.elapsed() >= FORCE_LEAVE_EVERY);
+        if peer.is_some_and(|p| p.serf_status == "failed") && due {
+            warn!(
+                %node,
+                "The retired server died without leaving; force-leaving it so Raft drops its vote.",
+            );
+            env.consul.force_leave(node).await.map_err(port)?;
+            forced = Some(tokio::time::Instant::now());
+        }
+        if tokio::time::Instant::now() + env.config.poll > deadline {
+            return Err(ExecError::Timeout(env.config.step_timeout));
+        }
+        tokio::time::sleep(env.config.poll).await;
+    }
 }
 
 /// The leader in `s` that `other` accepts, if one leads.

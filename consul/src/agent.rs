@@ -1,5 +1,5 @@
-//! `/v1/agent`: the local agent and the gossip pool it sees. SpinDown makes a retiring server
-//! leave, and force-leaves one whose machine died before it could. The LockManager keeps the
+//! `/v1/agent`: the local agent and the gossip pool it sees. SpinDown force-leaves a retired
+//! server whose agent died with its machine instead of leaving. The LockManager keeps the
 //! replica's liveness check here: a service with a TTL check, passed while the replica runs.
 
 use awc::http::Method;

@@ -37,6 +37,10 @@ pub struct SimConfig {
     /// A known Consul bug to play: transfer-leader answering success but leaving leadership
     /// where it was, or moving it to another server than the one named. Default none.
     pub transfer_fault: TransferFault,
+    /// Whether a terminated machine's agent leaves first, as Consul's `leave_on_terminate`
+    /// makes it (the default for clients, not for servers). Off, TerminateInstances kills the
+    /// agent: it stays a failed peer until force-left or pruned. Default on.
+    pub leave_on_terminate: bool,
 }
 
 /// How transfer-leader misbehaves (`SimConfig::transfer_fault`).
@@ -82,6 +86,7 @@ impl Default for SimConfig {
             rpc_hold_timeout: Duration::from_secs(7),
             consul_version: CONSUL_VERSION.to_owned(),
             transfer_fault: TransferFault::None,
+            leave_on_terminate: true,
         }
     }
 }

@@ -46,12 +46,14 @@
 //! - `POST /sim/servers/{name}/cut` / `heal` → `Server`: partition it from the others / end that.
 //! - `GET  /sim/config` and `PUT /sim/config` `{"boot_delay_ms"?, "stabilization_ms"?,
 //!   "election_ms"?, "failure_detection_ms"?, "time_scale"?, "consul_version"?,
-//!   "transfer_fault"?}` → the current values. Timers already running keep their old delay.
+//!   "transfer_fault"?, "leave_on_terminate"?}` → the current values. Timers already running keep their old delay.
 //!   `consul_version` ("1.8.7") makes the agents that version where the project branches on
 //!   it: before 1.15 `operator/raft/transfer-leader`, before 1.9 `operator/autopilot/state`,
 //!   answer a bare 404 as Go's mux does. `transfer_fault` plays Consul's transfer-leader bugs:
 //!   `"noop"` answers success and moves nothing, `"elsewhere"` moves leadership to another
-//!   voter than the one named, `"none"` (the default) behaves.
+//!   voter than the one named, `"none"` (the default) behaves. `leave_on_terminate` (default
+//!   true) false makes `terminate` kill a running agent instead of letting it leave, as on a
+//!   server image without Consul's `leave_on_terminate`: it stays a failed peer.
 //! - `GET  /sim/invariants` → `{"quorum_lost_count", "quorum_lost", "max_voters_missing",
 //!   "voters_missing", "leader_changes", "leaderless_periods", "leaderless_ms",
 //!   "min_failure_tolerance", "leader_retired", "max_servers", "min_voters", "checks", "leader",
@@ -372,6 +374,7 @@ struct ConfigBody {
     time_scale: Option<f64>,
     consul_version: Option<String>,
     transfer_fault: Option<crate::config::TransferFault>,
+    leave_on_terminate: Option<bool>,
 }
 
 fn config_view(st: &State) -> ConfigBody {
@@ -384,6 +387,7 @@ fn config_view(st: &State) -> ConfigBody {
         time_scale: Some(st.config.time_scale),
         consul_version: Some(st.config.consul_version.clone()),
         transfer_fault: Some(st.config.transfer_fault),
+        leave_on_terminate: Some(st.config.leave_on_terminate),
     }
 }
 
@@ -413,6 +417,9 @@ async fn put_config(sim: web::Data<Sim>, body: web::Bytes) -> Result<HttpRespons
     }
     if let Some(f) = b.transfer_fault {
         st.config.transfer_fault = f;
+    }
+    if let Some(v) = b.leave_on_terminate {
+        st.config.leave_on_terminate = v;
     }
     if let Some(v) = b.boot_delay_ms {
         st.config.boot_delay = Duration::from_millis(v);

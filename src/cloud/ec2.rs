@@ -14,8 +14,9 @@
 //!   template with the image overridden, one instance, `ClientToken = token` (EC2's own guard for
 //!   a retry racing the lookup), and the tags `rehydrator:cluster`, `rehydrator:token`, `Name`.
 //! - **retire(id)**: TerminateInstances. The Consul agent leaves the cluster on the way down: the
-//!   AMI's Consul configuration must set `leave_on_terminate = true` (the default for clients,
-//!   not for servers), so the shutdown's SIGTERM makes it leave gracefully.
+//!   AMI's Consul configuration should set `leave_on_terminate = true` (the default for clients,
+//!   not for servers), so the shutdown's SIGTERM makes it leave gracefully. One that dies
+//!   instead is force-left by the rollout's step once serf calls it failed.
 //!
 //! Conventions the launch template must follow:
 //! - its user data sets the Consul `node_name` to the instance ID (from the instance metadata),

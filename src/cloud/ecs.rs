@@ -45,7 +45,8 @@
 //!   instance ID;
 //! - its Consul configuration sets `leave_on_terminate = true` (not the default for servers):
 //!   StopTask's SIGTERM then makes the agent leave gracefully; the task's `stopTimeout` should
-//!   leave it time to (the default 30 s does).
+//!   leave it time to (the default 30 s does). One that dies instead is force-left by the
+//!   rollout's step once serf calls it failed.
 //!
 //! AWS API actions called (the IAM policy needs them): EC2 DescribeImages, DescribeInstances,
 //! RunInstances, CreateTags (tags on launch), TerminateInstances, plus iam:PassRole for the

@@ -497,6 +497,11 @@ impl ConsulPort for ConsulAdapter {
         })
     }
 
+    fn force_leave(&self, node: &str) -> PortFuture<()> {
+        let (c, node) = (self.client.clone(), node.to_owned());
+        Box::pin(async move { c.agent_force_leave(&node, false).await.ported() })
+    }
+
     fn watch(&self, kind: &WatchKind) -> Box<dyn WatchStream> {
         if let WatchKind::Schedule { every } = kind {
             return Box::new(Ticks {

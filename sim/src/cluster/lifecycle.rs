@@ -137,7 +137,7 @@ pub fn leave(sim: &Sim, st: &mut State, name: &str) -> bool {
 
 /// The machine is terminated, as EC2's TerminateInstances does with `leave_on_terminate`: a
 /// running agent leaves gracefully first (a leader steps down, an election follows), then the
-/// machine is gone. A killed agent cannot leave: it stays a failed peer until autopilot prunes
+/// machine is gone; with `SimConfig::leave_on_terminate` off the agent is killed instead. A killed agent cannot leave: it stays a failed peer until autopilot prunes
 /// it, as on EC2. Terminating a terminated machine changes nothing (EC2 answers it again).
 /// Returns false for an unknown server.
 pub fn terminate(sim: &Sim, st: &mut State, name: &str) -> bool {
@@ -146,15 +146,18 @@ pub fn terminate(sim: &Sim, st: &mut State, name: &str) -> bool {
     };
     match machine {
         Machine::Terminated => return true,
-        Machine::Running => {
+        Machine::Running if st.config.leave_on_terminate => {
             leave(sim, st, name);
+        }
+        Machine::Running => {
+            kill(sim, st, name);
         }
         Machine::Booting | Machine::Stopped | Machine::Killed => {}
     }
     if let Some(s) = st.cluster.server_mut(name) {
         // A killed server's failure detection is still due: its timer carries the epoch, so
         // only the other states (whose timers must not fire any more) move it.
-        if machine != Machine::Killed {
+        if s.machine != Machine::Killed {
             s.epoch += 1;
         }
         s.machine = Machine::Terminated;
