@@ -176,6 +176,45 @@ struct Env {
     release: Recipient<ReleaseLock>,
     settings: DispatchSettings,
     metrics: Metrics,
+    /// Jobs this replica saw another replica's value on a lock for while it waited on that
+    /// lock for any job: `(lock key, action, trigger id)`, the newest last, at most `SEEN_HELD` of them.
+    /// A lock shared by several actions (the rollout's `step`) may be taken for a sibling job
+    /// after its holder dies, so the lock's value no longer names the dead holder's job by
+    /// the time this replica takes it up; this remembers that it was held.
+    seen_held: std::cell::RefCell<VecDeque<(String, String, String)>>,
+}
+
+/// How many jobs held by others a replica remembers (a lock sees one job at a time).
+const SEEN_HELD: usize = 256;
+
+impl Env {
+    /// Remembers that another replica held `lock_key` for the job `held` names.
+    fn saw_held(&self, lock_key: &str, held: &LockValue) {
+        if held.replica == self.replica {
+            return;
+        }
+        let entry = (
+            lock_key.to_owned(),
+            held.action.clone(),
+            held.trigger_id.clone(),
+        );
+        let mut seen = self.seen_held.borrow_mut();
+        if seen.contains(&entry) {
+            return;
+        }
+        if seen.len() == SEEN_HELD {
+            seen.pop_front();
+        }
+        seen.push_back(entry);
+    }
+
+    /// Whether this replica saw another one hold `lock_key` for `t`'s job.
+    fn was_held(&self, lock_key: &str, t: &Trigger) -> bool {
+        self.seen_held
+            .borrow()
+            .iter()
+            .any(|(k, a, id)| k == lock_key && *a == t.action && *id == t.trigger_id)
+    }
 }
 
 pub struct Dispatcher {
@@ -224,6 +263,7 @@ impl Dispatcher {
                 release,
                 settings,
                 metrics: Metrics::default(),
+                seen_held: Default::default(),
             }),
             slots,
             running: HashMap::new(),
@@ -657,6 +697,9 @@ async fn run_job_inner(
                     .as_deref()
                     .and_then(LockValue::decode)
                     .is_some_and(|h| h.holds(t) && h.replica != env.replica);
+                // Or it held it while this replica waited for a sibling job on the same lock,
+                // and that sibling's holder has since left its own value there.
+                holder_had_it |= env.was_held(&lock_key, t);
                 break (lock_index, read, session);
             }
             LockGrant::Present => {
@@ -672,11 +715,14 @@ async fn run_job_inner(
         // again.
         let current = env.consul.kv_get(&lock_key, 0, Duration::ZERO).await?;
         let held = current.value.as_ref().is_some_and(|e| e.session.is_some());
-        holder_had_it |= current
+        let named = current
             .value
             .as_ref()
-            .and_then(|e| LockValue::decode(&e.value))
-            .is_some_and(|h| h.holds(t));
+            .and_then(|e| LockValue::decode(&e.value));
+        holder_had_it |= named.as_ref().is_some_and(|h| h.holds(t));
+        if let Some(h) = &named {
+            env.saw_held(&lock_key, h);
+        }
         if held {
             debug!(lock = %lock_key, "Lock held by another replica; waiting for it to change.");
             env.consul

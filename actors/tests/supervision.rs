@@ -18,11 +18,12 @@ use rehydrator_actors::dispatcher::{
 };
 use rehydrator_actors::executor::{Abort, ExecError, Run, Trigger};
 use rehydrator_actors::lock_manager::{AcquireLock, LockError, LockGrant, LocksLost, ReleaseLock};
+use rehydrator_actors::metrics::Metrics;
 use rehydrator_actors::ports::{
     Acquire, Acquired, ConsulPort, ErrorKind, Indexed, KvEntry, PortError, PortFuture, SessionSpec,
     WatchRead, WatchStream,
 };
-use rehydrator_actors::receipt::{Keys, Outcome, Receipt};
+use rehydrator_actors::receipt::{Keys, LockValue, Outcome, Receipt};
 use rehydrator_actors::watcher::{WatchSpec, Watcher};
 use rehydrator_config::WatchKind;
 use serde_json::{json, Value};
@@ -398,6 +399,7 @@ async fn start_dispatcher(
     release: Recipient<ReleaseLock>,
     executor: ExecutorRef,
     settings: DispatchSettings,
+    metrics: Metrics,
 ) -> (Addr<Dispatcher>, mpsc::UnboundedReceiver<JobEnded>) {
     let action = ActionSpec {
         name: "a".into(),
@@ -416,6 +418,7 @@ async fn start_dispatcher(
             settings,
             vec![action],
         )
+        .with_metrics(metrics.clone())
     });
     let (jobs_tx, jobs) = mpsc::unbounded_channel();
     dispatcher
@@ -478,6 +481,7 @@ async fn locks_lost_mid_job_abort_it_and_it_runs_again_once_the_lock_is_back() {
             locks.clone().recipient(),
             executor,
             settings,
+            Metrics::new(),
         )
         .await;
 
@@ -611,6 +615,7 @@ async fn the_next_job_under_a_lock_waits_for_the_previous_release_to_land() {
             locks.recipient(),
             executor,
             settings,
+            Metrics::new(),
         )
         .await;
         for t in ["t1", "t2"] {
@@ -723,6 +728,7 @@ async fn a_run_that_lost_its_lock_never_writes_a_failed_receipt() {
             locks.recipient(),
             executor,
             settings,
+            Metrics::new(),
         )
         .await;
         fire(&dispatcher, "t1").await;
@@ -746,6 +752,112 @@ async fn a_run_that_lost_its_lock_never_writes_a_failed_receipt() {
         );
         let receipt = Receipt::from_bytes(&stub.kv.borrow()[&receipt_key].value).unwrap();
         assert_eq!(receipt.outcome, Outcome::Succeeded("done".into()));
+    })
+    .await;
+}
+
+/// Succeeds at once, reporting each run's trigger.
+struct Succeeds(mpsc::UnboundedSender<String>);
+
+impl Actor for Succeeds {
+    type Context = Context<Self>;
+}
+
+impl Handler<Run> for Succeeds {
+    type Result = ResponseFuture<Result<Outcome, ExecError>>;
+
+    fn handle(&mut self, msg: Run, _ctx: &mut Context<Self>) -> Self::Result {
+        let _ = self.0.send(msg.trigger.trigger_id);
+        Box::pin(ready(Ok(Outcome::Succeeded("done".into()))))
+    }
+}
+
+impl Handler<Abort> for Succeeds {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Abort, _ctx: &mut Context<Self>) {}
+}
+
+/// The takeover count when a lock shared by sibling jobs changes hands between them: another
+/// replica holds the lock for job t2 while this one waits to run t1; by the time this replica
+/// takes t2 up, a third replica's sibling job has left its own value on the lock (as the
+/// rollout's `step` lock sees after its holder dies). t2 had a holder and no receipt: a
+/// takeover, counted once; t1 had none, and is not.
+#[actix_rt::test]
+async fn a_job_held_by_another_replica_counts_as_taken_over_after_a_sibling_held_the_lock() {
+    bounded(async {
+        let stub = Rc::new(Stub::default());
+        let keys = Keys::new("c");
+        let lock_key = keys.lock("l");
+        let value = |replica: &str, trigger: &str| {
+            LockValue {
+                replica: replica.into(),
+                action: "a".into(),
+                trigger_id: trigger.into(),
+                since: None,
+            }
+            .encode()
+        };
+        stub.kv_put(&lock_key, value("replica-2", "t2"), None)
+            .await
+            .unwrap();
+        hold(&stub, &lock_key, Some("s2"));
+        let locks = LockStub {
+            // t1 first finds the lock busy (replica-2 holds it for t2), then gets it.
+            grants: [LockGrant::Busy, held(), held()].into(),
+            acquires: Rc::new(Cell::new(0)),
+            releases: Rc::new(Cell::new(0)),
+            kv: stub.clone(),
+        }
+        .start();
+        let (runs_tx, mut runs) = mpsc::unbounded_channel();
+        let exec = Succeeds(runs_tx).start();
+        let settings = DispatchSettings {
+            receipt_wait: Duration::from_millis(10),
+            receipts_kept: 10,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            lock_delay: Duration::from_millis(50),
+        };
+        let metrics = Metrics::new();
+        let (dispatcher, mut jobs) = start_dispatcher(
+            &stub,
+            locks.clone().recipient(),
+            locks.clone().recipient(),
+            ExecutorRef {
+                run: exec.clone().recipient(),
+                abort: exec.recipient(),
+            },
+            settings,
+            metrics.clone(),
+        )
+        .await;
+        let takeovers = || {
+            let text = metrics.encode().unwrap();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(r#"rehydrator_takeovers_total{lock="l"} "#)?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+
+        fire(&dispatcher, "t1").await;
+        assert_eq!(next(&mut runs, "t1's run").await, "t1");
+        assert_eq!(next(&mut jobs, "t1's end").await.trigger_id, "t1");
+        assert_eq!(takeovers(), 0.0, "t1 had no other holder");
+
+        // replica-2 died without a receipt for t2; replica-3 then held the lock for a sibling
+        // job and left its value there, without a session.
+        stub.kv_put(&lock_key, value("replica-3", "t3"), None)
+            .await
+            .unwrap();
+        fire(&dispatcher, "t2").await;
+        assert_eq!(next(&mut runs, "t2's run").await, "t2");
+        assert_eq!(next(&mut jobs, "t2's end").await.trigger_id, "t2");
+        assert_eq!(takeovers(), 1.0, "t2 was taken over from replica-2");
     })
     .await;
 }
