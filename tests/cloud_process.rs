@@ -48,6 +48,29 @@ const LEADERLESS_BOUND: Duration = Duration::from_secs(10);
 
 const CLUSTER: &str = "roll";
 
+/// Waits until Raft lists `node` as a voter (`voting`), or no longer lists it (`!voting`).
+async fn until_in_raft(client: &Client, node: &str, voting: bool) {
+    let what = if voting {
+        format!("{node} a voter")
+    } else {
+        format!("{node} out of Raft")
+    };
+    common::eventually(&what, WAIT_BOUND, || async {
+        let raft = client
+            .raft_configuration(&QueryOptions::default())
+            .await
+            .ok()?;
+        let listed = raft.servers.iter().find(|s| s.node == node);
+        let done = if voting {
+            listed.is_some_and(|s| s.voter)
+        } else {
+            listed.is_none()
+        };
+        done.then_some(())
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
     let Some(bin) = common::consul_bin() else {
@@ -66,17 +89,7 @@ async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
             rig.cloud.launch("b", "test-launch-1").await.unwrap().id,
             m.id
         );
-        common::eventually("the new server a voter", WAIT_BOUND, || async {
-            let raft = client
-                .raft_configuration(&QueryOptions::default())
-                .await
-                .ok()?;
-            raft.servers
-                .iter()
-                .any(|s| s.node == m.id && s.voter)
-                .then_some(())
-        })
-        .await;
+        until_in_raft(&client, &m.id, true).await;
         assert_eq!(
             catalog_images(&client).await.get(&m.id).map(String::as_str),
             Some("b")
@@ -86,14 +99,7 @@ async fn a_launched_server_joins_with_its_image_and_leaves_when_retired() {
         assert!(machines.iter().all(|m| m.state == MachineState::Running));
 
         rig.cloud.retire(&m.id).await.unwrap();
-        common::eventually("the retired server out of Raft", WAIT_BOUND, || async {
-            let raft = client
-                .raft_configuration(&QueryOptions::default())
-                .await
-                .ok()?;
-            (!raft.servers.iter().any(|s| s.node == m.id)).then_some(())
-        })
-        .await;
+        until_in_raft(&client, &m.id, false).await;
         let raft = client
             .raft_configuration(&QueryOptions::default())
             .await
@@ -132,17 +138,7 @@ async fn a_dead_server_is_out_of_raft_once_force_left() {
             .unwrap());
         rig.cloud.register_image("b", None).unwrap();
         let m = rig.cloud.launch("b", "test-dead-1").await.unwrap();
-        common::eventually("the new server a voter", WAIT_BOUND, || async {
-            let raft = client
-                .raft_configuration(&QueryOptions::default())
-                .await
-                .ok()?;
-            raft.servers
-                .iter()
-                .any(|s| s.node == m.id && s.voter)
-                .then_some(())
-        })
-        .await;
+        until_in_raft(&client, &m.id, true).await;
 
         let pid = rig
             .cloud
@@ -174,14 +170,7 @@ async fn a_dead_server_is_out_of_raft_once_force_left() {
         let port = ConsulAdapter::new(client.clone(), WatchPolicy::default());
         let at = Instant::now();
         port.force_leave(&m.id).await.unwrap();
-        common::eventually("the force-left server out of Raft", WAIT_BOUND, || async {
-            let raft = client
-                .raft_configuration(&QueryOptions::default())
-                .await
-                .ok()?;
-            (!raft.servers.iter().any(|s| s.node == m.id)).then_some(())
-        })
-        .await;
+        until_in_raft(&client, &m.id, false).await;
         println!(
             "force-left server out of Raft {:.1?} after the call",
             at.elapsed()
