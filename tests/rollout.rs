@@ -124,6 +124,14 @@ impl Rig {
         }
     }
 
+    /// Waits until the rollout is recorded as completed.
+    async fn until_completed(&self) -> Rollout {
+        self.until("the rollout completing", |r| {
+            matches!(r.state, RolloutState::Completed { .. })
+        })
+        .await
+    }
+
     /// Waits until the rollout is stopped: the record and why it stopped.
     async fn until_stopped(&self) -> (Rollout, String) {
         let r = self
@@ -162,11 +170,7 @@ async fn full_rollout(n: usize) {
     rig.register_image("image-b", false).await;
     let started = Instant::now();
     rig.fire_rehydrate().await;
-    let r = rig
-        .until("the rollout completing", |r| {
-            matches!(r.state, RolloutState::Completed { .. })
-        })
-        .await;
+    let r = rig.until_completed().await;
     let took = started.elapsed();
 
     assert_eq!(r.target_image, "image-b");
@@ -308,11 +312,7 @@ async fn an_old_server_dying_mid_rollout_pauses_it_until_health_returns() {
         // Health returns: the rollout resumes and completes.
         rig.send("POST", &format!("/sim/servers/{victim}/restart"), None)
             .await;
-        let r = rig
-            .until("the rollout completing", |r| {
-                matches!(r.state, RolloutState::Completed { .. })
-            })
-            .await;
+        let r = rig.until_completed().await;
         assert!(
             r.retirements.len() > retired_while_down,
             "it resumed after health returned"
@@ -360,11 +360,7 @@ async fn servers_that_die_instead_of_leaving_are_force_left_by_the_rollout_that_
         let tree = rig.start(3, "1m");
         rig.register_image("image-b", false).await;
         rig.fire_rehydrate().await;
-        let r = rig
-            .until("the rollout completing", |r| {
-                matches!(r.state, RolloutState::Completed { .. })
-            })
-            .await;
+        let r = rig.until_completed().await;
         assert_eq!((r.launches.len(), r.retirements.len()), (3, 3), "{r:#?}");
         let servers = rig.servers().await;
         let retired: Vec<&Value> = servers
@@ -414,10 +410,7 @@ async fn the_pause_key_holds_the_rollout_until_it_is_removed() {
             .await
             .unwrap();
         assert!(resp.status().is_success());
-        rig.until("the rollout completing", |r| {
-            matches!(r.state, RolloutState::Completed { .. })
-        })
-        .await;
+        rig.until_completed().await;
         tree.shutdown().await;
     })
     .await;
@@ -442,11 +435,7 @@ async fn a_bake_time_holds_each_retirement_until_the_new_server_has_baked() {
             })
             .await;
         assert!(baking.retirements.is_empty(), "{baking:?}");
-        let r = rig
-            .until("the rollout completing", |r| {
-                matches!(r.state, RolloutState::Completed { .. })
-            })
-            .await;
+        let r = rig.until_completed().await;
         // The record's launch time is when the launch returned, a little after the machine
         // started: the bake, counted from the server's health, may end up to that much sooner.
         const RECORD_LAG_MS: u64 = 250;
@@ -503,11 +492,7 @@ async fn snapshots_are_taken_before_the_first_step_and_each_retirement() {
             "{held:?}"
         );
         std::fs::remove_file(&dir).unwrap();
-        let r = rig
-            .until("the rollout completing", |r| {
-                matches!(r.state, RolloutState::Completed { .. })
-            })
-            .await;
+        let r = rig.until_completed().await;
         let steps: Vec<String> = r
             .snapshots
             .iter()
@@ -643,11 +628,7 @@ async fn a_new_server_failing(moment: Moment) {
     rig.send("POST", &format!("/sim/servers/{victim}/fail"), None)
         .await;
 
-    let r = rig
-        .until("the rollout completing", |r| {
-            matches!(r.state, RolloutState::Completed { .. })
-        })
-        .await;
+    let r = rig.until_completed().await;
     assert_eq!(r.failed_launches.len(), 1, "{r:#?}");
     let failed = &r.failed_launches[0];
     assert_eq!(failed.machine, victim);
@@ -820,11 +801,7 @@ async fn leadership_path(version: &str, fault: &str, path: &str, transfers: u32)
     let tree = rig.start(3, "1m");
     rig.register_image("image-b", false).await;
     rig.fire_rehydrate().await;
-    let r = rig
-        .until("the rollout completing", |r| {
-            matches!(r.state, RolloutState::Completed { .. })
-        })
-        .await;
+    let r = rig.until_completed().await;
     assert_eq!(r.leader_moves.len(), 1, "one leader retired: {r:#?}");
     let m = &r.leader_moves[0];
     assert_eq!((m.path.as_str(), m.transfers), (path, transfers), "{m:?}");
@@ -1152,11 +1129,7 @@ async fn a_firing_alert_in_prometheus_holds_every_step_until_it_resolves() {
 
         // Resolved: Prometheus stops firing at its next evaluation, and the rollout goes on.
         hold.store(0, Ordering::SeqCst);
-        let r = rig
-            .until("the rollout completing", |r| {
-                matches!(r.state, RolloutState::Completed { .. })
-            })
-            .await;
+        let r = rig.until_completed().await;
         assert_eq!((r.launches.len(), r.retirements.len()), (3, 3));
         common::rollout::assert_clean(&rig.invariants().await, 3);
         tree.shutdown().await;
@@ -1235,11 +1208,7 @@ async fn an_alarm_in_cloudwatch_holds_every_step_until_it_is_ok() {
         );
 
         alarm(&cw, "consul-raft-commit", StateValue::Ok).await;
-        let r = rig
-            .until("the rollout completing", |r| {
-                matches!(r.state, RolloutState::Completed { .. })
-            })
-            .await;
+        let r = rig.until_completed().await;
         assert_eq!((r.launches.len(), r.retirements.len()), (3, 3));
         common::rollout::assert_clean(&rig.invariants().await, 3);
         tree.shutdown().await;
